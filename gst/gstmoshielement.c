@@ -1,0 +1,412 @@
+/* gst-moshi: one-time plugin setup and the code both Mimi elements share. */
+#include "gstmoshielements.h"
+
+#include "moshi-error.h"
+#include "moshi-hub.h"
+
+GST_DEBUG_CATEGORY (gst_moshi_debug);
+#define GST_CAT_DEFAULT gst_moshi_debug
+
+/* The rate and layout the raw-audio pad templates advertise; models for anything else
+ * cannot be used by these elements. */
+#define MIMI_TEMPLATE_RATE 24000
+
+static GstDebugLevel
+debug_level_from_log_level (GLogLevelFlags level)
+{
+  if (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL))
+    return GST_LEVEL_ERROR;
+  if (level & G_LOG_LEVEL_WARNING)
+    return GST_LEVEL_WARNING;
+  if (level & (G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO))
+    return GST_LEVEL_INFO;
+  return GST_LEVEL_DEBUG;
+}
+
+/* Routes g_log() calls of the library's domain into the "moshi" category, so that
+ * GST_DEBUG=moshi:5 shows them next to the elements' messages. Only the classic g_log() path
+ * goes through handlers: calls made through the structured logging API (the library is
+ * built with G_LOG_USE_STRUCTURED) go straight to GLib's writer, which a plugin must not
+ * replace because an application may only set it once. */
+static void
+forward_library_log (const gchar * domain, GLogLevelFlags level,
+    const gchar * message, gpointer user_data)
+{
+  GST_CAT_LEVEL_LOG (gst_moshi_debug, debug_level_from_log_level (level), NULL,
+      "%s", message);
+}
+
+void
+moshi_element_init (GstPlugin * plugin)
+{
+  static gsize done = 0;
+
+  if (g_once_init_enter (&done)) {
+    GST_DEBUG_CATEGORY_INIT (gst_moshi_debug, "moshi", 0,
+        "Moshi/Mimi inference library");
+    g_log_set_handler ("moshi",
+        G_LOG_LEVEL_MASK & ~(G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL),
+        forward_library_log, NULL);
+    gst_type_mark_as_plugin_api (GST_TYPE_MOSHI_DEVICE, 0);
+    g_once_init_leave (&done, 1);
+  }
+}
+
+/* ---- the device enum ---- */
+
+GType
+gst_moshi_device_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    {GST_MOSHI_DEVICE_AUTO, "CUDA if available, else the CPU", "auto"},
+    {GST_MOSHI_DEVICE_CPU, "CPU", "cpu"},
+    {GST_MOSHI_DEVICE_CUDA, "NVIDIA GPU (CUDA)", "cuda"},
+    {0, NULL, NULL},
+  };
+
+  if (g_once_init_enter (&type)) {
+    GType t = g_enum_register_static ("GstMoshiDevice", values);
+    g_once_init_leave (&type, t);
+  }
+  return (GType) type;
+}
+
+/* ---- shared properties ---- */
+
+void
+gst_moshi_settings_init (GstMoshiSettings * settings)
+{
+  settings->model = NULL;
+  settings->config = NULL;
+  settings->device = GST_MOSHI_DEFAULT_DEVICE;
+  settings->threads = GST_MOSHI_DEFAULT_THREADS;
+}
+
+void
+gst_moshi_settings_clear (GstMoshiSettings * settings)
+{
+  g_clear_pointer (&settings->model, g_free);
+  g_clear_pointer (&settings->config, g_free);
+}
+
+void
+gst_moshi_settings_copy (GstMoshiSettings * dest, const GstMoshiSettings * src)
+{
+  dest->model = g_strdup (src->model);
+  dest->config = g_strdup (src->config);
+  dest->device = src->device;
+  dest->threads = src->threads;
+}
+
+void
+gst_moshi_settings_install_properties (GObjectClass * klass,
+    guint first_prop_id)
+{
+  const GParamFlags flags = G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+      GST_PARAM_MUTABLE_READY;
+
+  g_object_class_install_property (klass, first_prop_id + GST_MOSHI_PROP_MODEL,
+      g_param_spec_string ("model", "Model",
+          "Mimi weights: a safetensors file, a directory holding "
+          MOSHI_HUB_MIMI_FILENAME ", or a Hugging Face repo id "
+          "(owner/name[@revision][:file], e.g. kyutai/moshiko-pytorch-bf16) "
+          "already in the local hub cache ($HF_HUB_CACHE, $HF_HOME/hub or "
+          "~/.cache/huggingface/hub; nothing is downloaded)",
+          NULL, flags));
+  g_object_class_install_property (klass, first_prop_id + GST_MOSHI_PROP_CONFIG,
+      g_param_spec_string ("config", "Model configuration",
+          "Mimi configuration JSON in the upstream mimi_config layout, for "
+          "models other than the released one (NULL = released Mimi)",
+          NULL, flags));
+  g_object_class_install_property (klass, first_prop_id + GST_MOSHI_PROP_DEVICE,
+      g_param_spec_enum ("device", "Device",
+          "Where the network runs", GST_TYPE_MOSHI_DEVICE,
+          GST_MOSHI_DEFAULT_DEVICE, flags));
+  g_object_class_install_property (klass,
+      first_prop_id + GST_MOSHI_PROP_THREADS,
+      g_param_spec_int ("threads", "Threads",
+          "CPU threads used by this element's stream (0 = automatic)",
+          0, GST_MOSHI_MAX_THREADS, GST_MOSHI_DEFAULT_THREADS, flags));
+}
+
+gboolean
+gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
+    guint prop_id, guint first_prop_id, const GValue * value)
+{
+  if (prop_id < first_prop_id || prop_id >= first_prop_id + GST_MOSHI_N_PROPS)
+    return FALSE;
+
+  GST_OBJECT_LOCK (object);
+  switch ((GstMoshiPropOffset) (prop_id - first_prop_id)) {
+    case GST_MOSHI_PROP_MODEL:
+      g_free (settings->model);
+      settings->model = g_value_dup_string (value);
+      break;
+    case GST_MOSHI_PROP_CONFIG:
+      g_free (settings->config);
+      settings->config = g_value_dup_string (value);
+      /* An empty string from gst-launch means "none". */
+      if (settings->config != NULL && settings->config[0] == '\0')
+        g_clear_pointer (&settings->config, g_free);
+      break;
+    case GST_MOSHI_PROP_DEVICE:
+      settings->device = g_value_get_enum (value);
+      break;
+    case GST_MOSHI_PROP_THREADS:
+      settings->threads = g_value_get_int (value);
+      break;
+    case GST_MOSHI_N_PROPS:
+      g_assert_not_reached ();
+  }
+  GST_OBJECT_UNLOCK (object);
+  return TRUE;
+}
+
+gboolean
+gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
+    guint prop_id, guint first_prop_id, GValue * value)
+{
+  if (prop_id < first_prop_id || prop_id >= first_prop_id + GST_MOSHI_N_PROPS)
+    return FALSE;
+
+  GST_OBJECT_LOCK (object);
+  switch ((GstMoshiPropOffset) (prop_id - first_prop_id)) {
+    case GST_MOSHI_PROP_MODEL:
+      g_value_set_string (value, settings->model);
+      break;
+    case GST_MOSHI_PROP_CONFIG:
+      g_value_set_string (value, settings->config);
+      break;
+    case GST_MOSHI_PROP_DEVICE:
+      g_value_set_enum (value, settings->device);
+      break;
+    case GST_MOSHI_PROP_THREADS:
+      g_value_set_int (value, settings->threads);
+      break;
+    case GST_MOSHI_N_PROPS:
+      g_assert_not_reached ();
+  }
+  GST_OBJECT_UNLOCK (object);
+  return TRUE;
+}
+
+/* ---- loading models ---- */
+
+/* Posts the element error for a failed load: the user-facing message names the model and
+ * carries the library's message (which names the file, tensor or key at fault). */
+static void
+post_load_error (GstElement * element, const gchar * model, const gchar * path,
+    const gchar * config, GstMoshiDevice device, const GError * error)
+{
+  g_autofree gchar *details = g_strdup_printf ("model=%s (file %s), config=%s, "
+      "device=%s: %s", model, path, config ? config : "(released Mimi)",
+      moshi_device_name ((MoshiDevice) device), error->message);
+
+  if (error->domain != MOSHI_ERROR) {
+    GST_ELEMENT_ERROR (element, LIBRARY, INIT,
+        ("Could not load Mimi model \"%s\": %s", model, error->message),
+        ("%s", details));
+    return;
+  }
+
+  switch ((MoshiErrorCode) error->code) {
+    case MOSHI_ERROR_IO:
+      if (!g_file_test (path, G_FILE_TEST_EXISTS) || (config != NULL
+              && !g_file_test (config, G_FILE_TEST_EXISTS)))
+        GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
+            ("Could not load Mimi model \"%s\": %s", model, error->message),
+            ("%s", details));
+      else
+        GST_ELEMENT_ERROR (element, RESOURCE, OPEN_READ,
+            ("Could not load Mimi model \"%s\": %s", model, error->message),
+            ("%s", details));
+      break;
+    case MOSHI_ERROR_FORMAT:
+    case MOSHI_ERROR_MISSING_TENSOR:
+    case MOSHI_ERROR_SHAPE:
+    case MOSHI_ERROR_DTYPE:
+    case MOSHI_ERROR_CONFIG:
+      GST_ELEMENT_ERROR (element, RESOURCE, OPEN_READ,
+          ("Could not load Mimi model \"%s\": %s", model, error->message),
+          ("%s", details));
+      break;
+    case MOSHI_ERROR_INVALID_ARGUMENT:
+      GST_ELEMENT_ERROR (element, RESOURCE, SETTINGS,
+          ("Could not load Mimi model \"%s\": %s", model, error->message),
+          ("%s", details));
+      break;
+    case MOSHI_ERROR_UNSUPPORTED:
+    case MOSHI_ERROR_DEVICE:
+    default:
+      GST_ELEMENT_ERROR (element, LIBRARY, INIT,
+          ("Could not load Mimi model \"%s\": %s", model, error->message),
+          ("%s", details));
+      break;
+  }
+}
+
+static MoshiMimi *
+load_model (GstElement * element, const gchar * model, const gchar * config,
+    GstMoshiDevice device)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (model == NULL || model[0] == '\0') {
+    GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
+        ("No Mimi model given"),
+        ("set the \"model\" property to a Mimi safetensors file or to a "
+            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16"));
+    return NULL;
+  }
+
+  g_autofree gchar *path = moshi_hub_resolve (model, MOSHI_HUB_MIMI_FILENAME,
+      &error);
+  if (path == NULL) {
+    GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
+        ("Could not find Mimi model \"%s\": %s", model, error->message),
+        ("model=%s", model));
+    return NULL;
+  }
+  if (g_strcmp0 (path, model) != 0)
+    GST_CAT_INFO_OBJECT (gst_moshi_debug, element, "model %s is %s", model,
+        path);
+
+  MoshiMimiLoadOptions options = {.device = (MoshiDevice) device };
+  MoshiMimi *mimi = moshi_mimi_load_shared (path, config, &options, &error);
+  if (mimi == NULL) {
+    post_load_error (element, model, path, config, device, error);
+    return NULL;
+  }
+
+  MoshiBackend *backend = moshi_mimi_get_backend (mimi);
+  GST_CAT_INFO_OBJECT (gst_moshi_debug, element,
+      "Mimi %s: %d Hz, %d samples per frame, %d codebooks of %d entries, "
+      "backend %s", path, moshi_mimi_sample_rate (mimi),
+      moshi_mimi_frame_size (mimi), moshi_mimi_max_codebooks (mimi),
+      moshi_mimi_codebook_size (mimi),
+      backend->description ? backend->description : backend->name);
+
+  const MoshiMimiConfig *cfg = moshi_mimi_get_config (mimi);
+  if (moshi_mimi_sample_rate (mimi) != MIMI_TEMPLATE_RATE || cfg->channels != 1
+      || moshi_mimi_codebook_size (mimi) > 65536) {
+    GST_ELEMENT_ERROR (element, RESOURCE, SETTINGS,
+        ("Mimi model \"%s\" cannot be used by this element: it works on %d Hz "
+            "audio with %d channel(s) and %d-entry codebooks; the element "
+            "handles %d Hz mono with codebooks of at most 65536 entries",
+            model, moshi_mimi_sample_rate (mimi), cfg->channels,
+            moshi_mimi_codebook_size (mimi), MIMI_TEMPLATE_RATE),
+        ("file %s, config %s", path, config ? config : "(released Mimi)"));
+    moshi_mimi_unref (mimi);
+    return NULL;
+  }
+  return mimi;
+}
+
+gboolean
+gst_moshi_loaded_model_ensure (GstMoshiLoadedModel * loaded,
+    GstElement * element, GstMoshiSettings * settings)
+{
+  GstMoshiSettings wanted;
+
+  GST_OBJECT_LOCK (element);
+  gst_moshi_settings_copy (&wanted, settings);
+  GST_OBJECT_UNLOCK (element);
+
+  if (loaded->mimi != NULL && g_strcmp0 (loaded->model, wanted.model) == 0
+      && g_strcmp0 (loaded->config, wanted.config) == 0
+      && loaded->device == wanted.device) {
+    gst_moshi_settings_clear (&wanted);
+    return TRUE;
+  }
+
+  gst_moshi_loaded_model_clear (loaded, element);
+  MoshiMimi *mimi = load_model (element, wanted.model, wanted.config,
+      wanted.device);
+  if (mimi != NULL) {
+    loaded->mimi = mimi;
+    loaded->model = g_steal_pointer (&wanted.model);
+    loaded->config = g_steal_pointer (&wanted.config);
+    loaded->device = wanted.device;
+    g_object_set_data (G_OBJECT (element), GST_MOSHI_MODEL_DATA_KEY, mimi);
+  }
+  gst_moshi_settings_clear (&wanted);
+  return mimi != NULL;
+}
+
+void
+gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
+    GstElement * element)
+{
+  if (loaded->mimi != NULL)
+    g_object_set_data (G_OBJECT (element), GST_MOSHI_MODEL_DATA_KEY, NULL);
+  g_clear_pointer (&loaded->mimi, moshi_mimi_unref);
+  g_clear_pointer (&loaded->model, g_free);
+  g_clear_pointer (&loaded->config, g_free);
+  loaded->device = GST_MOSHI_DEFAULT_DEVICE;
+}
+
+/* ---- caps ---- */
+
+GstCaps *
+gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks)
+{
+  gint rate = moshi_mimi_sample_rate (mimi);
+  gint frame = moshi_mimi_frame_size (mimi);
+  /* Frames per second as an exact fraction (25/2 for the released Mimi): the frame rate
+   * the model reports is a double, while rate / frame size is what timestamps follow. */
+  gint gcd = gst_util_greatest_common_divisor (rate, frame);
+
+  return gst_caps_new_simple ("audio/x-mimi",
+      "rate", G_TYPE_INT, rate,
+      "channels", G_TYPE_INT, 1,
+      "framerate", GST_TYPE_FRACTION, rate / gcd, frame / gcd,
+      "codebooks", G_TYPE_INT, codebooks,
+      "codebook-size", G_TYPE_INT, moshi_mimi_codebook_size (mimi),
+      "stream-format", G_TYPE_STRING, "u16le", NULL);
+}
+
+void
+gst_moshi_log_refused_caps (GstElement * element, GstDebugCategory * category,
+    GstPad * pad, GstCaps * caps, const gchar * hint)
+{
+  g_autoptr (GstCaps) templ = gst_pad_get_pad_template_caps (pad);
+  g_autoptr (GString) why = g_string_new (NULL);
+
+  if (gst_caps_is_empty (caps) || gst_caps_is_any (caps)) {
+    g_string_append (why, "no usable caps");
+  } else {
+    const GstStructure *offered = gst_caps_get_structure (caps, 0);
+    const GstStructure *wanted = NULL;
+
+    for (guint i = 0; i < gst_caps_get_size (templ) && wanted == NULL; i++) {
+      if (gst_structure_has_name (gst_caps_get_structure (templ, i),
+              gst_structure_get_name (offered)))
+        wanted = gst_caps_get_structure (templ, i);
+    }
+    if (wanted == NULL) {
+      g_string_append_printf (why, "media type %s, this pad takes %s",
+          gst_structure_get_name (offered),
+          gst_structure_get_name (gst_caps_get_structure (templ, 0)));
+    } else {
+      for (gint i = 0; i < gst_structure_n_fields (wanted); i++) {
+        const gchar *field = gst_structure_nth_field_name (wanted, i);
+        const GValue *want = gst_structure_get_value (wanted, field);
+        const GValue *have = gst_structure_get_value (offered, field);
+        /* gst_value_can_intersect() only compares types; intersect for real. */
+        if (have != NULL && gst_value_intersect (NULL, have, want))
+          continue;
+        g_autofree gchar *want_str = gst_value_serialize (want);
+        g_autofree gchar *have_str = have ? gst_value_serialize (have) : NULL;
+        g_string_append_printf (why, "%s%s is %s, this pad takes %s",
+            why->len ? "; " : "", field, have_str ? have_str : "missing",
+            want_str);
+      }
+      if (why->len == 0)
+        g_string_append (why, "not a subset of the pad template");
+    }
+  }
+  GST_CAT_WARNING_OBJECT (category, element, "cannot accept %" GST_PTR_FORMAT
+      " on %s:%s: %s%s%s", caps, GST_DEBUG_PAD_NAME (pad), why->str,
+      hint ? "; " : "", hint ? hint : "");
+}

@@ -1,0 +1,104 @@
+/* gst-moshi: declarations shared by the elements of the "moshi" plugin. */
+#pragma once
+
+#include <gst/gst.h>
+
+#include "moshi-mimi.h"
+
+G_BEGIN_DECLS
+
+GST_ELEMENT_REGISTER_DECLARE (mimienc);
+GST_ELEMENT_REGISTER_DECLARE (mimidec);
+
+/* One-time setup shared by every element of the plugin (debug categories, enum types). */
+G_GNUC_INTERNAL void moshi_element_init (GstPlugin * plugin);
+
+/* Messages about the inference library (model loading, backend choice) go to the "moshi"
+ * debug category; each element also has its own. */
+GST_DEBUG_CATEGORY_EXTERN (gst_moshi_debug);
+
+/**
+ * GstMoshiDevice:
+ * @GST_MOSHI_DEVICE_AUTO: CUDA when a usable GPU and a CUDA build are present, else the CPU
+ * @GST_MOSHI_DEVICE_CPU: the CPU backend (always available)
+ * @GST_MOSHI_DEVICE_CUDA: an NVIDIA GPU; fails when this build or machine has none
+ *
+ * Where the neural network runs. Same values as the library's #MoshiDevice.
+ */
+typedef enum
+{
+  GST_MOSHI_DEVICE_AUTO = MOSHI_DEVICE_AUTO,
+  GST_MOSHI_DEVICE_CPU = MOSHI_DEVICE_CPU,
+  GST_MOSHI_DEVICE_CUDA = MOSHI_DEVICE_CUDA,
+} GstMoshiDevice;
+
+#define GST_TYPE_MOSHI_DEVICE (gst_moshi_device_get_type ())
+G_GNUC_INTERNAL GType gst_moshi_device_get_type (void);
+
+/* The properties both Mimi elements share. Installed with consecutive ids starting at the
+ * element's first property id, in this order. Protected by the element's object lock. */
+typedef enum
+{
+  GST_MOSHI_PROP_MODEL,
+  GST_MOSHI_PROP_CONFIG,
+  GST_MOSHI_PROP_DEVICE,
+  GST_MOSHI_PROP_THREADS,
+  GST_MOSHI_N_PROPS
+} GstMoshiPropOffset;
+
+#define GST_MOSHI_DEFAULT_DEVICE GST_MOSHI_DEVICE_AUTO
+#define GST_MOSHI_DEFAULT_THREADS 0
+#define GST_MOSHI_MAX_THREADS 256
+
+typedef struct
+{
+  gchar *model;                 /* path or hub repo id, as the user wrote it */
+  gchar *config;                /* NULL: the released Mimi architecture */
+  GstMoshiDevice device;
+  gint threads;                 /* 0: automatic */
+} GstMoshiSettings;
+
+G_GNUC_INTERNAL void gst_moshi_settings_init (GstMoshiSettings * settings);
+G_GNUC_INTERNAL void gst_moshi_settings_clear (GstMoshiSettings * settings);
+G_GNUC_INTERNAL void gst_moshi_settings_copy (GstMoshiSettings * dest,
+    const GstMoshiSettings * src);
+G_GNUC_INTERNAL void gst_moshi_settings_install_properties (GObjectClass * klass,
+    guint first_prop_id);
+/* Return FALSE when prop_id is not one of the shared properties. Take the object lock. */
+G_GNUC_INTERNAL gboolean gst_moshi_settings_set_property (GstMoshiSettings * settings,
+    GObject * object, guint prop_id, guint first_prop_id, const GValue * value);
+G_GNUC_INTERNAL gboolean gst_moshi_settings_get_property (GstMoshiSettings * settings,
+    GObject * object, guint prop_id, guint first_prop_id, GValue * value);
+
+/* A model loaded for an element, with the settings it was loaded from so that a change of
+ * settings while in READY is picked up at the next start. */
+typedef struct
+{
+  MoshiMimi *mimi;
+  gchar *model;
+  gchar *config;
+  GstMoshiDevice device;
+} GstMoshiLoadedModel;
+
+/* Makes sure loaded holds the model the element's current settings name, loading it (through
+ * the process-wide shared registry) when needed. On failure posts an element error naming
+ * the file and returns FALSE. */
+G_GNUC_INTERNAL gboolean gst_moshi_loaded_model_ensure (GstMoshiLoadedModel * loaded,
+    GstElement * element, GstMoshiSettings * settings);
+G_GNUC_INTERNAL void gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
+    GstElement * element);
+
+/* Caps of the token stream a model produces with the given number of codebooks. */
+G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks);
+
+/* Explains in the debug log (WARNING level of the element's category) why caps were refused
+ * on pad: each field that does not fit the pad template, then hint. */
+G_GNUC_INTERNAL void gst_moshi_log_refused_caps (GstElement * element,
+    GstDebugCategory * category, GstPad * pad, GstCaps * caps,
+    const gchar * hint);
+
+/* Key of the object data that points at the element's MoshiMimi while it is open; lets tests
+ * check that two elements share one model. Not an API. */
+#define GST_MOSHI_MODEL_DATA_KEY "gst-moshi-mimi-model"
+
+G_END_DECLS

@@ -1,0 +1,190 @@
+/* gst-moshi: the backend op table.
+ *
+ * Models are written once against these ops; the CPU backend implements them on host memory, the
+ * CUDA backend on device memory. A MoshiBackend is a device (shared, reference-counted); a
+ * MoshiExec is an execution context on it (a CUDA stream, or the CPU thread pool), owned by one
+ * session at a time, with its own scratch memory. Every pointer an op takes is a device pointer
+ * of the exec's backend; activations are f32, row-major, with explicit leading dimensions.
+ *
+ * Layouts: convolution activations are channel-major [C, T] (row c holds T time steps, row
+ * stride ld >= T); transformer activations are time-major [T, D]. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "moshi-dtype.h"
+#include "moshi-safetensors.h"
+
+G_BEGIN_DECLS
+
+typedef struct _MoshiBackend MoshiBackend;
+
+typedef enum {
+  MOSHI_ACT_SILU,
+  MOSHI_ACT_GELU,          /* exact erf form */
+} MoshiActivation;
+typedef struct _MoshiExec MoshiExec;
+typedef struct _MoshiBackendOps MoshiBackendOps;
+
+typedef enum {
+  MOSHI_DEVICE_AUTO,
+  MOSHI_DEVICE_CPU,
+  MOSHI_DEVICE_CUDA,
+} MoshiDevice;
+
+const char *moshi_device_name (MoshiDevice device);
+gboolean moshi_device_from_name (const char *name, MoshiDevice *out);
+
+/* A weight resident on a backend. data is a device pointer; on the CPU it may point straight
+ * into a memory-mapped checkpoint. Matrices (2-D: linear weights, embedding tables) keep BF16
+ * as stored; everything else is F32 on the device. */
+typedef struct {
+  MoshiDType dtype;
+  int ndim;
+  int64_t shape[MOSHI_MAX_DIMS];
+  const void *data;
+  void *owned;          /* backend allocation to release, or NULL for a borrowed view */
+} MoshiWeight;
+
+struct _MoshiBackendOps {
+  void (*destroy) (MoshiBackend *be);
+
+  MoshiExec *(*exec_new) (MoshiBackend *be, int n_threads, GError **error);
+  void (*exec_free) (MoshiExec *ex);
+
+  /* Memory. alloc returns zero-filled memory. */
+  void *(*alloc) (MoshiBackend *be, gsize bytes, GError **error);
+  void (*free) (MoshiBackend *be, void *ptr);
+  void (*upload) (MoshiExec *ex, void *dst, const void *host_src, gsize bytes);
+  void (*download) (MoshiExec *ex, void *host_dst, const void *src, gsize bytes);
+  void (*zero) (MoshiExec *ex, void *dst, gsize bytes);
+  /* Waits for queued work (a no-op on the CPU). */
+  void (*synchronize) (MoshiExec *ex);
+
+  /* Makes a device weight from a host tensor. keep_alive is the object that owns host memory
+   * (the CPU backend may keep a view instead of a copy and then refs keep_alive). */
+  gboolean (*weight_from_host) (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
+      MoshiSafetensors *keep_alive, GError **error);
+  /* A device weight from f32 host data the caller computed (always copied). */
+  gboolean (*weight_from_f32) (MoshiBackend *be, MoshiWeight *w, const float *host, int ndim,
+      const int64_t *shape, GError **error);
+  void (*weight_release) (MoshiBackend *be, MoshiWeight *w);
+
+  /* ---- data movement ---- */
+  /* dst[r, c] = src[r, c] for rows x cols floats. Rows may overlap as memmove allows when
+   * dst == src + k with k <= 0 within the same buffer (shifting history to the front). */
+  void (*copy_2d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      int rows, int cols);
+  /* dst[c, r] = src[r, c] */
+  void (*transpose) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      int rows, int cols);
+
+  /* ---- elementwise ---- */
+  /* dst = ELU(src) (alpha 1) over rows x cols; dst may equal src. */
+  void (*elu_2d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      int rows, int cols);
+  /* x = GELU(x), exact erf form. */
+  void (*gelu) (MoshiExec *ex, float *x, gsize n);
+  /* x[t, d] += scale[d] * y[t, d]; scale may be NULL (plain add). */
+  void (*add_scaled) (MoshiExec *ex, float *x, int ld_x, const float *y, int ld_y,
+      const MoshiWeight *scale, int rows, int cols);
+
+  /* dst[r, i] = act(src[r, i]) * src[r, hidden + i] (gated feed-forward). */
+  void (*gated_act) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      MoshiActivation act, int rows, int hidden);
+
+  /* ---- normalisation (time-major rows of width d) ---- */
+  void (*layer_norm) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      const MoshiWeight *weight, const MoshiWeight *bias, float eps, int rows, int d);
+  /* dst = src * alpha / sqrt(mean(src^2) + eps), in f32; alpha has d elements. */
+  void (*rms_norm) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      const MoshiWeight *alpha, float eps, int rows, int d);
+
+  /* ---- embeddings and positions ----
+   * dst[r] = beta * dst[r] + table[ids[r]] for ids[r] >= 0; a negative id contributes zero
+   * (upstream's zero token -1). table is [V, d] (F32 or BF16); ids is a device int32 array. */
+  void (*embedding) (MoshiExec *ex, float *dst, int ld, const MoshiWeight *table,
+      const int32_t *ids, int rows, float beta);
+  /* x[r] += scale * [cos(p / max_period^(i / (d/2 - 1))), sin(...)] for p = pos0 + r: the
+   * upstream sinusoidal embedding (halves concatenated, not interleaved). */
+  void (*add_sin_embedding) (MoshiExec *ex, float *x, int ld, int rows, int d, int pos0,
+      float max_period, float scale);
+
+  /* ---- linear algebra ---- */
+  /* dst[t, n] = beta * dst[t, n] + sum_k src[t, k] * w[n, k] (+ bias[n]).
+   * w is [n_out, n_in] (any trailing dims of size 1 ignored), F32 or BF16 (f32 accumulation). */
+  void (*linear) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta);
+
+  /* ---- convolutions (channel-major) ----
+   * Causal Conv1d: src holds the history and the new input, [c_in, (t_out - 1) * stride +
+   * (k - 1) * dilation + 1] columns; dst[o, t] = beta * dst[o, t] + bias[o] + sum over the
+   * group's inputs i and taps j of w[o, i, j] * src[i, t * stride + j * dilation].
+   * w is [c_out, c_in / groups, k]. */
+  void (*conv1d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
+      int t_out, float beta);
+  /* Streaming causal ConvTranspose1d with k - stride columns of carried overlap.
+   * w is [c_in, c_out / groups, k]. Emits t_in * stride columns into dst, adds the carry to
+   * the first columns and stores the new (bias-free) overlap in carry [c_out, k - stride]. */
+  void (*conv_transpose1d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+      const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups,
+      int t_in);
+
+  /* ---- attention ----
+   * Ring KV cache: k_cache and v_cache are [capacity, n_heads * head_dim]; the T new rows of k
+   * and v (row strides ld_k, ld_v) are written at slots (pos0 + i) mod capacity. */
+  void (*kv_write) (MoshiExec *ex, float *k_cache, float *v_cache, int capacity,
+      const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t);
+  /* Interleaved RoPE in place on t rows of n_heads * head_dim (row stride ld); row i is at
+   * position pos0 + i. */
+  void (*rope) (MoshiExec *ex, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
+      float max_period);
+  /* Causal attention of t queries (positions pos0 .. pos0 + t - 1) over the ring cache after
+   * kv_write; end = pos0 + t. Key slot s holds position s + capacity * floor((end - 1 - s) /
+   * capacity), valid when >= 0 and 0 <= q_pos - k_pos < context. dst is [t, n_heads *
+   * head_dim]; scale multiplies q.k. */
+  void (*attention) (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
+      const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
+      int pos0, int t, int context, float scale);
+
+  /* ---- residual vector quantisation ----
+   * codebooks: [n_levels, bins, dim]; sq_norms: [n_levels, bins] (|e|^2).
+   * rvq_encode: for each row x of residual [t, dim] (row stride ld), for each level l:
+   *   codes[l * ld_codes + row] = argmin_j (|e_j|^2 - 2 x.e_j) (lowest j on ties), x -= e_code.
+   * residual is consumed. codes is a device int32 buffer. */
+  void (*rvq_encode) (MoshiExec *ex, int32_t *codes, int ld_codes, float *residual, int ld,
+      const MoshiWeight *codebooks, const MoshiWeight *sq_norms, int n_levels, int t);
+  /* dst[row] = sum over levels of codebooks[l, codes[l * ld_codes + row]]. */
+  void (*rvq_decode) (MoshiExec *ex, float *dst, int ld, const int32_t *codes, int ld_codes,
+      const MoshiWeight *codebooks, int n_levels, int t);
+};
+
+struct _MoshiBackend {
+  const MoshiBackendOps *ops;
+  MoshiDevice device;
+  const char *name;              /* "cpu", "cuda" */
+  char *description;             /* e.g. "cpu (avx512, openblas)" */
+  gint ref_count;
+};
+
+struct _MoshiExec {
+  MoshiBackend *backend;
+};
+
+/* Opens a backend for device. MOSHI_DEVICE_AUTO picks CUDA when a GPU is usable and the CPU
+ * otherwise (logging why). Backends are process-wide singletons per device. */
+MoshiBackend *moshi_backend_open (MoshiDevice device, GError **error);
+MoshiBackend *moshi_backend_ref (MoshiBackend *be);
+void moshi_backend_unref (MoshiBackend *be);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiBackend, moshi_backend_unref)
+
+MoshiExec *moshi_exec_new (MoshiBackend *be, int n_threads, GError **error);
+void moshi_exec_free (MoshiExec *ex);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiExec, moshi_exec_free)
+
+/* The CPU backend (always available). */
+MoshiBackend *moshi_backend_cpu_new (void);
+
+G_END_DECLS

@@ -1,0 +1,233 @@
+/* gst-moshi: finding model files in the local Hugging Face hub cache (see moshi-hub.h). */
+#include "moshi-hub.h"
+
+#include "moshi-error.h"
+
+#include <string.h>
+
+char *
+moshi_hub_cache_dir (const char **origin)
+{
+  static const char *const direct_vars[] = { "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE" };
+  const char *from = "default";
+  char *dir = NULL;
+
+  for (guint i = 0; i < G_N_ELEMENTS (direct_vars) && dir == NULL; i++) {
+    const char *value = g_getenv (direct_vars[i]);
+    if (value != NULL && *value != '\0') {
+      dir = g_strdup (value);
+      from = direct_vars[i];
+    }
+  }
+  if (dir == NULL) {
+    const char *hf_home = g_getenv ("HF_HOME");
+    const char *xdg_cache = g_getenv ("XDG_CACHE_HOME");
+    if (hf_home != NULL && *hf_home != '\0') {
+      dir = g_build_filename (hf_home, "hub", NULL);
+      from = "HF_HOME";
+    } else if (xdg_cache != NULL && *xdg_cache != '\0') {
+      /* huggingface_hub honours XDG_CACHE_HOME, while GLib's g_get_user_cache_dir() would
+       * also pick it up but caches the first value it sees; read the variable directly. */
+      dir = g_build_filename (xdg_cache, "huggingface", "hub", NULL);
+      from = "XDG_CACHE_HOME";
+    } else {
+      dir = g_build_filename (g_get_home_dir (), ".cache", "huggingface", "hub", NULL);
+    }
+  }
+  if (origin)
+    *origin = from;
+  return dir;
+}
+
+/* Hub user and repository names: letters, digits, '-', '_' and '.', not "." or "..". */
+static gboolean
+is_repo_component (const char *s, gsize len)
+{
+  if (len == 0 || (len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.'))
+    return FALSE;
+  for (gsize i = 0; i < len; i++) {
+    if (!g_ascii_isalnum (s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* A relative path that stays inside the directory it is joined to. */
+static gboolean
+is_safe_relative_path (const char *s)
+{
+  if (*s == '\0' || *s == '/')
+    return FALSE;
+  g_auto (GStrv) parts = g_strsplit (s, "/", -1);
+  for (guint i = 0; parts[i]; i++) {
+    if (parts[i][0] == '\0' || strcmp (parts[i], ".") == 0 || strcmp (parts[i], "..") == 0)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+is_commit_hash (const char *s)
+{
+  gsize len = strlen (s);
+  if (len != 40)
+    return FALSE;
+  for (gsize i = 0; i < len; i++) {
+    if (!g_ascii_isxdigit (s[i]))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+typedef struct {
+  char *owner;
+  char *name;
+  char *revision;
+  char *filename;      /* NULL: use the default */
+} RepoSpec;
+
+static void
+repo_spec_clear (RepoSpec *r)
+{
+  g_free (r->owner);
+  g_free (r->name);
+  g_free (r->revision);
+  g_free (r->filename);
+}
+
+/* Parses "owner/name[@revision][:file]". */
+static gboolean
+parse_repo_spec (const char *spec, RepoSpec *out)
+{
+  memset (out, 0, sizeof *out);
+  const char *colon = strchr (spec, ':');
+  gsize repo_len = colon ? (gsize) (colon - spec) : strlen (spec);
+  g_autofree char *repo = g_strndup (spec, repo_len);
+
+  char *at = strchr (repo, '@');
+  if (at != NULL) {
+    *at = '\0';
+    const char *rev = at + 1;
+    if (!is_safe_relative_path (rev))
+      return FALSE;
+    out->revision = g_strdup (rev);
+  } else {
+    out->revision = g_strdup ("main");
+  }
+
+  const char *slash = strchr (repo, '/');
+  if (slash == NULL || strchr (slash + 1, '/') != NULL
+      || !is_repo_component (repo, (gsize) (slash - repo))
+      || !is_repo_component (slash + 1, strlen (slash + 1)))
+    goto invalid;
+  out->owner = g_strndup (repo, (gsize) (slash - repo));
+  out->name = g_strdup (slash + 1);
+
+  if (colon != NULL) {
+    if (!is_safe_relative_path (colon + 1))
+      goto invalid;
+    out->filename = g_strdup (colon + 1);
+  }
+  return TRUE;
+
+invalid:
+  repo_spec_clear (out);
+  memset (out, 0, sizeof *out);
+  return FALSE;
+}
+
+static char *
+resolve_in_cache (const char *spec, const RepoSpec *repo, const char *filename, GError **error)
+{
+  const char *origin;
+  g_autofree char *cache = moshi_hub_cache_dir (&origin);
+  g_autofree char *folder = g_strdup_printf ("models--%s--%s", repo->owner, repo->name);
+  g_autofree char *repo_dir = g_build_filename (cache, folder, NULL);
+  g_autofree char *where = g_strcmp0 (origin, "default") == 0
+      ? g_strdup ("the default cache directory")
+      : g_strdup_printf ("cache directory from $%s", origin);
+  g_autofree char *download_hint = g_strdup_printf ("downloading models is not supported yet; "
+      "fetch the file first, e.g. with `huggingface-cli download %s/%s %s%s%s`",
+      repo->owner, repo->name, filename,
+      strcmp (repo->revision, "main") != 0 ? " --revision " : "",
+      strcmp (repo->revision, "main") != 0 ? repo->revision : "");
+
+  g_autofree char *commit = NULL;
+  if (is_commit_hash (repo->revision)) {
+    commit = g_strdup (repo->revision);
+  } else {
+    g_autofree char *ref_path = g_build_filename (repo_dir, "refs", repo->revision, NULL);
+    g_autofree char *contents = NULL;
+    if (!g_file_get_contents (ref_path, &contents, NULL, NULL)) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+          "'%s' is not an existing file, and as a Hugging Face repo id it is not in the local "
+          "hub cache: %s does not exist (%s); %s", spec, ref_path, where, download_hint);
+      return NULL;
+    }
+    commit = g_strdup (g_strstrip (contents));
+    if (!is_safe_relative_path (commit) || strchr (commit, '/') != NULL) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "%s: '%s' is not a commit hash (hub cache for '%s')", ref_path, commit, spec);
+      return NULL;
+    }
+  }
+
+  g_autofree char *path = g_build_filename (repo_dir, "snapshots", commit, filename, NULL);
+  if (g_file_test (path, G_FILE_TEST_IS_REGULAR))
+    return g_steal_pointer (&path);
+  if (g_file_test (path, G_FILE_TEST_IS_SYMLINK)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+        "'%s': %s is a dangling symbolic link in the local Hugging Face hub cache (an "
+        "interrupted download?); %s", spec, path, download_hint);
+    return NULL;
+  }
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+      "'%s' is not an existing file, and as a Hugging Face repo id it is not in the local hub "
+      "cache: %s does not exist (%s, revision %s); %s", spec, path, where, repo->revision,
+      download_hint);
+  return NULL;
+}
+
+char *
+moshi_hub_resolve (const char *spec, const char *default_filename, GError **error)
+{
+  g_return_val_if_fail (spec != NULL, NULL);
+
+  if (*spec == '\0') {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "no model file given");
+    return NULL;
+  }
+  if (g_file_test (spec, G_FILE_TEST_IS_REGULAR))
+    return g_strdup (spec);
+  if (g_file_test (spec, G_FILE_TEST_IS_DIR)) {
+    /* A snapshot directory copied out of a cache, or any folder holding the usual file. */
+    if (default_filename != NULL) {
+      g_autofree char *inside = g_build_filename (spec, default_filename, NULL);
+      if (g_file_test (inside, G_FILE_TEST_IS_REGULAR))
+        return g_steal_pointer (&inside);
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+          "%s is a directory without %s in it", spec, default_filename);
+    } else {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s is a directory, not a file", spec);
+    }
+    return NULL;
+  }
+
+  RepoSpec repo;
+  if (!parse_repo_spec (spec, &repo)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+        "%s: no such file (and not a Hugging Face repo id of the form owner/name)", spec);
+    return NULL;
+  }
+  const char *filename = repo.filename ? repo.filename : default_filename;
+  char *path = NULL;
+  if (filename == NULL) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "'%s' names a Hugging Face repository but no file in it; use %s/%s:<file>", spec,
+        repo.owner, repo.name);
+  } else {
+    path = resolve_in_cache (spec, &repo, filename, error);
+  }
+  repo_spec_clear (&repo);
+  return path;
+}

@@ -1,0 +1,39 @@
+/* gst-moshi: finding model files named by a Hugging Face repo id in the local hub cache.
+ *
+ * Only resolution is done here: files must already be in the cache (downloaded by
+ * `huggingface-cli download`, the Python `huggingface_hub` package or the Rust `hf-hub` crate,
+ * which share one layout). Downloading is not supported yet.
+ *
+ * Cache layout (huggingface_hub):
+ *   <cache>/models--<owner>--<name>/refs/<revision>          text file holding a commit hash
+ *   <cache>/models--<owner>--<name>/snapshots/<commit>/<file> usually a symlink into ../blobs
+ * where <cache> is $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
+ * $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub. */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+/* The file that holds Mimi's weights in Kyutai's repositories (kyutai/moshiko-pytorch-bf16 and
+ * siblings). */
+#define MOSHI_HUB_MIMI_FILENAME "tokenizer-e351c8d8-checkpoint125.safetensors"
+
+/* Turns a model specification into a path to an existing file.
+ *
+ * spec is either a path to an existing file (returned as is) or a repo id:
+ *   owner/name                  default_filename at the revision "main"
+ *   owner/name:file             another file of the repository (may contain '/')
+ *   owner/name@revision         a branch, tag or 40-hex commit hash
+ *   owner/name@revision:file
+ * default_filename may be NULL when spec must name the file itself.
+ *
+ * Errors (MOSHI_ERROR_IO) say which paths were searched, and that downloading is not supported
+ * yet. Returns a newly allocated path. */
+char *moshi_hub_resolve (const char *spec, const char *default_filename, GError **error);
+
+/* The hub cache directory that moshi_hub_resolve searches, and the environment variable it
+ * came from (a static string, or "default" for ~/.cache/huggingface/hub). */
+char *moshi_hub_cache_dir (const char **origin);
+
+G_END_DECLS

@@ -1,0 +1,458 @@
+#include "lm-config.h"
+
+#include "moshi-error.h"
+#include "moshi-json.h"
+
+#include <math.h>
+#include <string.h>
+
+static void
+transformer_defaults (MoshiTransformerConfig *t)
+{
+  memset (t, 0, sizeof (*t));
+  t->num_heads = 8;
+  t->causal = TRUE;
+  t->positional_embedding = MOSHI_POS_SIN;
+  t->max_period = 10000;
+  t->positional_scale = 1.0;
+  t->norm = MOSHI_NORM_LAYER_NORM;
+  t->gating = MOSHI_GATING_NONE;
+  t->kv_repeat = 1;
+  t->n_weight_sets = 1;
+}
+
+static void
+lm_defaults (MoshiLmConfig *cfg)
+{
+  memset (cfg, 0, sizeof (*cfg));
+  cfg->dim = 128;
+  cfg->text_card = 32000;
+  cfg->n_q = 8;
+  cfg->dep_q = 8;
+  cfg->card = 1024;
+  cfg->existing_text_padding_id = 3;
+  cfg->existing_text_end_padding_id = 0;
+  cfg->depformer_dim = 256;
+  transformer_defaults (&cfg->transformer);
+  transformer_defaults (&cfg->depformer);
+}
+
+float
+moshi_norm_eps (MoshiNormKind kind)
+{
+  switch (kind) {
+    case MOSHI_NORM_LAYER_NORM:
+    case MOSHI_NORM_RMS_NORM:
+      return 1e-5f;
+    default:
+      return 1e-8f;
+  }
+}
+
+int
+moshi_lm_config_num_streams (const MoshiLmConfig *cfg)
+{
+  return 1 + cfg->n_q;
+}
+
+int
+moshi_lm_config_max_delay (const MoshiLmConfig *cfg)
+{
+  int m = 0;
+  for (int k = 0; k < moshi_lm_config_num_streams (cfg); k++)
+    m = MAX (m, cfg->delays[k]);
+  return m;
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+typedef struct {
+  const char *what;
+  GError **error;
+} Reader;
+
+static gboolean
+bad (Reader *rd, const char *key, const char *expected)
+{
+  g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"%s\" must be %s", rd->what, key,
+      expected);
+  return FALSE;
+}
+
+static gboolean
+get_int (Reader *rd, const MoshiJson *v, const char *key, int min, int max, int *out)
+{
+  gint64 x;
+  if (!moshi_json_int64 (v, &x) || x < min || x > max) {
+    g_autofree char *range = g_strdup_printf ("an integer in [%d, %d]", min, max);
+    return bad (rd, key, range);
+  }
+  *out = (int) x;
+  return TRUE;
+}
+
+static gboolean
+get_number (Reader *rd, const MoshiJson *v, const char *key, double *out)
+{
+  if (!moshi_json_double (v, out) || !isfinite (*out))
+    return bad (rd, key, "a number");
+  return TRUE;
+}
+
+static gboolean
+get_bool (Reader *rd, const MoshiJson *v, const char *key, gboolean *out)
+{
+  if (!moshi_json_bool (v, out))
+    return bad (rd, key, "true or false");
+  return TRUE;
+}
+
+static gboolean
+is_null (const MoshiJson *v)
+{
+  return moshi_json_kind (v) == MOSHI_JSON_NULL;
+}
+
+static gboolean
+get_norm (Reader *rd, const MoshiJson *v, const char *key, MoshiNormKind *out)
+{
+  static const struct { const char *name; MoshiNormKind kind; } norms[] = {
+    { "layer_norm", MOSHI_NORM_LAYER_NORM }, { "layer_norm_f32", MOSHI_NORM_LAYER_NORM_F32 },
+    { "rms_norm", MOSHI_NORM_RMS_NORM }, { "rms_norm_f32", MOSHI_NORM_RMS_NORM_F32 },
+  };
+  const char *s = moshi_json_string (v);
+  for (guint i = 0; s && i < G_N_ELEMENTS (norms); i++)
+    if (strcmp (s, norms[i].name) == 0) {
+      *out = norms[i].kind;
+      return TRUE;
+    }
+  return bad (rd, key, "one of layer_norm, layer_norm_f32, rms_norm, rms_norm_f32");
+}
+
+static gboolean
+get_pos (Reader *rd, const MoshiJson *v, const char *key, MoshiPosKind *out)
+{
+  static const struct { const char *name; MoshiPosKind kind; } kinds[] = {
+    { "none", MOSHI_POS_NONE }, { "sin", MOSHI_POS_SIN }, { "rope", MOSHI_POS_ROPE },
+    { "sin_rope", MOSHI_POS_SIN_ROPE }, { "rope_concat", MOSHI_POS_ROPE_CONCAT },
+  };
+  const char *s = moshi_json_string (v);
+  for (guint i = 0; s && i < G_N_ELEMENTS (kinds); i++)
+    if (strcmp (s, kinds[i].name) == 0) {
+      *out = kinds[i].kind;
+      return TRUE;
+    }
+  return bad (rd, key, "one of none, sin, rope, sin_rope, rope_concat");
+}
+
+static gboolean
+get_gating (Reader *rd, const MoshiJson *v, const char *key, MoshiGatingKind *out)
+{
+  const char *s = moshi_json_string (v);
+  if (s && strcmp (s, "none") == 0)
+    *out = MOSHI_GATING_NONE;
+  else if (s && strcmp (s, "silu") == 0)
+    *out = MOSHI_GATING_SILU;
+  else if (s && strcmp (s, "gelu") == 0)
+    *out = MOSHI_GATING_GELU;
+  else
+    return bad (rd, key, "none, silu or gelu (other gating activations are not supported)");
+  return TRUE;
+}
+
+/* A keyword argument of StreamingTransformer, given to the main transformer (and copied to the
+ * depformer) or, with the depformer_ prefix, to the depformer only. Returns -1 when key is not
+ * one, FALSE on a bad value. */
+static int
+transformer_kwarg (Reader *rd, MoshiTransformerConfig *t, const char *name, const char *key,
+    const MoshiJson *v)
+{
+  if (strcmp (name, "num_layers") == 0)
+    return get_int (rd, v, key, 0, 4096, &t->num_layers);
+  if (strcmp (name, "positional_embedding") == 0)
+    return get_pos (rd, v, key, &t->positional_embedding);
+  if (strcmp (name, "max_period") == 0)
+    return get_number (rd, v, key, &t->max_period);
+  if (strcmp (name, "positional_scale") == 0)
+    return get_number (rd, v, key, &t->positional_scale);
+  if (strcmp (name, "layer_scale") == 0) {
+    t->layer_scale = !is_null (v);
+    return TRUE;
+  }
+  if (strcmp (name, "gating") == 0)
+    return get_gating (rd, v, key, &t->gating);
+  if (strcmp (name, "kv_repeat") == 0)
+    return get_int (rd, v, key, 1, 1024, &t->kv_repeat);
+  if (strcmp (name, "norm") == 0)
+    return get_norm (rd, v, key, &t->norm);
+  if (strcmp (name, "cross_attention") == 0) {
+    gboolean x;
+    if (!get_bool (rd, v, key, &x))
+      return FALSE;
+    if (x) {
+      g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: \"%s\": cross-attention conditioning is not supported", rd->what, key);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  return -1;
+}
+
+/* Keys of the checkpoint description, not of the LM. */
+static const char *const ignored_keys[] = {
+  "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+  "lm_gen_config", "tts_config", "stt_config", "model_id", "depformer_causal",
+  "gradient_checkpointing", "extra_heads_num_heads", "extra_heads_dim", "depformer_context",
+  NULL
+};
+
+/* Keys that must be false / null / 0 here because the feature is not implemented. */
+static const char *const must_be_off[] = {
+  "norm_emb", "bias_proj", "demux_second_text_stream", "demux_second_stream", "quantize",
+  "lora", "fuser", "conditioners", NULL
+};
+
+gboolean
+moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
+    const char *what, GError **error)
+{
+  lm_defaults (cfg);
+  g_autoptr (MoshiJson) root = moshi_json_parse (text, len, what, error);
+  if (root == NULL)
+    return FALSE;
+  if (moshi_json_kind (root) != MOSHI_JSON_OBJECT) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: the config must be a JSON object", what);
+    return FALSE;
+  }
+  Reader rd = { what, error };
+  double hidden_scale = 4;
+  int dep_ff = 0;
+  gboolean wps = FALSE, have_delays = FALSE, have_schedule = FALSE;
+  const MoshiJson *delays = NULL, *schedule = NULL;
+  MoshiPosKind dep_pos = MOSHI_POS_SIN;
+  int context = 0;
+  int dep_num_heads = 0;
+  MoshiTransformerConfig dep_overrides;
+  transformer_defaults (&dep_overrides);
+  /* depformer_* transformer keys are applied after the main ones are copied */
+  GPtrArray *dep_keys = g_ptr_array_new ();
+
+  gsize n = moshi_json_length (root);
+  gboolean ok = TRUE;
+  for (gsize i = 0; ok && i < n; i++) {
+    const char *key = moshi_json_member_name (root, i);
+    const MoshiJson *v = moshi_json_index (root, i);
+    if (g_strv_contains (ignored_keys, key))
+      continue;
+    if (g_strv_contains (must_be_off, key)) {
+      gboolean on = FALSE;
+      gint64 num = 0;
+      if (moshi_json_kind (v) == MOSHI_JSON_TRUE || (moshi_json_kind (v) == MOSHI_JSON_OBJECT
+              && moshi_json_length (v) > 0) || (moshi_json_int64 (v, &num) && num != 0))
+        on = TRUE;
+      if (on) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"%s\" is not supported", what, key);
+        ok = FALSE;
+      }
+      continue;
+    }
+    if (strcmp (key, "dim") == 0)
+      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->dim);
+    else if (strcmp (key, "text_card") == 0)
+      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card);
+    else if (strcmp (key, "text_card_out") == 0)
+      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card_out);
+    else if (strcmp (key, "n_q") == 0)
+      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_STREAMS - 1, &cfg->n_q);
+    else if (strcmp (key, "dep_q") == 0)
+      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_DEP_STEPS, &cfg->dep_q);
+    else if (strcmp (key, "card") == 0)
+      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->card);
+    else if (strcmp (key, "existing_text_padding_id") == 0)
+      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_padding_id);
+    else if (strcmp (key, "existing_text_end_padding_id") == 0)
+      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_end_padding_id);
+    else if (strcmp (key, "num_heads") == 0)
+      ok = get_int (&rd, v, key, 1, 4096, &cfg->transformer.num_heads);
+    else if (strcmp (key, "hidden_scale") == 0)
+      ok = get_number (&rd, v, key, &hidden_scale);
+    else if (strcmp (key, "causal") == 0)
+      ok = get_bool (&rd, v, key, &cfg->transformer.causal);
+    else if (strcmp (key, "context") == 0)
+      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &context);
+    else if (strcmp (key, "delays") == 0) {
+      delays = v;
+      have_delays = TRUE;
+    } else if (strcmp (key, "depformer_dim") == 0)
+      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_dim);
+    else if (strcmp (key, "depformer_dim_feedforward") == 0)
+      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 20, &dep_ff);
+    else if (strcmp (key, "depformer_multi_linear") == 0)
+      ok = get_bool (&rd, v, key, &cfg->depformer_multi_linear);
+    else if (strcmp (key, "depformer_weights_per_step") == 0)
+      ok = get_bool (&rd, v, key, &wps);
+    else if (strcmp (key, "depformer_weights_per_step_schedule") == 0) {
+      schedule = v;
+      have_schedule = !is_null (v);
+    } else if (strcmp (key, "depformer_low_rank_embeddings") == 0)
+      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_low_rank);
+    else if (strcmp (key, "depformer_pos_emb") == 0)
+      ok = get_pos (&rd, v, key, &dep_pos);
+    else if (strcmp (key, "depformer_norm") == 0) {
+      cfg->has_depformer_norm = !is_null (v);
+      ok = is_null (v) || get_norm (&rd, v, key, &cfg->depformer_norm);
+    } else if (strcmp (key, "depformer_num_heads") == 0)
+      ok = get_int (&rd, v, key, 1, 4096, &dep_num_heads);
+    else if (g_str_has_prefix (key, "depformer_")) {
+      int r = transformer_kwarg (&rd, &dep_overrides, key + strlen ("depformer_"), key, v);
+      if (r < 0) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"%s\" is not supported", what, key);
+        ok = FALSE;
+      } else {
+        ok = r;
+        g_ptr_array_add (dep_keys, (gpointer) key);
+      }
+    } else {
+      int r = transformer_kwarg (&rd, &cfg->transformer, key, key, v);
+      if (r < 0) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"%s\" is not supported", what, key);
+        ok = FALSE;
+      } else {
+        ok = r;
+      }
+    }
+  }
+  if (!ok) {
+    g_ptr_array_unref (dep_keys);
+    return FALSE;
+  }
+
+  /* Main transformer. "norm" is an LMModel argument that also reaches the depformer. */
+  MoshiTransformerConfig *t = &cfg->transformer;
+  t->d_model = cfg->dim;
+  t->dim_feedforward = (int) (hidden_scale * cfg->dim);
+  t->context = context;
+  if (cfg->text_card_out == 0)
+    cfg->text_card_out = cfg->text_card;
+
+  /* Depformer: the main kwargs, then the depformer_ ones, then the forced settings. */
+  MoshiTransformerConfig *d = &cfg->depformer;
+  *d = *t;
+  for (guint i = 0; i < dep_keys->len; i++) {
+    const char *name = (const char *) dep_keys->pdata[i] + strlen ("depformer_");
+    const MoshiJson *v = moshi_json_get (root, dep_keys->pdata[i]);
+    transformer_kwarg (&rd, d, name, dep_keys->pdata[i], v);
+  }
+  g_ptr_array_unref (dep_keys);
+  d->d_model = cfg->depformer_dim;
+  d->num_heads = dep_num_heads;
+  d->dim_feedforward = dep_ff ? dep_ff : (int) (hidden_scale * cfg->depformer_dim);
+  d->positional_embedding = dep_pos;
+  d->context = 0;
+  d->weights_per_step = wps ? cfg->dep_q : 0;
+  d->n_weight_sets = 1;
+  for (int k = 0; k < MOSHI_LM_MAX_DEP_STEPS; k++)
+    d->schedule[k] = wps ? k : 0;
+  if (wps)
+    d->n_weight_sets = cfg->dep_q;
+  if (have_schedule) {
+    if (moshi_json_kind (schedule) != MOSHI_JSON_ARRAY
+        || (int) moshi_json_length (schedule) != cfg->dep_q || !wps)
+      return bad (&rd, "depformer_weights_per_step_schedule",
+          "a list of dep_q integers, with depformer_weights_per_step true");
+    d->n_weight_sets = 0;
+    for (int k = 0; k < cfg->dep_q; k++) {
+      if (!get_int (&rd, moshi_json_index (schedule, k), "depformer_weights_per_step_schedule", 0,
+              cfg->dep_q - 1, &d->schedule[k]))
+        return FALSE;
+      d->n_weight_sets = MAX (d->n_weight_sets, d->schedule[k] + 1);
+    }
+  }
+
+  int streams = moshi_lm_config_num_streams (cfg);
+  if (have_delays) {
+    if (moshi_json_kind (delays) != MOSHI_JSON_ARRAY || (int) moshi_json_length (delays) != streams) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: \"delays\" must list %d delays (text + n_q = %d audio streams)", what, streams,
+          cfg->n_q);
+      return FALSE;
+    }
+    for (int k = 0; k < streams; k++)
+      if (!get_int (&rd, moshi_json_index (delays, k), "delays", 0, 1000, &cfg->delays[k]))
+        return FALSE;
+  } else if (streams != 1) {
+    /* The upstream default [0] only fits a model without audio streams. */
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"delays\" is missing (%d streams need one delay each)", what, streams);
+    return FALSE;
+  }
+
+  if (t->num_layers == 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"num_layers\" is missing", what);
+    return FALSE;
+  }
+  if (cfg->dep_q > 0 && d->num_heads == 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"depformer_num_heads\" is missing (the depformer has no default head count)", what);
+    return FALSE;
+  }
+  if (cfg->dep_q > cfg->n_q) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: dep_q (%d) > n_q (%d)", what,
+        cfg->dep_q, cfg->n_q);
+    return FALSE;
+  }
+  if (t->d_model % t->num_heads != 0 || (cfg->dep_q > 0 && d->d_model % d->num_heads != 0)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: dim must be a multiple of num_heads (and depformer_dim of depformer_num_heads)", what);
+    return FALSE;
+  }
+  if (t->kv_repeat != 1 || d->kv_repeat != 1) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: kv_repeat != 1 is not supported", what);
+    return FALSE;
+  }
+  if (!t->causal) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: causal = false is not supported", what);
+    return FALSE;
+  }
+  if (wps && d->gating == MOSHI_GATING_NONE) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: depformer weights per step need a gated feed-forward (as upstream)", what);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+moshi_lm_config_load (MoshiLmConfig *cfg, const char *path, GError **error)
+{
+  g_autofree char *text = NULL;
+  gsize len = 0;
+  g_autoptr (GError) io_error = NULL;
+  if (!g_file_get_contents (path, &text, &len, &io_error)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot read LM config %s: %s", path,
+        io_error->message);
+    return FALSE;
+  }
+  return moshi_lm_config_from_json_text (cfg, text, len, path, error);
+}
+
+void
+moshi_lm_config_init_moshi_7b (MoshiLmConfig *cfg)
+{
+  static const char moshi_7b[] =
+      "{\"dim\": 4096, \"text_card\": 32000, \"existing_text_padding_id\": 3, \"n_q\": 16,"
+      " \"dep_q\": 8, \"card\": 2048, \"num_heads\": 32, \"num_layers\": 32,"
+      " \"hidden_scale\": 4.125, \"causal\": true, \"layer_scale\": null, \"context\": 3000,"
+      " \"max_period\": 10000, \"gating\": \"silu\", \"norm\": \"rms_norm_f32\","
+      " \"positional_embedding\": \"rope\", \"depformer_dim\": 1024,"
+      " \"depformer_dim_feedforward\": 4224, \"depformer_num_heads\": 16,"
+      " \"depformer_num_layers\": 6, \"depformer_layer_scale\": null,"
+      " \"depformer_multi_linear\": true, \"depformer_context\": 8,"
+      " \"depformer_max_period\": 10000, \"depformer_gating\": \"silu\","
+      " \"depformer_pos_emb\": \"none\", \"depformer_weights_per_step\": true,"
+      " \"delays\": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]}";
+  gboolean ok = moshi_lm_config_from_json_text (cfg, moshi_7b, sizeof (moshi_7b) - 1,
+      "built-in Moshi 7B config", NULL);
+  g_assert (ok);
+}

@@ -1,0 +1,967 @@
+/* gst-moshi: the Moshi LM on the backend op table (see moshi-lm.h and spec/lm.md). */
+#include "moshi-lm.h"
+
+#include "lm-sampling.h"
+
+#include "moshi-error.h"
+#include "moshi-safetensors.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ================================================================ model */
+
+typedef struct {
+  MoshiWeight *in_proj, *out_proj;      /* per weight set: [3d, d], [d, d] */
+  MoshiWeight *ffn_in, *ffn_out;        /* per weight set: gating [2h, d], [d, h]; or linear1/2 */
+  int *ffn_hidden;
+  MoshiWeight norm1_w, norm1_b, norm2_w, norm2_b;
+  MoshiWeight scale1, scale2;
+} LmLayer;
+
+typedef struct {
+  const MoshiTransformerConfig *cfg;
+  int n_layers;
+  int n_sets;
+  LmLayer *layers;
+  int max_hidden;
+} LmTransformer;
+
+typedef struct {
+  MoshiWeight table;                    /* [V, d] or [V, r] */
+  MoshiWeight low_rank;                 /* [d, r] when present */
+  gboolean has_low_rank;
+} LmEmbedding;
+
+struct _MoshiLm {
+  gint ref_count;
+  MoshiLmConfig cfg;
+  char *path;
+  MoshiSafetensors *st;
+  MoshiBackend *be;
+
+  LmEmbedding *emb;                     /* n_q audio streams */
+  LmEmbedding text_emb;
+  LmTransformer temporal;
+  MoshiWeight out_norm_w, out_norm_b;
+  MoshiWeight text_linear;
+
+  int n_depformer_in;
+  MoshiWeight *depformer_in;
+  LmEmbedding depformer_text_emb;
+  LmEmbedding *depformer_emb;           /* dep_q - 1 */
+  LmTransformer depformer;
+  MoshiWeight *depformer_norm_w, *depformer_norm_b;   /* dep_q, when configured */
+  MoshiWeight *linears;                 /* dep_q */
+};
+
+typedef struct {
+  MoshiLm *lm;
+  GError **error;
+} Loader;
+
+static gboolean
+load_tensor (Loader *ld, MoshiWeight *w, const char *name, int ndim, const int64_t *shape)
+{
+  const MoshiTensorEntry *e = moshi_safetensors_require (ld->lm->st, name, MOSHI_DTYPE_COUNT,
+      ndim, shape, ld->error);
+  if (e == NULL)
+    return FALSE;
+  if (!ld->lm->be->ops->weight_from_host (ld->lm->be, w, e, ld->lm->st, ld->error)) {
+    g_prefix_error (ld->error, "%s: ", ld->lm->path);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+load_matrix (Loader *ld, MoshiWeight *w, const char *name, int64_t rows, int64_t cols)
+{
+  int64_t shape[] = { rows, cols };
+  return load_tensor (ld, w, name, 2, shape);
+}
+
+/* A view of rows [row0, row0 + rows) of a matrix. */
+static void
+row_view (MoshiWeight *dst, const MoshiWeight *src, int64_t row0, int64_t rows)
+{
+  *dst = *src;
+  dst->owned = NULL;
+  dst->shape[0] = rows;
+  dst->data = (const guint8 *) src->data + row0 * src->shape[1] * moshi_dtype_size (src->dtype);
+}
+
+static gboolean
+load_norm (Loader *ld, MoshiNormKind kind, const char *prefix, int d, MoshiWeight *w, MoshiWeight *b)
+{
+  g_autofree char *wname = NULL;
+  if (kind == MOSHI_NORM_RMS_NORM || kind == MOSHI_NORM_RMS_NORM_F32) {
+    wname = g_strdup_printf ("%s.alpha", prefix);
+    int64_t shape[] = { 1, 1, d };
+    return load_tensor (ld, w, wname, 3, shape);
+  }
+  wname = g_strdup_printf ("%s.weight", prefix);
+  g_autofree char *bname = g_strdup_printf ("%s.bias", prefix);
+  int64_t shape[] = { d };
+  return load_tensor (ld, w, wname, 1, shape) && load_tensor (ld, b, bname, 1, shape);
+}
+
+static gboolean
+load_embedding (Loader *ld, LmEmbedding *e, const char *prefix, int64_t vocab, int d, int low_rank)
+{
+  g_autofree char *name = g_strdup_printf ("%s.weight", prefix);
+  if (!load_matrix (ld, &e->table, name, vocab, low_rank ? low_rank : d))
+    return FALSE;
+  if (low_rank) {
+    g_autofree char *lr = g_strdup_printf ("%s.low_rank.weight", prefix);
+    e->has_low_rank = TRUE;
+    return load_matrix (ld, &e->low_rank, lr, d, low_rank);
+  }
+  return TRUE;
+}
+
+/* The attention projections of all weight sets: either fused (in_proj_weight [sets*3d, d],
+ * out_proj.weight [sets*d, d], as in the released checkpoints) or one tensor per set
+ * (in_projs.N.weight, out_projs.N.weight, as the module's state_dict has them). */
+static gboolean
+load_attention (Loader *ld, LmLayer *L, const char *prefix, int d, int sets)
+{
+  MoshiLm *lm = ld->lm;
+  g_autofree char *fused_in = g_strdup_printf ("%s.self_attn.in_proj_weight", prefix);
+  g_autofree char *fused_out = g_strdup_printf ("%s.self_attn.out_proj.weight", prefix);
+  g_autofree char *split_in0 = g_strdup_printf ("%s.self_attn.in_projs.0.weight", prefix);
+  L->in_proj = g_new0 (MoshiWeight, sets + 1);
+  L->out_proj = g_new0 (MoshiWeight, sets + 1);
+  if (moshi_safetensors_lookup (lm->st, fused_in) || !moshi_safetensors_lookup (lm->st, split_in0)) {
+    /* the fused weights live in slot [sets]; the per-set entries are views */
+    if (!load_matrix (ld, &L->in_proj[sets], fused_in, (int64_t) sets * 3 * d, d)
+        || !load_matrix (ld, &L->out_proj[sets], fused_out, (int64_t) sets * d, d))
+      return FALSE;
+    for (int s = 0; s < sets; s++) {
+      row_view (&L->in_proj[s], &L->in_proj[sets], (int64_t) s * 3 * d, 3 * d);
+      row_view (&L->out_proj[s], &L->out_proj[sets], (int64_t) s * d, d);
+    }
+    return TRUE;
+  }
+  for (int s = 0; s < sets; s++) {
+    g_autofree char *in_name = g_strdup_printf ("%s.self_attn.in_projs.%d.weight", prefix, s);
+    g_autofree char *out_name = g_strdup_printf ("%s.self_attn.out_projs.%d.weight", prefix, s);
+    if (!load_matrix (ld, &L->in_proj[s], in_name, 3 * d, d)
+        || !load_matrix (ld, &L->out_proj[s], out_name, d, d))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* Feed-forward weights. The hidden size of a gated FFN follows from the checkpoint (upstream's
+ * rule, 2 * dim_feedforward / 3 or 21 * d / 8, is checked against it). */
+static gboolean
+load_ffn (Loader *ld, LmLayer *L, const MoshiTransformerConfig *cfg, const char *prefix, int sets,
+    int *max_hidden)
+{
+  int d = cfg->d_model;
+  L->ffn_in = g_new0 (MoshiWeight, sets);
+  L->ffn_out = g_new0 (MoshiWeight, sets);
+  L->ffn_hidden = g_new0 (int, sets);
+  if (cfg->gating == MOSHI_GATING_NONE) {
+    int ff = cfg->dim_feedforward;
+    g_autofree char *l1 = g_strdup_printf ("%s.linear1.weight", prefix);
+    g_autofree char *l2 = g_strdup_printf ("%s.linear2.weight", prefix);
+    L->ffn_hidden[0] = ff;
+    *max_hidden = MAX (*max_hidden, 2 * ff);
+    return load_matrix (ld, &L->ffn_in[0], l1, ff, d) && load_matrix (ld, &L->ffn_out[0], l2, d, ff);
+  }
+  int hidden = cfg->dim_feedforward == 4 * d ? 21 * d / 8 : 2 * cfg->dim_feedforward / 3;
+  for (int s = 0; s < sets; s++) {
+    g_autofree char *base = cfg->weights_per_step ? g_strdup_printf ("%s.gating.%d", prefix, s)
+        : g_strdup_printf ("%s.gating", prefix);
+    g_autofree char *in_name = g_strdup_printf ("%s.linear_in.weight", base);
+    g_autofree char *out_name = g_strdup_printf ("%s.linear_out.weight", base);
+    L->ffn_hidden[s] = hidden;
+    if (!load_matrix (ld, &L->ffn_in[s], in_name, 2 * hidden, d)
+        || !load_matrix (ld, &L->ffn_out[s], out_name, d, hidden))
+      return FALSE;
+  }
+  *max_hidden = MAX (*max_hidden, 2 * hidden);
+  return TRUE;
+}
+
+static gboolean
+load_transformer (Loader *ld, LmTransformer *tr, const MoshiTransformerConfig *cfg,
+    const char *name)
+{
+  tr->cfg = cfg;
+  tr->n_layers = cfg->num_layers;
+  tr->n_sets = cfg->n_weight_sets;
+  tr->layers = g_new0 (LmLayer, tr->n_layers);
+  int d = cfg->d_model;
+  for (int l = 0; l < tr->n_layers; l++) {
+    LmLayer *L = &tr->layers[l];
+    g_autofree char *p = g_strdup_printf ("%s.layers.%d", name, l);
+    g_autofree char *n1 = g_strdup_printf ("%s.norm1", p);
+    g_autofree char *n2 = g_strdup_printf ("%s.norm2", p);
+    if (!load_attention (ld, L, p, d, tr->n_sets)
+        || !load_ffn (ld, L, cfg, p, cfg->gating == MOSHI_GATING_NONE ? 1 : tr->n_sets, &tr->max_hidden)
+        || !load_norm (ld, cfg->norm, n1, d, &L->norm1_w, &L->norm1_b)
+        || !load_norm (ld, cfg->norm, n2, d, &L->norm2_w, &L->norm2_b))
+      return FALSE;
+    if (cfg->layer_scale) {
+      g_autofree char *s1 = g_strdup_printf ("%s.layer_scale_1.scale", p);
+      g_autofree char *s2 = g_strdup_printf ("%s.layer_scale_2.scale", p);
+      int64_t shape[] = { d };
+      if (!load_tensor (ld, &L->scale1, s1, 1, shape) || !load_tensor (ld, &L->scale2, s2, 1, shape))
+        return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static void
+release (MoshiBackend *be, MoshiWeight *w, int n)
+{
+  for (int i = 0; w && i < n; i++)
+    be->ops->weight_release (be, &w[i]);
+}
+
+static void
+release_embedding (MoshiBackend *be, LmEmbedding *e)
+{
+  release (be, &e->table, 1);
+  release (be, &e->low_rank, 1);
+}
+
+static void
+release_transformer (MoshiBackend *be, LmTransformer *tr)
+{
+  for (int l = 0; tr->layers && l < tr->n_layers; l++) {
+    LmLayer *L = &tr->layers[l];
+    int ffn_sets = tr->cfg->gating == MOSHI_GATING_NONE ? 1 : tr->n_sets;
+    release (be, L->in_proj, tr->n_sets + 1);
+    release (be, L->out_proj, tr->n_sets + 1);
+    release (be, L->ffn_in, ffn_sets);
+    release (be, L->ffn_out, ffn_sets);
+    release (be, &L->norm1_w, 1);
+    release (be, &L->norm1_b, 1);
+    release (be, &L->norm2_w, 1);
+    release (be, &L->norm2_b, 1);
+    release (be, &L->scale1, 1);
+    release (be, &L->scale2, 1);
+    g_free (L->in_proj);
+    g_free (L->out_proj);
+    g_free (L->ffn_in);
+    g_free (L->ffn_out);
+    g_free (L->ffn_hidden);
+  }
+  g_free (tr->layers);
+}
+
+static void
+lm_free (MoshiLm *lm)
+{
+  MoshiBackend *be = lm->be;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  if (be) {
+    for (int j = 0; lm->emb && j < cfg->n_q; j++)
+      release_embedding (be, &lm->emb[j]);
+    release_embedding (be, &lm->text_emb);
+    release_transformer (be, &lm->temporal);
+    release (be, &lm->out_norm_w, 1);
+    release (be, &lm->out_norm_b, 1);
+    release (be, &lm->text_linear, 1);
+    release (be, lm->depformer_in, lm->n_depformer_in);
+    release_embedding (be, &lm->depformer_text_emb);
+    for (int k = 0; lm->depformer_emb && k < cfg->dep_q - 1; k++)
+      release_embedding (be, &lm->depformer_emb[k]);
+    release_transformer (be, &lm->depformer);
+    release (be, lm->depformer_norm_w, cfg->dep_q);
+    release (be, lm->depformer_norm_b, cfg->dep_q);
+    release (be, lm->linears, cfg->dep_q);
+    moshi_backend_unref (be);
+  }
+  g_free (lm->emb);
+  g_free (lm->depformer_in);
+  g_free (lm->depformer_emb);
+  g_free (lm->depformer_norm_w);
+  g_free (lm->depformer_norm_b);
+  g_free (lm->linears);
+  if (lm->st)
+    moshi_safetensors_unref (lm->st);
+  g_free (lm->path);
+  g_free (lm);
+}
+
+static gboolean
+check_config (const MoshiLmConfig *cfg, const char *what, GError **error)
+{
+  const MoshiTransformerConfig *ts[] = { &cfg->transformer, &cfg->depformer };
+  for (int i = 0; i < (cfg->dep_q > 0 ? 2 : 1); i++) {
+    if (ts[i]->positional_embedding == MOSHI_POS_ROPE_CONCAT) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED,
+          "%s: positional_embedding \"rope_concat\" is not supported", what);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static gboolean
+load_model (MoshiLm *lm, GError **error)
+{
+  const MoshiLmConfig *cfg = &lm->cfg;
+  Loader ld = { lm, error };
+  int d = cfg->dim;
+
+  lm->emb = g_new0 (LmEmbedding, cfg->n_q);
+  for (int j = 0; j < cfg->n_q; j++) {
+    g_autofree char *p = g_strdup_printf ("emb.%d", j);
+    if (!load_embedding (&ld, &lm->emb[j], p, cfg->card + 1, d, 0))
+      return FALSE;
+  }
+  if (!load_embedding (&ld, &lm->text_emb, "text_emb", cfg->text_card + 1, d, 0)
+      || !load_transformer (&ld, &lm->temporal, &cfg->transformer, "transformer")
+      || !load_norm (&ld, cfg->transformer.norm, "out_norm", d, &lm->out_norm_w, &lm->out_norm_b)
+      || !load_matrix (&ld, &lm->text_linear, "text_linear.weight", cfg->text_card_out, d))
+    return FALSE;
+  if (cfg->dep_q == 0)
+    return TRUE;
+
+  int dd = cfg->depformer_dim;
+  lm->n_depformer_in = cfg->depformer_multi_linear ? cfg->depformer.n_weight_sets : 1;
+  if (cfg->depformer_multi_linear && !cfg->depformer.weights_per_step)
+    lm->n_depformer_in = cfg->dep_q;
+  lm->depformer_in = g_new0 (MoshiWeight, lm->n_depformer_in);
+  for (int i = 0; i < lm->n_depformer_in; i++) {
+    g_autofree char *name = g_strdup_printf ("depformer_in.%d.weight", i);
+    if (!load_matrix (&ld, &lm->depformer_in[i], name, dd, d))
+      return FALSE;
+  }
+  if (!load_embedding (&ld, &lm->depformer_text_emb, "depformer_text_emb", cfg->text_card + 1, dd,
+          cfg->depformer_low_rank))
+    return FALSE;
+  lm->depformer_emb = g_new0 (LmEmbedding, MAX (cfg->dep_q - 1, 1));
+  for (int k = 0; k < cfg->dep_q - 1; k++) {
+    g_autofree char *p = g_strdup_printf ("depformer_emb.%d", k);
+    if (!load_embedding (&ld, &lm->depformer_emb[k], p, cfg->card + 1, dd, cfg->depformer_low_rank))
+      return FALSE;
+  }
+  if (!load_transformer (&ld, &lm->depformer, &cfg->depformer, "depformer"))
+    return FALSE;
+  lm->linears = g_new0 (MoshiWeight, cfg->dep_q);
+  lm->depformer_norm_w = g_new0 (MoshiWeight, cfg->dep_q);
+  lm->depformer_norm_b = g_new0 (MoshiWeight, cfg->dep_q);
+  for (int k = 0; k < cfg->dep_q; k++) {
+    g_autofree char *name = g_strdup_printf ("linears.%d.weight", k);
+    if (!load_matrix (&ld, &lm->linears[k], name, cfg->card, dd))
+      return FALSE;
+    if (cfg->has_depformer_norm) {
+      g_autofree char *p = g_strdup_printf ("depformer_norms.%d", k);
+      if (!load_norm (&ld, cfg->depformer_norm, p, dd, &lm->depformer_norm_w[k], &lm->depformer_norm_b[k]))
+        return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+MoshiLm *
+moshi_lm_load (const char *weights_path, const char *config_path,
+    const MoshiLmLoadOptions *options, GError **error)
+{
+  g_return_val_if_fail (weights_path != NULL, NULL);
+  MoshiLm *lm = g_new0 (MoshiLm, 1);
+  lm->ref_count = 1;
+  lm->path = g_strdup (weights_path);
+  if (config_path) {
+    if (!moshi_lm_config_load (&lm->cfg, config_path, error))
+      goto fail;
+  } else {
+    moshi_lm_config_init_moshi_7b (&lm->cfg);
+  }
+  if (!check_config (&lm->cfg, config_path ? config_path : weights_path, error))
+    goto fail;
+  lm->st = moshi_safetensors_open (weights_path, error);
+  if (lm->st == NULL)
+    goto fail;
+  lm->be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
+  if (lm->be == NULL)
+    goto fail;
+  if (!load_model (lm, error))
+    goto fail;
+  return lm;
+
+fail:
+  lm_free (lm);
+  return NULL;
+}
+
+MoshiLm *
+moshi_lm_ref (MoshiLm *lm)
+{
+  g_atomic_int_inc (&lm->ref_count);
+  return lm;
+}
+
+void
+moshi_lm_unref (MoshiLm *lm)
+{
+  if (lm && g_atomic_int_dec_and_test (&lm->ref_count))
+    lm_free (lm);
+}
+
+const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm) { return &lm->cfg; }
+int moshi_lm_user_codebooks (const MoshiLm *lm) { return lm->cfg.n_q - lm->cfg.dep_q; }
+int moshi_lm_generated_codebooks (const MoshiLm *lm) { return lm->cfg.dep_q; }
+int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_padding_id; }
+
+/* ================================================================ batch runner */
+
+struct _MoshiLmBatch {
+  MoshiLm *lm;
+  MoshiExec *ex;
+  int max_rows;
+  int width;                    /* max(dim, depformer_dim) */
+  float *x, *h, *qkv, *attn, *o, *ffn, *ffn_act, *t_out, *low_rank, *logits;
+  int32_t *ids;                 /* device, [streams, max_rows] */
+  float *dep_k, *dep_v;         /* depth caches [max_rows][layers][dep_q][depformer_dim] */
+  int logits_width;
+  float *logits_host;
+  int32_t *ids_host;
+};
+
+static void
+dev_free (MoshiBackend *be, void *p)
+{
+  if (p)
+    be->ops->free (be, p);
+}
+
+void
+moshi_lm_batch_free (MoshiLmBatch *b)
+{
+  if (b == NULL)
+    return;
+  MoshiBackend *be = b->lm->be;
+  void *bufs[] = { b->x, b->h, b->qkv, b->attn, b->o, b->ffn, b->ffn_act, b->t_out, b->low_rank,
+    b->logits, b->ids, b->dep_k, b->dep_v };
+  for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
+    dev_free (be, bufs[i]);
+  g_free (b->logits_host);
+  g_free (b->ids_host);
+  moshi_exec_free (b->ex);
+  moshi_lm_unref (b->lm);
+  g_free (b);
+}
+
+MoshiLmBatch *
+moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
+{
+  if (max_rows < 1 || max_rows > 65536) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "batch size %d is out of range [1, 65536]", max_rows);
+    return NULL;
+  }
+  MoshiExec *ex = moshi_exec_new (lm->be, n_threads, error);
+  if (ex == NULL)
+    return NULL;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  MoshiLmBatch *b = g_new0 (MoshiLmBatch, 1);
+  b->lm = moshi_lm_ref (lm);
+  b->ex = ex;
+  b->max_rows = max_rows;
+  b->width = MAX (cfg->dim, cfg->dep_q > 0 ? cfg->depformer_dim : 0);
+  int hidden = MAX (lm->temporal.max_hidden, lm->depformer.max_hidden);
+  b->logits_width = MAX (cfg->text_card_out, cfg->card);
+  gsize rows = max_rows;
+  MoshiBackend *be = lm->be;
+  gboolean failed = FALSE;
+#define ALLOC(ptr, n) \
+  do { \
+    if (!failed && ((ptr) = be->ops->alloc (be, (gsize) (n) * 4, error)) == NULL) \
+      failed = TRUE; \
+  } while (0)
+  ALLOC (b->x, rows * b->width);
+  ALLOC (b->h, rows * b->width);
+  ALLOC (b->qkv, rows * 3 * b->width);
+  ALLOC (b->attn, rows * b->width);
+  ALLOC (b->o, rows * b->width);
+  ALLOC (b->ffn, rows * MAX (hidden, 1));
+  ALLOC (b->ffn_act, rows * MAX (hidden, 1));
+  ALLOC (b->t_out, rows * cfg->dim);
+  ALLOC (b->low_rank, rows * MAX (cfg->depformer_low_rank, 1));
+  ALLOC (b->logits, rows * b->logits_width);
+  ALLOC (b->ids, rows * moshi_lm_config_num_streams (cfg));
+  if (cfg->dep_q > 0) {
+    gsize dep = rows * lm->depformer.n_layers * cfg->dep_q * cfg->depformer_dim;
+    ALLOC (b->dep_k, dep);
+    ALLOC (b->dep_v, dep);
+  }
+#undef ALLOC
+  b->logits_host = g_new (float, rows * b->logits_width);
+  b->ids_host = g_new (int32_t, rows * moshi_lm_config_num_streams (cfg));
+  if (failed) {
+    moshi_lm_batch_free (b);
+    return NULL;
+  }
+  return b;
+}
+
+/* Rows [row0, row0 + rows) of the activations form one sequence with its own KV cache: the
+ * cache of layer l is at k_base + l * layer_stride (capacity rows of d floats). */
+typedef struct {
+  int row0, rows;
+  float *k_base, *v_base;
+  gsize layer_stride;
+  int capacity;
+  int pos0;
+} Segment;
+
+static void
+apply_norm (MoshiExec *ex, MoshiNormKind kind, const MoshiWeight *w, const MoshiWeight *b,
+    float *dst, const float *src, int rows, int d)
+{
+  const MoshiBackendOps *ops = ex->backend->ops;
+  if (kind == MOSHI_NORM_RMS_NORM || kind == MOSHI_NORM_RMS_NORM_F32)
+    ops->rms_norm (ex, dst, d, src, d, w, moshi_norm_eps (kind), rows, d);
+  else
+    ops->layer_norm (ex, dst, d, src, d, w, b, moshi_norm_eps (kind), rows, d);
+}
+
+/* Runs the layers of tr over x [rows, d] with weight set `set`. */
+static void
+transformer_forward (MoshiLmBatch *b, const LmTransformer *tr, int set, float *x, int rows,
+    const Segment *segs, int n_segs)
+{
+  MoshiExec *ex = b->ex;
+  const MoshiBackendOps *ops = ex->backend->ops;
+  const MoshiTransformerConfig *cfg = tr->cfg;
+  int d = cfg->d_model;
+  int heads = cfg->num_heads;
+  int hd = d / heads;
+  float scale = 1.0f / sqrtf ((float) hd);
+  int context = cfg->context > 0 ? cfg->context : G_MAXINT;
+  gboolean rope = cfg->positional_embedding == MOSHI_POS_ROPE
+      || cfg->positional_embedding == MOSHI_POS_SIN_ROPE;
+
+  if (cfg->positional_embedding == MOSHI_POS_SIN || cfg->positional_embedding == MOSHI_POS_SIN_ROPE)
+    for (int s = 0; s < n_segs; s++)
+      ops->add_sin_embedding (ex, x + (gsize) segs[s].row0 * d, d, segs[s].rows, d, segs[s].pos0,
+          (float) cfg->max_period, (float) cfg->positional_scale);
+
+  int ffn_set = cfg->gating == MOSHI_GATING_NONE ? 0 : set;
+  for (int l = 0; l < tr->n_layers; l++) {
+    const LmLayer *L = &tr->layers[l];
+    apply_norm (ex, cfg->norm, &L->norm1_w, &L->norm1_b, b->h, x, rows, d);
+    ops->linear (ex, b->qkv, 3 * d, b->h, d, &L->in_proj[set], NULL, rows, 0.0f);
+    for (int s = 0; s < n_segs; s++) {
+      const Segment *sg = &segs[s];
+      float *q = b->qkv + (gsize) sg->row0 * 3 * d;
+      float *kc = sg->k_base + l * sg->layer_stride;
+      float *vc = sg->v_base + l * sg->layer_stride;
+      if (rope) {
+        ops->rope (ex, q, 3 * d, sg->rows, heads, hd, sg->pos0, (float) cfg->max_period);
+        ops->rope (ex, q + d, 3 * d, sg->rows, heads, hd, sg->pos0, (float) cfg->max_period);
+      }
+      ops->kv_write (ex, kc, vc, sg->capacity, q + d, 3 * d, q + 2 * d, 3 * d, d, sg->pos0, sg->rows);
+      ops->attention (ex, b->attn + (gsize) sg->row0 * d, d, q, 3 * d, kc, vc, sg->capacity, heads,
+          hd, sg->pos0, sg->rows, context, scale);
+    }
+    ops->linear (ex, b->o, d, b->attn, d, &L->out_proj[set], NULL, rows, 0.0f);
+    ops->add_scaled (ex, x, d, b->o, d, cfg->layer_scale ? &L->scale1 : NULL, rows, d);
+
+    apply_norm (ex, cfg->norm, &L->norm2_w, &L->norm2_b, b->h, x, rows, d);
+    int hidden = L->ffn_hidden[ffn_set];
+    if (cfg->gating == MOSHI_GATING_NONE) {
+      ops->linear (ex, b->ffn, hidden, b->h, d, &L->ffn_in[0], NULL, rows, 0.0f);
+      ops->gelu (ex, b->ffn, (gsize) rows * hidden);
+      ops->linear (ex, b->o, d, b->ffn, hidden, &L->ffn_out[0], NULL, rows, 0.0f);
+    } else {
+      ops->linear (ex, b->ffn, 2 * hidden, b->h, d, &L->ffn_in[ffn_set], NULL, rows, 0.0f);
+      ops->gated_act (ex, b->ffn_act, hidden, b->ffn, 2 * hidden,
+          cfg->gating == MOSHI_GATING_SILU ? MOSHI_ACT_SILU : MOSHI_ACT_GELU, rows, hidden);
+      ops->linear (ex, b->o, d, b->ffn_act, hidden, &L->ffn_out[ffn_set], NULL, rows, 0.0f);
+    }
+    ops->add_scaled (ex, x, d, b->o, d, cfg->layer_scale ? &L->scale2 : NULL, rows, d);
+  }
+}
+
+/* dst[r] (+)= embedding of ids[r] (device ids), low-rank tables projected up. */
+static void
+embed (MoshiLmBatch *b, const LmEmbedding *e, float *dst, int d, const int32_t *ids, int rows,
+    float beta)
+{
+  const MoshiBackendOps *ops = b->ex->backend->ops;
+  if (!e->has_low_rank) {
+    ops->embedding (b->ex, dst, d, &e->table, ids, rows, beta);
+    return;
+  }
+  int r = (int) e->table.shape[1];
+  ops->embedding (b->ex, b->low_rank, r, &e->table, ids, rows, 0.0f);
+  ops->linear (b->ex, dst, d, b->low_rank, r, &e->low_rank, NULL, rows, beta);
+}
+
+/* Temporal pass: ids (device, [streams][rows]) -> t_out [rows, dim] and text logits. */
+static void
+temporal_forward (MoshiLmBatch *b, const int32_t *ids, int rows, const Segment *segs, int n_segs)
+{
+  MoshiLm *lm = b->lm;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  const MoshiBackendOps *ops = b->ex->backend->ops;
+  int d = cfg->dim;
+  /* The audio embeddings in stream order, then the text one, as upstream sums them. */
+  for (int j = 0; j < cfg->n_q; j++)
+    embed (b, &lm->emb[j], b->x, d, ids + (gsize) (j + 1) * rows, rows, j == 0 ? 0.0f : 1.0f);
+  embed (b, &lm->text_emb, b->x, d, ids, rows, cfg->n_q == 0 ? 0.0f : 1.0f);
+  transformer_forward (b, &lm->temporal, 0, b->x, rows, segs, n_segs);
+  apply_norm (b->ex, cfg->transformer.norm, &lm->out_norm_w, &lm->out_norm_b, b->t_out, b->x, rows, d);
+  ops->linear (b->ex, b->logits, cfg->text_card_out, b->t_out, d, &lm->text_linear, NULL, rows, 0.0f);
+}
+
+/* Depformer step k over rows whose previous tokens are in ids (device): logits in b->logits. */
+static void
+depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows, Segment *segs)
+{
+  MoshiLm *lm = b->lm;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  const MoshiBackendOps *ops = b->ex->backend->ops;
+  int dd = cfg->depformer_dim;
+  int in_index = cfg->depformer_multi_linear ? (cfg->depformer.weights_per_step
+      ? cfg->depformer.schedule[k] : k) : 0;
+  ops->linear (b->ex, b->x, dd, b->t_out, cfg->dim, &lm->depformer_in[in_index], NULL, rows, 0.0f);
+  embed (b, k == 0 ? &lm->depformer_text_emb : &lm->depformer_emb[k - 1], b->x, dd, ids, rows, 1.0f);
+  for (int r = 0; r < rows; r++)
+    segs[r].pos0 = k;
+  int set = cfg->depformer.weights_per_step ? cfg->depformer.schedule[k] : 0;
+  transformer_forward (b, &lm->depformer, set, b->x, rows, segs, rows);
+  const float *y = b->x;
+  if (cfg->has_depformer_norm) {
+    apply_norm (b->ex, cfg->depformer_norm, &lm->depformer_norm_w[k], &lm->depformer_norm_b[k],
+        b->h, b->x, rows, dd);
+    y = b->h;
+  }
+  ops->linear (b->ex, b->logits, cfg->card, y, dd, &lm->linears[k], NULL, rows, 0.0f);
+}
+
+/* One depth cache per row, rebuilt for every temporal step. */
+static Segment *
+depth_segments (MoshiLmBatch *b, int rows)
+{
+  const MoshiLmConfig *cfg = &b->lm->cfg;
+  Segment *segs = g_new0 (Segment, rows);
+  gsize layer_stride = (gsize) cfg->dep_q * cfg->depformer_dim;
+  gsize row_stride = layer_stride * b->lm->depformer.n_layers;
+  for (int r = 0; r < rows; r++) {
+    segs[r].row0 = r;
+    segs[r].rows = 1;
+    segs[r].k_base = b->dep_k + r * row_stride;
+    segs[r].v_base = b->dep_v + r * row_stride;
+    segs[r].layer_stride = layer_stride;
+    segs[r].capacity = cfg->dep_q;
+  }
+  return segs;
+}
+
+/* ================================================================ teacher forcing */
+
+gboolean
+moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps, int n_threads,
+    float *logits, float *text_logits, guint8 *mask, guint8 *text_mask, GError **error)
+{
+  const MoshiLmConfig *cfg = &lm->cfg;
+  int streams = moshi_lm_config_num_streams (cfg);
+  if (batch < 1 || steps < 1) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "codes must have at least one batch row and one step (got [%d, %d, %d])", batch, streams, steps);
+    return FALSE;
+  }
+  for (gsize i = 0; i < (gsize) batch * streams * steps; i++) {
+    int k = (int) (i / steps) % streams;
+    int64_t limit = k == 0 ? cfg->text_card : cfg->card;
+    if (codes[i] < -1 || codes[i] >= limit) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "code %" G_GINT64_FORMAT " of stream %d (batch %d, step %d) is outside [-1, %" G_GINT64_FORMAT ")",
+          codes[i], k, (int) (i / ((gsize) streams * steps)), (int) (i % steps), limit);
+      return FALSE;
+    }
+  }
+  g_autoptr (MoshiLmBatch) b = moshi_lm_batch_new (lm, steps, n_threads, error);
+  if (b == NULL)
+    return FALSE;
+  MoshiBackend *be = lm->be;
+  const MoshiBackendOps *ops = be->ops;
+  int d = cfg->dim;
+  int capacity = steps;
+  gsize cache_len = (gsize) lm->temporal.n_layers * capacity * d;
+  float *k_cache = ops->alloc (be, cache_len * 4, error);
+  float *v_cache = k_cache ? ops->alloc (be, cache_len * 4, error) : NULL;
+  if (v_cache == NULL) {
+    dev_free (be, k_cache);
+    return FALSE;
+  }
+  int max_delay = moshi_lm_config_max_delay (cfg);
+  (void) max_delay;
+  int32_t *dc = g_new (int32_t, (gsize) streams * (steps + 1));
+  float *raw = g_new (float, (gsize) steps * MAX (cfg->card, cfg->text_card_out));
+  float *raw_audio = g_new (float, (gsize) MAX (cfg->dep_q, 1) * steps * cfg->card);
+  Segment seq = { 0, steps, k_cache, v_cache, (gsize) capacity * d, capacity, 0 };
+
+  for (int bi = 0; bi < batch; bi++) {
+    const int64_t *c = codes + (gsize) bi * streams * steps;
+    /* dc[k, p] = codes[k, p - 1 - delay_k], the initial token before the stream starts */
+    for (int k = 0; k < streams; k++) {
+      int initial = k == 0 ? cfg->text_card : cfg->card;
+      for (int p = 0; p <= steps; p++) {
+        int src = p - 1 - cfg->delays[k];
+        dc[(gsize) k * (steps + 1) + p] = src >= 0 ? (int32_t) c[(gsize) k * steps + src] : initial;
+      }
+    }
+    for (int k = 0; k < streams; k++)
+      memcpy (b->ids_host + (gsize) k * steps, dc + (gsize) k * (steps + 1), steps * sizeof (int32_t));
+    ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * steps * sizeof (int32_t));
+    temporal_forward (b, b->ids, steps, &seq, 1);
+    ops->download (b->ex, raw, b->logits, (gsize) steps * cfg->text_card_out * sizeof (float));
+
+    /* text: position p + delay_0 predicts frame p */
+    for (int f = 0; f < steps; f++) {
+      int p = f + cfg->delays[0];
+      float *dst = text_logits + ((gsize) bi * steps + f) * cfg->text_card_out;
+      gboolean valid = p < steps;
+      for (int v = 0; v < cfg->text_card_out; v++)
+        dst[v] = valid ? raw[(gsize) p * cfg->text_card_out + v] : NAN;
+      text_mask[(gsize) bi * steps + f] = valid && c[f] != MOSHI_LM_ZERO_TOKEN;
+    }
+
+    if (cfg->dep_q == 0)
+      continue;
+    g_autofree Segment *segs = depth_segments (b, steps);
+    for (int k = 0; k < cfg->dep_q; k++) {
+      /* the depformer input of step k at position p is dc[k, p + 1] */
+      for (int p = 0; p < steps; p++)
+        b->ids_host[p] = dc[(gsize) k * (steps + 1) + p + 1];
+      ops->upload (b->ex, b->ids, b->ids_host, steps * sizeof (int32_t));
+      depformer_forward (b, k, b->ids, steps, segs);
+      ops->download (b->ex, raw_audio + (gsize) k * steps * cfg->card, b->logits,
+          (gsize) steps * cfg->card * sizeof (float));
+    }
+    for (int k = 0; k < cfg->dep_q; k++) {
+      int delay = cfg->delays[k + 1];
+      for (int f = 0; f < steps; f++) {
+        int p = f + delay;
+        gboolean valid = p < steps;
+        float *dst = logits + (((gsize) bi * cfg->dep_q + k) * steps + f) * cfg->card;
+        for (int v = 0; v < cfg->card; v++)
+          dst[v] = valid ? raw_audio[((gsize) k * steps + p) * cfg->card + v] : NAN;
+        mask[((gsize) bi * cfg->dep_q + k) * steps + f] =
+            valid && c[(gsize) (k + 1) * steps + f] != MOSHI_LM_ZERO_TOKEN;
+      }
+    }
+  }
+  g_free (dc);
+  g_free (raw);
+  g_free (raw_audio);
+  dev_free (be, k_cache);
+  dev_free (be, v_cache);
+  return TRUE;
+}
+
+/* ================================================================ streaming (LMGen) */
+
+struct _MoshiLmSession {
+  MoshiLm *lm;
+  MoshiLmSamplingParams params;
+  MoshiRng rng;
+  int ct;                       /* token delay line length: max_delay + 2 */
+  int32_t *cache;               /* [streams][ct] */
+  int64_t offset;
+  int capacity;
+  float *k_cache, *v_cache;     /* [layers][capacity][dim] */
+};
+
+void
+moshi_lm_sampling_params_init (MoshiLmSamplingParams *p)
+{
+  p->text_temperature = 0.7f;
+  p->text_topk = 25;
+  p->audio_temperature = 0.8f;
+  p->audio_topk = 250;
+  p->seed = 4242;
+}
+
+void
+moshi_lm_session_reset (MoshiLmSession *s)
+{
+  int streams = moshi_lm_config_num_streams (&s->lm->cfg);
+  for (int i = 0; i < streams * s->ct; i++)
+    s->cache[i] = MOSHI_LM_UNGENERATED_TOKEN;
+  s->offset = 0;
+  moshi_rng_seed (&s->rng, s->params.seed);
+  /* KV rows stay; the attention mask ignores slots past the restarted end offset. */
+}
+
+void
+moshi_lm_session_free (MoshiLmSession *s)
+{
+  if (s == NULL)
+    return;
+  dev_free (s->lm->be, s->k_cache);
+  dev_free (s->lm->be, s->v_cache);
+  g_free (s->cache);
+  moshi_lm_unref (s->lm);
+  g_free (s);
+}
+
+MoshiLmSession *
+moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError **error)
+{
+  const MoshiLmConfig *cfg = &lm->cfg;
+  if (cfg->transformer.context <= 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: the model has no attention context, which streaming needs for its KV cache", lm->path);
+    return NULL;
+  }
+  MoshiLmSession *s = g_new0 (MoshiLmSession, 1);
+  s->lm = moshi_lm_ref (lm);
+  if (params)
+    s->params = *params;
+  else
+    moshi_lm_sampling_params_init (&s->params);
+  s->ct = moshi_lm_config_max_delay (cfg) + 2;
+  s->cache = g_new (int32_t, moshi_lm_config_num_streams (cfg) * s->ct);
+  s->capacity = cfg->transformer.context;
+  gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim * sizeof (float);
+  s->k_cache = lm->be->ops->alloc (lm->be, len, error);
+  s->v_cache = s->k_cache ? lm->be->ops->alloc (lm->be, len, error) : NULL;
+  if (s->v_cache == NULL) {
+    moshi_lm_session_free (s);
+    return NULL;
+  }
+  moshi_lm_session_reset (s);
+  return s;
+}
+
+MoshiLm *
+moshi_lm_session_get_model (MoshiLmSession *s)
+{
+  return s->lm;
+}
+
+int64_t
+moshi_lm_session_steps (MoshiLmSession *s)
+{
+  return s->offset;
+}
+
+gboolean
+moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
+    const int32_t *user_codes, int32_t *text_out, int32_t *audio_out, gboolean *returned,
+    float *text_logits_out, GError **error)
+{
+  MoshiLm *lm = b->lm;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  const MoshiBackendOps *ops = lm->be->ops;
+  int streams = moshi_lm_config_num_streams (cfg);
+  int n_user = cfg->n_q - cfg->dep_q;
+  int max_delay = moshi_lm_config_max_delay (cfg);
+  if (n < 1 || n > b->max_rows) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%d sessions in one step; this batch runs 1 to %d", n, b->max_rows);
+    return FALSE;
+  }
+  for (int r = 0; r < n; r++) {
+    if (sessions[r]->lm != lm) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "session %d belongs to another model than this batch", r);
+      return FALSE;
+    }
+    for (int r2 = 0; r2 < r; r2++)
+      if (sessions[r2] == sessions[r]) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+            "session %d appears twice in one step", r);
+        return FALSE;
+      }
+    for (int j = 0; j < n_user; j++) {
+      int32_t c = user_codes[(gsize) r * n_user + j];
+      if (c < -1 || c > cfg->card) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+            "user code %d of codebook %d (session %d) is outside [-1, %d]", c, j, r, cfg->card);
+        return FALSE;
+      }
+    }
+  }
+
+  /* Delay line in, model input out (LMGen._step). */
+  for (int r = 0; r < n; r++) {
+    MoshiLmSession *s = sessions[r];
+    for (int j = 0; j < n_user; j++) {
+      int k = cfg->dep_q + 1 + j;
+      s->cache[k * s->ct + (s->offset + cfg->delays[k]) % s->ct] = user_codes[(gsize) r * n_user + j];
+    }
+    for (int k = 0; k < streams; k++) {
+      int initial = k == 0 ? cfg->text_card : cfg->card;
+      b->ids_host[(gsize) k * n + r] = s->offset <= cfg->delays[k] ? initial
+          : s->cache[k * s->ct + s->offset % s->ct];
+    }
+  }
+  ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * n * sizeof (int32_t));
+
+  g_autofree Segment *segs = g_new0 (Segment, n);
+  gsize layer_stride = (gsize) sessions[0]->capacity * cfg->dim;
+  for (int r = 0; r < n; r++) {
+    MoshiLmSession *s = sessions[r];
+    if (s->offset > G_MAXINT - 1) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "session %d has run %" G_GINT64_FORMAT " steps; reset it", r, s->offset);
+      return FALSE;
+    }
+    segs[r] = (Segment) { r, 1, s->k_cache, s->v_cache, layer_stride, s->capacity, (int) s->offset };
+  }
+  temporal_forward (b, b->ids, n, segs, n);
+
+  int text_vocab = cfg->text_card_out;
+  int *scratch = g_new (int, MAX (text_vocab, cfg->card));
+  int32_t *tokens = g_new (int32_t, (gsize) n * (1 + cfg->dep_q));   /* [n][1 + dep_q] */
+  ops->download (b->ex, b->logits_host, b->logits, (gsize) n * text_vocab * sizeof (float));
+  if (text_logits_out)
+    memcpy (text_logits_out, b->logits_host, (gsize) n * text_vocab * sizeof (float));
+  for (int r = 0; r < n; r++) {
+    MoshiLmSession *s = sessions[r];
+    tokens[(gsize) r * (1 + cfg->dep_q)] = moshi_sample_token (b->logits_host + (gsize) r * text_vocab,
+        text_vocab, s->params.text_temperature, s->params.text_topk, &s->rng, scratch);
+  }
+
+  if (cfg->dep_q > 0) {
+    g_autofree Segment *depth = depth_segments (b, n);
+    for (int k = 0; k < cfg->dep_q; k++) {
+      for (int r = 0; r < n; r++)
+        b->ids_host[r] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
+      ops->upload (b->ex, b->ids, b->ids_host, n * sizeof (int32_t));
+      depformer_forward (b, k, b->ids, n, depth);
+      ops->download (b->ex, b->logits_host, b->logits, (gsize) n * cfg->card * sizeof (float));
+      for (int r = 0; r < n; r++) {
+        MoshiLmSession *s = sessions[r];
+        tokens[(gsize) r * (1 + cfg->dep_q) + k + 1] = moshi_sample_token (b->logits_host + (gsize) r * cfg->card,
+            cfg->card, s->params.audio_temperature, s->params.audio_topk, &s->rng, scratch);
+      }
+    }
+  }
+
+  /* Feed back everything generated, then read the frame max_delay steps behind. */
+  for (int r = 0; r < n; r++) {
+    MoshiLmSession *s = sessions[r];
+    s->offset++;
+    int slot = s->offset % s->ct;
+    for (int k = 0; k <= cfg->dep_q; k++)
+      s->cache[k * s->ct + slot] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
+    gboolean ready = s->offset > max_delay;
+    returned[r] = ready;
+    for (int k = 0; k <= cfg->dep_q; k++) {
+      int32_t v = ready ? s->cache[k * s->ct + (s->offset - max_delay + cfg->delays[k]) % s->ct]
+          : MOSHI_LM_UNGENERATED_TOKEN;
+      if (k == 0)
+        text_out[r] = v;
+      else
+        audio_out[(gsize) r * cfg->dep_q + k - 1] = v;
+    }
+  }
+  g_free (scratch);
+  g_free (tokens);
+  return TRUE;
+}

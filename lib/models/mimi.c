@@ -1,0 +1,1209 @@
+/* gst-moshi: Mimi on the backend op table (see moshi-mimi.h and spec/mimi.md). */
+#include "moshi-mimi.h"
+
+#include "moshi-error.h"
+#include "moshi-safetensors.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_FRAMES_PER_CALL 4
+#define CODEBOOK_USAGE_EPS 1e-5f
+#define LAYER_NORM_EPS 1e-5f
+
+/* ================================================================ model */
+
+typedef struct {
+  MoshiWeight w, b;
+  gboolean has_bias;
+  int c_in, c_out, k, stride, dilation, groups;
+  int history;            /* input columns kept between calls: (k - 1) * dilation + 1 - stride */
+  gboolean replicate;     /* history of a new stream = copies of its first column */
+} Conv;
+
+typedef struct {
+  MoshiWeight w, b;
+  gboolean has_bias;
+  int c_in, c_out, k, stride, groups;
+} ConvTr;
+
+typedef struct {
+  Conv conv1;             /* k = residual kernel, dim -> dim / compress */
+  Conv conv2;             /* k = 1, back to dim */
+} ResBlock;
+
+typedef struct {
+  int channels;           /* width of the residual blocks of this stage */
+  int n_res;
+  ResBlock *res;
+  Conv down;              /* encoder: channels -> 2 channels, stride ratio */
+  ConvTr up;              /* decoder: 2 channels -> channels, stride ratio */
+} Stage;
+
+typedef struct {
+  MoshiWeight in_proj, out_proj, norm1_w, norm1_b, norm2_w, norm2_b, linear1, linear2, scale1, scale2;
+} Layer;
+
+typedef struct {
+  int n_layers;
+  Layer *layers;
+} Transformer;
+
+struct _MoshiMimi {
+  gint ref_count;
+  char *cache_key;        /* set when the model is in the shared registry */
+  MoshiMimiConfig cfg;
+  char *path;
+  MoshiSafetensors *st;
+  MoshiBackend *be;
+
+  int frame_size;
+  int hop;
+  int resample_stride;    /* encoder (transformer) steps per frame */
+  int n_stages;
+
+  Conv enc_conv0, enc_final;
+  Stage enc_stages[MOSHI_MIMI_MAX_RATIOS];
+  Transformer enc_tr, dec_tr;
+  Conv downsample;
+  ConvTr upsample;
+  Conv dec_conv0, dec_final;
+  Stage dec_stages[MOSHI_MIMI_MAX_RATIOS];
+
+  MoshiWeight in_proj_first, in_proj_rest, out_proj_first, out_proj_rest;
+  MoshiWeight codebooks, sq_norms;               /* all levels: [n_q, bins, dim], [n_q, bins] */
+  MoshiWeight books_first, books_rest;           /* views into codebooks */
+  MoshiWeight norms_first, norms_rest;
+};
+
+/* ---------------------------------------------------------------- loading */
+
+typedef struct {
+  MoshiMimi *m;
+  GError **error;
+} Loader;
+
+static const MoshiTensorEntry *
+find_tensor (Loader *ld, const char *const *names, int ndim, const int64_t *shape)
+{
+  for (int i = 0; names[i]; i++) {
+    if (moshi_safetensors_lookup (ld->m->st, names[i]))
+      return moshi_safetensors_require (ld->m->st, names[i], MOSHI_DTYPE_COUNT, ndim, shape,
+          ld->error);
+  }
+  /* Report under the first (checkpoint) spelling. */
+  return moshi_safetensors_require (ld->m->st, names[0], MOSHI_DTYPE_COUNT, ndim, shape,
+      ld->error);
+}
+
+static gboolean
+load_weight_alias (Loader *ld, MoshiWeight *w, const char *const *names, int ndim,
+    const int64_t *shape)
+{
+  const MoshiTensorEntry *e = find_tensor (ld, names, ndim, shape);
+  if (e == NULL)
+    return FALSE;
+  if (!ld->m->be->ops->weight_from_host (ld->m->be, w, e, ld->m->st, ld->error)) {
+    g_prefix_error (ld->error, "%s: ", ld->m->path);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+load_weight (Loader *ld, MoshiWeight *w, const char *name, int ndim, const int64_t *shape)
+{
+  const char *names[] = { name, NULL };
+  return load_weight_alias (ld, w, names, ndim, shape);
+}
+
+static gboolean
+load_conv (Loader *ld, Conv *c, const char *prefix, int c_in, int c_out, int k, int stride,
+    int dilation, gboolean bias, gboolean replicate)
+{
+  c->c_in = c_in;
+  c->c_out = c_out;
+  c->k = k;
+  c->stride = stride;
+  c->dilation = dilation;
+  c->groups = 1;
+  c->history = (k - 1) * dilation + 1 - stride;
+  c->replicate = replicate;
+  c->has_bias = bias;
+  g_autofree char *wname = g_strdup_printf ("%s.weight", prefix);
+  int64_t wshape[] = { c_out, c_in, k };
+  if (!load_weight (ld, &c->w, wname, 3, wshape))
+    return FALSE;
+  if (bias) {
+    g_autofree char *bname = g_strdup_printf ("%s.bias", prefix);
+    int64_t bshape[] = { c_out };
+    if (!load_weight (ld, &c->b, bname, 1, bshape))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+load_convtr (Loader *ld, ConvTr *c, const char *prefix, int c_in, int c_out, int k, int stride,
+    int groups, gboolean bias)
+{
+  c->c_in = c_in;
+  c->c_out = c_out;
+  c->k = k;
+  c->stride = stride;
+  c->groups = groups;
+  c->has_bias = bias;
+  g_autofree char *wname = g_strdup_printf ("%s.weight", prefix);
+  int64_t wshape[] = { c_in, c_out / groups, k };
+  if (!load_weight (ld, &c->w, wname, 3, wshape))
+    return FALSE;
+  if (bias) {
+    g_autofree char *bname = g_strdup_printf ("%s.bias", prefix);
+    int64_t bshape[] = { c_out };
+    if (!load_weight (ld, &c->b, bname, 1, bshape))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+load_resblocks (Loader *ld, Stage *s, const char *seanet, int first_index)
+{
+  const MoshiMimiConfig *cfg = &ld->m->cfg;
+  int hidden = s->channels / cfg->seanet.compress;
+  s->n_res = cfg->seanet.n_residual_layers;
+  s->res = g_new0 (ResBlock, s->n_res);
+  int dilation = 1;
+  for (int j = 0; j < s->n_res; j++, dilation *= cfg->seanet.dilation_base) {
+    g_autofree char *p1 = g_strdup_printf ("%s.model.%d.block.1.conv.conv", seanet, first_index + j);
+    g_autofree char *p3 = g_strdup_printf ("%s.model.%d.block.3.conv.conv", seanet, first_index + j);
+    if (!load_conv (ld, &s->res[j].conv1, p1, s->channels, hidden,
+            cfg->seanet.residual_kernel_size, 1, dilation, TRUE, FALSE)
+        || !load_conv (ld, &s->res[j].conv2, p3, hidden, s->channels, 1, 1, 1, TRUE, FALSE))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+load_seanet (Loader *ld)
+{
+  MoshiMimi *m = ld->m;
+  const MoshiMimiConfig *cfg = &m->cfg;
+  int nf = cfg->seanet.n_filters;
+  int n = cfg->seanet.n_ratios;
+
+  /* Encoder: conv0, then per stage (ratios reversed) residual blocks, ELU, strided conv. */
+  int idx = 0;
+  if (!load_conv (ld, &m->enc_conv0, "encoder.model.0.conv.conv", cfg->channels, nf,
+          cfg->seanet.kernel_size, 1, 1, TRUE, FALSE))
+    return FALSE;
+  idx = 1;
+  int mult = 1;
+  for (int s = 0; s < n; s++) {
+    Stage *st = &m->enc_stages[s];
+    int ratio = cfg->seanet.ratios[n - 1 - s];
+    st->channels = mult * nf;
+    if (!load_resblocks (ld, st, "encoder", idx))
+      return FALSE;
+    idx += st->n_res + 1;       /* the blocks, then the ELU */
+    g_autofree char *p = g_strdup_printf ("encoder.model.%d.conv.conv", idx);
+    if (!load_conv (ld, &st->down, p, mult * nf, 2 * mult * nf, 2 * ratio, ratio, 1, TRUE, FALSE))
+      return FALSE;
+    idx++;
+    mult *= 2;
+  }
+  idx++;                        /* ELU */
+  g_autofree char *enc_last = g_strdup_printf ("encoder.model.%d.conv.conv", idx);
+  if (!load_conv (ld, &m->enc_final, enc_last, mult * nf, cfg->seanet.dimension,
+          cfg->seanet.last_kernel_size, 1, 1, TRUE, FALSE))
+    return FALSE;
+
+  /* Decoder: conv0, then per stage ELU, transposed conv, residual blocks. */
+  if (!load_conv (ld, &m->dec_conv0, "decoder.model.0.conv.conv", cfg->seanet.dimension,
+          mult * nf, cfg->seanet.kernel_size, 1, 1, TRUE, FALSE))
+    return FALSE;
+  idx = 1;
+  for (int s = 0; s < n; s++) {
+    Stage *st = &m->dec_stages[s];
+    int ratio = cfg->seanet.ratios[s];
+    idx++;                      /* ELU */
+    g_autofree char *p = g_strdup_printf ("decoder.model.%d.convtr.convtr", idx);
+    if (!load_convtr (ld, &st->up, p, mult * nf, mult * nf / 2, 2 * ratio, ratio, 1, TRUE))
+      return FALSE;
+    idx++;
+    st->channels = mult * nf / 2;
+    if (!load_resblocks (ld, st, "decoder", idx))
+      return FALSE;
+    idx += st->n_res;
+    mult /= 2;
+  }
+  idx++;                        /* ELU */
+  g_autofree char *dec_last = g_strdup_printf ("decoder.model.%d.conv.conv", idx);
+  return load_conv (ld, &m->dec_final, dec_last, nf, cfg->channels,
+      cfg->seanet.last_kernel_size, 1, 1, TRUE, FALSE);
+}
+
+static gboolean
+load_transformer (Loader *ld, Transformer *tr, const char *name)
+{
+  const MoshiMimiConfig *cfg = &ld->m->cfg;
+  int d = cfg->transformer.d_model;
+  int ff = cfg->transformer.dim_feedforward;
+  tr->n_layers = cfg->transformer.num_layers;
+  tr->layers = g_new0 (Layer, tr->n_layers);
+  for (int l = 0; l < tr->n_layers; l++) {
+    Layer *L = &tr->layers[l];
+    g_autofree char *p = g_strdup_printf ("%s.transformer.layers.%d", name, l);
+    g_autofree char *in_fused = g_strdup_printf ("%s.self_attn.in_proj_weight", p);
+    g_autofree char *in_module = g_strdup_printf ("%s.self_attn.in_projs.0.weight", p);
+    g_autofree char *out_ckpt = g_strdup_printf ("%s.self_attn.out_proj.weight", p);
+    g_autofree char *out_module = g_strdup_printf ("%s.self_attn.out_projs.0.weight", p);
+    g_autofree char *n1w = g_strdup_printf ("%s.norm1.weight", p);
+    g_autofree char *n1b = g_strdup_printf ("%s.norm1.bias", p);
+    g_autofree char *n2w = g_strdup_printf ("%s.norm2.weight", p);
+    g_autofree char *n2b = g_strdup_printf ("%s.norm2.bias", p);
+    g_autofree char *l1 = g_strdup_printf ("%s.linear1.weight", p);
+    g_autofree char *l2 = g_strdup_printf ("%s.linear2.weight", p);
+    g_autofree char *s1 = g_strdup_printf ("%s.layer_scale_1.scale", p);
+    g_autofree char *s2 = g_strdup_printf ("%s.layer_scale_2.scale", p);
+    const char *in_names[] = { in_fused, in_module, NULL };
+    const char *out_names[] = { out_ckpt, out_module, NULL };
+    int64_t qkv_shape[] = { 3 * d, d }, out_shape[] = { d, d }, vec[] = { d };
+    int64_t l1_shape[] = { ff, d }, l2_shape[] = { d, ff };
+    if (!load_weight_alias (ld, &L->in_proj, in_names, 2, qkv_shape)
+        || !load_weight_alias (ld, &L->out_proj, out_names, 2, out_shape)
+        || !load_weight (ld, &L->norm1_w, n1w, 1, vec)
+        || !load_weight (ld, &L->norm1_b, n1b, 1, vec)
+        || !load_weight (ld, &L->norm2_w, n2w, 1, vec)
+        || !load_weight (ld, &L->norm2_b, n2b, 1, vec)
+        || !load_weight (ld, &L->linear1, l1, 2, l1_shape)
+        || !load_weight (ld, &L->linear2, l2, 2, l2_shape))
+      return FALSE;
+    if (cfg->transformer.layer_scale
+        && (!load_weight (ld, &L->scale1, s1, 1, vec) || !load_weight (ld, &L->scale2, s2, 1, vec)))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* Reads one codebook level into book (bins x dim) and its squared norms. The stored tensors
+ * are running sums; the codeword is embedding_sum / max(cluster_usage, eps). */
+static gboolean
+load_codebook (Loader *ld, const char *prefix, float *book, float *norms)
+{
+  MoshiMimi *m = ld->m;
+  int bins = m->cfg.quantizer.bins, dim = m->cfg.quantizer.dimension;
+  g_autofree char *sum_name = g_strdup_printf ("%s._codebook.embedding_sum", prefix);
+  g_autofree char *sum_legacy1 = g_strdup_printf ("%s._codebook.embed_sum", prefix);
+  g_autofree char *sum_legacy2 = g_strdup_printf ("%s._codebook.embed_avg", prefix);
+  g_autofree char *usage_name = g_strdup_printf ("%s._codebook.cluster_usage", prefix);
+  g_autofree char *usage_legacy = g_strdup_printf ("%s._codebook.cluster_size", prefix);
+  const char *sum_names[] = { sum_name, sum_legacy1, sum_legacy2, NULL };
+  const char *usage_names[] = { usage_name, usage_legacy, NULL };
+  int64_t sum_shape[] = { bins, dim }, usage_shape[] = { bins };
+  const MoshiTensorEntry *sum = find_tensor (ld, sum_names, 2, sum_shape);
+  if (sum == NULL)
+    return FALSE;
+  const MoshiTensorEntry *usage = find_tensor (ld, usage_names, 1, usage_shape);
+  if (usage == NULL)
+    return FALSE;
+  for (const MoshiTensorEntry *e = sum; e; e = (e == sum ? usage : NULL)) {
+    if (e->dtype != MOSHI_DTYPE_F32 && e->dtype != MOSHI_DTYPE_BF16 && e->dtype != MOSHI_DTYPE_F16) {
+      g_set_error (ld->error, MOSHI_ERROR, MOSHI_ERROR_DTYPE,
+          "%s: tensor '%s' has dtype %s; codebooks must be F32, BF16 or F16", m->path, e->name,
+          moshi_dtype_name (e->dtype));
+      return FALSE;
+    }
+  }
+  g_autofree float *u = g_new (float, bins);
+  moshi_convert_to_f32 (u, usage->data, usage->dtype, bins);
+  moshi_convert_to_f32 (book, sum->data, sum->dtype, (gsize) bins * dim);
+  for (int b = 0; b < bins; b++) {
+    if (!isfinite (u[b])) {
+      g_set_error (ld->error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "%s: tensor '%s' has a non-finite value at index %d", m->path, usage->name, b);
+      return FALSE;
+    }
+    float inv = 1.0f / MAX (u[b], CODEBOOK_USAGE_EPS);
+    double norm = 0;
+    float *e = book + (gsize) b * dim;
+    for (int i = 0; i < dim; i++) {
+      e[i] = e[i] * inv;
+      norm += (double) e[i] * e[i];
+    }
+    if (!isfinite (norm)) {
+      g_set_error (ld->error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "%s: tensor '%s' row %d is not finite", m->path, sum->name, b);
+      return FALSE;
+    }
+    norms[b] = (float) norm;
+  }
+  return TRUE;
+}
+
+static void
+weight_view (MoshiWeight *view, const MoshiWeight *all, gsize offset_elems, int64_t levels)
+{
+  *view = *all;
+  view->owned = NULL;
+  view->shape[0] = levels;
+  view->data = (const float *) all->data + offset_elems;
+}
+
+static gboolean
+load_quantizer (Loader *ld)
+{
+  MoshiMimi *m = ld->m;
+  const MoshiMimiConfig *cfg = &m->cfg;
+  int n_q = cfg->quantizer.n_q, bins = cfg->quantizer.bins, dim = cfg->quantizer.dimension;
+  int d = cfg->seanet.dimension;
+  int64_t in_shape[] = { dim, d, 1 }, out_shape[] = { d, dim, 1 };
+  if (!load_weight (ld, &m->in_proj_first, "quantizer.rvq_first.input_proj.weight", 3, in_shape)
+      || !load_weight (ld, &m->in_proj_rest, "quantizer.rvq_rest.input_proj.weight", 3, in_shape)
+      || !load_weight (ld, &m->out_proj_first, "quantizer.rvq_first.output_proj.weight", 3, out_shape)
+      || !load_weight (ld, &m->out_proj_rest, "quantizer.rvq_rest.output_proj.weight", 3, out_shape))
+    return FALSE;
+
+  gsize book_len = (gsize) bins * dim;
+  g_autofree float *books = g_try_malloc ((gsize) n_q * book_len * sizeof (float));
+  g_autofree float *norms = g_try_malloc ((gsize) n_q * bins * sizeof (float));
+  if (books == NULL || norms == NULL) {
+    g_set_error (ld->error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: out of memory for the codebooks",
+        m->path);
+    return FALSE;
+  }
+  for (int l = 0; l < n_q; l++) {
+    g_autofree char *prefix = l == 0 ? g_strdup ("quantizer.rvq_first.vq.layers.0")
+        : g_strdup_printf ("quantizer.rvq_rest.vq.layers.%d", l - 1);
+    if (!load_codebook (ld, prefix, books + l * book_len, norms + (gsize) l * bins))
+      return FALSE;
+  }
+  int64_t books_shape[] = { n_q, bins, dim }, norms_shape[] = { n_q, bins };
+  if (!m->be->ops->weight_from_f32 (m->be, &m->codebooks, books, 3, books_shape, ld->error)
+      || !m->be->ops->weight_from_f32 (m->be, &m->sq_norms, norms, 2, norms_shape, ld->error))
+    return FALSE;
+  weight_view (&m->books_first, &m->codebooks, 0, 1);
+  weight_view (&m->books_rest, &m->codebooks, book_len, n_q - 1);
+  weight_view (&m->norms_first, &m->sq_norms, 0, 1);
+  weight_view (&m->norms_rest, &m->sq_norms, bins, n_q - 1);
+  return TRUE;
+}
+
+static void
+release_conv (MoshiBackend *be, Conv *c)
+{
+  be->ops->weight_release (be, &c->w);
+  be->ops->weight_release (be, &c->b);
+}
+
+static void
+release_stage (MoshiBackend *be, Stage *s)
+{
+  for (int j = 0; j < s->n_res; j++) {
+    release_conv (be, &s->res[j].conv1);
+    release_conv (be, &s->res[j].conv2);
+  }
+  g_free (s->res);
+  release_conv (be, &s->down);
+  be->ops->weight_release (be, &s->up.w);
+  be->ops->weight_release (be, &s->up.b);
+}
+
+static void
+release_transformer (MoshiBackend *be, Transformer *tr)
+{
+  for (int l = 0; l < tr->n_layers; l++) {
+    MoshiWeight *ws[] = { &tr->layers[l].in_proj, &tr->layers[l].out_proj, &tr->layers[l].norm1_w,
+      &tr->layers[l].norm1_b, &tr->layers[l].norm2_w, &tr->layers[l].norm2_b,
+      &tr->layers[l].linear1, &tr->layers[l].linear2, &tr->layers[l].scale1, &tr->layers[l].scale2 };
+    for (guint i = 0; i < G_N_ELEMENTS (ws); i++)
+      be->ops->weight_release (be, ws[i]);
+  }
+  g_free (tr->layers);
+}
+
+static void
+mimi_free (MoshiMimi *m)
+{
+  MoshiBackend *be = m->be;
+  if (be) {
+    release_conv (be, &m->enc_conv0);
+    release_conv (be, &m->enc_final);
+    release_conv (be, &m->dec_conv0);
+    release_conv (be, &m->dec_final);
+    release_conv (be, &m->downsample);
+    be->ops->weight_release (be, &m->upsample.w);
+    for (int s = 0; s < MOSHI_MIMI_MAX_RATIOS; s++) {
+      release_stage (be, &m->enc_stages[s]);
+      release_stage (be, &m->dec_stages[s]);
+    }
+    release_transformer (be, &m->enc_tr);
+    release_transformer (be, &m->dec_tr);
+    MoshiWeight *ws[] = { &m->in_proj_first, &m->in_proj_rest, &m->out_proj_first,
+      &m->out_proj_rest, &m->codebooks, &m->sq_norms };
+    for (guint i = 0; i < G_N_ELEMENTS (ws); i++)
+      be->ops->weight_release (be, ws[i]);
+    moshi_backend_unref (be);
+  }
+  if (m->st)
+    moshi_safetensors_unref (m->st);
+  g_free (m->cache_key);
+  g_free (m->path);
+  g_free (m);
+}
+
+MoshiMimi *
+moshi_mimi_load (const char *weights_path, const char *config_path,
+    const MoshiMimiLoadOptions *options, GError **error)
+{
+  g_return_val_if_fail (weights_path != NULL, NULL);
+  MoshiMimi *m = g_new0 (MoshiMimi, 1);
+  m->ref_count = 1;
+  m->path = g_strdup (weights_path);
+  if (config_path) {
+    if (!moshi_mimi_config_load (&m->cfg, config_path, error))
+      goto fail;
+  } else {
+    moshi_mimi_config_init_default (&m->cfg);
+  }
+  m->frame_size = moshi_mimi_config_frame_size (&m->cfg);
+  m->hop = moshi_mimi_config_hop_length (&m->cfg);
+  m->resample_stride = moshi_mimi_config_resample_stride (&m->cfg);
+  m->n_stages = m->cfg.seanet.n_ratios;
+
+  m->st = moshi_safetensors_open (weights_path, error);
+  if (m->st == NULL)
+    goto fail;
+  m->be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
+  if (m->be == NULL)
+    goto fail;
+
+  Loader ld = { m, error };
+  if (!load_seanet (&ld)
+      || !load_transformer (&ld, &m->enc_tr, "encoder_transformer")
+      || !load_transformer (&ld, &m->dec_tr, "decoder_transformer")
+      || !load_quantizer (&ld))
+    goto fail;
+  if (m->resample_stride > 1) {
+    int d = m->cfg.seanet.dimension, s = m->resample_stride;
+    if (!load_conv (&ld, &m->downsample, "downsample.conv.conv.conv", d, d, 2 * s, s, 1, FALSE, TRUE)
+        || !load_convtr (&ld, &m->upsample, "upsample.convtr.convtr.convtr", d, d, 2 * s, s, d, FALSE))
+      goto fail;
+  }
+  return m;
+
+fail:
+  mimi_free (m);
+  return NULL;
+}
+
+/* Registry of shared models: key -> MoshiMimi (not reffed; an entry leaves with its last ref). */
+static GMutex shared_lock;
+static GHashTable *shared_models;
+
+static char *
+canonical_path (const char *path)
+{
+  char *real = realpath (path, NULL);
+  if (real == NULL)
+    return g_canonicalize_filename (path, NULL);
+  char *copy = g_strdup (real);
+  free (real);
+  return copy;
+}
+
+MoshiMimi *
+moshi_mimi_load_shared (const char *weights_path, const char *config_path,
+    const MoshiMimiLoadOptions *options, GError **error)
+{
+  /* Keyed by the device actually used, so that device=auto and device=cpu share one copy
+   * on a machine without a GPU. */
+  MoshiDevice device = options ? options->device : MOSHI_DEVICE_AUTO;
+  g_autoptr (MoshiBackend) be = moshi_backend_open (device, error);
+  if (be == NULL)
+    return NULL;
+  g_autofree char *weights = canonical_path (weights_path);
+  g_autofree char *config = config_path ? canonical_path (config_path) : g_strdup ("");
+  char *key = g_strdup_printf ("%s\n%s\n%s", be->name, weights, config);
+
+  /* Loading happens under the lock so that two elements starting together load once. */
+  g_mutex_lock (&shared_lock);
+  if (shared_models == NULL)
+    shared_models = g_hash_table_new (g_str_hash, g_str_equal);
+  MoshiMimi *m = g_hash_table_lookup (shared_models, key);
+  if (m != NULL) {
+    g_atomic_int_inc (&m->ref_count);
+    g_free (key);
+  } else {
+    m = moshi_mimi_load (weights_path, config_path, options, error);
+    if (m != NULL) {
+      m->cache_key = key;
+      g_hash_table_insert (shared_models, key, m);
+    } else {
+      g_free (key);
+    }
+  }
+  g_mutex_unlock (&shared_lock);
+  return m;
+}
+
+MoshiMimi *
+moshi_mimi_ref (MoshiMimi *mimi)
+{
+  g_atomic_int_inc (&mimi->ref_count);
+  return mimi;
+}
+
+void
+moshi_mimi_unref (MoshiMimi *mimi)
+{
+  if (mimi == NULL)
+    return;
+  if (mimi->cache_key == NULL) {
+    if (g_atomic_int_dec_and_test (&mimi->ref_count))
+      mimi_free (mimi);
+    return;
+  }
+  /* A shared model's count only drops to zero under the lock, so a concurrent lookup never
+   * revives a model being freed. */
+  g_mutex_lock (&shared_lock);
+  gboolean last = g_atomic_int_dec_and_test (&mimi->ref_count);
+  if (last)
+    g_hash_table_remove (shared_models, mimi->cache_key);
+  g_mutex_unlock (&shared_lock);
+  if (last)
+    mimi_free (mimi);
+}
+
+const MoshiMimiConfig *moshi_mimi_get_config (const MoshiMimi *m) { return &m->cfg; }
+int moshi_mimi_sample_rate (const MoshiMimi *m) { return m->cfg.sample_rate; }
+int moshi_mimi_frame_size (const MoshiMimi *m) { return m->frame_size; }
+double moshi_mimi_frame_rate (const MoshiMimi *m) { return m->cfg.frame_rate; }
+int moshi_mimi_max_codebooks (const MoshiMimi *m) { return m->cfg.quantizer.n_q; }
+int moshi_mimi_codebook_size (const MoshiMimi *m) { return m->cfg.quantizer.bins; }
+MoshiBackend *moshi_mimi_get_backend (const MoshiMimi *m) { return m->be; }
+const char *moshi_mimi_get_path (const MoshiMimi *m) { return m->path; }
+
+/* ================================================================ session */
+
+/* Input window of a causal conv: `history` carried columns followed by room for the new input. */
+typedef struct {
+  float *buf;
+  int ld;
+  gboolean first;
+} ConvState;
+
+typedef struct {
+  float *k_cache, *v_cache;
+} KvState;
+
+typedef struct {
+  KvState *layers;
+  int pos;                /* steps since start or reset: RoPE offset and KV end offset */
+} TrState;
+
+typedef struct {
+  ConvState *res_conv1;   /* per residual block */
+  ConvState down;         /* encoder */
+  float *carry;           /* decoder transposed conv */
+  float *x;               /* stage activations [channels, cols] */
+  float *hidden;          /* residual branch [channels / compress, cols] */
+  int cols;               /* max columns per call at this stage's rate (residual blocks) */
+} StageState;
+
+struct _MoshiMimiSession {
+  MoshiMimi *m;
+  MoshiExec *ex;
+  int num_codebooks;
+  int max_frames;
+  int kv_capacity;
+
+  /* encoder */
+  ConvState enc_conv0, enc_final, downsample;
+  StageState enc[MOSHI_MIMI_MAX_RATIOS];
+  float *enc_latent;      /* final conv output [d, steps] */
+  TrState enc_tr;
+  float *q_latent;        /* [frames, d] */
+  float *q_residual;      /* [frames, dim] */
+  int32_t *codes_dev;     /* [n_q, frames] */
+  int32_t *codes_host;    /* [num_codebooks, frames]: one chunk's codes before reordering */
+
+  /* decoder */
+  float *dq;              /* [frames, dim] */
+  float *dq_proj;         /* [frames, d] */
+  float *dq_cols;         /* [d, frames] */
+  float *up_carry;
+  float *dec_latent;      /* upsampled [d, steps] */
+  TrState dec_tr;
+  ConvState dec_conv0, dec_final;
+  float *dec_x0;          /* dec conv0 output [C0, steps] */
+  StageState dec[MOSHI_MIMI_MAX_RATIOS];
+  float *pcm_dev;
+
+  /* transformer scratch, shared by both directions */
+  float *tr_x, *tr_h, *tr_qkv, *tr_o, *tr_ff;
+};
+
+typedef struct {
+  MoshiMimiSession *s;
+  GError **error;
+  gboolean failed;
+} Alloc;
+
+static float *
+dev_alloc (Alloc *a, gsize n_floats)
+{
+  if (a->failed)
+    return NULL;
+  MoshiBackend *be = a->s->m->be;
+  float *p = be->ops->alloc (be, n_floats * sizeof (float), a->error);
+  if (p == NULL)
+    a->failed = TRUE;
+  return p;
+}
+
+static void
+conv_state_init (Alloc *a, ConvState *cs, const Conv *c, int max_in)
+{
+  cs->ld = c->history + max_in;
+  cs->buf = dev_alloc (a, (gsize) c->c_in * cs->ld);
+  cs->first = TRUE;
+}
+
+static void
+tr_state_init (Alloc *a, TrState *ts, const Transformer *tr, int capacity, int d)
+{
+  ts->layers = g_new0 (KvState, tr->n_layers);
+  for (int l = 0; l < tr->n_layers; l++) {
+    ts->layers[l].k_cache = dev_alloc (a, (gsize) capacity * d);
+    ts->layers[l].v_cache = dev_alloc (a, (gsize) capacity * d);
+  }
+  ts->pos = 0;
+}
+
+static void
+dev_free (MoshiBackend *be, void *p)
+{
+  if (p)
+    be->ops->free (be, p);
+}
+
+static void
+tr_state_clear (MoshiBackend *be, TrState *ts, const Transformer *tr)
+{
+  if (ts->layers == NULL)
+    return;
+  for (int l = 0; l < tr->n_layers; l++) {
+    dev_free (be, ts->layers[l].k_cache);
+    dev_free (be, ts->layers[l].v_cache);
+  }
+  g_free (ts->layers);
+}
+
+static void
+stage_state_clear (MoshiBackend *be, StageState *ss, const Stage *st)
+{
+  if (ss->res_conv1) {
+    for (int j = 0; j < st->n_res; j++)
+      dev_free (be, ss->res_conv1[j].buf);
+    g_free (ss->res_conv1);
+  }
+  dev_free (be, ss->down.buf);
+  dev_free (be, ss->carry);
+  dev_free (be, ss->x);
+  dev_free (be, ss->hidden);
+}
+
+void
+moshi_mimi_session_free (MoshiMimiSession *s)
+{
+  if (s == NULL)
+    return;
+  MoshiMimi *m = s->m;
+  MoshiBackend *be = m->be;
+  float *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
+    s->q_latent, s->q_residual, (float *) s->codes_dev, s->dq, s->dq_proj, s->dq_cols,
+    s->up_carry, s->dec_latent, s->dec_conv0.buf, s->dec_final.buf, s->dec_x0, s->pcm_dev,
+    s->tr_x, s->tr_h, s->tr_qkv, s->tr_o, s->tr_ff };
+  for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
+    dev_free (be, bufs[i]);
+  for (int i = 0; i < m->n_stages; i++) {
+    stage_state_clear (be, &s->enc[i], &m->enc_stages[i]);
+    stage_state_clear (be, &s->dec[i], &m->dec_stages[i]);
+  }
+  tr_state_clear (be, &s->enc_tr, &m->enc_tr);
+  tr_state_clear (be, &s->dec_tr, &m->dec_tr);
+  moshi_exec_free (s->ex);
+  g_free (s->codes_host);
+  moshi_mimi_unref (m);
+  g_free (s);
+}
+
+MoshiMimiSession *
+moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GError **error)
+{
+  MoshiMimiSessionOptions defaults = { 0 };
+  if (options == NULL)
+    options = &defaults;
+  int n_q = m->cfg.quantizer.n_q;
+  int num_codebooks = options->num_codebooks ? options->num_codebooks : MIN (8, n_q);
+  if (num_codebooks < 1 || num_codebooks > n_q) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "num-codebooks=%d is out of range: %s has %d codebooks", num_codebooks, m->path, n_q);
+    return NULL;
+  }
+  int max_frames = options->max_frames_per_call ? options->max_frames_per_call : DEFAULT_FRAMES_PER_CALL;
+  if (max_frames < 1 || max_frames > 4096) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "max_frames_per_call=%d is out of range [1, 4096]", max_frames);
+    return NULL;
+  }
+  MoshiExec *ex = moshi_exec_new (m->be, options->n_threads, error);
+  if (ex == NULL)
+    return NULL;
+
+  MoshiMimiSession *s = g_new0 (MoshiMimiSession, 1);
+  s->m = moshi_mimi_ref (m);
+  s->ex = ex;
+  s->num_codebooks = num_codebooks;
+  s->max_frames = max_frames;
+  int steps = max_frames * m->resample_stride;
+  int context = m->cfg.transformer.context;
+  s->kv_capacity = options->full_context ? context + steps - 1 : context;
+
+  const MoshiMimiConfig *cfg = &m->cfg;
+  int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
+  int ff = cfg->transformer.dim_feedforward;
+  Alloc a = { s, error, FALSE };
+
+  /* Encoder buffers, stage by stage from the input rate down. */
+  int cols = max_frames * m->frame_size;
+  conv_state_init (&a, &s->enc_conv0, &m->enc_conv0, cols);
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->enc_stages[i];
+    StageState *ss = &s->enc[i];
+    ss->cols = cols;
+    ss->res_conv1 = g_new0 (ConvState, st->n_res);
+    for (int j = 0; j < st->n_res; j++)
+      conv_state_init (&a, &ss->res_conv1[j], &st->res[j].conv1, cols);
+    ss->x = dev_alloc (&a, (gsize) st->channels * cols);
+    ss->hidden = dev_alloc (&a, (gsize) st->channels / cfg->seanet.compress * cols);
+    conv_state_init (&a, &ss->down, &st->down, cols);
+    cols /= st->down.stride;
+  }
+  /* After the last stage the next stage's x holds the strided conv output; keep one for it. */
+  s->enc_latent = dev_alloc (&a, (gsize) m->enc_final.c_in * steps);
+  conv_state_init (&a, &s->enc_final, &m->enc_final, steps);
+  if (m->resample_stride > 1)
+    conv_state_init (&a, &s->downsample, &m->downsample, steps);
+  tr_state_init (&a, &s->enc_tr, &m->enc_tr, s->kv_capacity, d);
+  s->q_latent = dev_alloc (&a, (gsize) max_frames * d);
+  s->q_residual = dev_alloc (&a, (gsize) max_frames * dim);
+  s->codes_dev = (int32_t *) dev_alloc (&a, (gsize) n_q * max_frames);
+  s->codes_host = g_new (int32_t, (gsize) num_codebooks * max_frames);
+
+  /* Decoder buffers. */
+  s->dq = dev_alloc (&a, (gsize) max_frames * dim);
+  s->dq_proj = dev_alloc (&a, (gsize) max_frames * d);
+  s->dq_cols = dev_alloc (&a, (gsize) d * max_frames);
+  if (m->resample_stride > 1)
+    s->up_carry = dev_alloc (&a, (gsize) d * (m->upsample.k - m->upsample.stride));
+  s->dec_latent = dev_alloc (&a, (gsize) d * steps);
+  tr_state_init (&a, &s->dec_tr, &m->dec_tr, s->kv_capacity, d);
+  conv_state_init (&a, &s->dec_conv0, &m->dec_conv0, steps);
+  s->dec_x0 = dev_alloc (&a, (gsize) m->dec_conv0.c_out * steps);
+  cols = steps;
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    StageState *ss = &s->dec[i];
+    ss->carry = dev_alloc (&a, (gsize) st->up.c_out * (st->up.k - st->up.stride));
+    cols *= st->up.stride;
+    ss->cols = cols;
+    ss->x = dev_alloc (&a, (gsize) st->channels * cols);
+    ss->hidden = dev_alloc (&a, (gsize) st->channels / cfg->seanet.compress * cols);
+    ss->res_conv1 = g_new0 (ConvState, st->n_res);
+    for (int j = 0; j < st->n_res; j++)
+      conv_state_init (&a, &ss->res_conv1[j], &st->res[j].conv1, cols);
+  }
+  conv_state_init (&a, &s->dec_final, &m->dec_final, cols);
+  s->pcm_dev = dev_alloc (&a, (gsize) cols * cfg->channels);
+
+  s->tr_x = dev_alloc (&a, (gsize) steps * d);
+  s->tr_h = dev_alloc (&a, (gsize) steps * d);
+  s->tr_qkv = dev_alloc (&a, (gsize) steps * 3 * d);
+  s->tr_o = dev_alloc (&a, (gsize) steps * d);
+  s->tr_ff = dev_alloc (&a, (gsize) steps * ff);
+
+  if (a.failed) {
+    moshi_mimi_session_free (s);
+    return NULL;
+  }
+  return s;
+}
+
+MoshiMimi *
+moshi_mimi_session_get_model (MoshiMimiSession *s)
+{
+  return s->m;
+}
+
+int
+moshi_mimi_session_num_codebooks (MoshiMimiSession *s)
+{
+  return s->num_codebooks;
+}
+
+static void
+conv_state_reset (MoshiExec *ex, ConvState *cs, const Conv *c)
+{
+  for (int r = 0; r < c->c_in && c->history > 0; r++)
+    ex->backend->ops->zero (ex, cs->buf + (gsize) r * cs->ld, c->history * sizeof (float));
+  cs->first = TRUE;
+}
+
+static void
+tr_state_reset (TrState *ts)
+{
+  /* Old cache rows stay but fall out of the mask: slots at or past the end offset are invalid. */
+  ts->pos = 0;
+}
+
+void
+moshi_mimi_session_reset_encoder (MoshiMimiSession *s)
+{
+  MoshiMimi *m = s->m;
+  conv_state_reset (s->ex, &s->enc_conv0, &m->enc_conv0);
+  for (int i = 0; i < m->n_stages; i++) {
+    for (int j = 0; j < m->enc_stages[i].n_res; j++)
+      conv_state_reset (s->ex, &s->enc[i].res_conv1[j], &m->enc_stages[i].res[j].conv1);
+    conv_state_reset (s->ex, &s->enc[i].down, &m->enc_stages[i].down);
+  }
+  conv_state_reset (s->ex, &s->enc_final, &m->enc_final);
+  if (m->resample_stride > 1)
+    conv_state_reset (s->ex, &s->downsample, &m->downsample);
+  tr_state_reset (&s->enc_tr);
+}
+
+void
+moshi_mimi_session_reset_decoder (MoshiMimiSession *s)
+{
+  MoshiMimi *m = s->m;
+  const MoshiBackendOps *ops = m->be->ops;
+  if (m->resample_stride > 1)
+    ops->zero (s->ex, s->up_carry,
+        (gsize) m->cfg.seanet.dimension * (m->upsample.k - m->upsample.stride) * sizeof (float));
+  tr_state_reset (&s->dec_tr);
+  conv_state_reset (s->ex, &s->dec_conv0, &m->dec_conv0);
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    ops->zero (s->ex, s->dec[i].carry, (gsize) st->up.c_out * (st->up.k - st->up.stride) * sizeof (float));
+    for (int j = 0; j < st->n_res; j++)
+      conv_state_reset (s->ex, &s->dec[i].res_conv1[j], &st->res[j].conv1);
+  }
+  conv_state_reset (s->ex, &s->dec_final, &m->dec_final);
+}
+
+void
+moshi_mimi_session_reset (MoshiMimiSession *s)
+{
+  moshi_mimi_session_reset_encoder (s);
+  moshi_mimi_session_reset_decoder (s);
+}
+
+/* ---------------------------------------------------------------- building blocks */
+
+/* Columns where new input goes in a conv window. */
+static inline float *
+window_input (ConvState *cs, const Conv *c)
+{
+  return cs->buf + c->history;
+}
+
+/* Runs a causal conv over its window holding t_in new columns, then keeps the last `history`
+ * columns for the next call. */
+static void
+conv_step (MoshiExec *ex, const Conv *c, ConvState *cs, int t_in, float *dst, int ld_dst, float beta)
+{
+  const MoshiBackendOps *ops = ex->backend->ops;
+  if (c->replicate && cs->first) {
+    for (int j = 0; j < c->history; j++)
+      ops->copy_2d (ex, cs->buf + j, cs->ld, cs->buf + c->history, cs->ld, c->c_in, 1);
+  }
+  cs->first = FALSE;
+  g_assert (t_in % c->stride == 0);
+  ops->conv1d (ex, dst, ld_dst, cs->buf, cs->ld, &c->w, c->has_bias ? &c->b : NULL, c->stride,
+      c->dilation, 1, t_in / c->stride, beta);
+  if (c->history > 0)
+    ops->copy_2d (ex, cs->buf, cs->ld, cs->buf + t_in, cs->ld, c->c_in, c->history);
+}
+
+/* x = x + conv2(ELU(conv1(ELU(x)))) over `cols` columns, for each residual block. */
+static void
+res_blocks (MoshiExec *ex, const Stage *st, StageState *ss, int cols)
+{
+  const MoshiBackendOps *ops = ex->backend->ops;
+  for (int j = 0; j < st->n_res; j++) {
+    const ResBlock *rb = &st->res[j];
+    ConvState *cs = &ss->res_conv1[j];
+    ops->elu_2d (ex, window_input (cs, &rb->conv1), cs->ld, ss->x, ss->cols, st->channels, cols);
+    conv_step (ex, &rb->conv1, cs, cols, ss->hidden, ss->cols, 0.0f);
+    ops->elu_2d (ex, ss->hidden, ss->cols, ss->hidden, ss->cols, rb->conv1.c_out, cols);
+    ops->conv1d (ex, ss->x, ss->cols, ss->hidden, ss->cols, &rb->conv2.w, &rb->conv2.b, 1, 1, 1,
+        cols, 1.0f);
+  }
+}
+
+/* Pre-norm transformer over t time-major rows in s->tr_x. */
+static void
+transformer_step (MoshiMimiSession *s, const Transformer *tr, TrState *ts, int t)
+{
+  MoshiExec *ex = s->ex;
+  const MoshiBackendOps *ops = ex->backend->ops;
+  const MoshiMimiConfig *cfg = &s->m->cfg;
+  int d = cfg->transformer.d_model;
+  int heads = cfg->transformer.num_heads;
+  int head_dim = d / heads;
+  int ff = cfg->transformer.dim_feedforward;
+  float scale = 1.0f / sqrtf ((float) head_dim);
+  for (int l = 0; l < tr->n_layers; l++) {
+    const Layer *L = &tr->layers[l];
+    KvState *kv = &ts->layers[l];
+    ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm1_w, &L->norm1_b, LAYER_NORM_EPS, t, d);
+    ops->linear (ex, s->tr_qkv, 3 * d, s->tr_h, d, &L->in_proj, NULL, t, 0.0f);
+    ops->rope (ex, s->tr_qkv, 3 * d, t, heads, head_dim, ts->pos, (float) cfg->transformer.max_period);
+    ops->rope (ex, s->tr_qkv + d, 3 * d, t, heads, head_dim, ts->pos, (float) cfg->transformer.max_period);
+    ops->kv_write (ex, kv->k_cache, kv->v_cache, s->kv_capacity, s->tr_qkv + d, 3 * d,
+        s->tr_qkv + 2 * d, 3 * d, d, ts->pos, t);
+    ops->attention (ex, s->tr_h, d, s->tr_qkv, 3 * d, kv->k_cache, kv->v_cache, s->kv_capacity,
+        heads, head_dim, ts->pos, t, cfg->transformer.context, scale);
+    ops->linear (ex, s->tr_o, d, s->tr_h, d, &L->out_proj, NULL, t, 0.0f);
+    ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale1 : NULL, t, d);
+    ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm2_w, &L->norm2_b, LAYER_NORM_EPS, t, d);
+    ops->linear (ex, s->tr_ff, ff, s->tr_h, d, &L->linear1, NULL, t, 0.0f);
+    ops->gelu (ex, s->tr_ff, (gsize) t * ff);
+    ops->linear (ex, s->tr_o, d, s->tr_ff, ff, &L->linear2, NULL, t, 0.0f);
+    ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale2 : NULL, t, d);
+  }
+  ts->pos += t;
+}
+
+/* ---------------------------------------------------------------- encode */
+
+static void
+encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *codes, int ld_codes)
+{
+  MoshiMimi *m = s->m;
+  MoshiExec *ex = s->ex;
+  const MoshiBackendOps *ops = m->be->ops;
+  int d = m->cfg.seanet.dimension;
+  int cols = n_frames * m->frame_size;
+  int steps = n_frames * m->resample_stride;
+
+  ops->upload (ex, window_input (&s->enc_conv0, &m->enc_conv0), pcm, (gsize) cols * sizeof (float));
+  conv_step (ex, &m->enc_conv0, &s->enc_conv0, cols, s->enc[0].x, s->enc[0].cols, 0.0f);
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->enc_stages[i];
+    StageState *ss = &s->enc[i];
+    res_blocks (ex, st, ss, cols);
+    ops->elu_2d (ex, window_input (&ss->down, &st->down), ss->down.ld, ss->x, ss->cols,
+        st->channels, cols);
+    int out_cols = cols / st->down.stride;
+    if (i + 1 < m->n_stages) {
+      conv_step (ex, &st->down, &ss->down, cols, s->enc[i + 1].x, s->enc[i + 1].cols, 0.0f);
+    } else {
+      /* The last strided conv feeds ELU + the final conv; its output goes straight into the
+       * final conv's window after the ELU. */
+      conv_step (ex, &st->down, &ss->down, cols, s->enc_latent, steps, 0.0f);
+      ops->elu_2d (ex, window_input (&s->enc_final, &m->enc_final), s->enc_final.ld,
+          s->enc_latent, steps, st->down.c_out, out_cols);
+    }
+    cols = out_cols;
+  }
+  g_assert (cols == steps);
+  conv_step (ex, &m->enc_final, &s->enc_final, steps, s->enc_latent, steps, 0.0f);
+
+  ops->transpose (ex, s->tr_x, d, s->enc_latent, steps, d, steps);
+  transformer_step (s, &m->enc_tr, &s->enc_tr, steps);
+
+  if (m->resample_stride > 1) {
+    ops->transpose (ex, window_input (&s->downsample, &m->downsample), s->downsample.ld, s->tr_x,
+        d, steps, d);
+    conv_step (ex, &m->downsample, &s->downsample, steps, s->enc_latent, n_frames, 0.0f);
+    ops->transpose (ex, s->q_latent, d, s->enc_latent, n_frames, d, n_frames);
+  } else {
+    ops->copy_2d (ex, s->q_latent, d, s->tr_x, d, n_frames, d);
+  }
+
+  int dim = m->cfg.quantizer.dimension;
+  ops->linear (ex, s->q_residual, dim, s->q_latent, d, &m->in_proj_first, NULL, n_frames, 0.0f);
+  ops->rvq_encode (ex, s->codes_dev, n_frames, s->q_residual, dim, &m->books_first,
+      &m->norms_first, 1, n_frames);
+  if (s->num_codebooks > 1) {
+    ops->linear (ex, s->q_residual, dim, s->q_latent, d, &m->in_proj_rest, NULL, n_frames, 0.0f);
+    ops->rvq_encode (ex, s->codes_dev + n_frames, n_frames, s->q_residual, dim, &m->books_rest,
+        &m->norms_rest, s->num_codebooks - 1, n_frames);
+  }
+  for (int k = 0; k < s->num_codebooks; k++)
+    ops->download (ex, codes + (gsize) k * ld_codes, s->codes_dev + (gsize) k * n_frames,
+        n_frames * sizeof (int32_t));
+}
+
+gboolean
+moshi_mimi_session_encode (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *codes,
+    GError **error)
+{
+  if (n_frames < 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
+    return FALSE;
+  }
+  gsize n = (gsize) n_frames * s->m->frame_size;
+  for (gsize i = 0; i < n; i++) {
+    if (!isfinite (pcm[i])) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "audio sample %" G_GSIZE_FORMAT " (frame %" G_GSIZE_FORMAT ") is not finite (%g)", i,
+          i / s->m->frame_size, pcm[i]);
+      return FALSE;
+    }
+  }
+  for (int f = 0; f < n_frames; f += s->max_frames) {
+    int chunk = MIN (s->max_frames, n_frames - f);
+    /* Codes go to a contiguous [K, chunk] block first, then into the caller's [K, n_frames]. */
+    encode_chunk (s, pcm + (gsize) f * s->m->frame_size, chunk, s->codes_host, chunk);
+    for (int k = 0; k < s->num_codebooks; k++)
+      memcpy (codes + (gsize) k * n_frames + f, s->codes_host + k * chunk, chunk * sizeof (int32_t));
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------- decode */
+
+static void
+decode_chunk (MoshiMimiSession *s, const int32_t *codes, int ld_codes, int num_codebooks,
+    int n_frames, float *pcm)
+{
+  MoshiMimi *m = s->m;
+  MoshiExec *ex = s->ex;
+  const MoshiBackendOps *ops = m->be->ops;
+  int d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
+  int steps = n_frames * m->resample_stride;
+
+  for (int k = 0; k < num_codebooks; k++)
+    ops->upload (ex, s->codes_dev + (gsize) k * n_frames, codes + (gsize) k * ld_codes,
+        n_frames * sizeof (int32_t));
+  ops->rvq_decode (ex, s->dq, dim, s->codes_dev, n_frames, &m->books_first, 1, n_frames);
+  ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_first, NULL, n_frames, 0.0f);
+  if (num_codebooks > 1) {
+    ops->rvq_decode (ex, s->dq, dim, s->codes_dev + n_frames, n_frames, &m->books_rest,
+        num_codebooks - 1, n_frames);
+    ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_rest, NULL, n_frames, 1.0f);
+  }
+
+  if (m->resample_stride > 1) {
+    ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
+    ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
+        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
+    ops->transpose (ex, s->tr_x, d, s->dec_latent, steps, d, steps);
+  } else {
+    ops->copy_2d (ex, s->tr_x, d, s->dq_proj, d, n_frames, d);
+  }
+  transformer_step (s, &m->dec_tr, &s->dec_tr, steps);
+  ops->transpose (ex, window_input (&s->dec_conv0, &m->dec_conv0), s->dec_conv0.ld, s->tr_x, d,
+      steps, d);
+  conv_step (ex, &m->dec_conv0, &s->dec_conv0, steps, s->dec_x0, steps, 0.0f);
+
+  float *x = s->dec_x0;
+  int ld_x = steps, cols = steps;
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    StageState *ss = &s->dec[i];
+    ops->elu_2d (ex, x, ld_x, x, ld_x, st->up.c_in, cols);
+    ops->conv_transpose1d (ex, ss->x, ss->cols, x, ld_x, &st->up.w, &st->up.b, ss->carry,
+        st->up.stride, 1, cols);
+    cols *= st->up.stride;
+    res_blocks (ex, st, ss, cols);
+    x = ss->x;
+    ld_x = ss->cols;
+  }
+  ops->elu_2d (ex, window_input (&s->dec_final, &m->dec_final), s->dec_final.ld, x, ld_x,
+      m->dec_final.c_in, cols);
+  conv_step (ex, &m->dec_final, &s->dec_final, cols, s->pcm_dev, cols, 0.0f);
+  ops->download (ex, pcm, s->pcm_dev, (gsize) cols * sizeof (float));
+}
+
+gboolean
+moshi_mimi_session_decode (MoshiMimiSession *s, const int32_t *codes, int num_codebooks,
+    int n_frames, float *pcm, GError **error)
+{
+  MoshiMimi *m = s->m;
+  if (num_codebooks < 1 || num_codebooks > m->cfg.quantizer.n_q) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%d codebooks given; %s decodes 1 to %d", num_codebooks, m->path, m->cfg.quantizer.n_q);
+    return FALSE;
+  }
+  if (n_frames < 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
+    return FALSE;
+  }
+  for (int k = 0; k < num_codebooks; k++)
+    for (int f = 0; f < n_frames; f++) {
+      int32_t c = codes[(gsize) k * n_frames + f];
+      if (c < 0 || c >= m->cfg.quantizer.bins) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+            "code %d of codebook %d in frame %d is outside [0, %d)", c, k, f, m->cfg.quantizer.bins);
+        return FALSE;
+      }
+    }
+  for (int f = 0; f < n_frames; f += s->max_frames) {
+    int chunk = MIN (s->max_frames, n_frames - f);
+    decode_chunk (s, codes + f, n_frames, num_codebooks, chunk, pcm + (gsize) f * m->frame_size);
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------- one-shot */
+
+#define ONE_SHOT_FRAMES 16
+
+gboolean
+moshi_mimi_encode (MoshiMimi *m, const float *pcm, gsize n_samples, int num_codebooks,
+    int n_threads, int32_t **codes_out, int *n_frames_out, GError **error)
+{
+  MoshiMimiSessionOptions opts = { .n_threads = n_threads, .num_codebooks = num_codebooks,
+    .max_frames_per_call = ONE_SHOT_FRAMES, .full_context = TRUE };
+  g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (m, &opts, error);
+  if (s == NULL)
+    return FALSE;
+  gsize frame = m->frame_size;
+  gsize n_frames = (n_samples + frame - 1) / frame;
+  if (n_frames > G_MAXINT / (gsize) MAX (num_codebooks, 1)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "input too long");
+    return FALSE;
+  }
+  g_autofree float *padded = g_new0 (float, MAX (n_frames * frame, 1));
+  if (n_samples > 0)
+    memcpy (padded, pcm, n_samples * sizeof (float));
+  g_autofree int32_t *codes = g_new (int32_t, MAX ((gsize) s->num_codebooks * n_frames, 1));
+  if (!moshi_mimi_session_encode (s, padded, (int) n_frames, codes, error))
+    return FALSE;
+  *codes_out = g_steal_pointer (&codes);
+  *n_frames_out = (int) n_frames;
+  return TRUE;
+}
+
+gboolean
+moshi_mimi_decode (MoshiMimi *m, const int32_t *codes, int num_codebooks, int n_frames,
+    int n_threads, float **pcm_out, GError **error)
+{
+  MoshiMimiSessionOptions opts = { .n_threads = n_threads,
+    .max_frames_per_call = ONE_SHOT_FRAMES, .full_context = TRUE };
+  g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (m, &opts, error);
+  if (s == NULL)
+    return FALSE;
+  g_autofree float *pcm = g_new (float, MAX ((gsize) n_frames * m->frame_size, 1));
+  if (!moshi_mimi_session_decode (s, codes, num_codebooks, n_frames, pcm, error))
+    return FALSE;
+  *pcm_out = g_steal_pointer (&pcm);
+  return TRUE;
+}

@@ -1,0 +1,90 @@
+/* gst-moshi: the Moshi language model (RQ-Transformer: temporal transformer + depformer) and
+ * its streaming generator (upstream LMGen).
+ *
+ * A MoshiLm is a loaded checkpoint, immutable and shareable. A MoshiLmSession is one
+ * conversation: its token delay line, KV caches, step counter and random generator. Steps run
+ * through a MoshiLmBatch, which owns the compute resources (thread pool, activations) and runs
+ * N sessions of one model as one batched step: weights are read once for all of them. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "lm-config.h"
+#include "moshi-backend.h"
+
+G_BEGIN_DECLS
+
+typedef struct _MoshiLm MoshiLm;
+typedef struct _MoshiLmSession MoshiLmSession;
+typedef struct _MoshiLmBatch MoshiLmBatch;
+
+/* Upstream's special ids. */
+#define MOSHI_LM_ZERO_TOKEN (-1)          /* embeds to an exact zero */
+#define MOSHI_LM_UNGENERATED_TOKEN (-2)   /* "not generated yet" in returned frames */
+
+typedef struct {
+  MoshiDevice device;
+} MoshiLmLoadOptions;
+
+/* Loads LM weights (safetensors, upstream key names; F32 or BF16; fused in_proj_weight or
+ * per-step in_projs.N.weight attention names). config_path may be NULL for the released Moshi
+ * 7B layout; the checkpoint's shapes are checked against the config either way. */
+MoshiLm *moshi_lm_load (const char *weights_path, const char *config_path,
+    const MoshiLmLoadOptions *options, GError **error);
+MoshiLm *moshi_lm_ref (MoshiLm *lm);
+void moshi_lm_unref (MoshiLm *lm);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLm, moshi_lm_unref)
+
+const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm);
+/* Audio codebooks the model takes from the user each step (n_q - dep_q). */
+int moshi_lm_user_codebooks (const MoshiLm *lm);
+/* Codebooks it generates each step (dep_q). */
+int moshi_lm_generated_codebooks (const MoshiLm *lm);
+int moshi_lm_text_padding_id (const MoshiLm *lm);
+
+/* Teacher-forced pass, as upstream LMModel.forward: codes [B, 1 + n_q, T] (text stream first;
+ * -1 = zero token). Outputs in the upstream layout: logits [B, dep_q, T, card], text_logits
+ * [B, 1, T, text_card_out], mask [B, dep_q, T], text_mask [B, 1, T] (1 = valid). Invalid
+ * positions of the logits are NaN, as upstream. */
+gboolean moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps,
+    int n_threads, float *logits, float *text_logits, guint8 *mask, guint8 *text_mask,
+    GError **error);
+
+typedef struct {
+  /* temperature <= 0 means greedy (argmax); top_k <= 0 means the whole vocabulary */
+  float text_temperature;
+  int text_topk;
+  float audio_temperature;
+  int audio_topk;
+  guint64 seed;
+} MoshiLmSamplingParams;
+
+/* Upstream LMGen defaults: text 0.7 / 25, audio 0.8 / 250. */
+void moshi_lm_sampling_params_init (MoshiLmSamplingParams *params);
+
+MoshiLmSession *moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params,
+    GError **error);
+void moshi_lm_session_free (MoshiLmSession *session);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLmSession, moshi_lm_session_free)
+/* Back to a fresh conversation (step 0); the random generator is re-seeded. */
+void moshi_lm_session_reset (MoshiLmSession *session);
+MoshiLm *moshi_lm_session_get_model (MoshiLmSession *session);
+/* Steps run since the start or the last reset. */
+int64_t moshi_lm_session_steps (MoshiLmSession *session);
+
+MoshiLmBatch *moshi_lm_batch_new (MoshiLm *lm, int max_sessions, int n_threads, GError **error);
+void moshi_lm_batch_free (MoshiLmBatch *batch);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLmBatch, moshi_lm_batch_free)
+
+/* One step of n sessions (all of this batch's model), as upstream LMGen.step:
+ * user_codes: n x user_codebooks, the user's Mimi codes for this step, row per session;
+ * text_out: n text tokens; audio_out: n x dep_q audio codes, row per session;
+ * returned: n flags, FALSE where upstream returns None (the first max_delay steps), in which
+ * case the outputs of that row are MOSHI_LM_UNGENERATED_TOKEN.
+ * text_logits_out may be NULL, or n x text_card_out floats: the text logits of this step. */
+gboolean moshi_lm_batch_step (MoshiLmBatch *batch, MoshiLmSession **sessions, int n,
+    const int32_t *user_codes, int32_t *text_out, int32_t *audio_out, gboolean *returned,
+    float *text_logits_out, GError **error);
+
+G_END_DECLS

@@ -1,0 +1,662 @@
+#!/usr/bin/env python3
+"""Reference-data generator for the Moshi LM conformance tests.
+
+Builds a reduced Moshi LMModel with seeded random (but well-conditioned) weights through
+the upstream `moshi` package (PyPI 0.2.13), saves it as safetensors with the upstream key
+names, and records inputs and reference outputs produced by upstream code (CPU, float32)
+into golden.safetensors: teacher-forced `LMModel.forward`, greedy streaming `LMGen`
+(batch 1, batch 2, with a reset in the middle) and, for `small7b`, the same with the weights
+rounded to bfloat16.
+
+Usage:
+    python tests/reference/gen_lm.py --case {small7b,upstream_opts,stt_like} [--out DIR]
+                                     [--threads N] [--verify]
+
+This script only *calls* upstream (moshi.models.loaders.get_moshi_lm, LMModel.forward,
+LMGen.step, reset_streaming, ...). See tests/data/lm/README.md for the files it writes and
+the LM specification (lm.md) sections 1-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# Eager kernels everywhere. Without this, upstream torch.compile's `_rms_norm` of `out_norm`
+# even on CPU (it is called outside the layers' no_compile() guard): that needs a C++ compiler
+# at run time and changes the logits by ~1e-5 (compiled vs eager, measured on small7b).
+os.environ["NO_TORCH_COMPILE"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import moshi  # noqa: E402
+from moshi.models import loaders  # noqa: E402
+from moshi.models.lm import LMGen, LMModel  # noqa: E402
+from moshi.models.lm_utils import _delay_sequence, _undelay_sequence  # noqa: E402
+from moshi.modules.transformer import RMSNorm  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+GENERATOR_VERSION = "1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# ---------------------------------------------------------------------------
+# Seeds (recorded in manifest.json and tests/data/lm/README.md)
+# ---------------------------------------------------------------------------
+SEED_WEIGHTS = {"small7b": 7001, "upstream_opts": 7002, "stt_like": 7003}
+SEED_CODES_OFFSET = 100       # numpy default_rng(weights seed + 100): teacher-forcing codes
+SEED_USER_OFFSET = 200        # numpy default_rng(weights seed + 200): user codes of the streams
+MAX_SEED_ATTEMPTS = 20        # the weights seed is bumped until the goldens are robust
+
+# Weight initialisation (see README "Weights")
+EMB_STD = 1.0                 # every embedding table (incl. low-rank tables): N(0, 1)
+HEAD_GAIN = 3.0               # output heads text_linear / linears.*: N(0, (3/sqrt(fan_in))^2)
+NORM_JITTER = 0.1             # RMSNorm alpha, LayerNorm weight: 1 + N(0, 0.1^2)
+LN_BIAS_STD = 0.05            # LayerNorm bias: N(0, 0.05^2)
+
+# Robustness requirements for the greedy goldens (checked on every greedy decision of every
+# streaming run, f32 and bf16): top-1 minus top-2 logit of each argmax, and variety.
+MIN_MARGIN = 2e-3
+MIN_DISTINCT = 4              # distinct greedy values per generated stream over one run
+
+
+# ---------------------------------------------------------------------------
+# Configurations (the upstream LM config layout: get_moshi_lm(lm_kwargs=config))
+# ---------------------------------------------------------------------------
+def case_config(case: str) -> dict:
+    if case == "small7b":
+        # Every option of loaders._lm_kwargs / configs/moshi_7b_202409.json, sizes reduced.
+        cfg = copy.deepcopy(loaders._lm_kwargs)
+        cfg.update(
+            dim=32, text_card=64, existing_text_padding_id=3, n_q=8, dep_q=4, card=32,
+            num_heads=2, num_layers=2, hidden_scale=4.125, causal=True, layer_scale=None,
+            context=24, max_period=10000, gating="silu", norm="rms_norm_f32",
+            positional_embedding="rope",
+            depformer_dim=16, depformer_dim_feedforward=int(4.125 * 16), depformer_num_heads=2,
+            depformer_num_layers=2, depformer_layer_scale=None, depformer_multi_linear=True,
+            depformer_context=4, depformer_max_period=10000, depformer_gating="silu",
+            depformer_pos_emb="none", depformer_weights_per_step=True,
+            delays=[0, 0, 1, 1, 1, 0, 1, 1, 1],
+        )
+        # as in configs/moshi_7b_202409.json (deprecated; get_moshi_lm drops it)
+        cfg["depformer_causal"] = True
+        assert set(cfg) == set(loaders._lm_kwargs) | {"depformer_causal"}
+        return cfg
+    if case == "upstream_opts":
+        # The option set of the upstream unit-test model (moshi/tests/test_lm.py, spec 7.2):
+        # only the keys that test passes to LMModel, so every other option takes the
+        # constructor default (norm layer_norm, positional_embedding sin in both
+        # transformers, gating none = GELU FFN in the temporal transformer, depformer_num_layers
+        # = num_layers, depformer_dim_feedforward = hidden_scale * depformer_dim, ...).
+        # Changed: a user stream (n_q = 2 * dep_q), 2 temporal heads, context 6, delays.
+        return dict(
+            delays=[0, 1, 2, 4, 1, 0, 3], n_q=6, dep_q=3, card=32, text_card=48, dim=16,
+            num_layers=2, num_heads=2, hidden_scale=1, depformer_dim=16,
+            depformer_multi_linear=True, depformer_weights_per_step=True,
+            depformer_weights_per_step_schedule=[0, 1, 1], depformer_low_rank_embeddings=8,
+            depformer_num_heads=1, depformer_gating="silu", context=6,
+        )
+    if case == "stt_like":
+        # STT-style: no depformer (dep_q = 0), 4 input audio codebooks, all delays 0,
+        # max_period 1e5. depformer_multi_linear=True so that no (unused) depformer_in.0 exists.
+        return dict(
+            dim=32, text_card=64, existing_text_padding_id=3, n_q=4, dep_q=0, card=32,
+            num_heads=4, num_layers=2, hidden_scale=4.125, causal=True, layer_scale=None,
+            context=16, max_period=100000, gating="silu", norm="rms_norm_f32",
+            positional_embedding="rope", depformer_multi_linear=True,
+            delays=[0, 0, 0, 0, 0],
+        )
+    raise ValueError(case)
+
+
+# Per case: key naming on save, teacher-forcing length, streaming length, reset split,
+# whether a bf16 set is produced.
+CASES = {
+    "small7b": dict(names="checkpoint", T_tf=48, T_gen=128, split=61, bf16=True),
+    "upstream_opts": dict(names="module", T_tf=40, T_gen=120, split=57, bf16=False),
+    "stt_like": dict(names="checkpoint", T_tf=40, T_gen=120, split=53, bf16=False),
+}
+UNGENERATED = -2
+
+
+# ---------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------
+def fill_random_weights(model: LMModel, gen: torch.Generator) -> None:
+    """Embeddings N(0,1); bias-free linears N(0, 1/fan_in), output heads x3; RMSNorm alpha
+    and LayerNorm weight 1 + N(0, 0.1^2), LayerNorm bias N(0, 0.05^2)."""
+    done = set()
+    heads = {"text_linear"} | {f"linears.{i}" for i in range(len(model.linears))}
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Embedding):    # ScaledEmbedding (its low_rank is a Linear)
+                mod.weight.copy_(EMB_STD * torch.randn(mod.weight.shape, generator=gen))
+                done.add(name + ".weight")
+            elif isinstance(mod, nn.Linear):
+                gain = HEAD_GAIN if name in heads else 1.0
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen)
+                                 * (gain / math.sqrt(mod.in_features)))
+                done.add(name + ".weight")
+                assert mod.bias is None, name
+            elif isinstance(mod, RMSNorm):
+                mod.alpha.copy_(1.0 + NORM_JITTER * torch.randn(mod.alpha.shape, generator=gen))
+                done.add(name + ".alpha")
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.copy_(1.0 + NORM_JITTER * torch.randn(mod.weight.shape, generator=gen))
+                mod.bias.copy_(LN_BIAS_STD * torch.randn(mod.bias.shape, generator=gen))
+                done.update([name + ".weight", name + ".bias"])
+    missing = [k for k in model.state_dict() if k not in done]
+    assert not missing, f"weights not initialised: {missing}"
+
+
+def to_saved_names(sd: dict, names: str) -> dict:
+    """names == "checkpoint": the released spelling, i.e. the fused legacy keys
+    `self_attn.in_proj_weight` / `self_attn.out_proj.weight` (the per-step chunks
+    `in_projs.{i}` / `out_projs.{i}` stacked along dim 0 in order i, as undone by the upstream
+    `StreamingMultiheadAttention._load_hook`). names == "module": the state_dict keys as is."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, list] = {}
+    for k, v in sd.items():
+        v = v.detach().to(torch.float32).contiguous().clone()
+        if names == "checkpoint":
+            for src, dst in ((".self_attn.in_projs.", ".self_attn.in_proj_weight"),
+                             (".self_attn.out_projs.", ".self_attn.out_proj.weight")):
+                if src in k:
+                    prefix, rest = k.split(src)
+                    i = int(rest.split(".")[0])
+                    assert rest == f"{i}.weight", k
+                    fused.setdefault(prefix + dst, []).append((i, v))
+                    break
+            else:
+                out[k] = v
+        else:
+            out[k] = v
+    for k, parts in fused.items():
+        parts.sort(key=lambda p: p[0])
+        assert [p[0] for p in parts] == list(range(len(parts))), k
+        out[k] = torch.cat([p[1] for p in parts], 0).contiguous()
+    return dict(sorted(out.items()))
+
+
+def load_model(path: Path, cfg: dict) -> LMModel:
+    """Fresh upstream model from the saved files, as a user of the checkpoint would load it
+    (bf16 files are upcast to float32 by get_moshi_lm's `value.to(dtype)`)."""
+    model = loaders.get_moshi_lm(str(path), lm_kwargs=cfg, device="cpu", dtype=torch.float32)
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+def make_tf_codes(cfg: dict, T: int, seed: int) -> torch.Tensor:
+    """[B=2, 1+n_q, T]: uniform text ids in [0, text_card), audio ids in [0, card), and a few
+    -1 (zero_token_id) in text, Moshi and user streams, including frame 0 and frame T-1."""
+    rng = np.random.default_rng(seed)
+    n_q, dep_q = cfg["n_q"], cfg["dep_q"]
+    codes = np.empty((2, 1 + n_q, T), dtype=np.int64)
+    codes[:, 0] = rng.integers(0, cfg["text_card"], size=(2, T))
+    codes[:, 1:] = rng.integers(0, cfg["card"], size=(2, n_q, T))
+    holes = [(0, 0, 5), (1, 0, T - 1), (0, 1 + n_q - 1, 0), (1, 1 + dep_q, 20)]
+    if dep_q >= 2:
+        holes += [(1, 2, 11), (0, dep_q, 30)]
+    if dep_q >= 1:
+        holes += [(0, 1, T // 2)]
+    for b, k, t in holes:
+        codes[b, k, t] = -1
+    return torch.from_numpy(codes)
+
+
+def make_user_codes(cfg: dict, T: int, seed: int, batch: int) -> torch.Tensor:
+    """[batch, n_q - dep_q, T] uniform in [0, card); row 0 is the same for every batch size."""
+    rng = np.random.default_rng(seed)
+    Ku = cfg["n_q"] - cfg["dep_q"]
+    rows = [rng.integers(0, cfg["card"], size=(Ku, T)) for _ in range(batch)]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Reference runs
+# ---------------------------------------------------------------------------
+def teacher_forced(model: LMModel, codes: torch.Tensor) -> dict:
+    """LMModel.forward(codes). With dep_q == 0 upstream forward() cannot run (its
+    forward_depformer_training asserts a depformer), so the text half of forward() is run
+    with the same upstream calls (_delay_sequence, forward_text, _undelay_sequence)."""
+    with torch.no_grad():
+        if model.dep_q > 0:
+            o = model.forward(codes)
+            return {"logits": o.logits, "mask": o.mask,
+                    "text_logits": o.text_logits, "text_mask": o.text_mask}
+        B, K, T = codes.shape
+        initial = model._get_initial_token().expand(B, -1, -1)
+        dc = torch.cat([initial, _delay_sequence(model.delays, codes, initial)], dim=2)
+        _, text_logits = model.forward_text(dc[:, :, :-1])
+        text_logits, text_mask = _undelay_sequence(model.delays[:1], text_logits,
+                                                   fill_value=float("NaN"))
+        text_mask &= codes[:, :1] != model.zero_token_id
+        return {"logits": torch.zeros((B, 0, T, model.card)),
+                "mask": torch.zeros((B, 0, T), dtype=torch.bool),
+                "text_logits": text_logits, "text_mask": text_mask}
+
+
+def run_lmgen(model: LMModel, user: torch.Tensor, reset_at: int | None = None) -> dict:
+    """Greedy LMGen (use_sampling=False, i.e. argmax of the raw logits), one step() call per
+    column of `user` [B, n_q - dep_q, T]. Returns text [B, T], audio [B, dep_q, T] (-2 where
+    step() returned None) and the logits of every greedy decision: text [T, B, text_card],
+    audio [T, B, dep_q, card]."""
+    B, _, T = user.shape
+    dep_q = model.dep_q
+    text = torch.full((B, T), UNGENERATED, dtype=torch.long)
+    audio = torch.full((B, dep_q, T), UNGENERATED, dtype=torch.long)
+    t_logits: list[torch.Tensor] = []
+    a_logits: list[list[torch.Tensor]] = []
+
+    def on_text_logits(lg: torch.Tensor) -> None:          # [B, 1, 1, text_card]
+        t_logits.append(lg[:, 0, 0].float().clone())
+        a_logits.append([])
+
+    orig = model.forward_depformer
+
+    def capture(cb_index, seq, transformer_out):           # upstream call, logits recorded
+        lg = orig(cb_index, seq, transformer_out)          # [B, 1, 1, card]
+        a_logits[-1].append(lg[:, 0, 0].float().clone())
+        return lg
+
+    lm_gen = LMGen(model, use_sampling=False, temp=0.0, temp_text=0.0, check=True,
+                   on_text_logits_hook=on_text_logits)
+    model.forward_depformer = capture                      # instance attribute, removed below
+    try:
+        with torch.no_grad(), lm_gen.streaming(B):
+            for t in range(T):
+                if reset_at is not None and t == reset_at:
+                    lm_gen.reset_streaming()
+                out = lm_gen.step(user[:, :, t:t + 1])
+                if out is not None:
+                    assert out.shape == (B, dep_q + 1, 1), out.shape
+                    text[:, t] = out[:, 0, 0]
+                    audio[:, :, t] = out[:, 1:, 0]
+    finally:
+        del model.forward_depformer
+    assert len(t_logits) == T
+    tl = torch.stack(t_logits)                             # [T, B, text_card]
+    if dep_q > 0:
+        assert all(len(a) == dep_q for a in a_logits)
+        al = torch.stack([torch.stack(a, 1) for a in a_logits])   # [T, B, dep_q, card]
+    else:
+        al = torch.zeros((T, B, 0, model.card))
+    return {"text": text, "audio": audio, "text_logits": tl, "audio_logits": al}
+
+
+def greedy_margins(run: dict) -> torch.Tensor:
+    """top-1 minus top-2 logit of every greedy decision of a run (flattened)."""
+    m = []
+    for lg in (run["text_logits"], run["audio_logits"]):
+        if lg.numel() == 0:
+            continue
+        top2 = lg.topk(2, dim=-1).values
+        m.append((top2[..., 0] - top2[..., 1]).reshape(-1))
+    return torch.cat(m)
+
+
+def stream_vs_tf(model: LMModel, run: dict, user: torch.Tensor) -> dict:
+    """Builds the teacher-forcing codes that reproduce a batch-1 greedy run (spec 4.3): frame f
+    of generated stream k is the value returned at call f + max_delay; frame f of user stream k
+    is the user input of call f + 1. Then LMModel.forward on them must give, for stream k at
+    frame f, the logits of the greedy decision made at call f + delay_k. Returns the max abs
+    difference over all comparable entries."""
+    delays = model.delays
+    D = max(delays)
+    dep_q = model.dep_q
+    T = run["text"].shape[1]
+    F = T - D - 1
+    codes = torch.empty((1, 1 + model.n_q, F), dtype=torch.long)
+    codes[0, 0] = run["text"][0, D:D + F]
+    if dep_q:
+        codes[0, 1:1 + dep_q] = run["audio"][0, :, D:D + F]
+    codes[0, 1 + dep_q:] = user[0, :, 1:1 + F]
+    assert (codes >= 0).all()
+    tf = teacher_forced(model, codes)
+    worst = 0.0
+    n = 0
+    for f in range(F):
+        c = f + delays[0]
+        if c < T and tf["text_mask"][0, 0, f]:
+            worst = max(worst, float((tf["text_logits"][0, 0, f] - run["text_logits"][c, 0]).abs().max()))
+            n += 1
+        for k in range(dep_q):
+            c = f + delays[1 + k]
+            if c < T and tf["mask"][0, k, f]:
+                worst = max(worst, float((tf["logits"][0, k, f] - run["audio_logits"][c, 0, k]).abs().max()))
+                n += 1
+    return {"max_abs": worst, "compared_rows": n, "frames": F}
+
+
+def distinct(run: dict) -> dict:
+    t = run["text"][0]
+    t = t[t >= 0]
+    out = {"text": int(torch.unique(t).numel())}
+    for k in range(run["audio"].shape[1]):
+        a = run["audio"][0, k]
+        a = a[a >= 0]
+        out[f"audio{k}"] = int(torch.unique(a).numel())
+    return out
+
+
+def longest_constant_run(x: torch.Tensor) -> int:
+    x = x[x >= 0].tolist()
+    best = cur = 1 if x else 0
+    for a, b in zip(x, x[1:]):
+        cur = cur + 1 if a == b else 1
+        best = max(best, cur)
+    return best
+
+
+def compute_case(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple[dict, dict, dict]:
+    """Writes model.safetensors (+ model_bf16.safetensors) for `seed`, loads them back and
+    computes all goldens. Returns (goldens, sanity, extra info)."""
+    opts = CASES[case]
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=cfg, device="cpu", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    fill_random_weights(model, gen)
+    saved = to_saved_names(model.state_dict(), opts["names"])
+    del model
+    model_path = out_dir / "model.safetensors"
+    # no __metadata__ (see gen_mimi.py: it would make the files differ byte-wise between runs)
+    save_file(saved, str(model_path))
+    files = {"model.safetensors": model_path}
+    if opts["bf16"]:
+        bf16_path = out_dir / "model_bf16.safetensors"
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in saved.items()}, str(bf16_path))
+        files["model_bf16.safetensors"] = bf16_path
+
+    # ---- everything below is computed by FRESH models loaded from the written files ----
+    model = load_model(model_path, cfg)
+    T_tf, T_gen, split = opts["T_tf"], opts["T_gen"], opts["split"]
+    g: dict[str, torch.Tensor] = {}
+    san: dict = {}
+
+    codes = make_tf_codes(cfg, T_tf, seed + SEED_CODES_OFFSET)
+    tf = teacher_forced(model, codes)
+    g["tf.codes"] = codes
+    g["tf.logits"] = tf["logits"]
+    g["tf.text_logits"] = tf["text_logits"]
+    g["tf.mask"] = tf["mask"]
+    g["tf.text_mask"] = tf["text_mask"]
+
+    user2 = make_user_codes(cfg, T_gen, seed + SEED_USER_OFFSET, 2)
+    user1 = user2[:1].clone()
+    run1 = run_lmgen(model, user1)
+    g["gen.user_codes"] = user1
+    g["gen.text_tokens"] = run1["text"]
+    g["gen.audio_codes"] = run1["audio"]
+    g["gen.step_text_logits"] = run1["text_logits"][:, 0]
+    g["gen.step_audio_logits"] = run1["audio_logits"][:, 0]
+
+    runr = run_lmgen(model, user1, reset_at=split)
+    g["gen_reset.text_tokens"] = runr["text"]
+    g["gen_reset.audio_codes"] = runr["audio"]
+    g["gen_reset.split"] = torch.tensor([split], dtype=torch.long)
+
+    runb = run_lmgen(model, user2)
+    g["gen_b2.user_codes"] = user2
+    g["gen_b2.text_tokens"] = runb["text"]
+    g["gen_b2.audio_codes"] = runb["audio"]
+
+    # ---- checks ----
+    # reset: before the split equal to the plain run, after it equal to a fresh run
+    fresh = run_lmgen(model, user1[:, :, split:])
+    san["reset_prefix_equals_plain_run"] = bool(
+        torch.equal(runr["text"][:, :split], run1["text"][:, :split])
+        and torch.equal(runr["audio"][:, :, :split], run1["audio"][:, :, :split]))
+    san["reset_suffix_equals_fresh_run"] = bool(
+        torch.equal(runr["text"][:, split:], fresh["text"])
+        and torch.equal(runr["audio"][:, :, split:], fresh["audio"]))
+    # the call right after the reset returns None (only when max_delay > 0; n/a otherwise)
+    san["reset_call_returns_none"] = (
+        bool((runr["text"][:, split:split + max(cfg["delays"])] == UNGENERATED).all()
+             and (runr["audio"][:, :, split:split + max(cfg["delays"])] == UNGENERATED).all())
+        if max(cfg["delays"]) > 0 else None)
+    # batch 2: each row equals the batch-1 run on the same input
+    row_eq = []
+    b2_logit_diff = 0.0
+    for b in range(2):
+        rb = run1 if b == 0 else run_lmgen(model, user2[1:2])
+        row_eq.append(bool(torch.equal(runb["text"][b], rb["text"][0])
+                           and torch.equal(runb["audio"][b], rb["audio"][0])))
+        b2_logit_diff = max(b2_logit_diff,
+                            float((runb["text_logits"][:, b] - rb["text_logits"][:, 0]).abs().max()))
+        if b == 1:
+            run_b1_row1 = rb
+    san["batch2_rows_equal_batch1"] = row_eq
+    san["batch2_vs_batch1_text_logits_max_abs"] = b2_logit_diff
+    # streaming vs teacher forcing (self-consistency of the goldens, spec 4.3)
+    san["stream_vs_teacher_forcing"] = stream_vs_tf(model, run1, user1)
+    # nothing generated is the initial token / out of range
+    san["generated_in_range"] = bool(
+        ((run1["text"] == UNGENERATED) | ((run1["text"] >= 0) & (run1["text"] < cfg["text_card"]))).all()
+        and ((run1["audio"] == UNGENERATED) | ((run1["audio"] >= 0) & (run1["audio"] < cfg["card"]))).all())
+    # robustness: margins and variety
+    runs = {"gen": run1, "gen_reset": runr, "gen_b2": runb, "gen_b2_row1_b1": run_b1_row1,
+            "gen_reset_fresh": fresh}
+    margins = {name: float(greedy_margins(r).min()) for name, r in runs.items()}
+    san["distinct_greedy_values"] = distinct(run1)
+    san["longest_constant_text_run"] = longest_constant_run(run1["text"][0])
+    san["none_calls"] = int((run1["text"][0] == UNGENERATED).sum())
+    tf_valid = tf["logits"][tf["mask"]] if tf["logits"].numel() else torch.zeros(0)
+    san["tf_logit_absmax"] = {"audio": float(tf_valid.abs().max()) if tf_valid.numel() else None,
+                              "text": float(tf["text_logits"][tf["text_mask"]].abs().max())}
+    san["tf_nan_count"] = {"audio": int(torch.isnan(tf["logits"]).sum()),
+                           "text": int(torch.isnan(tf["text_logits"]).sum())}
+    san["tf_masked_count"] = {"audio": int((~tf["mask"]).sum()), "text": int((~tf["text_mask"]).sum())}
+
+    if opts["bf16"]:
+        mb = load_model(files["model_bf16.safetensors"], cfg)
+        # the bf16 file upcast must equal the f32 weights rounded to bf16
+        sd32 = model.state_dict()
+        for k, v in mb.state_dict().items():
+            assert torch.equal(v, sd32[k].to(torch.bfloat16).float()), k
+        tfb = teacher_forced(mb, codes)
+        g["bf16.tf.logits"] = tfb["logits"]
+        g["bf16.tf.text_logits"] = tfb["text_logits"]
+        runbf = run_lmgen(mb, user1)
+        g["bf16.gen.text_tokens"] = runbf["text"]
+        g["bf16.gen.audio_codes"] = runbf["audio"]
+        g["bf16.gen.step_text_logits"] = runbf["text_logits"][:, 0]
+        margins["bf16.gen"] = float(greedy_margins(runbf).min())
+        san["bf16_distinct_greedy_values"] = distinct(runbf)
+        san["bf16_vs_f32"] = {
+            "tf_logits_max_abs": float(torch.nan_to_num(tfb["logits"] - tf["logits"]).abs().max()),
+            "tf_text_logits_max_abs": float(torch.nan_to_num(tfb["text_logits"] - tf["text_logits"]).abs().max()),
+            "gen_text_tokens_differ": int((runbf["text"] != run1["text"]).sum()),
+            "gen_audio_codes_differ": int((runbf["audio"] != run1["audio"]).sum()),
+        }
+        san["bf16_stream_vs_teacher_forcing"] = stream_vs_tf(mb, runbf, user1)
+    san["min_greedy_margin"] = margins
+    extra = {"files": files, "run1": run1}
+    return g, san, extra
+
+
+def robust(san: dict) -> tuple[bool, str]:
+    m = min(san["min_greedy_margin"].values())
+    if m < MIN_MARGIN:
+        return False, f"min greedy margin {m:.3g} < {MIN_MARGIN}"
+    for d in [san["distinct_greedy_values"], san.get("bf16_distinct_greedy_values", {})]:
+        for k, v in d.items():
+            if v < MIN_DISTINCT:
+                return False, f"only {v} distinct greedy values in {k}"
+    if not all(san["batch2_rows_equal_batch1"]):
+        return False, "batch-2 rows differ from batch-1 runs"
+    return True, "ok"
+
+
+# ---------------------------------------------------------------------------
+# Optional: re-verification of the saved files
+# ---------------------------------------------------------------------------
+def verify(out_dir: Path, case: str, log) -> dict:
+    """Reloads config.json + model*.safetensors with a fresh get_moshi_lm and re-runs the
+    reference on the saved inputs; everything must be bit-identical."""
+    cfg = json.loads((out_dir / "config.json").read_text())
+    g = load_file(str(out_dir / "golden.safetensors"))
+    man = json.loads((out_dir / "manifest.json").read_text())
+    res = {}
+    model = load_model(out_dir / "model.safetensors", cfg)
+    tf = teacher_forced(model, g["tf.codes"])
+    res["tf"] = all(torch.equal(tf[k], g[f"tf.{k}"]) if tf[k].dtype == torch.bool
+                    else torch.equal(torch.nan_to_num(tf[k], 12345.0),
+                                     torch.nan_to_num(g[f"tf.{k}"], 12345.0))
+                    for k in ("logits", "mask", "text_logits", "text_mask"))
+    r = run_lmgen(model, g["gen.user_codes"])
+    res["gen"] = bool(torch.equal(r["text"], g["gen.text_tokens"])
+                      and torch.equal(r["audio"], g["gen.audio_codes"])
+                      and torch.equal(r["text_logits"][:, 0], g["gen.step_text_logits"]))
+    split = int(g["gen_reset.split"][0])
+    r = run_lmgen(model, g["gen.user_codes"], reset_at=split)
+    res["gen_reset"] = bool(torch.equal(r["text"], g["gen_reset.text_tokens"])
+                            and torch.equal(r["audio"], g["gen_reset.audio_codes"]))
+    r = run_lmgen(model, g["gen_b2.user_codes"])
+    res["gen_b2"] = bool(torch.equal(r["text"], g["gen_b2.text_tokens"])
+                         and torch.equal(r["audio"], g["gen_b2.audio_codes"]))
+    if (out_dir / "model_bf16.safetensors").exists():
+        mb = load_model(out_dir / "model_bf16.safetensors", cfg)
+        tfb = teacher_forced(mb, g["tf.codes"])
+        res["bf16.tf"] = bool(torch.equal(torch.nan_to_num(tfb["logits"], 12345.0),
+                                          torch.nan_to_num(g["bf16.tf.logits"], 12345.0)))
+        r = run_lmgen(mb, g["gen.user_codes"])
+        res["bf16.gen"] = bool(torch.equal(r["text"], g["bf16.gen.text_tokens"])
+                               and torch.equal(r["audio"], g["bf16.gen.audio_codes"]))
+    for name in ("model.safetensors", "golden.safetensors", "model_bf16.safetensors"):
+        if name in man["sha256"]:
+            res[f"sha256 {name}"] = sha256(out_dir / name) == man["sha256"][name]
+    for k, v in res.items():
+        log(f"  verify {k}: {'identical' if v else 'DIFFERENT'}")
+    return res
+
+
+# ---------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blk in iter(lambda: f.read(1 << 20), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", required=True, choices=sorted(CASES))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output directory (default tests/data/lm/<case>/)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1, for bit-reproducible files)")
+    ap.add_argument("--verify", action="store_true",
+                    help="afterwards reload the saved files with get_moshi_lm and re-check")
+    args = ap.parse_args()
+
+    case = args.case
+    out_dir = args.out or (REPO_ROOT / "tests" / "data" / "lm" / case)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    cfg = case_config(case)
+    opts = CASES[case]
+    log(f"[gen_lm] case={case} out={out_dir} torch={torch.__version__} "
+        f"moshi={moshi.__version__} threads={args.threads}")
+    t_start = time.time()
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    rejected = []
+    for attempt in range(MAX_SEED_ATTEMPTS):
+        seed = SEED_WEIGHTS[case] + 1000 * attempt
+        t0 = time.time()
+        g, san, extra = compute_case(case, cfg, out_dir, seed, log)
+        ok, why = robust(san)
+        log(f"[gen_lm] weights seed {seed}: {why} ({time.time() - t0:.1f}s)")
+        if ok:
+            break
+        rejected.append({"seed": seed, "reason": why})
+    else:
+        raise SystemExit("no robust seed found")
+
+    g = {k: v.contiguous() for k, v in g.items()}
+    for k, v in g.items():
+        assert v.dtype in (torch.float32, torch.int64, torch.bool), (k, v.dtype)
+    golden_path = out_dir / "golden.safetensors"
+    save_file(g, str(golden_path))
+    files = dict(extra["files"])
+    files["golden.safetensors"] = golden_path
+    if not opts["bf16"] and (out_dir / "model_bf16.safetensors").exists():
+        (out_dir / "model_bf16.safetensors").unlink()
+
+    run1 = extra["run1"]
+    log("[gen_lm] sanity:")
+    for k, v in san.items():
+        log(f"  {k}: {v}")
+    log(f"  gen.text_tokens: {run1['text'][0].tolist()}")
+    if cfg["dep_q"]:
+        log(f"  gen.audio_codes[0]: {run1['audio'][0, 0].tolist()}")
+
+    model_keys = load_file(str(files["model.safetensors"]))
+    manifest = {
+        "generator": "tests/reference/gen_lm.py",
+        "generator_version": GENERATOR_VERSION,
+        "case": case,
+        "command": f"python tests/reference/gen_lm.py --case {case}"
+                   + ("" if args.out is None else f" --out {args.out}")
+                   + ("" if args.threads == 1 else f" --threads {args.threads}"),
+        "reference": {"moshi": moshi.__version__, "torch": torch.__version__,
+                      "numpy": np.__version__, "python": platform.python_version(),
+                      "device": "cpu", "dtype": "float32", "threads": args.threads,
+                      "NO_TORCH_COMPILE": os.environ["NO_TORCH_COMPILE"]},
+        "seeds": {"weights": seed, "torch_manual_seed": seed,
+                  "tf_codes": seed + SEED_CODES_OFFSET, "user_codes": seed + SEED_USER_OFFSET,
+                  "rejected_weight_seeds": rejected},
+        "weights_init": {"embeddings": f"N(0, {EMB_STD}^2)",
+                         "linears": "N(0, 1/fan_in)",
+                         "output_heads (text_linear, linears.*)": f"N(0, {HEAD_GAIN}^2/fan_in)",
+                         "rms_norm alpha / layer_norm weight": f"1 + N(0, {NORM_JITTER}^2)",
+                         "layer_norm bias": f"N(0, {LN_BIAS_STD}^2)"},
+        "attention_key_names": opts["names"],
+        "model_tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
+                          for k, v in model_keys.items()},
+        "effective": {
+            "num_codebooks": cfg["n_q"] + 1, "max_delay": max(cfg["delays"]),
+            "user_codebooks": cfg["n_q"] - cfg["dep_q"],
+            "tf_T": opts["T_tf"], "gen_T": opts["T_gen"], "reset_split": opts["split"],
+            "lmgen": "LMGen(use_sampling=False, temp=0, temp_text=0, check=True): argmax",
+        },
+        "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
+                    for k, v in sorted(g.items())},
+        "sha256": {name: sha256(p) for name, p in sorted(files.items())},
+        "sanity": san,
+        "generation_seconds": round(time.time() - t_start, 1),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for name, p in sorted(files.items()):
+        log(f"[gen_lm] wrote {p} ({p.stat().st_size} bytes)")
+    log(f"[gen_lm] total {time.time() - t_start:.1f}s")
+
+    if args.verify:
+        log("[gen_lm] verify (fresh get_moshi_lm from the saved files):")
+        res = verify(out_dir, case, log)
+        if not all(res.values()):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

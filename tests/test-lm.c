@@ -1,0 +1,495 @@
+/* The Moshi LM against upstream: the upstream project's own LM test case
+ * (../shared/reference/upstream-lm-test, with its own criterion), golden data from the
+ * upstream package for reduced models (tests/reference/gen_lm.py), sampling, and errors. */
+#include "test-support.h"
+
+#include "lm-sampling.h"
+#include "moshi-error.h"
+#include "moshi-lm.h"
+#include "moshi-safetensors.h"
+
+#include <glib/gstdio.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static char *
+upstream_path (const char *name)
+{
+  const char *dir = g_getenv ("MOSHI_UPSTREAM_LM_TEST");
+  return g_build_filename (dir ? dir : "../shared/reference/upstream-lm-test", name, NULL);
+}
+
+static MoshiSafetensors *
+open_or_fail (const char *path)
+{
+  GError *error = NULL;
+  MoshiSafetensors *st = moshi_safetensors_open (path, &error);
+  ck_assert_msg (st != NULL, "%s", error ? error->message : "");
+  return st;
+}
+
+/* Per codebook: mean over (B, T) of mask * cross-entropy(logits, target), masked positions
+ * counting as 0 — the upstream test's measure. logits [B, K, T, V], targets [B, K, T]. */
+static void
+masked_cross_entropy (const float *logits, const guint8 *mask, const int64_t *codes, int b,
+    int k_streams, int first_stream, int all_streams, int t, int v, double *out)
+{
+  for (int k = 0; k < k_streams; k++) {
+    double sum = 0;
+    for (int bi = 0; bi < b; bi++)
+      for (int ti = 0; ti < t; ti++) {
+        gsize row = ((gsize) bi * k_streams + k) * t + ti;
+        if (!mask[row])
+          continue;
+        const float *l = logits + row * v;
+        double max = l[0];
+        for (int i = 1; i < v; i++)
+          max = MAX (max, l[i]);
+        double z = 0;
+        for (int i = 0; i < v; i++)
+          z += exp (l[i] - max);
+        int64_t target = codes[((gsize) bi * all_streams + first_stream + k) * t + ti];
+        sum += -(l[target] - max - log (z));
+      }
+    out[k] = sum / (b * t);
+  }
+}
+
+START_TEST (test_upstream_lm_case)
+{
+  g_autofree char *model = upstream_path ("test_lm_model.safetensors");
+  g_autofree char *codes_path = upstream_path ("test_lm_codes.safetensors");
+  g_autofree char *out_path = upstream_path ("test_lm_out.safetensors");
+  g_autofree char *config = moshi_test_data_path ("lm/upstream-test-config.json");
+  GError *error = NULL;
+  g_autoptr (MoshiLm) lm = moshi_lm_load (model, config, NULL, &error);
+  ck_assert_msg (lm != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiSafetensors) cst = open_or_fail (codes_path);
+  g_autoptr (MoshiSafetensors) ost = open_or_fail (out_path);
+  const MoshiTensorEntry *ce = moshi_safetensors_lookup (cst, "codes");
+  ck_assert_ptr_nonnull (ce);
+  int b = (int) ce->shape[0], streams = (int) ce->shape[1], t = (int) ce->shape[2];
+  const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
+  ck_assert_int_eq (streams, 1 + cfg->n_q);
+  const int64_t *codes = ce->data;
+
+  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
+  g_autofree float *logits = g_new (float, n_logits);
+  g_autofree float *text_logits = g_new (float, n_text);
+  g_autofree guint8 *mask = g_new (guint8, (gsize) b * cfg->dep_q * t);
+  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
+  ck_assert (moshi_lm_forward (lm, codes, b, t, 1, logits, text_logits, mask, text_mask, &error));
+
+  const MoshiTensorEntry *ref_logits = moshi_safetensors_lookup (ost, "logits");
+  const MoshiTensorEntry *ref_text = moshi_safetensors_lookup (ost, "text_logits");
+  const MoshiTensorEntry *ref_mask = moshi_safetensors_lookup (ost, "mask");
+  const MoshiTensorEntry *ref_text_mask = moshi_safetensors_lookup (ost, "text_mask");
+  ck_assert_int_eq (ref_mask->dtype, MOSHI_DTYPE_BOOL);
+  ck_assert_uint_eq (ref_logits->nbytes, n_logits * 4);
+  ck_assert_uint_eq (ref_text->nbytes, n_text * 4);
+
+  /* masks exactly equal */
+  ck_assert_int_eq (memcmp (mask, ref_mask->data, ref_mask->nbytes), 0);
+  ck_assert_int_eq (memcmp (text_mask, ref_text_mask->data, ref_text_mask->nbytes), 0);
+
+  /* per-codebook masked cross-entropy within 1e-6 relative of the reference's */
+  double ce_ours[8], ce_ref[8];
+  masked_cross_entropy (logits, mask, codes, b, cfg->dep_q, 1, streams, t, cfg->card, ce_ours);
+  masked_cross_entropy (ref_logits->data, ref_mask->data, codes, b, cfg->dep_q, 1, streams, t,
+      cfg->card, ce_ref);
+  for (int k = 0; k < cfg->dep_q; k++) {
+    printf ("upstream LM test: audio codebook %d cross-entropy %.9f (reference %.9f)\n", k,
+        ce_ours[k], ce_ref[k]);
+    ck_assert_msg (fabs (ce_ours[k] - ce_ref[k]) <= 1e-6 * fabs (ce_ref[k]),
+        "codebook %d: %.9g vs %.9g", k, ce_ours[k], ce_ref[k]);
+  }
+  masked_cross_entropy (text_logits, text_mask, codes, b, 1, 0, streams, t, cfg->text_card_out, ce_ours);
+  masked_cross_entropy (ref_text->data, ref_text_mask->data, codes, b, 1, 0, streams, t,
+      cfg->text_card_out, ce_ref);
+  printf ("upstream LM test: text cross-entropy %.9f (reference %.9f)\n", ce_ours[0], ce_ref[0]);
+  ck_assert (fabs (ce_ours[0] - ce_ref[0]) <= 1e-6 * fabs (ce_ref[0]));
+
+  /* and, tighter than the upstream criterion, the logits themselves */
+  const float *rl = ref_logits->data;
+  double num = 0, den = 0;
+  for (gsize i = 0; i < n_logits; i++) {
+    if (!mask[i / cfg->card])
+      continue;
+    num += (logits[i] - rl[i]) * (double) (logits[i] - rl[i]);
+    den += (double) rl[i] * rl[i];
+  }
+  ck_assert_msg (sqrt (num / den) < 1e-5, "logits relative error %g", sqrt (num / den));
+  ck_assert (moshi_test_rel_l2 (text_logits, ref_text->data, n_text) < 1e-5);
+}
+END_TEST
+
+
+/* ------------------------------------------------------------------ goldens */
+
+typedef struct {
+  const char *name;
+  const char *model;
+  const char *prefix;        /* tensor name prefix in golden.safetensors */
+} LmCase;
+
+static const LmCase lm_cases[] = {
+  { "small7b", "model.safetensors", "" },
+  { "small7b", "model_bf16.safetensors", "bf16." },
+  { "upstream_opts", "model.safetensors", "" },
+  { "stt_like", "model.safetensors", "" },
+};
+
+typedef struct {
+  MoshiLm *lm;
+  MoshiSafetensors *golden;
+  char *dir;
+} LmFixture;
+
+static void
+lm_fixture_open (LmFixture *fx, const LmCase *c)
+{
+  GError *error = NULL;
+  g_autofree char *rel = g_build_filename ("lm", c->name, NULL);
+  fx->dir = moshi_test_data_path (rel);
+  g_autofree char *model = g_build_filename (fx->dir, c->model, NULL);
+  g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
+  g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
+  MoshiLmLoadOptions opts = { MOSHI_DEVICE_CPU };
+  fx->lm = moshi_lm_load (model, config, &opts, &error);
+  ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
+  fx->golden = open_or_fail (golden);
+}
+
+static void
+lm_fixture_close (LmFixture *fx)
+{
+  moshi_lm_unref (fx->lm);
+  moshi_safetensors_unref (fx->golden);
+  g_free (fx->dir);
+}
+
+static const MoshiTensorEntry *
+lm_golden (LmFixture *fx, const char *prefix, const char *name)
+{
+  g_autofree char *full = g_strconcat (prefix, name, NULL);
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (fx->golden, full);
+  if (e == NULL)   /* shared inputs (codes) have no prefix */
+    e = moshi_safetensors_lookup (fx->golden, name);
+  ck_assert_msg (e != NULL, "%s: golden tensor %s missing", fx->dir, full);
+  return e;
+}
+
+START_TEST (test_teacher_forcing)
+{
+  const LmCase *c = &lm_cases[_i];
+  LmFixture fx;
+  lm_fixture_open (&fx, c);
+  GError *error = NULL;
+  const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
+  const MoshiTensorEntry *ce = lm_golden (&fx, c->prefix, "tf.codes");
+  int b = (int) ce->shape[0], t = (int) ce->shape[2];
+  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
+  g_autofree float *logits = g_new (float, MAX (n_logits, 1));
+  g_autofree float *text_logits = g_new (float, n_text);
+  g_autofree guint8 *mask = g_new (guint8, MAX ((gsize) b * cfg->dep_q * t, 1));
+  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
+  ck_assert (moshi_lm_forward (fx.lm, ce->data, b, t, 2, logits, text_logits, mask, text_mask, &error));
+
+  const MoshiTensorEntry *rt = lm_golden (&fx, c->prefix, "tf.text_logits");
+  const MoshiTensorEntry *rtm = lm_golden (&fx, "", "tf.text_mask");
+  ck_assert_int_eq (memcmp (text_mask, rtm->data, rtm->nbytes), 0);
+  double rel = moshi_test_rel_l2 (text_logits, rt->data, n_text);
+  printf ("%s %s: teacher-forced text logits relative error %.3g\n", c->name, c->model, rel);
+  ck_assert_msg (rel <= 1e-4, "text logits relative error %g", rel);
+  if (cfg->dep_q > 0) {
+    const MoshiTensorEntry *rl = lm_golden (&fx, c->prefix, "tf.logits");
+    const MoshiTensorEntry *rm = lm_golden (&fx, "", "tf.mask");
+    ck_assert_int_eq (memcmp (mask, rm->data, rm->nbytes), 0);
+    /* NaN where the delay leaves no position, exactly where the reference has them */
+    const float *ref = rl->data;
+    double num = 0, den = 0;
+    for (gsize i = 0; i < n_logits; i++) {
+      ck_assert (isnan (logits[i]) == isnan (ref[i]));
+      if (!isnan (ref[i])) {
+        num += (logits[i] - ref[i]) * (double) (logits[i] - ref[i]);
+        den += (double) ref[i] * ref[i];
+      }
+    }
+    printf ("%s %s: teacher-forced audio logits relative error %.3g\n", c->name, c->model, sqrt (num / den));
+    ck_assert_msg (sqrt (num / den) <= 1e-4, "audio logits relative error %g", sqrt (num / den));
+  }
+  lm_fixture_close (&fx);
+}
+END_TEST
+
+/* Greedy streaming generation over the golden user codes; returns the mismatch count. */
+static int
+run_greedy (LmFixture *fx, MoshiLmSession **sessions, int n, const int64_t *user, int t,
+    const int64_t *want_text, const int64_t *want_audio, int reset_at)
+{
+  GError *error = NULL;
+  int n_user = moshi_lm_user_codebooks (fx->lm), dep_q = moshi_lm_generated_codebooks (fx->lm);
+  g_autoptr (MoshiLmBatch) batch = moshi_lm_batch_new (fx->lm, n, 2, &error);
+  ck_assert_ptr_nonnull (batch);
+  int32_t in[n * MAX (n_user, 1)], text[n], audio[n * MAX (dep_q, 1)];
+  gboolean returned[n];
+  int mismatches = 0;
+  for (int step = 0; step < t; step++) {
+    if (step == reset_at)
+      for (int r = 0; r < n; r++)
+        moshi_lm_session_reset (sessions[r]);
+    for (int r = 0; r < n; r++)
+      for (int j = 0; j < n_user; j++)
+        in[r * n_user + j] = (int32_t) user[((gsize) r * n_user + j) * t + step];
+    ck_assert_msg (moshi_lm_batch_step (batch, sessions, n, in, text, audio, returned, NULL, &error),
+        "%s", error ? error->message : "");
+    for (int r = 0; r < n; r++) {
+      if (text[r] != want_text[(gsize) r * t + step])
+        mismatches++;
+      for (int k = 0; k < dep_q; k++)
+        if (audio[r * dep_q + k] != want_audio[((gsize) r * dep_q + k) * t + step])
+          mismatches++;
+      ck_assert_int_eq (returned[r], text[r] != MOSHI_LM_UNGENERATED_TOKEN);
+    }
+  }
+  return mismatches;
+}
+
+static MoshiLmSession *
+greedy_session (MoshiLm *lm)
+{
+  MoshiLmSamplingParams p;
+  moshi_lm_sampling_params_init (&p);
+  p.text_temperature = 0;
+  p.audio_temperature = 0;
+  GError *error = NULL;
+  MoshiLmSession *s = moshi_lm_session_new (lm, &p, &error);
+  ck_assert_msg (s != NULL, "%s", error ? error->message : "");
+  return s;
+}
+
+START_TEST (test_greedy_generation)
+{
+  const LmCase *c = &lm_cases[_i];
+  LmFixture fx;
+  lm_fixture_open (&fx, c);
+  const MoshiTensorEntry *user = lm_golden (&fx, c->prefix, "gen.user_codes");
+  const MoshiTensorEntry *text = lm_golden (&fx, c->prefix, "gen.text_tokens");
+  const MoshiTensorEntry *audio = lm_golden (&fx, c->prefix, "gen.audio_codes");
+  int t = (int) text->shape[1];
+  ck_assert_int_ge (t, 100);
+  MoshiLmSession *s = greedy_session (fx.lm);
+  int mismatches = run_greedy (&fx, &s, 1, user->data, t, text->data, audio->data, -1);
+  printf ("%s %s: greedy generation, %d steps (context %d): %d tokens differ\n", c->name, c->model, t,
+      moshi_lm_get_config (fx.lm)->transformer.context, mismatches);
+  ck_assert_int_eq (mismatches, 0);
+  ck_assert_int_eq (moshi_lm_session_steps (s), t);
+
+  /* a reset in the middle starts a fresh conversation */
+  if (c->prefix[0] == '\0') {
+    const MoshiTensorEntry *rt = lm_golden (&fx, "", "gen_reset.text_tokens");
+    const MoshiTensorEntry *ra = lm_golden (&fx, "", "gen_reset.audio_codes");
+    const int64_t *split = lm_golden (&fx, "", "gen_reset.split")->data;
+    moshi_lm_session_reset (s);
+    mismatches = run_greedy (&fx, &s, 1, user->data, t, rt->data, ra->data, (int) split[0]);
+    ck_assert_int_eq (mismatches, 0);
+  }
+  moshi_lm_session_free (s);
+  lm_fixture_close (&fx);
+}
+END_TEST
+
+/* Two conversations in one batched step give the tokens of two single runs. */
+START_TEST (test_batched_generation)
+{
+  LmFixture fx;
+  lm_fixture_open (&fx, &lm_cases[0]);
+  const MoshiTensorEntry *user = lm_golden (&fx, "", "gen_b2.user_codes");
+  const MoshiTensorEntry *text = lm_golden (&fx, "", "gen_b2.text_tokens");
+  const MoshiTensorEntry *audio = lm_golden (&fx, "", "gen_b2.audio_codes");
+  int t = (int) text->shape[1];
+  MoshiLmSession *s[2] = { greedy_session (fx.lm), greedy_session (fx.lm) };
+  ck_assert_int_eq (run_greedy (&fx, s, 2, user->data, t, text->data, audio->data, -1), 0);
+  /* and each one alone */
+  int n_user = moshi_lm_user_codebooks (fx.lm), dep_q = moshi_lm_generated_codebooks (fx.lm);
+  for (int r = 0; r < 2; r++) {
+    moshi_lm_session_reset (s[r]);
+    ck_assert_int_eq (run_greedy (&fx, &s[r], 1, (const int64_t *) user->data + (gsize) r * n_user * t, t,
+            (const int64_t *) text->data + (gsize) r * t,
+            (const int64_t *) audio->data + (gsize) r * dep_q * t, -1), 0);
+  }
+  moshi_lm_session_free (s[0]);
+  moshi_lm_session_free (s[1]);
+  lm_fixture_close (&fx);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ sampling */
+
+START_TEST (test_sampling_distribution)
+{
+  /* Draws follow softmax(logits / T) restricted to the top k, renormalised. */
+  float logits[6] = { 2.0f, 1.0f, 0.5f, 3.0f, -1.0f, 0.0f };
+  const float temperature = 0.7f;
+  const int top_k = 3;
+  MoshiRng rng;
+  moshi_rng_seed (&rng, 1234);
+  int scratch[6], counts[6] = { 0 };
+  const int draws = 200000;
+  for (int i = 0; i < draws; i++)
+    counts[moshi_sample_token (logits, 6, temperature, top_k, &rng, scratch)]++;
+  int top[3] = { 3, 0, 1 };
+  double z = 0, p[6] = { 0 };
+  for (int j = 0; j < 3; j++)
+    z += exp (logits[top[j]] / temperature);
+  for (int j = 0; j < 3; j++)
+    p[top[j]] = exp (logits[top[j]] / temperature) / z;
+  double chi2 = 0;
+  for (int i = 0; i < 6; i++) {
+    if (p[i] == 0) {
+      ck_assert_msg (counts[i] == 0, "token %d outside the top %d was drawn %d times", i, top_k, counts[i]);
+      continue;
+    }
+    double e = p[i] * draws;
+    chi2 += (counts[i] - e) * (counts[i] - e) / e;
+  }
+  /* 2 degrees of freedom: P(chi2 > 20) < 5e-5 */
+  ck_assert_msg (chi2 < 20, "chi-square %.2f: counts %d %d %d", chi2, counts[3], counts[0], counts[1]);
+
+  /* temperature 0 and top-k 1 are argmax; ties go to the first index */
+  float tie[4] = { 1, 5, 5, 2 };
+  ck_assert_int_eq (moshi_sample_token (tie, 4, 0.0f, 0, &rng, scratch), 1);
+  ck_assert_int_eq (moshi_sample_token (logits, 6, 1.0f, 1, &rng, scratch), 3);
+
+  /* the same seed gives the same draws */
+  MoshiRng a, b;
+  moshi_rng_seed (&a, 99);
+  moshi_rng_seed (&b, 99);
+  for (int i = 0; i < 100; i++)
+    ck_assert_int_eq (moshi_sample_token (logits, 6, 1.0f, 0, &a, scratch),
+        moshi_sample_token (logits, 6, 1.0f, 0, &b, scratch));
+}
+END_TEST
+
+START_TEST (test_sampled_generation_is_reproducible)
+{
+  LmFixture fx;
+  lm_fixture_open (&fx, &lm_cases[0]);
+  GError *error = NULL;
+  MoshiLmSamplingParams p;
+  moshi_lm_sampling_params_init (&p);
+  p.seed = 7;
+  g_autoptr (MoshiLmBatch) batch = moshi_lm_batch_new (fx.lm, 1, 1, &error);
+  int32_t runs[2][64];
+  for (int run = 0; run < 2; run++) {
+    g_autoptr (MoshiLmSession) s = moshi_lm_session_new (fx.lm, &p, &error);
+    int32_t in[8] = { 0 }, audio[8], text;
+    gboolean returned;
+    for (int step = 0; step < 64; step++) {
+      in[0] = step % 32;
+      ck_assert (moshi_lm_batch_step (batch, &s, 1, in, &text, audio, &returned, NULL, &error));
+      runs[run][step] = text;
+    }
+  }
+  ck_assert_int_eq (memcmp (runs[0], runs[1], sizeof (runs[0])), 0);
+  lm_fixture_close (&fx);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ errors */
+
+START_TEST (test_lm_errors)
+{
+  LmFixture fx;
+  lm_fixture_open (&fx, &lm_cases[0]);
+  GError *error = NULL;
+  /* a config that does not match the weights names the tensor */
+  g_autofree char *model = g_build_filename (fx.dir, "model.safetensors", NULL);
+  g_autofree char *other_config = moshi_test_data_path ("lm/upstream_opts/config.json");
+  ck_assert_ptr_null (moshi_lm_load (model, other_config, NULL, &error));
+  ck_assert (error->code == MOSHI_ERROR_SHAPE || error->code == MOSHI_ERROR_MISSING_TENSOR);
+  moshi_assert_error_contains (error, model);
+  g_clear_error (&error);
+  /* the released 7B layout (no config) against small weights */
+  ck_assert_ptr_null (moshi_lm_load (model, NULL, NULL, &error));
+  moshi_assert_error_contains (error, "emb.0.weight");
+  g_clear_error (&error);
+  /* unsupported and malformed config keys are named */
+  g_autofree char *dir = g_dir_make_tmp ("moshi-lm-XXXXXX", NULL);
+  g_autofree char *cfg = g_build_filename (dir, "config.json", NULL);
+  ck_assert (g_file_set_contents (cfg, "{\"dim\": 32, \"norm_emb\": true}", -1, NULL));
+  ck_assert_ptr_null (moshi_lm_load (model, cfg, NULL, &error));
+  moshi_assert_error_contains (error, "norm_emb");
+  g_clear_error (&error);
+  ck_assert (g_file_set_contents (cfg, "{\"dim\": 32, \"n_q\": 2, \"dep_q\": 1, \"delays\": [0, 1]}", -1, NULL));
+  ck_assert_ptr_null (moshi_lm_load (model, cfg, NULL, &error));
+  moshi_assert_error_contains (error, "delays");
+  g_clear_error (&error);
+  ck_assert (g_file_set_contents (cfg, "{\"dim\": 32, \"frobnicate\": 1}", -1, NULL));
+  ck_assert_ptr_null (moshi_lm_load (model, cfg, NULL, &error));
+  moshi_assert_error_contains (error, "frobnicate");
+  g_clear_error (&error);
+  g_unlink (cfg);
+  g_rmdir (dir);
+
+  /* bad codes and bad steps are rejected before anything changes */
+  int64_t codes[9 * 2] = { 0 };
+  codes[3] = 99;    /* stream 1 (audio, card 32) */
+  float logits[4 * 2 * 32], text_logits[2 * 64];
+  guint8 mask[8], text_mask[2];
+  ck_assert (!moshi_lm_forward (fx.lm, codes, 1, 2, 1, logits, text_logits, mask, text_mask, &error));
+  moshi_assert_error_contains (error, "stream 1");
+  g_clear_error (&error);
+
+  MoshiLmSession *s = greedy_session (fx.lm);
+  g_autoptr (MoshiLmBatch) batch = moshi_lm_batch_new (fx.lm, 1, 1, &error);
+  int32_t in[4] = { 0, 0, 500, 0 }, audio[4], text;
+  gboolean returned;
+  ck_assert (!moshi_lm_batch_step (batch, &s, 1, in, &text, audio, &returned, NULL, &error));
+  moshi_assert_error_contains (error, "codebook 2");
+  g_clear_error (&error);
+  ck_assert_int_eq (moshi_lm_session_steps (s), 0);
+  MoshiLmSession *two[2] = { s, s };
+  g_autoptr (MoshiLmBatch) batch2 = moshi_lm_batch_new (fx.lm, 2, 1, &error);
+  int32_t in2[8] = { 0 }, audio2[8], text2[2];
+  gboolean returned2[2];
+  ck_assert (!moshi_lm_batch_step (batch2, two, 2, in2, text2, audio2, returned2, NULL, &error));
+  moshi_assert_error_contains (error, "twice");
+  g_clear_error (&error);
+  moshi_lm_session_free (s);
+  lm_fixture_close (&fx);
+}
+END_TEST
+
+static Suite *
+lm_suite (void)
+{
+  Suite *s = suite_create ("lm");
+  TCase *upstream = tcase_create ("upstream");
+  tcase_add_test (upstream, test_upstream_lm_case);
+  suite_add_tcase (s, upstream);
+
+  TCase *gold = tcase_create ("golden");
+  tcase_set_timeout (gold, 600);
+  tcase_add_loop_test (gold, test_teacher_forcing, 0, G_N_ELEMENTS (lm_cases));
+  tcase_add_loop_test (gold, test_greedy_generation, 0, G_N_ELEMENTS (lm_cases));
+  tcase_add_test (gold, test_batched_generation);
+  suite_add_tcase (s, gold);
+
+  TCase *sampling = tcase_create ("sampling");
+  tcase_add_test (sampling, test_sampling_distribution);
+  tcase_add_test (sampling, test_sampled_generation_is_reproducible);
+  suite_add_tcase (s, sampling);
+
+  TCase *errors = tcase_create ("errors");
+  tcase_add_test (errors, test_lm_errors);
+  suite_add_tcase (s, errors);
+  return s;
+}
+
+int
+main (void)
+{
+  return moshi_test_run_suite (lm_suite ());
+}

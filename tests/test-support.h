@@ -1,0 +1,32 @@
+/* gst-moshi test helpers shared by the Check suites. */
+#pragma once
+
+#include <check.h>
+#include <glib.h>
+#include <stdint.h>
+
+/* Path of a file under tests/data (from $MOSHI_TEST_DATA). Free with g_free. */
+char *moshi_test_data_path (const char *relative);
+
+/* Runs a suite (CK_NORMAL output) and returns the process exit status. */
+int moshi_test_run_suite (Suite *suite);
+
+/* Deterministic pseudo-random numbers for tests (xorshift). */
+typedef struct { uint64_t state; } MoshiTestRng;
+void moshi_test_rng_init (MoshiTestRng *rng, uint64_t seed);
+float moshi_test_rng_uniform (MoshiTestRng *rng);   /* [-1, 1) */
+float moshi_test_rng_normal (MoshiTestRng *rng);
+void moshi_test_fill_uniform (MoshiTestRng *rng, float *x, size_t n, float scale);
+
+/* ||a - b|| / ||b|| (0 when both are zero). */
+double moshi_test_rel_l2 (const float *a, const float *b, size_t n);
+/* max |a - b| */
+double moshi_test_max_abs_diff (const float *a, const float *b, size_t n);
+
+/* Asserts that a GError-returning call failed with a message containing needle. */
+#define moshi_assert_error_contains(err, needle) \
+  do { \
+    ck_assert_msg ((err) != NULL, "expected an error containing '%s'", (needle)); \
+    ck_assert_msg (strstr ((err)->message, (needle)) != NULL, \
+        "error '%s' does not contain '%s'", (err)->message, (needle)); \
+  } while (0)

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""End-to-end checks of moshi-tool against the committed Mimi goldens (standard library only).
+
+usage: test_moshi_tool.py MOSHI_TOOL DATA_DIR
+Prints 'N passed, N failed' and exits non-zero on any failure."""
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+TOOL, DATA = sys.argv[1], sys.argv[2]
+SMALL = os.path.join(DATA, "mimi", "small")
+MODEL = os.path.join(SMALL, "model.safetensors")
+CONFIG = os.path.join(SMALL, "config.json")
+DTYPES = {"F32": ("f", 4), "I64": ("q", 8), "I32": ("i", 4)}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        fmt, size = DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        raw = blob[8 + n + begin:8 + n + end]
+        tensors[name] = (info["shape"], list(struct.unpack("<%d%s" % (len(raw) // size, fmt), raw)))
+    return tensors
+
+
+def write_float_wav(path, samples, rate):
+    data = struct.pack("<%df" % len(samples), *samples)
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt ")
+        f.write(struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32))
+        f.write(b"data" + struct.pack("<I", len(data)) + data)
+
+
+def read_float_wav(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    pos = blob.index(b"data")
+    (n,) = struct.unpack("<I", blob[pos + 4:pos + 8])
+    return list(struct.unpack("<%df" % (n // 4), blob[pos + 8:pos + 8 + n]))
+
+
+def rel_l2(a, b):
+    num = sum((x - y) ** 2 for x, y in zip(a, b))
+    den = sum(y * y for y in b)
+    return math.sqrt(num / den) if den else math.sqrt(num)
+
+
+def run(*args, expect_ok=True):
+    proc = subprocess.run([TOOL, *args], capture_output=True, text=True)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError("%s failed: %s" % (" ".join(args), proc.stderr))
+    if not expect_ok and proc.returncode == 0:
+        raise AssertionError("%s should have failed" % " ".join(args))
+    return proc
+
+
+results = []
+
+
+def check(name, func):
+    try:
+        func()
+        results.append((name, None))
+        print("PASS", name)
+    except Exception as e:  # noqa: BLE001 - report every failure and go on
+        results.append((name, e))
+        print("FAIL", name, e)
+
+
+golden = read_safetensors(os.path.join(SMALL, "golden.safetensors"))
+tmp = tempfile.mkdtemp(prefix="moshi-tool-test-")
+speech_wav = os.path.join(tmp, "speech.wav")
+write_float_wav(speech_wav, golden["speech.pcm"][1], 24000)
+
+
+def test_info():
+    out = run("info", MODEL).stdout
+    assert "mimi" in out, out
+    assert "encoder.model.0.conv.conv.weight" in out, out
+    out = run("info", "--summary", os.path.join(SMALL, "golden.safetensors")).stdout
+    assert "tensors: " in out and "encoder.model" not in out, out
+
+
+def encode_and_compare(extra, golden_name):
+    codes_path = os.path.join(tmp, "codes-%s.safetensors" % golden_name)
+    run("encode", "--model", MODEL, "--config", CONFIG, "--codebooks", "8", *extra, speech_wav, codes_path)
+    shape, codes = read_safetensors(codes_path)["codes"]
+    want_shape, want = golden["speech." + golden_name]
+    assert shape == want_shape, (shape, want_shape)
+    assert codes == want, "codes differ from the reference"
+    return codes_path
+
+
+def test_encode_one_shot():
+    encode_and_compare([], "codes")
+
+
+def test_encode_streaming():
+    encode_and_compare(["--streaming"], "stream_codes")
+
+
+def test_decode():
+    codes_path = encode_and_compare([], "codes")
+    out_wav = os.path.join(tmp, "decoded.wav")
+    run("decode", "--model", MODEL, "--config", CONFIG, codes_path, out_wav)
+    pcm = read_float_wav(out_wav)
+    want = golden["speech.decoded"][1]
+    assert len(pcm) == len(want), (len(pcm), len(want))
+    err = rel_l2(pcm, want)
+    assert err <= 1e-4, err
+
+
+def test_wrong_rate_is_named():
+    bad = os.path.join(tmp, "speech-16k.wav")
+    write_float_wav(bad, golden["speech.pcm"][1][:16000], 16000)
+    err = run("encode", "--model", MODEL, "--config", CONFIG, bad, os.path.join(tmp, "x.safetensors"),
+              expect_ok=False).stderr
+    assert bad in err and "16000 Hz" in err and "24000 Hz mono" in err, err
+
+
+def test_bad_model_is_named():
+    err = run("encode", "--model", speech_wav, speech_wav, os.path.join(tmp, "x.safetensors"),
+              expect_ok=False).stderr
+    assert speech_wav in err, err
+
+
+def test_unknown_command():
+    err = run("frobnicate", expect_ok=False).stderr
+    assert "unknown command" in err, err
+
+
+for name, func in list(globals().items()):
+    if name.startswith("test_") and callable(func):
+        check(name, func)
+
+failed = sum(1 for _, e in results if e is not None)
+print("%d passed, %d failed" % (len(results) - failed, failed))
+sys.exit(1 if failed else 0)

@@ -1,0 +1,613 @@
+/* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
+#include "moshi-error.h"
+#include "moshi-lm.h"
+#include "moshi-mimi.h"
+#include "moshi-safetensors.h"
+#include "moshi-wav.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*CommandFunc) (int argc, char **argv);
+
+static int
+fail (GError *error)
+{
+  g_printerr ("moshi-tool: %s\n", error->message);
+  g_error_free (error);
+  return 1;
+}
+
+static gboolean
+parse_options (GOptionContext *ctx, int *argc, char ***argv, int n_positional)
+{
+  GError *error = NULL;
+  if (!g_option_context_parse (ctx, argc, argv, &error)) {
+    g_printerr ("moshi-tool: %s\n", error->message);
+    g_error_free (error);
+    return FALSE;
+  }
+  if (*argc != n_positional + 1) {
+    g_autofree char *help = g_option_context_get_help (ctx, TRUE, NULL);
+    g_printerr ("%s", help);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ------------------------------------------------------------------ info */
+
+static const char *
+detect_model_kind (MoshiSafetensors *st)
+{
+  if (moshi_safetensors_lookup (st, "encoder.model.0.conv.conv.weight")
+      && moshi_safetensors_lookup (st, "quantizer.rvq_first.input_proj.weight"))
+    return "mimi (neural audio codec)";
+  if (moshi_safetensors_lookup (st, "text_emb.weight") && moshi_safetensors_lookup (st, "emb.0.weight"))
+    return "moshi lm (RQ-Transformer)";
+  return "unknown";
+}
+
+static int
+cmd_info (int argc, char **argv)
+{
+  gboolean quiet = FALSE;
+  GOptionEntry entries[] = {
+    { "summary", 's', 0, G_OPTION_ARG_NONE, &quiet, "Print only the summary", NULL },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("MODEL.safetensors - list tensors and detect the model");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 1))
+    return 2;
+  GError *error = NULL;
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (argv[1], &error);
+  if (st == NULL)
+    return fail (error);
+  gsize n = moshi_safetensors_n_tensors (st);
+  int64_t params = 0;
+  gsize bytes = 0;
+  int64_t per_dtype[MOSHI_DTYPE_COUNT] = { 0 };
+  for (gsize i = 0; i < n; i++) {
+    const MoshiTensorEntry *e = moshi_safetensors_nth (st, i);
+    int64_t numel = moshi_shape_numel (e->shape, e->ndim);
+    params += numel;
+    bytes += e->nbytes;
+    per_dtype[e->dtype] += numel;
+    if (!quiet) {
+      char shape[128];
+      g_print ("%-70s %-5s %s\n", e->name, moshi_dtype_name (e->dtype),
+          moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
+    }
+  }
+  g_print ("file: %s\n", argv[1]);
+  g_print ("model: %s\n", detect_model_kind (st));
+  g_print ("tensors: %" G_GSIZE_FORMAT "\n", n);
+  g_print ("elements: %" G_GINT64_FORMAT " (%.1f M)\n", params, params / 1e6);
+  g_print ("data bytes: %" G_GSIZE_FORMAT " (%.1f MB)\n", bytes, bytes / 1e6);
+  for (int d = 0; d < MOSHI_DTYPE_COUNT; d++)
+    if (per_dtype[d])
+      g_print ("  %s: %" G_GINT64_FORMAT " elements\n", moshi_dtype_name (d), per_dtype[d]);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ encode / decode */
+
+static MoshiMimi *
+load_mimi (const char *model, const char *config, const char *device, GError **error)
+{
+  MoshiMimiLoadOptions opts = { MOSHI_DEVICE_AUTO };
+  if (device && !moshi_device_from_name (device, &opts.device)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "--device=%s: expected auto, cpu or cuda", device);
+    return NULL;
+  }
+  return moshi_mimi_load (model, config, &opts, error);
+}
+
+static int
+cmd_encode (int argc, char **argv)
+{
+  g_autofree char *model = NULL, *config = NULL, *device = NULL;
+  int codebooks = 8, threads = 0;
+  gboolean streaming = FALSE;
+  GOptionEntry entries[] = {
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
+    { "codebooks", 'k', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks to produce (default 8)", "N" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { "streaming", 's', 0, G_OPTION_ARG_NONE, &streaming,
+      "Encode frame by frame as a live stream (default: one-shot, as upstream encode())", NULL },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("IN.wav OUT.safetensors - encode audio to Mimi codes");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 2))
+    return 2;
+  if (model == NULL) {
+    g_printerr ("moshi-tool encode: --model is required\n");
+    return 2;
+  }
+  GError *error = NULL;
+  g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
+  if (mimi == NULL)
+    return fail (error);
+  MoshiWav wav;
+  if (!moshi_wav_read (argv[1], &wav, &error))
+    return fail (error);
+  int rate = moshi_mimi_sample_rate (mimi);
+  if (wav.sample_rate != rate || wav.channels != 1) {
+    g_printerr ("moshi-tool: %s is %d Hz with %d channel(s); expected %d Hz mono "
+        "(convert it first, e.g. sox %s -r %d -c 1 out.wav)\n", argv[1], wav.sample_rate,
+        wav.channels, rate, argv[1], rate);
+    moshi_wav_clear (&wav);
+    return 1;
+  }
+  int32_t *codes = NULL;
+  int n_frames = 0;
+  gboolean ok;
+  if (streaming) {
+    MoshiMimiSessionOptions opts = { .n_threads = threads, .num_codebooks = codebooks,
+      .max_frames_per_call = 1 };
+    g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (mimi, &opts, &error);
+    ok = s != NULL;
+    if (ok) {
+      int frame = moshi_mimi_frame_size (mimi);
+      n_frames = (int) ((wav.n_frames + frame - 1) / frame);
+      float *padded = g_new0 (float, (gsize) MAX (n_frames, 1) * frame);
+      memcpy (padded, wav.samples, wav.n_frames * sizeof (float));
+      codes = g_new (int32_t, (gsize) MAX (n_frames, 1) * codebooks);
+      ok = moshi_mimi_session_encode (s, padded, n_frames, codes, &error);
+      g_free (padded);
+    }
+  } else {
+    ok = moshi_mimi_encode (mimi, wav.samples, wav.n_frames, codebooks, threads, &codes,
+        &n_frames, &error);
+  }
+  moshi_wav_clear (&wav);
+  if (!ok)
+    return fail (error);
+
+  gsize n = (gsize) codebooks * n_frames;
+  g_autofree int64_t *codes64 = g_new (int64_t, MAX (n, 1));
+  for (gsize i = 0; i < n; i++)
+    codes64[i] = codes[i];
+  g_free (codes);
+  MoshiTensorEntry entry = { .name = "codes", .dtype = MOSHI_DTYPE_I64, .ndim = 3,
+    .shape = { 1, codebooks, n_frames }, .data = codes64, .nbytes = n * sizeof (int64_t) };
+  if (!moshi_safetensors_write (argv[2], &entry, 1, NULL, &error))
+    return fail (error);
+  g_print ("%s: %d frames x %d codebooks\n", argv[2], n_frames, codebooks);
+  return 0;
+}
+
+/* Reads `codes` (I64/I32, [1, K, T] or [K, T]) into a [K][T] int32 array. */
+static gboolean
+read_codes (const char *path, int32_t **codes_out, int *k_out, int *t_out, GError **error)
+{
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (path, error);
+  if (st == NULL)
+    return FALSE;
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "codes");
+  if (e == NULL) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_MISSING_TENSOR, "%s: tensor 'codes' missing", path);
+    return FALSE;
+  }
+  if ((e->dtype != MOSHI_DTYPE_I64 && e->dtype != MOSHI_DTYPE_I32)
+      || !(e->ndim == 2 || (e->ndim == 3 && e->shape[0] == 1))) {
+    char shape[128];
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
+        "%s: tensor 'codes' is %s %s; expected I64 or I32 [1, K, T]", path,
+        moshi_dtype_name (e->dtype), moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
+    return FALSE;
+  }
+  int k = (int) e->shape[e->ndim - 2], t = (int) e->shape[e->ndim - 1];
+  int32_t *codes = g_new (int32_t, MAX ((gsize) k * t, 1));
+  for (gsize i = 0; i < (gsize) k * t; i++) {
+    int64_t v;
+    if (e->dtype == MOSHI_DTYPE_I64)
+      memcpy (&v, (const guint8 *) e->data + i * 8, 8);
+    else {
+      int32_t v32;
+      memcpy (&v32, (const guint8 *) e->data + i * 4, 4);
+      v = v32;
+    }
+    codes[i] = (v < G_MININT32 || v > G_MAXINT32) ? -1 : (int32_t) v;
+  }
+  *codes_out = codes;
+  *k_out = k;
+  *t_out = t;
+  return TRUE;
+}
+
+static int
+cmd_decode (int argc, char **argv)
+{
+  g_autofree char *model = NULL, *config = NULL, *device = NULL;
+  int threads = 0;
+  gboolean streaming = FALSE;
+  GOptionEntry entries[] = {
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { "streaming", 's', 0, G_OPTION_ARG_NONE, &streaming, "Decode frame by frame as a live stream", NULL },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("CODES.safetensors OUT.wav - decode Mimi codes to audio");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 2))
+    return 2;
+  if (model == NULL) {
+    g_printerr ("moshi-tool decode: --model is required\n");
+    return 2;
+  }
+  GError *error = NULL;
+  g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
+  if (mimi == NULL)
+    return fail (error);
+  g_autofree int32_t *codes = NULL;
+  int k, t;
+  if (!read_codes (argv[1], &codes, &k, &t, &error))
+    return fail (error);
+  g_autofree float *pcm = NULL;
+  if (streaming) {
+    MoshiMimiSessionOptions opts = { .n_threads = threads, .max_frames_per_call = 1 };
+    g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (mimi, &opts, &error);
+    if (s == NULL)
+      return fail (error);
+    pcm = g_new (float, MAX ((gsize) t * moshi_mimi_frame_size (mimi), 1));
+    if (!moshi_mimi_session_decode (s, codes, k, t, pcm, &error))
+      return fail (error);
+  } else if (!moshi_mimi_decode (mimi, codes, k, t, threads, &pcm, &error)) {
+    g_prefix_error (&error, "%s: ", argv[1]);
+    return fail (error);
+  }
+  gsize n = (gsize) t * moshi_mimi_frame_size (mimi);
+  if (!moshi_wav_write_f32 (argv[2], pcm, n, 1, moshi_mimi_sample_rate (mimi), &error))
+    return fail (error);
+  g_print ("%s: %" G_GSIZE_FORMAT " samples at %d Hz\n", argv[2], n, moshi_mimi_sample_rate (mimi));
+  return 0;
+}
+
+/* ------------------------------------------------------------------ bench */
+
+/* A deterministic speech-like test signal: a voiced source with a moving pitch, shaped by
+ * syllable-rate envelopes, plus a little noise. */
+static void
+synth_speech (float *x, gsize n, int rate)
+{
+  guint32 seed = 12345;
+  double phase = 0;
+  for (gsize i = 0; i < n; i++) {
+    double t = (double) i / rate;
+    double f0 = 120 + 30 * sin (2 * G_PI * 0.7 * t);
+    phase += 2 * G_PI * f0 / rate;
+    double v = 0;
+    for (int h = 1; h <= 12; h++)
+      v += sin (h * phase) / h * (1.0 + 0.5 * sin (2 * G_PI * (0.3 * h + 1.1) * t));
+    double env = 0.5 + 0.5 * sin (2 * G_PI * 4.0 * t);
+    seed = seed * 1664525u + 1013904223u;
+    double noise = ((seed >> 8) / 16777216.0 - 0.5) * 0.05;
+    x[i] = (float) (0.15 * env * v + noise);
+  }
+}
+
+static int
+cmd_bench (int argc, char **argv)
+{
+  g_autofree char *model = NULL, *config = NULL, *threads_list = NULL, *device = NULL;
+  double seconds = 10;
+  int codebooks = 8, frames_per_call = 1;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
+    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Audio length to stream (default 10)", "S" },
+    { "threads", 't', 0, G_OPTION_ARG_STRING, &threads_list, "Thread counts, comma separated (default 1,2)", "LIST" },
+    { "codebooks", 'k', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks (default 8)", "N" },
+    { "frames-per-call", 'f', 0, G_OPTION_ARG_INT, &frames_per_call, "Frames per call (default 1: live streaming)", "F" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { "json", 'j', 0, G_OPTION_ARG_NONE, &json, "One JSON object per line", NULL },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("mimi - stream audio through Mimi and time it");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 1))
+    return 2;
+  if (g_strcmp0 (argv[1], "mimi") != 0) {
+    g_printerr ("moshi-tool bench: unknown benchmark '%s' (available: mimi)\n", argv[1]);
+    return 2;
+  }
+  if (model == NULL) {
+    g_printerr ("moshi-tool bench mimi: --model is required (tests/reference/gen_mimi.py --case full makes one)\n");
+    return 2;
+  }
+  GError *error = NULL;
+  g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
+  if (mimi == NULL)
+    return fail (error);
+  int frame = moshi_mimi_frame_size (mimi);
+  int n_frames = MAX ((int) (seconds * moshi_mimi_frame_rate (mimi)), 2);
+  n_frames = (n_frames + frames_per_call - 1) / frames_per_call * frames_per_call;
+  g_autofree float *audio = g_new (float, (gsize) n_frames * frame);
+  synth_speech (audio, (gsize) n_frames * frame, moshi_mimi_sample_rate (mimi));
+  g_autofree float *out = g_new (float, (gsize) frames_per_call * frame);
+  g_autofree int32_t *codes = g_new (int32_t, (gsize) frames_per_call * codebooks);
+
+  g_auto (GStrv) counts = g_strsplit (threads_list ? threads_list : "1,2", ",", -1);
+  if (!json)
+    g_print ("Mimi streaming benchmark: %s, %d frames of %d samples, %d codebooks, %d frame(s) per call, backend %s\n",
+        model, n_frames, frame, codebooks, frames_per_call, moshi_mimi_get_backend (mimi)->description);
+  for (int c = 0; counts[c]; c++) {
+    int threads = atoi (counts[c]);
+    MoshiMimiSessionOptions opts = { .n_threads = threads, .num_codebooks = codebooks,
+      .max_frames_per_call = frames_per_call };
+    g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (mimi, &opts, &error);
+    if (s == NULL)
+      return fail (error);
+    double enc_total = 0, dec_total = 0, enc_max = 0, dec_max = 0;
+    int timed = 0;
+    for (int f = 0; f < n_frames; f += frames_per_call) {
+      gint64 t0 = g_get_monotonic_time ();
+      if (!moshi_mimi_session_encode (s, audio + (gsize) f * frame, frames_per_call, codes, &error))
+        return fail (error);
+      gint64 t1 = g_get_monotonic_time ();
+      if (!moshi_mimi_session_decode (s, codes, codebooks, frames_per_call, out, &error))
+        return fail (error);
+      gint64 t2 = g_get_monotonic_time ();
+      if (f == 0)
+        continue;               /* first call: page faults of the mapping, cold caches */
+      double e = (t1 - t0) / 1000.0 / frames_per_call, d = (t2 - t1) / 1000.0 / frames_per_call;
+      enc_total += e;
+      dec_total += d;
+      enc_max = MAX (enc_max, e);
+      dec_max = MAX (dec_max, d);
+      timed++;
+    }
+    double frame_ms = 1000.0 / moshi_mimi_frame_rate (mimi);
+    double enc = enc_total / timed, dec = dec_total / timed;
+    if (json) {
+      g_print ("{\"impl\":\"gst-moshi\",\"threads\":%d,\"frames\":%d,\"frames_per_call\":%d,"
+          "\"encode_ms_per_frame\":%.3f,\"decode_ms_per_frame\":%.3f,\"encode_max_ms\":%.3f,"
+          "\"decode_max_ms\":%.3f,\"rtf\":%.4f}\n", threads, timed * frames_per_call,
+          frames_per_call, enc, dec, enc_max, dec_max, (enc + dec) / frame_ms);
+    } else {
+      g_print ("threads %d: encode %.2f ms/frame (RTF %.3f, max %.2f), decode %.2f ms/frame "
+          "(RTF %.3f, max %.2f), encode+decode RTF %.3f\n", threads, enc, enc / frame_ms, enc_max,
+          dec, dec / frame_ms, dec_max, (enc + dec) / frame_ms);
+    }
+  }
+  return 0;
+}
+
+
+/* ------------------------------------------------------------------ LM */
+
+static gboolean
+read_i64_tensor (MoshiSafetensors *st, const char *path, const char *name, int ndim,
+    int64_t *shape_out, int64_t **data_out, GError **error)
+{
+  int64_t any[MOSHI_MAX_DIMS];
+  for (int i = 0; i < ndim; i++)
+    any[i] = -1;
+  const MoshiTensorEntry *e = moshi_safetensors_require (st, name, MOSHI_DTYPE_I64, ndim, any, error);
+  if (e == NULL)
+    return FALSE;
+  memcpy (shape_out, e->shape, ndim * sizeof (int64_t));
+  *data_out = g_memdup2 (e->data, MAX (e->nbytes, 1));
+  return TRUE;
+}
+
+static int
+cmd_lm_forward (int argc, char **argv)
+{
+  g_autofree char *config = NULL, *weights = NULL, *codes_path = NULL, *out = NULL, *device = NULL;
+  int threads = 0;
+  GOptionEntry entries[] = {
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: Moshi 7B)", "C" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (safetensors)", "W" },
+    { "codes", 0, 0, G_OPTION_ARG_FILENAME, &codes_path, "Codes (safetensors, `codes` I64 [B, 1 + n_q, T])", "F" },
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Output safetensors (logits, text_logits, mask, text_mask)", "F" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("- teacher-forced LM pass, as upstream LMModel.forward");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 0))
+    return 2;
+  if (weights == NULL || codes_path == NULL || out == NULL) {
+    g_printerr ("moshi-tool lm-forward: --weights, --codes and --out are required\n");
+    return 2;
+  }
+  GError *error = NULL;
+  MoshiLmLoadOptions opts = { MOSHI_DEVICE_AUTO };
+  if (device && !moshi_device_from_name (device, &opts.device)) {
+    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+    return 2;
+  }
+  g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
+  if (lm == NULL)
+    return fail (error);
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (codes_path, &error);
+  if (st == NULL)
+    return fail (error);
+  int64_t shape[3];
+  g_autofree int64_t *codes = NULL;
+  if (!read_i64_tensor (st, codes_path, "codes", 3, shape, &codes, &error))
+    return fail (error);
+  const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
+  if (shape[1] != moshi_lm_config_num_streams (cfg)) {
+    g_printerr ("moshi-tool: %s: codes have %" G_GINT64_FORMAT " streams; the model takes %d (text + %d audio)\n",
+        codes_path, shape[1], moshi_lm_config_num_streams (cfg), cfg->n_q);
+    return 1;
+  }
+  int b = (int) shape[0], t = (int) shape[2];
+  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card;
+  gsize n_text = (gsize) b * t * cfg->text_card_out;
+  g_autofree float *logits = g_new (float, MAX (n_logits, 1));
+  g_autofree float *text_logits = g_new (float, n_text);
+  g_autofree guint8 *mask = g_new (guint8, MAX ((gsize) b * cfg->dep_q * t, 1));
+  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
+  if (!moshi_lm_forward (lm, codes, b, t, threads, logits, text_logits, mask, text_mask, &error)) {
+    g_prefix_error (&error, "%s: ", codes_path);
+    return fail (error);
+  }
+  MoshiTensorEntry entries_out[] = {
+    { .name = "logits", .dtype = MOSHI_DTYPE_F32, .ndim = 4, .shape = { b, cfg->dep_q, t, cfg->card },
+      .data = logits, .nbytes = n_logits * 4 },
+    { .name = "text_logits", .dtype = MOSHI_DTYPE_F32, .ndim = 4, .shape = { b, 1, t, cfg->text_card_out },
+      .data = text_logits, .nbytes = n_text * 4 },
+    { .name = "mask", .dtype = MOSHI_DTYPE_BOOL, .ndim = 3, .shape = { b, cfg->dep_q, t },
+      .data = mask, .nbytes = (gsize) b * cfg->dep_q * t },
+    { .name = "text_mask", .dtype = MOSHI_DTYPE_BOOL, .ndim = 3, .shape = { b, 1, t },
+      .data = text_mask, .nbytes = (gsize) b * t },
+  };
+  if (!moshi_safetensors_write (out, entries_out, G_N_ELEMENTS (entries_out), NULL, &error))
+    return fail (error);
+  g_print ("%s: logits [%d, %d, %d, %d], text_logits [%d, 1, %d, %d]\n", out, b, cfg->dep_q, t,
+      cfg->card, b, t, cfg->text_card_out);
+  return 0;
+}
+
+static int
+cmd_lm_generate (int argc, char **argv)
+{
+  g_autofree char *config = NULL, *weights = NULL, *user_path = NULL, *out = NULL, *device = NULL;
+  int threads = 0;
+  MoshiLmSamplingParams params;
+  moshi_lm_sampling_params_init (&params);
+  double text_temp = params.text_temperature, audio_temp = params.audio_temperature;
+  gint64 seed = (gint64) params.seed;
+  GOptionEntry entries[] = {
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: Moshi 7B)", "C" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (safetensors)", "W" },
+    { "user-codes", 'u', 0, G_OPTION_ARG_FILENAME, &user_path, "User codes (safetensors, `codes` I64 [1, K_user, T])", "F" },
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Output safetensors (text_tokens, audio_codes)", "F" },
+    { "text-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &text_temp, "Text temperature (0 = greedy; default 0.7)", "T" },
+    { "text-topk", 0, 0, G_OPTION_ARG_INT, &params.text_topk, "Text top-k (default 25)", "K" },
+    { "audio-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &audio_temp, "Audio temperature (0 = greedy; default 0.8)", "T" },
+    { "audio-topk", 0, 0, G_OPTION_ARG_INT, &params.audio_topk, "Audio top-k (default 250)", "K" },
+    { "seed", 's', 0, G_OPTION_ARG_INT64, &seed, "Random seed (default 4242)", "S" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("- run the streaming generator (upstream LMGen) over user codes");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 0))
+    return 2;
+  if (weights == NULL || user_path == NULL || out == NULL) {
+    g_printerr ("moshi-tool lm-generate: --weights, --user-codes and --out are required\n");
+    return 2;
+  }
+  params.text_temperature = (float) text_temp;
+  params.audio_temperature = (float) audio_temp;
+  params.seed = (guint64) seed;
+  GError *error = NULL;
+  MoshiLmLoadOptions opts = { MOSHI_DEVICE_AUTO };
+  if (device && !moshi_device_from_name (device, &opts.device)) {
+    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+    return 2;
+  }
+  g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
+  if (lm == NULL)
+    return fail (error);
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (user_path, &error);
+  if (st == NULL)
+    return fail (error);
+  int64_t shape[3];
+  g_autofree int64_t *user = NULL;
+  if (!read_i64_tensor (st, user_path, "codes", 3, shape, &user, &error))
+    return fail (error);
+  int n_user = moshi_lm_user_codebooks (lm), dep_q = moshi_lm_generated_codebooks (lm);
+  if (shape[0] != 1 || shape[1] < n_user) {
+    g_printerr ("moshi-tool: %s: user codes are [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", T]; "
+        "expected [1, K >= %d, T]\n", user_path, shape[0], shape[1], n_user);
+    return 1;
+  }
+  int t = (int) shape[2];
+  g_autoptr (MoshiLmSession) session = moshi_lm_session_new (lm, &params, &error);
+  if (session == NULL)
+    return fail (error);
+  g_autoptr (MoshiLmBatch) batch = moshi_lm_batch_new (lm, 1, threads, &error);
+  if (batch == NULL)
+    return fail (error);
+  g_autofree int64_t *text = g_new (int64_t, t);
+  g_autofree int64_t *audio = g_new (int64_t, MAX ((gsize) dep_q * t, 1));
+  g_autofree int32_t *in = g_new (int32_t, MAX (n_user, 1));
+  g_autofree int32_t *audio_step = g_new (int32_t, MAX (dep_q, 1));
+  for (int step = 0; step < t; step++) {
+    for (int j = 0; j < n_user; j++) {
+      int64_t v = user[(gsize) j * t + step];
+      in[j] = v < G_MININT32 || v > G_MAXINT32 ? G_MININT32 : (int32_t) v;
+    }
+    int32_t text_step;
+    gboolean returned;
+    if (!moshi_lm_batch_step (batch, &session, 1, in, &text_step, audio_step, &returned, NULL, &error)) {
+      g_prefix_error (&error, "%s, step %d: ", user_path, step);
+      return fail (error);
+    }
+    text[step] = text_step;
+    for (int k = 0; k < dep_q; k++)
+      audio[(gsize) k * t + step] = audio_step[k];
+  }
+  MoshiTensorEntry entries_out[] = {
+    { .name = "text_tokens", .dtype = MOSHI_DTYPE_I64, .ndim = 2, .shape = { 1, t },
+      .data = text, .nbytes = (gsize) t * 8 },
+    { .name = "audio_codes", .dtype = MOSHI_DTYPE_I64, .ndim = 3, .shape = { 1, dep_q, t },
+      .data = audio, .nbytes = (gsize) dep_q * t * 8 },
+  };
+  if (!moshi_safetensors_write (out, entries_out, G_N_ELEMENTS (entries_out), NULL, &error))
+    return fail (error);
+  g_print ("%s: %d steps\n", out, t);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static const struct {
+  const char *name;
+  CommandFunc func;
+  const char *summary;
+} commands[] = {
+  { "info", cmd_info, "list the tensors of a safetensors file and detect the model" },
+  { "encode", cmd_encode, "encode a 24 kHz mono WAV into Mimi codes" },
+  { "decode", cmd_decode, "decode Mimi codes into a float WAV" },
+  { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi)" },
+  { "lm-forward", cmd_lm_forward, "teacher-forced LM pass (logits, as upstream LMModel.forward)" },
+  { "lm-generate", cmd_lm_generate, "streaming LM generation over user codes (as upstream LMGen)" },
+};
+
+static void
+usage (void)
+{
+  g_printerr ("usage: moshi-tool COMMAND [OPTIONS] ...\n\ncommands:\n");
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
+    g_printerr ("  %-8s %s\n", commands[i].name, commands[i].summary);
+  g_printerr ("\nmoshi-tool COMMAND --help for the options of a command.\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  if (argc < 2 || g_str_equal (argv[1], "--help") || g_str_equal (argv[1], "-h")) {
+    usage ();
+    return argc < 2 ? 2 : 0;
+  }
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++) {
+    if (g_str_equal (argv[1], commands[i].name)) {
+      /* The command sees itself as argv[0]. */
+      g_autofree char *prog = g_strdup_printf ("moshi-tool %s", argv[1]);
+      argv[1] = prog;
+      return commands[i].func (argc - 1, argv + 1);
+    }
+  }
+  g_printerr ("moshi-tool: unknown command '%s'\n\n", argv[1]);
+  usage ();
+  return 2;
+}
