@@ -462,6 +462,29 @@ START_TEST (test_lm_errors)
 }
 END_TEST
 
+START_TEST (test_lm_shared_registry)
+{
+  g_autofree char *model = moshi_test_data_path ("lm/small7b/model.safetensors");
+  g_autofree char *config = moshi_test_data_path ("lm/small7b/config.json");
+  GError *error = NULL;
+  MoshiLmLoadOptions cpu = { MOSHI_DEVICE_CPU }, any = { MOSHI_DEVICE_AUTO };
+  MoshiLm *a = moshi_lm_load_shared (model, config, &cpu, &error);
+  ck_assert_ptr_nonnull (a);
+  MoshiLm *b = moshi_lm_load_shared (model, config, &any, &error);
+  ck_assert_ptr_eq (a, b);
+  /* an unshared load is its own copy */
+  MoshiLm *c = moshi_lm_load (model, config, &cpu, &error);
+  ck_assert_ptr_ne (a, c);
+  moshi_lm_unref (c);
+  moshi_lm_unref (a);
+  moshi_lm_unref (b);
+  MoshiLm *d = moshi_lm_load_shared (model, config, &cpu, &error);
+  ck_assert_ptr_nonnull (d);
+  ck_assert_int_eq (moshi_lm_generated_codebooks (d), 4);
+  moshi_lm_unref (d);
+}
+END_TEST
+
 static Suite *
 lm_suite (void)
 {
@@ -484,6 +507,7 @@ lm_suite (void)
 
   TCase *errors = tcase_create ("errors");
   tcase_add_test (errors, test_lm_errors);
+  tcase_add_test (errors, test_lm_shared_registry);
   suite_add_tcase (s, errors);
   return s;
 }

@@ -1,6 +1,8 @@
 /* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
 #include "moshi-error.h"
+#include "moshi-dialog.h"
 #include "moshi-lm.h"
+#include "moshi-tokenizer.h"
 #include "moshi-mimi.h"
 #include "moshi-safetensors.h"
 #include "moshi-wav.h"
@@ -568,6 +570,107 @@ cmd_lm_generate (int argc, char **argv)
   return 0;
 }
 
+
+static int
+cmd_chat (int argc, char **argv)
+{
+  g_autofree char *model = NULL, *lm_config = NULL, *mimi_model = NULL, *mimi_config = NULL;
+  g_autofree char *tokenizer_path = NULL, *device = NULL;
+  int threads = 0;
+  gboolean greedy = FALSE;
+  MoshiLmSamplingParams params;
+  moshi_lm_sampling_params_init (&params);
+  double text_temp = params.text_temperature, audio_temp = params.audio_temperature;
+  gint64 seed = (gint64) params.seed;
+  GOptionEntry entries[] = {
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights (safetensors)", "W" },
+    { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: Moshi 7B)", "C" },
+    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights (safetensors)", "W" },
+    { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON (default: released Mimi)", "C" },
+    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript", "T" },
+    { "text-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &text_temp, "Text temperature (default 0.7)", "T" },
+    { "text-topk", 0, 0, G_OPTION_ARG_INT, &params.text_topk, "Text top-k (default 25)", "K" },
+    { "audio-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &audio_temp, "Audio temperature (default 0.8)", "T" },
+    { "audio-topk", 0, 0, G_OPTION_ARG_INT, &params.audio_topk, "Audio top-k (default 250)", "K" },
+    { "greedy", 'g', 0, G_OPTION_ARG_NONE, &greedy, "Greedy decoding (temperatures 0)", NULL },
+    { "seed", 's', 0, G_OPTION_ARG_INT64, &seed, "Random seed (default 4242)", "S" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("IN.wav OUT.wav - offline full duplex: the model listens to IN and speaks into OUT");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!parse_options (ctx, &argc, &argv, 2))
+    return 2;
+  if (model == NULL || mimi_model == NULL) {
+    g_printerr ("moshi-tool chat: --model and --mimi-model are required\n");
+    return 2;
+  }
+  params.text_temperature = greedy ? 0.0f : (float) text_temp;
+  params.audio_temperature = greedy ? 0.0f : (float) audio_temp;
+  params.seed = (guint64) seed;
+  GError *error = NULL;
+  MoshiDevice dev = MOSHI_DEVICE_AUTO;
+  if (device && !moshi_device_from_name (device, &dev)) {
+    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+    return 2;
+  }
+  MoshiLmLoadOptions lm_opts = { dev };
+  g_autoptr (MoshiLm) lm = moshi_lm_load (model, lm_config, &lm_opts, &error);
+  if (lm == NULL)
+    return fail (error);
+  g_autoptr (MoshiMimi) mimi = load_mimi (mimi_model, mimi_config, device, &error);
+  if (mimi == NULL)
+    return fail (error);
+  g_autoptr (MoshiTokenizer) tok = NULL;
+  if (tokenizer_path && (tok = moshi_tokenizer_load (tokenizer_path, &error)) == NULL)
+    return fail (error);
+  g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_new (lm, mimi, tok, &error);
+  if (dm == NULL)
+    return fail (error);
+  g_autoptr (MoshiDialog) dialog = moshi_dialog_new (dm, &params, threads, &error);
+  if (dialog == NULL)
+    return fail (error);
+
+  MoshiWav wav;
+  if (!moshi_wav_read (argv[1], &wav, &error))
+    return fail (error);
+  int rate = moshi_dialog_model_sample_rate (dm), frame = moshi_dialog_model_frame_size (dm);
+  if (wav.sample_rate != rate || wav.channels != 1) {
+    g_printerr ("moshi-tool: %s is %d Hz with %d channel(s); expected %d Hz mono\n", argv[1],
+        wav.sample_rate, wav.channels, rate);
+    moshi_wav_clear (&wav);
+    return 1;
+  }
+  gsize n_frames = (wav.n_frames + frame - 1) / frame;
+  g_autofree float *in = g_new0 (float, MAX (n_frames, 1) * frame);
+  memcpy (in, wav.samples, wav.n_frames * sizeof (float));
+  moshi_wav_clear (&wav);
+  g_autofree float *out = g_new0 (float, MAX (n_frames, 1) * frame);
+  GString *transcript = g_string_new (NULL);
+  gint64 t0 = g_get_monotonic_time ();
+  for (gsize f = 0; f < n_frames; f++) {
+    MoshiDialogFrame step;
+    if (!moshi_dialog_step_pcm (dialog, in + f * frame, &step, out + f * frame, &error)) {
+      g_prefix_error (&error, "%s, frame %" G_GSIZE_FORMAT ": ", argv[1], f);
+      g_string_free (transcript, TRUE);
+      return fail (error);
+    }
+    if (step.text)
+      g_string_append (transcript, step.text);
+  }
+  double seconds = (g_get_monotonic_time () - t0) / 1e6;
+  if (!moshi_wav_write_f32 (argv[2], out, n_frames * frame, 1, rate, &error)) {
+    g_string_free (transcript, TRUE);
+    return fail (error);
+  }
+  g_print ("transcript:%s\n", transcript->len ? transcript->str : " (no words)");
+  g_print ("%s: %" G_GSIZE_FORMAT " frames (%.2f s of audio) in %.2f s, %.1f ms per step\n", argv[2],
+      n_frames, n_frames * (double) frame / rate, seconds, n_frames ? seconds * 1000 / n_frames : 0.0);
+  g_string_free (transcript, TRUE);
+  return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static const struct {
@@ -581,6 +684,7 @@ static const struct {
   { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi)" },
   { "lm-forward", cmd_lm_forward, "teacher-forced LM pass (logits, as upstream LMModel.forward)" },
   { "lm-generate", cmd_lm_generate, "streaming LM generation over user codes (as upstream LMGen)" },
+  { "chat", cmd_chat, "offline full duplex: listen to a WAV, speak into another, print the text" },
 };
 
 static void

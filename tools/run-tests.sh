@@ -2,7 +2,9 @@
 # Sets up, builds and runs every test that needs no GPU and no network:
 #   1. the release-style build (debugoptimized) and its full test suite;
 #   2. the same unit tests built with AddressSanitizer + UndefinedBehaviorSanitizer;
-#   3. the safetensors fuzz target for a bounded time (FUZZ_SECONDS, default 60).
+#   3. the GStreamer element tests under valgrind (GLib's and our own suppressions);
+#   4. the safetensors fuzz target for a bounded time (FUZZ_SECONDS, default 60).
+# Ends with one line 'N passed, N failed, N skipped' over all the test runs.
 # Usage: tools/run-tests.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,22 @@ ninja -C build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --suite unit --print-errorlogs --num-processes "$jobs" --timeout-multiplier 4
 
+echo "=== GStreamer tests under valgrind ==="
+meson test -C build --setup valgrind --suite gst --print-errorlogs --num-processes "$jobs"
+
 echo "=== fuzz: safetensors parser (${FUZZ_SECONDS:-60} s) ==="
 tests/fuzz/run-fuzz.sh "${FUZZ_SECONDS:-60}"
 
-echo "all tests passed"
+# One summary over the three meson runs (each test log is JSON lines with a "result").
+python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
+    build/meson-logs/testlog-valgrind.json <<'PY'
+import json, sys
+counts = {"OK": 0, "FAIL": 0, "SKIP": 0}
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            result = json.loads(line).get("result", "")
+            key = "OK" if result == "OK" else "SKIP" if result == "SKIP" else "FAIL"
+            counts[key] += 1
+print("%d passed, %d failed, %d skipped" % (counts["OK"], counts["FAIL"], counts["SKIP"]))
+PY

@@ -4,6 +4,7 @@
 #include "lm-sampling.h"
 
 #include "moshi-error.h"
+#include "moshi-registry.h"
 #include "moshi-safetensors.h"
 
 #include <math.h>
@@ -35,6 +36,7 @@ typedef struct {
 
 struct _MoshiLm {
   gint ref_count;
+  char *cache_key;              /* set when the model is in the shared registry */
   MoshiLmConfig cfg;
   char *path;
   MoshiSafetensors *st;
@@ -286,6 +288,7 @@ lm_free (MoshiLm *lm)
   g_free (lm->linears);
   if (lm->st)
     moshi_safetensors_unref (lm->st);
+  g_free (lm->cache_key);
   g_free (lm->path);
   g_free (lm);
 }
@@ -393,6 +396,48 @@ fail:
   return NULL;
 }
 
+static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
+
+typedef struct {
+  const char *key;
+  const char *weights, *config;
+  const MoshiLmLoadOptions *options;
+} LoadArgs;
+
+static gpointer
+load_for_registry (gpointer user_data, GError **error)
+{
+  LoadArgs *args = user_data;
+  /* The key is set under the registry's lock, before any other user can see the model. */
+  MoshiLm *obj = moshi_lm_load (args->weights, args->config, args->options, error);
+  if (obj != NULL)
+    obj->cache_key = g_strdup (args->key);
+  return obj;
+}
+
+static gint *
+lm_ref_count (gpointer obj)
+{
+  return &((MoshiLm *) obj)->ref_count;
+}
+
+MoshiLm *
+moshi_lm_load_shared (const char *weights_path, const char *config_path,
+    const MoshiLmLoadOptions *options, GError **error)
+{
+  g_autoptr (MoshiBackend) be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO,
+      error);
+  if (be == NULL)
+    return NULL;
+  g_autofree char *weights = moshi_canonical_path (weights_path);
+  g_autofree char *config = config_path ? moshi_canonical_path (config_path) : g_strdup ("");
+  g_autofree char *key = g_strdup_printf ("%s\n%s\n%s", be->name, weights, config);
+  LoadArgs args = { key, weights_path, config_path, options };
+  MoshiLm *lm = moshi_registry_get (&shared_models, key, lm_ref_count, load_for_registry, &args,
+      error);
+  return lm;
+}
+
 MoshiLm *
 moshi_lm_ref (MoshiLm *lm)
 {
@@ -403,11 +448,15 @@ moshi_lm_ref (MoshiLm *lm)
 void
 moshi_lm_unref (MoshiLm *lm)
 {
-  if (lm && g_atomic_int_dec_and_test (&lm->ref_count))
+  if (lm == NULL)
+    return;
+  if (lm->cache_key ? moshi_registry_unref (&shared_models, lm->cache_key, &lm->ref_count)
+      : g_atomic_int_dec_and_test (&lm->ref_count))
     lm_free (lm);
 }
 
 const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm) { return &lm->cfg; }
+const char *moshi_lm_get_path (const MoshiLm *lm) { return lm->path; }
 int moshi_lm_user_codebooks (const MoshiLm *lm) { return lm->cfg.n_q - lm->cfg.dep_q; }
 int moshi_lm_generated_codebooks (const MoshiLm *lm) { return lm->cfg.dep_q; }
 int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_padding_id; }

@@ -2,6 +2,7 @@
 #include "moshi-mimi.h"
 
 #include "moshi-error.h"
+#include "moshi-registry.h"
 #include "moshi-safetensors.h"
 
 #include <math.h>
@@ -499,19 +500,29 @@ fail:
   return NULL;
 }
 
-/* Registry of shared models: key -> MoshiMimi (not reffed; an entry leaves with its last ref). */
-static GMutex shared_lock;
-static GHashTable *shared_models;
+static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
 
-static char *
-canonical_path (const char *path)
+typedef struct {
+  const char *key;
+  const char *weights, *config;
+  const MoshiMimiLoadOptions *options;
+} LoadArgs;
+
+static gpointer
+load_for_registry (gpointer user_data, GError **error)
 {
-  char *real = realpath (path, NULL);
-  if (real == NULL)
-    return g_canonicalize_filename (path, NULL);
-  char *copy = g_strdup (real);
-  free (real);
-  return copy;
+  LoadArgs *args = user_data;
+  /* The key is set under the registry's lock, before any other user can see the model. */
+  MoshiMimi *obj = moshi_mimi_load (args->weights, args->config, args->options, error);
+  if (obj != NULL)
+    obj->cache_key = g_strdup (args->key);
+  return obj;
+}
+
+static gint *
+mimi_ref_count (gpointer obj)
+{
+  return &((MoshiMimi *) obj)->ref_count;
 }
 
 MoshiMimi *
@@ -524,28 +535,12 @@ moshi_mimi_load_shared (const char *weights_path, const char *config_path,
   g_autoptr (MoshiBackend) be = moshi_backend_open (device, error);
   if (be == NULL)
     return NULL;
-  g_autofree char *weights = canonical_path (weights_path);
-  g_autofree char *config = config_path ? canonical_path (config_path) : g_strdup ("");
-  char *key = g_strdup_printf ("%s\n%s\n%s", be->name, weights, config);
-
-  /* Loading happens under the lock so that two elements starting together load once. */
-  g_mutex_lock (&shared_lock);
-  if (shared_models == NULL)
-    shared_models = g_hash_table_new (g_str_hash, g_str_equal);
-  MoshiMimi *m = g_hash_table_lookup (shared_models, key);
-  if (m != NULL) {
-    g_atomic_int_inc (&m->ref_count);
-    g_free (key);
-  } else {
-    m = moshi_mimi_load (weights_path, config_path, options, error);
-    if (m != NULL) {
-      m->cache_key = key;
-      g_hash_table_insert (shared_models, key, m);
-    } else {
-      g_free (key);
-    }
-  }
-  g_mutex_unlock (&shared_lock);
+  g_autofree char *weights = moshi_canonical_path (weights_path);
+  g_autofree char *config = config_path ? moshi_canonical_path (config_path) : g_strdup ("");
+  g_autofree char *key = g_strdup_printf ("%s\n%s\n%s", be->name, weights, config);
+  LoadArgs args = { key, weights_path, config_path, options };
+  MoshiMimi *m = moshi_registry_get (&shared_models, key, mimi_ref_count, load_for_registry,
+      &args, error);
   return m;
 }
 
@@ -566,14 +561,7 @@ moshi_mimi_unref (MoshiMimi *mimi)
       mimi_free (mimi);
     return;
   }
-  /* A shared model's count only drops to zero under the lock, so a concurrent lookup never
-   * revives a model being freed. */
-  g_mutex_lock (&shared_lock);
-  gboolean last = g_atomic_int_dec_and_test (&mimi->ref_count);
-  if (last)
-    g_hash_table_remove (shared_models, mimi->cache_key);
-  g_mutex_unlock (&shared_lock);
-  if (last)
+  if (moshi_registry_unref (&shared_models, mimi->cache_key, &mimi->ref_count))
     mimi_free (mimi);
 }
 

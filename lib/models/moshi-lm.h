@@ -32,11 +32,16 @@ typedef struct {
  * 7B layout; the checkpoint's shapes are checked against the config either way. */
 MoshiLm *moshi_lm_load (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error);
+/* Like moshi_lm_load, but returns the copy already loaded in this process for the same files
+ * and device, if any (see moshi_mimi_load_shared). */
+MoshiLm *moshi_lm_load_shared (const char *weights_path, const char *config_path,
+    const MoshiLmLoadOptions *options, GError **error);
 MoshiLm *moshi_lm_ref (MoshiLm *lm);
 void moshi_lm_unref (MoshiLm *lm);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLm, moshi_lm_unref)
 
 const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm);
+const char *moshi_lm_get_path (const MoshiLm *lm);
 /* Audio codebooks the model takes from the user each step (n_q - dep_q). */
 int moshi_lm_user_codebooks (const MoshiLm *lm);
 /* Codebooks it generates each step (dep_q). */

@@ -16,7 +16,8 @@ TOOL, DATA = sys.argv[1], sys.argv[2]
 SMALL = os.path.join(DATA, "mimi", "small")
 MODEL = os.path.join(SMALL, "model.safetensors")
 CONFIG = os.path.join(SMALL, "config.json")
-DTYPES = {"F32": ("f", 4), "I64": ("q", 8), "I32": ("i", 4)}
+DTYPES = {"F32": ("f", 4), "I64": ("q", 8), "I32": ("i", 4), "BOOL": ("B", 1)}
+LM = os.path.join(DATA, "lm", "small7b")
 
 
 def read_safetensors(path):
@@ -33,6 +34,21 @@ def read_safetensors(path):
         raw = blob[8 + n + begin:8 + n + end]
         tensors[name] = (info["shape"], list(struct.unpack("<%d%s" % (len(raw) // size, fmt), raw)))
     return tensors
+
+
+def write_safetensors(path, tensors):
+    """tensors: name -> (dtype, shape, flat values)"""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, shape, values) in tensors.items():
+        fmt, size = DTYPES[dtype]
+        raw = struct.pack("<%d%s" % (len(values), fmt), *values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - (8 + len(text)) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def write_float_wav(path, samples, rate):
@@ -134,6 +150,46 @@ def test_bad_model_is_named():
     err = run("encode", "--model", speech_wav, speech_wav, os.path.join(tmp, "x.safetensors"),
               expect_ok=False).stderr
     assert speech_wav in err, err
+
+
+lm_golden = read_safetensors(os.path.join(LM, "golden.safetensors"))
+
+
+def test_lm_forward():
+    codes_path = os.path.join(tmp, "tf-codes.safetensors")
+    shape, codes = lm_golden["tf.codes"]
+    write_safetensors(codes_path, {"codes": ("I64", shape, codes)})
+    out = os.path.join(tmp, "tf-out.safetensors")
+    run("lm-forward", "--config", os.path.join(LM, "config.json"), "--weights",
+        os.path.join(LM, "model.safetensors"), "--codes", codes_path, "--out", out)
+    got = read_safetensors(out)
+    for name in ("mask", "text_mask"):
+        assert got[name] == lm_golden["tf." + name], name
+    for name in ("logits", "text_logits"):
+        a = [x for x in got[name][1] if not math.isnan(x)]
+        b = [x for x in lm_golden["tf." + name][1] if not math.isnan(x)]
+        assert got[name][0] == lm_golden["tf." + name][0], name
+        assert rel_l2(a, b) <= 1e-4, (name, rel_l2(a, b))
+
+
+def test_lm_generate_greedy():
+    user_path = os.path.join(tmp, "user-codes.safetensors")
+    shape, user = lm_golden["gen.user_codes"]
+    write_safetensors(user_path, {"codes": ("I64", shape, user)})
+    out = os.path.join(tmp, "gen-out.safetensors")
+    run("lm-generate", "--config", os.path.join(LM, "config.json"), "--weights",
+        os.path.join(LM, "model.safetensors"), "--user-codes", user_path, "--out", out,
+        "--text-temperature", "0", "--audio-temperature", "0")
+    got = read_safetensors(out)
+    assert got["text_tokens"] == lm_golden["gen.text_tokens"], "text tokens differ"
+    assert got["audio_codes"] == lm_golden["gen.audio_codes"], "audio codes differ"
+
+
+def test_chat_rejects_mismatched_models():
+    err = run("chat", "--model", os.path.join(LM, "model.safetensors"), "--lm-config",
+              os.path.join(LM, "config.json"), "--mimi-model", MODEL, "--mimi-config", CONFIG,
+              speech_wav, os.path.join(tmp, "chat.wav"), expect_ok=False).stderr
+    assert "audio vocabulary of 32" in err and MODEL in err, err
 
 
 def test_unknown_command():

@@ -1,0 +1,177 @@
+#include "moshi-dialog.h"
+
+#include "moshi-error.h"
+
+#include <string.h>
+
+struct _MoshiDialogModel {
+  gint ref_count;
+  MoshiLm *lm;
+  MoshiMimi *mimi;
+  const MoshiTokenizer *tokenizer;
+  int mimi_codebooks;         /* what the Mimi session encodes: max(user, model) codebooks */
+};
+
+MoshiDialogModel *
+moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, const MoshiTokenizer *tokenizer,
+    GError **error)
+{
+  const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
+  int user = moshi_lm_user_codebooks (lm), generated = moshi_lm_generated_codebooks (lm);
+  int needed = MAX (user, generated);
+  if (moshi_mimi_codebook_size (mimi) != cfg->card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "the LM (%s) has an audio vocabulary of %d but the Mimi model (%s) has codebooks of %d entries",
+        moshi_lm_get_path (lm), cfg->card, moshi_mimi_get_path (mimi), moshi_mimi_codebook_size (mimi));
+    return NULL;
+  }
+  if (needed > moshi_mimi_max_codebooks (mimi) || generated > MOSHI_DIALOG_MAX_CODEBOOKS
+      || generated < 1) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "the LM (%s) uses %d user and %d model codebooks but the Mimi model (%s) has %d",
+        moshi_lm_get_path (lm), user, generated, moshi_mimi_get_path (mimi),
+        moshi_mimi_max_codebooks (mimi));
+    return NULL;
+  }
+  MoshiDialogModel *m = g_new0 (MoshiDialogModel, 1);
+  m->ref_count = 1;
+  m->lm = moshi_lm_ref (lm);
+  m->mimi = moshi_mimi_ref (mimi);
+  m->tokenizer = tokenizer;
+  m->mimi_codebooks = needed;
+  return m;
+}
+
+MoshiDialogModel *
+moshi_dialog_model_ref (MoshiDialogModel *m)
+{
+  g_atomic_int_inc (&m->ref_count);
+  return m;
+}
+
+void
+moshi_dialog_model_unref (MoshiDialogModel *m)
+{
+  if (m == NULL || !g_atomic_int_dec_and_test (&m->ref_count))
+    return;
+  moshi_lm_unref (m->lm);
+  moshi_mimi_unref (m->mimi);
+  g_free (m);
+}
+
+MoshiLm *moshi_dialog_model_get_lm (MoshiDialogModel *m) { return m->lm; }
+MoshiMimi *moshi_dialog_model_get_mimi (MoshiDialogModel *m) { return m->mimi; }
+int moshi_dialog_model_frame_size (MoshiDialogModel *m) { return moshi_mimi_frame_size (m->mimi); }
+int moshi_dialog_model_sample_rate (MoshiDialogModel *m) { return moshi_mimi_sample_rate (m->mimi); }
+int moshi_dialog_model_user_codebooks (MoshiDialogModel *m) { return moshi_lm_user_codebooks (m->lm); }
+int moshi_dialog_model_model_codebooks (MoshiDialogModel *m) { return moshi_lm_generated_codebooks (m->lm); }
+
+int
+moshi_dialog_model_delay_steps (MoshiDialogModel *m)
+{
+  return moshi_lm_config_max_delay (moshi_lm_get_config (m->lm));
+}
+
+struct _MoshiDialog {
+  MoshiDialogModel *model;
+  MoshiMimiSession *mimi;
+  MoshiLmSession *lm;
+  MoshiLmBatch *batch;
+  int32_t *codes;             /* [mimi_codebooks] of the current user frame */
+  char *text;                 /* display text of the last step */
+};
+
+void
+moshi_dialog_free (MoshiDialog *d)
+{
+  if (d == NULL)
+    return;
+  moshi_mimi_session_free (d->mimi);
+  moshi_lm_session_free (d->lm);
+  moshi_lm_batch_free (d->batch);
+  g_free (d->codes);
+  g_free (d->text);
+  moshi_dialog_model_unref (d->model);
+  g_free (d);
+}
+
+MoshiDialog *
+moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingParams *params, int n_threads,
+    GError **error)
+{
+  MoshiDialog *d = g_new0 (MoshiDialog, 1);
+  d->model = moshi_dialog_model_ref (model);
+  MoshiMimiSessionOptions mopts = { .n_threads = n_threads, .num_codebooks = model->mimi_codebooks,
+    .max_frames_per_call = 1 };
+  d->codes = g_new0 (int32_t, model->mimi_codebooks);
+  if ((d->mimi = moshi_mimi_session_new (model->mimi, &mopts, error)) == NULL
+      || (d->lm = moshi_lm_session_new (model->lm, params, error)) == NULL
+      || (d->batch = moshi_lm_batch_new (model->lm, 1, n_threads, error)) == NULL) {
+    moshi_dialog_free (d);
+    return NULL;
+  }
+  return d;
+}
+
+void
+moshi_dialog_reset (MoshiDialog *d)
+{
+  moshi_mimi_session_reset (d->mimi);
+  moshi_lm_session_reset (d->lm);
+  g_clear_pointer (&d->text, g_free);
+}
+
+int64_t
+moshi_dialog_steps (MoshiDialog *d)
+{
+  return moshi_lm_session_steps (d->lm);
+}
+
+static gboolean
+finish_step (MoshiDialog *d, const int32_t *user_codes, MoshiDialogFrame *frame, float *out_pcm,
+    GError **error)
+{
+  MoshiDialogModel *m = d->model;
+  int generated = moshi_lm_generated_codebooks (m->lm);
+  memset (frame, 0, sizeof (*frame));
+  if (!moshi_lm_batch_step (d->batch, &d->lm, 1, user_codes, &frame->text_token, frame->audio_codes,
+          &frame->returned, NULL, error))
+    return FALSE;
+  g_clear_pointer (&d->text, g_free);
+  if (frame->returned && m->tokenizer) {
+    const MoshiLmConfig *cfg = moshi_lm_get_config (m->lm);
+    d->text = moshi_tokenizer_display (m->tokenizer, frame->text_token,
+        cfg->existing_text_padding_id, cfg->existing_text_end_padding_id);
+  }
+  frame->text = d->text;
+  if (out_pcm == NULL)
+    return TRUE;
+  if (!frame->returned) {
+    memset (out_pcm, 0, moshi_mimi_frame_size (m->mimi) * sizeof (float));
+    return TRUE;
+  }
+  /* [k][frame] with one frame is just the list of codes */
+  return moshi_mimi_session_decode (d->mimi, frame->audio_codes, generated, 1, out_pcm, error);
+}
+
+gboolean
+moshi_dialog_step_pcm (MoshiDialog *d, const float *user_pcm, MoshiDialogFrame *frame,
+    float *out_pcm, GError **error)
+{
+  if (!moshi_mimi_session_encode (d->mimi, user_pcm, 1, d->codes, error))
+    return FALSE;
+  return finish_step (d, d->codes, frame, out_pcm, error);
+}
+
+gboolean
+moshi_dialog_step_codes (MoshiDialog *d, const int32_t *user_codes, int n_codes,
+    MoshiDialogFrame *frame, float *out_pcm, GError **error)
+{
+  int user = moshi_lm_user_codebooks (d->model->lm);
+  if (n_codes < user) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%d user codebooks given; the LM reads %d", n_codes, user);
+    return FALSE;
+  }
+  return finish_step (d, user_codes, frame, out_pcm, error);
+}

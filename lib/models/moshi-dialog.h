@@ -1,0 +1,68 @@
+/* gst-moshi: a full-duplex conversation, Mimi + the Moshi LM + the text tokenizer, one 80 ms
+ * step at a time: the user's frame in, the model's frame (speech and text) out.
+ *
+ * MoshiDialogModel bundles the three loaded models and checks that they fit together; it is
+ * immutable and shared. MoshiDialog is one conversation on it (its Mimi session, its LM
+ * session, its batch runner), used by one thread at a time. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "moshi-lm.h"
+#include "moshi-mimi.h"
+#include "moshi-tokenizer.h"
+
+G_BEGIN_DECLS
+
+#define MOSHI_DIALOG_MAX_CODEBOOKS 64
+
+typedef struct _MoshiDialogModel MoshiDialogModel;
+typedef struct _MoshiDialog MoshiDialog;
+
+/* Takes references to lm and mimi and ownership of nothing else; tokenizer may be NULL (no
+ * text display) and must outlive the model. Fails, naming both files, when the LM's audio
+ * vocabulary differs from Mimi's codebook size or Mimi has fewer codebooks than the LM uses. */
+MoshiDialogModel *moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi,
+    const MoshiTokenizer *tokenizer, GError **error);
+MoshiDialogModel *moshi_dialog_model_ref (MoshiDialogModel *model);
+void moshi_dialog_model_unref (MoshiDialogModel *model);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialogModel, moshi_dialog_model_unref)
+
+MoshiLm *moshi_dialog_model_get_lm (MoshiDialogModel *model);
+MoshiMimi *moshi_dialog_model_get_mimi (MoshiDialogModel *model);
+/* Samples per step (Mimi's frame size) and the sample rate. */
+int moshi_dialog_model_frame_size (MoshiDialogModel *model);
+int moshi_dialog_model_sample_rate (MoshiDialogModel *model);
+/* Steps between a user frame going in and the model frame of the same time coming out: the
+ * LM's largest delay. The model's audio of step n is its frame n - delay_steps. */
+int moshi_dialog_model_delay_steps (MoshiDialogModel *model);
+/* Codebooks of the user's audio the LM reads, and of the model's audio it writes. */
+int moshi_dialog_model_user_codebooks (MoshiDialogModel *model);
+int moshi_dialog_model_model_codebooks (MoshiDialogModel *model);
+
+typedef struct {
+  gboolean returned;          /* FALSE for the first delay_steps steps: nothing generated yet */
+  int32_t text_token;
+  int32_t audio_codes[MOSHI_DIALOG_MAX_CODEBOOKS];   /* model_codebooks of them */
+  const char *text;           /* the token as upstream shows it (leading space starts a word);
+                               * NULL for padding or without a tokenizer; valid until the
+                               * next step */
+} MoshiDialogFrame;
+
+MoshiDialog *moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingParams *params,
+    int n_threads, GError **error);
+void moshi_dialog_free (MoshiDialog *dialog);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialog, moshi_dialog_free)
+void moshi_dialog_reset (MoshiDialog *dialog);
+int64_t moshi_dialog_steps (MoshiDialog *dialog);
+
+/* One step from the user's audio (frame_size mono samples). out_pcm, when not NULL, receives
+ * frame_size samples of the model's speech (silence while nothing is generated yet). */
+gboolean moshi_dialog_step_pcm (MoshiDialog *dialog, const float *user_pcm, MoshiDialogFrame *frame,
+    float *out_pcm, GError **error);
+/* The same from the user's Mimi codes (at least user_codebooks of them). */
+gboolean moshi_dialog_step_codes (MoshiDialog *dialog, const int32_t *user_codes, int n_codes,
+    MoshiDialogFrame *frame, float *out_pcm, GError **error);
+
+G_END_DECLS
