@@ -193,8 +193,71 @@ gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
 
 /* ---- loading models ---- */
 
-/* Posts the element error for a failed load: the user-facing message names the model and
- * carries the library's message (which names the file, tensor or key at fault). */
+void
+gst_moshi_post_load_error (GstElement * element, const gchar * what,
+    const gchar * model, const gchar * path, const gchar * config,
+    const GError * error, const gchar * details)
+{
+  GQuark domain = GST_LIBRARY_ERROR;
+  gint code = GST_LIBRARY_ERROR_INIT;
+
+  if (error->domain == MOSHI_ERROR) {
+    switch ((MoshiErrorCode) error->code) {
+      case MOSHI_ERROR_IO:
+        domain = GST_RESOURCE_ERROR;
+        if (!g_file_test (path, G_FILE_TEST_EXISTS) || (config != NULL
+                && !g_file_test (config, G_FILE_TEST_EXISTS)))
+          code = GST_RESOURCE_ERROR_NOT_FOUND;
+        else
+          code = GST_RESOURCE_ERROR_OPEN_READ;
+        break;
+      case MOSHI_ERROR_FORMAT:
+      case MOSHI_ERROR_MISSING_TENSOR:
+      case MOSHI_ERROR_SHAPE:
+      case MOSHI_ERROR_DTYPE:
+      case MOSHI_ERROR_CONFIG:
+        domain = GST_RESOURCE_ERROR;
+        code = GST_RESOURCE_ERROR_OPEN_READ;
+        break;
+      case MOSHI_ERROR_INVALID_ARGUMENT:
+        domain = GST_RESOURCE_ERROR;
+        code = GST_RESOURCE_ERROR_SETTINGS;
+        break;
+      case MOSHI_ERROR_UNSUPPORTED:
+      case MOSHI_ERROR_DEVICE:
+      default:
+        break;
+    }
+  }
+
+  /* GST_ELEMENT_ERROR wants literal domain names; this is what it expands to. */
+  gst_element_message_full (element, GST_MESSAGE_ERROR, domain, code,
+      g_strdup_printf ("Could not load %s \"%s\": %s", what, model,
+          error->message), g_strdup (details), __FILE__, GST_FUNCTION,
+      __LINE__);
+}
+
+gchar *
+gst_moshi_resolve_model (GstElement * element, const gchar * what,
+    const gchar * spec, const gchar * default_filename)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *path = moshi_hub_resolve (spec, default_filename, &error);
+
+  if (path == NULL) {
+    GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
+        ("Could not find %s \"%s\": %s", what, spec, error->message),
+        ("model=%s", spec));
+    return NULL;
+  }
+  if (g_strcmp0 (path, spec) != 0)
+    GST_CAT_INFO_OBJECT (gst_moshi_debug, element, "%s %s is %s", what, spec,
+        path);
+  return path;
+}
+
+/* Posts the element error for a failed Mimi load: the user-facing message names the model
+ * and carries the library's message (which names the file, tensor or key at fault). */
 static void
 post_load_error (GstElement * element, const gchar * model, const gchar * path,
     const gchar * config, GstMoshiDevice device, const GError * error)
@@ -203,47 +266,8 @@ post_load_error (GstElement * element, const gchar * model, const gchar * path,
       "device=%s: %s", model, path, config ? config : "(released Mimi)",
       moshi_device_name ((MoshiDevice) device), error->message);
 
-  if (error->domain != MOSHI_ERROR) {
-    GST_ELEMENT_ERROR (element, LIBRARY, INIT,
-        ("Could not load Mimi model \"%s\": %s", model, error->message),
-        ("%s", details));
-    return;
-  }
-
-  switch ((MoshiErrorCode) error->code) {
-    case MOSHI_ERROR_IO:
-      if (!g_file_test (path, G_FILE_TEST_EXISTS) || (config != NULL
-              && !g_file_test (config, G_FILE_TEST_EXISTS)))
-        GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
-            ("Could not load Mimi model \"%s\": %s", model, error->message),
-            ("%s", details));
-      else
-        GST_ELEMENT_ERROR (element, RESOURCE, OPEN_READ,
-            ("Could not load Mimi model \"%s\": %s", model, error->message),
-            ("%s", details));
-      break;
-    case MOSHI_ERROR_FORMAT:
-    case MOSHI_ERROR_MISSING_TENSOR:
-    case MOSHI_ERROR_SHAPE:
-    case MOSHI_ERROR_DTYPE:
-    case MOSHI_ERROR_CONFIG:
-      GST_ELEMENT_ERROR (element, RESOURCE, OPEN_READ,
-          ("Could not load Mimi model \"%s\": %s", model, error->message),
-          ("%s", details));
-      break;
-    case MOSHI_ERROR_INVALID_ARGUMENT:
-      GST_ELEMENT_ERROR (element, RESOURCE, SETTINGS,
-          ("Could not load Mimi model \"%s\": %s", model, error->message),
-          ("%s", details));
-      break;
-    case MOSHI_ERROR_UNSUPPORTED:
-    case MOSHI_ERROR_DEVICE:
-    default:
-      GST_ELEMENT_ERROR (element, LIBRARY, INIT,
-          ("Could not load Mimi model \"%s\": %s", model, error->message),
-          ("%s", details));
-      break;
-  }
+  gst_moshi_post_load_error (element, "Mimi model", model, path, config, error,
+      details);
 }
 
 static MoshiMimi *
@@ -260,17 +284,10 @@ load_model (GstElement * element, const gchar * model, const gchar * config,
     return NULL;
   }
 
-  g_autofree gchar *path = moshi_hub_resolve (model, MOSHI_HUB_MIMI_FILENAME,
-      &error);
-  if (path == NULL) {
-    GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
-        ("Could not find Mimi model \"%s\": %s", model, error->message),
-        ("model=%s", model));
+  g_autofree gchar *path = gst_moshi_resolve_model (element, "Mimi model",
+      model, MOSHI_HUB_MIMI_FILENAME);
+  if (path == NULL)
     return NULL;
-  }
-  if (g_strcmp0 (path, model) != 0)
-    GST_CAT_INFO_OBJECT (gst_moshi_debug, element, "model %s is %s", model,
-        path);
 
   MoshiMimiLoadOptions options = {.device = (MoshiDevice) device };
   MoshiMimi *mimi = moshi_mimi_load_shared (path, config, &options, &error);

@@ -9,6 +9,7 @@ G_BEGIN_DECLS
 
 GST_ELEMENT_REGISTER_DECLARE (mimienc);
 GST_ELEMENT_REGISTER_DECLARE (mimidec);
+GST_ELEMENT_REGISTER_DECLARE (moshidialog);
 
 /* One-time setup shared by every element of the plugin (debug categories, enum types). */
 G_GNUC_INTERNAL void moshi_element_init (GstPlugin * plugin);
@@ -79,6 +80,21 @@ typedef struct
   gchar *config;
   GstMoshiDevice device;
 } GstMoshiLoadedModel;
+
+/* Turns a model specification (a path, a directory holding default_filename, or a Hugging
+ * Face repo id in the local cache) into a file path. On failure posts a RESOURCE/NOT_FOUND
+ * element error naming what ("Mimi model", "Moshi LM", ...) and the specification, and
+ * returns NULL. */
+G_GNUC_INTERNAL gchar *gst_moshi_resolve_model (GstElement * element,
+    const gchar * what, const gchar * spec, const gchar * default_filename);
+
+/* Posts the element error for a model that could not be loaded from path: "Could not load
+ * <what> "<model>": <library message>", with the GStreamer error domain and code chosen
+ * from the library's error code (a missing file or config is RESOURCE/NOT_FOUND, a broken
+ * one RESOURCE/OPEN_READ, an unusable device LIBRARY/INIT). details is the debug string. */
+G_GNUC_INTERNAL void gst_moshi_post_load_error (GstElement * element,
+    const gchar * what, const gchar * model, const gchar * path,
+    const gchar * config, const GError * error, const gchar * details);
 
 /* Makes sure loaded holds the model the element's current settings name, loading it (through
  * the process-wide shared registry) when needed. On failure posts an element error naming

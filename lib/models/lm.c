@@ -463,6 +463,17 @@ int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_
 
 /* ================================================================ batch runner */
 
+/* Rows [row0, row0 + rows) of the activations form one sequence with its own KV cache: the
+ * cache of layer l is at k_base + l * layer_stride (capacity rows of d floats). */
+typedef struct {
+  int row0, rows;
+  float *k_base, *v_base;
+  gsize layer_stride;
+  int capacity;
+  int pos0;
+} Segment;
+
+
 struct _MoshiLmBatch {
   MoshiLm *lm;
   MoshiExec *ex;
@@ -474,6 +485,10 @@ struct _MoshiLmBatch {
   int logits_width;
   float *logits_host;
   int32_t *ids_host;
+  int *sample_scratch;          /* top-k indices, logits_width */
+  int32_t *tokens;              /* [max_rows][1 + dep_q] sampled this step */
+  Segment *segments;            /* one per session row */
+  Segment *depth_segments;      /* one depth cache per row */
 };
 
 static void
@@ -495,6 +510,10 @@ moshi_lm_batch_free (MoshiLmBatch *b)
     dev_free (be, bufs[i]);
   g_free (b->logits_host);
   g_free (b->ids_host);
+  g_free (b->sample_scratch);
+  g_free (b->tokens);
+  g_free (b->segments);
+  g_free (b->depth_segments);
   moshi_exec_free (b->ex);
   moshi_lm_unref (b->lm);
   g_free (b);
@@ -546,22 +565,15 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
 #undef ALLOC
   b->logits_host = g_new (float, rows * b->logits_width);
   b->ids_host = g_new (int32_t, rows * moshi_lm_config_num_streams (cfg));
+  b->sample_scratch = g_new (int, b->logits_width);
+  b->tokens = g_new (int32_t, rows * (1 + cfg->dep_q));
+  b->segments = g_new0 (Segment, rows);
   if (failed) {
     moshi_lm_batch_free (b);
     return NULL;
   }
   return b;
 }
-
-/* Rows [row0, row0 + rows) of the activations form one sequence with its own KV cache: the
- * cache of layer l is at k_base + l * layer_stride (capacity rows of d floats). */
-typedef struct {
-  int row0, rows;
-  float *k_base, *v_base;
-  gsize layer_stride;
-  int capacity;
-  int pos0;
-} Segment;
 
 static void
 apply_norm (MoshiExec *ex, MoshiNormKind kind, const MoshiWeight *w, const MoshiWeight *b,
@@ -694,7 +706,9 @@ static Segment *
 depth_segments (MoshiLmBatch *b, int rows)
 {
   const MoshiLmConfig *cfg = &b->lm->cfg;
-  Segment *segs = g_new0 (Segment, rows);
+  if (b->depth_segments == NULL)
+    b->depth_segments = g_new0 (Segment, b->max_rows);
+  Segment *segs = b->depth_segments;
   gsize layer_stride = (gsize) cfg->dep_q * cfg->depformer_dim;
   gsize row_stride = layer_stride * b->lm->depformer.n_layers;
   for (int r = 0; r < rows; r++) {
@@ -745,8 +759,6 @@ moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps, int n
     dev_free (be, k_cache);
     return FALSE;
   }
-  int max_delay = moshi_lm_config_max_delay (cfg);
-  (void) max_delay;
   int32_t *dc = g_new (int32_t, (gsize) streams * (steps + 1));
   float *raw = g_new (float, (gsize) steps * MAX (cfg->card, cfg->text_card_out));
   float *raw_audio = g_new (float, (gsize) MAX (cfg->dep_q, 1) * steps * cfg->card);
@@ -780,7 +792,7 @@ moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps, int n
 
     if (cfg->dep_q == 0)
       continue;
-    g_autofree Segment *segs = depth_segments (b, steps);
+    Segment *segs = depth_segments (b, steps);
     for (int k = 0; k < cfg->dep_q; k++) {
       /* the depformer input of step k at position p is dc[k, p + 1] */
       for (int p = 0; p < steps; p++)
@@ -951,7 +963,7 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   }
   ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * n * sizeof (int32_t));
 
-  g_autofree Segment *segs = g_new0 (Segment, n);
+  Segment *segs = b->segments;
   gsize layer_stride = (gsize) sessions[0]->capacity * cfg->dim;
   for (int r = 0; r < n; r++) {
     MoshiLmSession *s = sessions[r];
@@ -965,8 +977,8 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   temporal_forward (b, b->ids, n, segs, n);
 
   int text_vocab = cfg->text_card_out;
-  int *scratch = g_new (int, MAX (text_vocab, cfg->card));
-  int32_t *tokens = g_new (int32_t, (gsize) n * (1 + cfg->dep_q));   /* [n][1 + dep_q] */
+  int *scratch = b->sample_scratch;
+  int32_t *tokens = b->tokens;      /* [n][1 + dep_q] */
   ops->download (b->ex, b->logits_host, b->logits, (gsize) n * text_vocab * sizeof (float));
   if (text_logits_out)
     memcpy (text_logits_out, b->logits_host, (gsize) n * text_vocab * sizeof (float));
@@ -977,7 +989,7 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   }
 
   if (cfg->dep_q > 0) {
-    g_autofree Segment *depth = depth_segments (b, n);
+    Segment *depth = depth_segments (b, n);
     for (int k = 0; k < cfg->dep_q; k++) {
       for (int r = 0; r < n; r++)
         b->ids_host[r] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
@@ -1010,7 +1022,5 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
         audio_out[(gsize) r * cfg->dep_q + k - 1] = v;
     }
   }
-  g_free (scratch);
-  g_free (tokens);
   return TRUE;
 }

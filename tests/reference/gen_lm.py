@@ -6,14 +6,17 @@ the upstream `moshi` package (PyPI 0.2.13), saves it as safetensors with the ups
 names, and records inputs and reference outputs produced by upstream code (CPU, float32)
 into golden.safetensors: teacher-forced `LMModel.forward`, greedy streaming `LMGen`
 (batch 1, batch 2, with a reset in the middle) and, for `small7b`, the same with the weights
-rounded to bfloat16.
+rounded to bfloat16. The `dialog` case is an end-to-end full-duplex set instead: an LM that
+pairs with the small Mimi test model (tests/data/mimi/small/) and the tiny tokenizer
+(tests/data/tokenizer/tiny.model), user codes from a Mimi-small streaming encode of speech,
+a greedy LMGen run and the Mimi-small streaming decode of the frames it returns.
 
 Usage:
-    python tests/reference/gen_lm.py --case {small7b,upstream_opts,stt_like} [--out DIR]
+    python tests/reference/gen_lm.py --case {small7b,upstream_opts,stt_like,dialog} [--out DIR]
                                      [--threads N] [--verify]
 
 This script only *calls* upstream (moshi.models.loaders.get_moshi_lm, LMModel.forward,
-LMGen.step, reset_streaming, ...). See tests/data/lm/README.md for the files it writes and
+LMGen.step, reset_streaming, loaders.get_mimi, MimiModel.encode / decode, ...). See tests/data/lm/README.md for the files it writes and
 the LM specification (lm.md) sections 1-4.
 """
 
@@ -52,10 +55,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------------------
 # Seeds (recorded in manifest.json and tests/data/lm/README.md)
 # ---------------------------------------------------------------------------
-SEED_WEIGHTS = {"small7b": 7001, "upstream_opts": 7002, "stt_like": 7003}
+SEED_WEIGHTS = {"small7b": 7001, "upstream_opts": 7002, "stt_like": 7003, "dialog": 7004}
 SEED_CODES_OFFSET = 100       # numpy default_rng(weights seed + 100): teacher-forcing codes
 SEED_USER_OFFSET = 200        # numpy default_rng(weights seed + 200): user codes of the streams
 MAX_SEED_ATTEMPTS = 20        # the weights seed is bumped until the goldens are robust
+SEED_SAMPLING_OFFSET = 300    # torch.manual_seed(weights seed + 300): dialog sampled check run
 
 # Weight initialisation (see README "Weights")
 EMB_STD = 1.0                 # every embedding table (incl. low-rank tables): N(0, 1)
@@ -67,6 +71,20 @@ LN_BIAS_STD = 0.05            # LayerNorm bias: N(0, 0.05^2)
 # streaming run, f32 and bf16): top-1 minus top-2 logit of each argmax, and variety.
 MIN_MARGIN = 2e-3
 MIN_DISTINCT = 4              # distinct greedy values per generated stream over one run
+
+# `dialog` case (see README "dialog"): the Mimi-small model and tokenizer it pairs with, the
+# user audio, and the text-head shaping that makes the greedy text part PAD, part words.
+MIMI_SMALL_DIR = REPO_ROOT / "tests" / "data" / "mimi" / "small"
+TOKENIZER_MODEL = REPO_ROOT / "tests" / "data" / "tokenizer" / "tiny.model"
+DIALOG_SILENCE_FRAMES = 10    # user audio: cycles of [Mimi-small `speech.pcm` (22 frames) | 10 zero frames]
+DIALOG_CHECK_T = 96           # a longer greedy run (3 cycles) for the statistics only
+TEXT_PAD_ID = 3               # tokenizer <pad> = existing_text_padding_id
+TEXT_BYTE_IDS = (4, 260)      # tokenizer byte pieces <0x00>..<0xFF>: ids [4, 260)
+TEXT_DAMPED_IDS = [1, 2] + list(range(*TEXT_BYTE_IDS))   # <s>, </s> and the byte pieces
+BYTE_ROW_SCALE = 0.5          # text_linear rows of TEXT_DAMPED_IDS are scaled by this
+PAD_BIAS_GRID = [float(b) for b in range(1, 17)]   # candidates for the PAD-row bias b
+PAD_FRACTION_RANGE = (0.4, 0.6)                    # accepted PAD share of the greedy text tokens
+FISHER_RIDGE = 1e-3           # ridge added to the covariance of the text-head inputs
 
 
 # ---------------------------------------------------------------------------
@@ -115,6 +133,27 @@ def case_config(case: str) -> dict:
             positional_embedding="rope", depformer_multi_linear=True,
             delays=[0, 0, 0, 0, 0],
         )
+    if case == "dialog":
+        # The small7b option set (every key of loaders._lm_kwargs, 7B-style delays), sized to
+        # pair with the Mimi-small test model (card 256 = its bins, 8 Moshi + 8 user codebooks)
+        # and the tiny tokenizer (text_card 360 = its size, so 360 is the initial text token).
+        cfg = copy.deepcopy(loaders._lm_kwargs)
+        cfg.update(
+            dim=32, text_card=360, existing_text_padding_id=TEXT_PAD_ID, n_q=16, dep_q=8,
+            card=256, num_heads=2, num_layers=2, hidden_scale=4.125, causal=True,
+            layer_scale=None, context=32, max_period=10000, gating="silu", norm="rms_norm_f32",
+            positional_embedding="rope",
+            depformer_dim=16, depformer_dim_feedforward=int(4.125 * 16), depformer_num_heads=2,
+            depformer_num_layers=2, depformer_layer_scale=None, depformer_multi_linear=True,
+            depformer_context=8, depformer_max_period=10000, depformer_gating="silu",
+            depformer_pos_emb="none", depformer_weights_per_step=True,
+            delays=[0] + [0] + [1] * 7 + [0] + [1] * 7,
+        )
+        cfg["existing_text_end_padding_id"] = 0     # an LMModel argument, not in _lm_kwargs
+        cfg["depformer_causal"] = True
+        assert set(cfg) == set(loaders._lm_kwargs) | {"depformer_causal",
+                                                       "existing_text_end_padding_id"}
+        return cfg
     raise ValueError(case)
 
 
@@ -124,6 +163,7 @@ CASES = {
     "small7b": dict(names="checkpoint", T_tf=48, T_gen=128, split=61, bf16=True),
     "upstream_opts": dict(names="module", T_tf=40, T_gen=120, split=57, bf16=False),
     "stt_like": dict(names="checkpoint", T_tf=40, T_gen=120, split=53, bf16=False),
+    "dialog": dict(names="checkpoint", T_tf=0, T_gen=64, split=None, bf16=False),
 }
 UNGENERATED = -2
 
@@ -486,7 +526,227 @@ def compute_case(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple[d
     return g, san, extra
 
 
+# ---------------------------------------------------------------------------
+# The `dialog` case: LM + Mimi-small + tiny tokenizer, end to end
+# ---------------------------------------------------------------------------
+def load_mimi_small(num_codebooks: int):
+    """The committed small Mimi test model, loaded as gen_mimi.py's verify() does."""
+    mcfg = json.loads((MIMI_SMALL_DIR / "config.json").read_text())
+    mimi = loaders.get_mimi(str(MIMI_SMALL_DIR / "model.safetensors"), mcfg,
+                            num_codebooks=num_codebooks)
+    mimi.eval()
+    return mimi
+
+
+def dialog_user_pcm(T: int) -> tuple[torch.Tensor, dict]:
+    """[1, 1, 1920 * T]: cycles of [Mimi-small golden `speech.pcm` (22 whole frames) |
+    DIALOG_SILENCE_FRAMES frames of exact zeros], cut to T frames. Also returns the Mimi-small
+    goldens."""
+    mg = load_file(str(MIMI_SMALL_DIR / "golden.safetensors"))
+    speech = mg["speech.pcm"]
+    frame = 1920
+    assert speech.shape[:2] == (1, 1) and speech.shape[-1] % frame == 0
+    cycle = torch.cat([speech, torch.zeros((1, 1, DIALOG_SILENCE_FRAMES * frame))], -1)
+    n = -(-T * frame // cycle.shape[-1])
+    return torch.cat([cycle] * n, -1)[..., :T * frame].contiguous(), mg
+
+
+def mimi_stream_encode(mimi, pcm: torch.Tensor) -> torch.Tensor:
+    """One streaming context, one 1920-sample frame per encode() call -> [1, K, T]."""
+    frame = mimi.frame_size
+    assert pcm.shape[-1] % frame == 0
+    out = []
+    with torch.no_grad(), mimi.streaming(1):
+        for i in range(pcm.shape[-1] // frame):
+            out.append(mimi.encode(pcm[..., i * frame:(i + 1) * frame]))
+    return torch.cat(out, -1)
+
+
+def mimi_stream_decode(mimi, audio: torch.Tensor) -> torch.Tensor:
+    """audio [1, K, T] as returned by run_lmgen: one streaming decoder context, one decode()
+    call per returned frame; a column of UNGENERATED (LMGen returned None) gives 1920 zeros
+    and no decoder call. -> [1, 1, 1920 * T]."""
+    frame = mimi.frame_size
+    T = audio.shape[-1]
+    out = torch.zeros((1, 1, frame * T), dtype=torch.float32)
+    with torch.no_grad(), mimi.streaming(1):
+        for t in range(T):
+            col = audio[:, :, t:t + 1]
+            if (col == UNGENERATED).all():
+                continue
+            assert (col >= 0).all(), t
+            out[..., t * frame:(t + 1) * frame] = mimi.decode(col)
+    return out
+
+
+def text_head_inputs(model: LMModel, user: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Greedy run; also returns the input of text_linear (the out_norm output) of every call,
+    [T, dim]."""
+    hs: list[torch.Tensor] = []
+
+    def hook(mod, inp, out):
+        hs.append(inp[0].reshape(-1, inp[0].shape[-1]).detach().clone())
+
+    h = model.text_linear.register_forward_hook(hook)
+    try:
+        run = run_lmgen(model, user)
+    finally:
+        h.remove()
+    return torch.cat(hs), run
+
+
+def fisher_direction(H: torch.Tensor) -> torch.Tensor:
+    """Unit vector u = normalize((cov(H) + ridge I)^-1 mean(H)) (float64, returned as f32):
+    the direction along which the text-head input is most consistently positive, i.e. the
+    closest thing to a bias input that a bias-free head has."""
+    Hd = H.double()
+    m = Hd.mean(0)
+    C = torch.cov(Hd.T) + FISHER_RIDGE * torch.eye(Hd.shape[1], dtype=torch.float64)
+    u = torch.linalg.solve(C, m)
+    return (u / u.norm()).float()
+
+
+def text_stats(text: torch.Tensor) -> dict:
+    """Statistics of the generated (>= 0) text tokens of one row."""
+    v = text[text >= 0]
+    lo, hi = TEXT_BYTE_IDS
+    pad = v == TEXT_PAD_ID
+    runs, cur = [], 0
+    for x in pad.tolist() + [False]:
+        if x:
+            cur += 1
+        elif cur:
+            runs.append(cur)
+            cur = 0
+    return {"tokens": int(v.numel()), "pad": int(pad.sum()),
+            "pad_fraction": round(float(pad.float().mean()), 4) if v.numel() else None,
+            "normal_pieces": int((v >= hi).sum()), "byte_pieces": int(((v >= lo) & (v < hi)).sum()),
+            "end_pad_0": int((v == 0).sum()),
+            "bos_eos_1_2": int(((v == 1) | (v == 2)).sum()),
+            "distinct": int(torch.unique(v).numel()),
+            "distinct_non_pad": int(torch.unique(v[~pad]).numel()),
+            "longest_pad_run": max(runs, default=0),
+            "longest_constant_run": longest_constant_run(text)}
+
+
+def transcript(ids: list[int]) -> str:
+    """The upstream display rule (moshi/server.py): id_to_piece of every id not in {0, 3},
+    with U+2581 replaced by a space, concatenated."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER_MODEL))
+    assert sp.get_piece_size() == 360
+    return "".join(sp.id_to_piece(i).replace("\u2581", " ") for i in ids
+                   if i >= 0 and i not in (0, TEXT_PAD_ID))
+
+
+def compute_dialog(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple[dict, dict, dict]:
+    """Random weights (as small7b) with a shaped text head, written to model.safetensors;
+    goldens from the model loaded back. Returns (goldens, sanity, extra); sanity["rejected"]
+    is set when no PAD bias in PAD_BIAS_GRID meets the requirements for this seed."""
+    opts = CASES[case]
+    T, dep_q = opts["T_gen"], cfg["dep_q"]
+    mimi = load_mimi_small(dep_q)
+    assert mimi.frame_size == 1920 and mimi.cardinality == cfg["card"]
+    assert mimi.num_codebooks == dep_q == cfg["n_q"] - dep_q
+    pcm_long, mg = dialog_user_pcm(DIALOG_CHECK_T)
+    user_long = mimi_stream_encode(mimi, pcm_long)          # [1, 8, DIALOG_CHECK_T]
+    user = user_long[:, :, :T].clone()
+    n_speech = mg["speech.pcm"].shape[-1] // 1920
+
+    # ---- weights: small7b's random init, then the text-head shaping (README "dialog") ----
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=cfg, device="cpu", dtype=torch.float32)
+    fill_random_weights(model, torch.Generator().manual_seed(seed))
+    model.eval()
+    W = model.text_linear.weight
+    with torch.no_grad():
+        W[TEXT_DAMPED_IDS] *= BYTE_ROW_SCALE
+    H, _ = text_head_inputs(model, user)                     # calibration run, no PAD bias yet
+    u = fisher_direction(H)
+    proj = H @ u
+    w_pad = W[TEXT_PAD_ID].detach().clone()
+    tried, best = [], None
+    for b in PAD_BIAS_GRID:
+        with torch.no_grad():
+            W[TEXT_PAD_ID] = w_pad + b * u
+        r = run_lmgen(model, user)
+        st = text_stats(r["text"][0])
+        margin = float(greedy_margins(r).min())
+        dmin = min(distinct(r).values())
+        ok = (PAD_FRACTION_RANGE[0] <= st["pad_fraction"] <= PAD_FRACTION_RANGE[1]
+              and margin >= MIN_MARGIN and dmin >= MIN_DISTINCT)
+        tried.append({"b": b, "pad": st["pad"], "min_margin": margin, "ok": ok})
+        if ok and (best is None or abs(st["pad_fraction"] - 0.5) < abs(best[1] - 0.5)):
+            best = (b, st["pad_fraction"], r)
+    shaping = {"byte_row_scale": BYTE_ROW_SCALE, "fisher_ridge": FISHER_RIDGE,
+               "u": [float(x) for x in u],
+               "calibration_u_dot_h": {"mean": float(proj.mean()), "std": float(proj.std()),
+                                       "min": float(proj.min()), "max": float(proj.max())},
+               "grid": tried}
+    if best is None:
+        return {}, {"rejected": "no PAD bias in the grid gives a PAD share in "
+                                f"{list(PAD_FRACTION_RANGE)} with robust greedy decisions",
+                    "text_head_shaping": shaping}, {}
+    b = best[0]
+    shaping["pad_bias_b"] = b
+    with torch.no_grad():
+        W[TEXT_PAD_ID] = w_pad + b * u
+    saved = to_saved_names(model.state_dict(), opts["names"])
+    del model
+    model_path = out_dir / "model.safetensors"
+    save_file(saved, str(model_path))                        # no __metadata__
+    files = {"model.safetensors": model_path}
+
+    # ---- everything below is computed by a FRESH model loaded from the written file ----
+    model = load_model(model_path, cfg)
+    run1 = run_lmgen(model, user)
+    assert torch.equal(run1["text"], best[2]["text"]) and torch.equal(run1["audio"], best[2]["audio"])
+    decoded = mimi_stream_decode(mimi, run1["audio"])
+    g = {"gen.user_codes": user, "gen.text_tokens": run1["text"], "gen.audio_codes": run1["audio"],
+         "gen.step_text_logits": run1["text_logits"][:, 0], "gen.decoded_pcm": decoded}
+
+    san: dict = {}
+    san["user_codes_speech_equal_mimi_small_stream_codes"] = bool(
+        torch.equal(user[:, :, :n_speech], mg["speech.stream_codes"]))
+    san["text"] = text_stats(run1["text"][0])
+    san["transcript"] = transcript(run1["text"][0].tolist())
+    san["distinct_greedy_values"] = distinct(run1)
+    san["none_calls"] = int((run1["text"][0] == UNGENERATED).sum())
+    san["min_greedy_margin"] = {"gen": float(greedy_margins(run1).min())}
+    san["generated_in_range"] = bool(
+        ((run1["text"] == UNGENERATED) | ((run1["text"] >= 0) & (run1["text"] < cfg["text_card"]))).all()
+        and ((run1["audio"] == UNGENERATED) | ((run1["audio"] >= 0) & (run1["audio"] < cfg["card"]))).all())
+    san["stream_vs_teacher_forcing"] = stream_vs_tf(model, run1, user)
+    # a longer greedy run (statistics only): its first T calls must equal the golden run
+    runl = run_lmgen(model, user_long)
+    san[f"check_run_T{DIALOG_CHECK_T}"] = {
+        "prefix_equals_gen": bool(torch.equal(runl["text"][:, :T], run1["text"])
+                                  and torch.equal(runl["audio"][:, :, :T], run1["audio"])),
+        "text": text_stats(runl["text"][0]),
+        "min_greedy_margin": float(greedy_margins(runl).min()),
+        "transcript": transcript(runl["text"][0].tolist())}
+    # a sampled run with the LMGen defaults (temp 0.8 / 0.7, top_k 250 / 25), statistics only
+    torch.manual_seed(seed + SEED_SAMPLING_OFFSET)
+    lm_gen = LMGen(model, check=True)
+    sampled = []
+    with torch.no_grad(), lm_gen.streaming(1):
+        for t in range(DIALOG_CHECK_T):
+            out = lm_gen.step(user_long[:, :, t:t + 1])
+            sampled.append(UNGENERATED if out is None else int(out[0, 0, 0]))
+    st = torch.tensor(sampled, dtype=torch.long)
+    san[f"sampled_run_T{DIALOG_CHECK_T}"] = {"text": text_stats(st), "transcript": transcript(sampled)}
+    frame = 1920
+    fr = decoded.view(-1, frame)
+    san["decoded_pcm"] = {"absmax": float(decoded.abs().max()), "rms": float(decoded.pow(2).mean().sqrt()),
+                          "zero_frames": int((fr == 0).all(1).sum()),
+                          "decoder_calls": int((run1["audio"][0, 0] != UNGENERATED).sum())}
+    san["text_head_shaping"] = shaping
+    return g, san, {"files": files, "run1": run1}
+
+
 def robust(san: dict) -> tuple[bool, str]:
+    if "rejected" in san:
+        return False, san["rejected"]
     m = min(san["min_greedy_margin"].values())
     if m < MIN_MARGIN:
         return False, f"min greedy margin {m:.3g} < {MIN_MARGIN}"
@@ -494,7 +754,7 @@ def robust(san: dict) -> tuple[bool, str]:
         for k, v in d.items():
             if v < MIN_DISTINCT:
                 return False, f"only {v} distinct greedy values in {k}"
-    if not all(san["batch2_rows_equal_batch1"]):
+    if not all(san.get("batch2_rows_equal_batch1", [True])):
         return False, "batch-2 rows differ from batch-1 runs"
     return True, "ok"
 
@@ -510,6 +770,22 @@ def verify(out_dir: Path, case: str, log) -> dict:
     man = json.loads((out_dir / "manifest.json").read_text())
     res = {}
     model = load_model(out_dir / "model.safetensors", cfg)
+    if case == "dialog":
+        mimi = load_mimi_small(cfg["dep_q"])
+        T = g["gen.user_codes"].shape[-1]
+        res["user_codes"] = bool(torch.equal(mimi_stream_encode(mimi, dialog_user_pcm(T)[0]),
+                                             g["gen.user_codes"]))
+        r = run_lmgen(model, g["gen.user_codes"])
+        res["gen"] = bool(torch.equal(r["text"], g["gen.text_tokens"])
+                          and torch.equal(r["audio"], g["gen.audio_codes"])
+                          and torch.equal(r["text_logits"][:, 0], g["gen.step_text_logits"]))
+        res["decoded_pcm"] = bool(torch.equal(mimi_stream_decode(mimi, g["gen.audio_codes"]),
+                                              g["gen.decoded_pcm"]))
+        for name in ("model.safetensors", "golden.safetensors"):
+            res[f"sha256 {name}"] = sha256(out_dir / name) == man["sha256"][name]
+        for k, v in res.items():
+            log(f"  verify {k}: {'identical' if v else 'DIFFERENT'}")
+        return res
     tf = teacher_forced(model, g["tf.codes"])
     res["tf"] = all(torch.equal(tf[k], g[f"tf.{k}"]) if tf[k].dtype == torch.bool
                     else torch.equal(torch.nan_to_num(tf[k], 12345.0),
@@ -583,7 +859,8 @@ def main() -> int:
     for attempt in range(MAX_SEED_ATTEMPTS):
         seed = SEED_WEIGHTS[case] + 1000 * attempt
         t0 = time.time()
-        g, san, extra = compute_case(case, cfg, out_dir, seed, log)
+        compute = compute_dialog if case == "dialog" else compute_case
+        g, san, extra = compute(case, cfg, out_dir, seed, log)
         ok, why = robust(san)
         log(f"[gen_lm] weights seed {seed}: {why} ({time.time() - t0:.1f}s)")
         if ok:
@@ -605,7 +882,8 @@ def main() -> int:
     run1 = extra["run1"]
     log("[gen_lm] sanity:")
     for k, v in san.items():
-        log(f"  {k}: {v}")
+        if k != "text_head_shaping":
+            log(f"  {k}: {v}")
     log(f"  gen.text_tokens: {run1['text'][0].tolist()}")
     if cfg["dep_q"]:
         log(f"  gen.audio_codes[0]: {run1['audio'][0, 0].tolist()}")
@@ -622,18 +900,46 @@ def main() -> int:
                       "numpy": np.__version__, "python": platform.python_version(),
                       "device": "cpu", "dtype": "float32", "threads": args.threads,
                       "NO_TORCH_COMPILE": os.environ["NO_TORCH_COMPILE"]},
-        "seeds": {"weights": seed, "torch_manual_seed": seed,
-                  "tf_codes": seed + SEED_CODES_OFFSET, "user_codes": seed + SEED_USER_OFFSET,
-                  "rejected_weight_seeds": rejected},
+        "seeds": ({"weights": seed, "torch_manual_seed": seed,
+                   "tf_codes": seed + SEED_CODES_OFFSET, "user_codes": seed + SEED_USER_OFFSET,
+                   "rejected_weight_seeds": rejected} if case != "dialog" else
+                  {"weights": seed, "torch_manual_seed": seed,
+                   "sampled_check_run": seed + SEED_SAMPLING_OFFSET,
+                   "rejected_weight_seeds": rejected}),
         "weights_init": {"embeddings": f"N(0, {EMB_STD}^2)",
                          "linears": "N(0, 1/fan_in)",
                          "output_heads (text_linear, linears.*)": f"N(0, {HEAD_GAIN}^2/fan_in)",
                          "rms_norm alpha / layer_norm weight": f"1 + N(0, {NORM_JITTER}^2)",
-                         "layer_norm bias": f"N(0, {LN_BIAS_STD}^2)"},
+                         "layer_norm bias": f"N(0, {LN_BIAS_STD}^2)",
+                         **({"text_head_shaping (dialog)":
+                             f"text_linear rows 1, 2 (<s>, </s>) and {TEXT_BYTE_IDS[0]}.."
+                             f"{TEXT_BYTE_IDS[1] - 1} (byte pieces) x {BYTE_ROW_SCALE}; then row "
+                             f"{TEXT_PAD_ID} (PAD) += b * u, "
+                             "u = unit (cov(H) + ridge I)^-1 mean(H) of the text_linear inputs H of "
+                             "a greedy calibration run on gen.user_codes; b = the value of "
+                             f"PAD_BIAS_GRID {PAD_BIAS_GRID[0]:g}..{PAD_BIAS_GRID[-1]:g} whose PAD "
+                             f"share is closest to 0.5 within {list(PAD_FRACTION_RANGE)} with "
+                             "robust greedy decisions; see sanity.text_head_shaping"}
+                            if case == "dialog" else {})},
         "attention_key_names": opts["names"],
         "model_tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
                           for k, v in model_keys.items()},
         "effective": {
+            "num_codebooks": cfg["n_q"] + 1, "max_delay": max(cfg["delays"]),
+            "user_codebooks": cfg["n_q"] - cfg["dep_q"], "gen_T": opts["T_gen"],
+            "check_T": DIALOG_CHECK_T,
+            "lmgen": "LMGen(use_sampling=False, temp=0, temp_text=0, check=True): argmax",
+            "user_audio": f"cycles of [tests/data/mimi/small/golden.safetensors speech.pcm "
+                          f"(22 frames) | {DIALOG_SILENCE_FRAMES} frames of zeros], cut to "
+                          "gen_T frames; Mimi-small streaming encode, one 1920-sample frame per "
+                          "call, num_codebooks = dep_q",
+            "decoded_pcm": "Mimi-small streaming decode (num_codebooks = dep_q) of each returned "
+                           "frame, one frame per call; 1920 zeros and no call for None steps",
+            "text_initial_token": cfg["text_card"], "audio_initial_token": cfg["card"],
+            "pairs_with": {str(p.relative_to(REPO_ROOT)): sha256(p) for p in (
+                MIMI_SMALL_DIR / "model.safetensors", MIMI_SMALL_DIR / "config.json",
+                MIMI_SMALL_DIR / "golden.safetensors", TOKENIZER_MODEL)},
+        } if case == "dialog" else {
             "num_codebooks": cfg["n_q"] + 1, "max_delay": max(cfg["delays"]),
             "user_codebooks": cfg["n_q"] - cfg["dep_q"],
             "tf_T": opts["T_tf"], "gen_T": opts["T_gen"], "reset_split": opts["split"],
