@@ -16,8 +16,8 @@ Usage:
                                      [--threads N] [--verify]
 
 This script only *calls* upstream (moshi.models.loaders.get_moshi_lm, LMModel.forward,
-LMGen.step, reset_streaming, loaders.get_mimi, MimiModel.encode / decode, ...). See tests/data/lm/README.md for the files it writes and
-the LM specification (lm.md) sections 1-4.
+LMGen.step, reset_streaming, loaders.get_mimi, MimiModel.encode / decode, ...). See
+tests/data/lm/README.md for the files it writes and the LM specification (lm.md) sections 1-4.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ MIN_DISTINCT = 4              # distinct greedy values per generated stream over
 # user audio, and the text-head shaping that makes the greedy text part PAD, part words.
 MIMI_SMALL_DIR = REPO_ROOT / "tests" / "data" / "mimi" / "small"
 TOKENIZER_MODEL = REPO_ROOT / "tests" / "data" / "tokenizer" / "tiny.model"
-DIALOG_SILENCE_FRAMES = 10    # user audio: cycles of [Mimi-small `speech.pcm` (22 frames) | 10 zero frames]
+DIALOG_SILENCE_FRAMES = 10    # user audio: cycles of [Mimi-small speech.pcm (22 frames) | 10 zeros]
 DIALOG_CHECK_T = 96           # a longer greedy run (3 cycles) for the statistics only
 TEXT_PAD_ID = 3               # tokenizer <pad> = existing_text_padding_id
 TEXT_BYTE_IDS = (4, 260)      # tokenizer byte pieces <0x00>..<0xFF>: ids [4, 260)
@@ -700,7 +700,8 @@ def compute_dialog(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple
     # ---- everything below is computed by a FRESH model loaded from the written file ----
     model = load_model(model_path, cfg)
     run1 = run_lmgen(model, user)
-    assert torch.equal(run1["text"], best[2]["text"]) and torch.equal(run1["audio"], best[2]["audio"])
+    assert (torch.equal(run1["text"], best[2]["text"])
+            and torch.equal(run1["audio"], best[2]["audio"]))
     decoded = mimi_stream_decode(mimi, run1["audio"])
     g = {"gen.user_codes": user, "gen.text_tokens": run1["text"], "gen.audio_codes": run1["audio"],
          "gen.step_text_logits": run1["text_logits"][:, 0], "gen.decoded_pcm": decoded}
@@ -734,10 +735,12 @@ def compute_dialog(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple
             out = lm_gen.step(user_long[:, :, t:t + 1])
             sampled.append(UNGENERATED if out is None else int(out[0, 0, 0]))
     st = torch.tensor(sampled, dtype=torch.long)
-    san[f"sampled_run_T{DIALOG_CHECK_T}"] = {"text": text_stats(st), "transcript": transcript(sampled)}
+    san[f"sampled_run_T{DIALOG_CHECK_T}"] = {"text": text_stats(st),
+                                             "transcript": transcript(sampled)}
     frame = 1920
     fr = decoded.view(-1, frame)
-    san["decoded_pcm"] = {"absmax": float(decoded.abs().max()), "rms": float(decoded.pow(2).mean().sqrt()),
+    san["decoded_pcm"] = {"absmax": float(decoded.abs().max()),
+                          "rms": float(decoded.pow(2).mean().sqrt()),
                           "zero_frames": int((fr == 0).all(1).sum()),
                           "decoder_calls": int((run1["audio"][0, 0] != UNGENERATED).sum())}
     san["text_head_shaping"] = shaping

@@ -192,6 +192,30 @@ def test_chat_rejects_mismatched_models():
     assert "audio vocabulary of 32" in err and MODEL in err, err
 
 
+def test_chat_greedy_transcript():
+    dialog = os.path.join(DATA, "lm", "dialog")
+    gold = read_safetensors(os.path.join(dialog, "golden.safetensors"))
+    speech = golden["speech.pcm"][1]
+    frames = len(gold["gen.text_tokens"][1])
+    cycle = speech[: len(speech) // 1920 * 1920] + [0.0] * (10 * 1920)
+    audio = (cycle * 3)[: frames * 1920]
+    wav_in = os.path.join(tmp, "dialog-in.wav")
+    write_float_wav(wav_in, audio, 24000)
+    wav_out = os.path.join(tmp, "dialog-out.wav")
+    out = run("chat", "--model", os.path.join(dialog, "model.safetensors"), "--lm-config",
+              os.path.join(dialog, "config.json"), "--mimi-model", MODEL, "--mimi-config", CONFIG,
+              "--tokenizer", os.path.join(DATA, "tokenizer", "tiny.model"), "--greedy",
+              wav_in, wav_out).stdout
+    with open(os.path.join(DATA, "tokenizer", "golden.json")) as f:
+        pieces = [p["piece"] for p in json.load(f)["pieces"]]
+    want = "".join(pieces[i].replace("\u2581", " ") for i in gold["gen.text_tokens"][1]
+                   if i >= 0 and i not in (0, 3))
+    assert want and ("transcript:" + want + "\n") in out, (want, out)
+    pcm = read_float_wav(wav_out)
+    assert len(pcm) == frames * 1920, len(pcm)
+    assert rel_l2(pcm, gold["gen.decoded_pcm"][1]) <= 1e-4
+
+
 def test_unknown_command():
     err = run("frobnicate", expect_ok=False).stderr
     assert "unknown command" in err, err
