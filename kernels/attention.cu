@@ -1,0 +1,252 @@
+/* gst-moshi CUDA kernels: the ring KV cache and causal attention over it.
+ *
+ * Slot s of a cache with capacity C, after writes up to position end - 1, holds position
+ * s + C * floor((end - 1 - s) / C); a query at q_pos sees it when 0 <= q_pos - k_pos < context
+ * (the CPU op's rule, which also covers slots never written: they hold a negative position).
+ *
+ * attention_kernel: one block per (head, query[, chunk of slots]). The query is staged in
+ * shared memory; each warp scores whole keys (its lanes read consecutive floats of a key row:
+ * coalesced) and reduces the dot product with shuffles; the scores stay in shared memory for the
+ * softmax (block max, exp, block sum) and for the weighted sum of values, where consecutive
+ * threads read consecutive floats of a value row and groups of threads split the slots. For a
+ * long cache and few (head, query) pairs -- one decode step -- the slots are split into chunks
+ * over more blocks and a second kernel merges the chunks' partial softmaxes. */
+#include "common.cuh"
+
+namespace {
+
+const int ATT_THREADS = 128;
+
+__global__ void __launch_bounds__ (256)
+kv_write_kernel (float *k_cache, float *v_cache, int capacity, const float *k, int ld_k,
+    const float *v, int ld_v, int width, int pos0, int t)
+{
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= width)
+    return;
+  /* when t > capacity the later rows own the slots: skip the rows they overwrite */
+  for (int i = blockIdx.y + (t > capacity ? t - capacity : 0); i < t; i += gridDim.y) {
+    const size_t slot = (size_t) ((pos0 + i) % capacity);
+    if (blockIdx.z == 0)
+      k_cache[slot * width + c] = k[(size_t) i * ld_k + c];
+    else
+      v_cache[slot * width + c] = v[(size_t) i * ld_v + c];
+  }
+}
+
+/* One block per (head, query, slot chunk). SPLIT = false: the chunk is the whole cache and the
+ * block writes the normalised output. SPLIT = true: the block writes its chunk's max score,
+ * sum of exponentials and unnormalised output to part[] and attention_combine_kernel merges
+ * the chunks (so that a single decode step over a long cache keeps every SM busy). */
+template <bool SPLIT>
+__global__ void __launch_bounds__ (ATT_THREADS)
+attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float *k_cache,
+    const float *v_cache, int capacity, int n_heads, int head_dim, int pos0, int end,
+    int context, float scale, int chunk, float *part)
+{
+  MOSHI_DYNAMIC_SHARED (float, smem);
+  __shared__ float scratch[32];
+  const int h = blockIdx.x, i = blockIdx.y;
+  const int s_begin = SPLIT ? (int) blockIdx.z * chunk : 0;
+  const int s_end = SPLIT && s_begin + chunk < capacity ? s_begin + chunk : capacity;
+  const int n_slots = s_end - s_begin;
+  const int width = n_heads * head_dim;
+  const int q_pos = pos0 + i;
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  /* shared: q [head_dim] | scores [n_slots] | partial outputs [blockDim.x] */
+  float *q_s = smem;
+  float *scores = q_s + head_dim;
+  float *partial = scores + n_slots;
+
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    q_s[d] = q[(size_t) i * ld_q + (size_t) h * head_dim + d];
+  __syncthreads ();
+
+  const float *k_head = k_cache + (size_t) h * head_dim;
+  for (int s = s_begin + warp; s < s_end; s += n_warps) {
+    bool valid = s < end;
+    if (valid) {
+      const int k_pos = s + capacity * ((end - 1 - s) / capacity);
+      const int delta = q_pos - k_pos;
+      valid = delta >= 0 && delta < context;
+    }
+    if (!valid) {               /* uniform over the warp: s is */
+      if (lane == 0)
+        scores[s - s_begin] = -INFINITY;
+      continue;
+    }
+    const float *key = k_head + (size_t) s * width;
+    float dot = 0.0f;
+    for (int d = lane; d < head_dim; d += 32)
+      dot += q_s[d] * key[d];
+    dot = moshi_k::warp_sum (dot);
+    if (lane == 0)
+      scores[s - s_begin] = dot * scale;
+  }
+  __syncthreads ();
+
+  float m = -INFINITY;
+  for (int s = threadIdx.x; s < n_slots; s += blockDim.x)
+    m = fmaxf (m, scores[s]);
+  m = moshi_k::block_max (m, scratch);
+
+  /* part[]: [n_heads * t * splits] maxima | as many sums | as many outputs of head_dim */
+  const size_t n_parts = (size_t) gridDim.x * gridDim.y * gridDim.z;
+  const size_t pi = ((size_t) i * gridDim.x + h) * gridDim.z + blockIdx.z;
+  float *out = SPLIT ? part + 2 * n_parts + pi * head_dim
+      : dst + (size_t) i * ld_dst + (size_t) h * head_dim;
+  if (m == -INFINITY) {         /* no visible key: zeros (the CPU op's output) */
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+      out[d] = 0.0f;
+    if (SPLIT && threadIdx.x == 0) {
+      part[pi] = -INFINITY;
+      part[n_parts + pi] = 0.0f;
+    }
+    return;
+  }
+  float sum = 0.0f;
+  for (int s = threadIdx.x; s < n_slots; s += blockDim.x) {
+    const float p = scores[s] == -INFINITY ? 0.0f : expf (scores[s] - m);
+    scores[s] = p;
+    sum += p;
+  }
+  sum = moshi_k::block_sum (sum, scratch);    /* its barriers also publish the p values */
+  if (SPLIT && threadIdx.x == 0) {
+    part[pi] = m;
+    part[n_parts + pi] = sum;
+  }
+
+  /* Groups of `cols` threads split the slots; each thread of a group owns one dimension.
+   * head_dim <= blockDim.x: one pass, blockDim.x / head_dim groups; else passes of blockDim.x
+   * dimensions with one group. */
+  const int cols = head_dim <= (int) blockDim.x ? head_dim : (int) blockDim.x;
+  const int groups = head_dim <= (int) blockDim.x ? (int) blockDim.x / head_dim : 1;
+  const int g = (int) threadIdx.x / cols, c = (int) threadIdx.x % cols;
+  const float *v_head = v_cache + (size_t) h * head_dim;
+  const float norm = SPLIT ? 1.0f : 1.0f / sum;
+  for (int d0 = 0; d0 < head_dim; d0 += cols) {
+    const int d = d0 + c;
+    if (g < groups && d < head_dim) {
+      float acc = 0.0f;
+      for (int s = g; s < n_slots; s += groups) {
+        const float p = scores[s];
+        if (p != 0.0f)          /* skips invalid slots, whose values may be anything */
+          acc += p * v_head[(size_t) (s_begin + s) * width + d];
+      }
+      partial[g * cols + c] = acc;
+    }
+    __syncthreads ();
+    if ((int) threadIdx.x < cols && d0 + (int) threadIdx.x < head_dim) {
+      float o = 0.0f;
+      for (int gg = 0; gg < groups; gg++)
+        o += partial[gg * cols + threadIdx.x];
+      out[d0 + threadIdx.x] = SPLIT ? o : o * norm;
+    }
+    __syncthreads ();
+  }
+}
+
+/* Merges the chunks of one (head, query): out = sum_b e^(m_b - M) o_b / sum_b e^(m_b - M) l_b. */
+__global__ void __launch_bounds__ (ATT_THREADS)
+attention_combine_kernel (float *dst, int ld_dst, const float *part, int n_heads, int t,
+    int head_dim, int splits)
+{
+  const int h = blockIdx.x, i = blockIdx.y;
+  const size_t n_parts = (size_t) n_heads * t * splits;
+  const size_t p0 = ((size_t) i * n_heads + h) * splits;
+  float m = -INFINITY;
+  for (int b = 0; b < splits; b++)
+    m = fmaxf (m, part[p0 + b]);
+  float *out = dst + (size_t) i * ld_dst + (size_t) h * head_dim;
+  if (m == -INFINITY) {
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+      out[d] = 0.0f;
+    return;
+  }
+  float sum = 0.0f;
+  for (int b = 0; b < splits; b++)
+    if (part[p0 + b] != -INFINITY)
+      sum += part[n_parts + p0 + b] * expf (part[p0 + b] - m);
+  const float norm = 1.0f / sum;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int b = 0; b < splits; b++)
+      if (part[p0 + b] != -INFINITY)
+        o += part[2 * n_parts + (p0 + b) * head_dim + d] * expf (part[p0 + b] - m);
+    out[d] = o * norm;
+  }
+}
+
+/* Slots per chunk of the split path: long enough to amortise a block, short enough that a
+ * decode step of a few heads becomes hundreds of blocks. */
+const int SPLIT_CHUNK = 256;
+const int MAX_SPLITS = 64;
+
+int
+attention_splits (int capacity, int n_heads, int t)
+{
+  if (capacity < 2 * SPLIT_CHUNK || (size_t) n_heads * t >= 512)
+    return 1;
+  int splits = (capacity + SPLIT_CHUNK - 1) / SPLIT_CHUNK;
+  return splits > MAX_SPLITS ? MAX_SPLITS : splits;
+}
+
+}  // namespace
+
+extern "C" cudaError_t
+moshi_k_kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity,
+    const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t)
+{
+  if (capacity <= 0 || t < 0 || width < 0 || pos0 < 0 || ld_k < width || ld_v < width)
+    return cudaErrorInvalidValue;
+  if (t == 0 || width == 0)
+    return cudaSuccess;
+  const int rows = t < capacity ? t : capacity;
+  dim3 grid (moshi_k::ceil_div ((size_t) width, 256), rows < 65535 ? (unsigned) rows : 65535u, 2);
+  return MOSHI_LAUNCH (kv_write_kernel, grid, 256, 0, stream, k_cache, v_cache, capacity, k, ld_k,
+      v, ld_v, width, pos0, t);
+}
+
+extern "C" size_t
+moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t)
+{
+  int splits = attention_splits (capacity, n_heads, t);
+  return splits == 1 ? 0 : (size_t) n_heads * t * splits * (head_dim + 2);
+}
+
+extern "C" cudaError_t
+moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
+    const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
+    int pos0, int t, int context, float scale, float *scratch, size_t scratch_floats)
+{
+  if (capacity <= 0 || n_heads < 0 || head_dim < 0 || t < 0 || pos0 < 0 || t > 65535
+      || n_heads > 0x7fffffff / 2 || ld_dst < n_heads * head_dim || ld_q < n_heads * head_dim)
+    return cudaErrorInvalidValue;
+  if (t == 0 || n_heads == 0 || head_dim == 0)
+    return cudaSuccess;
+  const int end = pos0 + t;
+  const int splits = attention_splits (capacity, n_heads, t);
+  const size_t need = moshi_k_attention_scratch_floats (capacity, n_heads, head_dim, t);
+  if (splits > 1 && scratch != NULL && scratch_floats >= need) {
+    const int chunk = (capacity + splits - 1) / splits;
+    const size_t smem = sizeof (float) * ((size_t) head_dim + chunk + ATT_THREADS);
+    if (smem > 48 * 1024)
+      return cudaErrorInvalidValue;
+    cudaError_t err = MOSHI_LAUNCH (attention_kernel<true>,
+        dim3 ((unsigned) n_heads, (unsigned) t, (unsigned) splits), ATT_THREADS, smem, stream,
+        dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim, pos0, end, context,
+        scale, chunk, scratch);
+    if (err != cudaSuccess)
+      return err;
+    return MOSHI_LAUNCH (attention_combine_kernel, dim3 ((unsigned) n_heads, (unsigned) t),
+        ATT_THREADS, 0, stream, dst, ld_dst, (const float *) scratch, n_heads, t, head_dim,
+        splits);
+  }
+  /* q, the scores, and the partial outputs (at most blockDim.x of them) */
+  const size_t smem = sizeof (float) * ((size_t) head_dim + capacity + ATT_THREADS);
+  if (smem > 48 * 1024)
+    return cudaErrorInvalidValue;
+  return MOSHI_LAUNCH (attention_kernel<false>, dim3 ((unsigned) n_heads, (unsigned) t),
+      ATT_THREADS, smem, stream, dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads,
+      head_dim, pos0, end, context, scale, capacity, (float *) NULL);
+}

@@ -1,0 +1,60 @@
+/* gst-moshi CUDA emulator: state shared by the runtime, scheduler and cuBLAS sources. */
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "moshi-cuda-emu.h"
+
+namespace moshi_emu {
+
+/* One lock for all emulator state. API calls take it; a launch holds it while its blocks run,
+ * so the allocation registry cannot change under a kernel (the fault handler reads it). */
+extern std::recursive_mutex g_lock;
+
+/* A device allocation. The mapping is [guard page][front slack][user bytes][back slack]
+ * [guard page]: the user bytes end at most 15 bytes before the second guard page (the start is
+ * 16-byte aligned) and both slacks hold a canary, so that an access past either end faults or
+ * breaks the canary. */
+struct Alloc {
+  char *map;
+  size_t map_len;
+  char *ptr;
+  size_t size;
+  char *data_begin;     /* first byte after the front guard page */
+  char *data_end;       /* the back guard page */
+};
+
+/* The allocation whose user bytes contain p (or that starts at p), or NULL. */
+const Alloc *find_alloc (const void *p);
+/* The allocation whose guard pages or slack bytes contain p, or NULL. */
+const Alloc *find_alloc_near (const void *p);
+/* True when [p, p + bytes) lies in one allocation's user bytes. */
+bool range_is_device (const void *p, size_t bytes);
+/* Checks both canaries; on damage writes a description into msg and returns false. */
+bool check_canaries (const Alloc *a, char *msg, size_t len);
+
+/* Records a diagnostic: last message, stderr. */
+void report (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void vreport (const char *fmt, va_list ap);
+
+/* The error a call returns: also becomes the calling thread's last error; the sticky kinds
+ * (an illegal address, a failed launch) stay until cudaDeviceReset, as on a GPU. */
+cudaError_t fail (cudaError_t err);
+cudaError_t sticky_error ();
+
+bool stream_is_valid (cudaStream_t stream);
+int max_dynamic_smem (const void *func);
+
+extern MoshiEmuStats g_stats;
+
+/* cuBLAS uses these to run its products "on" a stream. */
+struct StreamScope {
+  std::lock_guard<std::recursive_mutex> guard { g_lock };
+};
+
+}  // namespace moshi_emu
