@@ -1,5 +1,5 @@
-/* gst-moshi: the "moshi" plugin, Kyutai's Mimi codec (and later the Moshi model) as
- * GStreamer elements. */
+/* gst-moshi: the "moshi" plugin, Kyutai's Mimi codec (mimienc, mimidec) and the Moshi
+ * spoken dialogue model (moshidialog) as GStreamer elements. */
 #include "gstmoshielements.h"
 
 static gboolean
@@ -9,6 +9,7 @@ plugin_init (GstPlugin * plugin)
 
   ret |= GST_ELEMENT_REGISTER (mimienc, plugin);
   ret |= GST_ELEMENT_REGISTER (mimidec, plugin);
+  ret |= GST_ELEMENT_REGISTER (moshidialog, plugin);
 
   return ret;
 }

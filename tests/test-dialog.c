@@ -45,8 +45,9 @@ fixture_open (Fixture *fx)
 static void
 fixture_close (Fixture *fx)
 {
+  /* the model holds its own reference to the tokenizer */
+  moshi_tokenizer_unref (fx->tok);
   moshi_dialog_model_unref (fx->model);
-  moshi_tokenizer_free (fx->tok);
   moshi_lm_unref (fx->lm);
   moshi_mimi_unref (fx->mimi);
   moshi_safetensors_unref (fx->golden);
@@ -168,6 +169,26 @@ START_TEST (test_dialog_model_mismatch)
   ck_assert_int_eq (error->code, MOSHI_ERROR_CONFIG);
   moshi_assert_error_contains (error, lm_path);
   moshi_assert_error_contains (error, mimi_path);
+  g_clear_error (&error);
+
+  /* a tokenizer whose vocabulary is not the LM's text vocabulary */
+  g_autofree char *dialog_lm = moshi_test_data_path ("lm/dialog/model.safetensors");
+  g_autofree char *dialog_cfg = moshi_test_data_path ("lm/dialog/config.json");
+  g_autoptr (MoshiLm) lm2 = moshi_lm_load (dialog_lm, dialog_cfg, NULL, &error);
+  ck_assert_ptr_nonnull (lm2);
+  g_autofree char *tok_path = moshi_test_data_path ("tokenizer/tiny.model");
+  g_autofree char *tok_data = NULL;
+  gsize tok_len;
+  ck_assert (g_file_get_contents (tok_path, &tok_data, &tok_len, NULL));
+  /* the first piece record alone: a one-piece vocabulary */
+  gsize first_record = 2 + (guint8) tok_data[1];
+  g_autoptr (MoshiTokenizer) small_tok = moshi_tokenizer_new_from_data ((const guint8 *) tok_data,
+      first_record, "one-piece.model", &error);
+  ck_assert_msg (small_tok != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (moshi_tokenizer_vocab_size (small_tok), 1);
+  ck_assert_ptr_null (moshi_dialog_model_new (lm2, mimi, small_tok, &error));
+  moshi_assert_error_contains (error, "one-piece.model");
+  moshi_assert_error_contains (error, "text vocabulary of 360");
   g_clear_error (&error);
 }
 END_TEST

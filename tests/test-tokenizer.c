@@ -95,7 +95,7 @@ START_TEST (test_bad_files)
       moshi_assert_error_contains (error, "cut");
       g_clear_error (&error);
     } else {
-      moshi_tokenizer_free (tok);
+      moshi_tokenizer_unref (tok);
     }
   }
   const guint8 junk[] = "this is not a protobuf at all";

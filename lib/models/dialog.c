@@ -8,12 +8,12 @@ struct _MoshiDialogModel {
   gint ref_count;
   MoshiLm *lm;
   MoshiMimi *mimi;
-  const MoshiTokenizer *tokenizer;
+  MoshiTokenizer *tokenizer;
   int mimi_codebooks;         /* what the Mimi session encodes: max(user, model) codebooks */
 };
 
 MoshiDialogModel *
-moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, const MoshiTokenizer *tokenizer,
+moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, MoshiTokenizer *tokenizer,
     GError **error)
 {
   const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
@@ -33,11 +33,18 @@ moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, const MoshiTokenizer *toke
         moshi_mimi_max_codebooks (mimi));
     return NULL;
   }
+  if (tokenizer && moshi_tokenizer_vocab_size (tokenizer) != cfg->text_card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "the tokenizer (%s) has %d pieces but the LM (%s) has a text vocabulary of %d",
+        moshi_tokenizer_get_path (tokenizer), moshi_tokenizer_vocab_size (tokenizer),
+        moshi_lm_get_path (lm), cfg->text_card);
+    return NULL;
+  }
   MoshiDialogModel *m = g_new0 (MoshiDialogModel, 1);
   m->ref_count = 1;
   m->lm = moshi_lm_ref (lm);
   m->mimi = moshi_mimi_ref (mimi);
-  m->tokenizer = tokenizer;
+  m->tokenizer = tokenizer ? moshi_tokenizer_ref (tokenizer) : NULL;
   m->mimi_codebooks = needed;
   return m;
 }
@@ -56,6 +63,8 @@ moshi_dialog_model_unref (MoshiDialogModel *m)
     return;
   moshi_lm_unref (m->lm);
   moshi_mimi_unref (m->mimi);
+  if (m->tokenizer)
+    moshi_tokenizer_unref (m->tokenizer);
   g_free (m);
 }
 
@@ -119,6 +128,12 @@ moshi_dialog_reset (MoshiDialog *d)
   moshi_mimi_session_reset (d->mimi);
   moshi_lm_session_reset (d->lm);
   g_clear_pointer (&d->text, g_free);
+}
+
+void
+moshi_dialog_set_sampling_params (MoshiDialog *d, const MoshiLmSamplingParams *params)
+{
+  moshi_lm_session_set_sampling_params (d->lm, params);
 }
 
 int64_t

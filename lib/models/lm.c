@@ -898,6 +898,12 @@ moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError *
   return s;
 }
 
+void
+moshi_lm_session_set_sampling_params (MoshiLmSession *s, const MoshiLmSamplingParams *params)
+{
+  s->params = *params;
+}
+
 MoshiLm *
 moshi_lm_session_get_model (MoshiLmSession *s)
 {

@@ -20,11 +20,11 @@ G_BEGIN_DECLS
 typedef struct _MoshiDialogModel MoshiDialogModel;
 typedef struct _MoshiDialog MoshiDialog;
 
-/* Takes references to lm and mimi and ownership of nothing else; tokenizer may be NULL (no
- * text display) and must outlive the model. Fails, naming both files, when the LM's audio
- * vocabulary differs from Mimi's codebook size or Mimi has fewer codebooks than the LM uses. */
+/* Takes references to lm, mimi and tokenizer (which may be NULL: no text display). Fails,
+ * naming the files, when the LM's audio vocabulary differs from Mimi's codebook size, Mimi has
+ * fewer codebooks than the LM uses, or the tokenizer's vocabulary is not the LM's text one. */
 MoshiDialogModel *moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi,
-    const MoshiTokenizer *tokenizer, GError **error);
+    MoshiTokenizer *tokenizer, GError **error);
 MoshiDialogModel *moshi_dialog_model_ref (MoshiDialogModel *model);
 void moshi_dialog_model_unref (MoshiDialogModel *model);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialogModel, moshi_dialog_model_unref)
@@ -55,6 +55,8 @@ MoshiDialog *moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingPar
 void moshi_dialog_free (MoshiDialog *dialog);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialog, moshi_dialog_free)
 void moshi_dialog_reset (MoshiDialog *dialog);
+/* See moshi_lm_session_set_sampling_params: from the next step, the seed from the next reset. */
+void moshi_dialog_set_sampling_params (MoshiDialog *dialog, const MoshiLmSamplingParams *params);
 int64_t moshi_dialog_steps (MoshiDialog *dialog);
 
 /* One step from the user's audio (frame_size mono samples). out_pcm, when not NULL, receives

@@ -74,6 +74,10 @@ void moshi_lm_session_free (MoshiLmSession *session);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLmSession, moshi_lm_session_free)
 /* Back to a fresh conversation (step 0); the random generator is re-seeded. */
 void moshi_lm_session_reset (MoshiLmSession *session);
+/* New sampling settings: temperatures and top-k from the next step, the seed from the next
+ * reset (a running conversation keeps its random sequence). */
+void moshi_lm_session_set_sampling_params (MoshiLmSession *session,
+    const MoshiLmSamplingParams *params);
 MoshiLm *moshi_lm_session_get_model (MoshiLmSession *session);
 /* Steps run since the start or the last reset. */
 int64_t moshi_lm_session_steps (MoshiLmSession *session);

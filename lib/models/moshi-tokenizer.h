@@ -22,8 +22,12 @@ typedef enum {
 MoshiTokenizer *moshi_tokenizer_load (const char *path, GError **error);
 MoshiTokenizer *moshi_tokenizer_new_from_data (const guint8 *data, gsize len, const char *what,
     GError **error);
-void moshi_tokenizer_free (MoshiTokenizer *tok);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiTokenizer, moshi_tokenizer_free)
+MoshiTokenizer *moshi_tokenizer_ref (MoshiTokenizer *tok);
+void moshi_tokenizer_unref (MoshiTokenizer *tok);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiTokenizer, moshi_tokenizer_unref)
+
+/* The file it was read from (or the name given to moshi_tokenizer_new_from_data). */
+const char *moshi_tokenizer_get_path (const MoshiTokenizer *tok);
 
 int moshi_tokenizer_vocab_size (const MoshiTokenizer *tok);
 /* The piece of id (as SentencePiece id_to_piece), or NULL when id is out of range. */

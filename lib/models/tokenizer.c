@@ -8,6 +8,8 @@
 #include <string.h>
 
 struct _MoshiTokenizer {
+  gint ref_count;
+  char *path;
   GPtrArray *pieces;        /* char * */
   GArray *types;            /* MoshiPieceType */
 };
@@ -120,20 +122,36 @@ error:
   return FALSE;
 }
 
-void
-moshi_tokenizer_free (MoshiTokenizer *tok)
+MoshiTokenizer *
+moshi_tokenizer_ref (MoshiTokenizer *tok)
 {
-  if (tok == NULL)
+  g_atomic_int_inc (&tok->ref_count);
+  return tok;
+}
+
+void
+moshi_tokenizer_unref (MoshiTokenizer *tok)
+{
+  if (tok == NULL || !g_atomic_int_dec_and_test (&tok->ref_count))
     return;
   g_ptr_array_unref (tok->pieces);
   g_array_unref (tok->types);
+  g_free (tok->path);
   g_free (tok);
+}
+
+const char *
+moshi_tokenizer_get_path (const MoshiTokenizer *tok)
+{
+  return tok->path;
 }
 
 MoshiTokenizer *
 moshi_tokenizer_new_from_data (const guint8 *data, gsize len, const char *what, GError **error)
 {
   MoshiTokenizer *tok = g_new0 (MoshiTokenizer, 1);
+  tok->ref_count = 1;
+  tok->path = g_strdup (what);
   tok->pieces = g_ptr_array_new_with_free_func (g_free);
   tok->types = g_array_new (FALSE, FALSE, sizeof (MoshiPieceType));
   Reader rd = { data, data + len, data, what, error };
@@ -163,7 +181,7 @@ moshi_tokenizer_new_from_data (const guint8 *data, gsize len, const char *what, 
   return tok;
 
 fail:
-  moshi_tokenizer_free (tok);
+  moshi_tokenizer_unref (tok);
   return NULL;
 }
 

@@ -9,9 +9,15 @@
 #  3. the same through examples/mimi-file-roundtrip.sh (gdppay to a file, gdpdepay back):
 #     bit-identical audio and one token buffer per 80 ms frame;
 #  4. 16 kHz input without audioresample fails to negotiate, and says why;
-#  5. a missing model file is an error that names it.
-# Under `meson test --setup valgrind` (MOSHI_TEST_VALGRIND=1) the pipeline of 2 runs once more
-# under valgrind, and so do the failing runs of 4 and 5.
+#  5. a missing model file is an error that names it;
+#  6. moshidialog (small dialog LM + small Mimi + tiny tokenizer): the espeak-ng speech ->
+#     wavparse -> audioconvert -> audioresample -> moshidialog -> audioconvert -> wavenc, with
+#     text_src -> filesink: the model's answer lasts exactly as long as the input, is neither
+#     silent nor NaN, and the text file holds the words the element also posted as
+#     moshi-text messages; then the same with a live source, and a missing LM or tokenizer
+#     is an error naming the file.
+# Under `meson test --setup valgrind` (MOSHI_TEST_VALGRIND=1) the pipelines of 2 and 6 run once
+# more under valgrind, and so do the failing runs of 4, 5 and 6.
 set -euo pipefail
 
 for tool in gst-launch-1.0 gst-inspect-1.0 espeak-ng python3; do
@@ -22,6 +28,9 @@ data=${MOSHI_TEST_DATA:?MOSHI_TEST_DATA must point at tests/data}
 examples=${MOSHI_EXAMPLES_DIR:-$(dirname "$0")/../../examples}
 model=$data/mimi/small/model.safetensors
 config=$data/mimi/small/config.json
+lm=$data/lm/dialog/model.safetensors
+lm_config=$data/lm/dialog/config.json
+tokenizer=$data/tokenizer/tiny.model
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -80,14 +89,18 @@ PY
 }
 
 step "gst-inspect-1.0"
-for element in mimienc mimidec; do
+for element in mimienc mimidec moshidialog; do
   out=$(gst-inspect-1.0 "$element") || fail "gst-inspect-1.0 $element failed"
-  grep -q "Long-name.*Mimi speech" <<<"$out" || fail "$element: no long name"
+  grep -q "Long-name.*\(Mimi speech\|Moshi spoken dialogue\)" <<<"$out" ||
+    fail "$element: no long name"
   grep -q "audio/x-mimi" <<<"$out" || fail "$element: no audio/x-mimi caps"
   grep -q "GstMoshiDevice" <<<"$out" || fail "$element: no device enum"
 done
+out=$(gst-inspect-1.0 moshidialog)
+grep -q "text/x-raw" <<<"$out" || fail "moshidialog: no text/x-raw caps"
+grep -q "SRC template: 'text_src'" <<<"$out" || fail "moshidialog: no text_src template"
 out=$(gst-inspect-1.0 moshi) || fail "gst-inspect-1.0 moshi failed"
-grep -q "2 features" <<<"$out" || fail "plugin moshi does not list 2 features"
+grep -q "3 features" <<<"$out" || fail "plugin moshi does not list 3 features"
 
 step "espeak-ng input at 22050 Hz"
 espeak-ng -w "$work/speech.wav" \
@@ -160,5 +173,86 @@ log=$(run_gst gst-launch-1.0 audiotestsrc num-buffers=5 ! \
     mimienc model=/nonexistent/mimi.safetensors ! fakesink 2>&1) || rc=$?
 expect_clean_failure "$rc" "$log"
 grep -q "/nonexistent/mimi.safetensors" <<<"$log" || fail "error does not name the file: $log"
+
+dialog_props=(model="$lm" lm-config="$lm_config" mimi-model="$model" mimi-config="$config"
+  tokenizer="$tokenizer")
+
+step "wavparse ! audioconvert ! audioresample ! moshidialog ! audioconvert ! wavenc (+ text_src)"
+# A queue after each src pad: like a demuxer's, the two outputs come from one streaming
+# thread, and each sink waits for data to preroll.
+gst-launch-1.0 -m filesrc location="$work/speech.wav" ! wavparse ! audioconvert ! \
+  audioresample ! moshidialog name=m "${dialog_props[@]}" \
+  m.src ! queue ! audioconvert ! wavenc ! filesink location="$work/answer.wav" \
+  m.text_src ! queue ! filesink location="$work/answer.txt" >"$work/dialog.log" 2>&1 ||
+  fail "the moshidialog pipeline failed: $(cat "$work/dialog.log")"
+read -r ans_samples ans_rate ans_rms ans_bad < <(wav_stats "$work/answer.wav")
+echo "answer: $ans_samples samples at $ans_rate Hz, rms $ans_rms, $ans_bad non-finite"
+[[ $ans_rate == 24000 ]] || fail "answer rate $ans_rate"
+# One output frame per input frame, the last one cut to the input's length.
+(( ans_samples >= expected - 1 && ans_samples <= expected + 1 )) ||
+  fail "the answer has $ans_samples samples, the input $expected"
+[[ $ans_bad == 0 ]] || fail "$ans_bad non-finite samples in the answer"
+python3 -c "import sys; sys.exit(0 if float('$ans_rms') > 1e-3 else 1)" ||
+  fail "the answer is silent (rms $ans_rms)"
+words=$(grep -c "moshi-text, text=" "$work/dialog.log" || true)
+text_bytes=$(stat -c %s "$work/answer.txt")
+echo "text: $words words, $text_bytes bytes: $(head -c 200 "$work/answer.txt")"
+(( words > 0 && text_bytes > 0 )) || fail "no words (messages: $words, text file: $text_bytes bytes)"
+python3 -c "import sys; open(sys.argv[1], encoding='utf-8', errors='strict').read()" \
+  "$work/answer.txt" || fail "the text is not UTF-8"
+# Each message's text is one buffer of the text file, in order.
+python3 - "$work/dialog.log" "$work/answer.txt" <<'PY' || fail "messages and text file differ"
+import re, sys
+log = open(sys.argv[1], encoding="utf-8").read()
+words = []
+for m in re.finditer(r'moshi-text, text=\(string\)("(?:[^"\\]|\\.)*"|[^,]*),', log):
+    w = m.group(1)
+    if w.startswith('"'):
+        w = re.sub(r'\\(.)', r'\1', w[1:-1])
+    else:
+        w = re.sub(r'\\(.)', r'\1', w)
+    words.append(w)
+text = open(sys.argv[2], encoding="utf-8").read()
+if "".join(words) != text:
+    print("messages: %r\nfile: %r" % ("".join(words), text))
+    sys.exit(1)
+PY
+
+if [[ -n ${MOSHI_TEST_VALGRIND:-} ]]; then
+  step "the same under valgrind"
+  run_gst gst-launch-1.0 -q filesrc location="$work/speech.wav" ! wavparse ! audioconvert ! \
+    audioresample ! moshidialog name=m "${dialog_props[@]}" \
+    m.src ! queue ! audioconvert ! wavenc ! filesink location="$work/answer-vg.wav" \
+    m.text_src ! queue ! filesink location="$work/answer-vg.txt"
+  read -r vg_samples _ _ vg_bad < <(wav_stats "$work/answer-vg.wav")
+  [[ $vg_samples == "$ans_samples" && $vg_bad == 0 ]] ||
+    fail "under valgrind: $vg_samples samples, $vg_bad non-finite"
+else
+  step "live source: 2 s of audiotestsrc is-live=true into moshidialog, synchronised sinks"
+  # The sinks add the latency moshidialog reports to the timestamps; with it no buffer
+  # reaches them late (a late one would post a QoS message).
+  gst-launch-1.0 -m audiotestsrc is-live=true num-buffers=100 samplesperbuffer=480 \
+    wave=pink-noise ! audio/x-raw,rate=24000,channels=1 ! audioconvert ! \
+    moshidialog name=m "${dialog_props[@]}" \
+    m.src ! queue ! audioconvert ! fakesink sync=true qos=true \
+    m.text_src ! queue ! fakesink sync=true qos=true >"$work/live.log" 2>&1 ||
+    fail "the live pipeline failed: $(cat "$work/live.log")"
+  grep -q "Got EOS" "$work/live.log" || fail "no EOS in the live run: $(cat "$work/live.log")"
+  ! grep -q "(qos)" "$work/live.log" || fail "late buffers in the live run: $(grep -m3 "(qos)" \
+    "$work/live.log")"
+fi
+
+step "moshidialog: a missing LM and a broken tokenizer are errors naming the file"
+rc=0
+log=$(run_gst gst-launch-1.0 audiotestsrc num-buffers=5 ! audioconvert ! audioresample ! \
+    moshidialog "${dialog_props[@]}" model=/nonexistent/lm.safetensors ! fakesink 2>&1) || rc=$?
+expect_clean_failure "$rc" "$log"
+grep -q "/nonexistent/lm.safetensors" <<<"$log" || fail "error does not name the LM: $log"
+printf 'not a sentencepiece model' >"$work/bad.model"
+rc=0
+log=$(run_gst gst-launch-1.0 audiotestsrc num-buffers=5 ! audioconvert ! audioresample ! \
+    moshidialog "${dialog_props[@]}" tokenizer="$work/bad.model" ! fakesink 2>&1) || rc=$?
+expect_clean_failure "$rc" "$log"
+grep -q "$work/bad.model" <<<"$log" || fail "error does not name the tokenizer: $log"
 
 echo "all pipeline tests passed"

@@ -1,0 +1,1790 @@
+/* gst-moshi: moshidialog, a spoken conversation with Moshi. */
+
+/**
+ * SECTION:element-moshidialog
+ * @title: moshidialog
+ * @see_also: mimienc, mimidec
+ *
+ * Runs Kyutai's Moshi, a full-duplex speech-to-speech model: the user's voice
+ * goes in on the sink pad, the model's voice comes out on `src` and the words
+ * it speaks come out as timed UTF-8 text on `text_src`.
+ *
+ * The model works in steps of 80 ms (1920 samples at 24 kHz). Every input
+ * frame makes exactly one output frame, with the input frame's timestamp, so
+ * the output is as long as the input and stays in step with it. Until the
+ * model's first frame is generated (its acoustic delay, one step for the
+ * released Moshi) the output is silence. Input may come in buffers of any
+ * size; timestamp gaps and GAP events are filled with silence so that the
+ * conversation keeps running in real time.
+ *
+ * The sink also takes Mimi tokens (`audio/x-mimi`, as mimienc makes them), and
+ * the src pad makes tokens instead of audio when downstream asks for
+ * `audio/x-mimi` (for example a mimidec in another process).
+ *
+ * `text_src` carries one buffer per word piece the model speaks (" Hello",
+ * ...), stamped with the time of the output frame it belongs to; frames
+ * without a word advance the text stream with GAP events. Each word is also
+ * posted as a `moshi-text` element message, for applications that do not link
+ * `text_src` (which may stay unlinked).
+ *
+ * The element reports (1 + delay) × 80 ms of latency: one frame to fill the
+ * input frame plus the model's acoustic delay.
+ *
+ * ## Example pipelines
+ * |[
+ * gst-launch-1.0 -e autoaudiosrc ! queue ! audioconvert ! audioresample ! \
+ *     moshidialog name=m model=kyutai/moshiko-pytorch-bf16 \
+ *         tokenizer=kyutai/moshiko-pytorch-bf16 \
+ *     m.src ! queue ! audioconvert ! audioresample ! autoaudiosink \
+ *     m.text_src ! queue ! fdsink fd=1
+ * ]| A conversation through the microphone and the speaker (use headphones),
+ * printing what Moshi says.
+ * |[
+ * gst-launch-1.0 filesrc location=question.wav ! wavparse ! audioconvert ! \
+ *     audioresample ! moshidialog name=m model=... mimi-model=... \
+ *     m.src ! audioconvert ! wavenc ! filesink location=answer.wav \
+ *     m.text_src ! filesink location=answer.txt
+ * ]| Answers a recorded question.
+ */
+
+#include "gstmoshidialog.h"
+
+#include <gst/audio/audio.h>
+#include <gst/base/base.h>
+#include <math.h>
+#include <string.h>
+
+#include "gstmoshielements.h"
+#include "moshi-dialog.h"
+#include "moshi-error.h"
+#include "moshi-hub.h"
+
+GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
+#define GST_CAT_DEFAULT gst_moshi_dialog_debug
+
+/* The files in Kyutai's repositories (kyutai/moshiko-pytorch-bf16 and siblings). */
+#define LM_HUB_FILENAME "model.safetensors"
+#define TOKENIZER_HUB_FILENAME "tokenizer_spm_32k_3.model"
+
+#define DEFAULT_TEXT_TEMPERATURE 0.7f
+#define DEFAULT_TEXT_TOPK 25
+#define DEFAULT_AUDIO_TEMPERATURE 0.8f
+#define DEFAULT_AUDIO_TOPK 250
+#define DEFAULT_SEED 4242
+#define MAX_TEMPERATURE 100.0f
+
+/* The codebook counts the token caps allow (as mimienc and mimidec). */
+#define MAX_TOKEN_CODEBOOKS 32
+
+/* Input timestamps within this distance of where the stream should be are taken as
+ * continuous (GstAudioEncoder's default tolerance). */
+#define TOLERANCE (40 * GST_MSECOND)
+/* Longer gaps are not filled with silence: the element resynchronises to the new
+ * timestamps instead (as mimidec does with its concealment). */
+#define MAX_SILENCE_FILL (10 * GST_SECOND)
+
+/* Key of the object data pointing at the element's MoshiLm while it is open, as
+ * GST_MOSHI_MODEL_DATA_KEY does for Mimi: lets tests check sharing. Not an API. */
+#define LM_DATA_KEY "gst-moshi-lm-model"
+
+/* The name of the element message carrying each word. */
+#define TEXT_MESSAGE_NAME "moshi-text"
+
+enum
+{
+  PROP_0,
+  PROP_MODEL,
+  PROP_LM_CONFIG,
+  PROP_MIMI_MODEL,
+  PROP_MIMI_CONFIG,
+  PROP_TOKENIZER,
+  PROP_DEVICE,
+  PROP_THREADS,
+  PROP_TEXT_TEMPERATURE,
+  PROP_TEXT_TOPK,
+  PROP_AUDIO_TEMPERATURE,
+  PROP_AUDIO_TOPK,
+  PROP_SEED,
+};
+
+/* What the model properties name: compared with what is loaded to notice changes made
+ * in READY. */
+typedef struct
+{
+  gchar *model;
+  gchar *lm_config;
+  gchar *mimi_model;
+  gchar *mimi_config;
+  gchar *tokenizer;
+  GstMoshiDevice device;
+} ModelSpec;
+
+typedef enum
+{
+  INPUT_NONE,
+  INPUT_PCM,
+  INPUT_CODES,
+} InputKind;
+
+typedef enum
+{
+  OUTPUT_NONE,
+  OUTPUT_F32,
+  OUTPUT_S16,
+  OUTPUT_CODES,
+} OutputKind;
+
+struct _GstMoshiDialog
+{
+  GstElement parent;
+
+  GstPad *sinkpad;
+  GstPad *srcpad;
+  GstPad *textpad;
+
+  /* Properties, under the object lock. sampling_serial counts changes of the sampling
+   * properties, which may happen while streaming. */
+  ModelSpec spec;
+  gint threads;
+  MoshiLmSamplingParams sampling;
+  guint sampling_serial;
+
+  /* Loaded models, from NULL->READY to READY->NULL (replaced at READY->PAUSED when the
+   * model properties changed in READY). Only touched in state changes. */
+  ModelSpec loaded_spec;
+  GstMoshiLoadedModel mimi;
+  MoshiLm *lm;
+  MoshiTokenizer *tokenizer;
+  MoshiDialogModel *model;
+
+  /* What queries from any thread need about the loaded models, under the object lock;
+   * 0 / GST_CLOCK_TIME_NONE while nothing is loaded. */
+  GstClockTime latency;
+  gint caps_user_codebooks;
+  gint caps_model_codebooks;
+  gint caps_codebook_size;
+  gint caps_rate;
+  gint caps_frame_size;
+
+  /* The seqnum of the last seek forwarded upstream: both sinks of a pipeline send it. */
+  guint32 last_seek_seqnum;
+
+  /* Stream state: from READY->PAUSED to PAUSED->READY, used under the sink pad's stream
+   * lock (chain and serialized events) or while the pads are inactive. */
+  MoshiDialog *dialog;
+  guint applied_serial;         /* the sampling_serial the dialog runs with */
+  guint created_serial;         /* the sampling_serial the dialog was created with */
+  gint rate;
+  gint frame_size;
+  GstClockTime frame_duration;
+  gint user_codebooks;
+  gint model_codebooks;
+  gint codebook_size;
+  GstFlowCombiner *combiner;
+  GstSegment segment;
+  gboolean have_segment;
+  gboolean have_stream_start;
+
+  InputKind in_kind;
+  GstAudioFormat in_format;
+  gint in_codebooks;
+  OutputKind out_kind;
+
+  gfloat *pcm;                  /* the input frame being filled */
+  gsize filled;                 /* samples in it */
+  gint32 *codes;                /* one input token frame */
+  gfloat *out_pcm;              /* one output frame */
+
+  /* Timing: output frames follow base_ts + samples_out / rate; the next input sample is
+   * expected at base_ts + (samples_out + filled) / rate. */
+  gboolean have_base;
+  GstClockTime base_ts;
+  guint64 samples_out;
+  gboolean discont;             /* mark the next output buffers DISCONT */
+  gboolean text_discont;
+  gboolean warned_non_finite;
+  gboolean warned_bad_tokens;
+};
+
+#define gst_moshi_dialog_parent_class parent_class
+G_DEFINE_TYPE (GstMoshiDialog, gst_moshi_dialog, GST_TYPE_ELEMENT);
+GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (moshidialog, "moshidialog",
+    GST_RANK_NONE, GST_TYPE_MOSHI_DIALOG, moshi_element_init (plugin));
+
+#define RAW_CAPS "audio/x-raw, format = (string) { F32LE, S16LE }, " \
+    "layout = (string) interleaved, rate = (int) 24000, channels = (int) 1"
+#define TOKEN_CAPS "audio/x-mimi, rate = (int) 24000, channels = (int) 1, " \
+    "framerate = (fraction) [ 0/1, MAX ], codebooks = (int) [ 1, 32 ], " \
+    "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"
+#define TEXT_CAPS "text/x-raw, format = (string) utf8"
+
+static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
+    GST_PAD_SINK,
+    GST_PAD_ALWAYS,
+    GST_STATIC_CAPS (RAW_CAPS "; " TOKEN_CAPS));
+
+static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
+    GST_PAD_SRC,
+    GST_PAD_ALWAYS,
+    GST_STATIC_CAPS (RAW_CAPS "; " TOKEN_CAPS));
+
+static GstStaticPadTemplate text_src_template =
+GST_STATIC_PAD_TEMPLATE ("text_src",
+    GST_PAD_SRC,
+    GST_PAD_ALWAYS,
+    GST_STATIC_CAPS (TEXT_CAPS));
+
+/* ------------------------------------------------------------------ models */
+
+static void
+model_spec_clear (ModelSpec * spec)
+{
+  g_clear_pointer (&spec->model, g_free);
+  g_clear_pointer (&spec->lm_config, g_free);
+  g_clear_pointer (&spec->mimi_model, g_free);
+  g_clear_pointer (&spec->mimi_config, g_free);
+  g_clear_pointer (&spec->tokenizer, g_free);
+  spec->device = GST_MOSHI_DEFAULT_DEVICE;
+}
+
+static void
+model_spec_copy (ModelSpec * dest, const ModelSpec * src)
+{
+  dest->model = g_strdup (src->model);
+  dest->lm_config = g_strdup (src->lm_config);
+  dest->mimi_model = g_strdup (src->mimi_model);
+  dest->mimi_config = g_strdup (src->mimi_config);
+  dest->tokenizer = g_strdup (src->tokenizer);
+  dest->device = src->device;
+}
+
+static gboolean
+model_spec_equal (const ModelSpec * a, const ModelSpec * b)
+{
+  return g_strcmp0 (a->model, b->model) == 0
+      && g_strcmp0 (a->lm_config, b->lm_config) == 0
+      && g_strcmp0 (a->mimi_model, b->mimi_model) == 0
+      && g_strcmp0 (a->mimi_config, b->mimi_config) == 0
+      && g_strcmp0 (a->tokenizer, b->tokenizer) == 0 && a->device == b->device;
+}
+
+/* The Mimi model used when mimi-model is not set: the LM's repository or directory, which
+ * in Kyutai's releases also holds Mimi. NULL when model names a file. */
+static gchar *
+default_mimi_spec (const gchar * model)
+{
+  if (g_file_test (model, G_FILE_TEST_IS_DIR))
+    return g_strdup (model);
+  if (g_file_test (model, G_FILE_TEST_EXISTS))
+    return NULL;
+  /* A repo id, owner/name[@revision][:file]: the same repository, its default file. */
+  const gchar *colon = strchr (model, ':');
+  return colon ? g_strndup (model, colon - model) : g_strdup (model);
+}
+
+static void
+close_models (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  self->latency = GST_CLOCK_TIME_NONE;
+  self->caps_user_codebooks = 0;
+  self->caps_model_codebooks = 0;
+  self->caps_codebook_size = 0;
+  self->caps_rate = 0;
+  self->caps_frame_size = 0;
+  GST_OBJECT_UNLOCK (self);
+
+  /* The dialog model only borrows the tokenizer. */
+  g_object_set_data (G_OBJECT (self), LM_DATA_KEY, NULL);
+  g_clear_pointer (&self->model, moshi_dialog_model_unref);
+  g_clear_pointer (&self->tokenizer, moshi_tokenizer_unref);
+  g_clear_pointer (&self->lm, moshi_lm_unref);
+  gst_moshi_loaded_model_clear (&self->mimi, GST_ELEMENT (self));
+  model_spec_clear (&self->loaded_spec);
+}
+
+static MoshiLm *
+load_lm (GstMoshiDialog * self, const ModelSpec * spec)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (spec->model == NULL || spec->model[0] == '\0') {
+    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Moshi LM given"),
+        ("set the \"model\" property to the LM's safetensors file or to a "
+            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16"));
+    return NULL;
+  }
+  g_autofree gchar *path = gst_moshi_resolve_model (GST_ELEMENT (self),
+      "Moshi LM", spec->model, LM_HUB_FILENAME);
+  if (path == NULL)
+    return NULL;
+
+  MoshiLmLoadOptions options = {.device = (MoshiDevice) spec->device };
+  /* The copy of the process for these files and device, if another element has it. */
+  MoshiLm *lm = moshi_lm_load_shared (path, spec->lm_config, &options, &error);
+  if (lm == NULL) {
+    g_autofree gchar *details = g_strdup_printf ("model=%s (file %s), "
+        "lm-config=%s, device=%s: %s", spec->model, path,
+        spec->lm_config ? spec->lm_config : "(released Moshi 7B)",
+        moshi_device_name ((MoshiDevice) spec->device), error->message);
+    gst_moshi_post_load_error (GST_ELEMENT (self), "Moshi LM", spec->model,
+        path, spec->lm_config, error, details);
+    return NULL;
+  }
+  return lm;
+}
+
+static MoshiTokenizer *
+load_tokenizer (GstMoshiDialog * self, const gchar * spec)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *path = gst_moshi_resolve_model (GST_ELEMENT (self),
+      "text tokenizer", spec, TOKENIZER_HUB_FILENAME);
+  if (path == NULL)
+    return NULL;
+
+  MoshiTokenizer *tokenizer = moshi_tokenizer_load (path, &error);
+  if (tokenizer == NULL) {
+    g_autofree gchar *details = g_strdup_printf ("tokenizer=%s (file %s): %s",
+        spec, path, error->message);
+    gst_moshi_post_load_error (GST_ELEMENT (self), "text tokenizer", spec,
+        path, NULL, error, details);
+  }
+  return tokenizer;
+}
+
+/* Makes sure the models the properties name are loaded. On failure posts an element error
+ * naming the file at fault and returns FALSE, with nothing loaded. */
+static gboolean
+ensure_models (GstMoshiDialog * self)
+{
+  g_autoptr (GError) error = NULL;
+  ModelSpec wanted;
+  gint threads;
+
+  GST_OBJECT_LOCK (self);
+  model_spec_copy (&wanted, &self->spec);
+  threads = self->threads;
+  GST_OBJECT_UNLOCK (self);
+
+  if (self->model != NULL && model_spec_equal (&wanted, &self->loaded_spec)) {
+    model_spec_clear (&wanted);
+    return TRUE;
+  }
+  close_models (self);
+
+  /* Mimi: the shared copy of the process, through the code mimienc and mimidec use. */
+  GstMoshiSettings mimi_settings = {
+    .model = wanted.mimi_model ? g_strdup (wanted.mimi_model) :
+        wanted.model ? default_mimi_spec (wanted.model) : NULL,
+    .config = g_strdup (wanted.mimi_config),
+    .device = wanted.device,
+    .threads = threads,
+  };
+  if (mimi_settings.model == NULL && wanted.model != NULL
+      && wanted.model[0] != '\0') {
+    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Mimi model given"),
+        ("set the \"mimi-model\" property to a Mimi safetensors file or to a "
+            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16 (it "
+            "defaults to the LM's repository or directory, but model=%s is a "
+            "file)", wanted.model));
+    goto failed;
+  }
+
+  /* The LM first: without it nothing else matters, and its error is the clearest. */
+  if ((self->lm = load_lm (self, &wanted)) == NULL)
+    goto failed;
+  if (!gst_moshi_loaded_model_ensure (&self->mimi, GST_ELEMENT (self),
+          &mimi_settings))
+    goto failed;
+  if (wanted.tokenizer != NULL && wanted.tokenizer[0] != '\0'
+      && (self->tokenizer = load_tokenizer (self, wanted.tokenizer)) == NULL)
+    goto failed;
+
+  self->model = moshi_dialog_model_new (self->lm, self->mimi.mimi,
+      self->tokenizer, &error);
+  if (self->model == NULL)
+    goto mismatch;
+  if (moshi_dialog_model_model_codebooks (self->model) > MAX_TOKEN_CODEBOOKS
+      || moshi_dialog_model_user_codebooks (self->model) > MAX_TOKEN_CODEBOOKS)
+    goto too_many_codebooks;
+
+  const MoshiLmConfig *cfg = moshi_lm_get_config (self->lm);
+  if (self->tokenizer == NULL)
+    GST_INFO_OBJECT (self, "no tokenizer: text_src only carries GAP events");
+
+  gint frame_size = moshi_dialog_model_frame_size (self->model);
+  gint rate = moshi_dialog_model_sample_rate (self->model);
+  gint delay = moshi_dialog_model_delay_steps (self->model);
+  GST_INFO_OBJECT (self, "LM %s: %d user and %d model codebooks of %d entries, "
+      "text vocabulary %d, delay %d steps; Mimi %s: %d samples per frame at "
+      "%d Hz", moshi_lm_get_path (self->lm),
+      moshi_dialog_model_user_codebooks (self->model),
+      moshi_dialog_model_model_codebooks (self->model), cfg->card,
+      cfg->text_card, delay, moshi_mimi_get_path (self->mimi.mimi),
+      frame_size, rate);
+
+  GST_OBJECT_LOCK (self);
+  self->latency = gst_util_uint64_scale_int (GST_SECOND,
+      (1 + delay) * frame_size, rate);
+  self->caps_user_codebooks = moshi_dialog_model_user_codebooks (self->model);
+  self->caps_model_codebooks = moshi_dialog_model_model_codebooks (self->model);
+  self->caps_codebook_size = moshi_mimi_codebook_size (self->mimi.mimi);
+  self->caps_rate = rate;
+  self->caps_frame_size = frame_size;
+  GST_OBJECT_UNLOCK (self);
+
+  self->loaded_spec = wanted;
+  g_object_set_data (G_OBJECT (self), LM_DATA_KEY, self->lm);
+  gst_moshi_settings_clear (&mimi_settings);
+  return TRUE;
+
+  /* ERRORS */
+mismatch:
+  {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+        ("Moshi LM \"%s\" and Mimi model \"%s\" do not fit together: %s",
+            wanted.model, self->mimi.model, error->message),
+        ("model=%s, lm-config=%s, mimi-model=%s, mimi-config=%s",
+            wanted.model, wanted.lm_config ? wanted.lm_config : "(released)",
+            self->mimi.model,
+            wanted.mimi_config ? wanted.mimi_config : "(released)"));
+    goto failed;
+  }
+too_many_codebooks:
+  {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+        ("Moshi LM \"%s\" uses %d user and %d model codebooks; this element "
+            "handles at most %d", wanted.model,
+            moshi_dialog_model_user_codebooks (self->model),
+            moshi_dialog_model_model_codebooks (self->model),
+            MAX_TOKEN_CODEBOOKS), ("file %s", moshi_lm_get_path (self->lm)));
+    goto failed;
+  }
+failed:
+  {
+    gst_moshi_settings_clear (&mimi_settings);
+    model_spec_clear (&wanted);
+    close_models (self);
+    return FALSE;
+  }
+}
+
+/* ------------------------------------------------------------------ stream state */
+
+static void
+reset_timing (GstMoshiDialog * self)
+{
+  self->filled = 0;
+  self->have_base = FALSE;
+  self->base_ts = GST_CLOCK_TIME_NONE;
+  self->samples_out = 0;
+  self->discont = TRUE;
+  self->text_discont = TRUE;
+}
+
+static gboolean
+start_stream (GstMoshiDialog * self)
+{
+  g_autoptr (GError) error = NULL;
+  MoshiLmSamplingParams params;
+  gint threads;
+
+  GST_OBJECT_LOCK (self);
+  params = self->sampling;
+  self->applied_serial = self->created_serial = self->sampling_serial;
+  threads = self->threads;
+  GST_OBJECT_UNLOCK (self);
+
+  self->dialog = moshi_dialog_new (self->model, &params, threads, &error);
+  if (self->dialog == NULL) {
+    GST_ELEMENT_ERROR (self, LIBRARY, INIT,
+        ("Could not start a Moshi conversation: %s", error->message),
+        ("LM %s, threads=%d", moshi_lm_get_path (self->lm), threads));
+    return FALSE;
+  }
+  self->rate = moshi_dialog_model_sample_rate (self->model);
+  self->frame_size = moshi_dialog_model_frame_size (self->model);
+  self->frame_duration = gst_util_uint64_scale_int (GST_SECOND,
+      self->frame_size, self->rate);
+  self->user_codebooks = moshi_dialog_model_user_codebooks (self->model);
+  self->model_codebooks = moshi_dialog_model_model_codebooks (self->model);
+  self->codebook_size = moshi_mimi_codebook_size (self->mimi.mimi);
+  self->pcm = g_new0 (gfloat, self->frame_size);
+  self->out_pcm = g_new0 (gfloat, self->frame_size);
+  self->codes = g_new0 (gint32, MAX_TOKEN_CODEBOOKS);
+
+  gst_segment_init (&self->segment, GST_FORMAT_TIME);
+  self->have_segment = FALSE;
+  self->have_stream_start = FALSE;
+  self->in_kind = INPUT_NONE;
+  self->in_codebooks = 0;
+  self->out_kind = OUTPUT_NONE;
+  self->warned_non_finite = FALSE;
+  self->warned_bad_tokens = FALSE;
+  self->last_seek_seqnum = GST_SEQNUM_INVALID;
+  reset_timing (self);
+  gst_flow_combiner_reset (self->combiner);
+  return TRUE;
+}
+
+static void
+stop_stream (GstMoshiDialog * self)
+{
+  g_clear_pointer (&self->dialog, moshi_dialog_free);
+  g_clear_pointer (&self->pcm, g_free);
+  g_clear_pointer (&self->out_pcm, g_free);
+  g_clear_pointer (&self->codes, g_free);
+  self->in_kind = INPUT_NONE;
+  self->out_kind = OUTPUT_NONE;
+  reset_timing (self);
+}
+
+/* Replaces the conversation by a fresh one with the current sampling settings. Returns
+ * FALSE (keeping the old one) if that fails. */
+static gboolean
+recreate_dialog (GstMoshiDialog * self)
+{
+  g_autoptr (GError) error = NULL;
+
+  GST_OBJECT_LOCK (self);
+  MoshiLmSamplingParams params = self->sampling;
+  guint serial = self->sampling_serial;
+  gint threads = self->threads;
+  GST_OBJECT_UNLOCK (self);
+
+  MoshiDialog *fresh = moshi_dialog_new (self->model, &params, threads, &error);
+  if (fresh == NULL) {
+    GST_WARNING_OBJECT (self, "could not apply the new sampling settings: %s",
+        error->message);
+    return FALSE;
+  }
+  moshi_dialog_free (self->dialog);
+  self->dialog = fresh;
+  self->applied_serial = self->created_serial = serial;
+  return TRUE;
+}
+
+/* A fresh conversation, as after READY->PAUSED, with the current sampling settings. */
+static void
+reset_conversation (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  gboolean changed = self->created_serial != self->sampling_serial;
+  GST_OBJECT_UNLOCK (self);
+
+  if (!changed || !recreate_dialog (self))
+    moshi_dialog_reset (self->dialog);
+  reset_timing (self);
+}
+
+/* Sampling properties changed while streaming apply from the next step (the seed from the
+ * next flush or stream, as a running conversation keeps its random sequence). */
+static void
+apply_sampling_changes (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  gboolean changed = self->applied_serial != self->sampling_serial;
+  MoshiLmSamplingParams params = self->sampling;
+  guint serial = self->sampling_serial;
+  GST_OBJECT_UNLOCK (self);
+
+  if (G_LIKELY (!changed))
+    return;
+  /* Nothing to lose yet: a conversation that has not started takes every setting, the
+   * seed included. */
+  if (moshi_dialog_steps (self->dialog) == 0 && recreate_dialog (self))
+    return;
+  moshi_dialog_set_sampling_params (self->dialog, &params);
+  self->applied_serial = serial;
+  GST_DEBUG_OBJECT (self, "sampling: text %g/%d, audio %g/%d",
+      params.text_temperature, params.text_topk, params.audio_temperature,
+      params.audio_topk);
+}
+
+/* ------------------------------------------------------------------ caps */
+
+static GstCaps *
+raw_caps (const gchar * format)
+{
+  return gst_caps_new_simple ("audio/x-raw", "format", G_TYPE_STRING, format,
+      "layout", G_TYPE_STRING, "interleaved", "rate", G_TYPE_INT, 24000,
+      "channels", G_TYPE_INT, 1, NULL);
+}
+
+/* The pad template, with the token structure narrowed to what the loaded model takes or
+ * makes (all of the template while nothing is loaded). */
+static GstCaps *
+pad_caps (GstMoshiDialog * self, GstPad * pad)
+{
+  GstCaps *templ = gst_pad_get_pad_template_caps (pad);
+
+  GST_OBJECT_LOCK (self);
+  gint size = self->caps_codebook_size, rate = self->caps_rate;
+  gint frame = self->caps_frame_size;
+  gint user = self->caps_user_codebooks, model = self->caps_model_codebooks;
+  GST_OBJECT_UNLOCK (self);
+  if (size == 0)
+    return templ;
+
+  GstCaps *caps = gst_caps_make_writable (templ);
+  gint gcd = gst_util_greatest_common_divisor (rate, frame);
+  for (guint i = 0; i < gst_caps_get_size (caps); i++) {
+    GstStructure *s = gst_caps_get_structure (caps, i);
+    if (!gst_structure_has_name (s, "audio/x-mimi"))
+      continue;
+    gst_structure_set (s, "codebook-size", G_TYPE_INT, size,
+        "framerate", GST_TYPE_FRACTION, rate / gcd, frame / gcd, NULL);
+    if (pad == self->sinkpad)
+      gst_structure_set (s, "codebooks", GST_TYPE_INT_RANGE, user,
+          MAX_TOKEN_CODEBOOKS, NULL);
+    else
+      gst_structure_set (s, "codebooks", G_TYPE_INT, model, NULL);
+  }
+  return caps;
+}
+
+/* Chooses the output caps: raw F32LE, raw S16LE or tokens, in the order downstream
+ * prefers them (raw F32LE when it takes anything or nothing is linked). */
+static gboolean
+negotiate_src (GstMoshiDialog * self)
+{
+  g_autoptr (GstCaps) f32 = raw_caps ("F32LE");
+  g_autoptr (GstCaps) s16 = raw_caps ("S16LE");
+  g_autoptr (GstCaps) tokens = gst_moshi_token_caps_new (self->mimi.mimi,
+      self->model_codebooks);
+  g_autoptr (GstCaps) allowed = gst_pad_get_allowed_caps (self->srcpad);
+  GstCaps *candidates[] = { f32, s16, tokens };
+  const OutputKind kinds[] = { OUTPUT_F32, OUTPUT_S16, OUTPUT_CODES };
+  gint chosen = -1;
+
+  GST_DEBUG_OBJECT (self, "downstream allows %" GST_PTR_FORMAT, allowed);
+  if (allowed == NULL) {
+    chosen = 0;                 /* not linked */
+  } else {
+    for (guint i = 0; i < gst_caps_get_size (allowed) && chosen < 0; i++) {
+      g_autoptr (GstCaps) one = gst_caps_copy_nth (allowed, i);
+      for (guint c = 0; c < G_N_ELEMENTS (candidates) && chosen < 0; c++)
+        if (gst_caps_can_intersect (one, candidates[c]))
+          chosen = c;
+    }
+  }
+  if (chosen < 0)
+    goto not_negotiated;
+
+  GST_DEBUG_OBJECT (self, "output caps %" GST_PTR_FORMAT, candidates[chosen]);
+  /* Stored on the pad even when downstream refuses them; a refusal shows in the flow
+   * return of the next buffer. */
+  gst_pad_push_event (self->srcpad, gst_event_new_caps (candidates[chosen]));
+  self->out_kind = kinds[chosen];
+  return TRUE;
+
+  /* ERRORS */
+not_negotiated:
+  {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("Downstream of moshidialog takes neither 24 kHz mono raw audio nor "
+            "the tokens of Mimi model \"%s\"", self->mimi.model),
+        ("downstream allows %" GST_PTR_FORMAT ", the model makes %"
+            GST_PTR_FORMAT " tokens", allowed, tokens));
+    return FALSE;
+  }
+}
+
+static gboolean
+set_input_caps (GstMoshiDialog * self, GstCaps * caps)
+{
+  GstStructure *s = gst_caps_get_structure (caps, 0);
+  gint codebooks, value, num, den;
+
+  GST_DEBUG_OBJECT (self, "input caps %" GST_PTR_FORMAT, caps);
+  if (gst_structure_has_name (s, "audio/x-raw")) {
+    GstAudioInfo info;
+    if (!gst_audio_info_from_caps (&info, caps)
+        || GST_AUDIO_INFO_RATE (&info) != self->rate
+        || GST_AUDIO_INFO_CHANNELS (&info) != 1)
+      goto wrong_raw;
+    self->in_kind = INPUT_PCM;
+    self->in_format = GST_AUDIO_INFO_FORMAT (&info);
+    return TRUE;
+  }
+
+  if (!gst_structure_get_int (s, "codebooks", &codebooks))
+    goto no_codebooks;
+  if ((gst_structure_get_int (s, "codebook-size", &value)
+          && value != self->codebook_size)
+      || (gst_structure_get_int (s, "rate", &value) && value != self->rate)
+      || (gst_structure_get_fraction (s, "framerate", &num, &den)
+          && (gint64) num * self->frame_size != (gint64) den * self->rate))
+    goto other_model;
+  if (codebooks < self->user_codebooks || codebooks > MAX_TOKEN_CODEBOOKS)
+    goto too_few_codebooks;
+  self->in_kind = INPUT_CODES;
+  self->in_codebooks = codebooks;
+  return TRUE;
+
+  /* ERRORS */
+wrong_raw:
+  {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("moshidialog takes %d Hz mono audio", self->rate),
+        ("caps %" GST_PTR_FORMAT "; put audioconvert ! audioresample in front",
+            caps));
+    return FALSE;
+  }
+no_codebooks:
+  {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
+        ("caps without a codebooks field: %" GST_PTR_FORMAT, caps));
+    return FALSE;
+  }
+other_model:
+  {
+    g_autoptr (GstCaps) expected = gst_moshi_token_caps_new (self->mimi.mimi,
+        self->user_codebooks);
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("The tokens were made by another Mimi model than \"%s\"",
+            self->mimi.model), ("caps %" GST_PTR_FORMAT ", the model makes %"
+            GST_PTR_FORMAT " (file %s)", caps, expected,
+            moshi_mimi_get_path (self->mimi.mimi)));
+    return FALSE;
+  }
+too_few_codebooks:
+  {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("The tokens have %d codebooks, but Moshi LM \"%s\" reads %d",
+            codebooks, self->loaded_spec.model, self->user_codebooks),
+        ("caps %" GST_PTR_FORMAT, caps));
+    return FALSE;
+  }
+}
+
+/* ------------------------------------------------------------------ output */
+
+static GstClockTime
+out_time (GstMoshiDialog * self, guint64 samples)
+{
+  return self->base_ts + gst_util_uint64_scale_int (samples, GST_SECOND,
+      self->rate);
+}
+
+static GstFlowReturn
+push_audio (GstMoshiDialog * self, const MoshiDialogFrame * frame,
+    gsize valid, GstClockTime pts, GstClockTime duration)
+{
+  GstBuffer *out;
+  GstMapInfo map;
+
+  if (gst_pad_check_reconfigure (self->srcpad) && !negotiate_src (self)) {
+    gst_pad_mark_reconfigure (self->srcpad);
+    return GST_PAD_IS_FLUSHING (self->srcpad) ? GST_FLOW_FLUSHING :
+        GST_FLOW_NOT_NEGOTIATED;
+  }
+
+  switch (self->out_kind) {
+    case OUTPUT_CODES:
+      if (!frame->returned) {
+        /* Nothing generated yet: no tokens to send, the time passes as a gap. */
+        gst_pad_push_event (self->srcpad, gst_event_new_gap (pts, duration));
+        return GST_FLOW_OK;
+      }
+      out = gst_buffer_new_allocate (NULL, (gsize) self->model_codebooks * 2,
+          NULL);
+      gst_buffer_map (out, &map, GST_MAP_WRITE);
+      for (gint k = 0; k < self->model_codebooks; k++)
+        GST_WRITE_UINT16_LE (map.data + 2 * k, (guint16) frame->audio_codes[k]);
+      gst_buffer_unmap (out, &map);
+      if (valid < (gsize) self->frame_size)
+        gst_buffer_add_audio_clipping_meta (out, GST_FORMAT_DEFAULT, 0,
+            self->frame_size - valid);
+      break;
+    case OUTPUT_S16:
+      out = gst_buffer_new_allocate (NULL, valid * 2, NULL);
+      gst_buffer_map (out, &map, GST_MAP_WRITE);
+      for (gsize i = 0; i < valid; i++) {
+        gfloat v = roundf (self->out_pcm[i] * 32768.0f);
+        GST_WRITE_UINT16_LE (map.data + 2 * i,
+            (guint16) (gint16) CLAMP (v, -32768.0f, 32767.0f));
+      }
+      gst_buffer_unmap (out, &map);
+      break;
+    case OUTPUT_F32:
+    default:
+      out = gst_buffer_new_memdup (self->out_pcm, valid * sizeof (gfloat));
+      break;
+  }
+
+  GST_BUFFER_PTS (out) = pts;
+  GST_BUFFER_DURATION (out) = duration;
+  if (self->discont) {
+    GST_BUFFER_FLAG_SET (out, GST_BUFFER_FLAG_DISCONT);
+    self->discont = FALSE;
+  }
+  return gst_pad_push (self->srcpad, out);
+}
+
+static void
+post_text_message (GstMoshiDialog * self, const gchar * text, gint token,
+    GstClockTime pts, GstClockTime duration)
+{
+  GstStructure *s = gst_structure_new (TEXT_MESSAGE_NAME,
+      "text", G_TYPE_STRING, text,
+      "token", G_TYPE_INT, token,
+      "timestamp", G_TYPE_UINT64, pts,
+      "duration", G_TYPE_UINT64, duration,
+      "running-time", G_TYPE_UINT64,
+      gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME, pts),
+      "stream-time", G_TYPE_UINT64,
+      gst_segment_to_stream_time (&self->segment, GST_FORMAT_TIME, pts),
+      NULL);
+
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self), s));
+}
+
+static GstFlowReturn
+push_text (GstMoshiDialog * self, const MoshiDialogFrame * frame,
+    GstClockTime pts, GstClockTime duration)
+{
+  if (frame->text == NULL || frame->text[0] == '\0') {
+    /* A sparse stream: tell downstream that no word comes for this time. */
+    gst_pad_push_event (self->textpad, gst_event_new_gap (pts, duration));
+    return GST_FLOW_OK;
+  }
+
+  /* Pieces of a SentencePiece model are UTF-8; make sure of it all the same. */
+  gchar *text = g_utf8_make_valid (frame->text, -1);
+  GST_LOG_OBJECT (self, "text \"%s\" (token %d) at %" GST_TIME_FORMAT, text,
+      frame->text_token, GST_TIME_ARGS (pts));
+  post_text_message (self, text, frame->text_token, pts, duration);
+
+  GstBuffer *buf = gst_buffer_new_wrapped (text, strlen (text));
+  GST_BUFFER_PTS (buf) = pts;
+  GST_BUFFER_DURATION (buf) = duration;
+  if (self->text_discont) {
+    GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+    self->text_discont = FALSE;
+  }
+  return gst_pad_push (self->textpad, buf);
+}
+
+/* One model step on a user frame (pcm: frame_size samples, or codes: in_codebooks codes),
+ * of which valid samples are real input (fewer only for the last frame before a drain):
+ * pushes one frame on src and a word or a gap on text_src. */
+static GstFlowReturn
+run_step (GstMoshiDialog * self, const gfloat * pcm, const gint32 * codes,
+    gsize valid)
+{
+  g_autoptr (GError) error = NULL;
+  MoshiDialogFrame frame;
+  GstFlowReturn ret;
+  gboolean ok;
+
+  apply_sampling_changes (self);
+
+  gfloat *out_pcm = self->out_kind == OUTPUT_CODES ? NULL : self->out_pcm;
+  if (pcm != NULL)
+    ok = moshi_dialog_step_pcm (self->dialog, pcm, &frame, out_pcm, &error);
+  else
+    ok = moshi_dialog_step_codes (self->dialog, codes, self->in_codebooks,
+        &frame, out_pcm, &error);
+  if (!ok)
+    goto step_failed;
+
+  GstClockTime pts = out_time (self, self->samples_out);
+  self->samples_out += valid;
+  GstClockTime duration = out_time (self, self->samples_out) - pts;
+  GST_LOG_OBJECT (self, "step %" G_GINT64_FORMAT " at %" GST_TIME_FORMAT
+      ": returned %d, text token %d", moshi_dialog_steps (self->dialog) - 1,
+      GST_TIME_ARGS (pts), frame.returned, frame.text_token);
+
+  ret = push_audio (self, &frame, valid, pts, duration);
+  ret = gst_flow_combiner_update_pad_flow (self->combiner, self->srcpad, ret);
+  if (ret == GST_FLOW_FLUSHING || ret == GST_FLOW_EOS
+      || ret <= GST_FLOW_NOT_NEGOTIATED)
+    return ret;
+  GstFlowReturn text_ret = push_text (self, &frame, pts, duration);
+  return gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
+      text_ret);
+
+  /* ERRORS */
+step_failed:
+  {
+    GST_ELEMENT_ERROR (self, STREAM, FAILED, (NULL),
+        ("Moshi step %" G_GINT64_FORMAT " failed: %s",
+            moshi_dialog_steps (self->dialog), error->message));
+    return GST_FLOW_ERROR;
+  }
+}
+
+/* Runs the partial input frame, padded with silence, so that no input is left behind. */
+static GstFlowReturn
+drain (GstMoshiDialog * self)
+{
+  if (self->filled == 0)
+    return GST_FLOW_OK;
+  gsize valid = self->filled;
+  GST_DEBUG_OBJECT (self, "draining a partial frame of %" G_GSIZE_FORMAT
+      " samples", valid);
+  memset (self->pcm + valid, 0, (self->frame_size - valid) * sizeof (gfloat));
+  self->filled = 0;
+  return run_step (self, self->pcm, NULL, valid);
+}
+
+/* Appends n samples of silence to the input, running the frames they complete. */
+static GstFlowReturn
+feed_silence (GstMoshiDialog * self, guint64 n)
+{
+  GstFlowReturn ret = GST_FLOW_OK;
+
+  GST_DEBUG_OBJECT (self, "filling %" G_GUINT64_FORMAT " samples of silence", n);
+  while (n > 0 && ret == GST_FLOW_OK) {
+    gsize take = MIN (n, (guint64) (self->frame_size - self->filled));
+    memset (self->pcm + self->filled, 0, take * sizeof (gfloat));
+    self->filled += take;
+    n -= take;
+    if (self->filled == (gsize) self->frame_size) {
+      self->filled = 0;
+      ret = run_step (self, self->pcm, NULL, self->frame_size);
+    }
+  }
+  return ret;
+}
+
+/* Compares an input timestamp with where the stream is. A gap is filled with silence, an
+ * overlap sets *skip to the samples to drop, a jump too far to fill restarts the timing
+ * at pts (after draining). In token input the stream moves by whole frames. */
+static GstFlowReturn
+sync_input (GstMoshiDialog * self, GstClockTime pts, guint64 * skip)
+{
+  *skip = 0;
+  if (!self->have_base) {
+    if (!GST_CLOCK_TIME_IS_VALID (pts))
+      pts = self->segment.format == GST_FORMAT_TIME
+          && GST_CLOCK_TIME_IS_VALID (self->segment.start) ?
+          self->segment.start : 0;
+    self->have_base = TRUE;
+    self->base_ts = pts;
+    self->samples_out = 0;
+    self->filled = 0;
+    GST_DEBUG_OBJECT (self, "stream starts at %" GST_TIME_FORMAT,
+        GST_TIME_ARGS (pts));
+    return GST_FLOW_OK;
+  }
+  if (!GST_CLOCK_TIME_IS_VALID (pts))
+    return GST_FLOW_OK;
+
+  GstClockTime expected = out_time (self, self->samples_out + self->filled);
+  GstClockTimeDiff diff = GST_CLOCK_DIFF (expected, pts);
+  if (ABS (diff) <= (GstClockTimeDiff) TOLERANCE)
+    return GST_FLOW_OK;
+
+  if (ABS (diff) <= (GstClockTimeDiff) MAX_SILENCE_FILL) {
+    guint64 n = gst_util_uint64_scale_round (ABS (diff), self->rate,
+        GST_SECOND);
+    if (self->in_kind == INPUT_CODES) {
+      n = (n + self->frame_size / 2) / self->frame_size * self->frame_size;
+      if (n == 0)
+        return GST_FLOW_OK;
+    }
+    if (diff > 0) {
+      GST_DEBUG_OBJECT (self, "input jumps %" GST_STIME_FORMAT " ahead: "
+          "filling with silence", GST_STIME_ARGS (diff));
+      return feed_silence (self, n);
+    }
+    GST_DEBUG_OBJECT (self, "input goes %" GST_STIME_FORMAT " back: dropping "
+        "the overlap", GST_STIME_ARGS (-diff));
+    *skip = n;
+    return GST_FLOW_OK;
+  }
+
+  GST_INFO_OBJECT (self, "input jumps from %" GST_TIME_FORMAT " to %"
+      GST_TIME_FORMAT ": resynchronising", GST_TIME_ARGS (expected),
+      GST_TIME_ARGS (pts));
+  GstFlowReturn ret = drain (self);
+  self->base_ts = pts;
+  self->samples_out = 0;
+  self->discont = TRUE;
+  self->text_discont = TRUE;
+  return ret;
+}
+
+/* ------------------------------------------------------------------ input */
+
+/* Converts n samples to float into dest; non-finite ones become silence. Returns how many
+ * were replaced. */
+static gsize
+convert_input (GstMoshiDialog * self, gfloat * dest, const guint8 * src,
+    gsize n)
+{
+  gsize replaced = 0;
+
+  if (self->in_format == GST_AUDIO_FORMAT_S16LE) {
+    for (gsize i = 0; i < n; i++)
+      dest[i] = (gint16) GST_READ_UINT16_LE (src + 2 * i) / 32768.0f;
+  } else {
+    memcpy (dest, src, n * sizeof (gfloat));
+    for (gsize i = 0; i < n; i++) {
+      if (G_UNLIKELY (!isfinite (dest[i]))) {
+        dest[i] = 0.0f;
+        replaced++;
+      }
+    }
+  }
+  return replaced;
+}
+
+static GstFlowReturn
+handle_pcm (GstMoshiDialog * self, GstBuffer * buffer)
+{
+  GstFlowReturn ret;
+  GstMapInfo map;
+  guint64 skip;
+  gsize replaced = 0;
+
+  ret = sync_input (self, GST_BUFFER_PTS (buffer), &skip);
+  if (ret != GST_FLOW_OK)
+    return ret;
+
+  if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
+    goto map_failed;
+  gsize bpf = self->in_format == GST_AUDIO_FORMAT_S16LE ? 2 : 4;
+  gsize n = map.size / bpf;
+  gsize offset = MIN (skip, n);
+
+  while (offset < n && ret == GST_FLOW_OK) {
+    gsize take = MIN (n - offset, (gsize) self->frame_size - self->filled);
+    replaced += convert_input (self, self->pcm + self->filled,
+        map.data + offset * bpf, take);
+    self->filled += take;
+    offset += take;
+    if (self->filled == (gsize) self->frame_size) {
+      self->filled = 0;
+      ret = run_step (self, self->pcm, NULL, self->frame_size);
+    }
+  }
+  gst_buffer_unmap (buffer, &map);
+
+  if (G_UNLIKELY (replaced > 0)) {
+    GST_DEBUG_OBJECT (self, "replaced %" G_GSIZE_FORMAT " non-finite samples "
+        "by silence", replaced);
+    if (!self->warned_non_finite) {
+      GST_ELEMENT_WARNING (self, STREAM, FORMAT,
+          ("Input audio contains non-finite samples (NaN or infinity)"),
+          ("%" G_GSIZE_FORMAT " samples of the buffer at %" GST_TIME_FORMAT
+              " replaced by silence; further occurrences are only logged",
+              replaced, GST_TIME_ARGS (GST_BUFFER_PTS (buffer))));
+      self->warned_non_finite = TRUE;
+    }
+  }
+  return ret;
+
+  /* ERRORS */
+map_failed:
+  {
+    GST_ELEMENT_ERROR (self, RESOURCE, FAILED, (NULL),
+        ("Could not map a buffer"));
+    return GST_FLOW_ERROR;
+  }
+}
+
+static GstFlowReturn
+handle_codes (GstMoshiDialog * self, GstBuffer * buffer)
+{
+  GstFlowReturn ret;
+  GstMapInfo map;
+  guint64 skip;
+
+  gsize frame_bytes = (gsize) self->in_codebooks * 2;
+  gsize size = gst_buffer_get_size (buffer);
+  if (size == 0 || size % frame_bytes != 0)
+    goto bad_buffer;
+
+  ret = sync_input (self, GST_BUFFER_PTS (buffer), &skip);
+  if (ret != GST_FLOW_OK)
+    return ret;
+
+  gsize frames = size / frame_bytes;
+  gsize first = MIN (skip / self->frame_size, frames);
+  /* The padded last frame of a stream (mimienc marks it). */
+  gsize last_valid = self->frame_size;
+  GstAudioClippingMeta *clip = gst_buffer_get_audio_clipping_meta (buffer);
+  if (clip != NULL && clip->format == GST_FORMAT_DEFAULT
+      && clip->end < (guint64) self->frame_size)
+    last_valid = self->frame_size - clip->end;
+
+  if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
+    goto map_failed;
+  for (gsize f = 0; f < frames; f++) {
+    for (gint k = 0; k < self->in_codebooks; k++) {
+      guint16 code = GST_READ_UINT16_LE (map.data + f * frame_bytes + 2 * k);
+      if (code >= self->codebook_size) {
+        gst_buffer_unmap (buffer, &map);
+        goto bad_buffer;
+      }
+    }
+  }
+  ret = GST_FLOW_OK;
+  for (gsize f = first; f < frames && ret == GST_FLOW_OK; f++) {
+    for (gint k = 0; k < self->in_codebooks; k++)
+      self->codes[k] = GST_READ_UINT16_LE (map.data + f * frame_bytes + 2 * k);
+    ret = run_step (self, NULL, self->codes,
+        f == frames - 1 ? last_valid : (gsize) self->frame_size);
+  }
+  gst_buffer_unmap (buffer, &map);
+  return ret;
+
+  /* ERRORS */
+bad_buffer:
+  {
+    /* Dropped: the next buffer's timestamp makes up for its time with silence. */
+    GST_DEBUG_OBJECT (self, "dropping a token buffer of %" G_GSIZE_FORMAT
+        " bytes at %" GST_TIME_FORMAT, size,
+        GST_TIME_ARGS (GST_BUFFER_PTS (buffer)));
+    if (!self->warned_bad_tokens) {
+      GST_ELEMENT_WARNING (self, STREAM, DECODE,
+          ("Invalid Mimi token buffer dropped"),
+          ("%" G_GSIZE_FORMAT " bytes at %" GST_TIME_FORMAT ": not a whole "
+              "number of %d-codebook frames, or a code outside [0, %d); "
+              "further occurrences are only logged", size,
+              GST_TIME_ARGS (GST_BUFFER_PTS (buffer)), self->in_codebooks,
+              self->codebook_size));
+      self->warned_bad_tokens = TRUE;
+    }
+    return GST_FLOW_OK;
+  }
+map_failed:
+  {
+    GST_ELEMENT_ERROR (self, RESOURCE, FAILED, (NULL),
+        ("Could not map a buffer"));
+    return GST_FLOW_ERROR;
+  }
+}
+
+static GstFlowReturn
+gst_moshi_dialog_chain (GstPad * pad, GstObject * parent, GstBuffer * buffer)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+  GstFlowReturn ret;
+
+  if (G_UNLIKELY (self->dialog == NULL)) {
+    gst_buffer_unref (buffer);
+    return GST_FLOW_FLUSHING;
+  }
+  if (G_UNLIKELY (self->in_kind == INPUT_NONE))
+    goto not_negotiated;
+
+  GST_LOG_OBJECT (self, "%" GST_PTR_FORMAT, buffer);
+  if (self->in_kind == INPUT_PCM)
+    ret = handle_pcm (self, buffer);
+  else
+    ret = handle_codes (self, buffer);
+  gst_buffer_unref (buffer);
+  return ret;
+
+  /* ERRORS */
+not_negotiated:
+  {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
+        ("data before caps"));
+    gst_buffer_unref (buffer);
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+}
+
+/* ------------------------------------------------------------------ events */
+
+static void
+push_event_both (GstMoshiDialog * self, GstEvent * event)
+{
+  gst_pad_push_event (self->srcpad, gst_event_ref (event));
+  gst_pad_push_event (self->textpad, event);
+}
+
+static void
+push_stream_start (GstMoshiDialog * self, GstEvent * upstream)
+{
+  const gchar *upstream_id = NULL;
+  guint group;
+  gboolean have_group = FALSE;
+
+  if (upstream != NULL) {
+    gst_event_parse_stream_start (upstream, &upstream_id);
+    have_group = gst_event_parse_group_id (upstream, &group);
+  }
+
+  /* "<upstream id>/audio" and "/text", in one group: ccextractor's scheme. */
+  for (gint i = 0; i < 2; i++) {
+    GstPad *pad = i == 0 ? self->srcpad : self->textpad;
+    const gchar *suffix = i == 0 ? "audio" : "text";
+    gchar *id = upstream_id != NULL ? g_strconcat (upstream_id, "/", suffix,
+        NULL) : gst_pad_create_stream_id (pad, GST_ELEMENT (self), suffix);
+    GstEvent *event = gst_event_new_stream_start (id);
+    g_free (id);
+    if (have_group)
+      gst_event_set_group_id (event, group);
+    if (pad == self->textpad)
+      gst_event_set_stream_flags (event, GST_STREAM_FLAG_SPARSE);
+    if (upstream != NULL)
+      gst_event_set_seqnum (event, gst_event_get_seqnum (upstream));
+    gst_pad_push_event (pad, event);
+  }
+
+  GstCaps *text_caps = gst_caps_from_string (TEXT_CAPS);
+  gst_pad_push_event (self->textpad, gst_event_new_caps (text_caps));
+  gst_caps_unref (text_caps);
+  self->have_stream_start = TRUE;
+}
+
+static gboolean
+gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
+    GstEvent * event)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+  gboolean res = TRUE;
+
+  GST_DEBUG_OBJECT (self, "%" GST_PTR_FORMAT, event);
+
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_STREAM_START:
+      push_stream_start (self, event);
+      gst_event_unref (event);
+      break;
+    case GST_EVENT_CAPS:{
+      GstCaps *caps;
+      gst_event_parse_caps (event, &caps);
+      if (self->dialog == NULL) {
+        res = FALSE;
+      } else {
+        InputKind old = self->in_kind;
+        GstCaps *current = gst_pad_get_current_caps (pad);
+        /* Samples of the old format still waiting belong to the old stream. */
+        if (self->filled > 0 && current != NULL
+            && !gst_caps_is_equal (current, caps))
+          drain (self);
+        gst_clear_caps (&current);
+        res = set_input_caps (self, caps);
+        if (res && !self->have_stream_start)
+          push_stream_start (self, NULL);
+        if (res && (old == INPUT_NONE
+                || !gst_pad_has_current_caps (self->srcpad)))
+          res = negotiate_src (self);
+      }
+      gst_event_unref (event);
+      break;
+    }
+    case GST_EVENT_SEGMENT:{
+      GstSegment segment;
+      gst_event_copy_segment (event, &segment);
+      if (segment.format != GST_FORMAT_TIME) {
+        GST_INFO_OBJECT (self, "%s segment: timestamps start at 0",
+            gst_format_get_name (segment.format));
+        gst_segment_init (&segment, GST_FORMAT_TIME);
+        guint32 seqnum = gst_event_get_seqnum (event);
+        gst_event_unref (event);
+        event = gst_event_new_segment (&segment);
+        gst_event_set_seqnum (event, seqnum);
+      }
+      /* A new timeline: what waits belongs to the old one. */
+      if (self->have_base && self->dialog != NULL) {
+        drain (self);
+        self->have_base = FALSE;
+        self->discont = self->text_discont = TRUE;
+      }
+      self->segment = segment;
+      self->have_segment = TRUE;
+      push_event_both (self, event);
+      break;
+    }
+    case GST_EVENT_GAP:{
+      GstClockTime ts, duration;
+      gst_event_parse_gap (event, &ts, &duration);
+      if (self->dialog != NULL && self->in_kind != INPUT_NONE
+          && GST_CLOCK_TIME_IS_VALID (ts)
+          && GST_CLOCK_TIME_IS_VALID (duration)) {
+        /* The conversation goes on through the gap: the user is silent. */
+        guint64 skip;
+        GstFlowReturn ret = sync_input (self, ts, &skip);
+        if (ret == GST_FLOW_OK) {
+          GstClockTime end = ts + duration;
+          GstClockTime now = out_time (self, self->samples_out + self->filled);
+          if (end > now) {
+            guint64 n = gst_util_uint64_scale_round (end - now, self->rate,
+                GST_SECOND);
+            if (self->in_kind == INPUT_CODES)
+              n = (n + self->frame_size / 2) / self->frame_size *
+                  self->frame_size;
+            ret = feed_silence (self, n);
+          }
+        }
+        res = ret == GST_FLOW_OK;
+      } else {
+        GST_DEBUG_OBJECT (self, "ignoring a gap without time or before caps");
+      }
+      gst_event_unref (event);
+      break;
+    }
+    case GST_EVENT_EOS:
+      if (self->dialog != NULL)
+        drain (self);
+      push_event_both (self, event);
+      break;
+    case GST_EVENT_FLUSH_START:
+      push_event_both (self, event);
+      break;
+    case GST_EVENT_FLUSH_STOP:
+      if (self->dialog != NULL)
+        reset_conversation (self);
+      gst_flow_combiner_reset (self->combiner);
+      gst_segment_init (&self->segment, GST_FORMAT_TIME);
+      self->have_segment = FALSE;
+      push_event_both (self, event);
+      break;
+    case GST_EVENT_TAG:
+      /* Tags describe the user's audio, not what comes out. */
+      gst_event_unref (event);
+      break;
+    default:
+      res = gst_pad_event_default (pad, parent, event);
+      break;
+  }
+  return res;
+}
+
+static gboolean
+gst_moshi_dialog_src_event (GstPad * pad, GstObject * parent, GstEvent * event)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_SEEK:{
+      /* The audio and the text sink both send the application's seek. */
+      guint32 seqnum = gst_event_get_seqnum (event);
+      GST_OBJECT_LOCK (self);
+      gboolean seen = seqnum == self->last_seek_seqnum;
+      self->last_seek_seqnum = seqnum;
+      GST_OBJECT_UNLOCK (self);
+      if (seen) {
+        GST_DEBUG_OBJECT (pad, "seek %u already forwarded", seqnum);
+        gst_event_unref (event);
+        return TRUE;
+      }
+      break;
+    }
+    case GST_EVENT_QOS:
+    case GST_EVENT_RECONFIGURE:
+      /* The text stream's timing and format are none of upstream's business. */
+      if (pad == self->textpad) {
+        gst_event_unref (event);
+        return TRUE;
+      }
+      break;
+    default:
+      break;
+  }
+  return gst_pad_push_event (self->sinkpad, event);
+}
+
+/* ------------------------------------------------------------------ queries */
+
+static gboolean
+answer_caps_query (GstMoshiDialog * self, GstPad * pad, GstQuery * query)
+{
+  GstCaps *filter, *caps = pad_caps (self, pad);
+
+  gst_query_parse_caps (query, &filter);
+  if (filter != NULL) {
+    GstCaps *tmp = gst_caps_intersect_full (filter, caps,
+        GST_CAPS_INTERSECT_FIRST);
+    gst_caps_unref (caps);
+    caps = tmp;
+  }
+  gst_query_set_caps_result (query, caps);
+  gst_caps_unref (caps);
+  return TRUE;
+}
+
+static gboolean
+gst_moshi_dialog_sink_query (GstPad * pad, GstObject * parent,
+    GstQuery * query)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+
+  switch (GST_QUERY_TYPE (query)) {
+    case GST_QUERY_CAPS:
+      return answer_caps_query (self, pad, query);
+    case GST_QUERY_ACCEPT_CAPS:{
+      gboolean res = gst_pad_query_default (pad, parent, query);
+      gboolean accepted;
+      GstCaps *caps;
+      gst_query_parse_accept_caps_result (query, &accepted);
+      if (res && !accepted) {
+        gst_query_parse_accept_caps (query, &caps);
+        gst_moshi_log_refused_caps (GST_ELEMENT (self), GST_CAT_DEFAULT, pad,
+            caps, "moshidialog takes 24000 Hz mono F32LE or S16LE audio (put "
+            "audioconvert ! audioresample in front of it) or Mimi tokens");
+      }
+      return res;
+    }
+    case GST_QUERY_ALLOCATION:
+      /* The outputs have other formats than the input: nothing to propose. */
+      return FALSE;
+    default:
+      return gst_pad_query_default (pad, parent, query);
+  }
+}
+
+static gboolean
+gst_moshi_dialog_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+
+  switch (GST_QUERY_TYPE (query)) {
+    case GST_QUERY_CAPS:
+      return answer_caps_query (self, pad, query);
+    case GST_QUERY_LATENCY:{
+      gboolean live;
+      GstClockTime min, max;
+
+      if (!gst_pad_peer_query (self->sinkpad, query))
+        return FALSE;
+      GST_OBJECT_LOCK (self);
+      GstClockTime ours = self->latency;
+      GST_OBJECT_UNLOCK (self);
+      if (!GST_CLOCK_TIME_IS_VALID (ours))
+        return FALSE;
+      gst_query_parse_latency (query, &live, &min, &max);
+      GST_DEBUG_OBJECT (pad, "upstream latency %" GST_TIME_FORMAT " - %"
+          GST_TIME_FORMAT " (live %d), ours %" GST_TIME_FORMAT,
+          GST_TIME_ARGS (min), GST_TIME_ARGS (max), live, GST_TIME_ARGS (ours));
+      min += ours;
+      if (GST_CLOCK_TIME_IS_VALID (max))
+        max += ours;
+      gst_query_set_latency (query, live, min, max);
+      return TRUE;
+    }
+    default:
+      return gst_pad_query_default (pad, parent, query);
+  }
+}
+
+/* ------------------------------------------------------------------ states */
+
+static GstStateChangeReturn
+gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (element);
+  GstStateChangeReturn ret;
+
+  switch (transition) {
+    case GST_STATE_CHANGE_NULL_TO_READY:
+      if (!ensure_models (self))
+        return GST_STATE_CHANGE_FAILURE;
+      break;
+    case GST_STATE_CHANGE_READY_TO_PAUSED:
+      /* The model properties may have changed while in READY. The pads are not active
+       * yet: no data can arrive before the conversation exists. */
+      if (!ensure_models (self) || !start_stream (self))
+        return GST_STATE_CHANGE_FAILURE;
+      break;
+    default:
+      break;
+  }
+
+  ret = GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+  if (ret == GST_STATE_CHANGE_FAILURE) {
+    if (transition == GST_STATE_CHANGE_READY_TO_PAUSED)
+      stop_stream (self);
+    return ret;
+  }
+
+  switch (transition) {
+    case GST_STATE_CHANGE_PAUSED_TO_READY:
+      /* The pads are inactive: the streaming thread has left the element. */
+      stop_stream (self);
+      break;
+    case GST_STATE_CHANGE_READY_TO_NULL:
+      close_models (self);
+      break;
+    default:
+      break;
+  }
+  return ret;
+}
+
+/* ------------------------------------------------------------------ properties */
+
+static void
+set_string (GstMoshiDialog * self, gchar ** field, const GValue * value)
+{
+  GST_OBJECT_LOCK (self);
+  g_free (*field);
+  *field = g_value_dup_string (value);
+  /* An empty string from gst-launch means "none". */
+  if (*field != NULL && (*field)[0] == '\0')
+    g_clear_pointer (field, g_free);
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_moshi_dialog_set_property (GObject * object, guint prop_id,
+    const GValue * value, GParamSpec * pspec)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (object);
+
+  switch (prop_id) {
+    case PROP_MODEL:
+      set_string (self, &self->spec.model, value);
+      break;
+    case PROP_LM_CONFIG:
+      set_string (self, &self->spec.lm_config, value);
+      break;
+    case PROP_MIMI_MODEL:
+      set_string (self, &self->spec.mimi_model, value);
+      break;
+    case PROP_MIMI_CONFIG:
+      set_string (self, &self->spec.mimi_config, value);
+      break;
+    case PROP_TOKENIZER:
+      set_string (self, &self->spec.tokenizer, value);
+      break;
+    case PROP_DEVICE:
+      GST_OBJECT_LOCK (self);
+      self->spec.device = g_value_get_enum (value);
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_THREADS:
+      GST_OBJECT_LOCK (self);
+      self->threads = g_value_get_int (value);
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_TEXT_TEMPERATURE:
+      GST_OBJECT_LOCK (self);
+      self->sampling.text_temperature = g_value_get_float (value);
+      self->sampling_serial++;
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_TEXT_TOPK:
+      GST_OBJECT_LOCK (self);
+      self->sampling.text_topk = g_value_get_int (value);
+      self->sampling_serial++;
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_AUDIO_TEMPERATURE:
+      GST_OBJECT_LOCK (self);
+      self->sampling.audio_temperature = g_value_get_float (value);
+      self->sampling_serial++;
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_AUDIO_TOPK:
+      GST_OBJECT_LOCK (self);
+      self->sampling.audio_topk = g_value_get_int (value);
+      self->sampling_serial++;
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case PROP_SEED:
+      GST_OBJECT_LOCK (self);
+      self->sampling.seed = g_value_get_uint64 (value);
+      self->sampling_serial++;
+      GST_OBJECT_UNLOCK (self);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+}
+
+static void
+gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
+    GParamSpec * pspec)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (object);
+
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_MODEL:
+      g_value_set_string (value, self->spec.model);
+      break;
+    case PROP_LM_CONFIG:
+      g_value_set_string (value, self->spec.lm_config);
+      break;
+    case PROP_MIMI_MODEL:
+      g_value_set_string (value, self->spec.mimi_model);
+      break;
+    case PROP_MIMI_CONFIG:
+      g_value_set_string (value, self->spec.mimi_config);
+      break;
+    case PROP_TOKENIZER:
+      g_value_set_string (value, self->spec.tokenizer);
+      break;
+    case PROP_DEVICE:
+      g_value_set_enum (value, self->spec.device);
+      break;
+    case PROP_THREADS:
+      g_value_set_int (value, self->threads);
+      break;
+    case PROP_TEXT_TEMPERATURE:
+      g_value_set_float (value, self->sampling.text_temperature);
+      break;
+    case PROP_TEXT_TOPK:
+      g_value_set_int (value, self->sampling.text_topk);
+      break;
+    case PROP_AUDIO_TEMPERATURE:
+      g_value_set_float (value, self->sampling.audio_temperature);
+      break;
+    case PROP_AUDIO_TOPK:
+      g_value_set_int (value, self->sampling.audio_topk);
+      break;
+    case PROP_SEED:
+      g_value_set_uint64 (value, self->sampling.seed);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_moshi_dialog_finalize (GObject * object)
+{
+  GstMoshiDialog *self = GST_MOSHI_DIALOG (object);
+
+  /* Normally done by the state changes; an element finalized in READY still holds
+   * its models. */
+  stop_stream (self);
+  close_models (self);
+  model_spec_clear (&self->spec);
+  gst_flow_combiner_free (self->combiner);
+  G_OBJECT_CLASS (parent_class)->finalize (object);
+}
+
+static void
+gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
+{
+  GObjectClass *gobject_class = G_OBJECT_CLASS (klass);
+  GstElementClass *element_class = GST_ELEMENT_CLASS (klass);
+  const GParamFlags model_flags = G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+      GST_PARAM_MUTABLE_READY;
+  const GParamFlags live_flags = G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+      GST_PARAM_MUTABLE_PLAYING;
+
+  GST_DEBUG_CATEGORY_INIT (gst_moshi_dialog_debug, "moshidialog", 0,
+      "Moshi spoken dialogue");
+
+  gobject_class->set_property = gst_moshi_dialog_set_property;
+  gobject_class->get_property = gst_moshi_dialog_get_property;
+  gobject_class->finalize = gst_moshi_dialog_finalize;
+
+  g_object_class_install_property (gobject_class, PROP_MODEL,
+      g_param_spec_string ("model", "Model",
+          "Moshi LM weights: a safetensors file, a directory holding "
+          LM_HUB_FILENAME ", or a Hugging Face repo id (owner/name[@revision]"
+          "[:file], e.g. kyutai/moshiko-pytorch-bf16) already in the local "
+          "hub cache (nothing is downloaded)", NULL, model_flags));
+  g_object_class_install_property (gobject_class, PROP_LM_CONFIG,
+      g_param_spec_string ("lm-config", "LM configuration",
+          "LM configuration JSON in the upstream layout, for models other "
+          "than the released Moshi 7B (NULL = Moshi 7B)", NULL, model_flags));
+  g_object_class_install_property (gobject_class, PROP_MIMI_MODEL,
+      g_param_spec_string ("mimi-model", "Mimi model",
+          "Mimi weights: a safetensors file, a directory holding "
+          MOSHI_HUB_MIMI_FILENAME ", or a Hugging Face repo id (NULL = the "
+          "repository or directory \"model\" names)", NULL, model_flags));
+  g_object_class_install_property (gobject_class, PROP_MIMI_CONFIG,
+      g_param_spec_string ("mimi-config", "Mimi configuration",
+          "Mimi configuration JSON in the upstream mimi_config layout, for "
+          "models other than the released one (NULL = released Mimi)", NULL,
+          model_flags));
+  g_object_class_install_property (gobject_class, PROP_TOKENIZER,
+      g_param_spec_string ("tokenizer", "Text tokenizer",
+          "SentencePiece model of the LM's text tokens: a .model file, a "
+          "directory holding " TOKENIZER_HUB_FILENAME ", or a Hugging Face "
+          "repo id (NULL = no text output)", NULL, model_flags));
+  g_object_class_install_property (gobject_class, PROP_DEVICE,
+      g_param_spec_enum ("device", "Device", "Where the networks run",
+          GST_TYPE_MOSHI_DEVICE, GST_MOSHI_DEFAULT_DEVICE, model_flags));
+  g_object_class_install_property (gobject_class, PROP_THREADS,
+      g_param_spec_int ("threads", "Threads",
+          "CPU threads used by this element's conversation (0 = automatic)",
+          0, GST_MOSHI_MAX_THREADS, GST_MOSHI_DEFAULT_THREADS, model_flags));
+  g_object_class_install_property (gobject_class, PROP_TEXT_TEMPERATURE,
+      g_param_spec_float ("text-temperature", "Text temperature",
+          "Sampling temperature of the text tokens (0 = greedy)",
+          0.0f, MAX_TEMPERATURE, DEFAULT_TEXT_TEMPERATURE, live_flags));
+  g_object_class_install_property (gobject_class, PROP_TEXT_TOPK,
+      g_param_spec_int ("text-topk", "Text top-k",
+          "Sample text tokens among the k most likely (0 = all)",
+          0, G_MAXINT, DEFAULT_TEXT_TOPK, live_flags));
+  g_object_class_install_property (gobject_class, PROP_AUDIO_TEMPERATURE,
+      g_param_spec_float ("audio-temperature", "Audio temperature",
+          "Sampling temperature of the audio tokens (0 = greedy)",
+          0.0f, MAX_TEMPERATURE, DEFAULT_AUDIO_TEMPERATURE, live_flags));
+  g_object_class_install_property (gobject_class, PROP_AUDIO_TOPK,
+      g_param_spec_int ("audio-topk", "Audio top-k",
+          "Sample audio tokens among the k most likely (0 = all)",
+          0, G_MAXINT, DEFAULT_AUDIO_TOPK, live_flags));
+  g_object_class_install_property (gobject_class, PROP_SEED,
+      g_param_spec_uint64 ("seed", "Seed",
+          "Seed of the sampling random generator; a conversation restarts "
+          "from it at every stream start and flush",
+          0, G_MAXUINT64, DEFAULT_SEED, live_flags));
+
+  gst_element_class_add_static_pad_template (element_class, &sink_template);
+  gst_element_class_add_static_pad_template (element_class, &src_template);
+  gst_element_class_add_static_pad_template (element_class,
+      &text_src_template);
+  gst_element_class_set_static_metadata (element_class,
+      "Moshi spoken dialogue", "Converter/Audio/Text",
+      "Talks with the user: Kyutai's Moshi speech-to-speech model, the user's "
+      "voice in, the model's voice and words out", "gst-moshi developers");
+
+  element_class->change_state =
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_change_state);
+}
+
+static void
+gst_moshi_dialog_init (GstMoshiDialog * self)
+{
+  self->sinkpad = gst_pad_new_from_static_template (&sink_template, "sink");
+  gst_pad_set_chain_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_chain));
+  gst_pad_set_event_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_sink_event));
+  gst_pad_set_query_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_sink_query));
+  GST_PAD_SET_ACCEPT_TEMPLATE (self->sinkpad);
+  gst_element_add_pad (GST_ELEMENT (self), self->sinkpad);
+
+  self->srcpad = gst_pad_new_from_static_template (&src_template, "src");
+  gst_pad_set_event_function (self->srcpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_src_event));
+  gst_pad_set_query_function (self->srcpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_src_query));
+  gst_element_add_pad (GST_ELEMENT (self), self->srcpad);
+
+  self->textpad = gst_pad_new_from_static_template (&text_src_template,
+      "text_src");
+  gst_pad_set_event_function (self->textpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_src_event));
+  gst_pad_set_query_function (self->textpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_dialog_src_query));
+  gst_pad_use_fixed_caps (self->textpad);
+  gst_element_add_pad (GST_ELEMENT (self), self->textpad);
+
+  self->combiner = gst_flow_combiner_new ();
+  gst_flow_combiner_add_pad (self->combiner, self->srcpad);
+  gst_flow_combiner_add_pad (self->combiner, self->textpad);
+
+  self->spec.device = GST_MOSHI_DEFAULT_DEVICE;
+  self->threads = GST_MOSHI_DEFAULT_THREADS;
+  self->sampling.text_temperature = DEFAULT_TEXT_TEMPERATURE;
+  self->sampling.text_topk = DEFAULT_TEXT_TOPK;
+  self->sampling.audio_temperature = DEFAULT_AUDIO_TEMPERATURE;
+  self->sampling.audio_topk = DEFAULT_AUDIO_TOPK;
+  self->sampling.seed = DEFAULT_SEED;
+  self->latency = GST_CLOCK_TIME_NONE;
+  self->last_seek_seqnum = GST_SEQNUM_INVALID;
+  gst_segment_init (&self->segment, GST_FORMAT_TIME);
+  self->mimi.device = GST_MOSHI_DEFAULT_DEVICE;
+}

@@ -1,0 +1,1589 @@
+/* GstHarness tests of the moshidialog element, against the inference library.
+ *
+ * Models: the small dialog LM (tests/data/lm/dialog: 8 user + 8 model codebooks of 256
+ * entries, text vocabulary 360, acoustic delay 1), the small Mimi (tests/data/mimi/small) and
+ * the tiny tokenizer (tests/data/tokenizer/tiny.model). Input: the real speech of Mimi's golden
+ * file. The reference for every sample, token and word is the library's own MoshiDialog,
+ * driven one frame per step as the element documents; one test also checks the element
+ * against the upstream PyTorch run stored in tests/data/lm/dialog/golden.safetensors. */
+#include <gst/audio/audio.h>
+#include <gst/check/gstcheck.h>
+#include <gst/check/gstharness.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "moshi-dialog.h"
+#include "moshi-hub.h"
+#include "moshi-safetensors.h"
+
+#define RATE 24000
+#define FRAME 1920
+#define FRAME_NS (80 * GST_MSECOND)
+#define USER_CODEBOOKS 8
+#define MODEL_CODEBOOKS 8
+#define CODEBOOK_SIZE 256
+#define DELAY 1
+#define MODEL_DATA_KEY "gst-moshi-mimi-model"
+#define LM_DATA_KEY "gst-moshi-lm-model"
+
+#define RAW_F32_CAPS "audio/x-raw, format=F32LE, layout=interleaved, rate=24000, channels=1"
+#define RAW_S16_CAPS "audio/x-raw, format=S16LE, layout=interleaved, rate=24000, channels=1"
+#define TOKEN_CAPS_FMT "audio/x-mimi, rate=24000, channels=1, framerate=25/2, codebooks=%d, " \
+    "codebook-size=%d, stream-format=u16le"
+
+static gchar *lm_path, *lm_config, *mimi_path, *mimi_config, *tokenizer_path;
+
+/* ------------------------------------------------------------------ test data */
+
+static void
+init_paths (void)
+{
+  if (lm_path != NULL)
+    return;
+  const gchar *data = g_getenv ("MOSHI_TEST_DATA");
+  fail_unless (data != NULL, "MOSHI_TEST_DATA is not set");
+  lm_path = g_build_filename (data, "lm", "dialog", "model.safetensors", NULL);
+  lm_config = g_build_filename (data, "lm", "dialog", "config.json", NULL);
+  mimi_path = g_build_filename (data, "mimi", "small", "model.safetensors", NULL);
+  mimi_config = g_build_filename (data, "mimi", "small", "config.json", NULL);
+  tokenizer_path = g_build_filename (data, "tokenizer", "tiny.model", NULL);
+}
+
+static gboolean
+under_valgrind (void)
+{
+  return g_getenv ("MOSHI_TEST_VALGRIND") != NULL;
+}
+
+/* The golden speech signal: 42240 samples (22 frames) of espeak-ng at 24 kHz. */
+static gfloat *
+load_speech (gsize * n)
+{
+  g_autoptr (GError) error = NULL;
+  init_paths ();
+  g_autofree gchar *golden = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "mimi", "small",
+      "golden.safetensors", NULL);
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
+  fail_unless (st != NULL, "%s", error ? error->message : "");
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "speech.pcm");
+  fail_unless (e != NULL && e->dtype == MOSHI_DTYPE_F32);
+  *n = e->nbytes / sizeof (gfloat);
+  return g_memdup2 (e->data, e->nbytes);
+}
+
+/* n samples of speech (the golden signal, looped). */
+static gfloat *
+make_speech (gsize n)
+{
+  gsize len;
+  g_autofree gfloat *speech = load_speech (&len);
+  gfloat *out = g_new (gfloat, n);
+  for (gsize i = 0; i < n; i++)
+    out[i] = speech[i % len];
+  return out;
+}
+
+/* ------------------------------------------------------------------ library reference */
+
+typedef struct
+{
+  gsize frames;
+  gfloat *pcm;                  /* frames * FRAME, the model's speech */
+  gint32 *codes;                /* frames * MODEL_CODEBOOKS */
+  gint32 *tokens;               /* text token of each frame */
+  gboolean *returned;
+  gchar **texts;                /* per frame; NULL where no word */
+} Reference;
+
+static void
+reference_free (Reference * ref)
+{
+  g_free (ref->pcm);
+  g_free (ref->codes);
+  g_free (ref->tokens);
+  g_free (ref->returned);
+  for (gsize i = 0; i < ref->frames; i++)
+    g_free (ref->texts[i]);
+  g_free (ref->texts);
+  g_free (ref);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Reference, reference_free);
+
+static void
+greedy_params (MoshiLmSamplingParams * params)
+{
+  moshi_lm_sampling_params_init (params);
+  params->text_temperature = 0.0f;
+  params->audio_temperature = 0.0f;
+}
+
+/* A fresh conversation over n samples of user audio (zero-padded to whole frames), or over
+ * frames of user codes (frame-major, in_codebooks each) when codes is not NULL. */
+static Reference *
+reference_run_full (const gfloat * pcm, gsize n, const gint32 * codes, gsize code_frames,
+    gint in_codebooks, const MoshiLmSamplingParams * params)
+{
+  g_autoptr (GError) error = NULL;
+  init_paths ();
+  g_autoptr (MoshiLm) lm = moshi_lm_load (lm_path, lm_config, NULL, &error);
+  fail_unless (lm != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiMimi) mimi = moshi_mimi_load (mimi_path, mimi_config, NULL, &error);
+  fail_unless (mimi != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiTokenizer) tok = moshi_tokenizer_load (tokenizer_path, &error);
+  fail_unless (tok != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiDialogModel) model = moshi_dialog_model_new (lm, mimi, tok, &error);
+  fail_unless (model != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiDialog) dialog = moshi_dialog_new (model, params, 0, &error);
+  fail_unless (dialog != NULL, "%s", error ? error->message : "");
+
+  Reference *ref = g_new0 (Reference, 1);
+  ref->frames = codes ? code_frames : (n + FRAME - 1) / FRAME;
+  ref->pcm = g_new0 (gfloat, ref->frames * FRAME);
+  ref->codes = g_new0 (gint32, ref->frames * MODEL_CODEBOOKS);
+  ref->tokens = g_new0 (gint32, ref->frames);
+  ref->returned = g_new0 (gboolean, ref->frames);
+  ref->texts = g_new0 (gchar *, ref->frames);
+  gfloat in[FRAME];
+  for (gsize f = 0; f < ref->frames; f++) {
+    MoshiDialogFrame frame;
+    gboolean ok;
+    if (codes != NULL) {
+      ok = moshi_dialog_step_codes (dialog, codes + f * in_codebooks, in_codebooks, &frame,
+          ref->pcm + f * FRAME, &error);
+    } else {
+      memset (in, 0, sizeof (in));
+      memcpy (in, pcm + f * FRAME, MIN (FRAME, n - f * FRAME) * sizeof (gfloat));
+      ok = moshi_dialog_step_pcm (dialog, in, &frame, ref->pcm + f * FRAME, &error);
+    }
+    fail_unless (ok, "%s", error ? error->message : "");
+    memcpy (ref->codes + f * MODEL_CODEBOOKS, frame.audio_codes,
+        MODEL_CODEBOOKS * sizeof (gint32));
+    ref->tokens[f] = frame.text_token;
+    ref->returned[f] = frame.returned;
+    ref->texts[f] = frame.text && frame.text[0] ? g_strdup (frame.text) : NULL;
+  }
+  return ref;
+}
+
+static Reference *
+reference_run (const gfloat * pcm, gsize n, const MoshiLmSamplingParams * params)
+{
+  return reference_run_full (pcm, n, NULL, 0, 0, params);
+}
+
+static Reference *
+greedy_reference (const gfloat * pcm, gsize n)
+{
+  MoshiLmSamplingParams params;
+  greedy_params (&params);
+  return reference_run (pcm, n, &params);
+}
+
+/* Mimi codes of pcm (whole frames), frame-major, as mimienc makes them. */
+static gint32 *
+mimi_encode (const gfloat * pcm, gsize frames, gint codebooks)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (MoshiMimi) mimi = moshi_mimi_load (mimi_path, mimi_config, NULL, &error);
+  fail_unless (mimi != NULL, "%s", error ? error->message : "");
+  MoshiMimiSessionOptions options = {.num_codebooks = codebooks,.max_frames_per_call = 1 };
+  g_autoptr (MoshiMimiSession) session = moshi_mimi_session_new (mimi, &options, &error);
+  g_autofree gint32 *by_codebook = g_new (gint32, frames * codebooks);
+  fail_unless (moshi_mimi_session_encode (session, pcm, (gint) frames, by_codebook, &error),
+      "%s", error ? error->message : "");
+  gint32 *codes = g_new (gint32, frames * codebooks);
+  for (gsize f = 0; f < frames; f++)
+    for (gint k = 0; k < codebooks; k++)
+      codes[f * codebooks + k] = by_codebook[k * frames + f];
+  return codes;
+}
+
+/* ------------------------------------------------------------------ harness helpers */
+
+static GstElement *
+make_dialog (gboolean greedy)
+{
+  init_paths ();
+  GstElement *element = gst_element_factory_make ("moshidialog", NULL);
+  fail_unless (element != NULL, "no moshidialog: is the plugin on GST_PLUGIN_PATH_1_0?");
+  g_object_set (element, "model", lm_path, "lm-config", lm_config, "mimi-model", mimi_path,
+      "mimi-config", mimi_config, "tokenizer", tokenizer_path, NULL);
+  if (greedy)
+    g_object_set (element, "text-temperature", 0.0f, "audio-temperature", 0.0f, NULL);
+  return element;
+}
+
+typedef struct
+{
+  GstHarness *h;                /* sink -> src */
+  GstHarness *text;             /* text_src, or NULL: left unlinked */
+} Harnesses;
+
+static void
+harnesses_new (Harnesses * hs, GstElement * element, gboolean link_text,
+    const gchar * input_caps)
+{
+  hs->h = gst_harness_new_with_element (element, "sink", "src");
+  gst_object_unref (element);
+  hs->text = link_text ? gst_harness_new_with_element (hs->h->element, NULL, "text_src") :
+      NULL;
+  if (input_caps != NULL)
+    gst_harness_set_src_caps_str (hs->h, input_caps);
+}
+
+static void
+harnesses_teardown (Harnesses * hs)
+{
+  if (hs->text != NULL)
+    gst_harness_teardown (hs->text);
+  gst_harness_teardown (hs->h);
+}
+
+static GstClockTime
+samples_to_time (guint64 samples)
+{
+  return gst_util_uint64_scale (samples, GST_SECOND, RATE);
+}
+
+/* Pushes pcm in buffers of chunk samples, timestamped from start_ns. */
+static void
+push_pcm (GstHarness * h, const gfloat * pcm, gsize n, gsize chunk, GstClockTime start_ns)
+{
+  for (gsize off = 0; off < n; off += chunk) {
+    gsize m = MIN (chunk, n - off);
+    GstBuffer *buf = gst_buffer_new_memdup (pcm + off, m * sizeof (gfloat));
+    GST_BUFFER_PTS (buf) = start_ns + samples_to_time (off);
+    GST_BUFFER_DURATION (buf) = start_ns + samples_to_time (off + m) - GST_BUFFER_PTS (buf);
+    fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_OK);
+  }
+}
+
+static GstBuffer *
+token_buffer (const gint32 * codes, gsize frames, gint codebooks, gsize first_frame)
+{
+  gsize size = frames * codebooks * 2;
+  guint8 *data = g_malloc (size);
+  for (gsize i = 0; i < frames * codebooks; i++)
+    GST_WRITE_UINT16_LE (data + 2 * i, (guint16) codes[first_frame * codebooks + i]);
+  GstBuffer *buf = gst_buffer_new_wrapped (data, size);
+  GST_BUFFER_PTS (buf) = first_frame * FRAME_NS;
+  GST_BUFFER_DURATION (buf) = frames * FRAME_NS;
+  return buf;
+}
+
+static GPtrArray *
+pull_all (GstHarness * h)
+{
+  GPtrArray *bufs = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_buffer_unref);
+  GstBuffer *buf;
+  while ((buf = gst_harness_try_pull (h)) != NULL)
+    g_ptr_array_add (bufs, buf);
+  return bufs;
+}
+
+/* The events received, of one type. */
+static GPtrArray *
+pull_events (GstHarness * h, GstEventType type)
+{
+  GPtrArray *events = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_event_unref);
+  GstEvent *event;
+  while ((event = gst_harness_try_pull_event (h)) != NULL) {
+    if (GST_EVENT_TYPE (event) == type)
+      g_ptr_array_add (events, event);
+    else
+      gst_event_unref (event);
+  }
+  return events;
+}
+
+static gfloat *
+concat_f32 (GPtrArray * bufs, gsize * n)
+{
+  GByteArray *bytes = g_byte_array_new ();
+  for (guint i = 0; i < bufs->len; i++) {
+    GstMapInfo map;
+    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, i), &map, GST_MAP_READ));
+    g_byte_array_append (bytes, map.data, map.size);
+    gst_buffer_unmap (g_ptr_array_index (bufs, i), &map);
+  }
+  *n = bytes->len / sizeof (gfloat);
+  return (gfloat *) g_byte_array_free (bytes, FALSE);
+}
+
+static void
+assert_pcm_equal (const gfloat * got, const gfloat * expected, gsize n)
+{
+  for (gsize i = 0; i < n; i++) {
+    if (memcmp (&got[i], &expected[i], sizeof (gfloat)) != 0)
+      fail ("sample %" G_GSIZE_FORMAT " differs: %.9g vs %.9g (frame %" G_GSIZE_FORMAT ")",
+          i, got[i], expected[i], i / FRAME);
+  }
+}
+
+/* One buffer per frame, contiguous from first_pts, the last one possibly shorter; the
+ * first marked DISCONT. */
+static void
+assert_frames (GPtrArray * bufs, gsize frames, GstClockTime first_pts,
+    gsize bytes_per_sample, gsize last_samples)
+{
+  fail_unless_equals_int (bufs->len, frames);
+  for (guint i = 0; i < bufs->len; i++) {
+    GstBuffer *buf = g_ptr_array_index (bufs, i);
+    gsize n = i + 1 == bufs->len ? last_samples : FRAME;
+    fail_unless_equals_int (gst_buffer_get_size (buf), n * bytes_per_sample);
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), first_pts + samples_to_time (i * FRAME));
+    fail_unless_equals_uint64 (GST_BUFFER_DURATION (buf),
+        samples_to_time (i * FRAME + n) - samples_to_time (i * FRAME));
+    fail_unless_equals_int (GST_BUFFER_FLAG_IS_SET (buf, GST_BUFFER_FLAG_DISCONT), i == 0);
+  }
+}
+
+/* The audio output equals the reference, frame for frame and bit for bit. */
+static void
+assert_audio_matches (GPtrArray * bufs, const Reference * ref, gsize n_samples)
+{
+  gsize got_n;
+  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
+  fail_unless_equals_int (got_n, n_samples);
+  assert_pcm_equal (got, ref->pcm, n_samples);
+}
+
+/* text_src carried one buffer per reference word, at its frame's time, and a GAP event for
+ * every other frame. */
+static void
+assert_text_matches (GstHarness * text, const Reference * ref, GstClockTime first_pts,
+    gsize frames)
+{
+  g_autoptr (GPtrArray) bufs = pull_all (text);
+  g_autoptr (GPtrArray) gaps = pull_events (text, GST_EVENT_GAP);
+  guint b = 0, g = 0;
+  for (gsize f = 0; f < frames; f++) {
+    GstClockTime pts = first_pts + f * FRAME_NS;
+    if (ref->texts[f] != NULL) {
+      fail_unless (b < bufs->len, "missing text buffer for frame %" G_GSIZE_FORMAT, f);
+      GstBuffer *buf = g_ptr_array_index (bufs, b++);
+      GstMapInfo map;
+      fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
+      fail_unless (g_utf8_validate ((const gchar *) map.data, map.size, NULL));
+      g_autofree gchar *s = g_strndup ((const gchar *) map.data, map.size);
+      gst_buffer_unmap (buf, &map);
+      fail_unless_equals_string (s, ref->texts[f]);
+      fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), pts);
+      fail_unless_equals_uint64 (GST_BUFFER_DURATION (buf), FRAME_NS);
+    } else {
+      fail_unless (g < gaps->len, "missing gap for frame %" G_GSIZE_FORMAT, f);
+      GstClockTime ts, duration;
+      gst_event_parse_gap (g_ptr_array_index (gaps, g++), &ts, &duration);
+      fail_unless_equals_uint64 (ts, pts);
+      fail_unless_equals_uint64 (duration, FRAME_NS);
+    }
+  }
+  fail_unless_equals_int (b, bufs->len);
+  fail_unless_equals_int (g, gaps->len);
+}
+
+static guint
+count_words (const Reference * ref)
+{
+  guint words = 0;
+  for (gsize f = 0; f < ref->frames; f++)
+    words += ref->texts[f] != NULL;
+  return words;
+}
+
+static void
+assert_tokens_match (GPtrArray * bufs, const Reference * ref, gsize first_frame, gsize frames)
+{
+  fail_unless_equals_int (bufs->len, frames);
+  for (gsize i = 0; i < frames; i++) {
+    GstBuffer *buf = g_ptr_array_index (bufs, i);
+    GstMapInfo map;
+    fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
+    fail_unless_equals_int (map.size, MODEL_CODEBOOKS * 2);
+    for (gint k = 0; k < MODEL_CODEBOOKS; k++)
+      fail_unless_equals_int (GST_READ_UINT16_LE (map.data + 2 * k),
+          ref->codes[(first_frame + i) * MODEL_CODEBOOKS + k]);
+    gst_buffer_unmap (buf, &map);
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), (first_frame + i) * FRAME_NS);
+  }
+}
+
+static GstBus *
+attach_bus (GstElement * element)
+{
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (element, bus);
+  return bus;
+}
+
+static void
+drop_bus (GstBus * bus)
+{
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+}
+
+static void
+push_flush (GstHarness * h)
+{
+  GstSegment segment;
+  fail_unless (gst_harness_push_event (h, gst_event_new_flush_start ()));
+  fail_unless (gst_harness_push_event (h, gst_event_new_flush_stop (TRUE)));
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  fail_unless (gst_harness_push_event (h, gst_event_new_segment (&segment)));
+}
+
+/* ================================================================== data flow */
+
+/* N frames in, N frames out: exact timestamps, the library's greedy speech and words. */
+GST_START_TEST (test_frames_timestamps_text)
+{
+  gsize n;
+  g_autofree gfloat *speech = load_speech (&n);
+  fail_unless_equals_int (n, 22 * FRAME);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+  fail_unless (count_words (ref) > 0, "the reference run has no words");
+
+  const GstClockTime start = GST_SECOND;
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, FRAME, start);
+
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 22, start, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, n);
+  /* Silence until the model's first frame (its delay), then speech. */
+  for (gsize i = 0; i < DELAY * FRAME; i++)
+    fail_unless (((gfloat *) ref->pcm)[i] == 0.0f);
+  g_ptr_array_unref (bufs);
+
+  GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
+  GstCaps *expected = gst_caps_from_string (RAW_F32_CAPS);
+  fail_unless (gst_caps_is_equal (caps, expected), "%" GST_PTR_FORMAT, caps);
+  gst_caps_unref (caps);
+  gst_caps_unref (expected);
+  caps = gst_pad_get_current_caps (hs.text->sinkpad);
+  expected = gst_caps_from_string ("text/x-raw, format=utf8");
+  fail_unless (gst_caps_is_equal (caps, expected), "%" GST_PTR_FORMAT, caps);
+  gst_caps_unref (caps);
+  gst_caps_unref (expected);
+
+  /* The text stream is sparse and belongs to the same group. */
+  GstEvent *ss_audio = gst_pad_get_sticky_event (hs.h->sinkpad, GST_EVENT_STREAM_START, 0);
+  GstEvent *ss_text = gst_pad_get_sticky_event (hs.text->sinkpad, GST_EVENT_STREAM_START, 0);
+  fail_unless (ss_audio != NULL && ss_text != NULL);
+  GstStreamFlags flags;
+  gst_event_parse_stream_flags (ss_text, &flags);
+  fail_unless (flags & GST_STREAM_FLAG_SPARSE);
+  const gchar *id_audio, *id_text;
+  gst_event_parse_stream_start (ss_audio, &id_audio);
+  gst_event_parse_stream_start (ss_text, &id_text);
+  fail_unless (g_str_has_suffix (id_audio, "/audio"), "%s", id_audio);
+  fail_unless (g_str_has_suffix (id_text, "/text"), "%s", id_text);
+  gst_event_unref (ss_audio);
+  gst_event_unref (ss_text);
+
+  assert_text_matches (hs.text, ref, start, 22);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Any input buffer size gives the output of 1920-sample buffers. */
+GST_START_TEST (test_odd_buffer_sizes)
+{
+  const gsize n = 12 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+  const gsize chunks[] = { 1, 441, 1919, 1921, 5000, n };
+
+  for (guint c = 0; c < G_N_ELEMENTS (chunks); c++) {
+    if (chunks[c] == 1 && under_valgrind ())
+      continue;                 /* 23040 pushes: minutes under valgrind, nothing new */
+    Harnesses hs;
+    harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+    push_pcm (hs.h, speech, n, chunks[c], 0);
+    GPtrArray *bufs = pull_all (hs.h);
+    assert_frames (bufs, 12, 0, sizeof (gfloat), FRAME);
+    assert_audio_matches (bufs, ref, n);
+    g_ptr_array_unref (bufs);
+    assert_text_matches (hs.text, ref, 0, 12);
+    harnesses_teardown (&hs);
+  }
+}
+GST_END_TEST;
+
+/* S16LE in and out. */
+GST_START_TEST (test_s16)
+{
+  const gsize n = 8 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autofree gint16 *s16 = g_new (gint16, n);
+  g_autofree gfloat *as_float = g_new (gfloat, n);
+  for (gsize i = 0; i < n; i++) {
+    s16[i] = (gint16) CLAMP (lrintf (speech[i] * 32767.0f), -32768, 32767);
+    as_float[i] = s16[i] / 32768.0f;
+  }
+  g_autoptr (Reference) ref = greedy_reference (as_float, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), FALSE, NULL);
+  gst_harness_set_sink_caps_str (hs.h, RAW_S16_CAPS);
+  gst_harness_set_src_caps_str (hs.h, RAW_S16_CAPS);
+  GstBuffer *buf = gst_buffer_new_memdup (s16, n * sizeof (gint16));
+  GST_BUFFER_PTS (buf) = 0;
+  fail_unless_equals_int (gst_harness_push (hs.h, buf), GST_FLOW_OK);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 8, 0, sizeof (gint16), FRAME);
+  for (guint f = 0; f < bufs->len; f++) {
+    GstMapInfo map;
+    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, f), &map, GST_MAP_READ));
+    for (gsize i = 0; i < FRAME; i++) {
+      gfloat v = roundf (ref->pcm[f * FRAME + i] * 32768.0f);
+      gint16 want = (gint16) CLAMP (v, -32768.0f, 32767.0f);
+      fail_unless_equals_int ((gint16) GST_READ_UINT16_LE (map.data + 2 * i), want);
+    }
+    gst_buffer_unmap (g_ptr_array_index (bufs, f), &map);
+  }
+  g_ptr_array_unref (bufs);
+  GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
+  fail_unless (gst_structure_has_field_typed (gst_caps_get_structure (caps, 0), "format",
+          G_TYPE_STRING));
+  fail_unless_equals_string (gst_structure_get_string (gst_caps_get_structure (caps, 0),
+          "format"), "S16LE");
+  gst_caps_unref (caps);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* With the default (sampled) settings the output is still the library's, for the seed. */
+GST_START_TEST (test_sampled_matches_library)
+{
+  const gsize n = 16 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  MoshiLmSamplingParams params;
+  moshi_lm_sampling_params_init (&params);
+  params.seed = 99;
+  g_autoptr (Reference) ref = reference_run (speech, n, &params);
+
+  GstElement *element = make_dialog (FALSE);
+  g_object_set (element, "seed", (guint64) 99, NULL);
+  Harnesses hs;
+  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, 480, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  assert_text_matches (hs.text, ref, 0, 16);
+  harnesses_teardown (&hs);
+
+  /* Another seed, another conversation. */
+  params.seed = 100;
+  g_autoptr (Reference) other = reference_run (speech, n, &params);
+  fail_if (memcmp (other->codes, ref->codes, 16 * MODEL_CODEBOOKS * sizeof (gint32)) == 0);
+}
+GST_END_TEST;
+
+/* Against the upstream PyTorch run (greedy, 64 steps) stored with the dialog LM: the user's
+ * audio is two cycles of [22 frames of speech | 10 frames of zeros]. */
+GST_START_TEST (test_matches_upstream_golden)
+{
+  gsize len;
+  g_autofree gfloat *speech = load_speech (&len);
+  const gsize frames = 64, n = frames * FRAME;
+  g_autofree gfloat *pcm = g_new0 (gfloat, n);
+  for (gsize f = 0; f < frames; f++)
+    if (f % 32 < 22)
+      memcpy (pcm + f * FRAME, speech + (f % 32) * FRAME, FRAME * sizeof (gfloat));
+
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *golden = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm", "dialog",
+      "golden.safetensors", NULL);
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
+  fail_unless (st != NULL, "%s", error ? error->message : "");
+  const MoshiTensorEntry *text = moshi_safetensors_lookup (st, "gen.text_tokens");
+  const MoshiTensorEntry *audio = moshi_safetensors_lookup (st, "gen.audio_codes");
+  fail_unless (text != NULL && audio != NULL);
+  const gint64 *text_tokens = (const gint64 *) text->data;
+  const gint64 *audio_codes = (const gint64 *) audio->data;       /* [8][64] */
+  g_autoptr (MoshiTokenizer) tok = moshi_tokenizer_load (tokenizer_path, &error);
+  fail_unless (tok != NULL);
+
+  /* Tokens out, and the words on text_src. */
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, NULL);
+  g_autofree gchar *token_caps = g_strdup_printf (TOKEN_CAPS_FMT, MODEL_CODEBOOKS,
+      CODEBOOK_SIZE);
+  gst_harness_set_sink_caps_str (hs.h, token_caps);
+  gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
+  push_pcm (hs.h, pcm, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  fail_unless_equals_int (bufs->len, frames - 1);       /* call 0 returns nothing */
+  for (gsize t = 1; t < frames; t++) {
+    GstMapInfo map;
+    GstBuffer *buf = g_ptr_array_index (bufs, t - 1);
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), t * FRAME_NS);
+    fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
+    for (gint k = 0; k < MODEL_CODEBOOKS; k++)
+      fail_unless_equals_int (GST_READ_UINT16_LE (map.data + 2 * k),
+          audio_codes[k * frames + t]);
+    gst_buffer_unmap (buf, &map);
+  }
+  g_ptr_array_unref (bufs);
+
+  g_autoptr (GPtrArray) words = pull_all (hs.text);
+  guint w = 0;
+  for (gsize t = 1; t < frames; t++) {
+    g_autofree gchar *display = moshi_tokenizer_display (tok, (gint) text_tokens[t], 3, 0);
+    if (display == NULL)
+      continue;
+    fail_unless (w < words->len);
+    GstBuffer *buf = g_ptr_array_index (words, w++);
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), t * FRAME_NS);
+    fail_unless (gst_buffer_memcmp (buf, 0, display, strlen (display)) == 0);
+    fail_unless_equals_int (gst_buffer_get_size (buf), strlen (display));
+  }
+  fail_unless_equals_int (w, words->len);
+  fail_unless (w > 20);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* An unlinked text_src does not stop the audio; the element message carries each word. */
+GST_START_TEST (test_text_unlinked_and_messages)
+{
+  const gsize n = 22 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  GstElement *element = make_dialog (TRUE);
+  GstBus *bus = attach_bus (element);
+  Harnesses hs;
+  harnesses_new (&hs, element, FALSE, RAW_F32_CAPS);
+  GstSegment segment;
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  segment.start = 2 * GST_SECOND;
+  segment.time = 10 * GST_SECOND;
+  segment.base = 5 * GST_SECOND;
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_segment (&segment)));
+  push_pcm (hs.h, speech, n, 960, 2 * GST_SECOND);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 22, 2 * GST_SECOND, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+
+  guint words = 0;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop (bus)) != NULL) {
+    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR
+        || GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING);
+    const GstStructure *s = gst_message_get_structure (msg);
+    if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ELEMENT && gst_structure_has_name (s,
+            "moshi-text")) {
+      fail_unless (GST_MESSAGE_SRC (msg) == GST_OBJECT (hs.h->element));
+      guint64 ts, running, stream, duration;
+      gint token;
+      fail_unless (gst_structure_get (s, "timestamp", G_TYPE_UINT64, &ts, "running-time",
+              G_TYPE_UINT64, &running, "stream-time", G_TYPE_UINT64, &stream, "duration",
+              G_TYPE_UINT64, &duration, "token", G_TYPE_INT, &token, NULL));
+      gsize f = (ts - 2 * GST_SECOND) / FRAME_NS;
+      fail_unless_equals_uint64 (ts, 2 * GST_SECOND + f * FRAME_NS);
+      fail_unless_equals_uint64 (running, 5 * GST_SECOND + f * FRAME_NS);
+      fail_unless_equals_uint64 (stream, 10 * GST_SECOND + f * FRAME_NS);
+      fail_unless_equals_uint64 (duration, FRAME_NS);
+      fail_unless (ref->texts[f] != NULL, "a word at frame %" G_GSIZE_FORMAT, f);
+      fail_unless_equals_string (gst_structure_get_string (s, "text"), ref->texts[f]);
+      fail_unless_equals_int (token, ref->tokens[f]);
+      words++;
+    }
+    gst_message_unref (msg);
+  }
+  fail_unless_equals_int (words, count_words (ref));
+  fail_unless (words > 0);
+  harnesses_teardown (&hs);
+  drop_bus (bus);
+}
+GST_END_TEST;
+
+/* Only the text wanted: src unlinked. Both unlinked: not-linked. */
+GST_START_TEST (test_audio_unlinked)
+{
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  GstHarness *h = gst_harness_new_with_element (make_dialog (TRUE), "sink", NULL);
+  gst_object_unref (h->element);
+  GstHarness *text = gst_harness_new_with_element (h->element, NULL, "text_src");
+  gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
+  push_pcm (h, speech, n, FRAME, 0);
+  assert_text_matches (text, ref, 0, 6);
+  gst_harness_teardown (text);
+  gst_harness_teardown (h);
+
+  h = gst_harness_new_with_element (make_dialog (TRUE), "sink", NULL);
+  gst_object_unref (h->element);
+  gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
+  /* Not-linked once both pads have said so: the text pad only does when it has a word
+   * to push (a gap event has no flow return). */
+  fail_unless (count_words (ref) > 0);
+  GstBuffer *buf = gst_buffer_new_memdup (speech, n * sizeof (gfloat));
+  GST_BUFFER_PTS (buf) = 0;
+  fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_NOT_LINKED);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
+/* The application's seek reaches upstream once, though both sinks send it. */
+GST_START_TEST (test_seek_forwarded_once)
+{
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  GstEvent *event;
+  while ((event = gst_harness_try_pull_upstream_event (hs.h)) != NULL)
+    gst_event_unref (event);       /* reconfigure, latency */
+  GstEvent *seek = gst_event_new_seek (1.0, GST_FORMAT_TIME, GST_SEEK_FLAG_FLUSH,
+      GST_SEEK_TYPE_SET, GST_SECOND, GST_SEEK_TYPE_NONE, GST_CLOCK_TIME_NONE);
+  gst_harness_push_upstream_event (hs.h, gst_event_ref (seek));
+  gst_harness_push_upstream_event (hs.text, seek);
+  guint seeks = 0;
+  while ((event = gst_harness_try_pull_upstream_event (hs.h)) != NULL) {
+    seeks += GST_EVENT_TYPE (event) == GST_EVENT_SEEK;
+    gst_event_unref (event);
+  }
+  fail_unless_equals_int (seeks, 1);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Without a tokenizer: the same speech, no words, only gaps on text_src. */
+GST_START_TEST (test_no_tokenizer)
+{
+  const gsize n = 10 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  GstElement *element = make_dialog (TRUE);
+  g_object_set (element, "tokenizer", NULL, NULL);
+  Harnesses hs;
+  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  fail_unless_equals_int (gst_harness_buffers_received (hs.text), 0);
+  g_autoptr (GPtrArray) gaps = pull_events (hs.text, GST_EVENT_GAP);
+  fail_unless_equals_int (gaps->len, 10);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Upstream latency + (1 + delay) frames, on both source pads. */
+GST_START_TEST (test_latency)
+{
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  gst_harness_set_upstream_latency (hs.h, 20 * GST_MSECOND);
+  gst_harness_set_live (hs.h, TRUE);
+  const GstClockTime expected = 20 * GST_MSECOND + (1 + DELAY) * FRAME_NS;
+  fail_unless_equals_uint64 (gst_harness_query_latency (hs.h), expected);
+  fail_unless_equals_uint64 (gst_harness_query_latency (hs.text), expected);
+
+  GstQuery *query = gst_query_new_latency ();
+  fail_unless (gst_pad_peer_query (hs.text->sinkpad, query));
+  gboolean live;
+  GstClockTime min, max;
+  gst_query_parse_latency (query, &live, &min, &max);
+  fail_unless (live);
+  fail_unless_equals_uint64 (min, expected);
+  gst_query_unref (query);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* After a flush the conversation starts afresh. */
+GST_START_TEST (test_flush_resets_conversation)
+{
+  const gsize n = 10 * FRAME;
+  g_autofree gfloat *speech = make_speech (2 * n);
+  g_autoptr (Reference) ref = greedy_reference (speech + n, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n + 700, FRAME, 0);   /* a partial frame left waiting */
+  g_ptr_array_unref (pull_all (hs.h));
+  g_ptr_array_unref (pull_all (hs.text));
+  push_flush (hs.h);
+  g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
+  push_pcm (hs.h, speech + n, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 10, 0, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  assert_text_matches (hs.text, ref, 0, 10);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* EOS in the middle of a frame: the partial frame is run padded with silence, its output
+ * cut to the input's length, then EOS on both pads. */
+GST_START_TEST (test_eos_mid_frame)
+{
+  const gsize n = 5 * FRAME + 700;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, 1000, 0);
+  fail_unless_equals_int (gst_harness_buffers_received (hs.h), 5);
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_eos ()));
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 6, 0, sizeof (gfloat), 700);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  g_autoptr (GPtrArray) eos = pull_events (hs.h, GST_EVENT_EOS);
+  fail_unless_equals_int (eos->len, 1);
+
+  /* The text of the last frame lasts as long as its audio. */
+  g_autoptr (GPtrArray) words = pull_all (hs.text);
+  g_autoptr (GPtrArray) events = g_ptr_array_new_with_free_func ((GDestroyNotify)
+      gst_event_unref);
+  GstEvent *event;
+  gboolean text_eos = FALSE;
+  guint gaps = 0;
+  while ((event = gst_harness_try_pull_event (hs.text)) != NULL) {
+    text_eos |= GST_EVENT_TYPE (event) == GST_EVENT_EOS;
+    if (GST_EVENT_TYPE (event) == GST_EVENT_GAP) {
+      GstClockTime ts, duration;
+      gst_event_parse_gap (event, &ts, &duration);
+      if (ts == 5 * FRAME_NS)
+        fail_unless_equals_uint64 (duration, samples_to_time (5 * FRAME + 700) - ts);
+      gaps++;
+    }
+    gst_event_unref (event);
+  }
+  fail_unless (text_eos);
+  fail_unless_equals_int (words->len + gaps, 6);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* GAP events and timestamp holes are silence for the model: the output stays continuous
+ * and equals a run with zeros in their place. */
+GST_START_TEST (test_gaps_are_silence)
+{
+  const gsize n = 12 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  /* frames 0-3 speech, 4-6 gap, 7-9 speech, 10-11 hole in the timestamps, then speech */
+  g_autofree gfloat *with_silence = g_memdup2 (speech, n * sizeof (gfloat));
+  memset (with_silence + 4 * FRAME, 0, 3 * FRAME * sizeof (gfloat));
+  memset (with_silence + 10 * FRAME, 0, 2 * FRAME * sizeof (gfloat));
+  const gsize total = n + 3 * FRAME;
+  g_autofree gfloat *full = g_new0 (gfloat, total);
+  memcpy (full, with_silence, n * sizeof (gfloat));
+  memcpy (full + n, speech, 3 * FRAME * sizeof (gfloat));
+  g_autoptr (Reference) ref = greedy_reference (full, total);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, 4 * FRAME, 480, 0);
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_gap (4 * FRAME_NS,
+              3 * FRAME_NS)));
+  push_pcm (hs.h, speech + 7 * FRAME, 3 * FRAME, 480, 7 * FRAME_NS);
+  /* Timestamps jump two frames ahead. */
+  GstBuffer *buf = gst_buffer_new_memdup (speech, 3 * FRAME * sizeof (gfloat));
+  GST_BUFFER_PTS (buf) = 12 * FRAME_NS;
+  GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+  fail_unless_equals_int (gst_harness_push (hs.h, buf), GST_FLOW_OK);
+
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 15, 0, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, total);
+  g_ptr_array_unref (bufs);
+  assert_text_matches (hs.text, ref, 0, 15);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Overlapping timestamps are dropped; a jump beyond what is filled restarts the timing. */
+GST_START_TEST (test_overlap_and_resync)
+{
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), FALSE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, 3 * FRAME, FRAME, 0);
+  /* frame 2 again, then frames 3-5: the repeat is dropped */
+  push_pcm (hs.h, speech + 2 * FRAME, 4 * FRAME, FRAME, 2 * FRAME_NS);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_frames (bufs, 6, 0, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+
+  /* An hour later: resynchronised, DISCONT, the conversation goes on. */
+  GstBuffer *buf = gst_buffer_new_memdup (speech, FRAME * sizeof (gfloat));
+  GST_BUFFER_PTS (buf) = 3600 * GST_SECOND;
+  fail_unless_equals_int (gst_harness_push (hs.h, buf), GST_FLOW_OK);
+  GstBuffer *out = gst_harness_pull (hs.h);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (out), 3600 * GST_SECOND);
+  fail_unless (GST_BUFFER_FLAG_IS_SET (out, GST_BUFFER_FLAG_DISCONT));
+  gst_buffer_unref (out);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* NaN input is silence, with one warning. */
+GST_START_TEST (test_non_finite_input)
+{
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autofree gfloat *zeroed = g_memdup2 (speech, n * sizeof (gfloat));
+  for (gsize i = 1000; i < 3000; i += 7) {
+    speech[i] = i % 2 ? NAN : INFINITY;
+    zeroed[i] = 0.0f;
+  }
+  g_autoptr (Reference) ref = greedy_reference (zeroed, n);
+
+  GstElement *element = make_dialog (TRUE);
+  GstBus *bus = attach_bus (element);
+  Harnesses hs;
+  harnesses_new (&hs, element, FALSE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, 500, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  guint warnings = 0;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop (bus)) != NULL) {
+    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR);
+    warnings += GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING;
+    gst_message_unref (msg);
+  }
+  fail_unless_equals_int (warnings, 1);
+  harnesses_teardown (&hs);
+  drop_bus (bus);
+}
+GST_END_TEST;
+
+/* ================================================================== tokens */
+
+/* Mimi tokens in (as mimienc makes them) give what the same audio gives. */
+GST_START_TEST (test_tokens_in)
+{
+  const gsize frames = 12, n = frames * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  const gint widths[] = { USER_CODEBOOKS, 16 };
+  for (guint w = 0; w < G_N_ELEMENTS (widths); w++) {
+    g_autofree gint32 *codes = mimi_encode (speech, frames, widths[w]);
+    Harnesses hs;
+    harnesses_new (&hs, make_dialog (TRUE), TRUE, NULL);
+    g_autofree gchar *caps = g_strdup_printf (TOKEN_CAPS_FMT, widths[w], CODEBOOK_SIZE);
+    gst_harness_set_src_caps_str (hs.h, caps);
+    /* one frame, then three per buffer */
+    fail_unless_equals_int (gst_harness_push (hs.h, token_buffer (codes, 1, widths[w], 0)),
+        GST_FLOW_OK);
+    for (gsize f = 1; f < frames; f += 3)
+      fail_unless_equals_int (gst_harness_push (hs.h, token_buffer (codes, MIN (3,
+                      frames - f), widths[w], f)), GST_FLOW_OK);
+    GPtrArray *bufs = pull_all (hs.h);
+    assert_frames (bufs, frames, 0, sizeof (gfloat), FRAME);
+    assert_audio_matches (bufs, ref, n);
+    g_ptr_array_unref (bufs);
+    assert_text_matches (hs.text, ref, 0, frames);
+    harnesses_teardown (&hs);
+  }
+}
+GST_END_TEST;
+
+/* mimienc ! moshidialog is moshidialog on the audio. */
+GST_START_TEST (test_mimienc_in_front)
+{
+  const gsize n = 10 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+  init_paths ();
+  g_autofree gchar *line = g_strdup_printf ("mimienc model=\"%s\" config=\"%s\" ! "
+      "moshidialog model=\"%s\" lm-config=\"%s\" mimi-model=\"%s\" mimi-config=\"%s\" "
+      "tokenizer=\"%s\" text-temperature=0 audio-temperature=0", mimi_path, mimi_config,
+      lm_path, lm_config, mimi_path, mimi_config, tokenizer_path);
+  GstHarness *h = gst_harness_new_parse (line);
+  gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
+  push_pcm (h, speech, n, 480, 0);
+  GPtrArray *bufs = pull_all (h);
+  assert_frames (bufs, 10, 0, sizeof (gfloat), FRAME);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  /* the encoder's frame, then the model's delay and the frame fill */
+  fail_unless_equals_uint64 (gst_harness_query_latency (h), (2 + DELAY) * FRAME_NS);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
+/* Tokens out when downstream asks for them; GAP while nothing is generated. */
+GST_START_TEST (test_tokens_out)
+{
+  const gsize frames = 12, n = frames * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), FALSE, NULL);
+  gst_harness_set_sink_caps_str (hs.h, "audio/x-mimi");
+  gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n - 700, FRAME, 0);
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_eos ()));
+
+  GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
+  g_autofree gchar *want_str = g_strdup_printf (TOKEN_CAPS_FMT, MODEL_CODEBOOKS,
+      CODEBOOK_SIZE);
+  GstCaps *want = gst_caps_from_string (want_str);
+  fail_unless (gst_caps_is_equal (caps, want), "%" GST_PTR_FORMAT, caps);
+  gst_caps_unref (caps);
+  gst_caps_unref (want);
+
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_tokens_match (bufs, ref, DELAY, frames - DELAY);
+  /* the last frame: 700 samples short, as mimienc marks it */
+  GstBuffer *last = g_ptr_array_index (bufs, bufs->len - 1);
+  GstAudioClippingMeta *clip = gst_buffer_get_audio_clipping_meta (last);
+  fail_unless (clip != NULL);
+  fail_unless_equals_uint64 (clip->end, 700);
+  fail_unless_equals_uint64 (GST_BUFFER_DURATION (last),
+      samples_to_time (n - 700) - GST_BUFFER_PTS (last));
+  g_ptr_array_unref (bufs);
+  g_autoptr (GPtrArray) gaps = pull_events (hs.h, GST_EVENT_GAP);
+  fail_unless_equals_int (gaps->len, DELAY);
+  GstClockTime ts, duration;
+  gst_event_parse_gap (g_ptr_array_index (gaps, 0), &ts, &duration);
+  fail_unless_equals_uint64 (ts, 0);
+  fail_unless_equals_uint64 (duration, FRAME_NS);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* moshidialog ! mimidec plays the model's speech: mimidec only takes tokens, so that is
+ * what moshidialog negotiates. */
+GST_START_TEST (test_tokens_out_to_mimidec)
+{
+  const gsize frames = 8, n = frames * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+  init_paths ();
+  g_autofree gchar *line = g_strdup_printf ("moshidialog model=\"%s\" lm-config=\"%s\" "
+      "mimi-model=\"%s\" mimi-config=\"%s\" text-temperature=0 audio-temperature=0 ! "
+      "mimidec model=\"%s\" config=\"%s\"", lm_path, lm_config, mimi_path,
+      mimi_config, mimi_path, mimi_config);
+  GstHarness *h = gst_harness_new_parse (line);
+  gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
+  push_pcm (h, speech, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (h);
+  gsize got_n;
+  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
+  /* mimidec's own decoder, started at the first generated frame, decodes the same codes
+   * as the dialog's decoder did. */
+  fail_unless_equals_int (got_n, (frames - DELAY) * FRAME);
+  assert_pcm_equal (got, ref->pcm + DELAY * FRAME, got_n);
+  g_ptr_array_unref (bufs);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
+/* ================================================================== settings, states */
+
+/* Sampling settings changed while playing apply to a conversation that has not started
+ * and, at the latest, from the next flush. */
+GST_START_TEST (test_sampling_change_while_playing)
+{
+  const gsize n = 8 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  MoshiLmSamplingParams params;
+  moshi_lm_sampling_params_init (&params);
+  params.text_temperature = 0.0f;
+  params.audio_topk = 10;
+  params.seed = 7;
+  g_autoptr (Reference) ref = reference_run (speech, n, &params);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (FALSE), TRUE, RAW_F32_CAPS);
+  fail_unless_equals_int (GST_STATE (hs.h->element), GST_STATE_PLAYING);
+  g_object_set (hs.h->element, "text-temperature", 0.0f, "audio-topk", 10, "seed",
+      (guint64) 7, NULL);
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  assert_text_matches (hs.text, ref, 0, 8);
+
+  /* greedy from now on */
+  g_object_set (hs.h->element, "audio-temperature", 0.0f, NULL);
+  push_pcm (hs.h, speech, n, FRAME, n);
+  g_ptr_array_unref (pull_all (hs.h));
+  push_flush (hs.h);
+  params.audio_temperature = 0.0f;
+  g_autoptr (Reference) greedy = reference_run (speech, n, &params);
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, greedy, n);
+  g_ptr_array_unref (bufs);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Every NULL -> PLAYING starts a fresh conversation. */
+GST_START_TEST (test_restart)
+{
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  for (gint round = 0; round < 3; round++) {
+    if (round > 0) {
+      fail_unless_equals_int (gst_element_set_state (hs.h->element,
+              round == 1 ? GST_STATE_NULL : GST_STATE_READY), GST_STATE_CHANGE_SUCCESS);
+      gst_harness_play (hs.h);
+      gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
+    }
+    push_pcm (hs.h, speech, n, 700, 0);
+    GPtrArray *bufs = pull_all (hs.h);
+    assert_frames (bufs, 6, 0, sizeof (gfloat), FRAME);
+    assert_audio_matches (bufs, ref, n);
+    g_ptr_array_unref (bufs);
+    g_ptr_array_unref (pull_all (hs.text));
+    g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
+  }
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* State changes from another thread while buffers keep coming: no crash, no leak, and the
+ * element works normally afterwards. */
+GST_START_TEST (test_state_changes_under_data)
+{
+  const gsize n = 5 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
+      g_regex_new ("Got data flow before (stream-start|segment) event", 0, 0, NULL),
+      NULL, NULL, NULL);
+  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
+      g_regex_new ("Sticky event misordering", 0, 0, NULL), NULL, NULL, NULL);
+  GstSegment segment;
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  GstCaps *caps = gst_caps_from_string (RAW_F32_CAPS);
+  GstBuffer *buf = gst_buffer_new_memdup (speech, 1000 * sizeof (gfloat));
+  GstHarnessThread *push = gst_harness_stress_push_buffer_start (hs.h, caps, &segment, buf);
+  GstHarnessThread *state = gst_harness_stress_statechange_start (hs.h);
+  g_usleep (G_USEC_PER_SEC / 2);
+  guint toggles = gst_harness_stress_thread_stop (state);
+  guint pushes = gst_harness_stress_thread_stop (push);
+  GST_INFO ("%u state changes, %u pushes", toggles, pushes);
+  fail_unless (toggles > 0 && pushes > 0);
+  gst_caps_unref (caps);
+  gst_buffer_unref (buf);
+  g_ptr_array_unref (pull_all (hs.h));
+  g_ptr_array_unref (pull_all (hs.text));
+  gst_check_clear_log_filter ();
+
+  gst_harness_play (hs.h);
+  push_flush (hs.h);
+  gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
+  g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* mimienc and moshidialog naming the same Mimi share one copy; two moshidialogs naming
+ * the same LM share it too (each has its own conversation). */
+GST_START_TEST (test_shared_models)
+{
+  GstElement *dialog = make_dialog (TRUE);
+  GstElement *dialog2 = make_dialog (FALSE);
+  fail_unless_equals_int (gst_element_set_state (dialog2, GST_STATE_READY),
+      GST_STATE_CHANGE_SUCCESS);
+  GstElement *enc = gst_element_factory_make ("mimienc", NULL);
+  g_object_set (enc, "model", mimi_path, "config", mimi_config, NULL);
+  fail_unless_equals_int (gst_element_set_state (dialog, GST_STATE_READY),
+      GST_STATE_CHANGE_SUCCESS);
+  fail_unless_equals_int (gst_element_set_state (enc, GST_STATE_READY),
+      GST_STATE_CHANGE_SUCCESS);
+  gpointer a = g_object_get_data (G_OBJECT (dialog), MODEL_DATA_KEY);
+  fail_unless (a != NULL && a == g_object_get_data (G_OBJECT (enc), MODEL_DATA_KEY));
+  fail_unless (a == g_object_get_data (G_OBJECT (dialog2), MODEL_DATA_KEY));
+  gpointer lm = g_object_get_data (G_OBJECT (dialog), LM_DATA_KEY);
+  fail_unless (lm != NULL && lm == g_object_get_data (G_OBJECT (dialog2), LM_DATA_KEY));
+  gst_element_set_state (dialog, GST_STATE_NULL);
+  fail_unless (g_object_get_data (G_OBJECT (dialog), MODEL_DATA_KEY) == NULL);
+  fail_unless (g_object_get_data (G_OBJECT (dialog), LM_DATA_KEY) == NULL);
+  fail_unless (g_object_get_data (G_OBJECT (dialog2), LM_DATA_KEY) == lm);
+
+  /* The two conversations run side by side on the shared models. */
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+  Harnesses first, second;
+  harnesses_new (&first, make_dialog (TRUE), FALSE, RAW_F32_CAPS);
+  harnesses_new (&second, make_dialog (TRUE), FALSE, RAW_F32_CAPS);
+  for (gsize f = 0; f < 6; f++) {
+    push_pcm (first.h, speech + f * FRAME, FRAME, FRAME, f * FRAME_NS);
+    push_pcm (second.h, speech + f * FRAME, FRAME, FRAME, f * FRAME_NS);
+  }
+  GPtrArray *bufs = pull_all (first.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  bufs = pull_all (second.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  harnesses_teardown (&first);
+  harnesses_teardown (&second);
+
+  gst_element_set_state (dialog2, GST_STATE_NULL);
+  gst_element_set_state (enc, GST_STATE_NULL);
+  gst_object_unref (dialog);
+  gst_object_unref (dialog2);
+  gst_object_unref (enc);
+}
+GST_END_TEST;
+
+/* A directory or hub repo holding the three files, under Kyutai's names: mimi-model and
+ * tokenizer found there, model changes in READY picked up at the next start. */
+GST_START_TEST (test_model_directory)
+{
+  init_paths ();
+  g_autofree gchar *dir = g_dir_make_tmp ("moshidialog-XXXXXX", NULL);
+  g_autofree gchar *lm_link = g_build_filename (dir, "model.safetensors", NULL);
+  g_autofree gchar *mimi_link = g_build_filename (dir, MOSHI_HUB_MIMI_FILENAME, NULL);
+  g_autofree gchar *tok_link = g_build_filename (dir, "tokenizer_spm_32k_3.model", NULL);
+  fail_unless (symlink (lm_path, lm_link) == 0);
+  fail_unless (symlink (mimi_path, mimi_link) == 0);
+  fail_unless (symlink (tokenizer_path, tok_link) == 0);
+
+  const gsize n = 4 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autoptr (Reference) ref = greedy_reference (speech, n);
+
+  GstElement *element = gst_element_factory_make ("moshidialog", NULL);
+  g_object_set (element, "model", "/nonexistent/lm", "lm-config", lm_config,
+      "mimi-config", mimi_config, "tokenizer", dir, "text-temperature", 0.0f,
+      "audio-temperature", 0.0f, NULL);
+  GstBus *bus = attach_bus (element);
+  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
+      GST_STATE_CHANGE_FAILURE);
+  g_object_set (element, "model", dir, NULL);
+  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
+      GST_STATE_CHANGE_SUCCESS);
+  gpointer mimi = g_object_get_data (G_OBJECT (element), MODEL_DATA_KEY);
+  fail_unless (mimi != NULL);
+  /* Without a tokenizer now: the change in READY is picked up when streaming starts. */
+  g_object_set (element, "tokenizer", NULL, NULL);
+  Harnesses hs;
+  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  GPtrArray *bufs = pull_all (hs.h);
+  assert_audio_matches (bufs, ref, n);
+  g_ptr_array_unref (bufs);
+  fail_unless_equals_int (gst_harness_buffers_received (hs.text), 0);
+  harnesses_teardown (&hs);
+  drop_bus (bus);
+
+  g_unlink (lm_link);
+  g_unlink (mimi_link);
+  g_unlink (tok_link);
+  g_rmdir (dir);
+}
+GST_END_TEST;
+
+/* ================================================================== errors */
+
+/* Sets element to READY expecting failure; returns the error message posted. */
+static GstMessage *
+expect_open_error (GstElement * element)
+{
+  GstBus *bus = attach_bus (element);
+  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
+      GST_STATE_CHANGE_FAILURE);
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (msg != NULL, "no error message on the bus");
+  gst_element_set_state (element, GST_STATE_NULL);
+  drop_bus (bus);
+  return msg;
+}
+
+static void
+assert_error (GstMessage * msg, GQuark domain, gint code, const gchar * needle,
+    const gchar * needle2)
+{
+  GError *error = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_error (msg, &error, &debug);
+  fail_unless (error->domain == domain && error->code == code,
+      "error %s (%s %d) is not the expected one", error->message,
+      g_quark_to_string (error->domain), error->code);
+  fail_unless (strstr (error->message, needle) != NULL, "'%s' does not name '%s'",
+      error->message, needle);
+  if (needle2 != NULL)
+    fail_unless (strstr (error->message, needle2) != NULL, "'%s' does not name '%s'",
+        error->message, needle2);
+  g_error_free (error);
+  g_free (debug);
+  gst_message_unref (msg);
+}
+
+static void
+expect_error_with (const gchar * property, const gchar * value, GQuark domain, gint code,
+    const gchar * needle, const gchar * needle2)
+{
+  GstElement *element = make_dialog (TRUE);
+  g_object_set (element, property, value, NULL);
+  assert_error (expect_open_error (element), domain, code, needle, needle2);
+  gst_object_unref (element);
+}
+
+GST_START_TEST (test_missing_files)
+{
+  init_paths ();
+  expect_error_with ("model", "/nonexistent/lm.safetensors", GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/lm.safetensors", "Moshi LM");
+  expect_error_with ("lm-config", "/nonexistent/config.json", GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/config.json", NULL);
+  expect_error_with ("mimi-model", "/nonexistent/mimi.safetensors", GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/mimi.safetensors", "Mimi");
+  expect_error_with ("tokenizer", "/nonexistent/tok.model", GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/tok.model", "tokenizer");
+  expect_error_with ("model", "kyutai/not-downloaded", GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "kyutai/not-downloaded", NULL);
+
+  /* No model at all. */
+  GstElement *element = gst_element_factory_make ("moshidialog", NULL);
+  assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "No Moshi LM", NULL);
+  gst_object_unref (element);
+
+  /* The LM as a file and no mimi-model: nothing to take Mimi from. */
+  element = make_dialog (TRUE);
+  g_object_set (element, "mimi-model", NULL, NULL);
+  assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_NOT_FOUND, "No Mimi model", NULL);
+  gst_object_unref (element);
+}
+GST_END_TEST;
+
+GST_START_TEST (test_corrupt_files)
+{
+  init_paths ();
+  g_autofree gchar *dir = g_dir_make_tmp ("moshidialog-bad-XXXXXX", NULL);
+  g_autofree gchar *garbage = g_build_filename (dir, "garbage.safetensors", NULL);
+  g_autofree gchar *truncated = g_build_filename (dir, "truncated.safetensors", NULL);
+  g_autofree gchar *bad_tok = g_build_filename (dir, "bad.model", NULL);
+  fail_unless (g_file_set_contents (garbage, "this is not a safetensors file", -1, NULL));
+  gchar *contents;
+  gsize len;
+  fail_unless (g_file_get_contents (lm_path, &contents, &len, NULL));
+  fail_unless (g_file_set_contents (truncated, contents, len / 2, NULL));
+  g_free (contents);
+  fail_unless (g_file_set_contents (bad_tok, "\x0a\xff\xff\xff\xff\x0f garbage", 16, NULL));
+
+  expect_error_with ("model", garbage, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_OPEN_READ,
+      garbage, "Moshi LM");
+  expect_error_with ("model", truncated, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_OPEN_READ,
+      truncated, NULL);
+  expect_error_with ("mimi-model", garbage, GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_OPEN_READ, garbage, "Mimi");
+  expect_error_with ("tokenizer", bad_tok, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_OPEN_READ,
+      bad_tok, "tokenizer");
+  /* A config that is not the checkpoint's. */
+  expect_error_with ("lm-config", mimi_config, GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_OPEN_READ, lm_path, NULL);
+
+  g_unlink (garbage);
+  g_unlink (truncated);
+  g_unlink (bad_tok);
+  g_rmdir (dir);
+}
+GST_END_TEST;
+
+/* An LM and a Mimi that do not fit together: a clear error naming both. */
+GST_START_TEST (test_mismatched_models)
+{
+  init_paths ();
+  g_autofree gchar *small7b = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm",
+      "small7b", "model.safetensors", NULL);
+  g_autofree gchar *small7b_config = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm",
+      "small7b", "config.json", NULL);
+
+  /* small7b: 32-entry audio vocabulary, Mimi small: 256-entry codebooks. */
+  GstElement *element = make_dialog (TRUE);
+  g_object_set (element, "model", small7b, "lm-config", small7b_config, NULL);
+  GstMessage *msg = expect_open_error (element);
+  GError *error = NULL;
+  gst_message_parse_error (msg, &error, NULL);
+  fail_unless (g_error_matches (error, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS),
+      "%s", error->message);
+  fail_unless (strstr (error->message, "do not fit") != NULL, "%s", error->message);
+  fail_unless (strstr (error->message, "32") != NULL, "%s", error->message);
+  fail_unless (strstr (error->message, "256") != NULL, "%s", error->message);
+  fail_unless (strstr (error->message, small7b) != NULL, "%s", error->message);
+  fail_unless (strstr (error->message, mimi_path) != NULL, "%s", error->message);
+  g_error_free (error);
+  gst_message_unref (msg);
+  gst_object_unref (element);
+
+  /* A Mimi with 256-entry codebooks but fewer codebooks than the LM uses: the small Mimi
+   * cut to 4 of its 16 quantisers (the loader takes the first 4). */
+  g_autofree gchar *dir = g_dir_make_tmp ("moshidialog-mimi-XXXXXX", NULL);
+  g_autofree gchar *cut_config = g_build_filename (dir, "config.json", NULL);
+  g_autofree gchar *text = NULL;
+  fail_unless (g_file_get_contents (mimi_config, &text, NULL, NULL));
+  GString *cut = g_string_new (text);
+  fail_unless (g_string_replace (cut, "\"n_q\": 16", "\"n_q\": 4", 1) == 1);
+  fail_unless (g_file_set_contents (cut_config, cut->str, -1, NULL));
+  g_string_free (cut, TRUE);
+  element = make_dialog (TRUE);
+  g_object_set (element, "mimi-config", cut_config, NULL);
+  GstBus *bus = attach_bus (element);
+  GstStateChangeReturn ret = gst_element_set_state (element, GST_STATE_READY);
+  msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless_equals_int (ret, GST_STATE_CHANGE_FAILURE);
+  fail_unless (msg != NULL);
+  error = NULL;
+  gst_message_parse_error (msg, &error, NULL);
+  fail_unless (g_error_matches (error, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS),
+      "%s", error->message);
+  fail_unless (strstr (error->message, "do not fit") != NULL, "%s", error->message);
+  fail_unless (strstr (error->message, "8 user and 8 model codebooks") != NULL, "%s",
+      error->message);
+  fail_unless (strstr (error->message, "has 4") != NULL, "%s", error->message);
+  GST_INFO ("cut Mimi: %s", error->message);
+  g_error_free (error);
+  gst_message_unref (msg);
+  gst_element_set_state (element, GST_STATE_NULL);
+  drop_bus (bus);
+  gst_object_unref (element);
+  g_unlink (cut_config);
+  g_rmdir (dir);
+}
+GST_END_TEST;
+
+/* Token caps of another Mimi, or with too few codebooks: an element error, no data. */
+GST_START_TEST (test_token_caps_errors)
+{
+  struct
+  {
+    gint codebooks, size;
+    const gchar *needle;
+  } cases[] = {
+    {8, 2048, "another Mimi model"},
+    {4, 256, "reads 8"},
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    GstElement *element = make_dialog (TRUE);
+    GstBus *bus = attach_bus (element);
+    Harnesses hs;
+    harnesses_new (&hs, element, FALSE, NULL);
+    g_autofree gchar *str = g_strdup_printf (TOKEN_CAPS_FMT, cases[i].codebooks,
+        cases[i].size);
+    GstCaps *caps = gst_caps_from_string (str);
+    fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
+    gst_caps_unref (caps);
+    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    fail_unless (msg != NULL);
+    assert_error (msg, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, cases[i].needle, NULL);
+    harnesses_teardown (&hs);
+    drop_bus (bus);
+  }
+
+  /* Raw audio at another rate is refused by the template. */
+  Harnesses hs;
+  harnesses_new (&hs, make_dialog (TRUE), FALSE, NULL);
+  GstCaps *caps = gst_caps_from_string ("audio/x-raw, format=F32LE, layout=interleaved, "
+      "rate=16000, channels=1");
+  fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
+  gst_caps_unref (caps);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
+/* Downstream that takes neither raw audio nor these tokens. */
+GST_START_TEST (test_downstream_refuses)
+{
+  GstElement *element = make_dialog (TRUE);
+  GstBus *bus = attach_bus (element);
+  Harnesses hs;
+  harnesses_new (&hs, element, FALSE, NULL);
+  gst_harness_set_sink_caps_str (hs.h, "audio/x-mimi, codebook-size=2048");
+  GstCaps *caps = gst_caps_from_string (RAW_F32_CAPS);
+  fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
+  gst_caps_unref (caps);
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (msg != NULL);
+  assert_error (msg, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, "neither", NULL);
+  harnesses_teardown (&hs);
+  drop_bus (bus);
+}
+GST_END_TEST;
+
+static Suite *
+moshi_dialog_suite (void)
+{
+  Suite *s = suite_create ("moshi-dialog");
+
+  TCase *flow = tcase_create ("flow");
+  tcase_add_test (flow, test_frames_timestamps_text);
+  tcase_add_test (flow, test_odd_buffer_sizes);
+  tcase_add_test (flow, test_s16);
+  tcase_add_test (flow, test_sampled_matches_library);
+  tcase_add_test (flow, test_matches_upstream_golden);
+  tcase_add_test (flow, test_text_unlinked_and_messages);
+  tcase_add_test (flow, test_audio_unlinked);
+  tcase_add_test (flow, test_seek_forwarded_once);
+  tcase_add_test (flow, test_no_tokenizer);
+  tcase_add_test (flow, test_latency);
+  tcase_add_test (flow, test_flush_resets_conversation);
+  tcase_add_test (flow, test_eos_mid_frame);
+  tcase_add_test (flow, test_gaps_are_silence);
+  tcase_add_test (flow, test_overlap_and_resync);
+  tcase_add_test (flow, test_non_finite_input);
+  suite_add_tcase (s, flow);
+
+  TCase *tokens = tcase_create ("tokens");
+  tcase_add_test (tokens, test_tokens_in);
+  tcase_add_test (tokens, test_mimienc_in_front);
+  tcase_add_test (tokens, test_tokens_out);
+  tcase_add_test (tokens, test_tokens_out_to_mimidec);
+  suite_add_tcase (s, tokens);
+
+  TCase *states = tcase_create ("states");
+  tcase_add_test (states, test_sampling_change_while_playing);
+  tcase_add_test (states, test_restart);
+  tcase_add_test (states, test_state_changes_under_data);
+  tcase_add_test (states, test_shared_models);
+  tcase_add_test (states, test_model_directory);
+  suite_add_tcase (s, states);
+
+  TCase *errors = tcase_create ("errors");
+  tcase_add_test (errors, test_missing_files);
+  tcase_add_test (errors, test_corrupt_files);
+  tcase_add_test (errors, test_mismatched_models);
+  tcase_add_test (errors, test_token_caps_errors);
+  tcase_add_test (errors, test_downstream_refuses);
+  suite_add_tcase (s, errors);
+
+  return s;
+}
+
+GST_CHECK_MAIN (moshi_dialog);
