@@ -14,13 +14,22 @@ typedef struct {
 /* Statically allocated registries start zeroed. */
 #define MOSHI_REGISTRY_INIT { { 0 }, NULL }
 
-typedef gpointer (*MoshiRegistryLoadFunc) (gpointer user_data, GError **error);
+/* What the registry needs to know of a model type: how to load one, and where its reference
+ * count and its key slot (a char *, NULL for models loaded outside the registry) are. */
+typedef struct {
+  gpointer (*load) (const char *weights_path, const char *config_path, gconstpointer options,
+      GError **error);
+  gsize ref_count_offset;
+  gsize key_offset;
+} MoshiRegistryType;
 
-/* Returns the object under key with one more reference (*ref_count incremented), or loads it
- * with load (under the registry's lock, so two users starting together load once) and enters
- * it. The caller keeps the key string in the object to release it later. */
-gpointer moshi_registry_get (MoshiRegistry *registry, const char *key, gint *(*ref_count) (gpointer),
-    MoshiRegistryLoadFunc load, gpointer user_data, GError **error);
+/* Returns the model already loaded for these files (compared by canonical path) on this
+ * device with one more reference, or loads it (under the registry's lock, so two users
+ * starting together load once) and enters it. device names the device actually used, so
+ * that requests that resolve to the same device share. */
+gpointer moshi_registry_load (MoshiRegistry *registry, const MoshiRegistryType *type,
+    const char *device, const char *weights_path, const char *config_path,
+    gconstpointer options, GError **error);
 
 /* Drops one reference of a registered object. Returns TRUE when it was the last: the entry is
  * gone and the caller frees the object. The count only reaches zero under the lock, so a

@@ -398,28 +398,15 @@ fail:
 
 static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
 
-typedef struct {
-  const char *key;
-  const char *weights, *config;
-  const MoshiLmLoadOptions *options;
-} LoadArgs;
-
 static gpointer
-load_for_registry (gpointer user_data, GError **error)
+load_for_registry (const char *weights, const char *config, gconstpointer options, GError **error)
 {
-  LoadArgs *args = user_data;
-  /* The key is set under the registry's lock, before any other user can see the model. */
-  MoshiLm *obj = moshi_lm_load (args->weights, args->config, args->options, error);
-  if (obj != NULL)
-    obj->cache_key = g_strdup (args->key);
-  return obj;
+  return moshi_lm_load (weights, config, options, error);
 }
 
-static gint *
-lm_ref_count (gpointer obj)
-{
-  return &((MoshiLm *) obj)->ref_count;
-}
+static const MoshiRegistryType registry_type = {
+  load_for_registry, G_STRUCT_OFFSET (MoshiLm, ref_count), G_STRUCT_OFFSET (MoshiLm, cache_key)
+};
 
 MoshiLm *
 moshi_lm_load_shared (const char *weights_path, const char *config_path,
@@ -429,13 +416,8 @@ moshi_lm_load_shared (const char *weights_path, const char *config_path,
       error);
   if (be == NULL)
     return NULL;
-  g_autofree char *weights = moshi_canonical_path (weights_path);
-  g_autofree char *config = config_path ? moshi_canonical_path (config_path) : g_strdup ("");
-  g_autofree char *key = g_strdup_printf ("%s\n%s\n%s", be->name, weights, config);
-  LoadArgs args = { key, weights_path, config_path, options };
-  MoshiLm *lm = moshi_registry_get (&shared_models, key, lm_ref_count, load_for_registry, &args,
-      error);
-  return lm;
+  return moshi_registry_load (&shared_models, &registry_type, be->name, weights_path, config_path,
+      options, error);
 }
 
 MoshiLm *
