@@ -29,6 +29,32 @@ typedef enum {
   MOSHI_K_ACT_GELU = 1,           /* exact erf form */
 } MoshiKernelAct;
 
+/* ---- data movement ---- */
+
+/* dst[r, c] = src[r, c]; the two ranges must not overlap (the backend stages an overlapping
+ * shift through scratch). */
+cudaError_t moshi_k_copy_2d (cudaStream_t stream, float *dst, int ld_dst, const float *src,
+    int ld_src, int rows, int cols);
+/* dst[c, r] = src[r, c] (32 x 32 tiles through shared memory); no overlap. */
+cudaError_t moshi_k_transpose (cudaStream_t stream, float *dst, int ld_dst, const float *src,
+    int ld_src, int rows, int cols);
+
+/* ---- linear layers (F32 weights go to cublasSgemm) ---- */
+
+#define MOSHI_K_GEMV_MAX_ROWS 8
+
+/* BF16 weights w [n_out, n_in] (row stride n_in), 1..MOSHI_K_GEMV_MAX_ROWS rows of f32 input:
+ * dst[r, n] = beta * dst[r, n] + sum_k src[r, k] * w[n, k] (+ bias[n]), f32 accumulation.
+ * One warp per output feature; beta == 0 does not read dst; bias may be NULL. */
+cudaError_t moshi_k_linear_bf16_gemv (cudaStream_t stream, float *dst, int ld_dst,
+    const float *src, int ld_src, const uint16_t *w, int n_out, int n_in, const float *bias,
+    int rows, float beta);
+/* dst[i] = src[i] as f32 (exact) for n BF16 values. */
+cudaError_t moshi_k_bf16_to_f32 (cudaStream_t stream, float *dst, const uint16_t *src, size_t n);
+/* x[r, c] += bias[c]. */
+cudaError_t moshi_k_add_bias (cudaStream_t stream, float *x, int ld, const float *bias, int rows,
+    int cols);
+
 /* ---- elementwise ---- */
 
 /* dst = ELU(src) (alpha 1) over rows x cols; dst may equal src. */

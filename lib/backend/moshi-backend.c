@@ -1,7 +1,9 @@
 #include "moshi-backend.h"
 
 #include "moshi-error.h"
+#include "cuda/moshi-backend-cuda.h"
 
+#include <dlfcn.h>
 #include <string.h>
 
 static const char *device_names[] = {
@@ -33,19 +35,121 @@ moshi_device_from_name (const char *name, MoshiDevice *out)
  * live on one backend instance. */
 static GMutex backends_lock;
 static MoshiBackend *cpu_backend;
+static MoshiBackend *cuda_backend;
+/* Why CUDA cannot be used, once an open has failed: the decision is cached for the process
+ * (the module is not reloaded and the driver not asked again). */
+static char *cuda_unusable;
+static gint cuda_unusable_code;
+
+/* The CUDA module (libmoshi-cuda.so, or libmoshi-cuda-emu.so with MOSHI_CUDA_EMULATE=1, the
+ * same backend on the CPU emulator of the runtime, for tests): $MOSHI_CUDA_MODULE, else next to
+ * libmoshi, in its gst-moshi/ subdirectory, and in the installed libdir/gst-moshi. The module
+ * is never unloaded. */
+static MoshiCudaBackendNewFunc
+load_cuda_module (GError **error)
+{
+  static MoshiCudaBackendNewFunc entry;
+  if (entry != NULL)
+    return entry;
+
+  const char *emulate = g_getenv ("MOSHI_CUDA_EMULATE");
+  gboolean emu = emulate != NULL && emulate[0] != '\0' && !g_str_equal (emulate, "0");
+  const char *file = emu ? "libmoshi-cuda-emu.so" : "libmoshi-cuda.so";
+  g_autoptr (GPtrArray) candidates = g_ptr_array_new_with_free_func (g_free);
+  const char *override = g_getenv ("MOSHI_CUDA_MODULE");
+  if (override != NULL && override[0] != '\0') {
+    g_ptr_array_add (candidates, g_strdup (override));
+  } else {
+    Dl_info info;
+    if (dladdr ((void *) moshi_backend_open, &info) != 0 && info.dli_fname != NULL) {
+      g_autofree char *dir = g_path_get_dirname (info.dli_fname);
+      g_ptr_array_add (candidates, g_build_filename (dir, file, NULL));
+      g_ptr_array_add (candidates, g_build_filename (dir, "gst-moshi", file, NULL));
+    }
+#ifdef MOSHI_LIBDIR
+    g_ptr_array_add (candidates, g_build_filename (MOSHI_LIBDIR, "gst-moshi", file, NULL));
+#endif
+  }
+
+  g_autoptr (GString) tried = g_string_new (NULL);
+  for (guint i = 0; i < candidates->len; i++) {
+    const char *path = candidates->pdata[i];
+    if (override == NULL && !g_file_test (path, G_FILE_TEST_EXISTS)) {
+      g_string_append_printf (tried, "%s%s (absent)", tried->len ? ", " : "", path);
+      continue;
+    }
+    void *module = dlopen (path, RTLD_NOW | RTLD_LOCAL);
+    if (module == NULL) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "cannot load the CUDA module %s: %s",
+          path, dlerror ());
+      return NULL;
+    }
+    entry = (MoshiCudaBackendNewFunc) dlsym (module, MOSHI_CUDA_MODULE_ENTRY);
+    if (entry == NULL) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
+          "%s is not a gst-moshi CUDA module (no %s)", path, MOSHI_CUDA_MODULE_ENTRY);
+      dlclose (module);
+      return NULL;
+    }
+    g_debug ("loaded the CUDA module %s", path);
+    return entry;
+  }
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED,
+      "this installation of libmoshi has no CUDA module (%s); looked for %s", file,
+      tried->len ? tried->str : "nothing");
+  return NULL;
+}
+
+/* The CUDA backend, or an error saying why not. Called with backends_lock held. */
+static MoshiBackend *
+open_cuda_locked (GError **error)
+{
+  if (cuda_backend != NULL) {
+    g_atomic_int_inc (&cuda_backend->ref_count);
+    return cuda_backend;
+  }
+  if (cuda_unusable == NULL) {
+    GError *local = NULL;
+    MoshiCudaBackendNewFunc entry = load_cuda_module (&local);
+    if (entry != NULL)
+      cuda_backend = entry (MOSHI_CUDA_MODULE_ABI, sizeof (MoshiBackendOps), &local);
+    if (cuda_backend != NULL) {
+      g_debug ("CUDA backend: %s", cuda_backend->description);
+      return cuda_backend;
+    }
+    cuda_unusable = g_strdup (local->message);
+    cuda_unusable_code = local->code;
+    g_error_free (local);
+  }
+  g_set_error (error, MOSHI_ERROR, cuda_unusable_code, "device=cuda: %s", cuda_unusable);
+  return NULL;
+}
 
 MoshiBackend *
 moshi_backend_open (MoshiDevice device, GError **error)
 {
+  MoshiBackend *be = NULL;
   switch (device) {
     case MOSHI_DEVICE_CUDA:
-      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED,
-          "device=cuda was requested, but this build of libmoshi has no CUDA backend; "
-          "use device=cpu or device=auto");
-      return NULL;
-    case MOSHI_DEVICE_AUTO:
-      g_debug ("device=auto: no CUDA backend in this build, using the CPU");
-      G_GNUC_FALLTHROUGH;
+      g_mutex_lock (&backends_lock);
+      be = open_cuda_locked (error);
+      g_mutex_unlock (&backends_lock);
+      return be;
+    case MOSHI_DEVICE_AUTO: {
+      g_mutex_lock (&backends_lock);
+      gboolean first = cuda_backend == NULL && cuda_unusable == NULL;
+      GError *why = NULL;
+      be = open_cuda_locked (&why);
+      g_mutex_unlock (&backends_lock);
+      if (be != NULL)
+        return be;
+      if (first)
+        g_info ("device=auto: using the CPU (%s)", why->message);
+      else
+        g_debug ("device=auto: using the CPU (%s)", why->message);
+      g_error_free (why);
+      break;
+    }
     case MOSHI_DEVICE_CPU:
       break;
     default:
@@ -58,7 +162,7 @@ moshi_backend_open (MoshiDevice device, GError **error)
     cpu_backend = moshi_backend_cpu_new ();
   else
     g_atomic_int_inc (&cpu_backend->ref_count);
-  MoshiBackend *be = cpu_backend;
+  be = cpu_backend;
   g_mutex_unlock (&backends_lock);
   return be;
 }
@@ -79,6 +183,8 @@ moshi_backend_unref (MoshiBackend *be)
   gboolean last = g_atomic_int_dec_and_test (&be->ref_count);
   if (last && be == cpu_backend)
     cpu_backend = NULL;
+  if (last && be == cuda_backend)
+    cuda_backend = NULL;
   g_mutex_unlock (&backends_lock);
   if (last)
     be->ops->destroy (be);

@@ -710,6 +710,148 @@ START_TEST (test_rvq)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ data movement, linear */
+
+START_TEST (test_copy_transpose)
+{
+  static const int cases[][4] = {
+    /* rows, cols, ld_src pad, ld_dst pad */
+    { 1, 1, 0, 0 }, { 3, 5, 2, 1 }, { 33, 31, 0, 3 }, { 70, 257, 1, 0 }, { 64, 64, 0, 0 },
+    { 1, 1000, 5, 0 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 21);
+  char what[80];
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int rows = cases[c][0], cols = cases[c][1];
+    int ld_src = cols + cases[c][2];
+    size_t ns = (size_t) rows * ld_src;
+    g_autofree float *src = rand_vec (&rng, ns, 1);
+    float *d_src = dup_to_device (src, ns);
+
+    int ld_dst = cols + cases[c][3];
+    size_t nd = (size_t) rows * ld_dst;
+    g_autofree float *want = rand_vec (&rng, nd, 1);
+    float *d_dst = dup_to_device (want, nd);
+    be->ops->copy_2d (ex, want, ld_dst, src, ld_src, rows, cols);
+    CUDA_OK (moshi_k_copy_2d (stream, d_dst, ld_dst, d_src, ld_src, rows, cols));
+    g_autofree float *got = g_new (float, nd);
+    from_device (got, d_dst, nd);
+    g_snprintf (what, sizeof what, "copy_2d case %u", c);
+    assert_close_f32 (got, want, nd, what);
+    cudaFree (d_dst);
+
+    int ld_t = rows + cases[c][3];
+    size_t nt = (size_t) cols * ld_t;
+    g_autofree float *want_t = rand_vec (&rng, nt, 1);
+    float *d_t = dup_to_device (want_t, nt);
+    be->ops->transpose (ex, want_t, ld_t, src, ld_src, rows, cols);
+    CUDA_OK (moshi_k_transpose (stream, d_t, ld_t, d_src, ld_src, rows, cols));
+    g_autofree float *got_t = g_new (float, nt);
+    from_device (got_t, d_t, nt);
+    g_snprintf (what, sizeof what, "transpose case %u", c);
+    assert_close_f32 (got_t, want_t, nt, what);
+    cudaFree (d_t);
+    cudaFree (d_src);
+  }
+}
+END_TEST
+
+static uint16_t *
+rand_bf16 (MoshiTestRng *rng, size_t n, float scale)
+{
+  g_autofree float *f = rand_vec (rng, n, scale);
+  uint16_t *b = g_new (uint16_t, MAX (n, 1));
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy (&u, &f[i], 4);
+    b[i] = (uint16_t) (u >> 16);
+  }
+  return b;
+}
+
+START_TEST (test_linear_bf16)
+{
+  static const int cases[][6] = {
+    /* rows, n_out, n_in, ld pad, weight row offset (unaligned rows), beta 0/1 */
+    { 1, 1, 8, 0, 0, 0 }, { 1, 300, 256, 0, 0, 1 }, { 2, 33, 13, 3, 0, 0 }, { 3, 65, 512, 1, 1, 1 },
+    { 4, 9, 2048, 0, 0, 0 }, { 5, 17, 40, 2, 0, 1 }, { 6, 100, 7, 0, 0, 0 }, { 7, 31, 96, 5, 3, 1 },
+    { 8, 257, 1000, 0, 0, 0 }, { 8, 64, 4096, 4, 0, 1 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 22);
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++)
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+      int rows = cases[c][0], n_out = cases[c][1], n_in = cases[c][2];
+      int ld_src = n_in + cases[c][3], ld_dst = n_out + cases[c][3], off = cases[c][4];
+      float beta = (float) cases[c][5];
+      size_t nw = (size_t) (n_out + off) * n_in, ns = (size_t) rows * ld_src;
+      size_t nd = (size_t) rows * ld_dst;
+      g_autofree uint16_t *w = rand_bf16 (&rng, nw, 1);
+      g_autofree float *src = rand_vec (&rng, ns, 1);
+      g_autofree float *bias = rand_vec (&rng, n_out, 1);
+      g_autofree float *want = rand_vec (&rng, nd, 1);
+      if (beta == 0.0f)         /* dst is not read */
+        for (size_t i = 0; i < nd; i += 2)
+          want[i] = NAN;
+      uint16_t *d_w = cuda_test_upload (w, nw * 2);
+      float *d_src = dup_to_device (src, ns), *d_bias = dup_to_device (bias, n_out);
+      float *d_dst = dup_to_device (want, nd);
+      /* a view starting off rows into the matrix: rows no longer 16-byte aligned */
+      MoshiWeight W = { .dtype = MOSHI_DTYPE_BF16, .ndim = 2, .shape = { n_out, n_in },
+        .data = w + (size_t) off * n_in };
+      MoshiWeight B = host_weight (bias, 1, n_out, 0, 0);
+      if (beta == 0.0f)
+        for (int r = 0; r < rows; r++)
+          for (int o = 0; o < n_out; o++)
+            want[(size_t) r * ld_dst + o] = 0.0f;    /* the CPU op reads dst with beta 0 */
+      be->ops->linear (ex, want, ld_dst, src, ld_src, &W, with_bias ? &B : NULL, rows, beta);
+      CUDA_OK (moshi_k_linear_bf16_gemv (stream, d_dst, ld_dst, d_src, ld_src,
+          d_w + (size_t) off * n_in, n_out, n_in, with_bias ? d_bias : NULL, rows, beta));
+      g_autofree float *got = g_new (float, nd);
+      from_device (got, d_dst, nd);
+      char what[96];
+      g_snprintf (what, sizeof what, "linear_bf16_gemv case %u bias %d", c, with_bias);
+      assert_close_f32 (got, want, nd, what);
+      cudaFree (d_w);
+      cudaFree (d_src);
+      cudaFree (d_bias);
+      cudaFree (d_dst);
+    }
+  ck_assert_int_eq (moshi_k_linear_bf16_gemv (stream, NULL, 4, NULL, 4, NULL, 4, 4, NULL, 9,
+      0.0f), cudaErrorInvalidValue);
+
+  /* the pieces of the many-row path: conversion, bias */
+  size_t n = 1001;
+  g_autofree uint16_t *b16 = rand_bf16 (&rng, n, 3);
+  g_autofree float *want = g_new (float, n);
+  moshi_convert_to_f32 (want, b16, MOSHI_DTYPE_BF16, n);
+  uint16_t *d_b16 = cuda_test_upload (b16, n * 2);
+  float *d_f = dup_to_device (want, n);
+  CUDA_OK (cudaMemset (d_f, 0xff, n * 4));
+  CUDA_OK (moshi_k_bf16_to_f32 (stream, d_f, d_b16, n));
+  g_autofree float *got = g_new (float, n);
+  from_device (got, d_f, n);
+  ck_assert_int_eq (memcmp (got, want, n * 4), 0);
+  cudaFree (d_b16);
+  cudaFree (d_f);
+
+  int rows = 11, cols = 300, ld = 307;
+  g_autofree float *x = rand_vec (&rng, (size_t) rows * ld, 1);
+  g_autofree float *bias = rand_vec (&rng, cols, 1);
+  float *d_x = dup_to_device (x, (size_t) rows * ld), *d_bias = dup_to_device (bias, cols);
+  for (int r = 0; r < rows; r++)
+    for (int i = 0; i < cols; i++)
+      x[(size_t) r * ld + i] += bias[i];
+  CUDA_OK (moshi_k_add_bias (stream, d_x, ld, d_bias, rows, cols));
+  g_autofree float *got_x = g_new (float, (size_t) rows * ld);
+  from_device (got_x, d_x, (size_t) rows * ld);
+  assert_close_f32 (got_x, x, (size_t) rows * ld, "add_bias");
+  cudaFree (d_x);
+  cudaFree (d_bias);
+}
+END_TEST
+
 START_TEST (test_bad_shapes)
 {
   /* shapes the kernels refuse, without touching memory */
@@ -745,6 +887,8 @@ kernels_suite (void)
   tcase_add_test (tc, test_conv1d);
   tcase_add_test (tc, test_conv_transpose1d);
   tcase_add_test (tc, test_rvq);
+  tcase_add_test (tc, test_copy_transpose);
+  tcase_add_test (tc, test_linear_bf16);
   tcase_add_test (tc, test_bad_shapes);
   suite_add_tcase (s, tc);
   return s;

@@ -1,5 +1,5 @@
 /* gst-moshi: the CUDA module (libmoshi-cuda.so, built with nvcc) loads on a machine without a
- * GPU or CUDA driver and exports every kernel of the C ABI. */
+ * GPU or CUDA driver and exports every kernel of the C ABI and the backend's entry point. */
 #include <dlfcn.h>
 #include <stdio.h>
 
@@ -8,6 +8,10 @@ static const char *const symbols[] = {
   "moshi_k_layer_norm", "moshi_k_rms_norm", "moshi_k_embedding", "moshi_k_add_sin_embedding",
   "moshi_k_rope", "moshi_k_kv_write", "moshi_k_attention", "moshi_k_rvq_encode",
   "moshi_k_rvq_decode", "moshi_k_conv1d", "moshi_k_conv_transpose1d", "moshi_k_attention_scratch_floats",
+  "moshi_k_copy_2d", "moshi_k_transpose", "moshi_k_linear_bf16_gemv", "moshi_k_bf16_to_f32",
+  "moshi_k_add_bias",
+  /* the backend's entry point (lib/backend/cuda) */
+  "moshi_cuda_backend_new",
 };
 
 int

@@ -1,0 +1,648 @@
+/* gst-moshi CUDA backend: the op table (lib/backend/moshi-backend.h) on device memory.
+ *
+ * Host code in C against the CUDA runtime and cuBLAS APIs. The same source is built twice: with
+ * the nvcc kernels, libcudart and cuBLAS into libmoshi-cuda.so (the module libmoshi dlopens),
+ * and against the CPU emulator of the runtime (kernels/cuda-emu) into libmoshi-cuda-emu.so, which
+ * the tests load with MOSHI_CUDA_EMULATE=1.
+ *
+ * - Weights are uploaded once, at load: F32 as F32, BF16 matrices as BF16 (the embedding and
+ *   GEMV kernels read them directly), everything else converted to F32 on the host first.
+ * - A MoshiExec is a non-blocking stream, a cuBLAS handle bound to it and scratch buffers. Ops
+ *   queue work on the stream and return; download synchronises.
+ * - linear: cublasSgemm for F32 weights; BF16 weights go to the warp-per-feature GEMV kernel for
+ *   up to MOSHI_K_GEMV_MAX_ROWS rows, else blocks of weight rows are converted to f32 in scratch
+ *   and multiplied with cublasSgemm (never a full f32 copy of the matrix).
+ * - Ops return nothing: a failed launch is reported with g_critical (CUDA errors after a fault
+ *   are sticky, so the session's next download returns garbage rather than hanging). */
+#include "moshi-backend-cuda.h"
+
+#include "moshi-error.h"
+#include "moshi-kernels.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <string.h>
+
+/* f32 elements of converted BF16 weight rows per cublasSgemm in linear (16 MiB) */
+#define BF16_BLOCK_FLOATS (4u << 20)
+
+enum {
+  SCRATCH_LINEAR,
+  SCRATCH_COPY,
+  SCRATCH_ATTENTION,
+  SCRATCH_CONV,
+  N_SCRATCH
+};
+
+typedef struct {
+  MoshiBackend parent;
+  int device;
+  /* uploads at load time and the zeroing of fresh allocations, synchronised before return */
+  cudaStream_t load_stream;
+  GMutex load_lock;
+} CudaBackend;
+
+typedef struct {
+  MoshiExec parent;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  void *scratch[N_SCRATCH];
+  gsize scratch_bytes[N_SCRATCH];
+} CudaExec;
+
+#define CUDA_EX(ex) ((CudaExec *) (ex))
+#define CUDA_BE(be) ((CudaBackend *) (be))
+
+static void
+report (cudaError_t err, const char *what)
+{
+  if (G_LIKELY (err == cudaSuccess))
+    return;
+  g_critical ("CUDA backend: %s failed: %s (%s)", what, cudaGetErrorName (err),
+      cudaGetErrorString (err));
+}
+
+static void
+report_blas (cublasStatus_t status, const char *what)
+{
+  if (G_LIKELY (status == CUBLAS_STATUS_SUCCESS))
+    return;
+  g_critical ("CUDA backend: %s failed: %s (%s)", what, cublasGetStatusName (status),
+      cublasGetStatusString (status));
+}
+
+/* cudaError_t of the expression, reported under the name of the op */
+#define CHECK(call) report ((call), G_STRFUNC)
+
+static gboolean
+set_device_error (GError **error, cudaError_t err, const char *what)
+{
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: %s failed: %s (%s)", what,
+      cudaGetErrorName (err), cudaGetErrorString (err));
+  return FALSE;
+}
+
+static inline const float *
+wf32 (const MoshiWeight *w)
+{
+  if (w == NULL)
+    return NULL;
+  g_assert (w->dtype == MOSHI_DTYPE_F32);
+  return w->data;
+}
+
+/* A scratch buffer of at least bytes, kept by the exec. Contents are undefined. */
+static void *
+scratch (CudaExec *ex, int slot, gsize bytes)
+{
+  if (ex->scratch_bytes[slot] < bytes) {
+    /* queued kernels may still use the old buffer */
+    CHECK (cudaStreamSynchronize (ex->stream));
+    CHECK (cudaFree (ex->scratch[slot]));
+    gsize len = MAX (bytes, ex->scratch_bytes[slot] * 3 / 2);
+    ex->scratch[slot] = NULL;
+    ex->scratch_bytes[slot] = 0;
+    cudaError_t err = cudaMalloc (&ex->scratch[slot], len);
+    if (err != cudaSuccess) {
+      g_critical ("CUDA backend: cannot allocate %" G_GSIZE_FORMAT " bytes of scratch: %s", len,
+          cudaGetErrorString (err));
+      return NULL;
+    }
+    ex->scratch_bytes[slot] = len;
+  }
+  return ex->scratch[slot];
+}
+
+/* ---------------------------------------------------------------- backend, exec, memory */
+
+static void
+cuda_destroy (MoshiBackend *be)
+{
+  CudaBackend *cbe = CUDA_BE (be);
+  cudaStreamDestroy (cbe->load_stream);
+  g_mutex_clear (&cbe->load_lock);
+  g_free (be->description);
+  g_free (cbe);
+}
+
+static MoshiExec *
+cuda_exec_new (MoshiBackend *be, int n_threads, GError **error)
+{
+  CudaExec *ex = g_new0 (CudaExec, 1);
+  cudaError_t err = cudaStreamCreateWithFlags (&ex->stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) {
+    set_device_error (error, err, "creating a stream");
+    g_free (ex);
+    return NULL;
+  }
+  cublasStatus_t status = cublasCreate (&ex->blas);
+  if (status == CUBLAS_STATUS_SUCCESS)
+    status = cublasSetStream (ex->blas, ex->stream);
+  if (status == CUBLAS_STATUS_SUCCESS)
+    status = cublasSetMathMode (ex->blas, CUBLAS_DEFAULT_MATH);     /* f32, no TF32 */
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: cannot set up cuBLAS: %s",
+        cublasGetStatusString (status));
+    if (ex->blas)
+      cublasDestroy (ex->blas);
+    cudaStreamDestroy (ex->stream);
+    g_free (ex);
+    return NULL;
+  }
+  ex->parent.backend = moshi_backend_ref (be);
+  return &ex->parent;
+}
+
+static void
+cuda_exec_free (MoshiExec *parent)
+{
+  CudaExec *ex = CUDA_EX (parent);
+  CHECK (cudaStreamSynchronize (ex->stream));
+  cublasDestroy (ex->blas);
+  for (int i = 0; i < N_SCRATCH; i++)
+    cudaFree (ex->scratch[i]);
+  cudaStreamDestroy (ex->stream);
+  moshi_backend_unref (parent->backend);
+  g_free (ex);
+}
+
+static void *
+cuda_alloc (MoshiBackend *be, gsize bytes, GError **error)
+{
+  CudaBackend *cbe = CUDA_BE (be);
+  void *p = NULL;
+  cudaError_t err = cudaMalloc (&p, MAX (bytes, 1));
+  if (err != cudaSuccess) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
+        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of device memory: %s", bytes,
+        cudaGetErrorString (err));
+    return NULL;
+  }
+  g_mutex_lock (&cbe->load_lock);
+  err = cudaMemsetAsync (p, 0, MAX (bytes, 1), cbe->load_stream);
+  if (err == cudaSuccess)
+    err = cudaStreamSynchronize (cbe->load_stream);
+  g_mutex_unlock (&cbe->load_lock);
+  if (err != cudaSuccess) {
+    set_device_error (error, err, "zeroing a new allocation");
+    cudaFree (p);
+    return NULL;
+  }
+  return p;
+}
+
+static void
+cuda_free (MoshiBackend *be, void *ptr)
+{
+  CHECK (cudaFree (ptr));
+}
+
+static void
+cuda_upload (MoshiExec *ex, void *dst, const void *src, gsize bytes)
+{
+  /* from pageable memory: returns once src has been staged, so the caller may reuse it */
+  if (bytes > 0)
+    CHECK (cudaMemcpyAsync (dst, src, bytes, cudaMemcpyHostToDevice, CUDA_EX (ex)->stream));
+}
+
+static void
+cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes)
+{
+  if (bytes > 0)
+    CHECK (cudaMemcpyAsync (dst, src, bytes, cudaMemcpyDeviceToHost, CUDA_EX (ex)->stream));
+  CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
+}
+
+static void
+cuda_zero (MoshiExec *ex, void *dst, gsize bytes)
+{
+  if (bytes > 0)
+    CHECK (cudaMemsetAsync (dst, 0, bytes, CUDA_EX (ex)->stream));
+}
+
+static void
+cuda_synchronize (MoshiExec *ex)
+{
+  CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
+}
+
+/* ---------------------------------------------------------------- weights */
+
+static gboolean
+upload_weight (MoshiBackend *be, MoshiWeight *w, MoshiDType dtype, const void *host, int ndim,
+    const int64_t *shape, GError **error)
+{
+  CudaBackend *cbe = CUDA_BE (be);
+  int64_t numel = moshi_shape_numel (shape, ndim);
+  gsize bytes = (gsize) numel * moshi_dtype_size (dtype);
+  void *d = NULL;
+  cudaError_t err = cudaMalloc (&d, MAX (bytes, 1));
+  if (err != cudaSuccess) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
+        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of device memory for a weight: %s",
+        bytes, cudaGetErrorString (err));
+    return FALSE;
+  }
+  if (bytes > 0) {
+    g_mutex_lock (&cbe->load_lock);
+    err = cudaMemcpyAsync (d, host, bytes, cudaMemcpyHostToDevice, cbe->load_stream);
+    if (err == cudaSuccess)
+      err = cudaStreamSynchronize (cbe->load_stream);
+    g_mutex_unlock (&cbe->load_lock);
+    if (err != cudaSuccess) {
+      cudaFree (d);
+      return set_device_error (error, err, "uploading a weight");
+    }
+  }
+  memset (w, 0, sizeof (*w));
+  w->dtype = dtype;
+  w->ndim = ndim;
+  memcpy (w->shape, shape, ndim * sizeof (int64_t));
+  w->data = w->owned = d;
+  return TRUE;
+}
+
+static gboolean
+cuda_weight_from_f32 (MoshiBackend *be, MoshiWeight *w, const float *host, int ndim,
+    const int64_t *shape, GError **error)
+{
+  return upload_weight (be, w, MOSHI_DTYPE_F32, host, ndim, shape, error);
+}
+
+static gboolean
+cuda_weight_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
+    MoshiSafetensors *keep_alive, GError **error)
+{
+  int64_t numel = moshi_shape_numel (host->shape, host->ndim);
+  switch (host->dtype) {
+    case MOSHI_DTYPE_F32:
+      return upload_weight (be, w, MOSHI_DTYPE_F32, host->data, host->ndim, host->shape, error);
+    case MOSHI_DTYPE_BF16:
+      if (host->ndim == 2)      /* matrices stay BF16: half the memory and bandwidth */
+        return upload_weight (be, w, MOSHI_DTYPE_BF16, host->data, 2, host->shape, error);
+      G_GNUC_FALLTHROUGH;
+    case MOSHI_DTYPE_F16: {
+      g_autofree float *tmp = g_try_malloc (MAX (numel, 1) * sizeof (float));
+      if (tmp == NULL) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+            "out of memory converting tensor '%s' (%" G_GINT64_FORMAT " elements) to F32",
+            host->name, numel);
+        return FALSE;
+      }
+      moshi_convert_to_f32 (tmp, host->data, host->dtype, numel);
+      return upload_weight (be, w, MOSHI_DTYPE_F32, tmp, host->ndim, host->shape, error);
+    }
+    default:
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DTYPE,
+          "tensor '%s' has dtype %s; weights must be F32, BF16 or F16", host->name,
+          moshi_dtype_name (host->dtype));
+      return FALSE;
+  }
+}
+
+static void
+cuda_weight_release (MoshiBackend *be, MoshiWeight *w)
+{
+  if (w->owned)
+    CHECK (cudaFree (w->owned));
+  memset (w, 0, sizeof (*w));
+}
+
+/* ---------------------------------------------------------------- data movement */
+
+static void
+cuda_copy_2d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src, int rows,
+    int cols)
+{
+  if (rows <= 0 || cols <= 0 || (dst == src && ld_dst == ld_src))
+    return;
+  cudaStream_t s = CUDA_EX (ex)->stream;
+  const float *src_end = src + (gsize) (rows - 1) * ld_src + cols;
+  const float *dst_end = dst + (gsize) (rows - 1) * ld_dst + cols;
+  if (dst < src_end && src < dst_end) {
+    /* an overlapping shift: parallel threads would read what others already wrote */
+    float *tmp = scratch (CUDA_EX (ex), SCRATCH_COPY, (gsize) rows * cols * sizeof (float));
+    if (tmp == NULL)
+      return;
+    CHECK (moshi_k_copy_2d (s, tmp, cols, src, ld_src, rows, cols));
+    CHECK (moshi_k_copy_2d (s, dst, ld_dst, tmp, cols, rows, cols));
+  } else {
+    CHECK (moshi_k_copy_2d (s, dst, ld_dst, src, ld_src, rows, cols));
+  }
+}
+
+static void
+cuda_transpose (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src, int rows,
+    int cols)
+{
+  CHECK (moshi_k_transpose (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
+}
+
+/* ---------------------------------------------------------------- elementwise, norms */
+
+static void
+cuda_elu_2d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src, int rows,
+    int cols)
+{
+  CHECK (moshi_k_elu_2d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
+}
+
+static void
+cuda_gelu (MoshiExec *ex, float *x, gsize n)
+{
+  CHECK (moshi_k_gelu (CUDA_EX (ex)->stream, x, n));
+}
+
+static void
+cuda_add_scaled (MoshiExec *ex, float *x, int ld_x, const float *y, int ld_y,
+    const MoshiWeight *scale, int rows, int cols)
+{
+  CHECK (moshi_k_add_scaled (CUDA_EX (ex)->stream, x, ld_x, y, ld_y, wf32 (scale), rows, cols));
+}
+
+static void
+cuda_gated_act (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    MoshiActivation act, int rows, int hidden)
+{
+  CHECK (moshi_k_gated_act (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src,
+          act == MOSHI_ACT_SILU ? MOSHI_K_ACT_SILU : MOSHI_K_ACT_GELU, rows, hidden));
+}
+
+static void
+cuda_layer_norm (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    const MoshiWeight *weight, const MoshiWeight *bias, float eps, int rows, int d)
+{
+  CHECK (moshi_k_layer_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (weight),
+          wf32 (bias), eps, rows, d));
+}
+
+static void
+cuda_rms_norm (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    const MoshiWeight *alpha, float eps, int rows, int d)
+{
+  CHECK (moshi_k_rms_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (alpha), eps,
+          rows, d));
+}
+
+/* ---------------------------------------------------------------- embeddings, positions */
+
+static void
+cuda_embedding (MoshiExec *ex, float *dst, int ld, const MoshiWeight *table, const int32_t *ids,
+    int rows, float beta)
+{
+  g_assert (table->dtype == MOSHI_DTYPE_F32 || table->dtype == MOSHI_DTYPE_BF16);
+  CHECK (moshi_k_embedding (CUDA_EX (ex)->stream, dst, ld, table->data,
+          table->dtype == MOSHI_DTYPE_BF16 ? MOSHI_K_BF16 : MOSHI_K_F32, (int) table->shape[0],
+          (int) table->shape[1], ids, rows, beta));
+}
+
+static void
+cuda_add_sin_embedding (MoshiExec *ex, float *x, int ld, int rows, int d, int pos0,
+    float max_period, float scale)
+{
+  CHECK (moshi_k_add_sin_embedding (CUDA_EX (ex)->stream, x, ld, rows, d, pos0, max_period,
+          scale));
+}
+
+/* ---------------------------------------------------------------- linear */
+
+/* Row-major dst[rows, m] = beta * dst + src[rows, k] w[m, k]^T. Seen column-major (cuBLAS), dst
+ * is C [m, rows] (ldc = ld_dst), w is A [k, m] (lda = k), used transposed, and src is
+ * B [k, rows] (ldb = ld_src): C = A^T B + beta C. A single row may have any leading dimension;
+ * cuBLAS still wants ld >= the rows it spans. */
+static void
+sgemm_rows (CudaExec *ex, float *dst, int ld_dst, const float *src, int ld_src, const float *w,
+    int m, int k, int rows, float beta)
+{
+  const float one = 1.0f;
+  report_blas (cublasSgemm (ex->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, rows, k, &one, w, MAX (k, 1),
+          src, MAX (ld_src, MAX (k, 1)), &beta, dst, MAX (ld_dst, MAX (m, 1))), "cublasSgemm");
+}
+
+static void
+cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld_src,
+    const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta)
+{
+  CudaExec *ex = CUDA_EX (parent);
+  int n_out = (int) w->shape[0];
+  int n_in = (int) w->shape[1];
+  if (rows <= 0 || n_out <= 0)
+    return;
+  const float *b = wf32 (bias);
+  if (w->dtype == MOSHI_DTYPE_BF16) {
+    const uint16_t *wb = w->data;
+    if (rows <= MOSHI_K_GEMV_MAX_ROWS) {
+      /* the bias is added by the kernel */
+      CHECK (moshi_k_linear_bf16_gemv (ex->stream, dst, ld_dst, src, ld_src, wb, n_out, n_in, b,
+              rows, beta));
+      return;
+    }
+    int block_rows = (int) MIN ((gsize) n_out, MAX (BF16_BLOCK_FLOATS / MAX (n_in, 1), 1));
+    float *block = scratch (ex, SCRATCH_LINEAR, (gsize) block_rows * n_in * sizeof (float));
+    if (block == NULL)
+      return;
+    for (int o0 = 0; o0 < n_out; o0 += block_rows) {
+      int len = MIN (block_rows, n_out - o0);
+      CHECK (moshi_k_bf16_to_f32 (ex->stream, block, wb + (gsize) o0 * n_in,
+              (gsize) len * n_in));
+      sgemm_rows (ex, dst + o0, ld_dst, src, ld_src, block, len, n_in, rows, beta);
+    }
+  } else {
+    g_assert (w->dtype == MOSHI_DTYPE_F32);
+    sgemm_rows (ex, dst, ld_dst, src, ld_src, w->data, n_out, n_in, rows, beta);
+  }
+  if (b != NULL)
+    CHECK (moshi_k_add_bias (ex->stream, dst, ld_dst, b, rows, n_out));
+}
+
+/* ---------------------------------------------------------------- convolutions */
+
+static void
+cuda_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
+    int t_out, float beta)
+{
+  int c_out = (int) w->shape[0];
+  int c_in = (int) w->shape[1] * groups;
+  int k = w->ndim > 2 ? (int) w->shape[2] : 1;
+  CHECK (moshi_k_conv1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w), wf32 (bias),
+          c_in, c_out, k, stride, dilation, groups, t_out, beta));
+}
+
+static void
+cuda_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in)
+{
+  int c_in = (int) w->shape[0];
+  int c_out = (int) w->shape[1] * groups;
+  int k = w->ndim > 2 ? (int) w->shape[2] : 1;
+  float *tmp = NULL;
+  if (k > stride) {
+    tmp = scratch (CUDA_EX (ex), SCRATCH_CONV, (gsize) c_out * (k - stride) * sizeof (float));
+    if (tmp == NULL)
+      return;
+  }
+  CHECK (moshi_k_conv_transpose1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w),
+          wf32 (bias), carry, tmp, c_in, c_out, k, stride, groups, t_in));
+}
+
+/* ---------------------------------------------------------------- attention */
+
+static void
+cuda_kv_write (MoshiExec *ex, float *k_cache, float *v_cache, int capacity, const float *k,
+    int ld_k, const float *v, int ld_v, int width, int pos0, int t)
+{
+  CHECK (moshi_k_kv_write (CUDA_EX (ex)->stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v,
+          width, pos0, t));
+}
+
+static void
+cuda_rope (MoshiExec *ex, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
+    float max_period)
+{
+  CHECK (moshi_k_rope (CUDA_EX (ex)->stream, x, ld, t, n_heads, head_dim, pos0, max_period));
+}
+
+static void
+cuda_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
+    const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
+    int pos0, int t, int context, float scale)
+{
+  size_t n = moshi_k_attention_scratch_floats (capacity, n_heads, head_dim, t);
+  float *tmp = n > 0 ? scratch (CUDA_EX (ex), SCRATCH_ATTENTION, n * sizeof (float)) : NULL;
+  CHECK (moshi_k_attention (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, k_cache, v_cache,
+          capacity, n_heads, head_dim, pos0, t, context, scale, tmp, tmp ? n : 0));
+}
+
+/* ---------------------------------------------------------------- RVQ */
+
+static void
+cuda_rvq_encode (MoshiExec *ex, int32_t *codes, int ld_codes, float *residual, int ld,
+    const MoshiWeight *codebooks, const MoshiWeight *sq_norms, int n_levels, int t)
+{
+  CHECK (moshi_k_rvq_encode (CUDA_EX (ex)->stream, codes, ld_codes, residual, ld,
+          wf32 (codebooks), wf32 (sq_norms), n_levels, (int) codebooks->shape[1],
+          (int) codebooks->shape[2], t));
+}
+
+static void
+cuda_rvq_decode (MoshiExec *ex, float *dst, int ld, const int32_t *codes, int ld_codes,
+    const MoshiWeight *codebooks, int n_levels, int t)
+{
+  CHECK (moshi_k_rvq_decode (CUDA_EX (ex)->stream, dst, ld, codes, ld_codes, wf32 (codebooks),
+          n_levels, (int) codebooks->shape[1], (int) codebooks->shape[2], t));
+}
+
+static const MoshiBackendOps cuda_ops = {
+  .destroy = cuda_destroy,
+  .exec_new = cuda_exec_new,
+  .exec_free = cuda_exec_free,
+  .alloc = cuda_alloc,
+  .free = cuda_free,
+  .upload = cuda_upload,
+  .download = cuda_download,
+  .zero = cuda_zero,
+  .synchronize = cuda_synchronize,
+  .weight_from_host = cuda_weight_from_host,
+  .weight_from_f32 = cuda_weight_from_f32,
+  .weight_release = cuda_weight_release,
+  .copy_2d = cuda_copy_2d,
+  .transpose = cuda_transpose,
+  .elu_2d = cuda_elu_2d,
+  .gelu = cuda_gelu,
+  .add_scaled = cuda_add_scaled,
+  .layer_norm = cuda_layer_norm,
+  .rms_norm = cuda_rms_norm,
+  .gated_act = cuda_gated_act,
+  .embedding = cuda_embedding,
+  .add_sin_embedding = cuda_add_sin_embedding,
+  .linear = cuda_linear,
+  .conv1d = cuda_conv1d,
+  .conv_transpose1d = cuda_conv_transpose1d,
+  .kv_write = cuda_kv_write,
+  .rope = cuda_rope,
+  .attention = cuda_attention,
+  .rvq_encode = cuda_rvq_encode,
+  .rvq_decode = cuda_rvq_decode,
+};
+
+/* ---------------------------------------------------------------- entry point */
+
+static gboolean
+no_device (GError **error, const char *reason)
+{
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "no usable CUDA device: %s", reason);
+  return FALSE;
+}
+
+/* One tiny kernel: catches a GPU the module has no code for (cudaErrorNoKernelImageForDevice)
+ * and a broken driver before any model is loaded. */
+static gboolean
+probe_kernels (cudaStream_t stream, GError **error)
+{
+  float *d = NULL;
+  cudaError_t err = cudaMalloc ((void **) &d, sizeof (float));
+  if (err == cudaSuccess)
+    err = cudaMemsetAsync (d, 0, sizeof (float), stream);
+  if (err == cudaSuccess)
+    err = moshi_k_gelu (stream, d, 1);
+  if (err == cudaSuccess)
+    err = cudaStreamSynchronize (stream);
+  if (d != NULL)
+    cudaFree (d);
+  if (err != cudaSuccess)
+    return no_device (error, cudaGetErrorString (err));
+  return TRUE;
+}
+
+MoshiBackend *
+moshi_cuda_backend_new (guint abi, gsize ops_size, GError **error)
+{
+  if (abi != MOSHI_CUDA_MODULE_ABI || ops_size != sizeof (MoshiBackendOps)) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED,
+        "the CUDA module was built for another version of libmoshi (ABI %u, ops %" G_GSIZE_FORMAT
+        " bytes; libmoshi has ABI %u, %" G_GSIZE_FORMAT " bytes)", MOSHI_CUDA_MODULE_ABI,
+        sizeof (MoshiBackendOps), abi, ops_size);
+    return NULL;
+  }
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount (&n);
+  if (err != cudaSuccess) {
+    no_device (error, cudaGetErrorString (err));
+    return NULL;
+  }
+  if (n == 0) {
+    no_device (error, "the driver reports no device");
+    return NULL;
+  }
+  struct cudaDeviceProp prop;
+  err = cudaSetDevice (0);
+  if (err == cudaSuccess)
+    err = cudaGetDeviceProperties (&prop, 0);
+  if (err != cudaSuccess) {
+    no_device (error, cudaGetErrorString (err));
+    return NULL;
+  }
+  cudaStream_t load_stream;
+  err = cudaStreamCreateWithFlags (&load_stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) {
+    no_device (error, cudaGetErrorString (err));
+    return NULL;
+  }
+  if (!probe_kernels (load_stream, error)) {
+    cudaStreamDestroy (load_stream);
+    return NULL;
+  }
+
+  CudaBackend *be = g_new0 (CudaBackend, 1);
+  be->parent.ops = &cuda_ops;
+  be->parent.device = MOSHI_DEVICE_CUDA;
+  be->parent.name = "cuda";
+  be->parent.description = g_strdup_printf ("cuda (%s, sm_%d%d, %.1f GiB)", prop.name,
+      prop.major, prop.minor, prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+  be->parent.ref_count = 1;
+  be->device = 0;
+  be->load_stream = load_stream;
+  g_mutex_init (&be->load_lock);
+  return &be->parent;
+}

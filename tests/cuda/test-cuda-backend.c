@@ -1,0 +1,325 @@
+/* gst-moshi: opening the CUDA backend (lib/backend/moshi-backend.c + lib/backend/cuda) and the
+ * ops the model suites exercise least, on the emulated backend against the CPU backend.
+ *
+ * Each test runs in its own process (Check forks), so the backend open starts afresh: the
+ * decision whether CUDA is usable is cached per process. The meson test passes the paths of the
+ * real module (MOSHI_TEST_CUDA_MODULE) and of the emulated one (MOSHI_TEST_CUDA_EMU_MODULE). */
+#include "test-support.h"
+
+#include "moshi-backend.h"
+#include "moshi-dtype.h"
+#include "moshi-error.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define F32_TOL 1e-5
+
+static void
+use_module (const char *env, gboolean emulate)
+{
+  const char *path = g_getenv (env);
+  if (path == NULL)
+    ck_abort_msg ("%s is not set", env);
+  g_setenv ("MOSHI_CUDA_MODULE", path, TRUE);
+  if (emulate)
+    g_setenv ("MOSHI_CUDA_EMULATE", "1", TRUE);
+  else
+    g_unsetenv ("MOSHI_CUDA_EMULATE");
+}
+
+/* device=cuda with the real module on a machine without a GPU or driver: a clear error, the
+ * same on the second try (cached), and device=auto falls back to the CPU. */
+START_TEST (test_real_module_without_gpu)
+{
+  if (g_getenv ("MOSHI_TEST_CUDA_MODULE") == NULL) {
+    printf ("no nvcc-built module in this build: the no-GPU error is not checked\n");
+    return;
+  }
+  use_module ("MOSHI_TEST_CUDA_MODULE", FALSE);
+  GError *error = NULL;
+  MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
+  if (be != NULL) {
+    printf ("a usable GPU is present (%s): the no-GPU error cannot be checked here\n",
+        be->description);
+    moshi_backend_unref (be);
+    return;
+  }
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE));
+  moshi_assert_error_contains (error, "device=cuda: no usable CUDA device: ");
+  printf ("device=cuda without a GPU: %s\n", error->message);
+  g_autofree char *first = g_strdup (error->message);
+  g_clear_error (&error);
+
+  ck_assert_ptr_null (moshi_backend_open (MOSHI_DEVICE_CUDA, &error));
+  ck_assert_str_eq (error->message, first);
+  g_clear_error (&error);
+
+  be = moshi_backend_open (MOSHI_DEVICE_AUTO, &error);
+  ck_assert_ptr_nonnull (be);
+  ck_assert_str_eq (be->name, "cpu");
+  moshi_backend_unref (be);
+}
+END_TEST
+
+START_TEST (test_missing_module)
+{
+  g_setenv ("MOSHI_CUDA_MODULE", "/nonexistent/libmoshi-cuda.so", TRUE);
+  GError *error = NULL;
+  ck_assert_ptr_null (moshi_backend_open (MOSHI_DEVICE_CUDA, &error));
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE));
+  moshi_assert_error_contains (error, "cannot load the CUDA module /nonexistent/libmoshi-cuda.so");
+  g_clear_error (&error);
+  MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_AUTO, &error);
+  ck_assert_ptr_nonnull (be);
+  ck_assert_str_eq (be->name, "cpu");
+  moshi_backend_unref (be);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ emulated backend vs CPU */
+
+static MoshiBackend *cpu, *gpu;
+static MoshiExec *cpu_ex, *gpu_ex;
+
+static void
+open_both (void)
+{
+  use_module ("MOSHI_TEST_CUDA_EMU_MODULE", TRUE);
+  GError *error = NULL;
+  gpu = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
+  ck_assert_msg (gpu != NULL, "%s", error ? error->message : "");
+  ck_assert_str_eq (gpu->name, "cuda");
+  cpu = moshi_backend_open (MOSHI_DEVICE_CPU, &error);
+  gpu_ex = moshi_exec_new (gpu, 0, &error);
+  ck_assert_ptr_nonnull (gpu_ex);
+  cpu_ex = moshi_exec_new (cpu, 1, &error);
+}
+
+static void
+close_both (void)
+{
+  moshi_exec_free (gpu_ex);
+  moshi_exec_free (cpu_ex);
+  moshi_backend_unref (gpu);
+  moshi_backend_unref (cpu);
+}
+
+static float *
+rand_vec (MoshiTestRng *rng, size_t n, float scale)
+{
+  float *x = g_new (float, MAX (n, 1));
+  moshi_test_fill_uniform (rng, x, n, scale);
+  return x;
+}
+
+static float *
+to_gpu (const float *h, size_t n)
+{
+  GError *error = NULL;
+  float *d = gpu->ops->alloc (gpu, n * sizeof (float), &error);
+  ck_assert_ptr_nonnull (d);
+  gpu->ops->upload (gpu_ex, d, h, n * sizeof (float));
+  return d;
+}
+
+static float *
+from_gpu (const float *d, size_t n)
+{
+  float *h = g_new (float, MAX (n, 1));
+  gpu->ops->download (gpu_ex, h, d, n * sizeof (float));
+  return h;
+}
+
+static void
+assert_close (const float *got, const float *want, size_t n, const char *what)
+{
+  double ss = 0;
+  for (size_t i = 0; i < n; i++)
+    ss += (double) want[i] * want[i];
+  double rms = n > 0 ? sqrt (ss / n) : 0;
+  for (size_t i = 0; i < n; i++) {
+    double err = fabs ((double) got[i] - want[i]);
+    double ref = MAX (fabs (want[i]), rms);
+    ck_assert_msg (err <= F32_TOL * ref, "%s: element %zu is %.9g, want %.9g (error %.3g)", what,
+        i, got[i], want[i], err);
+  }
+}
+
+START_TEST (test_emulated_memory)
+{
+  open_both ();
+  GError *error = NULL;
+  ck_assert_ptr_nonnull (strstr (gpu->description, "cuda"));
+  /* alloc is zero-filled; upload, zero and download round-trip */
+  float *d = gpu->ops->alloc (gpu, 1000 * sizeof (float), &error);
+  g_autofree float *z = from_gpu (d, 1000);
+  for (int i = 0; i < 1000; i++)
+    ck_assert_float_eq (z[i], 0.0f);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 1);
+  g_autofree float *x = rand_vec (&rng, 1000, 1);
+  gpu->ops->upload (gpu_ex, d, x, 1000 * sizeof (float));
+  gpu->ops->zero (gpu_ex, d + 10, 5 * sizeof (float));
+  g_autofree float *y = from_gpu (d, 1000);
+  memset (x + 10, 0, 5 * sizeof (float));
+  ck_assert_int_eq (memcmp (x, y, sizeof (float) * 1000), 0);
+  gpu->ops->free (gpu, d);
+
+  /* device=auto now finds the (emulated) GPU */
+  MoshiBackend *any = moshi_backend_open (MOSHI_DEVICE_AUTO, &error);
+  ck_assert_ptr_eq (any, gpu);
+  moshi_backend_unref (any);
+
+  /* weights: BF16 matrices stay BF16, other BF16/F16 tensors become F32 */
+  uint16_t bf[6] = { 0x3f80, 0x4000, 0xbf80, 0x3f00, 0x0000, 0x4040 };
+  MoshiTensorEntry e = { .name = "w", .dtype = MOSHI_DTYPE_BF16, .ndim = 2,
+    .shape = { 2, 3 }, .data = bf };
+  MoshiWeight w;
+  ck_assert (gpu->ops->weight_from_host (gpu, &w, &e, NULL, &error));
+  ck_assert_int_eq (w.dtype, MOSHI_DTYPE_BF16);
+  uint16_t back[6];
+  gpu->ops->download (gpu_ex, back, w.data, sizeof back);
+  ck_assert_int_eq (memcmp (back, bf, sizeof bf), 0);
+  gpu->ops->weight_release (gpu, &w);
+  e.ndim = 1;
+  e.shape[0] = 6;
+  ck_assert (gpu->ops->weight_from_host (gpu, &w, &e, NULL, &error));
+  ck_assert_int_eq (w.dtype, MOSHI_DTYPE_F32);
+  g_autofree float *f = from_gpu (w.data, 6);
+  const float want[6] = { 1, 2, -1, 0.5f, 0, 3 };
+  ck_assert_int_eq (memcmp (f, want, sizeof want), 0);
+  gpu->ops->weight_release (gpu, &w);
+  close_both ();
+}
+END_TEST
+
+/* linear with F32 and BF16 weights: the GEMV rows, the converted-block path with more than one
+ * block of weight rows, bias, beta 0 and 1, padded leading dimensions. */
+START_TEST (test_emulated_linear)
+{
+  open_both ();
+  static const int cases[][5] = {
+    /* rows, n_out, n_in, bf16, beta */
+    { 1, 70, 33, 0, 0 }, { 5, 64, 128, 0, 1 }, { 20, 48, 40, 0, 0 },
+    { 1, 70, 64, 1, 1 }, { 8, 33, 72, 1, 0 }, { 9, 40, 100, 1, 1 }, { 12, 4100, 1024, 1, 0 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 2);
+  GError *error = NULL;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int rows = cases[c][0], n_out = cases[c][1], n_in = cases[c][2];
+    gboolean bf16 = cases[c][3];
+    float beta = (float) cases[c][4];
+    int ld_src = n_in + 3, ld_dst = n_out + 1;
+    size_t nw = (size_t) n_out * n_in;
+    g_autofree float *wf = rand_vec (&rng, nw, 1);
+    g_autofree uint16_t *wb = g_new (uint16_t, nw);
+    for (size_t i = 0; i < nw; i++) {
+      uint32_t u;
+      memcpy (&u, &wf[i], 4);
+      wb[i] = (uint16_t) (u >> 16);
+    }
+    MoshiTensorEntry e = { .name = "w", .dtype = bf16 ? MOSHI_DTYPE_BF16 : MOSHI_DTYPE_F32,
+      .ndim = 2, .shape = { n_out, n_in }, .data = bf16 ? (void *) wb : (void *) wf };
+    g_autofree float *bias = rand_vec (&rng, n_out, 1);
+    MoshiWeight cw, gw, cb, gb;
+    ck_assert (cpu->ops->weight_from_host (cpu, &cw, &e, NULL, &error));
+    ck_assert (gpu->ops->weight_from_host (gpu, &gw, &e, NULL, &error));
+    ck_assert_int_eq (gw.dtype, e.dtype);
+    int64_t bshape[1] = { n_out };
+    ck_assert (cpu->ops->weight_from_f32 (cpu, &cb, bias, 1, bshape, &error));
+    ck_assert (gpu->ops->weight_from_f32 (gpu, &gb, bias, 1, bshape, &error));
+    size_t ns = (size_t) rows * ld_src, nd = (size_t) rows * ld_dst;
+    g_autofree float *src = rand_vec (&rng, ns, 1);
+    g_autofree float *want = rand_vec (&rng, nd, 1);
+    float *d_src = to_gpu (src, ns), *d_dst = to_gpu (want, nd);
+    cpu->ops->linear (cpu_ex, want, ld_dst, src, ld_src, &cw, &cb, rows, beta);
+    gpu->ops->linear (gpu_ex, d_dst, ld_dst, d_src, ld_src, &gw, &gb, rows, beta);
+    g_autofree float *got = from_gpu (d_dst, nd);
+    char what[80];
+    g_snprintf (what, sizeof what, "linear case %u (%s)", c, bf16 ? "bf16" : "f32");
+    assert_close (got, want, nd, what);
+    gpu->ops->free (gpu, d_src);
+    gpu->ops->free (gpu, d_dst);
+    cpu->ops->weight_release (cpu, &cw);
+    cpu->ops->weight_release (cpu, &cb);
+    gpu->ops->weight_release (gpu, &gw);
+    gpu->ops->weight_release (gpu, &gb);
+  }
+  close_both ();
+}
+END_TEST
+
+/* copy_2d: disjoint, the overlapping shift to the front the models use for history, and dst ==
+ * src; transpose. */
+START_TEST (test_emulated_copy)
+{
+  open_both ();
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 3);
+  const int rows = 7, ld = 50, n = rows * ld;
+  static const int shifts[][2] = { { 0, 40 }, { 3, 40 }, { 10, 40 }, { 1, 49 }, { 45, 5 } };
+  for (guint c = 0; c < G_N_ELEMENTS (shifts); c++) {
+    int k = shifts[c][0], cols = shifts[c][1];
+    g_autofree float *x = rand_vec (&rng, n, 1);
+    float *d = to_gpu (x, n);
+    /* dst = src - k: columns [k, k + cols) move to [0, cols) of every row */
+    cpu->ops->copy_2d (cpu_ex, x, ld, x + k, ld, rows, cols);
+    gpu->ops->copy_2d (gpu_ex, d, ld, d + k, ld, rows, cols);
+    g_autofree float *got = from_gpu (d, n);
+    char what[64];
+    g_snprintf (what, sizeof what, "copy_2d shift %d cols %d", k, cols);
+    assert_close (got, x, n, what);
+    gpu->ops->free (gpu, d);
+  }
+  /* whole rows back: dst = src - 2 rows, overlapping */
+  g_autofree float *x = rand_vec (&rng, n, 1);
+  float *d = to_gpu (x, n);
+  cpu->ops->copy_2d (cpu_ex, x, ld, x + 2 * ld, ld, rows - 2, ld);
+  gpu->ops->copy_2d (gpu_ex, d, ld, d + 2 * ld, ld, rows - 2, ld);
+  g_autofree float *got = from_gpu (d, n);
+  assert_close (got, x, n, "copy_2d rows shift");
+
+  g_autofree float *t_want = g_new0 (float, 50 * 9);
+  float *d_t = to_gpu (t_want, 50 * 9);
+  cpu->ops->transpose (cpu_ex, t_want, 9, x, ld, rows, 50);
+  gpu->ops->transpose (gpu_ex, d_t, 9, d, ld, rows, 50);
+  g_autofree float *t_got = from_gpu (d_t, 50 * 9);
+  assert_close (t_got, t_want, 50 * 9, "transpose");
+  gpu->ops->free (gpu, d);
+  gpu->ops->free (gpu, d_t);
+  close_both ();
+}
+END_TEST
+
+static Suite *
+backend_suite (void)
+{
+  Suite *s = suite_create ("cuda-backend");
+  TCase *open = tcase_create ("open");
+  tcase_add_test (open, test_real_module_without_gpu);
+  tcase_add_test (open, test_missing_module);
+  suite_add_tcase (s, open);
+  TCase *emu = tcase_create ("emulated");
+  tcase_set_timeout (emu, 300);
+  tcase_add_test (emu, test_emulated_memory);
+  tcase_add_test (emu, test_emulated_linear);
+  tcase_add_test (emu, test_emulated_copy);
+  suite_add_tcase (s, emu);
+  return s;
+}
+
+int
+main (void)
+{
+  /* each test opens the backends afresh in its own process */
+  const char *fork_mode = g_getenv ("CK_FORK");
+  if (fork_mode != NULL && g_str_equal (fork_mode, "no")) {
+    printf ("SKIP: these tests need CK_FORK (a fresh process per test)\n");
+    return 77;
+  }
+  return moshi_test_run_suite (backend_suite ());
+}
