@@ -260,26 +260,13 @@ wrong_format:
 }
 
 /* Converts n input samples into self->pcm and pads the rest of the frame with silence.
- * Non-finite samples (which the codec rejects) become silence so that one bad sample
- * from a broken filter does not end the stream. Returns how many were replaced. */
+ * Non-finite samples become silence (see gst_moshi_audio_to_float). Returns how many were
+ * replaced. */
 static gsize
 fill_frame (GstMimiEnc * self, GstAudioFormat format, const guint8 * data,
     gsize n)
 {
-  gsize replaced = 0;
-
-  if (format == GST_AUDIO_FORMAT_S16LE) {
-    for (gsize i = 0; i < n; i++)
-      self->pcm[i] = (gint16) GST_READ_UINT16_LE (data + 2 * i) / 32768.0f;
-  } else {
-    memcpy (self->pcm, data, n * sizeof (gfloat));
-    for (gsize i = 0; i < n; i++) {
-      if (G_UNLIKELY (!isfinite (self->pcm[i]))) {
-        self->pcm[i] = 0.0f;
-        replaced++;
-      }
-    }
-  }
+  gsize replaced = gst_moshi_audio_to_float (format, data, n, self->pcm);
   memset (self->pcm + n, 0, (self->frame_size - n) * sizeof (gfloat));
   return replaced;
 }

@@ -1011,29 +1011,6 @@ sync_input (GstMoshiDialog * self, GstClockTime pts, guint64 * skip)
 
 /* ------------------------------------------------------------------ input */
 
-/* Converts n samples to float into dest; non-finite ones become silence. Returns how many
- * were replaced. */
-static gsize
-convert_input (GstMoshiDialog * self, gfloat * dest, const guint8 * src,
-    gsize n)
-{
-  gsize replaced = 0;
-
-  if (self->in_format == GST_AUDIO_FORMAT_S16LE) {
-    for (gsize i = 0; i < n; i++)
-      dest[i] = (gint16) GST_READ_UINT16_LE (src + 2 * i) / 32768.0f;
-  } else {
-    memcpy (dest, src, n * sizeof (gfloat));
-    for (gsize i = 0; i < n; i++) {
-      if (G_UNLIKELY (!isfinite (dest[i]))) {
-        dest[i] = 0.0f;
-        replaced++;
-      }
-    }
-  }
-  return replaced;
-}
-
 static GstFlowReturn
 handle_pcm (GstMoshiDialog * self, GstBuffer * buffer)
 {
@@ -1054,8 +1031,8 @@ handle_pcm (GstMoshiDialog * self, GstBuffer * buffer)
 
   while (offset < n && ret == GST_FLOW_OK) {
     gsize take = MIN (n - offset, (gsize) self->frame_size - self->filled);
-    replaced += convert_input (self, self->pcm + self->filled,
-        map.data + offset * bpf, take);
+    replaced += gst_moshi_audio_to_float (self->in_format, map.data + offset * bpf,
+        take, self->pcm + self->filled);
     self->filled += take;
     offset += take;
     if (self->filled == (gsize) self->frame_size) {
@@ -1515,83 +1492,59 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
 /* ------------------------------------------------------------------ properties */
 
 static void
-set_string (GstMoshiDialog * self, gchar ** field, const GValue * value)
-{
-  GST_OBJECT_LOCK (self);
-  g_free (*field);
-  *field = g_value_dup_string (value);
-  /* An empty string from gst-launch means "none". */
-  if (*field != NULL && (*field)[0] == '\0')
-    g_clear_pointer (field, g_free);
-  GST_OBJECT_UNLOCK (self);
-}
-
-static void
 gst_moshi_dialog_set_property (GObject * object, guint prop_id,
     const GValue * value, GParamSpec * pspec)
 {
   GstMoshiDialog *self = GST_MOSHI_DIALOG (object);
 
+  GST_OBJECT_LOCK (self);
   switch (prop_id) {
     case PROP_MODEL:
-      set_string (self, &self->spec.model, value);
+      gst_moshi_set_optional_string (&self->spec.model, value);
       break;
     case PROP_LM_CONFIG:
-      set_string (self, &self->spec.lm_config, value);
+      gst_moshi_set_optional_string (&self->spec.lm_config, value);
       break;
     case PROP_MIMI_MODEL:
-      set_string (self, &self->spec.mimi_model, value);
+      gst_moshi_set_optional_string (&self->spec.mimi_model, value);
       break;
     case PROP_MIMI_CONFIG:
-      set_string (self, &self->spec.mimi_config, value);
+      gst_moshi_set_optional_string (&self->spec.mimi_config, value);
       break;
     case PROP_TOKENIZER:
-      set_string (self, &self->spec.tokenizer, value);
+      gst_moshi_set_optional_string (&self->spec.tokenizer, value);
       break;
     case PROP_DEVICE:
-      GST_OBJECT_LOCK (self);
       self->spec.device = g_value_get_enum (value);
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_THREADS:
-      GST_OBJECT_LOCK (self);
       self->threads = g_value_get_int (value);
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_TEXT_TEMPERATURE:
-      GST_OBJECT_LOCK (self);
       self->sampling.text_temperature = g_value_get_float (value);
       self->sampling_serial++;
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_TEXT_TOPK:
-      GST_OBJECT_LOCK (self);
       self->sampling.text_topk = g_value_get_int (value);
       self->sampling_serial++;
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_AUDIO_TEMPERATURE:
-      GST_OBJECT_LOCK (self);
       self->sampling.audio_temperature = g_value_get_float (value);
       self->sampling_serial++;
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_AUDIO_TOPK:
-      GST_OBJECT_LOCK (self);
       self->sampling.audio_topk = g_value_get_int (value);
       self->sampling_serial++;
-      GST_OBJECT_UNLOCK (self);
       break;
     case PROP_SEED:
-      GST_OBJECT_LOCK (self);
       self->sampling.seed = g_value_get_uint64 (value);
       self->sampling_serial++;
-      GST_OBJECT_UNLOCK (self);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
   }
+  GST_OBJECT_UNLOCK (self);
 }
 
 static void

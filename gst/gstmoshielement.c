@@ -1,5 +1,8 @@
-/* gst-moshi: one-time plugin setup and the code both Mimi elements share. */
+/* gst-moshi: one-time plugin setup and the code the elements share. */
 #include "gstmoshielements.h"
+
+#include <math.h>
+#include <string.h>
 
 #include "moshi-error.h"
 #include "moshi-hub.h"
@@ -130,6 +133,16 @@ gst_moshi_settings_install_properties (GObjectClass * klass,
           0, GST_MOSHI_MAX_THREADS, GST_MOSHI_DEFAULT_THREADS, flags));
 }
 
+void
+gst_moshi_set_optional_string (gchar ** field, const GValue * value)
+{
+  g_free (*field);
+  *field = g_value_dup_string (value);
+  /* An empty string from gst-launch means "none". */
+  if (*field != NULL && (*field)[0] == '\0')
+    g_clear_pointer (field, g_free);
+}
+
 gboolean
 gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
     guint prop_id, guint first_prop_id, const GValue * value)
@@ -144,11 +157,7 @@ gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
       settings->model = g_value_dup_string (value);
       break;
     case GST_MOSHI_PROP_CONFIG:
-      g_free (settings->config);
-      settings->config = g_value_dup_string (value);
-      /* An empty string from gst-launch means "none". */
-      if (settings->config != NULL && settings->config[0] == '\0')
-        g_clear_pointer (&settings->config, g_free);
+      gst_moshi_set_optional_string (&settings->config, value);
       break;
     case GST_MOSHI_PROP_DEVICE:
       settings->device = g_value_get_enum (value);
@@ -426,4 +435,25 @@ gst_moshi_log_refused_caps (GstElement * element, GstDebugCategory * category,
   GST_CAT_WARNING_OBJECT (category, element, "cannot accept %" GST_PTR_FORMAT
       " on %s:%s: %s%s%s", caps, GST_DEBUG_PAD_NAME (pad), why->str,
       hint ? "; " : "", hint ? hint : "");
+}
+
+gsize
+gst_moshi_audio_to_float (GstAudioFormat format, const guint8 * src, gsize n,
+    gfloat * dest)
+{
+  gsize replaced = 0;
+
+  if (format == GST_AUDIO_FORMAT_S16LE) {
+    for (gsize i = 0; i < n; i++)
+      dest[i] = (gint16) GST_READ_UINT16_LE (src + 2 * i) / 32768.0f;
+  } else {
+    memcpy (dest, src, n * sizeof (gfloat));
+    for (gsize i = 0; i < n; i++) {
+      if (G_UNLIKELY (!isfinite (dest[i]))) {
+        dest[i] = 0.0f;
+        replaced++;
+      }
+    }
+  }
+  return replaced;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <gst/gst.h>
+#include <gst/audio/audio.h>
 
 #include "moshi-mimi.h"
 
@@ -65,6 +66,9 @@ G_GNUC_INTERNAL void gst_moshi_settings_copy (GstMoshiSettings * dest,
     const GstMoshiSettings * src);
 G_GNUC_INTERNAL void gst_moshi_settings_install_properties (GObjectClass * klass,
     guint first_prop_id);
+/* Replaces *field with the string in value; NULL and "" (what gst-launch passes for "none")
+ * both leave it NULL. The caller holds the object lock. */
+G_GNUC_INTERNAL void gst_moshi_set_optional_string (gchar ** field, const GValue * value);
 /* Return FALSE when prop_id is not one of the shared properties. Take the object lock. */
 G_GNUC_INTERNAL gboolean gst_moshi_settings_set_property (GstMoshiSettings * settings,
     GObject * object, guint prop_id, guint first_prop_id, const GValue * value);
@@ -112,6 +116,12 @@ G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebo
 G_GNUC_INTERNAL void gst_moshi_log_refused_caps (GstElement * element,
     GstDebugCategory * category, GstPad * pad, GstCaps * caps,
     const gchar * hint);
+
+/* Converts n S16LE or F32LE samples from src into floats in dest. Non-finite samples (which
+ * the models reject) become silence, so that one bad sample from a broken filter does not
+ * end the stream. Returns how many were replaced. */
+G_GNUC_INTERNAL gsize gst_moshi_audio_to_float (GstAudioFormat format, const guint8 * src,
+    gsize n, gfloat * dest);
 
 /* Key of the object data that points at the element's MoshiMimi while it is open; lets tests
  * check that two elements share one model. Not an API. */

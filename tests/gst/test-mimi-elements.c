@@ -12,20 +12,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gst-test-util.h"
 #include "moshi-hub.h"
 #include "moshi-mimi.h"
-#include "moshi-safetensors.h"
 
-#define RATE 24000
-#define FRAME 1920
-#define FRAME_NS (80 * GST_MSECOND)
 #define CODEBOOKS 8             /* mimienc's default */
 #define MODEL_CODEBOOKS 16
-#define CODEBOOK_SIZE 256
-#define MODEL_DATA_KEY "gst-moshi-mimi-model"
-
-#define RAW_F32_CAPS "audio/x-raw, format=F32LE, layout=interleaved, rate=24000, channels=1"
-#define RAW_S16_CAPS "audio/x-raw, format=S16LE, layout=interleaved, rate=24000, channels=1"
 #define TOKEN_CAPS "audio/x-mimi, rate=24000, channels=1, framerate=25/2, codebooks=8, " \
     "codebook-size=256, stream-format=u16le"
 
@@ -39,25 +31,8 @@ init_paths (void)
 {
   if (model_path != NULL)
     return;
-  const gchar *data = g_getenv ("MOSHI_TEST_DATA");
-  fail_unless (data != NULL, "MOSHI_TEST_DATA is not set");
-  model_path = g_build_filename (data, "mimi", "small", "model.safetensors", NULL);
-  config_path = g_build_filename (data, "mimi", "small", "config.json", NULL);
-}
-
-/* The golden speech signal: 42240 samples (22 frames) of espeak-ng at 24 kHz. */
-static gfloat *
-load_speech (gsize * n)
-{
-  g_autoptr (GError) error = NULL;
-  g_autofree gchar *golden = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "mimi", "small",
-      "golden.safetensors", NULL);
-  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
-  fail_unless (st != NULL, "%s", error ? error->message : "");
-  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "speech.pcm");
-  fail_unless (e != NULL && e->dtype == MOSHI_DTYPE_F32);
-  *n = e->nbytes / sizeof (gfloat);
-  return g_memdup2 (e->data, e->nbytes);
+  model_path = test_data_path ("mimi", "small", "model.safetensors", NULL);
+  config_path = test_data_path ("mimi", "small", "config.json", NULL);
 }
 
 /* n samples of speech, looping the golden signal with a slowly varying gain. */
@@ -74,37 +49,11 @@ make_speech (gsize n)
 
 /* ------------------------------------------------------------------ library reference */
 
-static MoshiMimi *
-load_reference_model (void)
-{
-  g_autoptr (GError) error = NULL;
-  MoshiMimi *mimi = moshi_mimi_load (model_path, config_path, NULL, &error);
-  fail_unless (mimi != NULL, "%s", error ? error->message : "");
-  return mimi;
-}
-
 /* Tokens of pcm (zero-padded to whole frames), frame-major [frame][codebook]. */
 static gint32 *
 reference_encode (const gfloat * pcm, gsize n, gint codebooks, gsize * n_frames)
 {
-  g_autoptr (GError) error = NULL;
-  g_autoptr (MoshiMimi) mimi = load_reference_model ();
-  MoshiMimiSessionOptions options = {.num_codebooks = codebooks,.max_frames_per_call = 1 };
-  g_autoptr (MoshiMimiSession) session = moshi_mimi_session_new (mimi, &options, &error);
-  fail_unless (session != NULL, "%s", error ? error->message : "");
-
-  gsize frames = (n + FRAME - 1) / FRAME;
-  g_autofree gfloat *padded = g_new0 (gfloat, frames * FRAME);
-  memcpy (padded, pcm, n * sizeof (gfloat));
-  g_autofree gint32 *by_codebook = g_new (gint32, frames * codebooks);
-  fail_unless (moshi_mimi_session_encode (session, padded, (gint) frames, by_codebook,
-          &error), "%s", error ? error->message : "");
-  gint32 *codes = g_new (gint32, frames * codebooks);
-  for (gsize f = 0; f < frames; f++)
-    for (gint k = 0; k < codebooks; k++)
-      codes[f * codebooks + k] = by_codebook[k * frames + f];
-  *n_frames = frames;
-  return codes;
+  return reference_mimi_encode (model_path, config_path, pcm, n, codebooks, n_frames);
 }
 
 /* Audio of frame-major tokens, frames * FRAME samples. */
@@ -112,7 +61,7 @@ static gfloat *
 reference_decode (const gint32 * codes, gsize frames, gint codebooks)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (MoshiMimi) mimi = load_reference_model ();
+  g_autoptr (MoshiMimi) mimi = load_mimi (model_path, config_path);
   MoshiMimiSessionOptions options = {.max_frames_per_call = 1 };
   g_autoptr (MoshiMimiSession) session = moshi_mimi_session_new (mimi, &options, &error);
   fail_unless (session != NULL, "%s", error ? error->message : "");
@@ -140,14 +89,6 @@ make_element (const gchar * factory)
 }
 
 static GstHarness *
-harness_for (GstElement * element)
-{
-  GstHarness *h = gst_harness_new_with_element (element, "sink", "src");
-  gst_object_unref (element);
-  return h;
-}
-
-static GstHarness *
 new_encoder_harness (void)
 {
   GstHarness *h = harness_for (make_element ("mimienc"));
@@ -163,36 +104,15 @@ new_decoder_harness (const gchar * token_caps)
   return h;
 }
 
-static GstClockTime
-samples_to_time (guint64 samples)
+/* A mimidec harness taking TOKEN_CAPS, with packet loss concealment on or off. */
+static GstHarness *
+new_plc_decoder_harness (gboolean plc)
 {
-  return gst_util_uint64_scale (samples, GST_SECOND, RATE);
-}
-
-/* Pushes pcm in buffers of chunk samples with exact timestamps from start. */
-static void
-push_pcm (GstHarness * h, const gfloat * pcm, gsize n, gsize chunk, guint64 start)
-{
-  for (gsize off = 0; off < n; off += chunk) {
-    gsize m = MIN (chunk, n - off);
-    GstBuffer *buf = gst_buffer_new_memdup (pcm + off, m * sizeof (gfloat));
-    GST_BUFFER_PTS (buf) = samples_to_time (start + off);
-    GST_BUFFER_DURATION (buf) = samples_to_time (start + off + m) - GST_BUFFER_PTS (buf);
-    fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_OK);
-  }
-}
-
-static GstBuffer *
-token_buffer (const gint32 * codes, gsize frames, gint codebooks, gsize first_frame)
-{
-  gsize size = frames * codebooks * 2;
-  guint8 *data = g_malloc (size);
-  for (gsize i = 0; i < frames * codebooks; i++)
-    GST_WRITE_UINT16_LE (data + 2 * i, (guint16) codes[first_frame * codebooks + i]);
-  GstBuffer *buf = gst_buffer_new_wrapped (data, size);
-  GST_BUFFER_PTS (buf) = first_frame * FRAME_NS;
-  GST_BUFFER_DURATION (buf) = frames * FRAME_NS;
-  return buf;
+  GstElement *dec = make_element ("mimidec");
+  g_object_set (dec, "plc", plc, NULL);
+  GstHarness *h = harness_for (dec);
+  gst_harness_set_src_caps_str (h, TOKEN_CAPS);
+  return h;
 }
 
 /* Pushes tokens, frames_per_buffer frames per buffer. */
@@ -207,47 +127,14 @@ push_tokens (GstHarness * h, const gint32 * codes, gsize frames, gint codebooks,
   }
 }
 
-static GPtrArray *
-pull_all (GstHarness * h)
-{
-  GPtrArray *bufs = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_buffer_unref);
-  GstBuffer *buf;
-  while ((buf = gst_harness_try_pull (h)) != NULL)
-    g_ptr_array_add (bufs, buf);
-  return bufs;
-}
-
 /* Checks the token buffers against frame-major reference codes and returns nothing; every
  * buffer must be one frame. */
 static void
 assert_tokens_equal (GPtrArray * bufs, const gint32 * codes, gsize frames, gint codebooks)
 {
   fail_unless_equals_int (bufs->len, frames);
-  for (guint i = 0; i < bufs->len; i++) {
-    GstMapInfo map;
-    GstBuffer *buf = g_ptr_array_index (bufs, i);
-    fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
-    fail_unless_equals_int (map.size, codebooks * 2);
-    for (gint k = 0; k < codebooks; k++)
-      fail_unless_equals_int (GST_READ_UINT16_LE (map.data + 2 * k),
-          codes[i * codebooks + k]);
-    gst_buffer_unmap (buf, &map);
-  }
-}
-
-/* Concatenates F32 audio buffers. */
-static gfloat *
-concat_f32 (GPtrArray * bufs, gsize * n)
-{
-  GByteArray *bytes = g_byte_array_new ();
-  for (guint i = 0; i < bufs->len; i++) {
-    GstMapInfo map;
-    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, i), &map, GST_MAP_READ));
-    g_byte_array_append (bytes, map.data, map.size);
-    gst_buffer_unmap (g_ptr_array_index (bufs, i), &map);
-  }
-  *n = bytes->len / sizeof (gfloat);
-  return (gfloat *) g_byte_array_free (bytes, FALSE);
+  for (guint i = 0; i < bufs->len; i++)
+    assert_token_buffer_equal (g_ptr_array_index (bufs, i), codes + i * codebooks, codebooks);
 }
 
 /* Each buffer starts where the previous ended: PTS + duration chain from first_pts, and the
@@ -266,16 +153,6 @@ assert_contiguous (GPtrArray * bufs, GstClockTime first_pts, gsize bytes_per_sam
   }
 }
 
-static void
-assert_pcm_equal (const gfloat * a, const gfloat * b, gsize n)
-{
-  for (gsize i = 0; i < n; i++) {
-    if (memcmp (&a[i], &b[i], sizeof (gfloat)) != 0)
-      fail ("sample %" G_GSIZE_FORMAT " differs: %.9g vs %.9g (frame %" G_GSIZE_FORMAT ")",
-          i, a[i], b[i], i / FRAME);
-  }
-}
-
 /* Encodes pcm through a fresh mimienc in buffers of chunk samples, then EOS. */
 static GPtrArray *
 encode_in_chunks (const gfloat * pcm, gsize n, gsize chunk)
@@ -286,14 +163,6 @@ encode_in_chunks (const gfloat * pcm, gsize n, gsize chunk)
   GPtrArray *bufs = pull_all (h);
   gst_harness_teardown (h);
   return bufs;
-}
-
-static GstBus *
-attach_bus (GstElement * element)
-{
-  GstBus *bus = gst_bus_new ();
-  gst_element_set_bus (element, bus);
-  return bus;
 }
 
 /* ================================================================== mimienc */
@@ -318,11 +187,7 @@ GST_START_TEST (test_enc_frames_caps_timestamps)
     fail_unless (gst_buffer_get_audio_clipping_meta (buf) == NULL);
   }
 
-  GstCaps *caps = gst_pad_get_current_caps (h->sinkpad);
-  GstCaps *expected_caps = gst_caps_from_string (TOKEN_CAPS);
-  fail_unless (gst_caps_is_equal (caps, expected_caps), "caps %" GST_PTR_FORMAT, caps);
-  gst_caps_unref (expected_caps);
-  gst_caps_unref (caps);
+  assert_current_caps (h->sinkpad, TOKEN_CAPS);
 
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
@@ -399,10 +264,7 @@ GST_START_TEST (test_enc_s16_input)
   g_autofree gfloat *pcm = make_speech (n);
   g_autofree gint16 *s16 = g_new (gint16, n);
   g_autofree gfloat *as_float = g_new (gfloat, n);
-  for (gsize i = 0; i < n; i++) {
-    s16[i] = (gint16) CLAMP (lrintf (pcm[i] * 32767.0f), -32768, 32767);
-    as_float[i] = s16[i] / 32768.0f;
-  }
+  quantize_to_s16 (pcm, n, s16, as_float);
   gsize frames;
   g_autofree gint32 *expected = reference_encode (as_float, n, CODEBOOKS, &frames);
 
@@ -455,27 +317,12 @@ GST_START_TEST (test_enc_eos_mid_frame)
   }
 
   /* EOS went through after the last buffer. */
-  GstEvent *event;
-  gboolean saw_eos = FALSE;
-  while ((event = gst_harness_try_pull_event (h)) != NULL) {
-    saw_eos |= GST_EVENT_TYPE (event) == GST_EVENT_EOS;
-    gst_event_unref (event);
-  }
-  fail_unless (saw_eos);
+  g_autoptr (GPtrArray) eos = pull_events (h, GST_EVENT_EOS);
+  fail_unless (eos->len > 0);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
 GST_END_TEST;
-
-static void
-push_flush (GstHarness * h)
-{
-  GstSegment segment;
-  fail_unless (gst_harness_push_event (h, gst_event_new_flush_start ()));
-  fail_unless (gst_harness_push_event (h, gst_event_new_flush_stop (TRUE)));
-  gst_segment_init (&segment, GST_FORMAT_TIME);
-  fail_unless (gst_harness_push_event (h, gst_event_new_segment (&segment)));
-}
 
 GST_START_TEST (test_enc_flush_resets_state)
 {
@@ -537,18 +384,10 @@ GST_START_TEST (test_enc_non_finite_input)
   assert_tokens_equal (bufs, expected, frames, CODEBOOKS);
 
   /* One warning for the whole stream, no error. */
-  guint warnings = 0;
-  GstMessage *msg;
-  while ((msg = gst_bus_pop (bus)) != NULL) {
-    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR);
-    warnings += GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING;
-    gst_message_unref (msg);
-  }
-  fail_unless_equals_int (warnings, 1);
+  fail_unless_equals_int (count_bus_warnings (bus), 1);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
+  drop_bus (bus);
 }
 GST_END_TEST;
 
@@ -571,16 +410,9 @@ GST_START_TEST (test_dec_frames_caps_timestamps)
     fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), i * FRAME_NS);
     fail_unless_equals_uint64 (GST_BUFFER_DURATION (buf), FRAME_NS);
   }
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-  fail_unless_equals_int (got_n, frames * FRAME);
-  assert_pcm_equal (got, expected, got_n);
+  assert_f32_buffers_equal (bufs, expected, frames * FRAME);
 
-  GstCaps *caps = gst_pad_get_current_caps (h->sinkpad);
-  GstCaps *expected_caps = gst_caps_from_string (RAW_F32_CAPS);
-  fail_unless (gst_caps_is_equal (caps, expected_caps), "caps %" GST_PTR_FORMAT, caps);
-  gst_caps_unref (expected_caps);
-  gst_caps_unref (caps);
+  assert_current_caps (h->sinkpad, RAW_F32_CAPS);
   fail_unless_equals_uint64 (gst_harness_query_latency (h), 0);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
@@ -603,10 +435,7 @@ GST_START_TEST (test_dec_multi_frame_buffers)
     push_tokens (h, codes, frames, CODEBOOKS, per_buffer[t]);
     GPtrArray *bufs = pull_all (h);
     assert_contiguous (bufs, 0, sizeof (gfloat));
-    gsize got_n;
-    g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-    fail_unless_equals_int (got_n, frames * FRAME);
-    assert_pcm_equal (got, expected, got_n);
+    assert_f32_buffers_equal (bufs, expected, frames * FRAME);
     g_ptr_array_unref (bufs);
     gst_harness_teardown (h);
   }
@@ -690,15 +519,7 @@ GST_START_TEST (test_dec_s16_output)
   fail_unless_equals_string (gst_structure_get_string (gst_caps_get_structure (caps, 0),
           "format"), "S16LE");
   gst_caps_unref (caps);
-  for (guint i = 0; i < bufs->len; i++) {
-    GstMapInfo map;
-    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, i), &map, GST_MAP_READ));
-    for (gsize j = 0; j < FRAME; j++) {
-      gfloat v = CLAMP (roundf (expected[i * FRAME + j] * 32768.0f), -32768.0f, 32767.0f);
-      fail_unless_equals_int ((gint16) GST_READ_UINT16_LE (map.data + 2 * j), (gint) v);
-    }
-    gst_buffer_unmap (g_ptr_array_index (bufs, i), &map);
-  }
+  assert_s16_frames_equal (bufs, expected);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
@@ -719,10 +540,7 @@ GST_START_TEST (test_dec_flush_resets_state)
   push_flush (h);
   push_tokens (h, codes, frames, CODEBOOKS, 1);
   GPtrArray *bufs = pull_all (h);
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-  fail_unless_equals_int (got_n, n);
-  assert_pcm_equal (got, expected, n);
+  assert_f32_buffers_equal (bufs, expected, n);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
@@ -796,8 +614,7 @@ GST_START_TEST (test_dec_bad_buffers)
     fail_unless (msg == NULL);
     g_ptr_array_unref (bufs);
     gst_harness_teardown (h);
-    gst_bus_set_flushing (bus, TRUE);
-    gst_object_unref (bus);
+    drop_bus (bus);
   }
 }
 GST_END_TEST;
@@ -811,10 +628,7 @@ GST_START_TEST (test_dec_bad_last_buffer)
   gsize frames;
   g_autofree gint32 *codes = reference_encode (pcm, n, CODEBOOKS, &frames);
 
-  GstElement *dec = make_element ("mimidec");
-  g_object_set (dec, "plc", TRUE, NULL);
-  GstHarness *h = harness_for (dec);
-  gst_harness_set_src_caps_str (h, TOKEN_CAPS);
+  GstHarness *h = new_plc_decoder_harness (TRUE);
   push_tokens (h, codes, 3, CODEBOOKS, 1);
   GstBuffer *bad = token_buffer (codes, 1, CODEBOOKS, 3);
   guint8 le[2] = { 0x2c, 0x01 };        /* 300 */
@@ -849,8 +663,7 @@ GST_START_TEST (test_dec_bad_buffer_max_errors)
   GST_BUFFER_PTS (bad) = 0;
   fail_unless_equals_int (gst_harness_push (h, bad), GST_FLOW_ERROR);
 
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  fail_unless (msg != NULL);
+  GstMessage *msg = pop_error (bus);
   GError *error = NULL;
   gchar *debug = NULL;
   gst_message_parse_error (msg, &error, &debug);
@@ -860,8 +673,7 @@ GST_START_TEST (test_dec_bad_buffer_max_errors)
   g_free (debug);
   gst_message_unref (msg);
   gst_harness_teardown (h);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
+  drop_bus (bus);
 }
 GST_END_TEST;
 
@@ -880,10 +692,7 @@ GST_START_TEST (test_dec_gap_concealment)
   gsize frames;
   g_autofree gint32 *codes = reference_encode (pcm, n, CODEBOOKS, &frames);
 
-  GstElement *dec = make_element ("mimidec");
-  g_object_set (dec, "plc", TRUE, NULL);
-  GstHarness *h = harness_for (dec);
-  gst_harness_set_src_caps_str (h, TOKEN_CAPS);
+  GstHarness *h = new_plc_decoder_harness (TRUE);
   push_tokens (h, codes, 3, CODEBOOKS, 1);
   push_gap (h, 3 * FRAME_NS, 2 * FRAME_NS);
   for (gsize f = 5; f < frames; f++) {
@@ -934,13 +743,8 @@ GST_START_TEST (test_dec_gap_without_plc)
   fail_unless_equals_float (((gfloat *) map.data)[0], 0.0f);
   gst_buffer_unmap (g_ptr_array_index (bufs, 2), &map);
 
-  gboolean saw_gap = FALSE;
-  GstEvent *event;
-  while ((event = gst_harness_try_pull_event (h)) != NULL) {
-    saw_gap |= GST_EVENT_TYPE (event) == GST_EVENT_GAP;
-    gst_event_unref (event);
-  }
-  fail_unless (saw_gap);
+  g_autoptr (GPtrArray) gaps = pull_events (h, GST_EVENT_GAP);
+  fail_unless (gaps->len > 0);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
@@ -958,10 +762,7 @@ GST_START_TEST (test_dec_discont_concealment)
   g_autofree gfloat *expected = reference_decode (codes, 3, CODEBOOKS);
 
   for (gint plc = 0; plc <= 1; plc++) {
-    GstElement *dec = make_element ("mimidec");
-    g_object_set (dec, "plc", plc, NULL);
-    GstHarness *h = harness_for (dec);
-    gst_harness_set_src_caps_str (h, TOKEN_CAPS);
+    GstHarness *h = new_plc_decoder_harness (plc);
     push_tokens (h, codes, 3, CODEBOOKS, 1);
     for (gsize f = 6; f < frames; f++) {
       GstBuffer *buf = token_buffer (codes, 1, CODEBOOKS, f);
@@ -1012,10 +813,7 @@ GST_START_TEST (test_roundtrip_bit_exact)
   fail_unless (gst_harness_push_event (h, gst_event_new_eos ()));
   GPtrArray *bufs = pull_all (h);
   assert_contiguous (bufs, 0, sizeof (gfloat));
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-  fail_unless_equals_int (got_n, n);
-  assert_pcm_equal (got, expected, n);
+  assert_f32_buffers_equal (bufs, expected, n);
   /* The codec's own latency, as the pipeline sees it. */
   fail_unless_equals_uint64 (gst_harness_query_latency (h), FRAME_NS);
   g_ptr_array_unref (bufs);
@@ -1025,32 +823,6 @@ GST_END_TEST;
 
 /* State changes from another thread while buffers keep coming must neither crash nor
  * leak, and the element must work normally afterwards. */
-static void
-stress_state_changes (GstHarness * h, const gchar * caps, GstBuffer * buf)
-{
-  /* What GStreamer's own stress tests tolerate: sticky events racing the state changes. */
-  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
-      g_regex_new ("Got data flow before (stream-start|segment) event", 0, 0, NULL),
-      NULL, NULL, NULL);
-  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
-      g_regex_new ("Sticky event misordering", 0, 0, NULL), NULL, NULL, NULL);
-
-  GstSegment segment;
-  gst_segment_init (&segment, GST_FORMAT_TIME);
-  GstCaps *c = gst_caps_from_string (caps);
-  GstHarnessThread *push = gst_harness_stress_push_buffer_start (h, c, &segment, buf);
-  GstHarnessThread *state = gst_harness_stress_statechange_start (h);
-  g_usleep (G_USEC_PER_SEC / 2);
-  guint toggles = gst_harness_stress_thread_stop (state);
-  guint pushes = gst_harness_stress_thread_stop (push);
-  GST_INFO ("%u state changes, %u pushes", toggles, pushes);
-  fail_unless (toggles > 0 && pushes > 0);
-  gst_caps_unref (c);
-  gst_buffer_unref (buf);
-  g_ptr_array_unref (pull_all (h));
-  gst_check_clear_log_filter ();
-}
-
 GST_START_TEST (test_enc_state_changes_under_data)
 {
   init_paths ();
@@ -1088,10 +860,7 @@ GST_START_TEST (test_dec_state_changes_under_data)
   gst_harness_set_src_caps_str (h, TOKEN_CAPS);
   push_tokens (h, codes, frames, CODEBOOKS, 1);
   GPtrArray *bufs = pull_all (h);
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-  fail_unless_equals_int (got_n, frames * FRAME);
-  assert_pcm_equal (got, expected, got_n);
+  assert_f32_buffers_equal (bufs, expected, frames * FRAME);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
@@ -1172,42 +941,11 @@ GST_START_TEST (test_model_change_in_ready)
   g_unlink (config_copy);
   g_rmdir (dir);
   gst_object_unref (enc);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
+  drop_bus (bus);
 }
 GST_END_TEST;
 
 /* ================================================================== errors */
-
-/* Sets element to READY expecting failure; returns the error message posted. */
-static GstMessage *
-expect_open_error (GstElement * element)
-{
-  GstBus *bus = attach_bus (element);
-  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
-      GST_STATE_CHANGE_FAILURE);
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  fail_unless (msg != NULL, "no error message on the bus");
-  gst_element_set_state (element, GST_STATE_NULL);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
-  return msg;
-}
-
-static void
-assert_error (GstMessage * msg, GQuark domain, gint code, const gchar * needle)
-{
-  GError *error = NULL;
-  gchar *debug = NULL;
-  gst_message_parse_error (msg, &error, &debug);
-  fail_unless (error->domain == domain && error->code == code,
-      "error %s (%d) is not the expected one", error->message, error->code);
-  fail_unless (strstr (error->message, needle) != NULL, "'%s' does not name '%s'",
-      error->message, needle);
-  g_error_free (error);
-  g_free (debug);
-  gst_message_unref (msg);
-}
 
 GST_START_TEST (test_missing_model_file)
 {
@@ -1216,7 +954,7 @@ GST_START_TEST (test_missing_model_file)
     GstElement *element = make_element (factories[i]);
     g_object_set (element, "model", "/nonexistent/dir/mimi.safetensors", NULL);
     assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
-        GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/dir/mimi.safetensors");
+        GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/dir/mimi.safetensors", NULL);
     gst_object_unref (element);
   }
 }
@@ -1226,14 +964,8 @@ GST_START_TEST (test_corrupt_model_file)
 {
   init_paths ();
   g_autofree gchar *dir = g_dir_make_tmp ("mimi-corrupt-XXXXXX", NULL);
-  g_autofree gchar *garbage = g_build_filename (dir, "garbage.safetensors", NULL);
-  g_autofree gchar *truncated = g_build_filename (dir, "truncated.safetensors", NULL);
-  fail_unless (g_file_set_contents (garbage, "this is not a safetensors file", -1, NULL));
-  gchar *contents;
-  gsize len;
-  fail_unless (g_file_get_contents (model_path, &contents, &len, NULL));
-  fail_unless (g_file_set_contents (truncated, contents, len / 2, NULL));
-  g_free (contents);
+  g_autofree gchar *garbage = NULL, *truncated = NULL;
+  write_broken_safetensors (dir, model_path, &garbage, &truncated);
 
   const gchar *files[] = { garbage, truncated };
   const gchar *factories[] = { "mimienc", "mimidec" };
@@ -1241,7 +973,7 @@ GST_START_TEST (test_corrupt_model_file)
     GstElement *element = make_element (factories[i]);
     g_object_set (element, "model", files[i], NULL);
     assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
-        GST_RESOURCE_ERROR_OPEN_READ, files[i]);
+        GST_RESOURCE_ERROR_OPEN_READ, files[i], NULL);
     gst_object_unref (element);
   }
   g_unlink (garbage);
@@ -1255,21 +987,21 @@ GST_START_TEST (test_bad_settings)
   /* No model at all. */
   GstElement *element = gst_element_factory_make ("mimidec", NULL);
   assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
-      GST_RESOURCE_ERROR_NOT_FOUND, "No Mimi model");
+      GST_RESOURCE_ERROR_NOT_FOUND, "No Mimi model", NULL);
   gst_object_unref (element);
 
   /* A missing config names the config. */
   element = make_element ("mimienc");
   g_object_set (element, "config", "/nonexistent/config.json", NULL);
   assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
-      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/config.json");
+      GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/config.json", NULL);
   gst_object_unref (element);
 
   /* The small model has 16 codebooks. */
   element = make_element ("mimienc");
   g_object_set (element, "num-codebooks", 17, NULL);
   assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
-      GST_RESOURCE_ERROR_SETTINGS, "has only 16 codebooks");
+      GST_RESOURCE_ERROR_SETTINGS, "has only 16 codebooks", NULL);
   gst_object_unref (element);
 
   /* No CUDA in this build: a clear error, not a crash (skipped once CUDA works). */
@@ -1277,12 +1009,11 @@ GST_START_TEST (test_bad_settings)
   g_object_set (element, "device", 2 /* cuda */ , NULL);
   GstBus *bus = attach_bus (element);
   if (gst_element_set_state (element, GST_STATE_READY) == GST_STATE_CHANGE_FAILURE) {
-    assert_error (gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR), GST_LIBRARY_ERROR,
-        GST_LIBRARY_ERROR_INIT, "cuda");
+    assert_error (pop_error (bus), GST_LIBRARY_ERROR,
+        GST_LIBRARY_ERROR_INIT, "cuda", NULL);
   }
   gst_element_set_state (element, GST_STATE_NULL);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
+  drop_bus (bus);
   gst_object_unref (element);
 }
 GST_END_TEST;
@@ -1314,7 +1045,7 @@ GST_START_TEST (test_model_from_hub_cache)
   GstElement *dec = make_element ("mimidec");
   g_object_set (dec, "model", "kyutai/not-downloaded", NULL);
   assert_error (expect_open_error (dec), GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND,
-      "kyutai/not-downloaded");
+      "kyutai/not-downloaded", NULL);
   gst_object_unref (dec);
 
   g_unsetenv ("HF_HUB_CACHE");
@@ -1422,11 +1153,8 @@ GST_START_TEST (test_dec_caps_of_other_model)
     GstElement *dec = make_element ("mimidec");
     GstBus *bus = attach_bus (dec);
     GstHarness *h = harness_for (dec);
-    GstCaps *caps = gst_caps_from_string (wrong[i]);
-    fail_if (gst_pad_send_event (GST_PAD_PEER (h->srcpad), gst_event_new_caps (caps)));
-    gst_caps_unref (caps);
-    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-    fail_unless (msg != NULL);
+    assert_caps_refused (h, wrong[i]);
+    GstMessage *msg = pop_error (bus);
     GError *error = NULL;
     gst_message_parse_error (msg, &error, NULL);
     fail_unless (g_error_matches (error, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION));
@@ -1434,8 +1162,7 @@ GST_START_TEST (test_dec_caps_of_other_model)
     g_error_free (error);
     gst_message_unref (msg);
     gst_harness_teardown (h);
-    gst_bus_set_flushing (bus, TRUE);
-    gst_object_unref (bus);
+    drop_bus (bus);
   }
 }
 GST_END_TEST;

@@ -14,22 +14,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gst-test-util.h"
 #include "moshi-dialog.h"
 #include "moshi-hub.h"
 #include "moshi-safetensors.h"
 
-#define RATE 24000
-#define FRAME 1920
-#define FRAME_NS (80 * GST_MSECOND)
 #define USER_CODEBOOKS 8
 #define MODEL_CODEBOOKS 8
-#define CODEBOOK_SIZE 256
 #define DELAY 1
-#define MODEL_DATA_KEY "gst-moshi-mimi-model"
 #define LM_DATA_KEY "gst-moshi-lm-model"
 
-#define RAW_F32_CAPS "audio/x-raw, format=F32LE, layout=interleaved, rate=24000, channels=1"
-#define RAW_S16_CAPS "audio/x-raw, format=S16LE, layout=interleaved, rate=24000, channels=1"
 #define TOKEN_CAPS_FMT "audio/x-mimi, rate=24000, channels=1, framerate=25/2, codebooks=%d, " \
     "codebook-size=%d, stream-format=u16le"
 
@@ -42,13 +36,11 @@ init_paths (void)
 {
   if (lm_path != NULL)
     return;
-  const gchar *data = g_getenv ("MOSHI_TEST_DATA");
-  fail_unless (data != NULL, "MOSHI_TEST_DATA is not set");
-  lm_path = g_build_filename (data, "lm", "dialog", "model.safetensors", NULL);
-  lm_config = g_build_filename (data, "lm", "dialog", "config.json", NULL);
-  mimi_path = g_build_filename (data, "mimi", "small", "model.safetensors", NULL);
-  mimi_config = g_build_filename (data, "mimi", "small", "config.json", NULL);
-  tokenizer_path = g_build_filename (data, "tokenizer", "tiny.model", NULL);
+  lm_path = test_data_path ("lm", "dialog", "model.safetensors", NULL);
+  lm_config = test_data_path ("lm", "dialog", "config.json", NULL);
+  mimi_path = test_data_path ("mimi", "small", "model.safetensors", NULL);
+  mimi_config = test_data_path ("mimi", "small", "config.json", NULL);
+  tokenizer_path = test_data_path ("tokenizer", "tiny.model", NULL);
 }
 
 static gboolean
@@ -57,27 +49,12 @@ under_valgrind (void)
   return g_getenv ("MOSHI_TEST_VALGRIND") != NULL;
 }
 
-/* The golden speech signal: 42240 samples (22 frames) of espeak-ng at 24 kHz. */
-static gfloat *
-load_speech (gsize * n)
-{
-  g_autoptr (GError) error = NULL;
-  init_paths ();
-  g_autofree gchar *golden = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "mimi", "small",
-      "golden.safetensors", NULL);
-  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
-  fail_unless (st != NULL, "%s", error ? error->message : "");
-  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "speech.pcm");
-  fail_unless (e != NULL && e->dtype == MOSHI_DTYPE_F32);
-  *n = e->nbytes / sizeof (gfloat);
-  return g_memdup2 (e->data, e->nbytes);
-}
-
 /* n samples of speech (the golden signal, looped). */
 static gfloat *
 make_speech (gsize n)
 {
   gsize len;
+  init_paths ();
   g_autofree gfloat *speech = load_speech (&len);
   gfloat *out = g_new (gfloat, n);
   for (gsize i = 0; i < n; i++)
@@ -130,8 +107,7 @@ reference_run_full (const gfloat * pcm, gsize n, const gint32 * codes, gsize cod
   init_paths ();
   g_autoptr (MoshiLm) lm = moshi_lm_load (lm_path, lm_config, NULL, &error);
   fail_unless (lm != NULL, "%s", error ? error->message : "");
-  g_autoptr (MoshiMimi) mimi = moshi_mimi_load (mimi_path, mimi_config, NULL, &error);
-  fail_unless (mimi != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiMimi) mimi = load_mimi (mimi_path, mimi_config);
   g_autoptr (MoshiTokenizer) tok = moshi_tokenizer_load (tokenizer_path, &error);
   fail_unless (tok != NULL, "%s", error ? error->message : "");
   g_autoptr (MoshiDialogModel) model = moshi_dialog_model_new (lm, mimi, tok, &error);
@@ -182,25 +158,6 @@ greedy_reference (const gfloat * pcm, gsize n)
   return reference_run (pcm, n, &params);
 }
 
-/* Mimi codes of pcm (whole frames), frame-major, as mimienc makes them. */
-static gint32 *
-mimi_encode (const gfloat * pcm, gsize frames, gint codebooks)
-{
-  g_autoptr (GError) error = NULL;
-  g_autoptr (MoshiMimi) mimi = moshi_mimi_load (mimi_path, mimi_config, NULL, &error);
-  fail_unless (mimi != NULL, "%s", error ? error->message : "");
-  MoshiMimiSessionOptions options = {.num_codebooks = codebooks,.max_frames_per_call = 1 };
-  g_autoptr (MoshiMimiSession) session = moshi_mimi_session_new (mimi, &options, &error);
-  g_autofree gint32 *by_codebook = g_new (gint32, frames * codebooks);
-  fail_unless (moshi_mimi_session_encode (session, pcm, (gint) frames, by_codebook, &error),
-      "%s", error ? error->message : "");
-  gint32 *codes = g_new (gint32, frames * codebooks);
-  for (gsize f = 0; f < frames; f++)
-    for (gint k = 0; k < codebooks; k++)
-      codes[f * codebooks + k] = by_codebook[k * frames + f];
-  return codes;
-}
-
 /* ------------------------------------------------------------------ harness helpers */
 
 static GstElement *
@@ -226,8 +183,7 @@ static void
 harnesses_new (Harnesses * hs, GstElement * element, gboolean link_text,
     const gchar * input_caps)
 {
-  hs->h = gst_harness_new_with_element (element, "sink", "src");
-  gst_object_unref (element);
+  hs->h = harness_for (element);
   hs->text = link_text ? gst_harness_new_with_element (hs->h->element, NULL, "text_src") :
       NULL;
   if (input_caps != NULL)
@@ -240,87 +196,6 @@ harnesses_teardown (Harnesses * hs)
   if (hs->text != NULL)
     gst_harness_teardown (hs->text);
   gst_harness_teardown (hs->h);
-}
-
-static GstClockTime
-samples_to_time (guint64 samples)
-{
-  return gst_util_uint64_scale (samples, GST_SECOND, RATE);
-}
-
-/* Pushes pcm in buffers of chunk samples, timestamped from start_ns. */
-static void
-push_pcm (GstHarness * h, const gfloat * pcm, gsize n, gsize chunk, GstClockTime start_ns)
-{
-  for (gsize off = 0; off < n; off += chunk) {
-    gsize m = MIN (chunk, n - off);
-    GstBuffer *buf = gst_buffer_new_memdup (pcm + off, m * sizeof (gfloat));
-    GST_BUFFER_PTS (buf) = start_ns + samples_to_time (off);
-    GST_BUFFER_DURATION (buf) = start_ns + samples_to_time (off + m) - GST_BUFFER_PTS (buf);
-    fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_OK);
-  }
-}
-
-static GstBuffer *
-token_buffer (const gint32 * codes, gsize frames, gint codebooks, gsize first_frame)
-{
-  gsize size = frames * codebooks * 2;
-  guint8 *data = g_malloc (size);
-  for (gsize i = 0; i < frames * codebooks; i++)
-    GST_WRITE_UINT16_LE (data + 2 * i, (guint16) codes[first_frame * codebooks + i]);
-  GstBuffer *buf = gst_buffer_new_wrapped (data, size);
-  GST_BUFFER_PTS (buf) = first_frame * FRAME_NS;
-  GST_BUFFER_DURATION (buf) = frames * FRAME_NS;
-  return buf;
-}
-
-static GPtrArray *
-pull_all (GstHarness * h)
-{
-  GPtrArray *bufs = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_buffer_unref);
-  GstBuffer *buf;
-  while ((buf = gst_harness_try_pull (h)) != NULL)
-    g_ptr_array_add (bufs, buf);
-  return bufs;
-}
-
-/* The events received, of one type. */
-static GPtrArray *
-pull_events (GstHarness * h, GstEventType type)
-{
-  GPtrArray *events = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_event_unref);
-  GstEvent *event;
-  while ((event = gst_harness_try_pull_event (h)) != NULL) {
-    if (GST_EVENT_TYPE (event) == type)
-      g_ptr_array_add (events, event);
-    else
-      gst_event_unref (event);
-  }
-  return events;
-}
-
-static gfloat *
-concat_f32 (GPtrArray * bufs, gsize * n)
-{
-  GByteArray *bytes = g_byte_array_new ();
-  for (guint i = 0; i < bufs->len; i++) {
-    GstMapInfo map;
-    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, i), &map, GST_MAP_READ));
-    g_byte_array_append (bytes, map.data, map.size);
-    gst_buffer_unmap (g_ptr_array_index (bufs, i), &map);
-  }
-  *n = bytes->len / sizeof (gfloat);
-  return (gfloat *) g_byte_array_free (bytes, FALSE);
-}
-
-static void
-assert_pcm_equal (const gfloat * got, const gfloat * expected, gsize n)
-{
-  for (gsize i = 0; i < n; i++) {
-    if (memcmp (&got[i], &expected[i], sizeof (gfloat)) != 0)
-      fail ("sample %" G_GSIZE_FORMAT " differs: %.9g vs %.9g (frame %" G_GSIZE_FORMAT ")",
-          i, got[i], expected[i], i / FRAME);
-  }
 }
 
 /* One buffer per frame, contiguous from first_pts, the last one possibly shorter; the
@@ -341,14 +216,39 @@ assert_frames (GPtrArray * bufs, gsize frames, GstClockTime first_pts,
   }
 }
 
-/* The audio output equals the reference, frame for frame and bit for bit. */
+/* Pulls h's audio output: n samples equal to the reference's. */
 static void
-assert_audio_matches (GPtrArray * bufs, const Reference * ref, gsize n_samples)
+pull_and_check_audio (GstHarness * h, const Reference * ref, gsize n)
 {
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
-  fail_unless_equals_int (got_n, n_samples);
-  assert_pcm_equal (got, ref->pcm, n_samples);
+  GPtrArray *bufs = pull_all (h);
+  assert_f32_buffers_equal (bufs, ref->pcm, n);
+  g_ptr_array_unref (bufs);
+}
+
+/* Pulls h's audio output: n samples in F32 frame buffers from first_pts (see assert_frames),
+ * equal to the reference's. */
+static void
+pull_and_check_audio_frames (GstHarness * h, const Reference * ref, gsize n,
+    GstClockTime first_pts)
+{
+  gsize frames = (n + FRAME - 1) / FRAME;
+  GPtrArray *bufs = pull_all (h);
+  assert_frames (bufs, frames, first_pts, sizeof (gfloat), n - (frames - 1) * FRAME);
+  assert_f32_buffers_equal (bufs, ref->pcm, n);
+  g_ptr_array_unref (bufs);
+}
+
+/* Unsets element's tokenizer, then runs n samples of speech through it in harnesses hs
+ * (text_src linked): the reference's audio, and no word on text_src. */
+static void
+run_without_tokenizer (Harnesses * hs, GstElement * element, const gfloat * speech,
+    const Reference * ref, gsize n)
+{
+  g_object_set (element, "tokenizer", NULL, NULL);
+  harnesses_new (hs, element, TRUE, RAW_F32_CAPS);
+  push_pcm (hs->h, speech, n, FRAME, 0);
+  pull_and_check_audio (hs->h, ref, n);
+  fail_unless_equals_int (gst_harness_buffers_received (hs->text), 0);
 }
 
 /* text_src carried one buffer per reference word, at its frame's time, and a GAP event for
@@ -400,40 +300,10 @@ assert_tokens_match (GPtrArray * bufs, const Reference * ref, gsize first_frame,
   fail_unless_equals_int (bufs->len, frames);
   for (gsize i = 0; i < frames; i++) {
     GstBuffer *buf = g_ptr_array_index (bufs, i);
-    GstMapInfo map;
-    fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
-    fail_unless_equals_int (map.size, MODEL_CODEBOOKS * 2);
-    for (gint k = 0; k < MODEL_CODEBOOKS; k++)
-      fail_unless_equals_int (GST_READ_UINT16_LE (map.data + 2 * k),
-          ref->codes[(first_frame + i) * MODEL_CODEBOOKS + k]);
-    gst_buffer_unmap (buf, &map);
+    assert_token_buffer_equal (buf, ref->codes + (first_frame + i) * MODEL_CODEBOOKS,
+        MODEL_CODEBOOKS);
     fail_unless_equals_uint64 (GST_BUFFER_PTS (buf), (first_frame + i) * FRAME_NS);
   }
-}
-
-static GstBus *
-attach_bus (GstElement * element)
-{
-  GstBus *bus = gst_bus_new ();
-  gst_element_set_bus (element, bus);
-  return bus;
-}
-
-static void
-drop_bus (GstBus * bus)
-{
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
-}
-
-static void
-push_flush (GstHarness * h)
-{
-  GstSegment segment;
-  fail_unless (gst_harness_push_event (h, gst_event_new_flush_start ()));
-  fail_unless (gst_harness_push_event (h, gst_event_new_flush_stop (TRUE)));
-  gst_segment_init (&segment, GST_FORMAT_TIME);
-  fail_unless (gst_harness_push_event (h, gst_event_new_segment (&segment)));
 }
 
 /* ================================================================== data flow */
@@ -442,6 +312,7 @@ push_flush (GstHarness * h)
 GST_START_TEST (test_frames_timestamps_text)
 {
   gsize n;
+  init_paths ();
   g_autofree gfloat *speech = load_speech (&n);
   fail_unless_equals_int (n, 22 * FRAME);
   g_autoptr (Reference) ref = greedy_reference (speech, n);
@@ -452,24 +323,13 @@ GST_START_TEST (test_frames_timestamps_text)
   harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
   push_pcm (hs.h, speech, n, FRAME, start);
 
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 22, start, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, n);
+  pull_and_check_audio_frames (hs.h, ref, n, start);
   /* Silence until the model's first frame (its delay), then speech. */
   for (gsize i = 0; i < DELAY * FRAME; i++)
     fail_unless (((gfloat *) ref->pcm)[i] == 0.0f);
-  g_ptr_array_unref (bufs);
 
-  GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
-  GstCaps *expected = gst_caps_from_string (RAW_F32_CAPS);
-  fail_unless (gst_caps_is_equal (caps, expected), "%" GST_PTR_FORMAT, caps);
-  gst_caps_unref (caps);
-  gst_caps_unref (expected);
-  caps = gst_pad_get_current_caps (hs.text->sinkpad);
-  expected = gst_caps_from_string ("text/x-raw, format=utf8");
-  fail_unless (gst_caps_is_equal (caps, expected), "%" GST_PTR_FORMAT, caps);
-  gst_caps_unref (caps);
-  gst_caps_unref (expected);
+  assert_current_caps (hs.h->sinkpad, RAW_F32_CAPS);
+  assert_current_caps (hs.text->sinkpad, "text/x-raw, format=utf8");
 
   /* The text stream is sparse and belongs to the same group. */
   GstEvent *ss_audio = gst_pad_get_sticky_event (hs.h->sinkpad, GST_EVENT_STREAM_START, 0);
@@ -505,10 +365,7 @@ GST_START_TEST (test_odd_buffer_sizes)
     Harnesses hs;
     harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
     push_pcm (hs.h, speech, n, chunks[c], 0);
-    GPtrArray *bufs = pull_all (hs.h);
-    assert_frames (bufs, 12, 0, sizeof (gfloat), FRAME);
-    assert_audio_matches (bufs, ref, n);
-    g_ptr_array_unref (bufs);
+    pull_and_check_audio_frames (hs.h, ref, n, 0);
     assert_text_matches (hs.text, ref, 0, 12);
     harnesses_teardown (&hs);
   }
@@ -522,10 +379,7 @@ GST_START_TEST (test_s16)
   g_autofree gfloat *speech = make_speech (n);
   g_autofree gint16 *s16 = g_new (gint16, n);
   g_autofree gfloat *as_float = g_new (gfloat, n);
-  for (gsize i = 0; i < n; i++) {
-    s16[i] = (gint16) CLAMP (lrintf (speech[i] * 32767.0f), -32768, 32767);
-    as_float[i] = s16[i] / 32768.0f;
-  }
+  quantize_to_s16 (speech, n, s16, as_float);
   g_autoptr (Reference) ref = greedy_reference (as_float, n);
 
   Harnesses hs;
@@ -537,16 +391,7 @@ GST_START_TEST (test_s16)
   fail_unless_equals_int (gst_harness_push (hs.h, buf), GST_FLOW_OK);
   GPtrArray *bufs = pull_all (hs.h);
   assert_frames (bufs, 8, 0, sizeof (gint16), FRAME);
-  for (guint f = 0; f < bufs->len; f++) {
-    GstMapInfo map;
-    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, f), &map, GST_MAP_READ));
-    for (gsize i = 0; i < FRAME; i++) {
-      gfloat v = roundf (ref->pcm[f * FRAME + i] * 32768.0f);
-      gint16 want = (gint16) CLAMP (v, -32768.0f, 32767.0f);
-      fail_unless_equals_int ((gint16) GST_READ_UINT16_LE (map.data + 2 * i), want);
-    }
-    gst_buffer_unmap (g_ptr_array_index (bufs, f), &map);
-  }
+  assert_s16_frames_equal (bufs, ref->pcm);
   g_ptr_array_unref (bufs);
   GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
   fail_unless (gst_structure_has_field_typed (gst_caps_get_structure (caps, 0), "format",
@@ -573,9 +418,7 @@ GST_START_TEST (test_sampled_matches_library)
   Harnesses hs;
   harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
   push_pcm (hs.h, speech, n, 480, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio (hs.h, ref, n);
   assert_text_matches (hs.text, ref, 0, 16);
   harnesses_teardown (&hs);
 
@@ -591,6 +434,7 @@ GST_END_TEST;
 GST_START_TEST (test_matches_upstream_golden)
 {
   gsize len;
+  init_paths ();
   g_autofree gfloat *speech = load_speech (&len);
   const gsize frames = 64, n = frames * FRAME;
   g_autofree gfloat *pcm = g_new0 (gfloat, n);
@@ -599,8 +443,7 @@ GST_START_TEST (test_matches_upstream_golden)
       memcpy (pcm + f * FRAME, speech + (f % 32) * FRAME, FRAME * sizeof (gfloat));
 
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *golden = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm", "dialog",
-      "golden.safetensors", NULL);
+  g_autofree gchar *golden = test_data_path ("lm", "dialog", "golden.safetensors", NULL);
   g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
   fail_unless (st != NULL, "%s", error ? error->message : "");
   const MoshiTensorEntry *text = moshi_safetensors_lookup (st, "gen.text_tokens");
@@ -669,10 +512,7 @@ GST_START_TEST (test_text_unlinked_and_messages)
   segment.base = 5 * GST_SECOND;
   fail_unless (gst_harness_push_event (hs.h, gst_event_new_segment (&segment)));
   push_pcm (hs.h, speech, n, 960, 2 * GST_SECOND);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 22, 2 * GST_SECOND, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (hs.h, ref, n, 2 * GST_SECOND);
 
   guint words = 0;
   GstMessage *msg;
@@ -765,15 +605,8 @@ GST_START_TEST (test_no_tokenizer)
   g_autofree gfloat *speech = make_speech (n);
   g_autoptr (Reference) ref = greedy_reference (speech, n);
 
-  GstElement *element = make_dialog (TRUE);
-  g_object_set (element, "tokenizer", NULL, NULL);
   Harnesses hs;
-  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
-  push_pcm (hs.h, speech, n, FRAME, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
-  fail_unless_equals_int (gst_harness_buffers_received (hs.text), 0);
+  run_without_tokenizer (&hs, make_dialog (TRUE), speech, ref, n);
   g_autoptr (GPtrArray) gaps = pull_events (hs.text, GST_EVENT_GAP);
   fail_unless_equals_int (gaps->len, 10);
   harnesses_teardown (&hs);
@@ -818,10 +651,7 @@ GST_START_TEST (test_flush_resets_conversation)
   push_flush (hs.h);
   g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
   push_pcm (hs.h, speech + n, n, FRAME, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 10, 0, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (hs.h, ref, n, 0);
   assert_text_matches (hs.text, ref, 0, 10);
   harnesses_teardown (&hs);
 }
@@ -840,10 +670,7 @@ GST_START_TEST (test_eos_mid_frame)
   push_pcm (hs.h, speech, n, 1000, 0);
   fail_unless_equals_int (gst_harness_buffers_received (hs.h), 5);
   fail_unless (gst_harness_push_event (hs.h, gst_event_new_eos ()));
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 6, 0, sizeof (gfloat), 700);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (hs.h, ref, n, 0);
   g_autoptr (GPtrArray) eos = pull_events (hs.h, GST_EVENT_EOS);
   fail_unless_equals_int (eos->len, 1);
 
@@ -899,10 +726,7 @@ GST_START_TEST (test_gaps_are_silence)
   GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
   fail_unless_equals_int (gst_harness_push (hs.h, buf), GST_FLOW_OK);
 
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 15, 0, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, total);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (hs.h, ref, total, 0);
   assert_text_matches (hs.text, ref, 0, 15);
   harnesses_teardown (&hs);
 }
@@ -920,10 +744,7 @@ GST_START_TEST (test_overlap_and_resync)
   push_pcm (hs.h, speech, 3 * FRAME, FRAME, 0);
   /* frame 2 again, then frames 3-5: the repeat is dropped */
   push_pcm (hs.h, speech + 2 * FRAME, 4 * FRAME, FRAME, 2 * FRAME_NS);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_frames (bufs, 6, 0, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (hs.h, ref, n, 0);
 
   /* An hour later: resynchronised, DISCONT, the conversation goes on. */
   GstBuffer *buf = gst_buffer_new_memdup (speech, FRAME * sizeof (gfloat));
@@ -954,17 +775,8 @@ GST_START_TEST (test_non_finite_input)
   Harnesses hs;
   harnesses_new (&hs, element, FALSE, RAW_F32_CAPS);
   push_pcm (hs.h, speech, n, 500, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
-  guint warnings = 0;
-  GstMessage *msg;
-  while ((msg = gst_bus_pop (bus)) != NULL) {
-    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR);
-    warnings += GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING;
-    gst_message_unref (msg);
-  }
-  fail_unless_equals_int (warnings, 1);
+  pull_and_check_audio (hs.h, ref, n);
+  fail_unless_equals_int (count_bus_warnings (bus), 1);
   harnesses_teardown (&hs);
   drop_bus (bus);
 }
@@ -981,7 +793,10 @@ GST_START_TEST (test_tokens_in)
 
   const gint widths[] = { USER_CODEBOOKS, 16 };
   for (guint w = 0; w < G_N_ELEMENTS (widths); w++) {
-    g_autofree gint32 *codes = mimi_encode (speech, frames, widths[w]);
+    gsize code_frames;
+    g_autofree gint32 *codes = reference_mimi_encode (mimi_path, mimi_config, speech, n,
+        widths[w], &code_frames);
+    fail_unless_equals_int (code_frames, frames);
     Harnesses hs;
     harnesses_new (&hs, make_dialog (TRUE), TRUE, NULL);
     g_autofree gchar *caps = g_strdup_printf (TOKEN_CAPS_FMT, widths[w], CODEBOOK_SIZE);
@@ -992,10 +807,7 @@ GST_START_TEST (test_tokens_in)
     for (gsize f = 1; f < frames; f += 3)
       fail_unless_equals_int (gst_harness_push (hs.h, token_buffer (codes, MIN (3,
                       frames - f), widths[w], f)), GST_FLOW_OK);
-    GPtrArray *bufs = pull_all (hs.h);
-    assert_frames (bufs, frames, 0, sizeof (gfloat), FRAME);
-    assert_audio_matches (bufs, ref, n);
-    g_ptr_array_unref (bufs);
+    pull_and_check_audio_frames (hs.h, ref, n, 0);
     assert_text_matches (hs.text, ref, 0, frames);
     harnesses_teardown (&hs);
   }
@@ -1016,10 +828,7 @@ GST_START_TEST (test_mimienc_in_front)
   GstHarness *h = gst_harness_new_parse (line);
   gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
   push_pcm (h, speech, n, 480, 0);
-  GPtrArray *bufs = pull_all (h);
-  assert_frames (bufs, 10, 0, sizeof (gfloat), FRAME);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio_frames (h, ref, n, 0);
   /* the encoder's frame, then the model's delay and the frame fill */
   fail_unless_equals_uint64 (gst_harness_query_latency (h), (2 + DELAY) * FRAME_NS);
   gst_harness_teardown (h);
@@ -1040,13 +849,8 @@ GST_START_TEST (test_tokens_out)
   push_pcm (hs.h, speech, n - 700, FRAME, 0);
   fail_unless (gst_harness_push_event (hs.h, gst_event_new_eos ()));
 
-  GstCaps *caps = gst_pad_get_current_caps (hs.h->sinkpad);
-  g_autofree gchar *want_str = g_strdup_printf (TOKEN_CAPS_FMT, MODEL_CODEBOOKS,
-      CODEBOOK_SIZE);
-  GstCaps *want = gst_caps_from_string (want_str);
-  fail_unless (gst_caps_is_equal (caps, want), "%" GST_PTR_FORMAT, caps);
-  gst_caps_unref (caps);
-  gst_caps_unref (want);
+  g_autofree gchar *want = g_strdup_printf (TOKEN_CAPS_FMT, MODEL_CODEBOOKS, CODEBOOK_SIZE);
+  assert_current_caps (hs.h->sinkpad, want);
 
   GPtrArray *bufs = pull_all (hs.h);
   assert_tokens_match (bufs, ref, DELAY, frames - DELAY);
@@ -1084,12 +888,9 @@ GST_START_TEST (test_tokens_out_to_mimidec)
   gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
   push_pcm (h, speech, n, FRAME, 0);
   GPtrArray *bufs = pull_all (h);
-  gsize got_n;
-  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
   /* mimidec's own decoder, started at the first generated frame, decodes the same codes
    * as the dialog's decoder did. */
-  fail_unless_equals_int (got_n, (frames - DELAY) * FRAME);
-  assert_pcm_equal (got, ref->pcm + DELAY * FRAME, got_n);
+  assert_f32_buffers_equal (bufs, ref->pcm + DELAY * FRAME, (frames - DELAY) * FRAME);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
 }
@@ -1116,9 +917,7 @@ GST_START_TEST (test_sampling_change_while_playing)
   g_object_set (hs.h->element, "text-temperature", 0.0f, "audio-topk", 10, "seed",
       (guint64) 7, NULL);
   push_pcm (hs.h, speech, n, FRAME, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio (hs.h, ref, n);
   assert_text_matches (hs.text, ref, 0, 8);
 
   /* greedy from now on */
@@ -1129,9 +928,7 @@ GST_START_TEST (test_sampling_change_while_playing)
   params.audio_temperature = 0.0f;
   g_autoptr (Reference) greedy = reference_run (speech, n, &params);
   push_pcm (hs.h, speech, n, FRAME, 0);
-  bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, greedy, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio (hs.h, greedy, n);
   harnesses_teardown (&hs);
 }
 GST_END_TEST;
@@ -1153,10 +950,7 @@ GST_START_TEST (test_restart)
       gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
     }
     push_pcm (hs.h, speech, n, 700, 0);
-    GPtrArray *bufs = pull_all (hs.h);
-    assert_frames (bufs, 6, 0, sizeof (gfloat), FRAME);
-    assert_audio_matches (bufs, ref, n);
-    g_ptr_array_unref (bufs);
+    pull_and_check_audio_frames (hs.h, ref, n, 0);
     g_ptr_array_unref (pull_all (hs.text));
     g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
   }
@@ -1174,36 +968,16 @@ GST_START_TEST (test_state_changes_under_data)
 
   Harnesses hs;
   harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
-  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
-      g_regex_new ("Got data flow before (stream-start|segment) event", 0, 0, NULL),
-      NULL, NULL, NULL);
-  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
-      g_regex_new ("Sticky event misordering", 0, 0, NULL), NULL, NULL, NULL);
-  GstSegment segment;
-  gst_segment_init (&segment, GST_FORMAT_TIME);
-  GstCaps *caps = gst_caps_from_string (RAW_F32_CAPS);
-  GstBuffer *buf = gst_buffer_new_memdup (speech, 1000 * sizeof (gfloat));
-  GstHarnessThread *push = gst_harness_stress_push_buffer_start (hs.h, caps, &segment, buf);
-  GstHarnessThread *state = gst_harness_stress_statechange_start (hs.h);
-  g_usleep (G_USEC_PER_SEC / 2);
-  guint toggles = gst_harness_stress_thread_stop (state);
-  guint pushes = gst_harness_stress_thread_stop (push);
-  GST_INFO ("%u state changes, %u pushes", toggles, pushes);
-  fail_unless (toggles > 0 && pushes > 0);
-  gst_caps_unref (caps);
-  gst_buffer_unref (buf);
-  g_ptr_array_unref (pull_all (hs.h));
+  stress_state_changes (hs.h, RAW_F32_CAPS,
+      gst_buffer_new_memdup (speech, 1000 * sizeof (gfloat)));
   g_ptr_array_unref (pull_all (hs.text));
-  gst_check_clear_log_filter ();
 
   gst_harness_play (hs.h);
   push_flush (hs.h);
   gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
   g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
   push_pcm (hs.h, speech, n, FRAME, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio (hs.h, ref, n);
   harnesses_teardown (&hs);
 }
 GST_END_TEST;
@@ -1243,12 +1017,8 @@ GST_START_TEST (test_shared_models)
     push_pcm (first.h, speech + f * FRAME, FRAME, FRAME, f * FRAME_NS);
     push_pcm (second.h, speech + f * FRAME, FRAME, FRAME, f * FRAME_NS);
   }
-  GPtrArray *bufs = pull_all (first.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
-  bufs = pull_all (second.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
+  pull_and_check_audio (first.h, ref, n);
+  pull_and_check_audio (second.h, ref, n);
   harnesses_teardown (&first);
   harnesses_teardown (&second);
 
@@ -1290,14 +1060,8 @@ GST_START_TEST (test_model_directory)
   gpointer mimi = g_object_get_data (G_OBJECT (element), MODEL_DATA_KEY);
   fail_unless (mimi != NULL);
   /* Without a tokenizer now: the change in READY is picked up when streaming starts. */
-  g_object_set (element, "tokenizer", NULL, NULL);
   Harnesses hs;
-  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
-  push_pcm (hs.h, speech, n, FRAME, 0);
-  GPtrArray *bufs = pull_all (hs.h);
-  assert_audio_matches (bufs, ref, n);
-  g_ptr_array_unref (bufs);
-  fail_unless_equals_int (gst_harness_buffers_received (hs.text), 0);
+  run_without_tokenizer (&hs, element, speech, ref, n);
   harnesses_teardown (&hs);
   drop_bus (bus);
 
@@ -1309,40 +1073,6 @@ GST_START_TEST (test_model_directory)
 GST_END_TEST;
 
 /* ================================================================== errors */
-
-/* Sets element to READY expecting failure; returns the error message posted. */
-static GstMessage *
-expect_open_error (GstElement * element)
-{
-  GstBus *bus = attach_bus (element);
-  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
-      GST_STATE_CHANGE_FAILURE);
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  fail_unless (msg != NULL, "no error message on the bus");
-  gst_element_set_state (element, GST_STATE_NULL);
-  drop_bus (bus);
-  return msg;
-}
-
-static void
-assert_error (GstMessage * msg, GQuark domain, gint code, const gchar * needle,
-    const gchar * needle2)
-{
-  GError *error = NULL;
-  gchar *debug = NULL;
-  gst_message_parse_error (msg, &error, &debug);
-  fail_unless (error->domain == domain && error->code == code,
-      "error %s (%s %d) is not the expected one", error->message,
-      g_quark_to_string (error->domain), error->code);
-  fail_unless (strstr (error->message, needle) != NULL, "'%s' does not name '%s'",
-      error->message, needle);
-  if (needle2 != NULL)
-    fail_unless (strstr (error->message, needle2) != NULL, "'%s' does not name '%s'",
-        error->message, needle2);
-  g_error_free (error);
-  g_free (debug);
-  gst_message_unref (msg);
-}
 
 static void
 expect_error_with (const gchar * property, const gchar * value, GQuark domain, gint code,
@@ -1387,15 +1117,9 @@ GST_START_TEST (test_corrupt_files)
 {
   init_paths ();
   g_autofree gchar *dir = g_dir_make_tmp ("moshidialog-bad-XXXXXX", NULL);
-  g_autofree gchar *garbage = g_build_filename (dir, "garbage.safetensors", NULL);
-  g_autofree gchar *truncated = g_build_filename (dir, "truncated.safetensors", NULL);
+  g_autofree gchar *garbage = NULL, *truncated = NULL;
+  write_broken_safetensors (dir, lm_path, &garbage, &truncated);
   g_autofree gchar *bad_tok = g_build_filename (dir, "bad.model", NULL);
-  fail_unless (g_file_set_contents (garbage, "this is not a safetensors file", -1, NULL));
-  gchar *contents;
-  gsize len;
-  fail_unless (g_file_get_contents (lm_path, &contents, &len, NULL));
-  fail_unless (g_file_set_contents (truncated, contents, len / 2, NULL));
-  g_free (contents);
   fail_unless (g_file_set_contents (bad_tok, "\x0a\xff\xff\xff\xff\x0f garbage", 16, NULL));
 
   expect_error_with ("model", garbage, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_OPEN_READ,
@@ -1417,30 +1141,38 @@ GST_START_TEST (test_corrupt_files)
 }
 GST_END_TEST;
 
-/* An LM and a Mimi that do not fit together: a clear error naming both. */
-GST_START_TEST (test_mismatched_models)
+/* Sets element to READY expecting failure: the error of an LM and a Mimi that do not fit
+ * together. Returns its message. */
+static gchar *
+mismatch_error_message (GstElement * element)
 {
-  init_paths ();
-  g_autofree gchar *small7b = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm",
-      "small7b", "model.safetensors", NULL);
-  g_autofree gchar *small7b_config = g_build_filename (g_getenv ("MOSHI_TEST_DATA"), "lm",
-      "small7b", "config.json", NULL);
-
-  /* small7b: 32-entry audio vocabulary, Mimi small: 256-entry codebooks. */
-  GstElement *element = make_dialog (TRUE);
-  g_object_set (element, "model", small7b, "lm-config", small7b_config, NULL);
   GstMessage *msg = expect_open_error (element);
   GError *error = NULL;
   gst_message_parse_error (msg, &error, NULL);
   fail_unless (g_error_matches (error, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS),
       "%s", error->message);
   fail_unless (strstr (error->message, "do not fit") != NULL, "%s", error->message);
-  fail_unless (strstr (error->message, "32") != NULL, "%s", error->message);
-  fail_unless (strstr (error->message, "256") != NULL, "%s", error->message);
-  fail_unless (strstr (error->message, small7b) != NULL, "%s", error->message);
-  fail_unless (strstr (error->message, mimi_path) != NULL, "%s", error->message);
+  gchar *message = g_strdup (error->message);
   g_error_free (error);
   gst_message_unref (msg);
+  return message;
+}
+
+/* An LM and a Mimi that do not fit together: a clear error naming both. */
+GST_START_TEST (test_mismatched_models)
+{
+  init_paths ();
+  g_autofree gchar *small7b = test_data_path ("lm", "small7b", "model.safetensors", NULL);
+  g_autofree gchar *small7b_config = test_data_path ("lm", "small7b", "config.json", NULL);
+
+  /* small7b: 32-entry audio vocabulary, Mimi small: 256-entry codebooks. */
+  GstElement *element = make_dialog (TRUE);
+  g_object_set (element, "model", small7b, "lm-config", small7b_config, NULL);
+  g_autofree gchar *vocabulary_error = mismatch_error_message (element);
+  fail_unless (strstr (vocabulary_error, "32") != NULL, "%s", vocabulary_error);
+  fail_unless (strstr (vocabulary_error, "256") != NULL, "%s", vocabulary_error);
+  fail_unless (strstr (vocabulary_error, small7b) != NULL, "%s", vocabulary_error);
+  fail_unless (strstr (vocabulary_error, mimi_path) != NULL, "%s", vocabulary_error);
   gst_object_unref (element);
 
   /* A Mimi with 256-entry codebooks but fewer codebooks than the LM uses: the small Mimi
@@ -1455,24 +1187,11 @@ GST_START_TEST (test_mismatched_models)
   g_string_free (cut, TRUE);
   element = make_dialog (TRUE);
   g_object_set (element, "mimi-config", cut_config, NULL);
-  GstBus *bus = attach_bus (element);
-  GstStateChangeReturn ret = gst_element_set_state (element, GST_STATE_READY);
-  msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  fail_unless_equals_int (ret, GST_STATE_CHANGE_FAILURE);
-  fail_unless (msg != NULL);
-  error = NULL;
-  gst_message_parse_error (msg, &error, NULL);
-  fail_unless (g_error_matches (error, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS),
-      "%s", error->message);
-  fail_unless (strstr (error->message, "do not fit") != NULL, "%s", error->message);
-  fail_unless (strstr (error->message, "8 user and 8 model codebooks") != NULL, "%s",
-      error->message);
-  fail_unless (strstr (error->message, "has 4") != NULL, "%s", error->message);
-  GST_INFO ("cut Mimi: %s", error->message);
-  g_error_free (error);
-  gst_message_unref (msg);
-  gst_element_set_state (element, GST_STATE_NULL);
-  drop_bus (bus);
+  g_autofree gchar *codebooks_error = mismatch_error_message (element);
+  fail_unless (strstr (codebooks_error, "8 user and 8 model codebooks") != NULL, "%s",
+      codebooks_error);
+  fail_unless (strstr (codebooks_error, "has 4") != NULL, "%s", codebooks_error);
+  GST_INFO ("cut Mimi: %s", codebooks_error);
   gst_object_unref (element);
   g_unlink (cut_config);
   g_rmdir (dir);
@@ -1497,12 +1216,8 @@ GST_START_TEST (test_token_caps_errors)
     harnesses_new (&hs, element, FALSE, NULL);
     g_autofree gchar *str = g_strdup_printf (TOKEN_CAPS_FMT, cases[i].codebooks,
         cases[i].size);
-    GstCaps *caps = gst_caps_from_string (str);
-    fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
-    gst_caps_unref (caps);
-    GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-    fail_unless (msg != NULL);
-    assert_error (msg, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, cases[i].needle, NULL);
+    assert_caps_refused (hs.h, str);
+    assert_error (pop_error (bus), GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, cases[i].needle, NULL);
     harnesses_teardown (&hs);
     drop_bus (bus);
   }
@@ -1510,10 +1225,8 @@ GST_START_TEST (test_token_caps_errors)
   /* Raw audio at another rate is refused by the template. */
   Harnesses hs;
   harnesses_new (&hs, make_dialog (TRUE), FALSE, NULL);
-  GstCaps *caps = gst_caps_from_string ("audio/x-raw, format=F32LE, layout=interleaved, "
+  assert_caps_refused (hs.h, "audio/x-raw, format=F32LE, layout=interleaved, "
       "rate=16000, channels=1");
-  fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
-  gst_caps_unref (caps);
   harnesses_teardown (&hs);
 }
 GST_END_TEST;
@@ -1526,12 +1239,8 @@ GST_START_TEST (test_downstream_refuses)
   Harnesses hs;
   harnesses_new (&hs, element, FALSE, NULL);
   gst_harness_set_sink_caps_str (hs.h, "audio/x-mimi, codebook-size=2048");
-  GstCaps *caps = gst_caps_from_string (RAW_F32_CAPS);
-  fail_if (gst_pad_send_event (GST_PAD_PEER (hs.h->srcpad), gst_event_new_caps (caps)));
-  gst_caps_unref (caps);
-  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  fail_unless (msg != NULL);
-  assert_error (msg, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, "neither", NULL);
+  assert_caps_refused (hs.h, RAW_F32_CAPS);
+  assert_error (pop_error (bus), GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION, "neither", NULL);
   harnesses_teardown (&hs);
   drop_bus (bus);
 }

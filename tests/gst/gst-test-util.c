@@ -1,0 +1,342 @@
+/* Helpers shared by the GstHarness suites of the moshi plugin: see gst-test-util.h. */
+#include "gst-test-util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "moshi-safetensors.h"
+
+/* ------------------------------------------------------------------ test data */
+
+gchar *
+test_data_path (const gchar * first_element, ...)
+{
+  const gchar *data = g_getenv ("MOSHI_TEST_DATA");
+  fail_unless (data != NULL, "MOSHI_TEST_DATA is not set");
+  va_list args;
+  va_start (args, first_element);
+  g_autofree gchar *below = g_build_filename_valist (first_element, &args);
+  va_end (args);
+  return g_build_filename (data, below, NULL);
+}
+
+gfloat *
+load_speech (gsize * n)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *golden = test_data_path ("mimi", "small", "golden.safetensors", NULL);
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (golden, &error);
+  fail_unless (st != NULL, "%s", error ? error->message : "");
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "speech.pcm");
+  fail_unless (e != NULL && e->dtype == MOSHI_DTYPE_F32);
+  *n = e->nbytes / sizeof (gfloat);
+  return g_memdup2 (e->data, e->nbytes);
+}
+
+void
+write_broken_safetensors (const gchar * dir, const gchar * source, gchar ** garbage,
+    gchar ** truncated)
+{
+  *garbage = g_build_filename (dir, "garbage.safetensors", NULL);
+  *truncated = g_build_filename (dir, "truncated.safetensors", NULL);
+  fail_unless (g_file_set_contents (*garbage, "this is not a safetensors file", -1, NULL));
+  gchar *contents;
+  gsize len;
+  fail_unless (g_file_get_contents (source, &contents, &len, NULL));
+  fail_unless (g_file_set_contents (*truncated, contents, len / 2, NULL));
+  g_free (contents);
+}
+
+void
+quantize_to_s16 (const gfloat * pcm, gsize n, gint16 * s16, gfloat * as_float)
+{
+  for (gsize i = 0; i < n; i++) {
+    s16[i] = (gint16) CLAMP (lrintf (pcm[i] * 32767.0f), -32768, 32767);
+    as_float[i] = s16[i] / 32768.0f;
+  }
+}
+
+/* ------------------------------------------------------------------ library reference */
+
+MoshiMimi *
+load_mimi (const gchar * model_path, const gchar * config_path)
+{
+  g_autoptr (GError) error = NULL;
+  MoshiMimi *mimi = moshi_mimi_load (model_path, config_path, NULL, &error);
+  fail_unless (mimi != NULL, "%s", error ? error->message : "");
+  return mimi;
+}
+
+gint32 *
+reference_mimi_encode (const gchar * model_path, const gchar * config_path,
+    const gfloat * pcm, gsize n, gint codebooks, gsize * n_frames)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (MoshiMimi) mimi = load_mimi (model_path, config_path);
+  MoshiMimiSessionOptions options = {.num_codebooks = codebooks,.max_frames_per_call = 1 };
+  g_autoptr (MoshiMimiSession) session = moshi_mimi_session_new (mimi, &options, &error);
+  fail_unless (session != NULL, "%s", error ? error->message : "");
+
+  gsize frames = (n + FRAME - 1) / FRAME;
+  g_autofree gfloat *padded = g_new0 (gfloat, frames * FRAME);
+  memcpy (padded, pcm, n * sizeof (gfloat));
+  g_autofree gint32 *by_codebook = g_new (gint32, frames * codebooks);
+  fail_unless (moshi_mimi_session_encode (session, padded, (gint) frames, by_codebook,
+          &error), "%s", error ? error->message : "");
+  gint32 *codes = g_new (gint32, frames * codebooks);
+  for (gsize f = 0; f < frames; f++)
+    for (gint k = 0; k < codebooks; k++)
+      codes[f * codebooks + k] = by_codebook[k * frames + f];
+  *n_frames = frames;
+  return codes;
+}
+
+/* ------------------------------------------------------------------ harness helpers */
+
+GstHarness *
+harness_for (GstElement * element)
+{
+  GstHarness *h = gst_harness_new_with_element (element, "sink", "src");
+  gst_object_unref (element);
+  return h;
+}
+
+GstClockTime
+samples_to_time (guint64 samples)
+{
+  return gst_util_uint64_scale (samples, GST_SECOND, RATE);
+}
+
+void
+push_pcm (GstHarness * h, const gfloat * pcm, gsize n, gsize chunk, GstClockTime start_ns)
+{
+  for (gsize off = 0; off < n; off += chunk) {
+    gsize m = MIN (chunk, n - off);
+    GstBuffer *buf = gst_buffer_new_memdup (pcm + off, m * sizeof (gfloat));
+    GST_BUFFER_PTS (buf) = start_ns + samples_to_time (off);
+    GST_BUFFER_DURATION (buf) = start_ns + samples_to_time (off + m) - GST_BUFFER_PTS (buf);
+    fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_OK);
+  }
+}
+
+GstBuffer *
+token_buffer (const gint32 * codes, gsize frames, gint codebooks, gsize first_frame)
+{
+  gsize size = frames * codebooks * 2;
+  guint8 *data = g_malloc (size);
+  for (gsize i = 0; i < frames * codebooks; i++)
+    GST_WRITE_UINT16_LE (data + 2 * i, (guint16) codes[first_frame * codebooks + i]);
+  GstBuffer *buf = gst_buffer_new_wrapped (data, size);
+  GST_BUFFER_PTS (buf) = first_frame * FRAME_NS;
+  GST_BUFFER_DURATION (buf) = frames * FRAME_NS;
+  return buf;
+}
+
+void
+push_flush (GstHarness * h)
+{
+  GstSegment segment;
+  fail_unless (gst_harness_push_event (h, gst_event_new_flush_start ()));
+  fail_unless (gst_harness_push_event (h, gst_event_new_flush_stop (TRUE)));
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  fail_unless (gst_harness_push_event (h, gst_event_new_segment (&segment)));
+}
+
+GPtrArray *
+pull_all (GstHarness * h)
+{
+  GPtrArray *bufs = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_buffer_unref);
+  GstBuffer *buf;
+  while ((buf = gst_harness_try_pull (h)) != NULL)
+    g_ptr_array_add (bufs, buf);
+  return bufs;
+}
+
+GPtrArray *
+pull_events (GstHarness * h, GstEventType type)
+{
+  GPtrArray *events = g_ptr_array_new_with_free_func ((GDestroyNotify) gst_event_unref);
+  GstEvent *event;
+  while ((event = gst_harness_try_pull_event (h)) != NULL) {
+    if (GST_EVENT_TYPE (event) == type)
+      g_ptr_array_add (events, event);
+    else
+      gst_event_unref (event);
+  }
+  return events;
+}
+
+/* ------------------------------------------------------------------ comparisons */
+
+gfloat *
+concat_f32 (GPtrArray * bufs, gsize * n)
+{
+  GByteArray *bytes = g_byte_array_new ();
+  for (guint i = 0; i < bufs->len; i++) {
+    GstMapInfo map;
+    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, i), &map, GST_MAP_READ));
+    g_byte_array_append (bytes, map.data, map.size);
+    gst_buffer_unmap (g_ptr_array_index (bufs, i), &map);
+  }
+  *n = bytes->len / sizeof (gfloat);
+  return (gfloat *) g_byte_array_free (bytes, FALSE);
+}
+
+void
+assert_pcm_equal (const gfloat * got, const gfloat * expected, gsize n)
+{
+  for (gsize i = 0; i < n; i++) {
+    if (memcmp (&got[i], &expected[i], sizeof (gfloat)) != 0)
+      fail ("sample %" G_GSIZE_FORMAT " differs: %.9g vs %.9g (frame %" G_GSIZE_FORMAT ")",
+          i, got[i], expected[i], i / FRAME);
+  }
+}
+
+void
+assert_f32_buffers_equal (GPtrArray * bufs, const gfloat * expected, gsize n)
+{
+  gsize got_n;
+  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
+  fail_unless_equals_int (got_n, n);
+  assert_pcm_equal (got, expected, n);
+}
+
+void
+assert_s16_frames_equal (GPtrArray * bufs, const gfloat * expected)
+{
+  for (guint f = 0; f < bufs->len; f++) {
+    GstMapInfo map;
+    fail_unless (gst_buffer_map (g_ptr_array_index (bufs, f), &map, GST_MAP_READ));
+    for (gsize i = 0; i < FRAME; i++) {
+      gfloat v = roundf (expected[f * FRAME + i] * 32768.0f);
+      gint16 want = (gint16) CLAMP (v, -32768.0f, 32767.0f);
+      fail_unless_equals_int ((gint16) GST_READ_UINT16_LE (map.data + 2 * i), want);
+    }
+    gst_buffer_unmap (g_ptr_array_index (bufs, f), &map);
+  }
+}
+
+void
+assert_token_buffer_equal (GstBuffer * buf, const gint32 * codes, gint codebooks)
+{
+  GstMapInfo map;
+  fail_unless (gst_buffer_map (buf, &map, GST_MAP_READ));
+  fail_unless_equals_int (map.size, codebooks * 2);
+  for (gint k = 0; k < codebooks; k++)
+    fail_unless_equals_int (GST_READ_UINT16_LE (map.data + 2 * k), codes[k]);
+  gst_buffer_unmap (buf, &map);
+}
+
+void
+assert_current_caps (GstPad * pad, const gchar * expected_caps)
+{
+  GstCaps *caps = gst_pad_get_current_caps (pad);
+  GstCaps *expected = gst_caps_from_string (expected_caps);
+  fail_unless (gst_caps_is_equal (caps, expected), "caps %" GST_PTR_FORMAT, caps);
+  gst_caps_unref (expected);
+  gst_caps_unref (caps);
+}
+
+/* ------------------------------------------------------------------ bus, errors */
+
+GstBus *
+attach_bus (GstElement * element)
+{
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (element, bus);
+  return bus;
+}
+
+void
+drop_bus (GstBus * bus)
+{
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+}
+
+guint
+count_bus_warnings (GstBus * bus)
+{
+  guint warnings = 0;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop (bus)) != NULL) {
+    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR);
+    warnings += GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING;
+    gst_message_unref (msg);
+  }
+  return warnings;
+}
+
+GstMessage *
+pop_error (GstBus * bus)
+{
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (msg != NULL, "no error message on the bus");
+  return msg;
+}
+
+GstMessage *
+expect_open_error (GstElement * element)
+{
+  GstBus *bus = attach_bus (element);
+  fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
+      GST_STATE_CHANGE_FAILURE);
+  GstMessage *msg = pop_error (bus);
+  gst_element_set_state (element, GST_STATE_NULL);
+  drop_bus (bus);
+  return msg;
+}
+
+void
+assert_error (GstMessage * msg, GQuark domain, gint code, const gchar * needle,
+    const gchar * needle2)
+{
+  GError *error = NULL;
+  gchar *debug = NULL;
+  gst_message_parse_error (msg, &error, &debug);
+  fail_unless (error->domain == domain && error->code == code,
+      "error %s (%s %d) is not the expected one", error->message,
+      g_quark_to_string (error->domain), error->code);
+  fail_unless (strstr (error->message, needle) != NULL, "'%s' does not name '%s'",
+      error->message, needle);
+  if (needle2 != NULL)
+    fail_unless (strstr (error->message, needle2) != NULL, "'%s' does not name '%s'",
+        error->message, needle2);
+  g_error_free (error);
+  g_free (debug);
+  gst_message_unref (msg);
+}
+
+void
+assert_caps_refused (GstHarness * h, const gchar * caps_str)
+{
+  GstCaps *caps = gst_caps_from_string (caps_str);
+  fail_if (gst_pad_send_event (GST_PAD_PEER (h->srcpad), gst_event_new_caps (caps)));
+  gst_caps_unref (caps);
+}
+
+void
+stress_state_changes (GstHarness * h, const gchar * caps, GstBuffer * buf)
+{
+  /* What GStreamer's own stress tests tolerate: sticky events racing the state changes. */
+  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
+      g_regex_new ("Got data flow before (stream-start|segment) event", 0, 0, NULL),
+      NULL, NULL, NULL);
+  gst_check_add_log_filter ("GStreamer", G_LOG_LEVEL_WARNING,
+      g_regex_new ("Sticky event misordering", 0, 0, NULL), NULL, NULL, NULL);
+
+  GstSegment segment;
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  GstCaps *c = gst_caps_from_string (caps);
+  GstHarnessThread *push = gst_harness_stress_push_buffer_start (h, c, &segment, buf);
+  GstHarnessThread *state = gst_harness_stress_statechange_start (h);
+  g_usleep (G_USEC_PER_SEC / 2);
+  guint toggles = gst_harness_stress_thread_stop (state);
+  guint pushes = gst_harness_stress_thread_stop (push);
+  GST_INFO ("%u state changes, %u pushes", toggles, pushes);
+  fail_unless (toggles > 0 && pushes > 0);
+  gst_caps_unref (c);
+  gst_buffer_unref (buf);
+  g_ptr_array_unref (pull_all (h));
+  gst_check_clear_log_filter ();
+}
