@@ -42,7 +42,23 @@ transpose_kernel (float *dst, int ld_dst, const float *src, int ld_src, int rows
   }
 }
 
+/* MOSHI_LAUNCH's counter (launch.h): per OS thread, since launches are issued by the thread
+ * that calls the op. */
+thread_local unsigned long long launches_issued = 0;
+
 }  // namespace
+
+extern "C" void
+moshi_k_count_launch (void)
+{
+  launches_issued++;
+}
+
+extern "C" unsigned long long
+moshi_k_launch_count (void)
+{
+  return launches_issued;
+}
 
 extern "C" cudaError_t
 moshi_k_copy_2d (cudaStream_t stream, float *dst, int ld_dst, const float *src, int ld_src,

@@ -29,6 +29,11 @@ typedef enum {
   MOSHI_K_ACT_GELU = 1,           /* exact erf form */
 } MoshiKernelAct;
 
+/* Kernel launches (MOSHI_LAUNCH, kernels/launch.h) issued so far by the calling thread, over all
+ * kernels of this library, successful or not. cuBLAS calls and memory copies are not launches
+ * of this library and are not counted. */
+unsigned long long moshi_k_launch_count (void);
+
 /* ---- data movement ---- */
 
 /* dst[r, c] = src[r, c]; the two ranges must not overlap (the backend stages an overlapping

@@ -298,9 +298,132 @@ synth_speech (float *x, gsize n, int rate)
   }
 }
 
+/* bench lm: ms per LM step (temporal + depformer + sampling) at several batch sizes, on a
+ * checkpoint or on random BF16 weights of the config's shapes (the released 7B by default). */
+static int
+cmd_bench_lm (int argc, char **argv)
+{
+  g_autofree char *weights = NULL, *config = NULL, *batch_list = NULL, *device = NULL;
+  int steps = 10, threads = 0;
+  GOptionEntry entries[] = {
+    { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: the released Moshi 7B)", "C" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (default: random BF16 of the config's shapes)", "W" },
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda (default auto)", "D" },
+    { "batch", 'b', 0, G_OPTION_ARG_STRING, &batch_list, "Batch sizes, comma separated (default 1)", "LIST" },
+    { "steps", 'n', 0, G_OPTION_ARG_INT, &steps, "Timed steps per batch size (default 10, after 2 warm-up steps)", "N" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: automatic)", "T" },
+    { NULL }
+  };
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("- time LM steps");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  g_autoptr (GError) error = NULL;
+  if (!g_option_context_parse (ctx, &argc, &argv, &error)) {
+    g_printerr ("moshi-tool bench lm: %s\n", error->message);
+    return 2;
+  }
+  MoshiDevice dev = MOSHI_DEVICE_AUTO;
+  if (device && !moshi_device_from_name (device, &dev)) {
+    g_printerr ("moshi-tool bench lm: unknown device '%s'\n", device);
+    return 2;
+  }
+  if (steps < 1) {
+    g_printerr ("moshi-tool bench lm: --steps must be at least 1\n");
+    return 2;
+  }
+  g_auto (GStrv) batches = g_strsplit (batch_list ? batch_list : "1", ",", -1);
+  int max_batch = 0;
+  for (int i = 0; batches[i]; i++) {
+    int n = atoi (batches[i]);
+    if (n < 1) {
+      g_printerr ("moshi-tool bench lm: bad batch size '%s'\n", batches[i]);
+      return 2;
+    }
+    max_batch = MAX (max_batch, n);
+  }
+  if (dev == MOSHI_DEVICE_CUDA) {
+    MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
+    if (be == NULL) {
+      g_print ("SKIP: moshi-tool bench lm --device cuda: %s\n", error->message);
+      return 77;
+    }
+    moshi_backend_unref (be);
+  }
+  MoshiLmConfig cfg;
+  if (config) {
+    if (!moshi_lm_config_load (&cfg, config, &error))
+      return fail (g_steal_pointer (&error));
+  } else {
+    moshi_lm_config_init_moshi_7b (&cfg);
+  }
+  gint64 t0 = g_get_monotonic_time ();
+  MoshiLmLoadOptions opts = { dev };
+  g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &opts, &error)
+      : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
+  if (lm == NULL)
+    return fail (g_steal_pointer (&error));
+  MoshiBackend *be = moshi_backend_open (dev == MOSHI_DEVICE_AUTO ? MOSHI_DEVICE_AUTO : dev, &error);
+  if (be == NULL)
+    return fail (g_steal_pointer (&error));
+  g_print ("model: %s, %d + %d x %d layers, dim %d; device %s; loaded in %.1f s\n",
+      weights ? weights : "random BF16 weights", cfg.transformer.num_layers, cfg.dep_q,
+      cfg.depformer.num_layers, cfg.dim, be->description, (g_get_monotonic_time () - t0) / 1e6);
+  int n_user = moshi_lm_user_codebooks (lm), dep_q = moshi_lm_generated_codebooks (lm);
+  MoshiLmSession **sessions = g_new0 (MoshiLmSession *, max_batch);
+  int32_t *user = g_new0 (int32_t, (gsize) max_batch * MAX (n_user, 1));
+  int32_t *text = g_new0 (int32_t, max_batch);
+  int32_t *audio = g_new0 (int32_t, (gsize) max_batch * MAX (dep_q, 1));
+  gboolean *ret = g_new0 (gboolean, max_batch);
+  int rc = 0;
+  for (int i = 0; batches[i] && rc == 0; i++) {
+    int n = atoi (batches[i]);
+    MoshiLmBatch *b = moshi_lm_batch_new (lm, n, threads, &error);
+    for (int r = 0; b && r < n; r++)
+      if ((sessions[r] = moshi_lm_session_new (lm, NULL, &error)) == NULL)
+        break;
+    gboolean ok = b != NULL && error == NULL;
+    if (ok && be->ops->reset_stats)
+      be->ops->reset_stats (be, NULL);
+    double ms = 0;
+    for (int s = 0; ok && s < steps + 2; s++) {
+      gint64 t = g_get_monotonic_time ();
+      ok = moshi_lm_batch_step (b, sessions, n, user, text, audio, ret, NULL, &error);
+      if (s == 1 && be->ops->reset_stats)
+        be->ops->reset_stats (be, NULL);
+      if (s >= 2)
+        ms += (g_get_monotonic_time () - t) / 1e3;
+    }
+    if (ok) {
+      ms /= steps;
+      g_print ("batch %3d: %8.2f ms per step, %7.1f steps/s, %8.1f session-steps/s", n, ms,
+          1e3 / ms, n * 1e3 / ms);
+      if (be->ops->get_stats) {
+        MoshiExecStats st;
+        be->ops->get_stats (be, NULL, &st);
+        g_print (" (%" G_GUINT64_FORMAT " launches, %" G_GUINT64_FORMAT " cuBLAS, %.3f GB of weights per step)",
+            st.kernel_launches / steps, st.blas_calls / steps, st.weight_bytes / 1e9 / steps);
+      }
+      g_print ("\n");
+    } else {
+      rc = fail (g_steal_pointer (&error));
+    }
+    for (int r = 0; r < n; r++)
+      g_clear_pointer (&sessions[r], moshi_lm_session_free);
+    g_clear_pointer (&b, moshi_lm_batch_free);
+  }
+  moshi_backend_unref (be);
+  g_free (sessions);
+  g_free (user);
+  g_free (text);
+  g_free (audio);
+  g_free (ret);
+  return rc;
+}
+
 static int
 cmd_bench (int argc, char **argv)
 {
+  if (argc > 1 && g_strcmp0 (argv[1], "lm") == 0)
+    return cmd_bench_lm (argc - 1, argv + 1);
   g_autofree char *model = NULL, *config = NULL, *threads_list = NULL, *device = NULL;
   double seconds = 10;
   int codebooks = 8, frames_per_call = 1;
@@ -681,7 +804,7 @@ static const struct {
   { "info", cmd_info, "list the tensors of a safetensors file and detect the model" },
   { "encode", cmd_encode, "encode a 24 kHz mono WAV into Mimi codes" },
   { "decode", cmd_decode, "decode Mimi codes into a float WAV" },
-  { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi)" },
+  { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi) or LM steps (bench lm)" },
   { "lm-forward", cmd_lm_forward, "teacher-forced LM pass (logits, as upstream LMModel.forward)" },
   { "lm-generate", cmd_lm_generate, "streaming LM generation over user codes (as upstream LMGen)" },
   { "chat", cmd_chat, "offline full duplex: listen to a WAV, speak into another, print the text" },

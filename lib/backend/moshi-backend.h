@@ -47,6 +47,19 @@ typedef struct {
   void *owned;          /* backend allocation to release, or NULL for a borrowed view */
 } MoshiWeight;
 
+/* What the ops of an exec have queued (get_stats / reset_stats below). */
+typedef struct {
+  guint64 kernel_launches;      /* kernels launched (each launch of an op that needs two counts 2) */
+  guint64 blas_calls;           /* cuBLAS calls (each one GEMM, counted apart from the launches) */
+  guint64 memory_ops;           /* copies and memsets queued: upload, download, zero, and the
+                                 * device-to-device copy of ConvTranspose1d's overlap */
+  guint64 weight_bytes;         /* bytes of weights read, as stored on the device: linear: the
+                                 * weight matrix (or view) and bias once per call; embedding: the
+                                 * rows asked for (rows x row bytes); norms, scales: their
+                                 * vectors; convolutions: weights and bias; RVQ encode: the
+                                 * levels' codebooks and norms; RVQ decode: the rows gathered */
+} MoshiExecStats;
+
 struct _MoshiBackendOps {
   void (*destroy) (MoshiBackend *be);
 
@@ -159,6 +172,13 @@ struct _MoshiBackendOps {
   /* dst[row] = sum over levels of codebooks[l, codes[l * ld_codes + row]]. */
   void (*rvq_decode) (MoshiExec *ex, float *dst, int ld, const int32_t *codes, int ld_codes,
       const MoshiWeight *codebooks, int n_levels, int t);
+
+  /* ---- accounting (optional: NULL where a backend keeps none; the CPU has none) ----
+   * get_stats: the counters of ex since its creation or its last reset_stats; with ex NULL, the
+   * sum over every exec of be (including freed ones) since the last reset_stats (be, NULL).
+   * reset_stats (be, ex) zeroes ex's counters; reset_stats (be, NULL) the backend's sum. */
+  void (*get_stats) (MoshiBackend *be, MoshiExec *ex, MoshiExecStats *out);
+  void (*reset_stats) (MoshiBackend *be, MoshiExec *ex);
 };
 
 struct _MoshiBackend {

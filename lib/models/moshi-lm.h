@@ -36,6 +36,11 @@ MoshiLm *moshi_lm_load (const char *weights_path, const char *config_path,
  * and device, if any (see moshi_mimi_load_shared). */
 MoshiLm *moshi_lm_load_shared (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error);
+/* A model of cfg's shapes with random weights of dtype (BF16 or F32), for benchmarks and tests:
+ * the in-memory safetensors image a checkpoint would be (fused attention projections; matrices
+ * uniform in +-1/sqrt(columns), norm weights 1, biases 0), through the normal loader. */
+MoshiLm *moshi_lm_new_random (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
+    MoshiDevice device, GError **error);
 MoshiLm *moshi_lm_ref (MoshiLm *lm);
 void moshi_lm_unref (MoshiLm *lm);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLm, moshi_lm_unref)

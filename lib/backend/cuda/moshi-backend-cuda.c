@@ -13,7 +13,10 @@
  *   up to MOSHI_K_GEMV_MAX_ROWS rows, else blocks of weight rows are converted to f32 in scratch
  *   and multiplied with cublasSgemm (never a full f32 copy of the matrix).
  * - Ops return nothing: a failed launch is reported with g_critical (CUDA errors after a fault
- *   are sticky, so the session's next download returns garbage rather than hanging). */
+ *   are sticky, so the session's next download returns garbage rather than hanging).
+ * - Accounting (get_stats): every op adds its kernel launches (the difference of the kernel
+ *   library's per-thread launch counter around its kernel calls), cuBLAS calls, copies/memsets
+ *   and the bytes of weights it reads to its exec's counters and to the backend's sum. */
 #include "moshi-backend-cuda.h"
 
 #include "moshi-error.h"
@@ -40,6 +43,8 @@ typedef struct {
   /* uploads at load time and the zeroing of fresh allocations, synchronised before return */
   cudaStream_t load_stream;
   GMutex load_lock;
+  /* the sum of every exec's counters since the last reset_stats (be, NULL) (atomics) */
+  guint64 total[4];
 } CudaBackend;
 
 typedef struct {
@@ -48,6 +53,7 @@ typedef struct {
   cublasHandle_t blas;
   void *scratch[N_SCRATCH];
   gsize scratch_bytes[N_SCRATCH];
+  MoshiExecStats stats;
 } CudaExec;
 
 #define CUDA_EX(ex) ((CudaExec *) (ex))
@@ -73,6 +79,40 @@ report_blas (cublasStatus_t status, const char *what)
 
 /* cudaError_t of the expression, reported under the name of the op */
 #define CHECK(call) report ((call), G_STRFUNC)
+
+/* ---- accounting ---- */
+
+enum { STAT_LAUNCHES, STAT_BLAS, STAT_MEMORY, STAT_WEIGHT_BYTES };
+
+static inline void
+count (MoshiExec *ex, int what, guint64 n)
+{
+  if (n == 0)
+    return;
+  guint64 *mine = &CUDA_EX (ex)->stats.kernel_launches;
+  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, blas_calls) == 1 * sizeof (guint64));
+  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, memory_ops) == 2 * sizeof (guint64));
+  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, weight_bytes) == 3 * sizeof (guint64));
+  mine[what] += n;
+  __atomic_fetch_add (&CUDA_BE (ex->backend)->total[what], n, __ATOMIC_RELAXED);
+}
+
+/* A call of the kernel library (moshi-kernels.h): its launches are counted for ex. */
+#define KCALL(ex, call) \
+  G_STMT_START { \
+    unsigned long long l0_ = moshi_k_launch_count (); \
+    report ((call), G_STRFUNC); \
+    count ((ex), STAT_LAUNCHES, moshi_k_launch_count () - l0_); \
+  } G_STMT_END
+
+/* Bytes of a weight as stored on the device (0 for NULL). */
+static inline guint64
+weight_bytes (const MoshiWeight *w)
+{
+  if (w == NULL || w->data == NULL)
+    return 0;
+  return (guint64) moshi_shape_numel (w->shape, w->ndim) * moshi_dtype_size (w->dtype);
+}
 
 static gboolean
 set_device_error (GError **error, cudaError_t err, const char *what)
@@ -201,23 +241,29 @@ static void
 cuda_upload (MoshiExec *ex, void *dst, const void *src, gsize bytes)
 {
   /* from pageable memory: returns once src has been staged, so the caller may reuse it */
-  if (bytes > 0)
+  if (bytes > 0) {
     CHECK (cudaMemcpyAsync (dst, src, bytes, cudaMemcpyHostToDevice, CUDA_EX (ex)->stream));
+    count (ex, STAT_MEMORY, 1);
+  }
 }
 
 static void
 cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes)
 {
-  if (bytes > 0)
+  if (bytes > 0) {
     CHECK (cudaMemcpyAsync (dst, src, bytes, cudaMemcpyDeviceToHost, CUDA_EX (ex)->stream));
+    count (ex, STAT_MEMORY, 1);
+  }
   CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
 }
 
 static void
 cuda_zero (MoshiExec *ex, void *dst, gsize bytes)
 {
-  if (bytes > 0)
+  if (bytes > 0) {
     CHECK (cudaMemsetAsync (dst, 0, bytes, CUDA_EX (ex)->stream));
+    count (ex, STAT_MEMORY, 1);
+  }
 }
 
 static void
@@ -324,10 +370,10 @@ cuda_copy_2d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_sr
     float *tmp = scratch (CUDA_EX (ex), SCRATCH_COPY, (gsize) rows * cols * sizeof (float));
     if (tmp == NULL)
       return;
-    CHECK (moshi_k_copy_2d (s, tmp, cols, src, ld_src, rows, cols));
-    CHECK (moshi_k_copy_2d (s, dst, ld_dst, tmp, cols, rows, cols));
+    KCALL (ex, moshi_k_copy_2d (s, tmp, cols, src, ld_src, rows, cols));
+    KCALL (ex, moshi_k_copy_2d (s, dst, ld_dst, tmp, cols, rows, cols));
   } else {
-    CHECK (moshi_k_copy_2d (s, dst, ld_dst, src, ld_src, rows, cols));
+    KCALL (ex, moshi_k_copy_2d (s, dst, ld_dst, src, ld_src, rows, cols));
   }
 }
 
@@ -335,7 +381,7 @@ static void
 cuda_transpose (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src, int rows,
     int cols)
 {
-  CHECK (moshi_k_transpose (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
+  KCALL (ex, moshi_k_transpose (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
 }
 
 /* ---------------------------------------------------------------- elementwise, norms */
@@ -344,27 +390,28 @@ static void
 cuda_elu_2d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src, int rows,
     int cols)
 {
-  CHECK (moshi_k_elu_2d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
+  KCALL (ex, moshi_k_elu_2d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, rows, cols));
 }
 
 static void
 cuda_gelu (MoshiExec *ex, float *x, gsize n)
 {
-  CHECK (moshi_k_gelu (CUDA_EX (ex)->stream, x, n));
+  KCALL (ex, moshi_k_gelu (CUDA_EX (ex)->stream, x, n));
 }
 
 static void
 cuda_add_scaled (MoshiExec *ex, float *x, int ld_x, const float *y, int ld_y,
     const MoshiWeight *scale, int rows, int cols)
 {
-  CHECK (moshi_k_add_scaled (CUDA_EX (ex)->stream, x, ld_x, y, ld_y, wf32 (scale), rows, cols));
+  KCALL (ex, moshi_k_add_scaled (CUDA_EX (ex)->stream, x, ld_x, y, ld_y, wf32 (scale), rows, cols));
+  count (ex, STAT_WEIGHT_BYTES, weight_bytes (scale));
 }
 
 static void
 cuda_gated_act (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     MoshiActivation act, int rows, int hidden)
 {
-  CHECK (moshi_k_gated_act (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src,
+  KCALL (ex, moshi_k_gated_act (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src,
           act == MOSHI_ACT_SILU ? MOSHI_K_ACT_SILU : MOSHI_K_ACT_GELU, rows, hidden));
 }
 
@@ -372,16 +419,18 @@ static void
 cuda_layer_norm (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *weight, const MoshiWeight *bias, float eps, int rows, int d)
 {
-  CHECK (moshi_k_layer_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (weight),
+  KCALL (ex, moshi_k_layer_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (weight),
           wf32 (bias), eps, rows, d));
+  count (ex, STAT_WEIGHT_BYTES, weight_bytes (weight) + weight_bytes (bias));
 }
 
 static void
 cuda_rms_norm (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *alpha, float eps, int rows, int d)
 {
-  CHECK (moshi_k_rms_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (alpha), eps,
+  KCALL (ex, moshi_k_rms_norm (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (alpha), eps,
           rows, d));
+  count (ex, STAT_WEIGHT_BYTES, weight_bytes (alpha));
 }
 
 /* ---------------------------------------------------------------- embeddings, positions */
@@ -391,16 +440,20 @@ cuda_embedding (MoshiExec *ex, float *dst, int ld, const MoshiWeight *table, con
     int rows, float beta)
 {
   g_assert (table->dtype == MOSHI_DTYPE_F32 || table->dtype == MOSHI_DTYPE_BF16);
-  CHECK (moshi_k_embedding (CUDA_EX (ex)->stream, dst, ld, table->data,
+  KCALL (ex, moshi_k_embedding (CUDA_EX (ex)->stream, dst, ld, table->data,
           table->dtype == MOSHI_DTYPE_BF16 ? MOSHI_K_BF16 : MOSHI_K_F32, (int) table->shape[0],
           (int) table->shape[1], ids, rows, beta));
+  /* the rows asked for (the ids are on the device: a negative one reads nothing, but counts) */
+  if (rows > 0)
+    count (ex, STAT_WEIGHT_BYTES,
+        (guint64) rows * table->shape[1] * moshi_dtype_size (table->dtype));
 }
 
 static void
 cuda_add_sin_embedding (MoshiExec *ex, float *x, int ld, int rows, int d, int pos0,
     float max_period, float scale)
 {
-  CHECK (moshi_k_add_sin_embedding (CUDA_EX (ex)->stream, x, ld, rows, d, pos0, max_period,
+  KCALL (ex, moshi_k_add_sin_embedding (CUDA_EX (ex)->stream, x, ld, rows, d, pos0, max_period,
           scale));
 }
 
@@ -417,6 +470,7 @@ sgemm_rows (CudaExec *ex, float *dst, int ld_dst, const float *src, int ld_src, 
   const float one = 1.0f;
   report_blas (cublasSgemm (ex->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, rows, k, &one, w, MAX (k, 1),
           src, MAX (ld_src, MAX (k, 1)), &beta, dst, MAX (ld_dst, MAX (m, 1))), "cublasSgemm");
+  count (&ex->parent, STAT_BLAS, 1);
 }
 
 static void
@@ -429,11 +483,13 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
   if (rows <= 0 || n_out <= 0)
     return;
   const float *b = wf32 (bias);
+  /* the weight matrix (or the view of it) once, whichever path; the bias */
+  count (parent, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
   if (w->dtype == MOSHI_DTYPE_BF16) {
     const uint16_t *wb = w->data;
     if (rows <= MOSHI_K_GEMV_MAX_ROWS) {
       /* the bias is added by the kernel */
-      CHECK (moshi_k_linear_bf16_gemv (ex->stream, dst, ld_dst, src, ld_src, wb, n_out, n_in, b,
+      KCALL (parent, moshi_k_linear_bf16_gemv (ex->stream, dst, ld_dst, src, ld_src, wb, n_out, n_in, b,
               rows, beta));
       return;
     }
@@ -443,7 +499,7 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
       return;
     for (int o0 = 0; o0 < n_out; o0 += block_rows) {
       int len = MIN (block_rows, n_out - o0);
-      CHECK (moshi_k_bf16_to_f32 (ex->stream, block, wb + (gsize) o0 * n_in,
+      KCALL (parent, moshi_k_bf16_to_f32 (ex->stream, block, wb + (gsize) o0 * n_in,
               (gsize) len * n_in));
       sgemm_rows (ex, dst + o0, ld_dst, src, ld_src, block, len, n_in, rows, beta);
     }
@@ -452,7 +508,7 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
     sgemm_rows (ex, dst, ld_dst, src, ld_src, w->data, n_out, n_in, rows, beta);
   }
   if (b != NULL)
-    CHECK (moshi_k_add_bias (ex->stream, dst, ld_dst, b, rows, n_out));
+    KCALL (parent, moshi_k_add_bias (ex->stream, dst, ld_dst, b, rows, n_out));
 }
 
 /* ---------------------------------------------------------------- convolutions */
@@ -465,8 +521,10 @@ cuda_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src
   int c_out = (int) w->shape[0];
   int c_in = (int) w->shape[1] * groups;
   int k = w->ndim > 2 ? (int) w->shape[2] : 1;
-  CHECK (moshi_k_conv1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w), wf32 (bias),
+  KCALL (ex, moshi_k_conv1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w), wf32 (bias),
           c_in, c_out, k, stride, dilation, groups, t_out, beta));
+  if (t_out > 0)
+    count (ex, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
 }
 
 static void
@@ -482,8 +540,13 @@ cuda_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, 
     if (tmp == NULL)
       return;
   }
-  CHECK (moshi_k_conv_transpose1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w),
+  KCALL (ex, moshi_k_conv_transpose1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w),
           wf32 (bias), carry, tmp, c_in, c_out, k, stride, groups, t_in));
+  if (t_in > 0) {
+    count (ex, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
+    if (k > stride)         /* the kernel library's copy of the new overlap over the carry */
+      count (ex, STAT_MEMORY, 1);
+  }
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -492,7 +555,7 @@ static void
 cuda_kv_write (MoshiExec *ex, float *k_cache, float *v_cache, int capacity, const float *k,
     int ld_k, const float *v, int ld_v, int width, int pos0, int t)
 {
-  CHECK (moshi_k_kv_write (CUDA_EX (ex)->stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v,
+  KCALL (ex, moshi_k_kv_write (CUDA_EX (ex)->stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v,
           width, pos0, t));
 }
 
@@ -500,7 +563,7 @@ static void
 cuda_rope (MoshiExec *ex, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
     float max_period)
 {
-  CHECK (moshi_k_rope (CUDA_EX (ex)->stream, x, ld, t, n_heads, head_dim, pos0, max_period));
+  KCALL (ex, moshi_k_rope (CUDA_EX (ex)->stream, x, ld, t, n_heads, head_dim, pos0, max_period));
 }
 
 static void
@@ -510,7 +573,7 @@ cuda_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
 {
   size_t n = moshi_k_attention_scratch_floats (capacity, n_heads, head_dim, t);
   float *tmp = n > 0 ? scratch (CUDA_EX (ex), SCRATCH_ATTENTION, n * sizeof (float)) : NULL;
-  CHECK (moshi_k_attention (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, k_cache, v_cache,
+  KCALL (ex, moshi_k_attention (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, k_cache, v_cache,
           capacity, n_heads, head_dim, pos0, t, context, scale, tmp, tmp ? n : 0));
 }
 
@@ -520,17 +583,49 @@ static void
 cuda_rvq_encode (MoshiExec *ex, int32_t *codes, int ld_codes, float *residual, int ld,
     const MoshiWeight *codebooks, const MoshiWeight *sq_norms, int n_levels, int t)
 {
-  CHECK (moshi_k_rvq_encode (CUDA_EX (ex)->stream, codes, ld_codes, residual, ld,
+  KCALL (ex, moshi_k_rvq_encode (CUDA_EX (ex)->stream, codes, ld_codes, residual, ld,
           wf32 (codebooks), wf32 (sq_norms), n_levels, (int) codebooks->shape[1],
           (int) codebooks->shape[2], t));
+  /* every codeword of the levels used, and their norms */
+  if (t > 0)
+    count (ex, STAT_WEIGHT_BYTES, (guint64) n_levels * codebooks->shape[1]
+        * (codebooks->shape[2] + 1) * sizeof (float));
 }
 
 static void
 cuda_rvq_decode (MoshiExec *ex, float *dst, int ld, const int32_t *codes, int ld_codes,
     const MoshiWeight *codebooks, int n_levels, int t)
 {
-  CHECK (moshi_k_rvq_decode (CUDA_EX (ex)->stream, dst, ld, codes, ld_codes, wf32 (codebooks),
+  KCALL (ex, moshi_k_rvq_decode (CUDA_EX (ex)->stream, dst, ld, codes, ld_codes, wf32 (codebooks),
           n_levels, (int) codebooks->shape[1], (int) codebooks->shape[2], t));
+  /* one codeword per level and row */
+  count (ex, STAT_WEIGHT_BYTES, (guint64) MAX (t, 0) * MAX (n_levels, 0) * codebooks->shape[2]
+      * sizeof (float));
+}
+
+/* ---------------------------------------------------------------- accounting */
+
+static void
+cuda_get_stats (MoshiBackend *be, MoshiExec *ex, MoshiExecStats *out)
+{
+  if (ex != NULL) {
+    *out = CUDA_EX (ex)->stats;
+    return;
+  }
+  guint64 *dst = &out->kernel_launches;
+  for (int i = 0; i < 4; i++)
+    dst[i] = __atomic_load_n (&CUDA_BE (be)->total[i], __ATOMIC_RELAXED);
+}
+
+static void
+cuda_reset_stats (MoshiBackend *be, MoshiExec *ex)
+{
+  if (ex != NULL) {
+    memset (&CUDA_EX (ex)->stats, 0, sizeof (MoshiExecStats));
+    return;
+  }
+  for (int i = 0; i < 4; i++)
+    __atomic_store_n (&CUDA_BE (be)->total[i], 0, __ATOMIC_RELAXED);
 }
 
 static const MoshiBackendOps cuda_ops = {
@@ -564,6 +659,8 @@ static const MoshiBackendOps cuda_ops = {
   .attention = cuda_attention,
   .rvq_encode = cuda_rvq_encode,
   .rvq_decode = cuda_rvq_decode,
+  .get_stats = cuda_get_stats,
+  .reset_stats = cuda_reset_stats,
 };
 
 /* ---------------------------------------------------------------- entry point */
