@@ -142,37 +142,6 @@ static const LmCase lm_cases[] = {
   { "stt_like", "model.safetensors", "" },
 };
 
-/* The backend the conformance tests run on: $MOSHI_TEST_DEVICE (cpu, cuda, auto), cpu by
- * default. tests/meson.build runs the suite once more with cuda on the emulated CUDA backend. */
-static MoshiDevice
-test_device (void)
-{
-  const char *name = g_getenv ("MOSHI_TEST_DEVICE");
-  MoshiDevice device = MOSHI_DEVICE_CPU;
-  if (name != NULL && name[0] != '\0' && !moshi_device_from_name (name, &device))
-    ck_abort_msg ("MOSHI_TEST_DEVICE=%s is not a device (cpu, cuda, auto)", name);
-  return device;
-}
-
-/* With MOSHI_TEST_DEVICE=cuda on the real module (the gpu suite): exit 77 (skipped) when no GPU
- * can be used, and run in this process (a CUDA context does not survive fork). */
-static void
-require_test_device (void)
-{
-  if (test_device () != MOSHI_DEVICE_CUDA)
-    return;
-  GError *error = NULL;
-  MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
-  if (be == NULL) {
-    gboolean emulated = g_getenv ("MOSHI_CUDA_EMULATE") != NULL;
-    printf ("%s: MOSHI_TEST_DEVICE=cuda: %s\n", emulated ? "FAIL" : "SKIP", error->message);
-    exit (emulated ? EXIT_FAILURE : 77);
-  }
-  printf ("running on %s\n", be->description);
-  moshi_backend_unref (be);
-  if (g_getenv ("MOSHI_CUDA_EMULATE") == NULL)
-    g_setenv ("CK_FORK", "no", TRUE);
-}
 
 typedef struct {
   MoshiLm *lm;
@@ -189,7 +158,7 @@ lm_fixture_open (LmFixture *fx, const LmCase *c)
   g_autofree char *model = g_build_filename (fx->dir, c->model, NULL);
   g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
   g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
-  MoshiLmLoadOptions opts = { test_device () };
+  MoshiLmLoadOptions opts = { moshi_test_device () };
   fx->lm = moshi_lm_load (model, config, &opts, &error);
   ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
   fx->golden = open_or_fail (golden);
@@ -549,6 +518,6 @@ lm_suite (void)
 int
 main (void)
 {
-  require_test_device ();
+  moshi_test_require_device ();
   return moshi_test_run_suite (lm_suite ());
 }

@@ -42,37 +42,6 @@ static int n_cases = G_N_ELEMENTS (committed_cases);
 
 static const char *signals[] = { "speech", "silence", "clipped", "noise_odd" };
 
-/* The backend the conformance tests run on: $MOSHI_TEST_DEVICE (cpu, cuda, auto), cpu by
- * default. tests/meson.build runs the suite once more with cuda on the emulated CUDA backend. */
-static MoshiDevice
-test_device (void)
-{
-  const char *name = g_getenv ("MOSHI_TEST_DEVICE");
-  MoshiDevice device = MOSHI_DEVICE_CPU;
-  if (name != NULL && name[0] != '\0' && !moshi_device_from_name (name, &device))
-    ck_abort_msg ("MOSHI_TEST_DEVICE=%s is not a device (cpu, cuda, auto)", name);
-  return device;
-}
-
-/* With MOSHI_TEST_DEVICE=cuda on the real module (the gpu suite): exit 77 (skipped) when no GPU
- * can be used, and run in this process (a CUDA context does not survive fork). */
-static void
-require_test_device (void)
-{
-  if (test_device () != MOSHI_DEVICE_CUDA)
-    return;
-  GError *error = NULL;
-  MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
-  if (be == NULL) {
-    gboolean emulated = g_getenv ("MOSHI_CUDA_EMULATE") != NULL;
-    printf ("%s: MOSHI_TEST_DEVICE=cuda: %s\n", emulated ? "FAIL" : "SKIP", error->message);
-    exit (emulated ? EXIT_FAILURE : 77);
-  }
-  printf ("running on %s\n", be->description);
-  moshi_backend_unref (be);
-  if (g_getenv ("MOSHI_CUDA_EMULATE") == NULL)
-    g_setenv ("CK_FORK", "no", TRUE);
-}
 
 typedef struct {
   MoshiMimi *mimi;
@@ -93,7 +62,7 @@ fixture_open (Fixture *fx, const char *case_name)
   g_autofree char *model = g_build_filename (fx->dir, "model.safetensors", NULL);
   g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
   g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
-  MoshiMimiLoadOptions opts = { test_device () };
+  MoshiMimiLoadOptions opts = { moshi_test_device () };
   fx->mimi = moshi_mimi_load (model, config, &opts, &error);
   ck_assert_msg (fx->mimi != NULL, "load %s: %s", model, error ? error->message : "");
   fx->golden = moshi_safetensors_open (golden, &error);
@@ -639,7 +608,7 @@ int
 main (int argc, char **argv)
 {
   gboolean full = argc > 1 && g_str_equal (argv[1], "--full");
-  require_test_device ();
+  moshi_test_require_device ();
   if (full) {
     const char *dir = g_getenv ("MOSHI_MIMI_FULL_DIR");
     g_autofree char *golden = dir ? g_build_filename (dir, "golden.safetensors", NULL) : NULL;

@@ -1,6 +1,7 @@
 #include "test-support.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 char *
@@ -10,6 +11,34 @@ moshi_test_data_path (const char *relative)
   if (dir == NULL)
     dir = "tests/data";
   return g_build_filename (dir, relative, NULL);
+}
+
+MoshiDevice
+moshi_test_device (void)
+{
+  const char *name = g_getenv ("MOSHI_TEST_DEVICE");
+  MoshiDevice device = MOSHI_DEVICE_CPU;
+  if (name != NULL && name[0] != '\0' && !moshi_device_from_name (name, &device))
+    ck_abort_msg ("MOSHI_TEST_DEVICE=%s is not a device (cpu, cuda, auto)", name);
+  return device;
+}
+
+void
+moshi_test_require_device (void)
+{
+  if (moshi_test_device () != MOSHI_DEVICE_CUDA)
+    return;
+  GError *error = NULL;
+  MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
+  if (be == NULL) {
+    gboolean emulated = g_getenv ("MOSHI_CUDA_EMULATE") != NULL;
+    printf ("%s: MOSHI_TEST_DEVICE=cuda: %s\n", emulated ? "FAIL" : "SKIP", error->message);
+    exit (emulated ? EXIT_FAILURE : 77);
+  }
+  printf ("running on %s\n", be->description);
+  moshi_backend_unref (be);
+  if (g_getenv ("MOSHI_CUDA_EMULATE") == NULL)
+    g_setenv ("CK_FORK", "no", TRUE);
 }
 
 int

@@ -5,8 +5,17 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "moshi-backend.h"
+
 /* Path of a file under tests/data (from $MOSHI_TEST_DATA). Free with g_free. */
 char *moshi_test_data_path (const char *relative);
+
+/* The backend the conformance tests run on: $MOSHI_TEST_DEVICE (cpu, cuda, auto), cpu by
+ * default; tests/meson.build runs suites once more with cuda on the emulated CUDA backend. */
+MoshiDevice moshi_test_device (void);
+/* With MOSHI_TEST_DEVICE=cuda on the real module (the gpu suite): exits 77 (skipped) when no
+ * GPU can be used, and makes Check run in this process (a CUDA context does not survive fork). */
+void moshi_test_require_device (void);
 
 /* Runs a suite (CK_NORMAL output) and returns the process exit status. */
 int moshi_test_run_suite (Suite *suite);

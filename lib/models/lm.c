@@ -366,6 +366,18 @@ load_model (MoshiLm *lm, GError **error)
   return TRUE;
 }
 
+/* Opens the backend and loads the weights of lm->st; frees lm on failure. */
+static MoshiLm *
+finish_load (MoshiLm *lm, MoshiDevice device, GError **error)
+{
+  lm->be = moshi_backend_open (device, error);
+  if (lm->be == NULL || !load_model (lm, error)) {
+    lm_free (lm);
+    return NULL;
+  }
+  return lm;
+}
+
 MoshiLm *
 moshi_lm_load (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error)
@@ -385,12 +397,7 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  lm->be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
-  if (lm->be == NULL)
-    goto fail;
-  if (!load_model (lm, error))
-    goto fail;
-  return lm;
+  return finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO, error);
 
 fail:
   lm_free (lm);
@@ -597,12 +604,7 @@ moshi_lm_new_random (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  lm->be = moshi_backend_open (device, error);
-  if (lm->be == NULL)
-    goto fail;
-  if (!load_model (lm, error))
-    goto fail;
-  return lm;
+  return finish_load (lm, device, error);
 
 fail:
   lm_free (lm);
