@@ -488,6 +488,140 @@ START_TEST (test_lm_shared_registry)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ hibiki_like */
+
+static const LmCase hibiki_case = { "hibiki_like", "model.safetensors", "" };
+
+static MoshiLmSession *
+hibiki_session (MoshiLm *lm, float cfg_coef)
+{
+  MoshiLmSamplingParams p;
+  moshi_lm_sampling_params_init (&p);
+  p.text_temperature = 0;
+  p.audio_temperature = 0;
+  p.cfg_coef = cfg_coef;
+  GError *error = NULL;
+  MoshiLmSession *s = moshi_lm_session_new (lm, &p, &error);
+  ck_assert_msg (s != NULL, "%s", error ? error->message : "");
+  ck_assert_msg (moshi_lm_session_set_condition (s, "description", "very_good", &error), "%s",
+      error ? error->message : "");
+  ck_assert_msg (moshi_lm_session_set_null_condition (s, "description", "very_bad", &error), "%s",
+      error ? error->message : "");
+  return s;
+}
+
+/* Sum conditioning (LUT "description"), model_type hibiki, classifier-free guidance. */
+START_TEST (test_hibiki_like)
+{
+  LmFixture fx;
+  lm_fixture_open (&fx, &hibiki_case);
+  const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
+  ck_assert (cfg->hibiki);
+  ck_assert_int_eq (cfg->n_conditioners, 1);
+  GError *error = NULL;
+
+  /* teacher forcing conditioned on very_good */
+  const MoshiTensorEntry *ce = lm_golden (&fx, "", "tf.codes");
+  int b = (int) ce->shape[0], t = (int) ce->shape[2];
+  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
+  g_autofree float *logits = g_new (float, n_logits);
+  g_autofree float *text_logits = g_new (float, n_text);
+  g_autofree guint8 *mask = g_new (guint8, (gsize) b * cfg->dep_q * t);
+  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
+  const char *const conds[] = { "description", "very_good", NULL };
+  ck_assert_msg (moshi_lm_forward_conditioned (fx.lm, conds, ce->data, b, t, 2, logits, text_logits,
+          mask, text_mask, &error), "%s", error ? error->message : "");
+  const float *rt = lm_golden (&fx, "", "tf.text_logits")->data;
+  const float *rl = lm_golden (&fx, "", "tf.logits")->data;
+  double worst = 0;
+  for (gsize i = 0; i < n_text; i++) {
+    ck_assert (isnan (text_logits[i]) == isnan (rt[i]));
+    if (!isnan (rt[i]))
+      worst = MAX (worst, fabs (text_logits[i] - rt[i]));
+  }
+  for (gsize i = 0; i < n_logits; i++) {
+    ck_assert (isnan (logits[i]) == isnan (rl[i]));
+    if (!isnan (rl[i]))
+      worst = MAX (worst, fabs (logits[i] - rl[i]));
+  }
+  printf ("hibiki_like: conditioned teacher-forced logits max abs error %.3g\n", worst);
+  ck_assert_msg (worst <= 1e-4, "max abs error %g", worst);
+  ck_assert_int_eq (memcmp (mask, lm_golden (&fx, "", "tf.mask")->data, (gsize) b * cfg->dep_q * t), 0);
+  ck_assert_int_eq (memcmp (text_mask, lm_golden (&fx, "", "tf.text_mask")->data, (gsize) b * t), 0);
+
+  /* greedy streaming, batch of 2, cfg_coef 1 and 3 */
+  const MoshiTensorEntry *user = lm_golden (&fx, "", "gen.user_codes");
+  int tg = (int) user->shape[2];
+  const float coefs[] = { 1.0f, 3.0f };
+  const char *names[] = { "cfg1", "cfg3" };
+  for (int i = 0; i < 2; i++) {
+    g_autofree char *tn = g_strdup_printf ("%s.text_tokens", names[i]);
+    g_autofree char *an = g_strdup_printf ("%s.audio_codes", names[i]);
+    MoshiLmSession *ss[2] = { hibiki_session (fx.lm, coefs[i]), hibiki_session (fx.lm, coefs[i]) };
+    int mismatches = run_greedy (&fx, ss, 2, user->data, tg, lm_golden (&fx, "", tn)->data,
+        lm_golden (&fx, "", an)->data, -1);
+    printf ("hibiki_like: greedy generation cfg_coef %g, batch 2, %d steps: %d tokens differ\n",
+        coefs[i], tg, mismatches);
+    ck_assert_int_eq (mismatches, 0);
+    moshi_lm_session_free (ss[0]);
+    moshi_lm_session_free (ss[1]);
+  }
+
+  /* one batch mixing a guided session (2 rows) and an unguided one */
+  {
+    const int64_t *t3 = lm_golden (&fx, "", "cfg3.text_tokens")->data;
+    const int64_t *a3 = lm_golden (&fx, "", "cfg3.audio_codes")->data;
+    const int64_t *t1 = lm_golden (&fx, "", "cfg1.text_tokens")->data;
+    const int64_t *a1 = lm_golden (&fx, "", "cfg1.audio_codes")->data;
+    gsize na = (gsize) cfg->dep_q * tg;
+    g_autofree int64_t *wt = g_new (int64_t, 2 * tg);
+    g_autofree int64_t *wa = g_new (int64_t, 2 * na);
+    memcpy (wt, t3, tg * sizeof (int64_t));
+    memcpy (wt + tg, t1 + tg, tg * sizeof (int64_t));
+    memcpy (wa, a3, na * sizeof (int64_t));
+    memcpy (wa + na, a1 + na, na * sizeof (int64_t));
+    MoshiLmSession *ss[2] = { hibiki_session (fx.lm, 3.0f), hibiki_session (fx.lm, 1.0f) };
+    ck_assert_int_eq (run_greedy (&fx, ss, 2, user->data, tg, wt, wa, -1), 0);
+    moshi_lm_session_free (ss[0]);
+    moshi_lm_session_free (ss[1]);
+  }
+
+  /* errors: unknown condition names and values */
+  MoshiLmSession *s = hibiki_session (fx.lm, 1.0f);
+  ck_assert (!moshi_lm_session_set_condition (s, "speaker", "very_good", &error));
+  ck_assert (strstr (error->message, "speaker") != NULL);
+  g_clear_error (&error);
+  ck_assert (!moshi_lm_session_set_condition (s, "description", "excellent", &error));
+  ck_assert (strstr (error->message, "excellent") != NULL);
+  g_clear_error (&error);
+  ck_assert (!moshi_lm_session_set_null_condition (s, "description", "meh", &error));
+  g_clear_error (&error);
+  const char *const bad_conds[] = { "description", "so_so", NULL };
+  ck_assert (!moshi_lm_forward_conditioned (fx.lm, bad_conds, ce->data, 1, 2, 1, logits, text_logits,
+          mask, text_mask, &error));
+  g_clear_error (&error);
+  moshi_lm_session_free (s);
+
+  /* other conditioner types and fuser modes are configuration errors naming the key */
+  static const struct { const char *json; const char *key; } bad_cfgs[] = {
+    { "{\"conditioners\": {\"d\": {\"type\": \"tensor\", \"tensor\": {\"dim\": 4}}},"
+      " \"fuser\": {\"sum\": [\"d\"]}}", "conditioners.d.type" },
+    { "{\"conditioners\": {\"d\": {\"type\": \"lut\", \"lut\": {\"n_bins\": 2, \"dim\": 4,"
+      " \"tokenizer\": \"noop\"}}}, \"fuser\": {\"cross\": [\"d\"]}}", "fuser.cross" },
+    { "{\"conditioners\": {\"d\": {\"type\": \"lut\", \"lut\": {\"n_bins\": 2, \"dim\": 4,"
+      " \"tokenizer\": \"noop\"}}}, \"fuser\": {\"prepend\": [\"d\"]}}", "fuser.prepend" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (bad_cfgs); i++) {
+    MoshiLmConfig c2;
+    ck_assert (!moshi_lm_config_from_json_text (&c2, bad_cfgs[i].json, strlen (bad_cfgs[i].json),
+            "test", &error));
+    ck_assert_msg (strstr (error->message, bad_cfgs[i].key) != NULL, "%s", error->message);
+    g_clear_error (&error);
+  }
+  lm_fixture_close (&fx);
+}
+END_TEST
+
 static Suite *
 lm_suite (void)
 {
@@ -507,6 +641,10 @@ lm_suite (void)
   tcase_add_test (sampling, test_sampling_distribution);
   tcase_add_test (sampling, test_sampled_generation_is_reproducible);
   suite_add_tcase (s, sampling);
+
+  TCase *hibiki = tcase_create ("hibiki");
+  tcase_add_test (hibiki, test_hibiki_like);
+  suite_add_tcase (s, hibiki);
 
   TCase *errors = tcase_create ("errors");
   tcase_add_test (errors, test_lm_errors);

@@ -201,7 +201,7 @@ transformer_kwarg (Reader *rd, MoshiTransformerConfig *t, const char *name, cons
 
 /* Keys of the checkpoint description, not of the LM. */
 static const char *const ignored_keys[] = {
-  "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+  "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name",
   "lm_gen_config", "tts_config", "stt_config", "model_id", "depformer_causal",
   "gradient_checkpointing", "extra_heads_num_heads", "extra_heads_dim", "depformer_context",
   NULL
@@ -210,8 +210,128 @@ static const char *const ignored_keys[] = {
 /* Keys that must be false / null / 0 here because the feature is not implemented. */
 static const char *const must_be_off[] = {
   "norm_emb", "bias_proj", "demux_second_text_stream", "demux_second_stream", "quantize",
-  "lora", "fuser", "conditioners", NULL
+  "lora", NULL
 };
+
+/* "conditioners" + "fuser": only LUT conditioners fused by "sum" are supported. */
+static gboolean
+get_conditioners (Reader *rd, MoshiLmConfig *cfg, const MoshiJson *conds, const MoshiJson *fuser)
+{
+  if (fuser == NULL || is_null (fuser)) {
+    if (conds && moshi_json_kind (conds) == MOSHI_JSON_OBJECT && moshi_json_length (conds) > 0)
+      return bad (rd, "fuser", "given with \"conditioners\" (an object with a \"sum\" list)");
+    return TRUE;
+  }
+  if (moshi_json_kind (fuser) != MOSHI_JSON_OBJECT)
+    return bad (rd, "fuser", "an object");
+  const MoshiJson *sum = NULL;
+  for (gsize i = 0; i < moshi_json_length (fuser); i++) {
+    const char *key = moshi_json_member_name (fuser, i);
+    const MoshiJson *v = moshi_json_index (fuser, i);
+    if (strcmp (key, "sum") == 0) {
+      sum = v;
+    } else if (strcmp (key, "cross") == 0 || strcmp (key, "prepend") == 0) {
+      if (moshi_json_kind (v) != MOSHI_JSON_ARRAY || moshi_json_length (v) > 0) {
+        g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+            "%s: \"fuser.%s\": only \"sum\" conditioning is supported", rd->what, key);
+        return FALSE;
+      }
+    } else if (strcmp (key, "cross_attention_pos_emb") == 0
+        || strcmp (key, "cross_attention_pos_emb_scale") == 0) {
+      /* only used by cross conditioning */
+    } else {
+      g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"fuser.%s\" is not supported",
+          rd->what, key);
+      return FALSE;
+    }
+  }
+  if (sum == NULL)
+    return TRUE;
+  if (moshi_json_kind (sum) != MOSHI_JSON_ARRAY || moshi_json_length (sum) > MOSHI_LM_MAX_CONDITIONERS)
+    return bad (rd, "fuser.sum", "a list of at most 4 conditioner names");
+  for (gsize i = 0; i < moshi_json_length (sum); i++) {
+    const char *name = moshi_json_string (moshi_json_index (sum, i));
+    if (name == NULL || strlen (name) >= MOSHI_LM_CONDITION_NAME_LEN)
+      return bad (rd, "fuser.sum", "a list of conditioner names (up to 63 bytes)");
+    const MoshiJson *c = conds && moshi_json_kind (conds) == MOSHI_JSON_OBJECT
+        ? moshi_json_get (conds, name) : NULL;
+    g_autofree char *where = g_strdup_printf ("conditioners.%s", name);
+    if (c == NULL || moshi_json_kind (c) != MOSHI_JSON_OBJECT)
+      return bad (rd, where, "an object (it is listed in fuser.sum)");
+    const char *type = moshi_json_string (moshi_json_get (c, "type"));
+    if (type == NULL || strcmp (type, "lut") != 0) {
+      g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: \"%s.type\" \"%s\" is not supported (only \"lut\" conditioners)", rd->what, where,
+          type ? type : "(missing)");
+      return FALSE;
+    }
+    const MoshiJson *lut = moshi_json_get (c, "lut");
+    g_autofree char *lwhere = g_strdup_printf ("%s.lut", where);
+    if (lut == NULL || moshi_json_kind (lut) != MOSHI_JSON_OBJECT)
+      return bad (rd, lwhere, "an object");
+    MoshiLmConditioner *mc = &cfg->conditioners[cfg->n_conditioners++];
+    memset (mc, 0, sizeof (*mc));
+    g_strlcpy (mc->name, name, sizeof (mc->name));
+    mc->learn_padding = TRUE;
+    gboolean have_bins = FALSE, have_dim = FALSE;
+    for (gsize k = 0; k < moshi_json_length (lut); k++) {
+      const char *key = moshi_json_member_name (lut, k);
+      const MoshiJson *v = moshi_json_index (lut, k);
+      g_autofree char *kw = g_strdup_printf ("%s.%s", lwhere, key);
+      gboolean b;
+      if (strcmp (key, "n_bins") == 0) {
+        if (!get_int (rd, v, kw, 1, 1 << 20, &mc->n_bins))
+          return FALSE;
+        have_bins = TRUE;
+      } else if (strcmp (key, "dim") == 0) {
+        if (!get_int (rd, v, kw, 1, 1 << 16, &mc->dim))
+          return FALSE;
+        have_dim = TRUE;
+      } else if (strcmp (key, "tokenizer") == 0) {
+        const char *t = moshi_json_string (v);
+        if (t == NULL || strcmp (t, "noop") != 0)
+          return bad (rd, kw, "\"noop\" (the only LUT tokenizer)");
+      } else if (strcmp (key, "possible_values") == 0) {
+        if (is_null (v))
+          continue;
+        if (moshi_json_kind (v) != MOSHI_JSON_ARRAY
+            || moshi_json_length (v) > MOSHI_LM_MAX_CONDITION_VALUES)
+          return bad (rd, kw, "null or a list of at most 32 strings");
+        mc->n_values = (int) moshi_json_length (v);
+        for (int j = 0; j < mc->n_values; j++) {
+          const char *s = moshi_json_string (moshi_json_index (v, j));
+          if (s == NULL || strlen (s) >= MOSHI_LM_CONDITION_NAME_LEN)
+            return bad (rd, kw, "a list of strings of up to 63 bytes");
+          g_strlcpy (mc->values[j], s, MOSHI_LM_CONDITION_NAME_LEN);
+        }
+      } else if (strcmp (key, "learn_padding") == 0) {
+        if (!get_bool (rd, v, kw, &mc->learn_padding))
+          return FALSE;
+      } else if (strcmp (key, "force_linear") == 0) {
+        if (!get_bool (rd, v, kw, &b))
+          return FALSE;
+        if (!b)
+          return bad (rd, kw, "true (an identity output projection is not supported)");
+      } else if (strcmp (key, "output_bias") == 0) {
+        if (!get_bool (rd, v, kw, &b))
+          return FALSE;
+        if (b)
+          return bad (rd, kw, "false (as upstream asserts)");
+      } else if (strcmp (key, "init_scale") == 0 || strcmp (key, "pad_empty") == 0) {
+        /* training-time only */
+      } else {
+        g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: \"%s\" is not supported",
+            rd->what, kw);
+        return FALSE;
+      }
+    }
+    if (!have_bins || !have_dim)
+      return bad (rd, lwhere, "an object with n_bins and dim");
+    if (mc->n_values > mc->n_bins)
+      return bad (rd, lwhere, "an object with at most n_bins possible_values");
+  }
+  return TRUE;
+}
 
 gboolean
 moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
@@ -237,6 +357,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
   transformer_defaults (&dep_overrides);
   /* depformer_* transformer keys are applied after the main ones are copied */
   GPtrArray *dep_keys = g_ptr_array_new ();
+  const MoshiJson *conds = NULL, *fuser = NULL;
 
   gsize n = moshi_json_length (root);
   gboolean ok = TRUE;
@@ -245,6 +366,19 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     const MoshiJson *v = moshi_json_index (root, i);
     if (g_strv_contains (ignored_keys, key))
       continue;
+    if (strcmp (key, "model_type") == 0) {
+      const char *mt = moshi_json_string (v);
+      cfg->hibiki = mt && strcmp (mt, "hibiki") == 0;
+      continue;
+    }
+    if (strcmp (key, "conditioners") == 0) {
+      conds = v;
+      continue;
+    }
+    if (strcmp (key, "fuser") == 0) {
+      fuser = v;
+      continue;
+    }
     if (g_strv_contains (must_be_off, key)) {
       gboolean on = FALSE;
       gint64 num = 0;
@@ -323,6 +457,8 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
       }
     }
   }
+  if (ok)
+    ok = get_conditioners (&rd, cfg, conds, fuser);
   if (!ok) {
     g_ptr_array_unref (dep_keys);
     return FALSE;

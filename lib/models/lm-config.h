@@ -49,6 +49,21 @@ typedef struct {
   int schedule[MOSHI_LM_MAX_DEP_STEPS];   /* step -> weight set */
 } MoshiTransformerConfig;
 
+#define MOSHI_LM_MAX_CONDITIONERS 4
+#define MOSHI_LM_MAX_CONDITION_VALUES 32
+#define MOSHI_LM_CONDITION_NAME_LEN 64
+
+/* A LUT conditioner summed into the input embedding (config "conditioners" + "fuser": {"sum"}):
+ * embed [n_bins + 1, dim] -> output_proj [model dim, dim] -> learnt_padding for "no value". */
+typedef struct {
+  char name[MOSHI_LM_CONDITION_NAME_LEN];
+  int n_bins;
+  int dim;
+  gboolean learn_padding;
+  int n_values;                 /* 0: the hash trick (sha256 mod n_bins) maps any value */
+  char values[MOSHI_LM_MAX_CONDITION_VALUES][MOSHI_LM_CONDITION_NAME_LEN];
+} MoshiLmConditioner;
+
 typedef struct {
   int dim;
   int text_card;
@@ -66,6 +81,9 @@ typedef struct {
   int depformer_low_rank;       /* 0 = full-rank embeddings */
   gboolean has_depformer_norm;
   MoshiNormKind depformer_norm;
+  int n_conditioners;           /* the "sum" conditioners, in fuser order */
+  MoshiLmConditioner conditioners[MOSHI_LM_MAX_CONDITIONERS];
+  gboolean hibiki;              /* model_type "hibiki": text_emb row 2 reads as row 3 */
 } MoshiLmConfig;
 
 /* The released Moshi 7B (loaders._lm_kwargs). */

@@ -56,6 +56,12 @@ struct _MoshiLm {
   LmTransformer depformer;
   MoshiWeight *depformer_norm_w, *depformer_norm_b;   /* dep_q, when configured */
   MoshiWeight *linears;                 /* dep_q */
+
+  /* sum conditioners, host f32: embed [n_bins + 1, cdim], output_proj [dim, cdim],
+   * learnt_padding [dim] (NULL without learn_padding) */
+  float *cond_embed[MOSHI_LM_MAX_CONDITIONERS];
+  float *cond_proj[MOSHI_LM_MAX_CONDITIONERS];
+  float *cond_pad[MOSHI_LM_MAX_CONDITIONERS];
 };
 
 typedef struct {
@@ -287,6 +293,11 @@ lm_free (MoshiLm *lm)
   g_free (lm->depformer_norm_w);
   g_free (lm->depformer_norm_b);
   g_free (lm->linears);
+  for (int c = 0; c < MOSHI_LM_MAX_CONDITIONERS; c++) {
+    g_free (lm->cond_embed[c]);
+    g_free (lm->cond_proj[c]);
+    g_free (lm->cond_pad[c]);
+  }
   if (lm->st)
     moshi_safetensors_unref (lm->st);
   g_free (lm->cache_key);
@@ -308,6 +319,112 @@ check_config (const MoshiLmConfig *cfg, const char *what, GError **error)
   return TRUE;
 }
 
+/* A tensor as host f32 (conditioner weights stay f32, as upstream keeps them). */
+static float *
+load_host_f32 (Loader *ld, const char *name, int ndim, const int64_t *shape)
+{
+  const MoshiTensorEntry *e = moshi_safetensors_require (ld->lm->st, name, MOSHI_DTYPE_COUNT,
+      ndim, shape, ld->error);
+  if (e == NULL)
+    return NULL;
+  gsize n = (gsize) moshi_shape_numel (e->shape, e->ndim);
+  float *out = g_new (float, MAX (n, 1));
+  moshi_convert_to_f32 (out, e->data, e->dtype, n);
+  return out;
+}
+
+static gboolean
+load_conditioners (Loader *ld)
+{
+  MoshiLm *lm = ld->lm;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  for (int c = 0; c < cfg->n_conditioners; c++) {
+    const MoshiLmConditioner *mc = &cfg->conditioners[c];
+    g_autofree char *p = g_strdup_printf ("condition_provider.conditioners.%s", mc->name);
+    g_autofree char *en = g_strdup_printf ("%s.embed.weight", p);
+    g_autofree char *pn = g_strdup_printf ("%s.output_proj.weight", p);
+    g_autofree char *ln = g_strdup_printf ("%s.learnt_padding", p);
+    int64_t es[] = { mc->n_bins + 1, mc->dim }, ps[] = { cfg->dim, mc->dim }, ls[] = { 1, 1, cfg->dim };
+    if ((lm->cond_embed[c] = load_host_f32 (ld, en, 2, es)) == NULL
+        || (lm->cond_proj[c] = load_host_f32 (ld, pn, 2, ps)) == NULL)
+      return FALSE;
+    if (mc->learn_padding && (lm->cond_pad[c] = load_host_f32 (ld, ln, 3, ls)) == NULL)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* The bin of value for conditioner c (NoopTokenizer): its index in possible_values, or the
+ * hash trick (sha256 as a big integer, mod n_bins). -1 with error when not a possible value. */
+static int
+condition_bin (const MoshiLmConditioner *mc, const char *value, GError **error)
+{
+  if (mc->n_values > 0) {
+    for (int i = 0; i < mc->n_values; i++)
+      if (strcmp (mc->values[i], value) == 0)
+        return i;
+    GString *all = g_string_new (NULL);
+    for (int i = 0; i < mc->n_values; i++)
+      g_string_append_printf (all, "%s%s", i ? ", " : "", mc->values[i]);
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "\"%s\" is not a value of condition \"%s\" (one of: %s)", value, mc->name, all->str);
+    g_string_free (all, TRUE);
+    return -1;
+  }
+  g_autofree char *hex = g_compute_checksum_for_string (G_CHECKSUM_SHA256, value, -1);
+  guint64 r = 0;
+  for (const char *h = hex; *h; h++)
+    r = (r * 16 + (guint64) g_ascii_xdigit_value (*h)) % (guint64) mc->n_bins;
+  return (int) r;
+}
+
+/* out[dim] = sum over the sum conditioners of their output for values[c] (NULL: no value,
+ * i.e. learnt padding, or zero without it). */
+static gboolean
+condition_vector (MoshiLm *lm, char *const *values, float *out, GError **error)
+{
+  const MoshiLmConfig *cfg = &lm->cfg;
+  int d = cfg->dim;
+  memset (out, 0, (gsize) d * sizeof (float));
+  for (int c = 0; c < cfg->n_conditioners; c++) {
+    const MoshiLmConditioner *mc = &cfg->conditioners[c];
+    if (values[c] == NULL) {
+      for (int i = 0; lm->cond_pad[c] && i < d; i++)
+        out[i] += lm->cond_pad[c][i];
+      continue;
+    }
+    int bin = condition_bin (mc, values[c], error);
+    if (bin < 0)
+      return FALSE;
+    const float *e = lm->cond_embed[c] + (gsize) bin * mc->dim;
+    for (int i = 0; i < d; i++) {
+      const float *w = lm->cond_proj[c] + (gsize) i * mc->dim;
+      float acc = 0;
+      for (int j = 0; j < mc->dim; j++)
+        acc += w[j] * e[j];
+      out[i] += acc;
+    }
+  }
+  return TRUE;
+}
+
+static int
+conditioner_index (MoshiLm *lm, const char *name, GError **error)
+{
+  const MoshiLmConfig *cfg = &lm->cfg;
+  for (int c = 0; c < cfg->n_conditioners; c++)
+    if (strcmp (cfg->conditioners[c].name, name) == 0)
+      return c;
+  if (cfg->n_conditioners == 0)
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "unknown condition \"%s\": %s has no conditioners", name, lm->path);
+  else
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "unknown condition \"%s\" (the model's first one is \"%s\")", name,
+        cfg->conditioners[0].name);
+  return -1;
+}
+
 static gboolean
 load_model (MoshiLm *lm, GError **error)
 {
@@ -324,7 +441,8 @@ load_model (MoshiLm *lm, GError **error)
   if (!load_embedding (&ld, &lm->text_emb, "text_emb", cfg->text_card + 1, d, 0)
       || !load_transformer (&ld, &lm->temporal, &cfg->transformer, "transformer")
       || !load_norm (&ld, cfg->transformer.norm, "out_norm", d, &lm->out_norm_w, &lm->out_norm_b)
-      || !load_matrix (&ld, &lm->text_linear, "text_linear.weight", cfg->text_card_out, d))
+      || !load_matrix (&ld, &lm->text_linear, "text_linear.weight", cfg->text_card_out, d)
+      || !load_conditioners (&ld))
     return FALSE;
   if (cfg->dep_q == 0)
     return TRUE;
@@ -675,6 +793,9 @@ struct _MoshiLmBatch {
   MoshiLm *lm;
   MoshiExec *ex;
   int max_rows;
+  int max_sessions;             /* max_rows, or max_rows / 2 for a conditioned model (CFG) */
+  float *cond, *cond_host;      /* [max_rows, dim]: the sum condition of each row */
+  int *row_of;                  /* [max_sessions + 1]: first row of each session */
   int width;                    /* max(dim, depformer_dim) */
   float *x, *h, *qkv, *attn, *o, *ffn, *ffn_act, *t_out, *low_rank, *logits;
   int32_t *ids;                 /* device, [streams, max_rows] */
@@ -702,7 +823,7 @@ moshi_lm_batch_free (MoshiLmBatch *b)
     return;
   MoshiBackend *be = b->lm->be;
   void *bufs[] = { b->x, b->h, b->qkv, b->attn, b->o, b->ffn, b->ffn_act, b->t_out, b->low_rank,
-    b->logits, b->ids, b->dep_k, b->dep_v };
+    b->logits, b->ids, b->dep_k, b->dep_v, b->cond };
   for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
     dev_free (be, bufs[i]);
   g_free (b->logits_host);
@@ -711,6 +832,8 @@ moshi_lm_batch_free (MoshiLmBatch *b)
   g_free (b->tokens);
   g_free (b->segments);
   g_free (b->depth_segments);
+  g_free (b->cond_host);
+  g_free (b->row_of);
   moshi_exec_free (b->ex);
   moshi_lm_unref (b->lm);
   g_free (b);
@@ -731,6 +854,9 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   MoshiLmBatch *b = g_new0 (MoshiLmBatch, 1);
   b->lm = moshi_lm_ref (lm);
   b->ex = ex;
+  b->max_sessions = max_rows;
+  if (cfg->n_conditioners > 0)
+    max_rows *= 2;              /* classifier-free guidance: two rows per session */
   b->max_rows = max_rows;
   b->width = MAX (cfg->dim, cfg->dep_q > 0 ? cfg->depformer_dim : 0);
   int hidden = MAX (lm->temporal.max_hidden, lm->depformer.max_hidden);
@@ -754,6 +880,8 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   ALLOC (b->low_rank, rows * MAX (cfg->depformer_low_rank, 1));
   ALLOC (b->logits, rows * b->logits_width);
   ALLOC (b->ids, rows * moshi_lm_config_num_streams (cfg));
+  if (cfg->n_conditioners > 0)
+    ALLOC (b->cond, rows * cfg->dim);
   if (cfg->dep_q > 0) {
     gsize dep = rows * lm->depformer.n_layers * cfg->dep_q * cfg->depformer_dim;
     ALLOC (b->dep_k, dep);
@@ -765,6 +893,8 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   b->sample_scratch = g_new (int, b->logits_width);
   b->tokens = g_new (int32_t, rows * (1 + cfg->dep_q));
   b->segments = g_new0 (Segment, rows);
+  b->cond_host = g_new0 (float, rows * cfg->dim);
+  b->row_of = g_new0 (int, b->max_sessions + 1);
   if (failed) {
     moshi_lm_batch_free (b);
     return NULL;
@@ -868,6 +998,11 @@ temporal_forward (MoshiLmBatch *b, const int32_t *ids, int rows, const Segment *
   for (int j = 0; j < cfg->n_q; j++)
     embed (b, &lm->emb[j], b->x, d, ids + (gsize) (j + 1) * rows, rows, j == 0 ? 0.0f : 1.0f);
   embed (b, &lm->text_emb, b->x, d, ids, rows, cfg->n_q == 0 ? 0.0f : 1.0f);
+  if (cfg->n_conditioners > 0) {
+    /* b->cond_host holds the sum condition of every row */
+    ops->upload (b->ex, b->cond, b->cond_host, (gsize) rows * d * sizeof (float));
+    ops->add_scaled (b->ex, b->x, d, b->cond, d, NULL, rows, d);
+  }
   transformer_forward (b, &lm->temporal, 0, b->x, rows, segs, n_segs);
   apply_norm (b->ex, cfg->transformer.norm, &lm->out_norm_w, &lm->out_norm_b, b->t_out, b->x, rows, d);
   ops->linear (b->ex, b->logits, cfg->text_card_out, b->t_out, d, &lm->text_linear, NULL, rows, 0.0f);
@@ -925,7 +1060,31 @@ gboolean
 moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps, int n_threads,
     float *logits, float *text_logits, guint8 *mask, guint8 *text_mask, GError **error)
 {
+  return moshi_lm_forward_conditioned (lm, NULL, codes, batch, steps, n_threads, logits,
+      text_logits, mask, text_mask, error);
+}
+
+gboolean
+moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const int64_t *codes,
+    int batch, int steps, int n_threads, float *logits, float *text_logits, guint8 *mask,
+    guint8 *text_mask, GError **error)
+{
   const MoshiLmConfig *cfg = &lm->cfg;
+  char *values[MOSHI_LM_MAX_CONDITIONERS] = { NULL };
+  for (int i = 0; conditions && conditions[i]; i += 2) {
+    int c = conditioner_index (lm, conditions[i], error);
+    if (c < 0)
+      return FALSE;
+    if (conditions[i + 1] == NULL) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "condition \"%s\" has no value (conditions are name, value pairs)", conditions[i]);
+      return FALSE;
+    }
+    values[c] = (char *) conditions[i + 1];
+  }
+  g_autofree float *cond_vec = g_new0 (float, cfg->dim);
+  if (!condition_vector (lm, values, cond_vec, error))
+    return FALSE;
   int streams = moshi_lm_config_num_streams (cfg);
   if (batch < 1 || steps < 1) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
@@ -973,6 +1132,11 @@ moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int steps, int n
     }
     for (int k = 0; k < streams; k++)
       memcpy (b->ids_host + (gsize) k * steps, dc + (gsize) k * (steps + 1), steps * sizeof (int32_t));
+    for (int p = 0; cfg->hibiki && p < steps; p++)
+      if (b->ids_host[p] == 2)
+        b->ids_host[p] = 3;     /* text_emb row 2 := row 3 (model_type hibiki) */
+    for (int p = 0; cfg->n_conditioners > 0 && p < steps; p++)
+      memcpy (b->cond_host + (gsize) p * cfg->dim, cond_vec, cfg->dim * sizeof (float));
     ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * steps * sizeof (int32_t));
     temporal_forward (b, b->ids, steps, &seq, 1);
     ops->download (b->ex, raw, b->logits, (gsize) steps * cfg->text_card_out * sizeof (float));
@@ -1031,7 +1195,18 @@ struct _MoshiLmSession {
   int64_t offset;
   int capacity;
   float *k_cache, *v_cache;     /* [layers][capacity][dim] */
+  /* conditions: [0] the conditioned values, [1] the CFG null half's; NULL = no value */
+  char *cond[2][MOSHI_LM_MAX_CONDITIONERS];
+  float *cond_vec[2];           /* [dim] each */
+  float cfg_coef;               /* fixed at reset; 1 = off */
+  float *k_null, *v_null;       /* KV caches of the null half, allocated on first CFG step */
 };
+
+static gboolean
+cfg_on (float coef)
+{
+  return coef > 0.0f && coef != 1.0f;
+}
 
 void
 moshi_lm_sampling_params_init (MoshiLmSamplingParams *p)
@@ -1041,6 +1216,7 @@ moshi_lm_sampling_params_init (MoshiLmSamplingParams *p)
   p->audio_temperature = 0.8f;
   p->audio_topk = 250;
   p->seed = 4242;
+  p->cfg_coef = 1.0f;
 }
 
 void
@@ -1051,6 +1227,7 @@ moshi_lm_session_reset (MoshiLmSession *s)
     s->cache[i] = MOSHI_LM_UNGENERATED_TOKEN;
   s->offset = 0;
   moshi_rng_seed (&s->rng, s->params.seed);
+  s->cfg_coef = cfg_on (s->params.cfg_coef) && s->lm->cfg.n_conditioners > 0 ? s->params.cfg_coef : 1.0f;
   /* KV rows stay; the attention mask ignores slots past the restarted end offset. */
 }
 
@@ -1061,6 +1238,13 @@ moshi_lm_session_free (MoshiLmSession *s)
     return;
   dev_free (s->lm->be, s->k_cache);
   dev_free (s->lm->be, s->v_cache);
+  dev_free (s->lm->be, s->k_null);
+  dev_free (s->lm->be, s->v_null);
+  for (int h = 0; h < 2; h++) {
+    for (int c = 0; c < MOSHI_LM_MAX_CONDITIONERS; c++)
+      g_free (s->cond[h][c]);
+    g_free (s->cond_vec[h]);
+  }
   g_free (s->cache);
   moshi_lm_unref (s->lm);
   g_free (s);
@@ -1075,12 +1259,22 @@ moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError *
         "%s: the model has no attention context, which streaming needs for its KV cache", lm->path);
     return NULL;
   }
+  if (params && cfg_on (params->cfg_coef) && cfg->n_conditioners == 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%s: classifier-free guidance (cfg_coef %g) needs a model with conditioners", lm->path,
+        params->cfg_coef);
+    return NULL;
+  }
   MoshiLmSession *s = g_new0 (MoshiLmSession, 1);
   s->lm = moshi_lm_ref (lm);
   if (params)
     s->params = *params;
   else
     moshi_lm_sampling_params_init (&s->params);
+  for (int h = 0; h < 2; h++) {
+    s->cond_vec[h] = g_new0 (float, cfg->dim);
+    condition_vector (lm, s->cond[h], s->cond_vec[h], NULL);   /* no values: padding */
+  }
   s->ct = moshi_lm_config_max_delay (cfg) + 2;
   s->cache = g_new (int32_t, moshi_lm_config_num_streams (cfg) * s->ct);
   s->capacity = cfg->transformer.context;
@@ -1101,6 +1295,39 @@ moshi_lm_session_set_sampling_params (MoshiLmSession *s, const MoshiLmSamplingPa
   s->params = *params;
 }
 
+static gboolean
+set_condition (MoshiLmSession *s, int half, const char *name, const char *value, GError **error)
+{
+  int c = conditioner_index (s->lm, name, error);
+  if (c < 0)
+    return FALSE;
+  char *old = s->cond[half][c];
+  s->cond[half][c] = g_strdup (value);
+  g_autofree float *vec = g_new (float, s->lm->cfg.dim);
+  if (!condition_vector (s->lm, s->cond[half], vec, error)) {
+    g_free (s->cond[half][c]);
+    s->cond[half][c] = old;
+    return FALSE;
+  }
+  g_free (old);
+  memcpy (s->cond_vec[half], vec, s->lm->cfg.dim * sizeof (float));
+  return TRUE;
+}
+
+gboolean
+moshi_lm_session_set_condition (MoshiLmSession *s, const char *name, const char *value,
+    GError **error)
+{
+  return set_condition (s, 0, name, value, error);
+}
+
+gboolean
+moshi_lm_session_set_null_condition (MoshiLmSession *s, const char *name, const char *value,
+    GError **error)
+{
+  return set_condition (s, 1, name, value, error);
+}
+
 MoshiLm *
 moshi_lm_session_get_model (MoshiLmSession *s)
 {
@@ -1111,6 +1338,23 @@ int64_t
 moshi_lm_session_steps (MoshiLmSession *s)
 {
   return s->offset;
+}
+
+/* The logits session r samples from (in b->logits_host, rows of width vocab): its row, or with
+ * classifier-free guidance null + cfg_coef * (cond - null), as upstream, into its first row. */
+static float *
+cfg_combine (MoshiLmBatch *b, MoshiLmSession *s, int r, int vocab)
+{
+  float *cond = b->logits_host + (gsize) b->row_of[r] * vocab;
+  if (s->cfg_coef == 1.0f)
+    return cond;
+  const float *null = cond + vocab;
+  for (int v = 0; v < vocab; v++) {
+    float diff = cond[v] - null[v];
+    float scaled = diff * s->cfg_coef;
+    cond[v] = null[v] + scaled;
+  }
+  return cond;
 }
 
 gboolean
@@ -1124,9 +1368,9 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   int streams = moshi_lm_config_num_streams (cfg);
   int n_user = cfg->n_q - cfg->dep_q;
   int max_delay = moshi_lm_config_max_delay (cfg);
-  if (n < 1 || n > b->max_rows) {
+  if (n < 1 || n > b->max_sessions) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
-        "%d sessions in one step; this batch runs 1 to %d", n, b->max_rows);
+        "%d sessions in one step; this batch runs 1 to %d", n, b->max_sessions);
     return FALSE;
   }
   for (int r = 0; r < n; r++) {
@@ -1151,22 +1395,8 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
     }
   }
 
-  /* Delay line in, model input out (LMGen._step). */
-  for (int r = 0; r < n; r++) {
-    MoshiLmSession *s = sessions[r];
-    for (int j = 0; j < n_user; j++) {
-      int k = cfg->dep_q + 1 + j;
-      s->cache[k * s->ct + (s->offset + cfg->delays[k]) % s->ct] = user_codes[(gsize) r * n_user + j];
-    }
-    for (int k = 0; k < streams; k++) {
-      int initial = k == 0 ? cfg->text_card : cfg->card;
-      b->ids_host[(gsize) k * n + r] = s->offset <= cfg->delays[k] ? initial
-          : s->cache[k * s->ct + s->offset % s->ct];
-    }
-  }
-  ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * n * sizeof (int32_t));
-
-  Segment *segs = b->segments;
+  /* Rows: one per session, two (conditioned, then null) with classifier-free guidance. */
+  int rows = 0;
   gsize layer_stride = (gsize) sessions[0]->capacity * cfg->dim;
   for (int r = 0; r < n; r++) {
     MoshiLmSession *s = sessions[r];
@@ -1175,34 +1405,72 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
           "session %d has run %" G_GINT64_FORMAT " steps; reset it", r, s->offset);
       return FALSE;
     }
-    segs[r] = (Segment) { r, 1, s->k_cache, s->v_cache, layer_stride, s->capacity, (int) s->offset };
+    if (s->cfg_coef != 1.0f && s->k_null == NULL) {
+      gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim * sizeof (float);
+      s->k_null = ops->alloc (lm->be, len, error);
+      if (s->k_null == NULL || (s->v_null = ops->alloc (lm->be, len, error)) == NULL) {
+        dev_free (lm->be, s->k_null);
+        s->k_null = NULL;
+        return FALSE;
+      }
+    }
+    b->row_of[r] = rows;
+    rows += s->cfg_coef != 1.0f ? 2 : 1;
   }
-  temporal_forward (b, b->ids, n, segs, n);
+  b->row_of[n] = rows;
+
+  /* Delay line in, model input out (LMGen._step). */
+  for (int r = 0; r < n; r++) {
+    MoshiLmSession *s = sessions[r];
+    for (int j = 0; j < n_user; j++) {
+      int k = cfg->dep_q + 1 + j;
+      s->cache[k * s->ct + (s->offset + cfg->delays[k]) % s->ct] = user_codes[(gsize) r * n_user + j];
+    }
+    for (int row = b->row_of[r]; row < b->row_of[r + 1]; row++) {
+      for (int k = 0; k < streams; k++) {
+        int initial = k == 0 ? cfg->text_card : cfg->card;
+        int32_t v = s->offset <= cfg->delays[k] ? initial : s->cache[k * s->ct + s->offset % s->ct];
+        if (k == 0 && cfg->hibiki && v == 2)
+          v = 3;                /* text_emb row 2 := row 3 (model_type hibiki) */
+        b->ids_host[(gsize) k * rows + row] = v;
+      }
+      int half = row - b->row_of[r];
+      if (cfg->n_conditioners > 0)
+        memcpy (b->cond_host + (gsize) row * cfg->dim, s->cond_vec[half], cfg->dim * sizeof (float));
+      b->segments[row] = (Segment) { row, 1, half ? s->k_null : s->k_cache,
+        half ? s->v_null : s->v_cache, layer_stride, s->capacity, (int) s->offset };
+    }
+  }
+  ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * rows * sizeof (int32_t));
+  temporal_forward (b, b->ids, rows, b->segments, rows);
 
   int text_vocab = cfg->text_card_out;
   int *scratch = b->sample_scratch;
   int32_t *tokens = b->tokens;      /* [n][1 + dep_q] */
-  ops->download (b->ex, b->logits_host, b->logits, (gsize) n * text_vocab * sizeof (float));
-  if (text_logits_out)
-    memcpy (text_logits_out, b->logits_host, (gsize) n * text_vocab * sizeof (float));
+  ops->download (b->ex, b->logits_host, b->logits, (gsize) rows * text_vocab * sizeof (float));
   for (int r = 0; r < n; r++) {
     MoshiLmSession *s = sessions[r];
-    tokens[(gsize) r * (1 + cfg->dep_q)] = moshi_sample_token (b->logits_host + (gsize) r * text_vocab,
-        text_vocab, s->params.text_temperature, s->params.text_topk, &s->rng, scratch);
+    float *l = cfg_combine (b, s, r, text_vocab);
+    if (text_logits_out)
+      memcpy (text_logits_out + (gsize) r * text_vocab, l, text_vocab * sizeof (float));
+    tokens[(gsize) r * (1 + cfg->dep_q)] = moshi_sample_token (l, text_vocab,
+        s->params.text_temperature, s->params.text_topk, &s->rng, scratch);
   }
 
   if (cfg->dep_q > 0) {
-    Segment *depth = depth_segments (b, n);
+    Segment *depth = depth_segments (b, rows);
     for (int k = 0; k < cfg->dep_q; k++) {
       for (int r = 0; r < n; r++)
-        b->ids_host[r] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
-      ops->upload (b->ex, b->ids, b->ids_host, n * sizeof (int32_t));
-      depformer_forward (b, k, b->ids, n, depth);
-      ops->download (b->ex, b->logits_host, b->logits, (gsize) n * cfg->card * sizeof (float));
+        for (int row = b->row_of[r]; row < b->row_of[r + 1]; row++)
+          b->ids_host[row] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
+      ops->upload (b->ex, b->ids, b->ids_host, rows * sizeof (int32_t));
+      depformer_forward (b, k, b->ids, rows, depth);
+      ops->download (b->ex, b->logits_host, b->logits, (gsize) rows * cfg->card * sizeof (float));
       for (int r = 0; r < n; r++) {
         MoshiLmSession *s = sessions[r];
-        tokens[(gsize) r * (1 + cfg->dep_q) + k + 1] = moshi_sample_token (b->logits_host + (gsize) r * cfg->card,
-            cfg->card, s->params.audio_temperature, s->params.audio_topk, &s->rng, scratch);
+        float *l = cfg_combine (b, s, r, cfg->card);
+        tokens[(gsize) r * (1 + cfg->dep_q) + k + 1] = moshi_sample_token (l, cfg->card,
+            s->params.audio_temperature, s->params.audio_topk, &s->rng, scratch);
       }
     }
   }

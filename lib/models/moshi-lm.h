@@ -61,6 +61,13 @@ gboolean moshi_lm_forward (MoshiLm *lm, const int64_t *codes, int batch, int ste
     int n_threads, float *logits, float *text_logits, guint8 *mask, guint8 *text_mask,
     GError **error);
 
+/* As moshi_lm_forward, with the model's sum conditions set for every batch row: conditions is
+ * NULL or a NULL-terminated list of name, value pairs (e.g. "description", "very_good");
+ * a condition left out has no value (its learnt padding). */
+gboolean moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions,
+    const int64_t *codes, int batch, int steps, int n_threads, float *logits, float *text_logits,
+    guint8 *mask, guint8 *text_mask, GError **error);
+
 typedef struct {
   /* temperature <= 0 means greedy (argmax); top_k <= 0 means the whole vocabulary */
   float text_temperature;
@@ -68,9 +75,13 @@ typedef struct {
   float audio_temperature;
   int audio_topk;
   guint64 seed;
+  /* Classifier-free guidance (upstream LMGen cfg_coef), models with conditioners only: each
+   * session runs two rows, conditioned and null (see moshi_lm_session_set_null_condition), and
+   * samples from null + cfg_coef * (cond - null). 1 (or <= 0) = off. Taken at reset, as seed. */
+  float cfg_coef;
 } MoshiLmSamplingParams;
 
-/* Upstream LMGen defaults: text 0.7 / 25, audio 0.8 / 250. */
+/* Upstream LMGen defaults: text 0.7 / 25, audio 0.8 / 250, cfg_coef 1. */
 void moshi_lm_sampling_params_init (MoshiLmSamplingParams *params);
 
 MoshiLmSession *moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params,
@@ -83,6 +94,16 @@ void moshi_lm_session_reset (MoshiLmSession *session);
  * reset (a running conversation keeps its random sequence). */
 void moshi_lm_session_set_sampling_params (MoshiLmSession *session,
     const MoshiLmSamplingParams *params);
+/* The value of the model's condition `name` (config "conditioners", fused by "sum"), e.g.
+ * "description" = "very_good"; value NULL = no value (the learnt padding, the default). Errors
+ * for an unknown name or a value outside the conditioner's possible_values. Applies from the
+ * next step. */
+gboolean moshi_lm_session_set_condition (MoshiLmSession *session, const char *name,
+    const char *value, GError **error);
+/* The same for the null half of classifier-free guidance (upstream Hibiki uses "very_bad"
+ * there); by default no value. */
+gboolean moshi_lm_session_set_null_condition (MoshiLmSession *session, const char *name,
+    const char *value, GError **error);
 MoshiLm *moshi_lm_session_get_model (MoshiLmSession *session);
 /* Steps run since the start or the last reset. */
 int64_t moshi_lm_session_steps (MoshiLmSession *session);
@@ -91,7 +112,8 @@ MoshiLmBatch *moshi_lm_batch_new (MoshiLm *lm, int max_sessions, int n_threads, 
 void moshi_lm_batch_free (MoshiLmBatch *batch);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLmBatch, moshi_lm_batch_free)
 
-/* One step of n sessions (all of this batch's model), as upstream LMGen.step:
+/* One step of n sessions (all of this batch's model; at most max_sessions, each running two
+ * rows with classifier-free guidance), as upstream LMGen.step:
  * user_codes: n x user_codebooks, the user's Mimi codes for this step, row per session;
  * text_out: n text tokens; audio_out: n x dep_q audio codes, row per session;
  * returned: n flags, FALSE where upstream returns None (the first max_delay steps), in which

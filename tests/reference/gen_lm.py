@@ -55,7 +55,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------------------
 # Seeds (recorded in manifest.json and tests/data/lm/README.md)
 # ---------------------------------------------------------------------------
-SEED_WEIGHTS = {"small7b": 7001, "upstream_opts": 7002, "stt_like": 7003, "dialog": 7004}
+SEED_WEIGHTS = {"small7b": 7001, "upstream_opts": 7002, "stt_like": 7003, "dialog": 7004,
+                "hibiki_like": 7005}
 SEED_CODES_OFFSET = 100       # numpy default_rng(weights seed + 100): teacher-forcing codes
 SEED_USER_OFFSET = 200        # numpy default_rng(weights seed + 200): user codes of the streams
 MAX_SEED_ATTEMPTS = 20        # the weights seed is bumped until the goldens are robust
@@ -154,7 +155,31 @@ def case_config(case: str) -> dict:
         assert set(cfg) == set(loaders._lm_kwargs) | {"depformer_causal",
                                                        "existing_text_end_padding_id"}
         return cfg
+    if case == "hibiki_like":
+        # Hibiki-style: a LUT `description` conditioner summed into the input (fuser sum),
+        # depformer weights per step with a schedule, low-rank depformer embeddings,
+        # model_type hibiki (text_emb row 2 := row 3 after loading, as CheckpointInfo.get_moshi).
+        return dict(
+            dim=32, text_card=48, existing_text_padding_id=3, n_q=6, dep_q=3, card=32,
+            num_heads=2, num_layers=2, hidden_scale=4.125, causal=True, layer_scale=None,
+            context=24, max_period=10000, gating="silu", norm="rms_norm_f32",
+            positional_embedding="rope",
+            depformer_dim=16, depformer_dim_feedforward=int(4.125 * 16), depformer_num_heads=2,
+            depformer_num_layers=2, depformer_multi_linear=True, depformer_pos_emb="none",
+            depformer_gating="silu", depformer_weights_per_step=True,
+            depformer_weights_per_step_schedule=[0, 1, 1], depformer_low_rank_embeddings=8,
+            delays=[0, 0, 1, 1, 0, 1, 1],
+            conditioners={"description": {"type": "lut", "lut": {
+                "n_bins": 5, "dim": 8, "tokenizer": "noop",
+                "possible_values": HIBIKI_VALUES}}},
+            fuser={"sum": ["description"]},
+            model_type="hibiki",
+        )
     raise ValueError(case)
+
+
+HIBIKI_VALUES = ["very_bad", "bad", "neutral", "good", "very_good"]
+HIBIKI_COND, HIBIKI_NULL, HIBIKI_CFG = "very_good", "very_bad", 3.0
 
 
 # Per case: key naming on save, teacher-forcing length, streaming length, reset split,
@@ -164,6 +189,7 @@ CASES = {
     "upstream_opts": dict(names="module", T_tf=40, T_gen=120, split=57, bf16=False),
     "stt_like": dict(names="checkpoint", T_tf=40, T_gen=120, split=53, bf16=False),
     "dialog": dict(names="checkpoint", T_tf=0, T_gen=64, split=None, bf16=False),
+    "hibiki_like": dict(names="checkpoint", T_tf=40, T_gen=96, split=None, bf16=False),
 }
 UNGENERATED = -2
 
@@ -194,6 +220,10 @@ def fill_random_weights(model: LMModel, gen: torch.Generator) -> None:
                 mod.weight.copy_(1.0 + NORM_JITTER * torch.randn(mod.weight.shape, generator=gen))
                 mod.bias.copy_(LN_BIAS_STD * torch.randn(mod.bias.shape, generator=gen))
                 done.update([name + ".weight", name + ".bias"])
+        for name, p in model.named_parameters():
+            if name.endswith("learnt_padding"):            # a bare Parameter [1, 1, dim]
+                p.copy_(torch.randn(p.shape, generator=gen))
+                done.add(name)
     missing = [k for k in model.state_dict() if k not in done]
     assert not missing, f"weights not initialised: {missing}"
 
@@ -227,10 +257,22 @@ def to_saved_names(sd: dict, names: str) -> dict:
     return dict(sorted(out.items()))
 
 
+def lm_kwargs(cfg: dict) -> dict:
+    """get_moshi_lm's lm_kwargs: a deep copy (get_conditioner writes output_dim/device into
+    its conditioner dict), without model_type (a CheckpointInfo key, not an LMModel one)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.pop("model_type", None)
+    return cfg
+
+
 def load_model(path: Path, cfg: dict) -> LMModel:
     """Fresh upstream model from the saved files, as a user of the checkpoint would load it
-    (bf16 files are upcast to float32 by get_moshi_lm's `value.to(dtype)`)."""
-    model = loaders.get_moshi_lm(str(path), lm_kwargs=cfg, device="cpu", dtype=torch.float32)
+    (bf16 files are upcast to float32 by get_moshi_lm's `value.to(dtype)`), with the
+    CheckpointInfo.get_moshi hack of model_type hibiki (text_emb row 2 := row 3)."""
+    model = loaders.get_moshi_lm(str(path), lm_kwargs=lm_kwargs(cfg), device="cpu",
+                                 dtype=torch.float32)
+    if cfg.get("model_type") == "hibiki":
+        model.text_emb.weight.data[2] = model.text_emb.weight.data[3]
     model.eval()
     return model
 
@@ -336,6 +378,100 @@ def run_lmgen(model: LMModel, user: torch.Tensor, reset_at: int | None = None) -
     return {"text": text, "audio": audio, "text_logits": tl, "audio_logits": al}
 
 
+def conditions(model: LMModel, values: list) -> dict:
+    """Upstream condition tensors, one `description` value per batch row."""
+    from moshi.conditioners import ConditionAttributes
+    return model.condition_provider.prepare_and_provide(
+        [ConditionAttributes(text={"description": v}, tensor={}) for v in values])
+
+
+def run_lmgen_cond(model: LMModel, user: torch.Tensor, cfg_coef: float) -> dict:
+    """Greedy LMGen conditioned on HIBIKI_COND for every row; with cfg_coef != 1 the null half
+    is HIBIKI_NULL, as moshi/run_inference.py get_condition_tensors does for model_type hibiki.
+    Logits recorded are those of the greedy decisions (after the CFG combination)."""
+    B, _, T = user.shape
+    dep_q = model.dep_q
+    values = [HIBIKI_COND] * B + ([HIBIKI_NULL] * B if cfg_coef != 1.0 else [])
+    ct = conditions(model, values)
+    text = torch.full((B, T), UNGENERATED, dtype=torch.long)
+    audio = torch.full((B, dep_q, T), UNGENERATED, dtype=torch.long)
+    t_logits: list[torch.Tensor] = []
+    a_logits: list[list[torch.Tensor]] = []
+
+    def on_text_logits(lg: torch.Tensor) -> None:
+        t_logits.append(lg[:, 0, 0].float().clone())
+        a_logits.append([])
+
+    orig = model.forward_depformer
+
+    def capture(cb_index, seq, transformer_out):
+        lg = orig(cb_index, seq, transformer_out)
+        c = lg[:, 0, 0].float()
+        if cfg_coef != 1.0:
+            cond, null = c.chunk(2)
+            c = null + (cond - null) * cfg_coef
+        a_logits[-1].append(c.clone())
+        return lg
+
+    lm_gen = LMGen(model, use_sampling=False, temp=0.0, temp_text=0.0, check=True,
+                   cfg_coef=cfg_coef, condition_tensors=ct, on_text_logits_hook=on_text_logits)
+    model.forward_depformer = capture
+    try:
+        with torch.no_grad(), lm_gen.streaming(B):
+            for t in range(T):
+                out = lm_gen.step(user[:, :, t:t + 1])
+                if out is not None:
+                    text[:, t] = out[:, 0, 0]
+                    audio[:, :, t] = out[:, 1:, 0]
+    finally:
+        del model.forward_depformer
+    return {"text": text, "audio": audio, "text_logits": torch.stack(t_logits),
+            "audio_logits": torch.stack([torch.stack(a, 1) for a in a_logits])}
+
+
+def compute_hibiki(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple[dict, dict, dict]:
+    """hibiki_like: teacher forcing conditioned on HIBIKI_COND, and greedy LMGen runs with
+    cfg_coef 1 and HIBIKI_CFG (batch 1 and 2)."""
+    opts = CASES[case]
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs(cfg), device="cpu", dtype=torch.float32)
+    fill_random_weights(model, torch.Generator().manual_seed(seed))
+    saved = to_saved_names(model.state_dict(), opts["names"])
+    del model
+    model_path = out_dir / "model.safetensors"
+    save_file(saved, str(model_path))
+    model = load_model(model_path, cfg)
+    g: dict[str, torch.Tensor] = {}
+    san: dict = {"min_greedy_margin": {}, "distinct_greedy_values": {}}
+    codes = make_tf_codes(cfg, opts["T_tf"], seed + SEED_CODES_OFFSET)
+    with torch.no_grad():
+        o = model.forward(codes, condition_tensors=conditions(model, [HIBIKI_COND] * 2))
+    g["tf.codes"] = codes
+    g["tf.logits"], g["tf.mask"] = o.logits, o.mask
+    g["tf.text_logits"], g["tf.text_mask"] = o.text_logits, o.text_mask
+    user2 = make_user_codes(cfg, opts["T_gen"], seed + SEED_USER_OFFSET, 2)
+    g["gen.user_codes"] = user2
+    runs = {}
+    batch_ok = []
+    for name, coef in (("cfg1", 1.0), ("cfg3", HIBIKI_CFG)):
+        r2 = run_lmgen_cond(model, user2, coef)
+        r1 = run_lmgen_cond(model, user2[:1].clone(), coef)
+        batch_ok.append(bool(torch.equal(r2["text"][:1], r1["text"]) and
+                             torch.equal(r2["audio"][:1], r1["audio"])))
+        g[f"{name}.text_tokens"] = r2["text"]
+        g[f"{name}.audio_codes"] = r2["audio"]
+        san["min_greedy_margin"][name] = float(greedy_margins(r2).min())
+        for k, v in distinct(r1).items():
+            san["distinct_greedy_values"][f"{name}.{k}"] = v
+        runs[name] = r1
+    san["batch2_rows_equal_batch1"] = batch_ok
+    san["cfg_changes_tokens"] = not torch.equal(g["cfg1.text_tokens"], g["cfg3.text_tokens"])
+    san["tf_text_id2_count"] = int((codes[:, 0] == 2).sum())
+    if not san["cfg_changes_tokens"]:
+        san["rejected"] = "cfg 3 gives the same tokens as cfg 1"
+    return g, san, {"files": {"model.safetensors": model_path}, "run1": runs["cfg1"]}
+
+
 def greedy_margins(run: dict) -> torch.Tensor:
     """top-1 minus top-2 logit of every greedy decision of a run (flattened)."""
     m = []
@@ -405,7 +541,7 @@ def compute_case(case: str, cfg: dict, out_dir: Path, seed: int, log) -> tuple[d
     computes all goldens. Returns (goldens, sanity, extra info)."""
     opts = CASES[case]
     torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=cfg, device="cpu", dtype=torch.float32)
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs(cfg), device="cpu", dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     fill_random_weights(model, gen)
     saved = to_saved_names(model.state_dict(), opts["names"])
@@ -862,7 +998,7 @@ def main() -> int:
     for attempt in range(MAX_SEED_ATTEMPTS):
         seed = SEED_WEIGHTS[case] + 1000 * attempt
         t0 = time.time()
-        compute = compute_dialog if case == "dialog" else compute_case
+        compute = {"dialog": compute_dialog, "hibiki_like": compute_hibiki}.get(case, compute_case)
         g, san, extra = compute(case, cfg, out_dir, seed, log)
         ok, why = robust(san)
         log(f"[gen_lm] weights seed {seed}: {why} ({time.time() - t0:.1f}s)")
@@ -947,6 +1083,11 @@ def main() -> int:
             "user_codebooks": cfg["n_q"] - cfg["dep_q"],
             "tf_T": opts["T_tf"], "gen_T": opts["T_gen"], "reset_split": opts["split"],
             "lmgen": "LMGen(use_sampling=False, temp=0, temp_text=0, check=True): argmax",
+            **({"conditions": f"description = {HIBIKI_COND!r} (tf: every row; cfg1/cfg3: the "
+                              f"conditioned half); CFG null half description = {HIBIKI_NULL!r} "
+                              "(moshi/run_inference.py, model_type hibiki)",
+                "cfg_coef": {"cfg1": 1.0, "cfg3": HIBIKI_CFG}}
+               if case == "hibiki_like" else {}),
         },
         "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
                     for k, v in sorted(g.items())},
