@@ -39,6 +39,56 @@ parse_options (GOptionContext *ctx, int *argc, char ***argv, int n_positional)
   return TRUE;
 }
 
+/* --device: FALSE (after saying why) when the name is not a device. */
+static gboolean
+parse_device (const char *name, MoshiDevice *out)
+{
+  *out = MOSHI_DEVICE_AUTO;
+  if (name == NULL || moshi_device_from_name (name, out))
+    return TRUE;
+  g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", name);
+  return FALSE;
+}
+
+/* The sampling options shared by the commands that generate. */
+typedef struct {
+  MoshiLmSamplingParams params;
+  double text_temperature, audio_temperature;
+  gint64 seed;
+  gboolean greedy;
+} SamplingOptions;
+
+/* Adds the sampling options to the command's own (GLib copies the entries). */
+static void
+add_sampling_options (GOptionContext *ctx, SamplingOptions *o)
+{
+  moshi_lm_sampling_params_init (&o->params);
+  o->text_temperature = o->params.text_temperature;
+  o->audio_temperature = o->params.audio_temperature;
+  o->seed = (gint64) o->params.seed;
+  o->greedy = FALSE;
+  GOptionEntry entries[] = {
+    { "text-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &o->text_temperature, "Text temperature (0 = greedy; default 0.7)", "T" },
+    { "text-topk", 0, 0, G_OPTION_ARG_INT, &o->params.text_topk, "Text top-k (default 25)", "K" },
+    { "audio-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &o->audio_temperature, "Audio temperature (0 = greedy; default 0.8)", "T" },
+    { "audio-topk", 0, 0, G_OPTION_ARG_INT, &o->params.audio_topk, "Audio top-k (default 250)", "K" },
+    { "greedy", 'g', 0, G_OPTION_ARG_NONE, &o->greedy, "Greedy decoding (both temperatures 0)", NULL },
+    { "seed", 's', 0, G_OPTION_ARG_INT64, &o->seed, "Random seed (default 4242)", "S" },
+    { NULL }
+  };
+  g_option_context_add_main_entries (ctx, entries, NULL);
+}
+
+/* The parsed values as sampling parameters. */
+static const MoshiLmSamplingParams *
+sampling_options_params (SamplingOptions *o)
+{
+  o->params.text_temperature = o->greedy ? 0.0f : (float) o->text_temperature;
+  o->params.audio_temperature = o->greedy ? 0.0f : (float) o->audio_temperature;
+  o->params.seed = (guint64) o->seed;
+  return &o->params;
+}
+
 /* ------------------------------------------------------------------ info */
 
 static const char *
@@ -321,11 +371,9 @@ cmd_bench_lm (int argc, char **argv)
     g_printerr ("moshi-tool bench lm: %s\n", error->message);
     return 2;
   }
-  MoshiDevice dev = MOSHI_DEVICE_AUTO;
-  if (device && !moshi_device_from_name (device, &dev)) {
-    g_printerr ("moshi-tool bench lm: unknown device '%s'\n", device);
+  MoshiDevice dev;
+  if (!parse_device (device, &dev))
     return 2;
-  }
   if (steps < 1) {
     g_printerr ("moshi-tool bench lm: --steps must be at least 1\n");
     return 2;
@@ -550,11 +598,9 @@ cmd_lm_forward (int argc, char **argv)
     return 2;
   }
   GError *error = NULL;
-  MoshiLmLoadOptions opts = { MOSHI_DEVICE_AUTO };
-  if (device && !moshi_device_from_name (device, &opts.device)) {
-    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+  MoshiLmLoadOptions opts;
+  if (!parse_device (device, &opts.device))
     return 2;
-  }
   g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
   if (lm == NULL)
     return fail (error);
@@ -604,41 +650,29 @@ cmd_lm_generate (int argc, char **argv)
 {
   g_autofree char *config = NULL, *weights = NULL, *user_path = NULL, *out = NULL, *device = NULL;
   int threads = 0;
-  MoshiLmSamplingParams params;
-  moshi_lm_sampling_params_init (&params);
-  double text_temp = params.text_temperature, audio_temp = params.audio_temperature;
-  gint64 seed = (gint64) params.seed;
+  SamplingOptions sampling;
   GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: Moshi 7B)", "C" },
     { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (safetensors)", "W" },
     { "user-codes", 'u', 0, G_OPTION_ARG_FILENAME, &user_path, "User codes (safetensors, `codes` I64 [1, K_user, T])", "F" },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Output safetensors (text_tokens, audio_codes)", "F" },
-    { "text-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &text_temp, "Text temperature (0 = greedy; default 0.7)", "T" },
-    { "text-topk", 0, 0, G_OPTION_ARG_INT, &params.text_topk, "Text top-k (default 25)", "K" },
-    { "audio-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &audio_temp, "Audio temperature (0 = greedy; default 0.8)", "T" },
-    { "audio-topk", 0, 0, G_OPTION_ARG_INT, &params.audio_topk, "Audio top-k (default 250)", "K" },
-    { "seed", 's', 0, G_OPTION_ARG_INT64, &seed, "Random seed (default 4242)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
     { NULL }
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("- run the streaming generator (upstream LMGen) over user codes");
   g_option_context_add_main_entries (ctx, entries, NULL);
+  add_sampling_options (ctx, &sampling);
   if (!parse_options (ctx, &argc, &argv, 0))
     return 2;
   if (weights == NULL || user_path == NULL || out == NULL) {
     g_printerr ("moshi-tool lm-generate: --weights, --user-codes and --out are required\n");
     return 2;
   }
-  params.text_temperature = (float) text_temp;
-  params.audio_temperature = (float) audio_temp;
-  params.seed = (guint64) seed;
   GError *error = NULL;
-  MoshiLmLoadOptions opts = { MOSHI_DEVICE_AUTO };
-  if (device && !moshi_device_from_name (device, &opts.device)) {
-    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+  MoshiLmLoadOptions opts;
+  if (!parse_device (device, &opts.device))
     return 2;
-  }
   g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
   if (lm == NULL)
     return fail (error);
@@ -656,7 +690,8 @@ cmd_lm_generate (int argc, char **argv)
     return 1;
   }
   int t = (int) shape[2];
-  g_autoptr (MoshiLmSession) session = moshi_lm_session_new (lm, &params, &error);
+  g_autoptr (MoshiLmSession) session = moshi_lm_session_new (lm, sampling_options_params (&sampling),
+      &error);
   if (session == NULL)
     return fail (error);
   g_autoptr (MoshiLmBatch) batch = moshi_lm_batch_new (lm, 1, threads, &error);
@@ -700,45 +735,30 @@ cmd_chat (int argc, char **argv)
   g_autofree char *model = NULL, *lm_config = NULL, *mimi_model = NULL, *mimi_config = NULL;
   g_autofree char *tokenizer_path = NULL, *device = NULL;
   int threads = 0;
-  gboolean greedy = FALSE;
-  MoshiLmSamplingParams params;
-  moshi_lm_sampling_params_init (&params);
-  double text_temp = params.text_temperature, audio_temp = params.audio_temperature;
-  gint64 seed = (gint64) params.seed;
+  SamplingOptions sampling;
   GOptionEntry entries[] = {
     { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights (safetensors)", "W" },
     { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: Moshi 7B)", "C" },
     { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights (safetensors)", "W" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON (default: released Mimi)", "C" },
     { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript", "T" },
-    { "text-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &text_temp, "Text temperature (default 0.7)", "T" },
-    { "text-topk", 0, 0, G_OPTION_ARG_INT, &params.text_topk, "Text top-k (default 25)", "K" },
-    { "audio-temperature", 0, 0, G_OPTION_ARG_DOUBLE, &audio_temp, "Audio temperature (default 0.8)", "T" },
-    { "audio-topk", 0, 0, G_OPTION_ARG_INT, &params.audio_topk, "Audio top-k (default 250)", "K" },
-    { "greedy", 'g', 0, G_OPTION_ARG_NONE, &greedy, "Greedy decoding (temperatures 0)", NULL },
-    { "seed", 's', 0, G_OPTION_ARG_INT64, &seed, "Random seed (default 4242)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
     { NULL }
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("IN.wav OUT.wav - offline full duplex: the model listens to IN and speaks into OUT");
   g_option_context_add_main_entries (ctx, entries, NULL);
+  add_sampling_options (ctx, &sampling);
   if (!parse_options (ctx, &argc, &argv, 2))
     return 2;
   if (model == NULL || mimi_model == NULL) {
     g_printerr ("moshi-tool chat: --model and --mimi-model are required\n");
     return 2;
   }
-  params.text_temperature = greedy ? 0.0f : (float) text_temp;
-  params.audio_temperature = greedy ? 0.0f : (float) audio_temp;
-  params.seed = (guint64) seed;
   GError *error = NULL;
-  MoshiDevice dev = MOSHI_DEVICE_AUTO;
-  if (device && !moshi_device_from_name (device, &dev)) {
-    g_printerr ("moshi-tool: --device=%s: expected auto, cpu or cuda\n", device);
+  MoshiLmLoadOptions lm_opts;
+  if (!parse_device (device, &lm_opts.device))
     return 2;
-  }
-  MoshiLmLoadOptions lm_opts = { dev };
   g_autoptr (MoshiLm) lm = moshi_lm_load (model, lm_config, &lm_opts, &error);
   if (lm == NULL)
     return fail (error);
@@ -751,7 +771,7 @@ cmd_chat (int argc, char **argv)
   g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_new (lm, mimi, tok, &error);
   if (dm == NULL)
     return fail (error);
-  g_autoptr (MoshiDialog) dialog = moshi_dialog_new (dm, &params, threads, &error);
+  g_autoptr (MoshiDialog) dialog = moshi_dialog_new (dm, sampling_options_params (&sampling), threads, &error);
   if (dialog == NULL)
     return fail (error);
 
