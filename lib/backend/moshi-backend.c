@@ -207,3 +207,36 @@ moshi_exec_free (MoshiExec *ex)
   if (ex != NULL)
     ex->backend->ops->exec_free (ex);
 }
+
+MoshiDType
+moshi_weight_device_dtype (const MoshiTensorEntry *host, GError **error)
+{
+  switch (host->dtype) {
+    case MOSHI_DTYPE_F32:
+    case MOSHI_DTYPE_F16:
+      return MOSHI_DTYPE_F32;
+    case MOSHI_DTYPE_BF16:
+      /* matrices stay BF16: half the memory and bandwidth, read with f32 accumulation */
+      return host->ndim == 2 ? MOSHI_DTYPE_BF16 : MOSHI_DTYPE_F32;
+    default:
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DTYPE,
+          "tensor '%s' has dtype %s; weights must be F32, BF16 or F16", host->name,
+          moshi_dtype_name (host->dtype));
+      return MOSHI_DTYPE_COUNT;
+  }
+}
+
+float *
+moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error)
+{
+  int64_t numel = moshi_shape_numel (host->shape, host->ndim);
+  float *f32 = g_try_malloc (MAX (numel, 1) * sizeof (float));
+  if (f32 == NULL) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
+        "out of memory converting tensor '%s' (%" G_GINT64_FORMAT " elements) to F32",
+        host->name, numel);
+    return NULL;
+  }
+  moshi_convert_to_f32 (f32, host->data, host->dtype, numel);
+  return f32;
+}

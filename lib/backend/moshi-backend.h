@@ -204,6 +204,13 @@ MoshiExec *moshi_exec_new (MoshiBackend *be, int n_threads, GError **error);
 void moshi_exec_free (MoshiExec *ex);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiExec, moshi_exec_free)
 
+/* The rule every backend follows for weights read from a checkpoint: F32 stays F32, BF16
+ * matrices (2-D) stay BF16, other BF16 and F16 tensors become F32, anything else is an error
+ * naming the tensor. Returns the device dtype, or MOSHI_DTYPE_COUNT with error set. */
+MoshiDType moshi_weight_device_dtype (const MoshiTensorEntry *host, GError **error);
+/* host's elements as newly allocated F32 (g_free), or NULL with an out-of-memory error. */
+float *moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error);
+
 /* The CPU backend (always available). */
 MoshiBackend *moshi_backend_cpu_new (void);
 

@@ -118,47 +118,21 @@ static gboolean
 cpu_weight_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
     MoshiSafetensors *keep_alive, GError **error)
 {
-  int64_t numel = moshi_shape_numel (host->shape, host->ndim);
-  switch (host->dtype) {
-    case MOSHI_DTYPE_F32:
-      if (((uintptr_t) host->data % _Alignof (float)) == 0) {
-        /* Zero copy: the mapping stays alive as long as the model holds keep_alive. */
-        memset (w, 0, sizeof (*w));
-        w->dtype = MOSHI_DTYPE_F32;
-        w->ndim = host->ndim;
-        memcpy (w->shape, host->shape, host->ndim * sizeof (int64_t));
-        w->data = host->data;
-        return TRUE;
-      }
-      return cpu_weight_from_f32 (be, w, host->data, host->ndim, host->shape, error);
-    case MOSHI_DTYPE_BF16:
-      if (host->ndim == 2 && ((uintptr_t) host->data % _Alignof (uint16_t)) == 0) {
-        /* Matrices stay BF16: the linear and embedding kernels read it directly. */
-        memset (w, 0, sizeof (*w));
-        w->dtype = MOSHI_DTYPE_BF16;
-        w->ndim = 2;
-        memcpy (w->shape, host->shape, 2 * sizeof (int64_t));
-        w->data = host->data;
-        return TRUE;
-      }
-      G_GNUC_FALLTHROUGH;
-    case MOSHI_DTYPE_F16: {
-      g_autofree float *tmp = g_try_malloc (MAX (numel, 1) * sizeof (float));
-      if (tmp == NULL) {
-        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
-            "out of memory converting tensor '%s' (%" G_GINT64_FORMAT " elements) to F32",
-            host->name, numel);
-        return FALSE;
-      }
-      moshi_convert_to_f32 (tmp, host->data, host->dtype, numel);
-      return cpu_weight_from_f32 (be, w, tmp, host->ndim, host->shape, error);
-    }
-    default:
-      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DTYPE,
-          "tensor '%s' has dtype %s; weights must be F32, BF16 or F16", host->name,
-          moshi_dtype_name (host->dtype));
-      return FALSE;
+  MoshiDType dtype = moshi_weight_device_dtype (host, error);
+  if (dtype == MOSHI_DTYPE_COUNT)
+    return FALSE;
+  if (dtype == host->dtype && (uintptr_t) host->data % moshi_dtype_size (dtype) == 0) {
+    /* Zero copy: the mapping stays alive as long as the model holds keep_alive. */
+    memset (w, 0, sizeof (*w));
+    w->dtype = dtype;
+    w->ndim = host->ndim;
+    memcpy (w->shape, host->shape, host->ndim * sizeof (int64_t));
+    w->data = host->data;
+    return TRUE;
   }
+  /* converted, or misaligned in the file: an aligned F32 copy */
+  g_autofree float *f32 = moshi_weight_to_f32 (host, error);
+  return f32 != NULL && cpu_weight_from_f32 (be, w, f32, host->ndim, host->shape, error);
 }
 
 static void

@@ -319,31 +319,13 @@ static gboolean
 cuda_weight_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
     MoshiSafetensors *keep_alive, GError **error)
 {
-  int64_t numel = moshi_shape_numel (host->shape, host->ndim);
-  switch (host->dtype) {
-    case MOSHI_DTYPE_F32:
-      return upload_weight (be, w, MOSHI_DTYPE_F32, host->data, host->ndim, host->shape, error);
-    case MOSHI_DTYPE_BF16:
-      if (host->ndim == 2)      /* matrices stay BF16: half the memory and bandwidth */
-        return upload_weight (be, w, MOSHI_DTYPE_BF16, host->data, 2, host->shape, error);
-      G_GNUC_FALLTHROUGH;
-    case MOSHI_DTYPE_F16: {
-      g_autofree float *tmp = g_try_malloc (MAX (numel, 1) * sizeof (float));
-      if (tmp == NULL) {
-        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
-            "out of memory converting tensor '%s' (%" G_GINT64_FORMAT " elements) to F32",
-            host->name, numel);
-        return FALSE;
-      }
-      moshi_convert_to_f32 (tmp, host->data, host->dtype, numel);
-      return upload_weight (be, w, MOSHI_DTYPE_F32, tmp, host->ndim, host->shape, error);
-    }
-    default:
-      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DTYPE,
-          "tensor '%s' has dtype %s; weights must be F32, BF16 or F16", host->name,
-          moshi_dtype_name (host->dtype));
-      return FALSE;
-  }
+  MoshiDType dtype = moshi_weight_device_dtype (host, error);
+  if (dtype == MOSHI_DTYPE_COUNT)
+    return FALSE;
+  if (dtype == host->dtype)
+    return upload_weight (be, w, dtype, host->data, host->ndim, host->shape, error);
+  g_autofree float *f32 = moshi_weight_to_f32 (host, error);
+  return f32 != NULL && upload_weight (be, w, MOSHI_DTYPE_F32, f32, host->ndim, host->shape, error);
 }
 
 static void
