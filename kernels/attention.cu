@@ -10,7 +10,11 @@
  * softmax (block max, exp, block sum) and for the weighted sum of values, where consecutive
  * threads read consecutive floats of a value row and groups of threads split the slots. For a
  * long cache and few (head, query) pairs -- one decode step -- the slots are split into chunks
- * over more blocks and a second kernel merges the chunks' partial softmaxes. */
+ * over more blocks and a second kernel merges the chunks' partial softmaxes.
+ *
+ * The *_rows entry points run one decode step of many sequences in one launch: query row i takes
+ * its cache, position and end from a device table (MoshiKRowCache), so that sessions are
+ * batched and a recorded step replays with new positions. */
 #include "common.cuh"
 
 namespace {
@@ -19,18 +23,28 @@ const int ATT_THREADS = 128;
 
 __global__ void __launch_bounds__ (256)
 kv_write_kernel (float *k_cache, float *v_cache, int capacity, const float *k, int ld_k,
-    const float *v, int ld_v, int width, int pos0, int t)
+    const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
+    size_t layer_offset)
 {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= width)
     return;
-  /* when t > capacity the later rows own the slots: skip the rows they overwrite */
-  for (int i = blockIdx.y + (t > capacity ? t - capacity : 0); i < t; i += gridDim.y) {
-    const size_t slot = (size_t) ((pos0 + i) % capacity);
+  /* when t > capacity the later rows own the slots: skip the rows they overwrite (rows of a
+   * table go to their own caches and positions) */
+  for (int i = blockIdx.y + (rc == nullptr && t > capacity ? t - capacity : 0); i < t;
+      i += gridDim.y) {
+    float *kc = k_cache, *vc = v_cache;
+    int pos = pos0 + i;
+    if (rc != nullptr) {
+      kc = rc[i].k_cache + layer_offset;
+      vc = rc[i].v_cache + layer_offset;
+      pos = rc[i].pos;
+    }
+    const size_t slot = (size_t) (pos % capacity);
     if (blockIdx.z == 0)
-      k_cache[slot * width + c] = k[(size_t) i * ld_k + c];
+      kc[slot * width + c] = k[(size_t) i * ld_k + c];
     else
-      v_cache[slot * width + c] = v[(size_t) i * ld_v + c];
+      vc[slot * width + c] = v[(size_t) i * ld_v + c];
   }
 }
 
@@ -42,7 +56,8 @@ template <bool SPLIT>
 __global__ void __launch_bounds__ (ATT_THREADS)
 attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float *k_cache,
     const float *v_cache, int capacity, int n_heads, int head_dim, int pos0, int end,
-    int context, float scale, int chunk, float *part)
+    int context, float scale, int chunk, float *part, const MoshiKRowCache *rc,
+    size_t layer_offset)
 {
   MOSHI_DYNAMIC_SHARED (float, smem);
   __shared__ float scratch[32];
@@ -51,7 +66,13 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
   const int s_end = SPLIT && s_begin + chunk < capacity ? s_begin + chunk : capacity;
   const int n_slots = s_end - s_begin;
   const int width = n_heads * head_dim;
-  const int q_pos = pos0 + i;
+  int q_pos = pos0 + i;
+  if (rc != nullptr) {          /* a row of a decode step: its own cache and position */
+    k_cache = rc[i].k_cache + layer_offset;
+    v_cache = rc[i].v_cache + layer_offset;
+    q_pos = rc[i].pos;
+    end = rc[i].end;
+  }
   const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
   /* shared: q [head_dim] | scores [n_slots] | partial outputs [blockDim.x] */
   float *q_s = smem;
@@ -193,18 +214,37 @@ attention_splits (int capacity, int n_heads, int t)
 
 }  // namespace
 
-extern "C" cudaError_t
-moshi_k_kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity,
-    const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t)
+static cudaError_t
+kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity, const float *k,
+    int ld_k, const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
+    size_t layer_offset)
 {
   if (capacity <= 0 || t < 0 || width < 0 || pos0 < 0 || ld_k < width || ld_v < width)
     return cudaErrorInvalidValue;
   if (t == 0 || width == 0)
     return cudaSuccess;
-  const int rows = t < capacity ? t : capacity;
+  const int rows = rc != nullptr || t < capacity ? t : capacity;
   dim3 grid (moshi_k::ceil_div ((size_t) width, 256), rows < 65535 ? (unsigned) rows : 65535u, 2);
   return MOSHI_LAUNCH (kv_write_kernel, grid, 256, 0, stream, k_cache, v_cache, capacity, k, ld_k,
-      v, ld_v, width, pos0, t);
+      v, ld_v, width, pos0, t, rc, layer_offset);
+}
+
+extern "C" cudaError_t
+moshi_k_kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity,
+    const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t)
+{
+  return kv_write (stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v, width, pos0, t, nullptr,
+      0);
+}
+
+extern "C" cudaError_t
+moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc, size_t layer_offset,
+    int capacity, const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+{
+  if (rc == nullptr)
+    return cudaErrorInvalidValue;
+  return kv_write (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0, rows, rc,
+      layer_offset);
 }
 
 extern "C" size_t
@@ -214,10 +254,11 @@ moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t
   return splits == 1 ? 0 : (size_t) n_heads * t * splits * (head_dim + 2);
 }
 
-extern "C" cudaError_t
-moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
+static cudaError_t
+attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
     const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
-    int pos0, int t, int context, float scale, float *scratch, size_t scratch_floats)
+    int pos0, int t, int context, float scale, float *scratch, size_t scratch_floats,
+    const MoshiKRowCache *rc, size_t layer_offset)
 {
   if (capacity <= 0 || n_heads < 0 || head_dim < 0 || t < 0 || pos0 < 0 || t > 65535
       || n_heads > 0x7fffffff / 2 || ld_dst < n_heads * head_dim || ld_q < n_heads * head_dim)
@@ -235,7 +276,7 @@ moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, 
     cudaError_t err = MOSHI_LAUNCH (attention_kernel<true>,
         dim3 ((unsigned) n_heads, (unsigned) t, (unsigned) splits), ATT_THREADS, smem, stream,
         dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim, pos0, end, context,
-        scale, chunk, scratch);
+        scale, chunk, scratch, rc, layer_offset);
     if (err != cudaSuccess)
       return err;
     return MOSHI_LAUNCH (attention_combine_kernel, dim3 ((unsigned) n_heads, (unsigned) t),
@@ -248,5 +289,25 @@ moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, 
     return cudaErrorInvalidValue;
   return MOSHI_LAUNCH (attention_kernel<false>, dim3 ((unsigned) n_heads, (unsigned) t),
       ATT_THREADS, smem, stream, dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads,
-      head_dim, pos0, end, context, scale, capacity, (float *) NULL);
+      head_dim, pos0, end, context, scale, capacity, (float *) NULL, rc, layer_offset);
+}
+
+extern "C" cudaError_t
+moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
+    const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
+    int pos0, int t, int context, float scale, float *scratch, size_t scratch_floats)
+{
+  return attention (stream, dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim,
+      pos0, t, context, scale, scratch, scratch_floats, nullptr, 0);
+}
+
+extern "C" cudaError_t
+moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
+    const MoshiKRowCache *rc, size_t layer_offset, int capacity, int n_heads, int head_dim,
+    int rows, int context, float scale, float *scratch, size_t scratch_floats)
+{
+  if (rc == nullptr)
+    return cudaErrorInvalidValue;
+  return attention (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity, n_heads, head_dim,
+      0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
 }

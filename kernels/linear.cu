@@ -1,9 +1,10 @@
 /* gst-moshi CUDA kernels: the parts of a linear layer cuBLAS does not do.
  *
  * cuBLAS cannot multiply BF16 weights by F32 activations (A and B must share a type), so:
- *  - for a few rows (decode), a GEMV that reads each BF16 weight once, converts it exactly and
- *    accumulates in f32: one warp per output feature, each lane striding over the inputs (16-byte
- *    loads of 8 weights when the row is aligned), a shuffle reduction, all rows at once;
+ *  - for up to 64 rows (decode, batched over sessions), a GEMV that reads each BF16 weight from
+ *    memory once, converts it exactly and accumulates in f32: one warp per output feature, each
+ *    lane striding over the inputs (16-byte loads of 8 weights when the row is aligned), a
+ *    shuffle reduction, 8 rows at a time;
  *  - for many rows, the backend converts blocks of weight rows to f32 (moshi_k_bf16_to_f32) and
  *    calls cublasSgemm on each block, as the CPU backend does with BLAS;
  *  - a bias added to every row after a GEMM. */
@@ -21,60 +22,70 @@ unpack_bf16x2 (unsigned v, float &lo, float &hi)
   hi = __uint_as_float (v & 0xffff0000u);
 }
 
-/* dst[r, n] = beta * dst[r, n] + sum_k src[r, k] * w[n, k] (+ bias[n]) for r < R. */
+/* dst[r, n] = beta * dst[r, n] + sum_k src[r, k] * w[n, k] (+ bias[n]) for r < rows, in chunks
+ * of R rows: the warp reads its weight row from memory for the first chunk and, for later ones,
+ * again from L1/L2 (a row is at most a few tens of KiB), so DRAM sees each weight once per call
+ * whatever the row count -- the decode batch of many sessions. */
 template <int R>
 __global__ void __launch_bounds__ (THREADS)
 gemv_bf16_kernel (float *dst, int ld_dst, const float *src, int ld_src, const uint16_t *w,
-    int n_out, int n_in, const float *bias, float beta, int vec)
+    int n_out, int n_in, const float *bias, float beta, int vec, int rows)
 {
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * WARPS + threadIdx.x / 32;
   if (n >= n_out)
     return;                     /* the whole warp: the shuffles below see full warps only */
   const uint16_t *wr = w + (size_t) n * n_in;
-  float acc[R];
-MOSHI_UNROLL
-  for (int r = 0; r < R; r++)
-    acc[r] = 0.0f;
-  int k0 = 0;
-  if (vec) {
-    /* 8 weights per 16-byte load; the row start is 16-byte aligned (checked by the caller) */
-    const uint4 *w8 = reinterpret_cast<const uint4 *> (wr);
-    const int n8 = n_in / 8;
-    for (int j = lane; j < n8; j += 32) {
-      const uint4 p = w8[j];
-      float wf[8];
-      unpack_bf16x2 (p.x, wf[0], wf[1]);
-      unpack_bf16x2 (p.y, wf[2], wf[3]);
-      unpack_bf16x2 (p.z, wf[4], wf[5]);
-      unpack_bf16x2 (p.w, wf[6], wf[7]);
-MOSHI_UNROLL
-      for (int r = 0; r < R; r++) {
-        const float *x = src + (size_t) r * ld_src + (size_t) j * 8;
-        float a = acc[r];
-MOSHI_UNROLL
-        for (int e = 0; e < 8; e++)
-          a += wf[e] * x[e];
-        acc[r] = a;
-      }
-    }
-    k0 = n8 * 8;
-  }
-  for (int k = k0 + lane; k < n_in; k += 32) {
-    const float wv = moshi_k::bf16_bits_to_float (wr[k]);
+  const float b = bias ? bias[n] : 0.0f;
+  for (int r0 = 0; r0 < rows; r0 += R) {
+    const int nr = rows - r0 < R ? rows - r0 : R;
+    const float *x0 = src + (size_t) r0 * ld_src;
+    float acc[R];
 MOSHI_UNROLL
     for (int r = 0; r < R; r++)
-      acc[r] += wv * src[(size_t) r * ld_src + k];
-  }
-  const float b = bias ? bias[n] : 0.0f;
+      acc[r] = 0.0f;
+    int k0 = 0;
+    if (vec) {
+      /* 8 weights per 16-byte load; the row start is 16-byte aligned (checked by the caller) */
+      const uint4 *w8 = reinterpret_cast<const uint4 *> (wr);
+      const int n8 = n_in / 8;
+      for (int j = lane; j < n8; j += 32) {
+        const uint4 p = w8[j];
+        float wf[8];
+        unpack_bf16x2 (p.x, wf[0], wf[1]);
+        unpack_bf16x2 (p.y, wf[2], wf[3]);
+        unpack_bf16x2 (p.z, wf[4], wf[5]);
+        unpack_bf16x2 (p.w, wf[6], wf[7]);
 MOSHI_UNROLL
-  for (int r = 0; r < R; r++) {
-    const float s = moshi_k::warp_sum (acc[r]);
-    if (lane == r) {
-      float *y = dst + (size_t) r * ld_dst + n;
-      /* beta == 0 never reads dst (it may hold NaN) */
-      const float v = beta == 0.0f ? s : beta * *y + s;
-      *y = bias ? v + b : v;
+        for (int r = 0; r < R; r++) {
+          if (r < nr) {
+            const float *x = x0 + (size_t) r * ld_src + (size_t) j * 8;
+            float a = acc[r];
+MOSHI_UNROLL
+            for (int e = 0; e < 8; e++)
+              a += wf[e] * x[e];
+            acc[r] = a;
+          }
+        }
+      }
+      k0 = n8 * 8;
+    }
+    for (int k = k0 + lane; k < n_in; k += 32) {
+      const float wv = moshi_k::bf16_bits_to_float (wr[k]);
+MOSHI_UNROLL
+      for (int r = 0; r < R; r++)
+        if (r < nr)
+          acc[r] += wv * x0[(size_t) r * ld_src + k];
+    }
+MOSHI_UNROLL
+    for (int r = 0; r < R; r++) {
+      const float s = moshi_k::warp_sum (acc[r]);
+      if (lane == r && r < nr) {
+        float *y = dst + (size_t) (r0 + r) * ld_dst + n;
+        /* beta == 0 never reads dst (it may hold NaN) */
+        const float v = beta == 0.0f ? s : beta * *y + s;
+        *y = bias ? v + b : v;
+      }
     }
   }
 }
@@ -82,11 +93,11 @@ MOSHI_UNROLL
 template <int R>
 cudaError_t
 launch_gemv (cudaStream_t stream, float *dst, int ld_dst, const float *src, int ld_src,
-    const uint16_t *w, int n_out, int n_in, const float *bias, float beta, int vec)
+    const uint16_t *w, int n_out, int n_in, const float *bias, float beta, int vec, int rows)
 {
   auto kernel = gemv_bf16_kernel<R>;
   return MOSHI_LAUNCH (kernel, moshi_k::ceil_div ((size_t) n_out, WARPS), THREADS, 0, stream,
-      dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
+      dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec, rows);
 }
 
 __global__ void __launch_bounds__ (THREADS)
@@ -120,16 +131,18 @@ moshi_k_linear_bf16_gemv (cudaStream_t stream, float *dst, int ld_dst, const flo
   if (rows == 0 || n_out == 0)
     return cudaSuccess;
   const int vec = n_in % 8 == 0 && ((uintptr_t) w & 15) == 0;
+#define GEMV(R) launch_gemv<R> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec, rows)
   switch (rows) {
-    case 1: return launch_gemv<1> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 2: return launch_gemv<2> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 3: return launch_gemv<3> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 4: return launch_gemv<4> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 5: return launch_gemv<5> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 6: return launch_gemv<6> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    case 7: return launch_gemv<7> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
-    default: return launch_gemv<8> (stream, dst, ld_dst, src, ld_src, w, n_out, n_in, bias, beta, vec);
+    case 1: return GEMV (1);
+    case 2: return GEMV (2);
+    case 3: return GEMV (3);
+    case 4: return GEMV (4);
+    case 5: return GEMV (5);
+    case 6: return GEMV (6);
+    case 7: return GEMV (7);
+    default: return GEMV (8);   /* 8 rows, or chunks of 8 */
   }
+#undef GEMV
 }
 
 extern "C" cudaError_t

@@ -29,6 +29,28 @@ typedef enum {
   MOSHI_K_ACT_GELU = 1,           /* exact erf form */
 } MoshiKernelAct;
 
+/* One row of a decode step over many sequences (the *_rows functions): the same layout as the
+ * backend's MoshiRowCache. */
+typedef struct {
+  float *k_cache, *v_cache;       /* the sequence's layer-0 cache */
+  int32_t pos;                    /* the row's position */
+  int32_t end;                    /* one past the last position written by the step */
+} MoshiKRowCache;
+
+/* Sampling settings of one session: the same layout as the backend's MoshiSampler. */
+typedef struct {
+  float text_temperature;
+  int32_t text_top_k;
+  float audio_temperature;
+  int32_t audio_top_k;
+  float cfg_coef;
+  int32_t row;
+  int32_t n_rows;
+  int32_t reserved;
+  uint64_t seed;
+  int64_t step;
+} MoshiKSampler;
+
 /* Kernel launches (MOSHI_LAUNCH, kernels/launch.h) issued so far by the calling thread, over all
  * kernels of this library, successful or not. cuBLAS calls and memory copies are not launches
  * of this library and are not counted. */
@@ -46,9 +68,10 @@ cudaError_t moshi_k_transpose (cudaStream_t stream, float *dst, int ld_dst, cons
 
 /* ---- linear layers (F32 weights go to cublasSgemm) ---- */
 
-#define MOSHI_K_GEMV_MAX_ROWS 8
+#define MOSHI_K_GEMV_MAX_ROWS 64
 
-/* BF16 weights w [n_out, n_in] (row stride n_in), 1..MOSHI_K_GEMV_MAX_ROWS rows of f32 input:
+/* BF16 weights w [n_out, n_in] (row stride n_in), 1..MOSHI_K_GEMV_MAX_ROWS rows of f32 input
+ * (8 at a time; the weight row is re-read from cache for each further 8):
  * dst[r, n] = beta * dst[r, n] + sum_k src[r, k] * w[n, k] (+ bias[n]), f32 accumulation.
  * One warp per output feature; beta == 0 does not read dst; bias may be NULL. */
 cudaError_t moshi_k_linear_bf16_gemv (cudaStream_t stream, float *dst, int ld_dst,
@@ -97,6 +120,12 @@ cudaError_t moshi_k_add_sin_embedding (cudaStream_t stream, float *x, int ld, in
 cudaError_t moshi_k_rope (cudaStream_t stream, float *x, int ld, int t, int n_heads,
     int head_dim, int pos0, float max_period);
 
+/* The same for rows from a table: row r at position rc[r].pos. */
+cudaError_t moshi_k_add_sin_embedding_rows (cudaStream_t stream, float *x, int ld, int rows,
+    int d, const MoshiKRowCache *rc, float max_period, float scale);
+cudaError_t moshi_k_rope_rows (cudaStream_t stream, float *x, int ld, int rows, int n_heads,
+    int head_dim, const MoshiKRowCache *rc, float max_period);
+
 /* ---- attention over a ring KV cache ---- */
 
 /* Writes the t new rows of k and v at slots (pos0 + i) mod capacity (a later row wins when
@@ -113,6 +142,24 @@ cudaError_t moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, cons
     int head_dim, int pos0, int t, int context, float scale, float *scratch,
     size_t scratch_floats);
 size_t moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t);
+/* One decode step of many sequences, each launch covering every row: row r is written to slot
+ * rc[r].pos mod capacity of the cache at rc[r].k_cache/v_cache + layer_offset, and attends
+ * over that cache with q_pos = rc[r].pos and end = rc[r].end. Scratch as above with t = rows. */
+cudaError_t moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc,
+    size_t layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+    int width, int rows);
+cudaError_t moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q,
+    int ld_q, const MoshiKRowCache *rc, size_t layer_offset, int capacity, int n_heads,
+    int head_dim, int rows, int context, float scale, float *scratch, size_t scratch_floats);
+
+/* ---- sampling (the rule of lib/backend/moshi-sampling.h) ---- */
+
+/* One block per session: classifier-free guidance combined in place into logits[row] when
+ * n_rows is 2, then the token of stream (0: text settings, else audio) into
+ * tokens[s * ld_tokens] and, when ids is not NULL, ids[row .. row + n_rows). */
+cudaError_t moshi_k_sample (cudaStream_t stream, int32_t *tokens, int ld_tokens, int32_t *ids,
+    float *logits, int ld_logits, int vocab, const MoshiKSampler *sessions, int n,
+    int stream_index);
 
 /* ---- convolutions (channel-major rows) ---- */
 

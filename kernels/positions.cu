@@ -48,8 +48,8 @@ embedding_kernel (float *dst, int ld, const T *table, int vocab, int d, const in
 }
 
 __global__ void __launch_bounds__ (THREADS)
-add_sin_embedding_kernel (float *x, int ld, int rows, int d, int pos0, float max_period,
-    float scale)
+add_sin_embedding_kernel (float *x, int ld, int rows, int d, int pos0, const MoshiKRowCache *rc,
+    float max_period, float scale)
 {
   const int half = d / 2;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -58,7 +58,7 @@ add_sin_embedding_kernel (float *x, int ld, int rows, int d, int pos0, float max
   const float expo = half > 1 ? (float) i / (float) (half - 1) : 0.0f;
   const float period = (float) pow ((double) max_period, (double) expo);
   for (int r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float pos = (float) (pos0 + r);
+    const float pos = (float) (rc != nullptr ? rc[r].pos : pos0 + r);
     const float phase = pos / period;
     double s, c;
     sincos ((double) phase, &s, &c);
@@ -71,11 +71,12 @@ add_sin_embedding_kernel (float *x, int ld, int rows, int d, int pos0, float max
 /* One block per row; threadIdx.x walks the frequency pairs (the angle is computed once per
  * pair), threadIdx.y the heads. Consecutive threads touch consecutive float pairs. */
 __global__ void __launch_bounds__ (THREADS)
-rope_kernel (float *x, int ld, int n_heads, int head_dim, int pos0, float coef)
+rope_kernel (float *x, int ld, int n_heads, int head_dim, int pos0, const MoshiKRowCache *rc,
+    float coef)
 {
   const int half = head_dim / 2;
   const int r = blockIdx.x;
-  const float pos = (float) (pos0 + r);
+  const float pos = (float) (rc != nullptr ? rc[r].pos : pos0 + r);
   float *row = x + (size_t) r * ld;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float freq = (float) exp ((double) ((float) i * coef));
@@ -114,9 +115,9 @@ moshi_k_embedding (cudaStream_t stream, float *dst, int ld, const void *table,
   return cudaErrorInvalidValue;
 }
 
-extern "C" cudaError_t
-moshi_k_add_sin_embedding (cudaStream_t stream, float *x, int ld, int rows, int d, int pos0,
-    float max_period, float scale)
+static cudaError_t
+add_sin_embedding (cudaStream_t stream, float *x, int ld, int rows, int d, int pos0,
+    const MoshiKRowCache *rc, float max_period, float scale)
 {
   if (rows < 0 || d < 0 || ld < d)
     return cudaErrorInvalidValue;
@@ -124,12 +125,28 @@ moshi_k_add_sin_embedding (cudaStream_t stream, float *x, int ld, int rows, int 
     return cudaSuccess;
   dim3 grid (moshi_k::ceil_div ((size_t) (d / 2), THREADS), rows < 65535 ? (unsigned) rows : 65535u);
   return MOSHI_LAUNCH (add_sin_embedding_kernel, grid, THREADS, 0, stream, x, ld, rows, d, pos0,
-      max_period, scale);
+      rc, max_period, scale);
 }
 
 extern "C" cudaError_t
-moshi_k_rope (cudaStream_t stream, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
-    float max_period)
+moshi_k_add_sin_embedding (cudaStream_t stream, float *x, int ld, int rows, int d, int pos0,
+    float max_period, float scale)
+{
+  return add_sin_embedding (stream, x, ld, rows, d, pos0, nullptr, max_period, scale);
+}
+
+extern "C" cudaError_t
+moshi_k_add_sin_embedding_rows (cudaStream_t stream, float *x, int ld, int rows, int d,
+    const MoshiKRowCache *rc, float max_period, float scale)
+{
+  if (rc == nullptr)
+    return cudaErrorInvalidValue;
+  return add_sin_embedding (stream, x, ld, rows, d, 0, rc, max_period, scale);
+}
+
+static cudaError_t
+rope (cudaStream_t stream, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
+    const MoshiKRowCache *rc, float max_period)
 {
   if (t < 0 || n_heads < 0 || head_dim < 0 || (head_dim & 1) || ld < n_heads * head_dim)
     return cudaErrorInvalidValue;
@@ -145,5 +162,21 @@ moshi_k_rope (cudaStream_t stream, float *x, int ld, int t, int n_heads, int hea
   if (ty > (unsigned) n_heads)
     ty = (unsigned) n_heads;
   return MOSHI_LAUNCH (rope_kernel, (unsigned) t, dim3 (tx, ty), 0, stream, x, ld, n_heads,
-      head_dim, pos0, coef);
+      head_dim, pos0, rc, coef);
+}
+
+extern "C" cudaError_t
+moshi_k_rope (cudaStream_t stream, float *x, int ld, int t, int n_heads, int head_dim, int pos0,
+    float max_period)
+{
+  return rope (stream, x, ld, t, n_heads, head_dim, pos0, nullptr, max_period);
+}
+
+extern "C" cudaError_t
+moshi_k_rope_rows (cudaStream_t stream, float *x, int ld, int rows, int n_heads, int head_dim,
+    const MoshiKRowCache *rc, float max_period)
+{
+  if (rc == nullptr)
+    return cudaErrorInvalidValue;
+  return rope (stream, x, ld, rows, n_heads, head_dim, 0, rc, max_period);
 }

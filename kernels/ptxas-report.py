@@ -2,7 +2,7 @@
 """Compiles each kernel source for one architecture with `ptxas -v` and prints a Markdown table
 of registers, spills, stack and static shared memory per kernel (docs/cuda.md).
 
-Usage: ptxas-report.py NVCC ARCH OUTPUT INCLUDE_DIR SOURCE.cu..."""
+Usage: ptxas-report.py NVCC ARCH OUTPUT INCLUDE_DIRS SOURCE.cu... (INCLUDE_DIRS: colon-separated)"""
 import re
 import subprocess
 import sys
@@ -11,7 +11,8 @@ nvcc, arch, output, include = sys.argv[1:5]
 sources = sys.argv[5:]
 rows = []
 for src in sources:
-    p = subprocess.run([nvcc, "-std=c++17", f"-arch=sm_{arch}", f"-I{include}", "-Xptxas", "-v",
+    includes = [f"-I{d}" for d in include.split(":") if d]
+    p = subprocess.run([nvcc, "-std=c++17", f"-arch=sm_{arch}", *includes, "-Xptxas", "-v",
                         "-c", src, "-o", "/dev/null"], capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(p.stderr)

@@ -447,8 +447,13 @@ cmd_bench_lm (int argc, char **argv)
       if (be->ops->get_stats) {
         MoshiExecStats st;
         be->ops->get_stats (be, NULL, &st);
-        g_print (" (%" G_GUINT64_FORMAT " launches, %" G_GUINT64_FORMAT " cuBLAS, %.3f GB of weights per step)",
-            st.kernel_launches / steps, st.blas_calls / steps, st.weight_bytes / 1e9 / steps);
+        /* effective weight bandwidth: against the GPU's memory bandwidth, how close the
+         * step is to its floor */
+        g_print (" (%" G_GUINT64_FORMAT " kernels in %" G_GUINT64_FORMAT " graph launches, %"
+            G_GUINT64_FORMAT " cuBLAS, %" G_GUINT64_FORMAT " host waits, %.3f GB of weights "
+            "per step: %.0f GB/s)", st.kernel_launches / steps, st.graph_launches / steps,
+            st.blas_calls / steps, st.syncs / steps, st.weight_bytes / 1e9 / steps,
+            st.weight_bytes / 1e9 / steps / (ms / 1e3));
       }
       g_print ("\n");
     } else {

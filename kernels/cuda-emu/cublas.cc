@@ -11,7 +11,13 @@
  *
  * Emulated: cublasCreate/Destroy, Set/GetStream, Set/GetMathMode, Set/GetPointerMode (host and
  * device scalars), cublasSgemm, cublasSgemmStridedBatched, cublasGemmEx,
- * cublasGemmStridedBatchedEx, cublasGetStatusName/String. */
+ * cublasGemmStridedBatchedEx, cublasGetStatusName/String.
+ *
+ * A GEMM on a handle whose stream is capturing is checked as it would be eagerly and becomes a
+ * graph node (of kernel type, as cuBLAS's kernels are on a GPU) that keeps what the handle said
+ * at the call: with CUBLAS_POINTER_MODE_HOST, alpha and beta are read at the call and kept by
+ * value, as cuBLAS does; device scalars are read when the graph runs. As the scalars decide
+ * whether A and B are read, a device-mode capture checks only C, and the replay the rest. */
 #include "emu-internal.h"
 
 #include <cublas_v2.h>
@@ -19,6 +25,7 @@
 #include <cuda_fp16.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 struct cublasContext {
@@ -129,47 +136,11 @@ struct Gemm {
   cublasComputeType_t compute;
 };
 
+/* The scalars for the handle's pointer mode: host memory in host mode, device memory in device
+ * mode (the other kind faults as it would on a GPU). Read into *alpha and *beta when not NULL. */
 cublasStatus_t
-run_gemm (const Gemm &g)
+check_scalars (const Gemm &g, float *alpha, float *beta)
 {
-  std::lock_guard<std::recursive_mutex> guard (g_lock);
-  if (g.handle == nullptr)
-    return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (sticky_error () != cudaSuccess)
-    return CUBLAS_STATUS_EXECUTION_FAILED;
-  if (!valid_op (g.ta) || !valid_op (g.tb) || g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0) {
-    report ("%s: invalid operation or negative size (m %d, n %d, k %d, batch %d)", g.call, g.m,
-        g.n, g.k, g.batch);
-    return CUBLAS_STATUS_INVALID_VALUE;
-  }
-  const bool na = g.ta == CUBLAS_OP_N, nb = g.tb == CUBLAS_OP_N;
-  const int a_rows = na ? g.m : g.k, a_cols = na ? g.k : g.m;
-  const int b_rows = nb ? g.k : g.n, b_cols = nb ? g.n : g.k;
-  if (g.lda < (a_rows > 1 ? a_rows : 1) || g.ldb < (b_rows > 1 ? b_rows : 1)
-      || g.ldc < (g.m > 1 ? g.m : 1)) {
-    report ("%s: leading dimension too small (lda %d for %d rows, ldb %d for %d rows, ldc %d "
-        "for %d rows)", g.call, g.lda, a_rows, g.ldb, b_rows, g.ldc, g.m);
-    return CUBLAS_STATUS_INVALID_VALUE;
-  }
-  if (g.compute != CUBLAS_COMPUTE_32F && g.compute != CUBLAS_COMPUTE_32F_PEDANTIC) {
-    report ("%s: compute type %d is not emulated (only CUBLAS_COMPUTE_32F[_PEDANTIC])", g.call,
-        (int) g.compute);
-    return CUBLAS_STATUS_NOT_SUPPORTED;
-  }
-  if (type_size (g.at) == 0 || g.at != g.bt || (g.ct != g.at && g.ct != CUDA_R_32F)) {
-    report ("%s: types A %s, B %s, C %s are not a combination cuBLAS supports", g.call,
-        type_name (g.at), type_name (g.bt), type_name (g.ct));
-    return CUBLAS_STATUS_NOT_SUPPORTED;
-  }
-  if (!stream_is_valid (g.handle->stream)) {
-    report ("%s: the handle's stream is not live", g.call);
-    return CUBLAS_STATUS_EXECUTION_FAILED;
-  }
-  g_stats.gemms++;
-  if (g.m == 0 || g.n == 0 || g.batch == 0)
-    return CUBLAS_STATUS_SUCCESS;
-
-  float alpha, beta;
   if (g.handle->pointer_mode == CUBLAS_POINTER_MODE_DEVICE) {
     if (!range_is_device (g.alpha, 4) || !range_is_device (g.beta, 4)) {
       report ("%s: pointer mode is device but alpha or beta is not device memory", g.call);
@@ -183,15 +154,137 @@ run_gemm (const Gemm &g)
   }
   if (g.alpha == nullptr || g.beta == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
-  memcpy (&alpha, g.alpha, 4);
-  memcpy (&beta, g.beta, 4);
+  if (alpha != nullptr)
+    memcpy (alpha, g.alpha, 4);
+  if (beta != nullptr)
+    memcpy (beta, g.beta, 4);
+  return CUBLAS_STATUS_SUCCESS;
+}
 
+/* Every operand range the product touches is device memory (A and B only when read). */
+bool
+check_operands (const Gemm &g, bool reads_ab)
+{
+  const bool na = g.ta == CUBLAS_OP_N, nb = g.tb == CUBLAS_OP_N;
+  return (!reads_ab || (check_operand (g.call, "A", g.a, na ? g.m : g.k, na ? g.k : g.m, g.lda,
+          g.stride_a, g.batch, type_size (g.at)) && check_operand (g.call, "B", g.b,
+          nb ? g.k : g.n, nb ? g.n : g.k, g.ldb, g.stride_b, g.batch, type_size (g.bt))))
+      && check_operand (g.call, "C", g.c, g.m, g.n, g.ldc, g.stride_c, g.batch,
+          type_size (g.ct));
+}
+
+cublasStatus_t run_gemm (const Gemm &g);
+
+/* A failed GEMM invalidates the capture of its stream, if any, without a CUDA error of its own
+ * (cuBLAS reports the status). */
+void
+invalidate_capture (cudaStream_t stream)
+{
+  capture_fail (stream, cudaSuccess);
+}
+
+/* A GEMM captured from a stream: a copy of the call on a handle of its own, which holds the
+ * pointer mode of the call and, at replay, the stream the graph runs on. Host scalars are
+ * copied into the node. */
+struct GemmNode : CUgraphNode_st {
+  Gemm g;
+  cublasContext handle;
+  float alpha, beta;
+
+  GemmNode (const Gemm &g_, float alpha_, float beta_)
+    : CUgraphNode_st (cudaGraphNodeTypeKernel, g_.call), g (g_), handle (*g_.handle),
+      alpha (alpha_), beta (beta_)
+  {
+    g.handle = &handle;
+    if (handle.pointer_mode == CUBLAS_POINTER_MODE_HOST) {
+      g.alpha = &alpha;
+      g.beta = &beta;
+    }
+  }
+
+  cudaError_t
+  replay (cudaStream_t stream) override
+  {
+    handle.stream = stream;
+    if (run_gemm (g) == CUBLAS_STATUS_SUCCESS)
+      return cudaSuccess;
+    /* the checks at capture leave only faults, which are sticky */
+    return sticky_error () != cudaSuccess ? sticky_error () : fail (cudaErrorUnknown);
+  }
+};
+
+cublasStatus_t
+run_gemm (const Gemm &g)
+{
+  std::lock_guard<std::recursive_mutex> guard (g_lock);
+  if (g.handle == nullptr)
+    return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (sticky_error () != cudaSuccess)
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  const cudaStream_t stream = g.handle->stream;
+  /* an error in a GEMM on a capturing stream also invalidates the capture */
+  if (!valid_op (g.ta) || !valid_op (g.tb) || g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0) {
+    report ("%s: invalid operation or negative size (m %d, n %d, k %d, batch %d)", g.call, g.m,
+        g.n, g.k, g.batch);
+    invalidate_capture (stream);
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  const bool na = g.ta == CUBLAS_OP_N, nb = g.tb == CUBLAS_OP_N;
+  const int a_rows = na ? g.m : g.k;
+  const int b_rows = nb ? g.k : g.n;
+  if (g.lda < (a_rows > 1 ? a_rows : 1) || g.ldb < (b_rows > 1 ? b_rows : 1)
+      || g.ldc < (g.m > 1 ? g.m : 1)) {
+    report ("%s: leading dimension too small (lda %d for %d rows, ldb %d for %d rows, ldc %d "
+        "for %d rows)", g.call, g.lda, a_rows, g.ldb, b_rows, g.ldc, g.m);
+    invalidate_capture (stream);
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (g.compute != CUBLAS_COMPUTE_32F && g.compute != CUBLAS_COMPUTE_32F_PEDANTIC) {
+    report ("%s: compute type %d is not emulated (only CUBLAS_COMPUTE_32F[_PEDANTIC])", g.call,
+        (int) g.compute);
+    invalidate_capture (stream);
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+  if (type_size (g.at) == 0 || g.at != g.bt || (g.ct != g.at && g.ct != CUDA_R_32F)) {
+    report ("%s: types A %s, B %s, C %s are not a combination cuBLAS supports", g.call,
+        type_name (g.at), type_name (g.bt), type_name (g.ct));
+    invalidate_capture (stream);
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+  if (!stream_is_valid (stream)) {
+    report ("%s: the handle's stream is not live", g.call);
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
+  bool capturing;
+  if (capture_state (g.call, stream, &capturing) != cudaSuccess)
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  if (capturing) {
+    float alpha = 0.0f, beta = 0.0f;
+    if (g.m != 0 && g.n != 0 && g.batch != 0) {
+      const bool host = g.handle->pointer_mode == CUBLAS_POINTER_MODE_HOST;
+      cublasStatus_t st = check_scalars (g, host ? &alpha : nullptr, host ? &beta : nullptr);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        invalidate_capture (stream);
+        return st;
+      }
+      if (!check_operands (g, host && alpha != 0.0f && g.k > 0)) {
+        capture_fail (stream, fail (cudaErrorIllegalAddress));
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+      }
+    }
+    capture_add (stream, new GemmNode (g, alpha, beta));
+    return CUBLAS_STATUS_SUCCESS;
+  }
+  g_stats.gemms++;
+  if (g.m == 0 || g.n == 0 || g.batch == 0)
+    return CUBLAS_STATUS_SUCCESS;
+
+  float alpha, beta;
+  cublasStatus_t st = check_scalars (g, &alpha, &beta);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return st;
   const bool reads_ab = alpha != 0.0f && g.k > 0;
-  if ((reads_ab && (!check_operand (g.call, "A", g.a, a_rows, a_cols, g.lda, g.stride_a, g.batch,
-          type_size (g.at)) || !check_operand (g.call, "B", g.b, b_rows, b_cols, g.ldb,
-          g.stride_b, g.batch, type_size (g.bt))))
-      || !check_operand (g.call, "C", g.c, g.m, g.n, g.ldc, g.stride_c, g.batch,
-          type_size (g.ct))) {
+  if (!check_operands (g, reads_ab)) {
     fail (cudaErrorIllegalAddress);
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }

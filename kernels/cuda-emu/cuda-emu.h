@@ -13,7 +13,8 @@
  *   - __syncthreads is a barrier over the block's fibers; warp shuffles and votes exchange values
  *     through per-warp slots at a barrier over the lanes of the mask;
  *   - atomics are plain read-modify-write (fibers switch only at barriers).
- * Launch with MOSHI_LAUNCH (kernels/launch.h). */
+ * Launch with MOSHI_LAUNCH (kernels/launch.h): the arguments are converted and checked at the
+ * call; a launch on a capturing stream keeps its own copy of them for the graph to replay. */
 #pragma once
 
 #if defined(__CUDACC__)
@@ -77,13 +78,23 @@ void check_device_range (const void *p, size_t bytes, const char *what, const ch
 [[noreturn]] void kernel_trap (cudaError_t err, const char *fmt, ...)
     __attribute__ ((format (printf, 2, 3)));
 
+/* What launch_raw does with the context of a launch (the kernel and its converted arguments):
+ * run it in the calling fiber (each thread copies the arguments), and, for a launch on a
+ * capturing stream, copy it to the heap for the graph node and free that copy with the node. */
 typedef void (*Thunk) (void *ctx);
+struct LaunchOps {
+  Thunk run;
+  void *(*clone) (const void *ctx);
+  void (*destroy) (void *ctx);
+};
 struct PtrArg {
   const void *ptr;
   int index;
 };
+/* ctx is only borrowed: a captured launch keeps ops->clone (ctx). */
 cudaError_t launch_raw (const char *name, const void *func, dim3 grid, dim3 block,
-    size_t smem, cudaStream_t stream, Thunk thunk, void *ctx, const PtrArg *ptrs, int n_ptrs);
+    size_t smem, cudaStream_t stream, const LaunchOps *ops, void *ctx, const PtrArg *ptrs,
+    int n_ptrs);
 
 template <typename T>
 inline const void *
@@ -112,7 +123,8 @@ collect_pointers (const Tuple &t, PtrArg *out, std::index_sequence<I...>)
 
 /* kernel<<<grid, block, smem, stream>>>(args...): the arguments are converted to the kernel's
  * parameter types once, on the host, and every thread gets its own copy, as on a GPU. Pointer
- * arguments must be NULL or device memory. */
+ * arguments must be NULL or device memory. A captured launch replays with the arguments of the
+ * call (values, not what pointers point to, as on a GPU). */
 template <typename... P, typename... A>
 inline cudaError_t
 launch (const char *name, void (*kernel) (P...), dim3 grid, dim3 block, size_t smem,
@@ -127,12 +139,16 @@ launch (const char *name, void (*kernel) (P...), dim3 grid, dim3 block, size_t s
   Ctx ctx { kernel, Params (std::forward<A> (args)...) };
   PtrArg ptrs[sizeof...(P) + 1] = {};
   int n = collect_pointers (ctx.params, ptrs, std::index_sequence_for<P...> ());
-  Thunk thunk = [] (void *c) {
-    Ctx *x = (Ctx *) c;
-    Params copy = x->params;
-    std::apply (x->kernel, copy);
+  static const LaunchOps ops = {
+    [] (void *c) {
+      Ctx *x = (Ctx *) c;
+      Params copy = x->params;
+      std::apply (x->kernel, copy);
+    },
+    [] (const void *c) -> void * { return new Ctx (*(const Ctx *) c); },
+    [] (void *c) { delete (Ctx *) c; },
   };
-  return launch_raw (name, (const void *) kernel, grid, block, smem, stream, thunk, &ctx, ptrs, n);
+  return launch_raw (name, (const void *) kernel, grid, block, smem, stream, &ops, &ctx, ptrs, n);
 }
 
 template <typename T>

@@ -7,8 +7,27 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <string>
 
 #include "moshi-cuda-emu.h"
+
+/* A node of a graph captured from a stream (cudaGraphNode_t): the work of one call, with
+ * everything it needs copied at capture time. Nodes do not change once captured, so a graph and
+ * the execs instantiated from it share them (a graph destroyed after cudaGraphInstantiate leaves
+ * its execs intact, as in CUDA). */
+struct CUgraphNode_st {
+  CUgraphNode_st (cudaGraphNodeType type, std::string what);
+  virtual ~CUgraphNode_st ();
+  CUgraphNode_st (const CUgraphNode_st &) = delete;
+  CUgraphNode_st &operator= (const CUgraphNode_st &) = delete;
+
+  /* Runs the work on stream (the stream the graph is launched into) through the same path as
+   * an eager call, with its checks; the error is that of the eager call. */
+  virtual cudaError_t replay (cudaStream_t stream) = 0;
+
+  const cudaGraphNodeType type;
+  const std::string what;       /* the call that captured it, for messages */
+};
 
 namespace moshi_emu {
 
@@ -48,6 +67,23 @@ cudaError_t fail (cudaError_t err);
 cudaError_t sticky_error ();
 
 bool stream_is_valid (cudaStream_t stream);
+
+/* Stream capture, for a call that queues work on stream (after checking that the stream is
+ * live): sets *capturing when the stream is capturing, in which case the caller validates the
+ * work as it would eagerly and hands a node to capture_add instead of running it. Fails (and
+ * reports) when the stream's capture was invalidated, and when stream is the legacy default
+ * stream while a blocking stream is capturing (the implicit dependency a GPU refuses). */
+cudaError_t capture_state (const char *call, cudaStream_t stream, bool *capturing);
+/* Appends node (owned from then on) to the capture of stream. */
+void capture_add (cudaStream_t stream, CUgraphNode_st *node);
+/* Work queued on stream failed its checks: invalidates the stream's capture, if any (a GPU
+ * invalidates a capture on any error in it). Returns err. */
+cudaError_t capture_fail (cudaStream_t stream, cudaError_t err);
+
+/* True when [p, p + bytes) lies in one live pinned host allocation (cudaMallocHost,
+ * cudaHostAlloc). */
+bool range_is_pinned (const void *p, size_t bytes);
+
 int max_dynamic_smem (const void *func);
 
 extern MoshiEmuStats g_stats;

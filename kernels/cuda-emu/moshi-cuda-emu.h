@@ -38,6 +38,11 @@ int moshi_emu_is_device_range (const void *ptr, size_t bytes);
 /* Number of live device allocations and their total size in bytes. */
 size_t moshi_emu_live_allocations (size_t *bytes);
 
+/* Number of live pinned host allocations (cudaMallocHost, cudaHostAlloc) and their size. */
+size_t moshi_emu_live_host_allocations (size_t *bytes);
+
+/* Work that ran: a kernel or GEMM captured into a graph counts when the graph runs it (once per
+ * cudaGraphLaunch), not when it is captured. */
 typedef struct {
   uint64_t launches;        /* kernel launches that ran */
   uint64_t blocks;          /* blocks run */
@@ -46,6 +51,8 @@ typedef struct {
   uint64_t warp_syncs;      /* warp-synchronous operations (per lane) */
   uint64_t switches;        /* fiber switches */
   uint64_t gemms;           /* cuBLAS GEMM calls (a batched call counts once) */
+  uint64_t graph_launches;  /* cudaGraphLaunch calls that ran their graph */
+  uint64_t graph_nodes;     /* graph nodes replayed (a failing node counts, the rest do not) */
 } MoshiEmuStats;
 
 void moshi_emu_get_stats (MoshiEmuStats *stats);

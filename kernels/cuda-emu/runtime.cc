@@ -1,42 +1,105 @@
-/* gst-moshi CUDA emulator: the runtime API subset (device memory, copies, streams, events,
- * errors, device queries) on the CPU.
+/* gst-moshi CUDA emulator: the runtime API subset (device memory, pinned host memory, copies,
+ * streams, events, stream capture and graphs, errors, device queries) on the CPU.
  *
  * Device memory is host memory from its own mapping with guard pages, kept in a registry so that
  * every call can tell a device pointer from a host pointer: a copy in the wrong direction, a host
  * pointer where a device pointer belongs, or a range that runs past an allocation fails with the
- * error a GPU gives and a message that says what was wrong. Work is executed synchronously on
- * the calling thread, in stream order; streams and events keep their API and checks. */
+ * error a GPU gives and a message that says what was wrong. Pinned host memory (cudaMallocHost,
+ * cudaHostAlloc) is ordinary heap memory in a registry of its own: it is host memory for copies
+ * and kernels alike (a kernel given a pinned pointer fails as with any host pointer; mapped
+ * pinned memory is not emulated), and it is what a captured copy may use on its host side.
+ * Work is executed synchronously on the calling thread, in stream order; streams and events keep
+ * their API and checks.
+ *
+ * Stream capture records instead of running: while a stream is capturing, the copies, memsets,
+ * kernel launches (scheduler.cc) and cuBLAS GEMMs (cublas.cc) queued on it are checked as they
+ * would be eagerly and become the nodes of a graph, in call order; cudaGraphLaunch runs them
+ * synchronously on the stream it is given, through the same code and checks as eager calls, and
+ * stops at the first node that fails. The rules of CUDA's capture are enforced, each with a
+ * message: a captured copy's host side must be pinned (it is read or written when the graph
+ * runs, not at capture); synchronizing or querying a capturing stream, cudaDeviceSynchronize,
+ * and the potentially unsafe calls (cudaMalloc, cudaFree, cudaMallocHost/HostAlloc/FreeHost,
+ * synchronous cudaMemcpy/cudaMemset) under the capture modes that forbid them fail with
+ * cudaErrorStreamCaptureUnsupported; the legacy default stream cannot be used while a blocking
+ * stream is capturing; an error in captured work invalidates the capture, and
+ * cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated and no graph. A plain
+ * cudaEventRecord in a capture adds no node (as on a GPU): the event then orders work within the
+ * capture only, and host waits on it fail with cudaErrorCapturedEvent until it is recorded
+ * outside a capture; cudaEventRecordWithFlags (cudaEventRecordExternal) adds a node that records
+ * it when the graph runs. Not emulated: captures that span several streams (an event recorded in
+ * one capture waited on by another stream), graphs launched into a capture, graph editing. */
 #include "emu-internal.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <sys/mman.h>
+#include <thread>
 #include <unistd.h>
+#include <vector>
+
+namespace moshi_emu {
+struct Capture;
+}
 
 struct CUstream_st {
   unsigned flags;
   int priority;
+  moshi_emu::Capture *capture;  /* the capture in progress on the stream, or NULL */
 };
 
 struct CUevent_st {
   unsigned flags;
   bool recorded;
   std::chrono::steady_clock::time_point when;
+  unsigned long long capture_id;        /* last recorded in this capture; 0: outside captures */
+};
+
+struct CUgraph_st {
+  std::vector<std::shared_ptr<CUgraphNode_st>> nodes;   /* in capture (= execution) order */
+};
+
+struct CUgraphExec_st {
+  std::vector<std::shared_ptr<CUgraphNode_st>> nodes;
+  unsigned long long flags;
 };
 
 namespace moshi_emu {
+
+struct Capture {
+  unsigned long long id;
+  cudaStreamCaptureMode mode;
+  std::thread::id thread;       /* the thread that began it */
+  bool invalidated;
+  std::string why;              /* the diagnostic that invalidated it */
+  CUgraph_st graph;
+};
+
+/* A pinned host allocation. */
+struct Pinned {
+  size_t size;
+  unsigned flags;
+};
 
 std::recursive_mutex g_lock;
 MoshiEmuStats g_stats;
 
 static std::map<uintptr_t, Alloc> allocs;        /* by user pointer */
+static std::map<uintptr_t, Pinned> pinned;       /* by pointer */
 static std::set<cudaStream_t> streams;
 static std::set<cudaEvent_t> events;
+static std::set<cudaGraph_t> graphs;
+static std::set<cudaGraphExec_t> graph_execs;
+static std::set<const CUgraphNode_st *> graph_nodes;     /* live nodes, for handle checks */
+static unsigned n_captures;                              /* streams with a capture */
+static unsigned long long last_capture_id;
+static thread_local cudaStreamCaptureMode thread_capture_mode = cudaStreamCaptureModeGlobal;
 static std::map<const void *, int> func_smem;
 static cudaError_t sticky = cudaSuccess;
 static thread_local cudaError_t last_error = cudaSuccess;
@@ -153,6 +216,27 @@ range_is_device (const void *p, size_t bytes)
   return (size_t) ((const char *) p - a->ptr) + bytes <= a->size;
 }
 
+/* The pinned allocation that contains p, or pinned.end (). */
+static std::map<uintptr_t, Pinned>::const_iterator
+find_pinned (const void *p)
+{
+  uintptr_t a = (uintptr_t) p;
+  auto it = pinned.upper_bound (a);
+  if (it == pinned.begin ())
+    return pinned.end ();
+  --it;
+  if (a < it->first + it->second.size)
+    return it;
+  return pinned.end ();
+}
+
+bool
+range_is_pinned (const void *p, size_t bytes)
+{
+  auto it = find_pinned (p);
+  return it != pinned.end () && (uintptr_t) p - it->first + bytes <= it->second.size;
+}
+
 bool
 check_canaries (const Alloc *a, char *msg, size_t len)
 {
@@ -235,6 +319,10 @@ describe (const void *p)
   } else if ((a = find_alloc_near (p)) != nullptr) {
     snprintf (buf, sizeof buf, "pointer %p outside device allocation %p (%zu bytes)", p,
         (void *) a->ptr, a->size);
+  } else if (find_pinned (p) != pinned.end ()) {
+    auto it = find_pinned (p);
+    snprintf (buf, sizeof buf, "pinned host pointer %p (offset %zu in a %zu-byte pinned "
+        "allocation)", p, (size_t) ((uintptr_t) p - it->first), it->second.size);
   } else {
     snprintf (buf, sizeof buf, "host pointer %p", p);
   }
@@ -270,7 +358,29 @@ check_side (const char *call, const char *what, const void *p, size_t bytes, boo
         describe (p).c_str ());
     return false;
   }
+  /* the rest of a pageable range is the host's business; a pinned one has a known end */
+  auto it = find_pinned (p);
+  if (it != pinned.end () && (uintptr_t) p - it->first + bytes > it->second.size) {
+    size_t off = (size_t) ((uintptr_t) p - it->first);
+    report ("%s: %s range of %zu bytes at offset %zu runs %zu bytes past the end of its "
+        "%zu-byte pinned host allocation", call, what, bytes, off,
+        off + bytes - it->second.size, it->second.size);
+    return false;
+  }
   return true;
+}
+
+/* A captured copy reads or writes its host side when the graph runs, so the host side must
+ * stay valid and unmoved: CUDA only captures copies from and to pinned memory. */
+static bool
+check_pinned (const char *call, const char *what, const void *p, size_t bytes)
+{
+  if (bytes == 0 || range_is_pinned (p, bytes))
+    return true;
+  report ("%s: %s is pageable host memory (%p): pageable host memory cannot be captured (a "
+      "graph copies host memory when it runs, not at capture); allocate the host buffer with "
+      "cudaMallocHost or cudaHostAlloc", call, what, p);
+  return false;
 }
 
 int
@@ -288,9 +398,185 @@ stream_is_valid (cudaStream_t stream)
   return streams.count (stream) != 0;
 }
 
+/* ------------------------------------------------------------------ capture rules */
+
+static bool
+is_legacy (cudaStream_t stream)
+{
+  return stream == nullptr || stream == cudaStreamLegacy;
+}
+
+/* The capture on a live stream, or NULL (the default streams never capture). */
+static Capture *
+capture_of (cudaStream_t stream)
+{
+  if (is_legacy (stream) || stream == cudaStreamPerThread || streams.count (stream) == 0)
+    return nullptr;
+  return stream->capture;
+}
+
+/* The stream whose capture has this id, or NULL when that capture has ended. */
+static cudaStream_t
+capture_stream (unsigned long long id)
+{
+  if (id == 0 || n_captures == 0)
+    return nullptr;
+  for (cudaStream_t s : streams)
+    if (s->capture != nullptr && s->capture->id == id)
+      return s;
+  return nullptr;
+}
+
+static const char *
+mode_name (cudaStreamCaptureMode mode)
+{
+  switch (mode) {
+    case cudaStreamCaptureModeGlobal: return "cudaStreamCaptureModeGlobal";
+    case cudaStreamCaptureModeThreadLocal: return "cudaStreamCaptureModeThreadLocal";
+    case cudaStreamCaptureModeRelaxed: return "cudaStreamCaptureModeRelaxed";
+  }
+  return "?";
+}
+
+/* Call after report (): the capture keeps the diagnostic for cudaStreamEndCapture. */
+static void
+invalidate (Capture *c)
+{
+  if (c->invalidated)
+    return;
+  c->invalidated = true;
+  c->why = last_message;
+}
+
+/* Work on (or a wait for) the legacy default stream waits for every blocking stream, which a
+ * capture cannot express: a GPU refuses it while a blocking stream is capturing. */
+static cudaError_t
+legacy_check (const char *call, bool invalidates)
+{
+  if (n_captures == 0)
+    return cudaSuccess;
+  cudaStream_t blocking = nullptr;
+  for (cudaStream_t s : streams)
+    if (s->capture != nullptr && !(s->flags & cudaStreamNonBlocking) && blocking == nullptr)
+      blocking = s;
+  if (blocking == nullptr)
+    return cudaSuccess;
+  report ("%s: the legacy default stream is used while blocking stream %p is capturing (an "
+      "implicit dependency on the capture; capture on a stream created with "
+      "cudaStreamNonBlocking, or use another stream)", call, (void *) blocking);
+  if (invalidates)
+    for (cudaStream_t s : streams)
+      if (s->capture != nullptr && !(s->flags & cudaStreamNonBlocking))
+        invalidate (s->capture);
+  return fail (cudaErrorStreamCaptureImplicit);
+}
+
+/* The potentially unsafe calls (allocation, freeing, synchronous copies): forbidden to a thread
+ * whose capture mode is not relaxed while it has a capture that is not relaxed, or, in global
+ * mode, while another thread has a global capture. The captures concerned are invalidated. */
+static cudaError_t
+unsafe_check (const char *call)
+{
+  if (n_captures == 0 || thread_capture_mode == cudaStreamCaptureModeRelaxed)
+    return cudaSuccess;
+  std::thread::id self = std::this_thread::get_id ();
+  auto forbids = [&] (const Capture *c) {
+    if (c == nullptr)
+      return false;
+    if (c->thread == self)
+      return c->mode != cudaStreamCaptureModeRelaxed;
+    return c->mode == cudaStreamCaptureModeGlobal
+        && thread_capture_mode == cudaStreamCaptureModeGlobal;
+  };
+  cudaStream_t culprit = nullptr;
+  for (cudaStream_t s : streams)
+    if (forbids (s->capture) && culprit == nullptr)
+      culprit = s;
+  if (culprit == nullptr)
+    return cudaSuccess;
+  report ("%s: not permitted while stream %p is capturing in %s (a potentially unsafe call "
+      "during stream capture: make it before cudaStreamBeginCapture, or capture in "
+      "cudaStreamCaptureModeRelaxed)", call, (void *) culprit,
+      mode_name (culprit->capture->mode));
+  for (cudaStream_t s : streams)
+    if (forbids (s->capture))
+      invalidate (s->capture);
+  return fail (cudaErrorStreamCaptureUnsupported);
+}
+
+cudaError_t
+capture_state (const char *call, cudaStream_t stream, bool *capturing)
+{
+  *capturing = false;
+  if (n_captures == 0)
+    return cudaSuccess;
+  if (is_legacy (stream))
+    return legacy_check (call, true);
+  Capture *c = capture_of (stream);
+  if (c == nullptr)
+    return cudaSuccess;
+  if (c->invalidated) {
+    report ("%s: the capture on stream %p was invalidated by an earlier error (%s); end it with "
+        "cudaStreamEndCapture", call, (void *) stream, c->why.c_str ());
+    return fail (cudaErrorStreamCaptureInvalidated);
+  }
+  *capturing = true;
+  return cudaSuccess;
+}
+
+void
+capture_add (cudaStream_t stream, CUgraphNode_st *node)
+{
+  capture_of (stream)->graph.nodes.emplace_back (node);
+}
+
+cudaError_t
+capture_fail (cudaStream_t stream, cudaError_t err)
+{
+  if (Capture *c = capture_of (stream))
+    invalidate (c);
+  return err;
+}
+
+/* A stream cannot be synchronized or queried while it is capturing: its work has not run. */
+static cudaError_t
+sync_check (const char *call, cudaStream_t stream)
+{
+  if (n_captures == 0)
+    return cudaSuccess;
+  if (is_legacy (stream))
+    return legacy_check (call, true);
+  Capture *c = capture_of (stream);
+  if (c == nullptr)
+    return cudaSuccess;
+  report ("%s: stream %p is capturing (its work runs when the graph is launched; synchronize "
+      "after cudaStreamEndCapture and cudaGraphLaunch)", call, (void *) stream);
+  invalidate (c);
+  return fail (cudaErrorStreamCaptureUnsupported);
+}
+
+static void
+end_capture (cudaStream_t stream)
+{
+  delete stream->capture;
+  stream->capture = nullptr;
+  n_captures--;
+}
+
 }  // namespace moshi_emu
 
 using namespace moshi_emu;
+
+CUgraphNode_st::CUgraphNode_st (cudaGraphNodeType type_, std::string what_)
+  : type (type_), what (std::move (what_))
+{
+  graph_nodes.insert (this);
+}
+
+CUgraphNode_st::~CUgraphNode_st ()
+{
+  graph_nodes.erase (this);
+}
 
 #define ENTER() \
   std::lock_guard<std::recursive_mutex> guard_ (g_lock); \
@@ -339,6 +625,24 @@ static const struct {
   { cudaErrorIllegalInstruction, "cudaErrorIllegalInstruction", "an illegal instruction was encountered" },
   { cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure" },
   { cudaErrorNotSupported, "cudaErrorNotSupported", "operation not supported" },
+  { cudaErrorIllegalState, "cudaErrorIllegalState", "the resource is not in a valid state to "
+    "perform the requested operation" },
+  { cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+    "operation not permitted when stream is capturing" },
+  { cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated",
+    "operation failed due to a previous error during capture" },
+  { cudaErrorStreamCaptureMerge, "cudaErrorStreamCaptureMerge",
+    "operation would result in a merge of separate capture sequences" },
+  { cudaErrorStreamCaptureUnmatched, "cudaErrorStreamCaptureUnmatched",
+    "capture was not ended in the same stream as it began" },
+  { cudaErrorStreamCaptureIsolation, "cudaErrorStreamCaptureIsolation",
+    "dependency created on uncaptured work in another stream" },
+  { cudaErrorStreamCaptureImplicit, "cudaErrorStreamCaptureImplicit",
+    "operation would make the legacy stream depend on a capturing blocking stream" },
+  { cudaErrorCapturedEvent, "cudaErrorCapturedEvent",
+    "operation not permitted on an event last recorded in a capturing stream" },
+  { cudaErrorStreamCaptureWrongThread, "cudaErrorStreamCaptureWrongThread",
+    "attempt to terminate a thread-local capture sequence from another thread" },
 };
 
 const char *
@@ -459,9 +763,23 @@ cudaError_t
 cudaDeviceSynchronize (void)
 {
   ENTER ();
+  if (n_captures > 0) {
+    cudaStream_t first = nullptr;
+    for (cudaStream_t s : streams)
+      if (s->capture != nullptr && first == nullptr)
+        first = s;
+    report ("cudaDeviceSynchronize: not permitted while stream %p is capturing (captured work "
+        "runs when its graph is launched)", (void *) first);
+    for (cudaStream_t s : streams)
+      if (s->capture != nullptr)
+        invalidate (s->capture);
+    return fail (cudaErrorStreamCaptureUnsupported);
+  }
   return cudaSuccess;
 }
 
+/* Everything a context owns goes with it: device and pinned memory, streams (and their
+ * captures), events, graphs and their execs. */
 cudaError_t
 cudaDeviceReset (void)
 {
@@ -470,9 +788,21 @@ cudaDeviceReset (void)
     munmap (allocs.begin ()->second.map, allocs.begin ()->second.map_len);
     allocs.erase (allocs.begin ());
   }
-  for (cudaStream_t s : streams)
+  for (const auto &p : pinned)
+    free ((void *) p.first);
+  pinned.clear ();
+  for (cudaGraphExec_t e : graph_execs)
+    delete e;
+  graph_execs.clear ();
+  for (cudaGraph_t g : graphs)
+    delete g;
+  graphs.clear ();
+  for (cudaStream_t s : streams) {
+    delete s->capture;
     delete s;
+  }
   streams.clear ();
+  n_captures = 0;
   for (cudaEvent_t e : events)
     delete e;
   events.clear ();
@@ -509,6 +839,8 @@ cudaError_t
 cudaMalloc (void **ptr, size_t size)
 {
   ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaMalloc"))
+    return err;
   if (ptr == nullptr)
     return fail (cudaErrorInvalidValue);
   *ptr = nullptr;
@@ -530,6 +862,8 @@ cudaError_t
 cudaFree (void *ptr)
 {
   ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaFree"))
+    return err;
   if (ptr == nullptr)
     return cudaSuccess;
   auto it = allocs.find ((uintptr_t) ptr);
@@ -540,6 +874,82 @@ cudaFree (void *ptr)
   }
   release (it);
   return sticky != cudaSuccess ? sticky : cudaSuccess;
+}
+
+/* Pinned host memory is heap memory (so AddressSanitizer sees host-side overruns), page
+ * aligned like the driver's, and reads as NaN bytes until written, as fresh device memory does. */
+static cudaError_t
+host_alloc (const char *call, void **ptr, size_t size, unsigned flags)
+{
+  if (cudaError_t err = unsafe_check (call))
+    return err;
+  if (ptr == nullptr)
+    return fail (cudaErrorInvalidValue);
+  *ptr = nullptr;
+  if (flags & ~(unsigned) (cudaHostAllocPortable | cudaHostAllocMapped
+      | cudaHostAllocWriteCombined)) {
+    report ("%s: unknown flags 0x%x", call, flags);
+    return fail (cudaErrorInvalidValue);
+  }
+  if (size == 0)
+    return cudaSuccess;
+  void *p = nullptr;
+  if (posix_memalign (&p, page_size (), size) != 0) {
+    report ("%s: cannot allocate %zu bytes of pinned host memory", call, size);
+    return fail (cudaErrorMemoryAllocation);
+  }
+  memset (p, POISON, size);
+  pinned[(uintptr_t) p] = Pinned { size, flags };
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaHostAlloc (void **ptr, size_t size, unsigned int flags)
+{
+  ENTER ();
+  return host_alloc ("cudaHostAlloc", ptr, size, flags);
+}
+
+cudaError_t
+cudaMallocHost (void **ptr, size_t size)
+{
+  ENTER ();
+  return host_alloc ("cudaMallocHost", ptr, size, cudaHostAllocDefault);
+}
+
+cudaError_t
+cudaFreeHost (void *ptr)
+{
+  ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaFreeHost"))
+    return err;
+  if (ptr == nullptr)
+    return cudaSuccess;
+  auto it = pinned.find ((uintptr_t) ptr);
+  if (it == pinned.end ()) {
+    report ("cudaFreeHost: %s is not the start of a live pinned host allocation (from "
+        "cudaMallocHost or cudaHostAlloc)", describe (ptr).c_str ());
+    return fail (cudaErrorInvalidValue);
+  }
+  pinned.erase (it);
+  free (ptr);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaHostGetFlags (unsigned int *flags, void *ptr)
+{
+  ENTER ();
+  if (flags == nullptr)
+    return fail (cudaErrorInvalidValue);
+  auto it = find_pinned (ptr);
+  if (ptr == nullptr || it == pinned.end ()) {
+    report ("cudaHostGetFlags: %s is not pinned host memory", describe (ptr).c_str ());
+    return fail (cudaErrorInvalidValue);
+  }
+  *flags = it->second.flags;
+  return cudaSuccess;
 }
 
 cudaError_t
@@ -567,6 +977,10 @@ cudaPointerGetAttributes (struct cudaPointerAttributes *attr, const void *ptr)
     attr->type = cudaMemoryTypeDevice;
     attr->device = 0;
     attr->devicePointer = (void *) ptr;
+  } else if (ptr != nullptr && find_pinned (ptr) != pinned.end ()) {
+    attr->type = cudaMemoryTypeHost;
+    attr->device = 0;
+    attr->hostPointer = (void *) ptr;
   } else {
     attr->type = cudaMemoryTypeUnregistered;
     attr->device = -2;
@@ -588,7 +1002,132 @@ kind_name (cudaMemcpyKind kind)
   return "?";
 }
 
-/* Validates a copy of height rows of width bytes (pitches dpitch/spitch) and runs it. */
+/* Which sides of a copy of kind are device memory; false for an invalid kind. */
+static bool
+copy_sides (cudaMemcpyKind kind, const void *dst, const void *src, bool *dst_dev, bool *src_dev)
+{
+  switch (kind) {
+    case cudaMemcpyHostToHost: *dst_dev = false; *src_dev = false; return true;
+    case cudaMemcpyHostToDevice: *dst_dev = true; *src_dev = false; return true;
+    case cudaMemcpyDeviceToHost: *dst_dev = false; *src_dev = true; return true;
+    case cudaMemcpyDeviceToDevice: *dst_dev = true; *src_dev = true; return true;
+    case cudaMemcpyDefault:
+      *dst_dev = dst != nullptr && find_alloc (dst) != nullptr;
+      *src_dev = src != nullptr && find_alloc (src) != nullptr;
+      return true;
+  }
+  return false;
+}
+
+static cudaError_t copy_2d (const char *call, void *dst, size_t dpitch, const void *src,
+    size_t spitch, size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t stream);
+
+namespace {
+
+struct CopyNode : CUgraphNode_st {
+  const char *call;
+  void *dst;
+  size_t dpitch;
+  const void *src;
+  size_t spitch, width, height;
+  cudaMemcpyKind kind;
+
+  CopyNode (const char *call_, void *dst_, size_t dpitch_, const void *src_, size_t spitch_,
+      size_t width_, size_t height_, cudaMemcpyKind kind_)
+    : CUgraphNode_st (cudaGraphNodeTypeMemcpy, call_), call (call_), dst (dst_),
+      dpitch (dpitch_), src (src_), spitch (spitch_), width (width_), height (height_),
+      kind (kind_)
+  {
+  }
+
+  cudaError_t
+  replay (cudaStream_t stream) override
+  {
+    /* the host side was pinned at capture; freeing it since is a use after free */
+    bool dst_dev, src_dev;
+    size_t dspan = (height - 1) * dpitch + width, sspan = (height - 1) * spitch + width;
+    if (copy_sides (kind, dst, src, &dst_dev, &src_dev)
+        && ((!dst_dev && !range_is_pinned (dst, dspan))
+            || (!src_dev && !range_is_pinned (src, sspan)))) {
+      report ("%s (in a graph): its host %s %p is no longer pinned host memory (freed with "
+          "cudaFreeHost since the capture?)", call,
+          !dst_dev && !range_is_pinned (dst, dspan) ? "destination" : "source",
+          !dst_dev && !range_is_pinned (dst, dspan) ? dst : src);
+      return fail (cudaErrorIllegalAddress);
+    }
+    return copy_2d (call, dst, dpitch, src, spitch, width, height, kind, stream);
+  }
+};
+
+struct MemsetNode : CUgraphNode_st {
+  const char *call;
+  void *ptr;
+  int value;
+  size_t count;
+
+  MemsetNode (const char *call_, void *ptr_, int value_, size_t count_)
+    : CUgraphNode_st (cudaGraphNodeTypeMemset, call_), call (call_), ptr (ptr_),
+      value (value_), count (count_)
+  {
+  }
+
+  cudaError_t replay (cudaStream_t stream) override;
+};
+
+/* An event a graph node uses must outlive the graph's replays. */
+static bool
+event_alive_at_replay (cudaEvent_t event, const char *call)
+{
+  if (events.count (event) != 0)
+    return true;
+  report ("%s (in a graph): event %p was destroyed after the capture", call, (void *) event);
+  return false;
+}
+
+/* cudaEventRecordWithFlags (cudaEventRecordExternal) in a capture: records at replay. */
+struct EventRecordNode : CUgraphNode_st {
+  cudaEvent_t event;
+
+  explicit EventRecordNode (cudaEvent_t event_)
+    : CUgraphNode_st (cudaGraphNodeTypeEventRecord, "cudaEventRecordWithFlags"), event (event_)
+  {
+  }
+
+  cudaError_t
+  replay (cudaStream_t) override
+  {
+    if (!event_alive_at_replay (event, "cudaEventRecordWithFlags"))
+      return fail (cudaErrorInvalidResourceHandle);
+    event->recorded = true;
+    event->when = std::chrono::steady_clock::now ();
+    event->capture_id = 0;
+    return cudaSuccess;
+  }
+};
+
+/* cudaStreamWaitEvent (cudaEventWaitExternal) in a capture: work runs in order, so there is
+ * nothing to wait for beyond the event being alive. */
+struct EventWaitNode : CUgraphNode_st {
+  cudaEvent_t event;
+
+  explicit EventWaitNode (cudaEvent_t event_)
+    : CUgraphNode_st (cudaGraphNodeTypeWaitEvent, "cudaStreamWaitEvent"), event (event_)
+  {
+  }
+
+  cudaError_t
+  replay (cudaStream_t) override
+  {
+    if (!event_alive_at_replay (event, "cudaStreamWaitEvent"))
+      return fail (cudaErrorInvalidResourceHandle);
+    return cudaSuccess;
+  }
+};
+
+}  // namespace
+
+/* Validates a copy of height rows of width bytes (pitches dpitch/spitch) and runs it, or
+ * captures it when the stream is capturing. */
 static cudaError_t
 copy_2d (const char *call, void *dst, size_t dpitch, const void *src, size_t spitch,
     size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t stream)
@@ -597,42 +1136,46 @@ copy_2d (const char *call, void *dst, size_t dpitch, const void *src, size_t spi
     report ("%s: stream %p is not a live stream", call, (void *) stream);
     return fail (cudaErrorInvalidResourceHandle);
   }
+  bool capturing;
+  if (cudaError_t err = capture_state (call, stream, &capturing))
+    return err;
   if (width == 0 || height == 0)
     return cudaSuccess;
   if (dpitch < width || spitch < width) {
     report ("%s: pitch smaller than the width (%zu, %zu < %zu)", call, dpitch, spitch, width);
-    return fail (cudaErrorInvalidValue);
+    return capture_fail (stream, fail (cudaErrorInvalidValue));
   }
   size_t dspan = (height - 1) * dpitch + width, sspan = (height - 1) * spitch + width;
   bool dst_dev, src_dev;
-  switch (kind) {
-    case cudaMemcpyHostToHost: dst_dev = false; src_dev = false; break;
-    case cudaMemcpyHostToDevice: dst_dev = true; src_dev = false; break;
-    case cudaMemcpyDeviceToHost: dst_dev = false; src_dev = true; break;
-    case cudaMemcpyDeviceToDevice: dst_dev = true; src_dev = true; break;
-    case cudaMemcpyDefault:
-      dst_dev = dst != nullptr && find_alloc (dst) != nullptr;
-      src_dev = src != nullptr && find_alloc (src) != nullptr;
-      break;
-    default:
-      report ("%s: invalid cudaMemcpyKind %d", call, (int) kind);
-      return fail (cudaErrorInvalidMemcpyDirection);
+  if (!copy_sides (kind, dst, src, &dst_dev, &src_dev)) {
+    report ("%s: invalid cudaMemcpyKind %d", call, (int) kind);
+    return capture_fail (stream, fail (cudaErrorInvalidMemcpyDirection));
   }
-  std::string what = std::string ("destination of ") + kind_name (kind);
-  if (!check_side (call, what.c_str (), dst, dspan, dst_dev))
-    return fail (cudaErrorInvalidValue);
-  what = std::string ("source of ") + kind_name (kind);
-  if (!check_side (call, what.c_str (), src, sspan, src_dev))
-    return fail (cudaErrorInvalidValue);
+  std::string dst_what = std::string ("destination of ") + kind_name (kind);
+  std::string src_what = std::string ("source of ") + kind_name (kind);
+  if (!check_side (call, dst_what.c_str (), dst, dspan, dst_dev)
+      || !check_side (call, src_what.c_str (), src, sspan, src_dev))
+    return capture_fail (stream, fail (cudaErrorInvalidValue));
+  if (capturing) {
+    if ((!dst_dev && !check_pinned (call, dst_what.c_str (), dst, dspan))
+        || (!src_dev && !check_pinned (call, src_what.c_str (), src, sspan)))
+      return capture_fail (stream, fail (cudaErrorStreamCaptureUnsupported));
+    capture_add (stream, new CopyNode (call, dst, dpitch, src, spitch, width, height, kind));
+    return cudaSuccess;
+  }
   for (size_t r = 0; r < height; r++)
     memmove ((char *) dst + r * dpitch, (const char *) src + r * spitch, width);
   return cudaSuccess;
 }
 
+/* The synchronous copies and memsets are potentially unsafe during a capture (and use the
+ * legacy default stream). */
 cudaError_t
 cudaMemcpy (void *dst, const void *src, size_t count, enum cudaMemcpyKind kind)
 {
   ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaMemcpy"))
+    return err;
   return copy_2d ("cudaMemcpy", dst, count, src, count, count, 1, kind, nullptr);
 }
 
@@ -649,6 +1192,8 @@ cudaMemcpy2D (void *dst, size_t dpitch, const void *src, size_t spitch, size_t w
     size_t height, enum cudaMemcpyKind kind)
 {
   ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaMemcpy2D"))
+    return err;
   return copy_2d ("cudaMemcpy2D", dst, dpitch, src, spitch, width, height, kind, nullptr);
 }
 
@@ -667,16 +1212,32 @@ memset_impl (const char *call, void *ptr, int value, size_t count, cudaStream_t 
     report ("%s: stream %p is not a live stream", call, (void *) stream);
     return fail (cudaErrorInvalidResourceHandle);
   }
+  bool capturing;
+  if (cudaError_t err = capture_state (call, stream, &capturing))
+    return err;
   if (!check_side (call, "destination", ptr, count, true))
-    return fail (cudaErrorInvalidValue);
+    return capture_fail (stream, fail (cudaErrorInvalidValue));
+  if (capturing) {
+    if (count > 0)
+      capture_add (stream, new MemsetNode (call, ptr, value, count));
+    return cudaSuccess;
+  }
   memset (ptr, value, count);
   return cudaSuccess;
+}
+
+cudaError_t
+MemsetNode::replay (cudaStream_t stream)
+{
+  return memset_impl (call, ptr, value, count, stream);
 }
 
 cudaError_t
 cudaMemset (void *ptr, int value, size_t count)
 {
   ENTER ();
+  if (cudaError_t err = unsafe_check ("cudaMemset"))
+    return err;
   return memset_impl ("cudaMemset", ptr, value, count, nullptr);
 }
 
@@ -695,9 +1256,10 @@ cudaStreamCreateWithPriority (cudaStream_t *stream, unsigned int flags, int prio
   ENTER ();
   if (stream == nullptr)
     return fail (cudaErrorInvalidValue);
-  cudaStream_t s = new CUstream_st;
+  cudaStream_t s = new CUstream_st ();
   s->flags = flags;
   s->priority = priority;
+  s->capture = nullptr;
   streams.insert (s);
   *stream = s;
   return cudaSuccess;
@@ -719,29 +1281,43 @@ cudaError_t
 cudaStreamDestroy (cudaStream_t stream)
 {
   ENTER ();
-  if (stream == nullptr || streams.erase (stream) == 0) {
+  if (stream == nullptr || streams.count (stream) == 0) {
     report ("cudaStreamDestroy: %p is not a live stream", (void *) stream);
     return fail (cudaErrorInvalidResourceHandle);
   }
+  if (stream->capture != nullptr) {
+    /* the capture has nowhere to end: it is dropped with its nodes */
+    report ("cudaStreamDestroy: stream %p was capturing; the capture is invalidated and "
+        "dropped (end a capture with cudaStreamEndCapture first)", (void *) stream);
+    end_capture (stream);
+  }
+  streams.erase (stream);
   delete stream;
   return cudaSuccess;
+}
+
+static cudaError_t
+stream_sync (const char *call, cudaStream_t stream)
+{
+  if (!stream_is_valid (stream)) {
+    report ("%s: %p is not a live stream", call, (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  return sync_check (call, stream);
 }
 
 cudaError_t
 cudaStreamSynchronize (cudaStream_t stream)
 {
   ENTER ();
-  if (!stream_is_valid (stream)) {
-    report ("cudaStreamSynchronize: %p is not a live stream", (void *) stream);
-    return fail (cudaErrorInvalidResourceHandle);
-  }
-  return cudaSuccess;
+  return stream_sync ("cudaStreamSynchronize", stream);
 }
 
 cudaError_t
 cudaStreamQuery (cudaStream_t stream)
 {
-  return cudaStreamSynchronize (stream);
+  ENTER ();
+  return stream_sync ("cudaStreamQuery", stream);
 }
 
 cudaError_t
@@ -752,6 +1328,35 @@ cudaStreamWaitEvent (cudaStream_t stream, cudaEvent_t event, unsigned int flags)
     report ("cudaStreamWaitEvent: stream %p or event %p is not live", (void *) stream,
         (void *) event);
     return fail (cudaErrorInvalidResourceHandle);
+  }
+  bool capturing;
+  if (cudaError_t err = capture_state ("cudaStreamWaitEvent", stream, &capturing))
+    return err;
+  if (capturing) {
+    const Capture *c = capture_of (stream);
+    if (event->capture_id == c->id)
+      return cudaSuccess;       /* recorded earlier in this capture: already in order */
+    if (flags & cudaEventWaitExternal) {
+      capture_add (stream, new EventWaitNode (event));
+      return cudaSuccess;
+    }
+    if (cudaStream_t other = capture_stream (event->capture_id)) {
+      report ("cudaStreamWaitEvent: capturing stream %p waits for event %p recorded in the "
+          "capture on stream %p (the two captures would merge)", (void *) stream,
+          (void *) event, (void *) other);
+      return capture_fail (stream, fail (cudaErrorStreamCaptureMerge));
+    }
+    report ("cudaStreamWaitEvent: capturing stream %p waits for event %p, which was not "
+        "recorded in its capture (a dependency on uncaptured work; pass cudaEventWaitExternal "
+        "to wait for it when the graph runs)", (void *) stream, (void *) event);
+    return capture_fail (stream, fail (cudaErrorStreamCaptureIsolation));
+  }
+  if (cudaStream_t owner = capture_stream (event->capture_id)) {
+    report ("cudaStreamWaitEvent: stream %p would join the capture on stream %p through event "
+        "%p (captures that span several streams are not emulated)", (void *) stream,
+        (void *) owner, (void *) event);
+    invalidate (owner->capture);
+    return fail (cudaErrorStreamCaptureUnsupported);
   }
   return cudaSuccess;
 }
@@ -764,9 +1369,10 @@ cudaEventCreateWithFlags (cudaEvent_t *event, unsigned int flags)
   ENTER ();
   if (event == nullptr)
     return fail (cudaErrorInvalidValue);
-  cudaEvent_t e = new CUevent_st;
+  cudaEvent_t e = new CUevent_st ();
   e->flags = flags;
   e->recorded = false;
+  e->capture_id = 0;
   events.insert (e);
   *event = e;
   return cudaSuccess;
@@ -790,35 +1396,82 @@ cudaEventDestroy (cudaEvent_t event)
   return cudaSuccess;
 }
 
+static cudaError_t
+event_record (const char *call, cudaEvent_t event, cudaStream_t stream, unsigned flags)
+{
+  if (events.count (event) == 0 || !stream_is_valid (stream)) {
+    report ("%s: event %p or stream %p is not live", call, (void *) event, (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  if (flags & ~(unsigned) cudaEventRecordExternal) {
+    report ("%s: unknown flags 0x%x", call, flags);
+    return fail (cudaErrorInvalidValue);
+  }
+  bool capturing;
+  if (cudaError_t err = capture_state (call, stream, &capturing))
+    return err;
+  if (capturing) {
+    /* a plain record only marks a point of the capture (for waits within it); an external
+     * one is a node that records the event whenever the graph runs */
+    if (flags & cudaEventRecordExternal)
+      capture_add (stream, new EventRecordNode (event));
+    event->capture_id = capture_of (stream)->id;
+    return cudaSuccess;
+  }
+  event->recorded = true;
+  event->when = std::chrono::steady_clock::now ();
+  event->capture_id = 0;
+  return cudaSuccess;
+}
+
 cudaError_t
 cudaEventRecord (cudaEvent_t event, cudaStream_t stream)
 {
   ENTER ();
-  if (events.count (event) == 0 || !stream_is_valid (stream)) {
-    report ("cudaEventRecord: event %p or stream %p is not live", (void *) event,
-        (void *) stream);
+  return event_record ("cudaEventRecord", event, stream, 0);
+}
+
+cudaError_t
+cudaEventRecordWithFlags (cudaEvent_t event, cudaStream_t stream, unsigned int flags)
+{
+  ENTER ();
+  return event_record ("cudaEventRecordWithFlags", event, stream, flags);
+}
+
+/* The host cannot wait for an event whose last record is a point in a capture. */
+static cudaError_t
+check_event_uncaptured (const char *call, cudaEvent_t event)
+{
+  if (event->capture_id == 0)
+    return cudaSuccess;
+  report ("%s: event %p was last recorded in a capturing stream (record it outside a capture, "
+      "or with cudaEventRecordExternal, before waiting for it on the host)", call,
+      (void *) event);
+  return fail (cudaErrorCapturedEvent);
+}
+
+static cudaError_t
+event_sync (const char *call, cudaEvent_t event)
+{
+  if (events.count (event) == 0) {
+    report ("%s: %p is not a live event", call, (void *) event);
     return fail (cudaErrorInvalidResourceHandle);
   }
-  event->recorded = true;
-  event->when = std::chrono::steady_clock::now ();
-  return cudaSuccess;
+  return check_event_uncaptured (call, event);
 }
 
 cudaError_t
 cudaEventSynchronize (cudaEvent_t event)
 {
   ENTER ();
-  if (events.count (event) == 0) {
-    report ("cudaEventSynchronize: %p is not a live event", (void *) event);
-    return fail (cudaErrorInvalidResourceHandle);
-  }
-  return cudaSuccess;
+  return event_sync ("cudaEventSynchronize", event);
 }
 
 cudaError_t
 cudaEventQuery (cudaEvent_t event)
 {
-  return cudaEventSynchronize (event);
+  ENTER ();
+  return event_sync ("cudaEventQuery", event);
 }
 
 cudaError_t
@@ -831,6 +1484,10 @@ cudaEventElapsedTime (float *ms, cudaEvent_t start, cudaEvent_t end)
     report ("cudaEventElapsedTime: an event is not live");
     return fail (cudaErrorInvalidResourceHandle);
   }
+  if (cudaError_t err = check_event_uncaptured ("cudaEventElapsedTime", start))
+    return err;
+  if (cudaError_t err = check_event_uncaptured ("cudaEventElapsedTime", end))
+    return err;
   if ((start->flags | end->flags) & cudaEventDisableTiming) {
     report ("cudaEventElapsedTime: an event was created with cudaEventDisableTiming");
     return fail (cudaErrorInvalidResourceHandle);
@@ -840,6 +1497,246 @@ cudaEventElapsedTime (float *ms, cudaEvent_t start, cudaEvent_t end)
     return fail (cudaErrorInvalidResourceHandle);
   }
   *ms = std::chrono::duration<float, std::milli> (end->when - start->when).count ();
+  return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ stream capture */
+
+cudaError_t
+cudaStreamBeginCapture (cudaStream_t stream, enum cudaStreamCaptureMode mode)
+{
+  ENTER ();
+  if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal
+      && mode != cudaStreamCaptureModeRelaxed) {
+    report ("cudaStreamBeginCapture: invalid capture mode %d", (int) mode);
+    return fail (cudaErrorInvalidValue);
+  }
+  if (is_legacy (stream)) {
+    report ("cudaStreamBeginCapture: the legacy default stream cannot be captured (capture on "
+        "a stream of your own)");
+    return fail (cudaErrorStreamCaptureUnsupported);
+  }
+  if (stream == cudaStreamPerThread) {
+    report ("cudaStreamBeginCapture: capturing cudaStreamPerThread is not emulated (capture "
+        "on a stream of your own)");
+    return fail (cudaErrorStreamCaptureUnsupported);
+  }
+  if (!stream_is_valid (stream)) {
+    report ("cudaStreamBeginCapture: %p is not a live stream", (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  if (stream->capture != nullptr) {
+    report ("cudaStreamBeginCapture: stream %p is already capturing", (void *) stream);
+    return fail (cudaErrorIllegalState);
+  }
+  Capture *c = new Capture ();
+  c->id = ++last_capture_id;
+  c->mode = mode;
+  c->thread = std::this_thread::get_id ();
+  c->invalidated = false;
+  stream->capture = c;
+  n_captures++;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaStreamEndCapture (cudaStream_t stream, cudaGraph_t *graph)
+{
+  ENTER ();
+  if (graph == nullptr)
+    return fail (cudaErrorInvalidValue);
+  if (!stream_is_valid (stream)) {
+    report ("cudaStreamEndCapture: %p is not a live stream", (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  Capture *c = capture_of (stream);
+  if (c == nullptr) {
+    report ("cudaStreamEndCapture: stream %p is not capturing", (void *) stream);
+    return fail (cudaErrorIllegalState);
+  }
+  if (c->mode != cudaStreamCaptureModeRelaxed && c->thread != std::this_thread::get_id ()) {
+    report ("cudaStreamEndCapture: the capture on stream %p was begun by another thread in %s "
+        "(only relaxed captures may end on another thread)", (void *) stream,
+        mode_name (c->mode));
+    return fail (cudaErrorStreamCaptureWrongThread);
+  }
+  *graph = nullptr;
+  if (c->invalidated) {
+    report ("cudaStreamEndCapture: the capture on stream %p was invalidated (%s)",
+        (void *) stream, c->why.c_str ());
+    end_capture (stream);
+    return fail (cudaErrorStreamCaptureInvalidated);
+  }
+  cudaGraph_t g = new CUgraph_st ();
+  g->nodes.swap (c->graph.nodes);
+  end_capture (stream);
+  graphs.insert (g);
+  *graph = g;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaStreamIsCapturing (cudaStream_t stream, enum cudaStreamCaptureStatus *status)
+{
+  ENTER ();
+  if (status == nullptr)
+    return fail (cudaErrorInvalidValue);
+  if (!stream_is_valid (stream)) {
+    report ("cudaStreamIsCapturing: %p is not a live stream", (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  /* asking the legacy stream is refused like using it, but leaves the captures alone */
+  if (is_legacy (stream))
+    if (cudaError_t err = legacy_check ("cudaStreamIsCapturing", false))
+      return err;
+  const Capture *c = capture_of (stream);
+  *status = c == nullptr ? cudaStreamCaptureStatusNone
+      : c->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaThreadExchangeStreamCaptureMode (enum cudaStreamCaptureMode *mode)
+{
+  if (mode == nullptr || (*mode != cudaStreamCaptureModeGlobal
+      && *mode != cudaStreamCaptureModeThreadLocal && *mode != cudaStreamCaptureModeRelaxed))
+    return fail (cudaErrorInvalidValue);
+  std::swap (*mode, thread_capture_mode);
+  return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ graphs */
+
+static bool
+check_graph (const char *call, cudaGraph_t graph)
+{
+  if (graphs.count (graph) != 0)
+    return true;
+  report ("%s: %p is not a live graph (destroyed with cudaGraphDestroy?)", call, (void *) graph);
+  return false;
+}
+
+cudaError_t
+cudaGraphDestroy (cudaGraph_t graph)
+{
+  ENTER ();
+  if (!check_graph ("cudaGraphDestroy", graph))
+    return fail (graph == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
+  graphs.erase (graph);
+  delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGraphGetNodes (cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *num_nodes)
+{
+  ENTER ();
+  if (num_nodes == nullptr)
+    return fail (cudaErrorInvalidValue);
+  if (!check_graph ("cudaGraphGetNodes", graph))
+    return fail (graph == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
+  size_t n = graph->nodes.size ();
+  if (nodes == nullptr) {
+    *num_nodes = n;
+    return cudaSuccess;
+  }
+  /* as CUDA: at most *num_nodes entries, the rest of a larger array NULL */
+  size_t got = std::min (n, *num_nodes);
+  for (size_t i = 0; i < *num_nodes; i++)
+    nodes[i] = i < got ? graph->nodes[i].get () : nullptr;
+  *num_nodes = got;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGraphNodeGetType (cudaGraphNode_t node, enum cudaGraphNodeType *type)
+{
+  ENTER ();
+  if (type == nullptr)
+    return fail (cudaErrorInvalidValue);
+  if (graph_nodes.count (node) == 0) {
+    report ("cudaGraphNodeGetType: %p is not a node of a live graph", (void *) node);
+    return fail (cudaErrorInvalidValue);
+  }
+  *type = node->type;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGraphInstantiate (cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags)
+{
+  ENTER ();
+  if (exec == nullptr)
+    return fail (cudaErrorInvalidValue);
+  *exec = nullptr;
+  if (!check_graph ("cudaGraphInstantiate", graph))
+    return fail (graph == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
+  const unsigned long long known = cudaGraphInstantiateFlagAutoFreeOnLaunch
+      | cudaGraphInstantiateFlagUpload | cudaGraphInstantiateFlagDeviceLaunch
+      | cudaGraphInstantiateFlagUseNodePriority;
+  if (flags & ~known) {
+    report ("cudaGraphInstantiate: unknown flags 0x%llx", flags);
+    return fail (cudaErrorInvalidValue);
+  }
+  /* the nodes are shared, not copied: they never change after capture */
+  cudaGraphExec_t e = new CUgraphExec_st ();
+  e->nodes = graph->nodes;
+  e->flags = flags;
+  graph_execs.insert (e);
+  *exec = e;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGraphExecDestroy (cudaGraphExec_t exec)
+{
+  ENTER ();
+  if (graph_execs.erase (exec) == 0) {
+    report ("cudaGraphExecDestroy: %p is not a live graph exec (destroyed already?)",
+        (void *) exec);
+    return fail (exec == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
+  }
+  delete exec;
+  return cudaSuccess;
+}
+
+/* The nodes run in capture order, synchronously, on the stream given here: each through the
+ * code of the eager call, with its checks, so a bad access in a kernel node fails the launch
+ * with the sticky error it has eagerly. The first node that fails ends the launch. */
+cudaError_t
+cudaGraphLaunch (cudaGraphExec_t exec, cudaStream_t stream)
+{
+  ENTER ();
+  if (graph_execs.count (exec) == 0) {
+    report ("cudaGraphLaunch: %p is not a live graph exec (destroyed with "
+        "cudaGraphExecDestroy, or never instantiated)", (void *) exec);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  if (!stream_is_valid (stream)) {
+    report ("cudaGraphLaunch: stream %p is not a live stream", (void *) stream);
+    return fail (cudaErrorInvalidResourceHandle);
+  }
+  bool capturing;
+  if (cudaError_t err = capture_state ("cudaGraphLaunch", stream, &capturing))
+    return err;
+  if (capturing) {
+    report ("cudaGraphLaunch: stream %p is capturing (launching a graph into a capture, a "
+        "child graph node, is not emulated)", (void *) stream);
+    return capture_fail (stream, fail (cudaErrorStreamCaptureUnsupported));
+  }
+  g_stats.graph_launches++;
+  const size_t n = exec->nodes.size ();
+  for (size_t i = 0; i < n; i++) {
+    CUgraphNode_st *node = exec->nodes[i].get ();
+    g_stats.graph_nodes++;
+    cudaError_t err = node->replay (stream);
+    if (err != cudaSuccess) {
+      std::string why = last_message;
+      report ("cudaGraphLaunch: node %zu of %zu (%s) failed: %s", i + 1, n, node->what.c_str (),
+          why.c_str ());
+      return fail (err);
+    }
+  }
   return cudaSuccess;
 }
 
@@ -878,6 +1775,18 @@ moshi_emu_live_allocations (size_t *bytes)
   if (bytes)
     *bytes = total;
   return allocs.size ();
+}
+
+extern "C" size_t
+moshi_emu_live_host_allocations (size_t *bytes)
+{
+  std::lock_guard<std::recursive_mutex> guard (g_lock);
+  size_t total = 0;
+  for (const auto &p : pinned)
+    total += p.second.size;
+  if (bytes)
+    *bytes = total;
+  return pinned.size ();
 }
 
 extern "C" void

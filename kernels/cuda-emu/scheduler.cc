@@ -19,7 +19,12 @@
  * SIGSEGV/SIGBUS/SIGFPE raised by kernel code is caught (on an alternate signal stack), turned
  * into a message naming the kernel, block, thread and the allocation the address belongs to,
  * and the launch fails with cudaErrorIllegalAddress (sticky until cudaDeviceReset, as on a GPU).
- * Faults outside kernel code go to the previous handler. */
+ * Faults outside kernel code go to the previous handler.
+ *
+ * A launch on a capturing stream is checked as it would be eagerly (configuration, shared
+ * memory, pointer arguments) and becomes a graph node that owns a copy of the converted
+ * arguments; the graph replays it through launch_raw on the stream it is launched into, so the
+ * replay has the checks and faults of an eager launch and counts in the stats as one. */
 #include "emu-internal.h"
 
 #include <cuda_runtime.h>
@@ -30,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <vector>
@@ -777,9 +783,45 @@ schedule_from_env ()
   }
 }
 
+namespace {
+
+/* A launch captured from a stream: the kernel's context (its converted arguments) is a copy
+ * owned by the node, as the caller's is gone when the graph runs. */
+struct KernelNode : CUgraphNode_st {
+  const char *name;
+  const void *func;
+  dim3 grid, block;
+  size_t smem;
+  const LaunchOps *ops;
+  void *ctx;
+  std::vector<PtrArg> ptrs;
+
+  KernelNode (const char *name_, const void *func_, dim3 grid_, dim3 block_, size_t smem_,
+      const LaunchOps *ops_, const void *ctx_, const PtrArg *ptrs_, int n_ptrs)
+    : CUgraphNode_st (cudaGraphNodeTypeKernel, std::string ("kernel ") + name_), name (name_),
+      func (func_), grid (grid_), block (block_), smem (smem_), ops (ops_),
+      ctx (ops_->clone (ctx_)), ptrs (ptrs_, ptrs_ + n_ptrs)
+  {
+  }
+
+  ~KernelNode () override
+  {
+    ops->destroy (ctx);
+  }
+
+  cudaError_t
+  replay (cudaStream_t stream) override
+  {
+    return launch_raw (name, func, grid, block, smem, stream, ops, ctx, ptrs.data (),
+        (int) ptrs.size ());
+  }
+};
+
+}  // namespace
+
 cudaError_t
 launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t smem,
-    cudaStream_t stream, Thunk thunk, void *ctx, const PtrArg *ptrs, int n_ptrs)
+    cudaStream_t stream, const LaunchOps *ops, void *ctx, const PtrArg *ptrs, int n_ptrs)
 {
   std::lock_guard<std::recursive_mutex> guard (g_lock);
   schedule_from_env ();
@@ -789,23 +831,30 @@ launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t sm
     report ("kernel %s launched from inside a kernel (dynamic parallelism is not emulated)", name);
     return fail (cudaErrorNotSupported);
   }
+  /* an error in a launch on a capturing stream also invalidates the capture */
   unsigned long long threads = (unsigned long long) block.x * block.y * block.z;
   if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0
       || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64
       || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
     report ("kernel %s: invalid configuration: grid (%u,%u,%u), block (%u,%u,%u)", name, grid.x,
         grid.y, grid.z, block.x, block.y, block.z);
-    return fail (cudaErrorInvalidConfiguration);
+    return capture_fail (stream, fail (cudaErrorInvalidConfiguration));
   }
   if (smem > (size_t) max_dynamic_smem (func)) {
     report ("kernel %s: %zu bytes of dynamic shared memory exceed the %d allowed (raise the "
         "limit with cudaFuncSetAttribute)", name, smem, max_dynamic_smem (func));
-    return fail (cudaErrorInvalidValue);
+    return capture_fail (stream, fail (cudaErrorInvalidValue));
   }
   if (!stream_is_valid (stream)) {
     report ("kernel %s: stream %p is not a live stream", name, (void *) stream);
     return fail (cudaErrorInvalidResourceHandle);
   }
+  char call[160];
+  snprintf (call, sizeof call, "kernel %s", name);
+  bool capturing;
+  cudaError_t err = capture_state (call, stream, &capturing);
+  if (err != cudaSuccess)
+    return err;
   for (int i = 0; i < n_ptrs; i++) {
     const void *p = ptrs[i].ptr;
     if (p == nullptr)
@@ -815,8 +864,12 @@ launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t sm
     if (a == nullptr || (const char *) p < a->ptr || (const char *) p > a->ptr + a->size) {
       report ("kernel %s: argument %d is %p, which is not device memory (a host pointer passed "
           "to a kernel faults on a GPU)", name, ptrs[i].index, p);
-      return fail (cudaErrorIllegalAddress);
+      return capture_fail (stream, fail (cudaErrorIllegalAddress));
     }
+  }
+  if (capturing) {
+    capture_add (stream, new KernelNode (name, func, grid, block, smem, ops, ctx, ptrs, n_ptrs));
+    return cudaSuccess;
   }
 
   Sched *s = get_sched ();
@@ -824,7 +877,7 @@ launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t sm
   ensure_fibers (s, (unsigned) threads);
   ensure_smem (s, smem);
   s->n_threads = (unsigned) threads;
-  s->thunk = thunk;
+  s->thunk = ops->run;
   s->ctx = ctx;
   s->kernel = name;
   s->failed = false;

@@ -26,6 +26,30 @@ typedef enum {
 } MoshiActivation;
 typedef struct _MoshiExec MoshiExec;
 typedef struct _MoshiBackendOps MoshiBackendOps;
+typedef struct _MoshiGraph MoshiGraph;
+
+/* One row of a decode step over many sequences (the *_rows ops): where its sequence's KV cache
+ * is and where the row sits in it. Lives in device memory (an array, one per row), so that a
+ * recorded step (capture_begin below) can be replayed with new positions and caches. */
+typedef struct {
+  float *k_cache, *v_cache;     /* the sequence's cache of layer 0 (device) */
+  int32_t pos;                  /* the row's position */
+  int32_t end;                  /* one past the last position the step writes to the cache */
+} MoshiRowCache;
+
+/* What the sample op draws for one session (device memory, one per session). */
+typedef struct {
+  float text_temperature;       /* <= 0: greedy */
+  int32_t text_top_k;           /* <= 0: the whole vocabulary */
+  float audio_temperature;
+  int32_t audio_top_k;
+  float cfg_coef;               /* 1: no classifier-free guidance */
+  int32_t row;                  /* its logits row (the conditioned one with guidance) */
+  int32_t n_rows;               /* rows of the session: 1, or 2 with guidance (row + 1 = null) */
+  int32_t reserved;
+  uint64_t seed;
+  int64_t step;                 /* the session's step counter: with seed, the random draws */
+} MoshiSampler;
 
 typedef enum {
   MOSHI_DEVICE_AUTO,
@@ -58,6 +82,8 @@ typedef struct {
                                  * rows asked for (rows x row bytes); norms, scales: their
                                  * vectors; convolutions: weights and bias; RVQ encode: the
                                  * levels' codebooks and norms; RVQ decode: the rows gathered */
+  guint64 graph_launches;       /* recorded steps replayed (their kernels count as launches) */
+  guint64 syncs;                /* waits of the host for the device: download, synchronize */
 } MoshiExecStats;
 
 struct _MoshiBackendOps {
@@ -74,6 +100,22 @@ struct _MoshiBackendOps {
   void (*zero) (MoshiExec *ex, void *dst, gsize bytes);
   /* Waits for queued work (a no-op on the CPU). */
   void (*synchronize) (MoshiExec *ex);
+  /* Host memory the device copies from and to asynchronously (pinned on CUDA); zero-filled.
+   * Only such memory may be the host side of copies in a recorded step. */
+  void *(*host_alloc) (MoshiBackend *be, gsize bytes, GError **error);
+  void (*host_free) (MoshiBackend *be, void *ptr);
+  /* Queues a copy into host_dst (from host_alloc) and returns; synchronize before reading. */
+  void (*download_async) (MoshiExec *ex, void *host_dst, const void *src, gsize bytes);
+
+  /* ---- recorded steps (optional: NULL where a backend runs every op as it comes) ----
+   * Between capture_begin and capture_end the ops of ex are recorded instead of run (no
+   * synchronize, download or allocation in between); graph_launch replays them with the
+   * arguments they had, reading host_alloc memory and device memory as it is at replay time.
+   * capture_end fails (error set, NULL) when something in between could not be recorded. */
+  gboolean (*capture_begin) (MoshiExec *ex, GError **error);
+  MoshiGraph *(*capture_end) (MoshiExec *ex, GError **error);
+  gboolean (*graph_launch) (MoshiExec *ex, MoshiGraph *graph, GError **error);
+  void (*graph_free) (MoshiBackend *be, MoshiGraph *graph);
 
   /* Makes a device weight from a host tensor. keep_alive is the object that owns host memory
    * (the CPU backend may keep a view instead of a copy and then refs keep_alive). */
@@ -161,6 +203,29 @@ struct _MoshiBackendOps {
   void (*attention) (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
       const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
       int pos0, int t, int context, float scale);
+
+  /* ---- one decode step over many sequences: row r of x belongs to the sequence rc[r] ----
+   * The same as rope / add_sin_embedding / kv_write / attention with t = 1, pos0 = rc[r].pos
+   * (and end = rc[r].end for the ring), for every row in one call; the caches of a layer are at
+   * rc[r].k_cache + layer_offset. Rows of one sequence at consecutive positions must all be
+   * written (kv_write_rows) before attention_rows. */
+  void (*rope_rows) (MoshiExec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
+      const MoshiRowCache *rc, float max_period);
+  void (*add_sin_embedding_rows) (MoshiExec *ex, float *x, int ld, int rows, int d,
+      const MoshiRowCache *rc, float max_period, float scale);
+  void (*kv_write_rows) (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
+      const float *k, int ld_k, const float *v, int ld_v, int width, int rows);
+  void (*attention_rows) (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
+      const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
+      int rows, int context, float scale);
+
+  /* ---- sampling (lib/backend/moshi-sampling.h has the rule) ----
+   * For each of n sessions: with guidance, logits[row] := null + cfg_coef * (logits[row] - null)
+   * (null = logits[row + 1], rounded in that order), then a token drawn from logits[row]
+   * (vocab entries, the text settings for stream 0, the audio ones otherwise) into
+   * tokens[s * ld_tokens] and, when ids is not NULL, into ids[row .. row + n_rows). */
+  void (*sample) (MoshiExec *ex, int32_t *tokens, int ld_tokens, int32_t *ids, float *logits,
+      int ld_logits, int vocab, const MoshiSampler *sessions, int n, int stream);
 
   /* ---- residual vector quantisation ----
    * codebooks: [n_levels, bins, dim]; sq_norms: [n_levels, bins] (|e|^2).

@@ -1,8 +1,6 @@
 /* gst-moshi: the Moshi LM on the backend op table (see moshi-lm.h and spec/lm.md). */
 #include "moshi-lm.h"
 
-#include "lm-sampling.h"
-
 #include "moshi-error.h"
 #include "moshi-registry.h"
 #include "moshi-safetensors.h"
@@ -779,7 +777,8 @@ int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_
 /* ================================================================ batch runner */
 
 /* Rows [row0, row0 + rows) of the activations form one sequence with its own KV cache: the
- * cache of layer l is at k_base + l * layer_stride (capacity rows of d floats). */
+ * cache of layer l is at k_base + l * layer_stride (capacity rows of d floats). Teacher forcing
+ * runs one such sequence over many steps; streaming steps use MoshiRowCache tables instead. */
 typedef struct {
   int row0, rows;
   float *k_base, *v_base;
@@ -788,25 +787,37 @@ typedef struct {
   int pos0;
 } Segment;
 
+/* What a streaming step uploads, in one copy from pinned host memory to device memory (so that
+ * a recorded step reads new inputs at every replay): the row tables, the samplers, the input
+ * tokens [streams][rows] and the rows' conditions. Offsets in bytes, fixed for the batch. */
+typedef struct {
+  gsize rc, samplers, ids, cond, size;
+} StepLayout;
 
 struct _MoshiLmBatch {
   MoshiLm *lm;
   MoshiExec *ex;
   int max_rows;
   int max_sessions;             /* max_rows, or max_rows / 2 for a conditioned model (CFG) */
-  float *cond, *cond_host;      /* [max_rows, dim]: the sum condition of each row */
+  float *cond, *cond_host;      /* [max_rows, dim]: teacher forcing's condition of each row */
   int *row_of;                  /* [max_sessions + 1]: first row of each session */
   int width;                    /* max(dim, depformer_dim) */
   float *x, *h, *qkv, *attn, *o, *ffn, *ffn_act, *t_out, *low_rank, *logits;
   int32_t *ids;                 /* device, [streams, max_rows] */
   float *dep_k, *dep_v;         /* depth caches [max_rows][layers][dep_q][depformer_dim] */
+  MoshiRowCache *depth_rc;      /* device, [dep_q][max_rows]: row r's depth cache at step k */
   int logits_width;
-  float *logits_host;
   int32_t *ids_host;
-  int *sample_scratch;          /* top-k indices, logits_width */
-  int32_t *tokens;              /* [max_rows][1 + dep_q] sampled this step */
-  Segment *segments;            /* one per session row */
-  Segment *depth_segments;      /* one depth cache per row */
+
+  /* streaming steps */
+  StepLayout layout;
+  guint8 *step_host, *step_dev; /* pinned host / device copies of the step input */
+  int32_t *tokens_dev, *tokens_host;   /* [max_sessions][1 + dep_q] sampled (host pinned) */
+  float *text_logits_host;      /* pinned, [max_rows][text_card_out] when asked for */
+  gboolean graphs;              /* record steps and replay them (backends that can) */
+  MoshiGraph *graph;            /* the recorded step of the last shape, or NULL */
+  int *graph_key;               /* that shape: n, want_logits, row_of[0..n] */
+  int *warm_key;                /* the last shape run eagerly (recorded when it comes again) */
 };
 
 static void
@@ -816,6 +827,13 @@ dev_free (MoshiBackend *be, void *p)
     be->ops->free (be, p);
 }
 
+static void
+host_free (MoshiBackend *be, void *p)
+{
+  if (p)
+    be->ops->host_free (be, p);
+}
+
 void
 moshi_lm_batch_free (MoshiLmBatch *b)
 {
@@ -823,20 +841,49 @@ moshi_lm_batch_free (MoshiLmBatch *b)
     return;
   MoshiBackend *be = b->lm->be;
   void *bufs[] = { b->x, b->h, b->qkv, b->attn, b->o, b->ffn, b->ffn_act, b->t_out, b->low_rank,
-    b->logits, b->ids, b->dep_k, b->dep_v, b->cond };
+    b->logits, b->ids, b->dep_k, b->dep_v, b->cond, b->depth_rc, b->step_dev, b->tokens_dev };
   for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
     dev_free (be, bufs[i]);
-  g_free (b->logits_host);
+  host_free (be, b->step_host);
+  host_free (be, b->tokens_host);
+  host_free (be, b->text_logits_host);
+  if (b->graph)
+    be->ops->graph_free (be, b->graph);
+  g_free (b->graph_key);
+  g_free (b->warm_key);
   g_free (b->ids_host);
-  g_free (b->sample_scratch);
-  g_free (b->tokens);
-  g_free (b->segments);
-  g_free (b->depth_segments);
   g_free (b->cond_host);
   g_free (b->row_of);
   moshi_exec_free (b->ex);
   moshi_lm_unref (b->lm);
   g_free (b);
+}
+
+static gsize
+align_up (gsize n)
+{
+  return (n + 15) & ~(gsize) 15;
+}
+
+/* The depth caches' row tables: row r's own cache, position k, for every depformer step k. */
+static gboolean
+upload_depth_tables (MoshiLmBatch *b, GError **error)
+{
+  const MoshiLmConfig *cfg = &b->lm->cfg;
+  MoshiBackend *be = b->lm->be;
+  gsize n = (gsize) cfg->dep_q * b->max_rows;
+  b->depth_rc = be->ops->alloc (be, n * sizeof (MoshiRowCache), error);
+  if (b->depth_rc == NULL)
+    return FALSE;
+  g_autofree MoshiRowCache *host = g_new0 (MoshiRowCache, n);
+  gsize row_stride = (gsize) b->lm->depformer.n_layers * cfg->dep_q * cfg->depformer_dim;
+  for (int k = 0; k < cfg->dep_q; k++)
+    for (int r = 0; r < b->max_rows; r++)
+      host[(gsize) k * b->max_rows + r] = (MoshiRowCache) { b->dep_k + r * row_stride,
+        b->dep_v + r * row_stride, k, k + 1 };
+  be->ops->upload (b->ex, b->depth_rc, host, n * sizeof (MoshiRowCache));
+  be->ops->synchronize (b->ex);
+  return TRUE;
 }
 
 MoshiLmBatch *
@@ -861,12 +908,28 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   b->width = MAX (cfg->dim, cfg->dep_q > 0 ? cfg->depformer_dim : 0);
   int hidden = MAX (lm->temporal.max_hidden, lm->depformer.max_hidden);
   b->logits_width = MAX (cfg->text_card_out, cfg->card);
+  int streams = moshi_lm_config_num_streams (cfg);
   gsize rows = max_rows;
   MoshiBackend *be = lm->be;
+  const char *env = g_getenv ("MOSHI_LM_GRAPHS");
+  b->graphs = be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+
+  StepLayout *L = &b->layout;
+  L->rc = 0;
+  L->samplers = align_up (L->rc + rows * sizeof (MoshiRowCache));
+  L->ids = align_up (L->samplers + (gsize) b->max_sessions * sizeof (MoshiSampler));
+  L->cond = align_up (L->ids + rows * streams * sizeof (int32_t));
+  L->size = L->cond + (cfg->n_conditioners > 0 ? rows * cfg->dim * sizeof (float) : 0);
+
   gboolean failed = FALSE;
 #define ALLOC(ptr, n) \
   do { \
     if (!failed && ((ptr) = be->ops->alloc (be, (gsize) (n) * 4, error)) == NULL) \
+      failed = TRUE; \
+  } while (0)
+#define HOST_ALLOC(ptr, bytes) \
+  do { \
+    if (!failed && ((ptr) = be->ops->host_alloc (be, (bytes), error)) == NULL) \
       failed = TRUE; \
   } while (0)
   ALLOC (b->x, rows * b->width);
@@ -879,7 +942,7 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   ALLOC (b->t_out, rows * cfg->dim);
   ALLOC (b->low_rank, rows * MAX (cfg->depformer_low_rank, 1));
   ALLOC (b->logits, rows * b->logits_width);
-  ALLOC (b->ids, rows * moshi_lm_config_num_streams (cfg));
+  ALLOC (b->ids, rows * streams);
   if (cfg->n_conditioners > 0)
     ALLOC (b->cond, rows * cfg->dim);
   if (cfg->dep_q > 0) {
@@ -887,14 +950,18 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
     ALLOC (b->dep_k, dep);
     ALLOC (b->dep_v, dep);
   }
+  ALLOC (b->step_dev, L->size / 4);
+  ALLOC (b->tokens_dev, (gsize) b->max_sessions * (1 + cfg->dep_q));
+  HOST_ALLOC (b->step_host, L->size);
+  HOST_ALLOC (b->tokens_host, (gsize) b->max_sessions * (1 + cfg->dep_q) * sizeof (int32_t));
 #undef ALLOC
-  b->logits_host = g_new (float, rows * b->logits_width);
-  b->ids_host = g_new (int32_t, rows * moshi_lm_config_num_streams (cfg));
-  b->sample_scratch = g_new (int, b->logits_width);
-  b->tokens = g_new (int32_t, rows * (1 + cfg->dep_q));
-  b->segments = g_new0 (Segment, rows);
+#undef HOST_ALLOC
+  G_STATIC_ASSERT (sizeof (MoshiRowCache) % 4 == 0 && sizeof (MoshiSampler) % 4 == 0);
+  b->ids_host = g_new (int32_t, rows * streams);
   b->cond_host = g_new0 (float, rows * cfg->dim);
   b->row_of = g_new0 (int, b->max_sessions + 1);
+  if (!failed && cfg->dep_q > 0 && !upload_depth_tables (b, error))
+    failed = TRUE;
   if (failed) {
     moshi_lm_batch_free (b);
     return NULL;
@@ -913,10 +980,21 @@ apply_norm (MoshiExec *ex, MoshiNormKind kind, const MoshiWeight *w, const Moshi
     ops->layer_norm (ex, dst, d, src, d, w, b, moshi_norm_eps (kind), rows, d);
 }
 
+/* Where the rows of a transformer pass keep their KV caches: one sequence per segment (teacher
+ * forcing), or a device row table (a streaming step, every row its own sequence), with the
+ * caches of layer l at layer_offset * l from the table's. */
+typedef struct {
+  const Segment *segs;
+  int n_segs;
+  const MoshiRowCache *rc;
+  gsize layer_offset;
+  int capacity;
+} Caches;
+
 /* Runs the layers of tr over x [rows, d] with weight set `set`. */
 static void
 transformer_forward (MoshiLmBatch *b, const LmTransformer *tr, int set, float *x, int rows,
-    const Segment *segs, int n_segs)
+    const Caches *c)
 {
   MoshiExec *ex = b->ex;
   const MoshiBackendOps *ops = ex->backend->ops;
@@ -926,27 +1004,44 @@ transformer_forward (MoshiLmBatch *b, const LmTransformer *tr, int set, float *x
   int hd = d / heads;
   float scale = 1.0f / sqrtf ((float) hd);
   int context = cfg->context > 0 ? cfg->context : G_MAXINT;
+  float max_period = (float) cfg->max_period;
   gboolean rope = cfg->positional_embedding == MOSHI_POS_ROPE
       || cfg->positional_embedding == MOSHI_POS_SIN_ROPE;
 
-  if (cfg->positional_embedding == MOSHI_POS_SIN || cfg->positional_embedding == MOSHI_POS_SIN_ROPE)
-    for (int s = 0; s < n_segs; s++)
-      ops->add_sin_embedding (ex, x + (gsize) segs[s].row0 * d, d, segs[s].rows, d, segs[s].pos0,
-          (float) cfg->max_period, (float) cfg->positional_scale);
+  if (cfg->positional_embedding == MOSHI_POS_SIN || cfg->positional_embedding == MOSHI_POS_SIN_ROPE) {
+    if (c->rc != NULL)
+      ops->add_sin_embedding_rows (ex, x, d, rows, d, c->rc, max_period,
+          (float) cfg->positional_scale);
+    for (int s = 0; s < c->n_segs; s++)
+      ops->add_sin_embedding (ex, x + (gsize) c->segs[s].row0 * d, d, c->segs[s].rows, d,
+          c->segs[s].pos0, max_period, (float) cfg->positional_scale);
+  }
 
   int ffn_set = cfg->gating == MOSHI_GATING_NONE ? 0 : set;
   for (int l = 0; l < tr->n_layers; l++) {
     const LmLayer *L = &tr->layers[l];
     apply_norm (ex, cfg->norm, &L->norm1_w, &L->norm1_b, b->h, x, rows, d);
     ops->linear (ex, b->qkv, 3 * d, b->h, d, &L->in_proj[set], NULL, rows, 0.0f);
-    for (int s = 0; s < n_segs; s++) {
-      const Segment *sg = &segs[s];
+    if (c->rc != NULL) {
+      /* every row at once: one launch per op for all sessions */
+      gsize off = c->layer_offset * l;
+      if (rope) {
+        ops->rope_rows (ex, b->qkv, 3 * d, rows, heads, hd, c->rc, max_period);
+        ops->rope_rows (ex, b->qkv + d, 3 * d, rows, heads, hd, c->rc, max_period);
+      }
+      ops->kv_write_rows (ex, c->rc, off, c->capacity, b->qkv + d, 3 * d, b->qkv + 2 * d, 3 * d,
+          d, rows);
+      ops->attention_rows (ex, b->attn, d, b->qkv, 3 * d, c->rc, off, c->capacity, heads, hd,
+          rows, context, scale);
+    }
+    for (int s = 0; s < c->n_segs; s++) {
+      const Segment *sg = &c->segs[s];
       float *q = b->qkv + (gsize) sg->row0 * 3 * d;
       float *kc = sg->k_base + l * sg->layer_stride;
       float *vc = sg->v_base + l * sg->layer_stride;
       if (rope) {
-        ops->rope (ex, q, 3 * d, sg->rows, heads, hd, sg->pos0, (float) cfg->max_period);
-        ops->rope (ex, q + d, 3 * d, sg->rows, heads, hd, sg->pos0, (float) cfg->max_period);
+        ops->rope (ex, q, 3 * d, sg->rows, heads, hd, sg->pos0, max_period);
+        ops->rope (ex, q + d, 3 * d, sg->rows, heads, hd, sg->pos0, max_period);
       }
       ops->kv_write (ex, kc, vc, sg->capacity, q + d, 3 * d, q + 2 * d, 3 * d, d, sg->pos0, sg->rows);
       ops->attention (ex, b->attn + (gsize) sg->row0 * d, d, q, 3 * d, kc, vc, sg->capacity, heads,
@@ -986,9 +1081,11 @@ embed (MoshiLmBatch *b, const LmEmbedding *e, float *dst, int d, const int32_t *
   ops->linear (b->ex, dst, d, b->low_rank, r, &e->low_rank, NULL, rows, beta);
 }
 
-/* Temporal pass: ids (device, [streams][rows]) -> t_out [rows, dim] and text logits. */
+/* Temporal pass: ids (device, [streams][rows]) and, for a conditioned model, cond (device,
+ * [rows, dim]) -> t_out [rows, dim] and text logits. */
 static void
-temporal_forward (MoshiLmBatch *b, const int32_t *ids, int rows, const Segment *segs, int n_segs)
+temporal_forward (MoshiLmBatch *b, const int32_t *ids, const float *cond, int rows,
+    const Caches *caches)
 {
   MoshiLm *lm = b->lm;
   const MoshiLmConfig *cfg = &lm->cfg;
@@ -998,19 +1095,17 @@ temporal_forward (MoshiLmBatch *b, const int32_t *ids, int rows, const Segment *
   for (int j = 0; j < cfg->n_q; j++)
     embed (b, &lm->emb[j], b->x, d, ids + (gsize) (j + 1) * rows, rows, j == 0 ? 0.0f : 1.0f);
   embed (b, &lm->text_emb, b->x, d, ids, rows, cfg->n_q == 0 ? 0.0f : 1.0f);
-  if (cfg->n_conditioners > 0) {
-    /* b->cond_host holds the sum condition of every row */
-    ops->upload (b->ex, b->cond, b->cond_host, (gsize) rows * d * sizeof (float));
-    ops->add_scaled (b->ex, b->x, d, b->cond, d, NULL, rows, d);
-  }
-  transformer_forward (b, &lm->temporal, 0, b->x, rows, segs, n_segs);
+  if (cfg->n_conditioners > 0)
+    ops->add_scaled (b->ex, b->x, d, cond, d, NULL, rows, d);
+  transformer_forward (b, &lm->temporal, 0, b->x, rows, caches);
   apply_norm (b->ex, cfg->transformer.norm, &lm->out_norm_w, &lm->out_norm_b, b->t_out, b->x, rows, d);
   ops->linear (b->ex, b->logits, cfg->text_card_out, b->t_out, d, &lm->text_linear, NULL, rows, 0.0f);
 }
 
-/* Depformer step k over rows whose previous tokens are in ids (device): logits in b->logits. */
+/* Depformer step k over rows whose previous tokens are in ids (device): logits in b->logits.
+ * Every row has its own depth cache (b->depth_rc). */
 static void
-depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows, Segment *segs)
+depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows)
 {
   MoshiLm *lm = b->lm;
   const MoshiLmConfig *cfg = &lm->cfg;
@@ -1020,10 +1115,10 @@ depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows, Segment
       ? cfg->depformer.schedule[k] : k) : 0;
   ops->linear (b->ex, b->x, dd, b->t_out, cfg->dim, &lm->depformer_in[in_index], NULL, rows, 0.0f);
   embed (b, k == 0 ? &lm->depformer_text_emb : &lm->depformer_emb[k - 1], b->x, dd, ids, rows, 1.0f);
-  for (int r = 0; r < rows; r++)
-    segs[r].pos0 = k;
+  Caches depth = { NULL, 0, b->depth_rc + (gsize) k * b->max_rows,
+    (gsize) cfg->dep_q * dd, cfg->dep_q };
   int set = cfg->depformer.weights_per_step ? cfg->depformer.schedule[k] : 0;
-  transformer_forward (b, &lm->depformer, set, b->x, rows, segs, rows);
+  transformer_forward (b, &lm->depformer, set, b->x, rows, &depth);
   const float *y = b->x;
   if (cfg->has_depformer_norm) {
     apply_norm (b->ex, cfg->depformer_norm, &lm->depformer_norm_w[k], &lm->depformer_norm_b[k],
@@ -1031,27 +1126,6 @@ depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows, Segment
     y = b->h;
   }
   ops->linear (b->ex, b->logits, cfg->card, y, dd, &lm->linears[k], NULL, rows, 0.0f);
-}
-
-/* One depth cache per row, rebuilt for every temporal step. */
-static Segment *
-depth_segments (MoshiLmBatch *b, int rows)
-{
-  const MoshiLmConfig *cfg = &b->lm->cfg;
-  if (b->depth_segments == NULL)
-    b->depth_segments = g_new0 (Segment, b->max_rows);
-  Segment *segs = b->depth_segments;
-  gsize layer_stride = (gsize) cfg->dep_q * cfg->depformer_dim;
-  gsize row_stride = layer_stride * b->lm->depformer.n_layers;
-  for (int r = 0; r < rows; r++) {
-    segs[r].row0 = r;
-    segs[r].rows = 1;
-    segs[r].k_base = b->dep_k + r * row_stride;
-    segs[r].v_base = b->dep_v + r * row_stride;
-    segs[r].layer_stride = layer_stride;
-    segs[r].capacity = cfg->dep_q;
-  }
-  return segs;
 }
 
 /* ================================================================ teacher forcing */
@@ -1138,7 +1212,10 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
     for (int p = 0; cfg->n_conditioners > 0 && p < steps; p++)
       memcpy (b->cond_host + (gsize) p * cfg->dim, cond_vec, cfg->dim * sizeof (float));
     ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * steps * sizeof (int32_t));
-    temporal_forward (b, b->ids, steps, &seq, 1);
+    if (cfg->n_conditioners > 0)
+      ops->upload (b->ex, b->cond, b->cond_host, (gsize) steps * d * sizeof (float));
+    Caches caches = { &seq, 1, NULL, 0, 0 };
+    temporal_forward (b, b->ids, b->cond, steps, &caches);
     ops->download (b->ex, raw, b->logits, (gsize) steps * cfg->text_card_out * sizeof (float));
 
     /* text: position p + delay_0 predicts frame p */
@@ -1153,13 +1230,12 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
 
     if (cfg->dep_q == 0)
       continue;
-    Segment *segs = depth_segments (b, steps);
     for (int k = 0; k < cfg->dep_q; k++) {
       /* the depformer input of step k at position p is dc[k, p + 1] */
       for (int p = 0; p < steps; p++)
         b->ids_host[p] = dc[(gsize) k * (steps + 1) + p + 1];
       ops->upload (b->ex, b->ids, b->ids_host, steps * sizeof (int32_t));
-      depformer_forward (b, k, b->ids, steps, segs);
+      depformer_forward (b, k, b->ids, steps);
       ops->download (b->ex, raw_audio + (gsize) k * steps * cfg->card, b->logits,
           (gsize) steps * cfg->card * sizeof (float));
     }
@@ -1189,7 +1265,7 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
 struct _MoshiLmSession {
   MoshiLm *lm;
   MoshiLmSamplingParams params;
-  MoshiRng rng;
+  guint64 seed;                 /* params.seed as of the last reset */
   int ct;                       /* token delay line length: max_delay + 2 */
   int32_t *cache;               /* [streams][ct] */
   int64_t offset;
@@ -1226,7 +1302,7 @@ moshi_lm_session_reset (MoshiLmSession *s)
   for (int i = 0; i < streams * s->ct; i++)
     s->cache[i] = MOSHI_LM_UNGENERATED_TOKEN;
   s->offset = 0;
-  moshi_rng_seed (&s->rng, s->params.seed);
+  s->seed = s->params.seed;     /* with the step, the sampler's draws: a reset replays them */
   s->cfg_coef = cfg_on (s->params.cfg_coef) && s->lm->cfg.n_conditioners > 0 ? s->params.cfg_coef : 1.0f;
   /* KV rows stay; the attention mask ignores slots past the restarted end offset. */
 }
@@ -1340,21 +1416,108 @@ moshi_lm_session_steps (MoshiLmSession *s)
   return s->offset;
 }
 
-/* The logits session r samples from (in b->logits_host, rows of width vocab): its row, or with
- * classifier-free guidance null + cfg_coef * (cond - null), as upstream, into its first row. */
-static float *
-cfg_combine (MoshiLmBatch *b, MoshiLmSession *s, int r, int vocab)
+/* The device part of a streaming step over the step input in b->step_host: one upload, the
+ * temporal pass, the text token sampled, the depformer passes each followed by its token
+ * sampled and fed to the next, and the tokens (and text logits when asked for) copied back.
+ * Nothing here waits for the device, so the whole can be recorded and replayed. */
+static void
+device_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits)
 {
-  float *cond = b->logits_host + (gsize) b->row_of[r] * vocab;
-  if (s->cfg_coef == 1.0f)
-    return cond;
-  const float *null = cond + vocab;
-  for (int v = 0; v < vocab; v++) {
-    float diff = cond[v] - null[v];
-    float scaled = diff * s->cfg_coef;
-    cond[v] = null[v] + scaled;
+  MoshiLm *lm = b->lm;
+  const MoshiLmConfig *cfg = &lm->cfg;
+  const MoshiBackendOps *ops = lm->be->ops;
+  const StepLayout *L = &b->layout;
+  int ld_tokens = 1 + cfg->dep_q;
+  const MoshiSampler *samplers = (const MoshiSampler *) (b->step_dev + L->samplers);
+
+  ops->upload (b->ex, b->step_dev, b->step_host, L->size);
+  Caches caches = { NULL, 0, (const MoshiRowCache *) (b->step_dev + L->rc),
+    (gsize) cfg->transformer.context * cfg->dim, cfg->transformer.context };
+  temporal_forward (b, (const int32_t *) (b->step_dev + L->ids),
+      (const float *) (b->step_dev + L->cond), rows, &caches);
+  ops->sample (b->ex, b->tokens_dev, ld_tokens, b->ids, b->logits, cfg->text_card_out,
+      cfg->text_card_out, samplers, n, 0);
+  if (want_logits)
+    ops->download_async (b->ex, b->text_logits_host, b->logits,
+        (gsize) rows * cfg->text_card_out * sizeof (float));
+  for (int k = 0; k < cfg->dep_q; k++) {
+    depformer_forward (b, k, b->ids, rows);
+    ops->sample (b->ex, b->tokens_dev + k + 1, ld_tokens, b->ids, b->logits, cfg->card,
+        cfg->card, samplers, n, k + 1);
   }
-  return cond;
+  ops->download_async (b->ex, b->tokens_host, b->tokens_dev,
+      (gsize) n * ld_tokens * sizeof (int32_t));
+}
+
+/* The shape of a step a recorded graph is valid for: the sessions' rows and the outputs. */
+static int *
+step_key (MoshiLmBatch *b, int n, gboolean want_logits)
+{
+  int *key = g_new (int, n + 3);
+  key[0] = n;
+  key[1] = want_logits;
+  memcpy (key + 2, b->row_of, (n + 1) * sizeof (int));
+  return key;
+}
+
+static gboolean
+same_key (const int *a, const int *b)
+{
+  return a != NULL && b != NULL && a[0] == b[0]
+      && memcmp (a + 1, b + 1, (a[0] + 2) * sizeof (int)) == 0;
+}
+
+/* Runs device_step: replays the recorded step when its shape comes again, records it the second
+ * time a shape is seen (the first run sizes every scratch buffer), and otherwise runs the ops as
+ * they come. A step that cannot be recorded turns recording off for the batch, with a message. */
+static gboolean
+run_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits, GError **error)
+{
+  MoshiBackend *be = b->lm->be;
+  const MoshiBackendOps *ops = be->ops;
+  if (want_logits && b->text_logits_host == NULL) {
+    b->text_logits_host = ops->host_alloc (be,
+        (gsize) b->max_rows * b->lm->cfg.text_card_out * sizeof (float), error);
+    if (b->text_logits_host == NULL)
+      return FALSE;
+  }
+  if (!b->graphs) {
+    device_step (b, n, rows, want_logits);
+    return TRUE;
+  }
+  g_autofree int *key = step_key (b, n, want_logits);
+  if (b->graph == NULL || !same_key (key, b->graph_key)) {
+    /* A new shape may grow the exec's scratch buffers, freeing memory the recorded step still
+     * points to: the recorded step goes, and is recorded again when its shape comes back. */
+    if (b->graph != NULL) {
+      ops->synchronize (b->ex);
+      ops->graph_free (be, b->graph);
+      b->graph = NULL;
+    }
+    if (!same_key (key, b->warm_key)) {
+      g_free (b->warm_key);
+      b->warm_key = g_steal_pointer (&key);
+      device_step (b, n, rows, want_logits);
+      return TRUE;
+    }
+    g_autoptr (GError) why = NULL;
+    MoshiGraph *graph = NULL;
+    if (ops->capture_begin (b->ex, &why)) {
+      device_step (b, n, rows, want_logits);
+      graph = ops->capture_end (b->ex, &why);
+    }
+    if (graph == NULL) {
+      g_message ("%s: steps are not recorded, each op is launched as it comes: %s", b->lm->path,
+          why->message);
+      b->graphs = FALSE;
+      device_step (b, n, rows, want_logits);
+      return TRUE;
+    }
+    b->graph = graph;
+    g_free (b->graph_key);
+    b->graph_key = g_steal_pointer (&key);
+  }
+  return ops->graph_launch (b->ex, b->graph, error);
 }
 
 gboolean
@@ -1397,7 +1560,6 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
 
   /* Rows: one per session, two (conditioned, then null) with classifier-free guidance. */
   int rows = 0;
-  gsize layer_stride = (gsize) sessions[0]->capacity * cfg->dim;
   for (int r = 0; r < n; r++) {
     MoshiLmSession *s = sessions[r];
     if (s->offset > G_MAXINT - 1) {
@@ -1419,7 +1581,12 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   }
   b->row_of[n] = rows;
 
-  /* Delay line in, model input out (LMGen._step). */
+  /* Delay line in, model input out (LMGen._step), into the step input. */
+  const StepLayout *L = &b->layout;
+  MoshiRowCache *rc = (MoshiRowCache *) (b->step_host + L->rc);
+  MoshiSampler *samplers = (MoshiSampler *) (b->step_host + L->samplers);
+  int32_t *ids = (int32_t *) (b->step_host + L->ids);
+  float *cond = (float *) (b->step_host + L->cond);
   for (int r = 0; r < n; r++) {
     MoshiLmSession *s = sessions[r];
     for (int j = 0; j < n_user; j++) {
@@ -1432,48 +1599,36 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
         int32_t v = s->offset <= cfg->delays[k] ? initial : s->cache[k * s->ct + s->offset % s->ct];
         if (k == 0 && cfg->hibiki && v == 2)
           v = 3;                /* text_emb row 2 := row 3 (model_type hibiki) */
-        b->ids_host[(gsize) k * rows + row] = v;
+        ids[(gsize) k * rows + row] = v;
       }
       int half = row - b->row_of[r];
       if (cfg->n_conditioners > 0)
-        memcpy (b->cond_host + (gsize) row * cfg->dim, s->cond_vec[half], cfg->dim * sizeof (float));
-      b->segments[row] = (Segment) { row, 1, half ? s->k_null : s->k_cache,
-        half ? s->v_null : s->v_cache, layer_stride, s->capacity, (int) s->offset };
+        memcpy (cond + (gsize) row * cfg->dim, s->cond_vec[half], cfg->dim * sizeof (float));
+      rc[row] = (MoshiRowCache) { half ? s->k_null : s->k_cache, half ? s->v_null : s->v_cache,
+        (int32_t) s->offset, (int32_t) s->offset + 1 };
     }
+    samplers[r] = (MoshiSampler) {
+      .text_temperature = s->params.text_temperature,
+      .text_top_k = s->params.text_topk,
+      .audio_temperature = s->params.audio_temperature,
+      .audio_top_k = s->params.audio_topk,
+      .cfg_coef = s->cfg_coef,
+      .row = b->row_of[r],
+      .n_rows = b->row_of[r + 1] - b->row_of[r],
+      .seed = s->seed,
+      .step = s->offset,
+    };
   }
-  ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * rows * sizeof (int32_t));
-  temporal_forward (b, b->ids, rows, b->segments, rows);
+
+  if (!run_step (b, n, rows, text_logits_out != NULL, error))
+    return FALSE;
+  ops->synchronize (b->ex);
 
   int text_vocab = cfg->text_card_out;
-  int *scratch = b->sample_scratch;
-  int32_t *tokens = b->tokens;      /* [n][1 + dep_q] */
-  ops->download (b->ex, b->logits_host, b->logits, (gsize) rows * text_vocab * sizeof (float));
-  for (int r = 0; r < n; r++) {
-    MoshiLmSession *s = sessions[r];
-    float *l = cfg_combine (b, s, r, text_vocab);
-    if (text_logits_out)
-      memcpy (text_logits_out + (gsize) r * text_vocab, l, text_vocab * sizeof (float));
-    tokens[(gsize) r * (1 + cfg->dep_q)] = moshi_sample_token (l, text_vocab,
-        s->params.text_temperature, s->params.text_topk, &s->rng, scratch);
-  }
-
-  if (cfg->dep_q > 0) {
-    Segment *depth = depth_segments (b, rows);
-    for (int k = 0; k < cfg->dep_q; k++) {
-      for (int r = 0; r < n; r++)
-        for (int row = b->row_of[r]; row < b->row_of[r + 1]; row++)
-          b->ids_host[row] = tokens[(gsize) r * (1 + cfg->dep_q) + k];
-      ops->upload (b->ex, b->ids, b->ids_host, rows * sizeof (int32_t));
-      depformer_forward (b, k, b->ids, rows, depth);
-      ops->download (b->ex, b->logits_host, b->logits, (gsize) rows * cfg->card * sizeof (float));
-      for (int r = 0; r < n; r++) {
-        MoshiLmSession *s = sessions[r];
-        float *l = cfg_combine (b, s, r, cfg->card);
-        tokens[(gsize) r * (1 + cfg->dep_q) + k + 1] = moshi_sample_token (l, cfg->card,
-            s->params.audio_temperature, s->params.audio_topk, &s->rng, scratch);
-      }
-    }
-  }
+  for (int r = 0; text_logits_out && r < n; r++)
+    memcpy (text_logits_out + (gsize) r * text_vocab,
+        b->text_logits_host + (gsize) b->row_of[r] * text_vocab, text_vocab * sizeof (float));
+  const int32_t *tokens = b->tokens_host;      /* [n][1 + dep_q] */
 
   /* Feed back everything generated, then read the frame max_delay steps behind. */
   for (int r = 0; r < n; r++) {

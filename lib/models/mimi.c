@@ -565,12 +565,11 @@ typedef struct {
   gboolean first;
 } ConvState;
 
+/* A transformer's ring KV caches: every layer's in one block per K and V (layer l at
+ * l * capacity * d), the layout the row ops (rope_rows, kv_write_rows, attention_rows) address
+ * from a MoshiRowCache table. */
 typedef struct {
   float *k_cache, *v_cache;
-} KvState;
-
-typedef struct {
-  KvState *layers;
   int pos;                /* steps since start or reset: RoPE offset and KV end offset */
 } TrState;
 
@@ -582,6 +581,20 @@ typedef struct {
   float *hidden;          /* residual branch [channels / compress, cols] */
   int cols;               /* max columns per call at this stage's rate (residual blocks) */
 } StageState;
+
+/* The device work of one call (encode_chunk or decode_chunk), as run_call runs it. */
+typedef struct {
+  gboolean decode;
+  int n_frames;
+  int num_codebooks;
+  gboolean first;         /* a first-frame branch runs (replicate padding): never recorded */
+} Call;
+
+/* The recorded call of one direction, replayed while calls keep its shape. */
+typedef struct {
+  MoshiGraph *graph;
+  gint64 key;             /* call_key of the shape it was recorded for */
+} Recorded;
 
 struct _MoshiMimiSession {
   MoshiMimi *m;
@@ -598,9 +611,11 @@ struct _MoshiMimiSession {
   float *q_latent;        /* [frames, d] */
   float *q_residual;      /* [frames, dim] */
   int32_t *codes_dev;     /* [n_q, frames] */
-  int32_t *codes_host;    /* [num_codebooks, frames]: one chunk's codes before reordering */
+  guint8 *enc_in_host;    /* pinned mirror of enc_conv0.buf: a call's PCM and row table */
+  int32_t *codes_host;    /* pinned, [num_codebooks, frames]: one chunk's codes */
 
   /* decoder */
+  guint8 *dec_in, *dec_in_host; /* a call's codes and row table (device, pinned mirror) */
   float *dq;              /* [frames, dim] */
   float *dq_proj;         /* [frames, d] */
   float *dq_cols;         /* [d, frames] */
@@ -611,9 +626,15 @@ struct _MoshiMimiSession {
   float *dec_x0;          /* dec conv0 output [C0, steps] */
   StageState dec[MOSHI_MIMI_MAX_RATIOS];
   float *pcm_dev;
+  float *pcm_host;        /* pinned */
 
   /* transformer scratch, shared by both directions */
   float *tr_x, *tr_h, *tr_qkv, *tr_o, *tr_ff;
+
+  /* recorded calls (backends that can record; see run_call) */
+  gboolean graphs;
+  Recorded enc_rec, dec_rec;
+  GHashTable *seen;       /* call_key of every call shape run so far (gint64 *) */
 };
 
 typedef struct {
@@ -622,13 +643,31 @@ typedef struct {
   gboolean failed;
 } Alloc;
 
-static float *
-dev_alloc (Alloc *a, gsize n_floats)
+static void *
+dev_alloc_bytes (Alloc *a, gsize bytes)
 {
   if (a->failed)
     return NULL;
   MoshiBackend *be = a->s->m->be;
-  float *p = be->ops->alloc (be, n_floats * sizeof (float), a->error);
+  void *p = be->ops->alloc (be, bytes, a->error);
+  if (p == NULL)
+    a->failed = TRUE;
+  return p;
+}
+
+static float *
+dev_alloc (Alloc *a, gsize n_floats)
+{
+  return dev_alloc_bytes (a, n_floats * sizeof (float));
+}
+
+static void *
+host_alloc (Alloc *a, gsize bytes)
+{
+  if (a->failed)
+    return NULL;
+  MoshiBackend *be = a->s->m->be;
+  void *p = be->ops->host_alloc (be, bytes, a->error);
   if (p == NULL)
     a->failed = TRUE;
   return p;
@@ -645,11 +684,8 @@ conv_state_init (Alloc *a, ConvState *cs, const Conv *c, int max_in)
 static void
 tr_state_init (Alloc *a, TrState *ts, const Transformer *tr, int capacity, int d)
 {
-  ts->layers = g_new0 (KvState, tr->n_layers);
-  for (int l = 0; l < tr->n_layers; l++) {
-    ts->layers[l].k_cache = dev_alloc (a, (gsize) capacity * d);
-    ts->layers[l].v_cache = dev_alloc (a, (gsize) capacity * d);
-  }
+  ts->k_cache = dev_alloc (a, (gsize) tr->n_layers * capacity * d);
+  ts->v_cache = dev_alloc (a, (gsize) tr->n_layers * capacity * d);
   ts->pos = 0;
 }
 
@@ -661,15 +697,10 @@ dev_free (MoshiBackend *be, void *p)
 }
 
 static void
-tr_state_clear (MoshiBackend *be, TrState *ts, const Transformer *tr)
+host_free (MoshiBackend *be, void *p)
 {
-  if (ts->layers == NULL)
-    return;
-  for (int l = 0; l < tr->n_layers; l++) {
-    dev_free (be, ts->layers[l].k_cache);
-    dev_free (be, ts->layers[l].v_cache);
-  }
-  g_free (ts->layers);
+  if (p)
+    be->ops->host_free (be, p);
 }
 
 static void
@@ -686,6 +717,20 @@ stage_state_clear (MoshiBackend *be, StageState *ss, const Stage *st)
   dev_free (be, ss->hidden);
 }
 
+/* Frees the recorded calls of both directions. Every call ends with a synchronize, so none of
+ * them is still running when this is called between calls. */
+static void
+drop_graphs (MoshiMimiSession *s)
+{
+  MoshiBackend *be = s->m->be;
+  Recorded *recs[] = { &s->enc_rec, &s->dec_rec };
+  for (guint i = 0; i < G_N_ELEMENTS (recs); i++) {
+    if (recs[i]->graph != NULL)
+      be->ops->graph_free (be, recs[i]->graph);
+    recs[i]->graph = NULL;
+  }
+}
+
 void
 moshi_mimi_session_free (MoshiMimiSession *s)
 {
@@ -693,22 +738,60 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     return;
   MoshiMimi *m = s->m;
   MoshiBackend *be = m->be;
-  float *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
-    s->q_latent, s->q_residual, (float *) s->codes_dev, s->dq, s->dq_proj, s->dq_cols,
+  drop_graphs (s);
+  void *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
+    s->q_latent, s->q_residual, s->codes_dev, s->dec_in, s->dq, s->dq_proj, s->dq_cols,
     s->up_carry, s->dec_latent, s->dec_conv0.buf, s->dec_final.buf, s->dec_x0, s->pcm_dev,
-    s->tr_x, s->tr_h, s->tr_qkv, s->tr_o, s->tr_ff };
+    s->tr_x, s->tr_h, s->tr_qkv, s->tr_o, s->tr_ff, s->enc_tr.k_cache, s->enc_tr.v_cache,
+    s->dec_tr.k_cache, s->dec_tr.v_cache };
   for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
     dev_free (be, bufs[i]);
+  void *host_bufs[] = { s->enc_in_host, s->codes_host, s->dec_in_host, s->pcm_host };
+  for (guint i = 0; i < G_N_ELEMENTS (host_bufs); i++)
+    host_free (be, host_bufs[i]);
   for (int i = 0; i < m->n_stages; i++) {
     stage_state_clear (be, &s->enc[i], &m->enc_stages[i]);
     stage_state_clear (be, &s->dec[i], &m->dec_stages[i]);
   }
-  tr_state_clear (be, &s->enc_tr, &m->enc_tr);
-  tr_state_clear (be, &s->dec_tr, &m->dec_tr);
+  if (s->seen)
+    g_hash_table_unref (s->seen);
   moshi_exec_free (s->ex);
-  g_free (s->codes_host);
   moshi_mimi_unref (m);
   g_free (s);
+}
+
+static gsize
+align16 (gsize n)
+{
+  return (n + 15) & ~(gsize) 15;
+}
+
+/* Where a call's input lies in its device block and pinned mirror (bytes): one upload covers
+ * [in, end), the transformer's row table starts at rc. */
+typedef struct {
+  gsize in, rc, end;
+} CallLayout;
+
+/* Encode: the block is enc_conv0's window (mono: one row of history + new columns), so the PCM
+ * lands where the first conv reads it, without a copy; the row table follows the call's
+ * columns. */
+static CallLayout
+encode_layout (const MoshiMimiSession *s, int n_frames)
+{
+  const MoshiMimi *m = s->m;
+  int cols = n_frames * m->frame_size, steps = n_frames * m->resample_stride;
+  gsize in = (gsize) m->enc_conv0.history * sizeof (float);
+  gsize rc = align16 (in + (gsize) cols * sizeof (float));
+  return (CallLayout) { in, rc, rc + (gsize) steps * sizeof (MoshiRowCache) };
+}
+
+/* Decode: the codes [num_codebooks, n_frames], then the row table. */
+static CallLayout
+decode_layout (const MoshiMimiSession *s, int num_codebooks, int n_frames)
+{
+  int steps = n_frames * s->m->resample_stride;
+  gsize rc = align16 ((gsize) num_codebooks * n_frames * sizeof (int32_t));
+  return (CallLayout) { 0, rc, rc + (gsize) steps * sizeof (MoshiRowCache) };
 }
 
 MoshiMimiSession *
@@ -742,15 +825,24 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   int steps = max_frames * m->resample_stride;
   int context = m->cfg.transformer.context;
   s->kv_capacity = options->full_context ? context + steps - 1 : context;
+  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
+  s->graphs = m->be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+  s->seen = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
 
   const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
   int ff = cfg->transformer.dim_feedforward;
   Alloc a = { s, error, FALSE };
 
-  /* Encoder buffers, stage by stage from the input rate down. */
+  /* Encoder buffers, stage by stage from the input rate down. The first conv's window is the
+   * encoder's input block (encode_layout; the config allows mono only). */
   int cols = max_frames * m->frame_size;
-  conv_state_init (&a, &s->enc_conv0, &m->enc_conv0, cols);
+  g_assert (m->enc_conv0.c_in == 1);
+  s->enc_conv0.ld = m->enc_conv0.history + cols;
+  s->enc_conv0.first = TRUE;
+  gsize enc_in_bytes = encode_layout (s, max_frames).end;
+  s->enc_conv0.buf = dev_alloc_bytes (&a, enc_in_bytes);
+  s->enc_in_host = host_alloc (&a, enc_in_bytes);
   for (int i = 0; i < m->n_stages; i++) {
     const Stage *st = &m->enc_stages[i];
     StageState *ss = &s->enc[i];
@@ -771,10 +863,13 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   tr_state_init (&a, &s->enc_tr, &m->enc_tr, s->kv_capacity, d);
   s->q_latent = dev_alloc (&a, (gsize) max_frames * d);
   s->q_residual = dev_alloc (&a, (gsize) max_frames * dim);
-  s->codes_dev = (int32_t *) dev_alloc (&a, (gsize) n_q * max_frames);
-  s->codes_host = g_new (int32_t, (gsize) num_codebooks * max_frames);
+  s->codes_dev = dev_alloc_bytes (&a, (gsize) n_q * max_frames * sizeof (int32_t));
+  s->codes_host = host_alloc (&a, (gsize) num_codebooks * max_frames * sizeof (int32_t));
 
   /* Decoder buffers. */
+  gsize dec_in_bytes = decode_layout (s, n_q, max_frames).end;
+  s->dec_in = dev_alloc_bytes (&a, dec_in_bytes);
+  s->dec_in_host = host_alloc (&a, dec_in_bytes);
   s->dq = dev_alloc (&a, (gsize) max_frames * dim);
   s->dq_proj = dev_alloc (&a, (gsize) max_frames * d);
   s->dq_cols = dev_alloc (&a, (gsize) d * max_frames);
@@ -799,6 +894,7 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   }
   conv_state_init (&a, &s->dec_final, &m->dec_final, cols);
   s->pcm_dev = dev_alloc (&a, (gsize) cols * cfg->channels);
+  s->pcm_host = host_alloc (&a, (gsize) cols * cfg->channels * sizeof (float));
 
   s->tr_x = dev_alloc (&a, (gsize) steps * d);
   s->tr_h = dev_alloc (&a, (gsize) steps * d);
@@ -892,7 +988,9 @@ window_input (ConvState *cs, const Conv *c)
 }
 
 /* Runs a causal conv over its window holding t_in new columns, then keeps the last `history`
- * columns for the next call. */
+ * columns for the next call. The first-frame branch is host control flow: run_call never
+ * records a call that takes it (first_frame_pending), so clearing `first` while recording a
+ * steady-state call changes nothing. */
 static void
 conv_step (MoshiExec *ex, const Conv *c, ConvState *cs, int t_in, float *dst, int ld_dst, float beta)
 {
@@ -925,9 +1023,20 @@ res_blocks (MoshiExec *ex, const Stage *st, StageState *ss, int cols)
   }
 }
 
-/* Pre-norm transformer over t time-major rows in s->tr_x. */
+/* Fills a transformer call's row table: its t rows are the session's one sequence at positions
+ * pos .. pos + t - 1, each attending over the ring up to end = pos + t (causally by position). */
 static void
-transformer_step (MoshiMimiSession *s, const Transformer *tr, TrState *ts, int t)
+fill_rows (MoshiRowCache *rc, const TrState *ts, int t)
+{
+  for (int i = 0; i < t; i++)
+    rc[i] = (MoshiRowCache) { ts->k_cache, ts->v_cache, ts->pos + i, ts->pos + t };
+}
+
+/* Pre-norm transformer over t time-major rows in s->tr_x, positions and caches from the device
+ * row table rc (fill_rows): nothing here depends on the host's position, so a recorded call
+ * replays at any position, and each positional op is one launch for the whole chunk. */
+static void
+transformer_step (MoshiMimiSession *s, const Transformer *tr, int t, const MoshiRowCache *rc)
 {
   MoshiExec *ex = s->ex;
   const MoshiBackendOps *ops = ex->backend->ops;
@@ -937,17 +1046,23 @@ transformer_step (MoshiMimiSession *s, const Transformer *tr, TrState *ts, int t
   int head_dim = d / heads;
   int ff = cfg->transformer.dim_feedforward;
   float scale = 1.0f / sqrtf ((float) head_dim);
+  float max_period = (float) cfg->transformer.max_period;
+  gsize layer_stride = (gsize) s->kv_capacity * d;
+  /* A chunk longer than the ring (the streaming capacity is the context): its last rows own
+   * every slot, so only those are written; the rows of one kv_write_rows launch are written in
+   * parallel and must not share a slot. */
+  int skip = MAX (t - s->kv_capacity, 0);
+  const float *k_new = s->tr_qkv + (gsize) skip * 3 * d + d;
   for (int l = 0; l < tr->n_layers; l++) {
     const Layer *L = &tr->layers[l];
-    KvState *kv = &ts->layers[l];
     ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm1_w, &L->norm1_b, LAYER_NORM_EPS, t, d);
     ops->linear (ex, s->tr_qkv, 3 * d, s->tr_h, d, &L->in_proj, NULL, t, 0.0f);
-    ops->rope (ex, s->tr_qkv, 3 * d, t, heads, head_dim, ts->pos, (float) cfg->transformer.max_period);
-    ops->rope (ex, s->tr_qkv + d, 3 * d, t, heads, head_dim, ts->pos, (float) cfg->transformer.max_period);
-    ops->kv_write (ex, kv->k_cache, kv->v_cache, s->kv_capacity, s->tr_qkv + d, 3 * d,
-        s->tr_qkv + 2 * d, 3 * d, d, ts->pos, t);
-    ops->attention (ex, s->tr_h, d, s->tr_qkv, 3 * d, kv->k_cache, kv->v_cache, s->kv_capacity,
-        heads, head_dim, ts->pos, t, cfg->transformer.context, scale);
+    ops->rope_rows (ex, s->tr_qkv, 3 * d, t, heads, head_dim, rc, max_period);
+    ops->rope_rows (ex, s->tr_qkv + d, 3 * d, t, heads, head_dim, rc, max_period);
+    ops->kv_write_rows (ex, rc + skip, layer_stride * l, s->kv_capacity, k_new, 3 * d, k_new + d,
+        3 * d, d, t - skip);
+    ops->attention_rows (ex, s->tr_h, d, s->tr_qkv, 3 * d, rc, layer_stride * l, s->kv_capacity,
+        heads, head_dim, t, cfg->transformer.context, scale);
     ops->linear (ex, s->tr_o, d, s->tr_h, d, &L->out_proj, NULL, t, 0.0f);
     ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale1 : NULL, t, d);
     ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm2_w, &L->norm2_b, LAYER_NORM_EPS, t, d);
@@ -956,13 +1071,55 @@ transformer_step (MoshiMimiSession *s, const Transformer *tr, TrState *ts, int t
     ops->linear (ex, s->tr_o, d, s->tr_ff, ff, &L->linear2, NULL, t, 0.0f);
     ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale2 : NULL, t, d);
   }
-  ts->pos += t;
+}
+
+/* Whether conv_step on c takes its first-frame branch (replicate padding) at the next call. */
+static inline gboolean
+replicate_pending (const Conv *c, const ConvState *cs)
+{
+  return c->replicate && cs->first;
+}
+
+static gboolean
+stage_first_frame (const Stage *st, const StageState *ss, gboolean encoder)
+{
+  for (int j = 0; j < st->n_res; j++)
+    if (replicate_pending (&st->res[j].conv1, &ss->res_conv1[j]))
+      return TRUE;
+  return encoder && replicate_pending (&st->down, &ss->down);
+}
+
+/* Whether the next call of a direction differs from later ones by a first-frame branch. */
+static gboolean
+first_frame_pending (const MoshiMimiSession *s, gboolean decode)
+{
+  const MoshiMimi *m = s->m;
+  if (decode) {
+    if (replicate_pending (&m->dec_conv0, &s->dec_conv0)
+        || replicate_pending (&m->dec_final, &s->dec_final))
+      return TRUE;
+    for (int i = 0; i < m->n_stages; i++)
+      if (stage_first_frame (&m->dec_stages[i], &s->dec[i], FALSE))
+        return TRUE;
+    return FALSE;
+  }
+  if (replicate_pending (&m->enc_conv0, &s->enc_conv0)
+      || replicate_pending (&m->enc_final, &s->enc_final)
+      || (m->resample_stride > 1 && replicate_pending (&m->downsample, &s->downsample)))
+    return TRUE;
+  for (int i = 0; i < m->n_stages; i++)
+    if (stage_first_frame (&m->enc_stages[i], &s->enc[i], TRUE))
+      return TRUE;
+  return FALSE;
 }
 
 /* ---------------------------------------------------------------- encode */
 
+/* The device part of an encode call over the input staged in enc_in_host (encode_chunk): one
+ * upload, the encoder, the codes copied back into codes_host. Nothing here waits for the device
+ * or depends on host state that differs between steady-state calls, so it can be recorded. */
 static void
-encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *codes, int ld_codes)
+device_encode (MoshiMimiSession *s, int n_frames)
 {
   MoshiMimi *m = s->m;
   MoshiExec *ex = s->ex;
@@ -970,8 +1127,10 @@ encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *code
   int d = m->cfg.seanet.dimension;
   int cols = n_frames * m->frame_size;
   int steps = n_frames * m->resample_stride;
+  CallLayout L = encode_layout (s, n_frames);
+  guint8 *in = (guint8 *) s->enc_conv0.buf;
 
-  ops->upload (ex, window_input (&s->enc_conv0, &m->enc_conv0), pcm, (gsize) cols * sizeof (float));
+  ops->upload (ex, in + L.in, s->enc_in_host + L.in, L.end - L.in);
   conv_step (ex, &m->enc_conv0, &s->enc_conv0, cols, s->enc[0].x, s->enc[0].cols, 0.0f);
   for (int i = 0; i < m->n_stages; i++) {
     const Stage *st = &m->enc_stages[i];
@@ -995,7 +1154,7 @@ encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *code
   conv_step (ex, &m->enc_final, &s->enc_final, steps, s->enc_latent, steps, 0.0f);
 
   ops->transpose (ex, s->tr_x, d, s->enc_latent, steps, d, steps);
-  transformer_step (s, &m->enc_tr, &s->enc_tr, steps);
+  transformer_step (s, &m->enc_tr, steps, (const MoshiRowCache *) (in + L.rc));
 
   if (m->resample_stride > 1) {
     ops->transpose (ex, window_input (&s->downsample, &m->downsample), s->downsample.ld, s->tr_x,
@@ -1015,9 +1174,164 @@ encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *code
     ops->rvq_encode (ex, s->codes_dev + n_frames, n_frames, s->q_residual, dim, &m->books_rest,
         &m->norms_rest, s->num_codebooks - 1, n_frames);
   }
-  for (int k = 0; k < s->num_codebooks; k++)
-    ops->download (ex, codes + (gsize) k * ld_codes, s->codes_dev + (gsize) k * n_frames,
-        n_frames * sizeof (int32_t));
+  /* [num_codebooks, n_frames], contiguous: one copy */
+  ops->download_async (ex, s->codes_host, s->codes_dev,
+      (gsize) s->num_codebooks * n_frames * sizeof (int32_t));
+}
+
+/* ---------------------------------------------------------------- decode */
+
+/* The device part of a decode call over the input staged in dec_in_host (decode_chunk): one
+ * upload, the decoder, the PCM copied back into pcm_host. Recordable as device_encode. */
+static void
+device_decode (MoshiMimiSession *s, int num_codebooks, int n_frames)
+{
+  MoshiMimi *m = s->m;
+  MoshiExec *ex = s->ex;
+  const MoshiBackendOps *ops = m->be->ops;
+  int d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
+  int steps = n_frames * m->resample_stride;
+  CallLayout L = decode_layout (s, num_codebooks, n_frames);
+  const int32_t *codes = (const int32_t *) s->dec_in;
+
+  ops->upload (ex, s->dec_in + L.in, s->dec_in_host + L.in, L.end - L.in);
+  ops->rvq_decode (ex, s->dq, dim, codes, n_frames, &m->books_first, 1, n_frames);
+  ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_first, NULL, n_frames, 0.0f);
+  if (num_codebooks > 1) {
+    ops->rvq_decode (ex, s->dq, dim, codes + n_frames, n_frames, &m->books_rest,
+        num_codebooks - 1, n_frames);
+    ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_rest, NULL, n_frames, 1.0f);
+  }
+
+  if (m->resample_stride > 1) {
+    ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
+    ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
+        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
+    ops->transpose (ex, s->tr_x, d, s->dec_latent, steps, d, steps);
+  } else {
+    ops->copy_2d (ex, s->tr_x, d, s->dq_proj, d, n_frames, d);
+  }
+  transformer_step (s, &m->dec_tr, steps, (const MoshiRowCache *) (s->dec_in + L.rc));
+  ops->transpose (ex, window_input (&s->dec_conv0, &m->dec_conv0), s->dec_conv0.ld, s->tr_x, d,
+      steps, d);
+  conv_step (ex, &m->dec_conv0, &s->dec_conv0, steps, s->dec_x0, steps, 0.0f);
+
+  float *x = s->dec_x0;
+  int ld_x = steps, cols = steps;
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    StageState *ss = &s->dec[i];
+    ops->elu_2d (ex, x, ld_x, x, ld_x, st->up.c_in, cols);
+    ops->conv_transpose1d (ex, ss->x, ss->cols, x, ld_x, &st->up.w, &st->up.b, ss->carry,
+        st->up.stride, 1, cols);
+    cols *= st->up.stride;
+    res_blocks (ex, st, ss, cols);
+    x = ss->x;
+    ld_x = ss->cols;
+  }
+  ops->elu_2d (ex, window_input (&s->dec_final, &m->dec_final), s->dec_final.ld, x, ld_x,
+      m->dec_final.c_in, cols);
+  conv_step (ex, &m->dec_final, &s->dec_final, cols, s->pcm_dev, cols, 0.0f);
+  ops->download_async (ex, s->pcm_host, s->pcm_dev, (gsize) cols * sizeof (float));
+}
+
+/* ---------------------------------------------------------------- running a call */
+
+static void
+device_call (MoshiMimiSession *s, const Call *c)
+{
+  if (c->decode)
+    device_decode (s, c->num_codebooks, c->n_frames);
+  else
+    device_encode (s, c->n_frames);
+}
+
+/* Everything that selects a call's op sequence and buffer offsets. */
+static gint64
+call_key (const Call *c)
+{
+  return (gint64) c->n_frames << 32 | (gint64) c->num_codebooks << 2 | (gint64) c->first << 1
+      | (gint64) c->decode;
+}
+
+/* Notes a call shape as run; TRUE when it had run before. */
+static gboolean
+seen_before (MoshiMimiSession *s, gint64 key)
+{
+  if (g_hash_table_contains (s->seen, &key))
+    return TRUE;
+  g_hash_table_add (s->seen, g_memdup2 (&key, sizeof key));
+  return FALSE;
+}
+
+/* Runs a call's device part: replays the direction's recorded call when the shape is the one
+ * recorded, records a steady-state shape the second time it comes (the first run sizes the
+ * exec's scratch buffers), and otherwise runs the ops as they come (always for first-frame
+ * calls, whose branch later calls do not take). A call that cannot be recorded turns recording
+ * off for the session, with a message. */
+static gboolean
+run_call (MoshiMimiSession *s, const Call *c, GError **error)
+{
+  MoshiBackend *be = s->m->be;
+  const MoshiBackendOps *ops = be->ops;
+  if (!s->graphs) {
+    device_call (s, c);
+    return TRUE;
+  }
+  Recorded *rec = c->decode ? &s->dec_rec : &s->enc_rec;
+  gint64 key = call_key (c);
+  if (rec->graph != NULL && rec->key == key)
+    return ops->graph_launch (s->ex, rec->graph, error);
+  if (!seen_before (s, key)) {
+    /* A new shape may grow the exec's scratch buffers, which frees the ones that the recorded
+     * calls (of either direction, sharing the exec) would use: drop them; they are recorded
+     * again when their shapes come back. */
+    drop_graphs (s);
+    device_call (s, c);
+    return TRUE;
+  }
+  if (c->first) {
+    device_call (s, c);
+    return TRUE;
+  }
+  if (rec->graph != NULL) {
+    ops->graph_free (be, rec->graph);   /* idle: the last call ended with a synchronize */
+    rec->graph = NULL;
+  }
+  g_autoptr (GError) why = NULL;
+  MoshiGraph *graph = NULL;
+  if (ops->capture_begin (s->ex, &why)) {
+    device_call (s, c);
+    graph = ops->capture_end (s->ex, &why);
+  }
+  if (graph == NULL) {
+    g_message ("%s: Mimi frames are not recorded, each op is launched as it comes: %s",
+        s->m->path, why->message);
+    s->graphs = FALSE;
+    drop_graphs (s);
+    device_call (s, c);
+    return TRUE;
+  }
+  rec->graph = graph;
+  rec->key = key;
+  return ops->graph_launch (s->ex, rec->graph, error);
+}
+
+/* Encodes n_frames <= max_frames frames into codes_host ([num_codebooks, n_frames]). */
+static gboolean
+encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, GError **error)
+{
+  MoshiMimi *m = s->m;
+  int steps = n_frames * m->resample_stride;
+  CallLayout L = encode_layout (s, n_frames);
+  memcpy (s->enc_in_host + L.in, pcm, (gsize) n_frames * m->frame_size * sizeof (float));
+  fill_rows ((MoshiRowCache *) (s->enc_in_host + L.rc), &s->enc_tr, steps);
+  Call c = { FALSE, n_frames, s->num_codebooks, first_frame_pending (s, FALSE) };
+  if (!run_call (s, &c, error))
+    return FALSE;
+  m->be->ops->synchronize (s->ex);
+  s->enc_tr.pos += steps;
+  return TRUE;
 }
 
 gboolean
@@ -1039,67 +1353,34 @@ moshi_mimi_session_encode (MoshiMimiSession *s, const float *pcm, int n_frames, 
   }
   for (int f = 0; f < n_frames; f += s->max_frames) {
     int chunk = MIN (s->max_frames, n_frames - f);
-    /* Codes go to a contiguous [K, chunk] block first, then into the caller's [K, n_frames]. */
-    encode_chunk (s, pcm + (gsize) f * s->m->frame_size, chunk, s->codes_host, chunk);
+    if (!encode_chunk (s, pcm + (gsize) f * s->m->frame_size, chunk, error))
+      return FALSE;
+    /* the chunk's [K, chunk] block into the caller's [K, n_frames] */
     for (int k = 0; k < s->num_codebooks; k++)
       memcpy (codes + (gsize) k * n_frames + f, s->codes_host + k * chunk, chunk * sizeof (int32_t));
   }
   return TRUE;
 }
 
-/* ---------------------------------------------------------------- decode */
-
-static void
+/* Decodes n_frames <= max_frames frames of codes (row stride ld_codes) into pcm. */
+static gboolean
 decode_chunk (MoshiMimiSession *s, const int32_t *codes, int ld_codes, int num_codebooks,
-    int n_frames, float *pcm)
+    int n_frames, float *pcm, GError **error)
 {
   MoshiMimi *m = s->m;
-  MoshiExec *ex = s->ex;
-  const MoshiBackendOps *ops = m->be->ops;
-  int d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
   int steps = n_frames * m->resample_stride;
-
+  CallLayout L = decode_layout (s, num_codebooks, n_frames);
+  int32_t *in = (int32_t *) (s->dec_in_host + L.in);
   for (int k = 0; k < num_codebooks; k++)
-    ops->upload (ex, s->codes_dev + (gsize) k * n_frames, codes + (gsize) k * ld_codes,
-        n_frames * sizeof (int32_t));
-  ops->rvq_decode (ex, s->dq, dim, s->codes_dev, n_frames, &m->books_first, 1, n_frames);
-  ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_first, NULL, n_frames, 0.0f);
-  if (num_codebooks > 1) {
-    ops->rvq_decode (ex, s->dq, dim, s->codes_dev + n_frames, n_frames, &m->books_rest,
-        num_codebooks - 1, n_frames);
-    ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_rest, NULL, n_frames, 1.0f);
-  }
-
-  if (m->resample_stride > 1) {
-    ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
-    ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
-        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
-    ops->transpose (ex, s->tr_x, d, s->dec_latent, steps, d, steps);
-  } else {
-    ops->copy_2d (ex, s->tr_x, d, s->dq_proj, d, n_frames, d);
-  }
-  transformer_step (s, &m->dec_tr, &s->dec_tr, steps);
-  ops->transpose (ex, window_input (&s->dec_conv0, &m->dec_conv0), s->dec_conv0.ld, s->tr_x, d,
-      steps, d);
-  conv_step (ex, &m->dec_conv0, &s->dec_conv0, steps, s->dec_x0, steps, 0.0f);
-
-  float *x = s->dec_x0;
-  int ld_x = steps, cols = steps;
-  for (int i = 0; i < m->n_stages; i++) {
-    const Stage *st = &m->dec_stages[i];
-    StageState *ss = &s->dec[i];
-    ops->elu_2d (ex, x, ld_x, x, ld_x, st->up.c_in, cols);
-    ops->conv_transpose1d (ex, ss->x, ss->cols, x, ld_x, &st->up.w, &st->up.b, ss->carry,
-        st->up.stride, 1, cols);
-    cols *= st->up.stride;
-    res_blocks (ex, st, ss, cols);
-    x = ss->x;
-    ld_x = ss->cols;
-  }
-  ops->elu_2d (ex, window_input (&s->dec_final, &m->dec_final), s->dec_final.ld, x, ld_x,
-      m->dec_final.c_in, cols);
-  conv_step (ex, &m->dec_final, &s->dec_final, cols, s->pcm_dev, cols, 0.0f);
-  ops->download (ex, pcm, s->pcm_dev, (gsize) cols * sizeof (float));
+    memcpy (in + (gsize) k * n_frames, codes + (gsize) k * ld_codes, n_frames * sizeof (int32_t));
+  fill_rows ((MoshiRowCache *) (s->dec_in_host + L.rc), &s->dec_tr, steps);
+  Call c = { TRUE, n_frames, num_codebooks, first_frame_pending (s, TRUE) };
+  if (!run_call (s, &c, error))
+    return FALSE;
+  m->be->ops->synchronize (s->ex);
+  s->dec_tr.pos += steps;
+  memcpy (pcm, s->pcm_host, (gsize) n_frames * m->frame_size * sizeof (float));
+  return TRUE;
 }
 
 gboolean
@@ -1127,7 +1408,9 @@ moshi_mimi_session_decode (MoshiMimiSession *s, const int32_t *codes, int num_co
     }
   for (int f = 0; f < n_frames; f += s->max_frames) {
     int chunk = MIN (s->max_frames, n_frames - f);
-    decode_chunk (s, codes + f, n_frames, num_codebooks, chunk, pcm + (gsize) f * m->frame_size);
+    if (!decode_chunk (s, codes + f, n_frames, num_codebooks, chunk,
+            pcm + (gsize) f * m->frame_size, error))
+      return FALSE;
   }
   return TRUE;
 }

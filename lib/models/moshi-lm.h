@@ -88,7 +88,7 @@ MoshiLmSession *moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *
     GError **error);
 void moshi_lm_session_free (MoshiLmSession *session);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLmSession, moshi_lm_session_free)
-/* Back to a fresh conversation (step 0); the random generator is re-seeded. */
+/* Back to a fresh conversation (step 0); the random draws start again from the seed. */
 void moshi_lm_session_reset (MoshiLmSession *session);
 /* New sampling settings: temperatures and top-k from the next step, the seed from the next
  * reset (a running conversation keeps its random sequence). */

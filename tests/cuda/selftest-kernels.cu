@@ -145,6 +145,15 @@ big_smem_kernel (int *out, int n)
   atomicAdd (out, acc);
 }
 
+/* y[i] = a x[i] + b: the kernel of the stream capture tests. */
+__global__ void
+scale_add_kernel (float *y, const float *x, float a, float b, int n)
+{
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n)
+    y[i] = a * x[i] + b;
+}
+
 /* The debug hook: the emulator fails the launch when the range is not device memory (nothing
  * on a GPU). */
 __global__ void
@@ -215,6 +224,12 @@ extern "C" cudaError_t
 selftest_early_exit (cudaStream_t stream, int *out)
 {
   return MOSHI_LAUNCH (early_exit_kernel, 1, 64, 0, stream, out);
+}
+
+extern "C" cudaError_t
+selftest_scale_add (cudaStream_t stream, float *y, const float *x, float a, float b, int n)
+{
+  return MOSHI_LAUNCH (scale_add_kernel, (n + 63) / 64, 64, 0, stream, y, x, a, b, n);
 }
 
 extern "C" cudaError_t

@@ -22,6 +22,8 @@ cudaError_t selftest_bad_mask (cudaStream_t stream, int *out);
 cudaError_t selftest_early_exit (cudaStream_t stream, int *out);
 cudaError_t selftest_check_range (cudaStream_t stream, const float *p, long long n);
 cudaError_t selftest_big_smem (cudaStream_t stream, int *out, int n, int set_attribute);
+cudaError_t selftest_scale_add (cudaStream_t stream, float *y, const float *x, float a, float b,
+    int n);
 
 #ifdef __cplusplus
 }

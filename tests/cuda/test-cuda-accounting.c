@@ -88,6 +88,7 @@ lm_step_formula (const MoshiLmConfig *cfg, int m)
   c.launches++;                                           /* out_norm */
   c.bytes += norm_bytes (t->norm, cfg->dim);
   linear_count (cfg->text_card_out, cfg->dim, m, &c);
+  c.launches += 1 + cfg->dep_q;                           /* the tokens sampled on the device */
   for (int k = 0; k < cfg->dep_q; k++) {
     linear_count (cfg->depformer_dim, cfg->dim, m, &c);  /* depformer_in */
     c.launches++;                                         /* embedding row */
@@ -171,42 +172,65 @@ backend (void)
   return be;
 }
 
-/* Runs LM steps 0..2 at batch 1; returns the counts of step 2 (checks that 1 and 2 agree). */
+/* Runs LM steps 0..2 of n sessions in one batch; returns the counts of step 2 (checks that
+ * the steps agree). */
 static Count
-measure_lm (MoshiLm *lm, const char *what)
+measure_lm_batch (MoshiLm *lm, int n, const char *what)
 {
   g_autoptr (GError) error = NULL;
   MoshiBackend *be = backend ();
   const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
   MoshiLmSamplingParams params;
   moshi_lm_sampling_params_init (&params);
-  MoshiLmSession *s = moshi_lm_session_new (lm, &params, &error);
+  MoshiLmSession *s[4];
+  g_assert_true (n <= 4);
+  for (int r = 0; r < n; r++) {
+    s[r] = moshi_lm_session_new (lm, &params, &error);
+    g_assert_no_error (error);
+  }
+  MoshiLmBatch *b = moshi_lm_batch_new (lm, n, 1, &error);
   g_assert_no_error (error);
-  MoshiLmBatch *b = moshi_lm_batch_new (lm, 1, 1, &error);
-  g_assert_no_error (error);
-  int32_t user[MOSHI_LM_MAX_STREAMS] = { 0 }, text, audio[MOSHI_LM_MAX_STREAMS];
-  gboolean ret;
+  int32_t user[4 * MOSHI_LM_MAX_STREAMS] = { 0 }, text[4], audio[4 * MOSHI_LM_MAX_STREAMS];
+  gboolean ret[4];
   Count c[3];
+  const char *env = g_getenv ("MOSHI_LM_GRAPHS");
+  gboolean graphs = !(env && g_str_equal (env, "0"));
   for (int step = 0; step < 3; step++) {
     be->ops->reset_stats (be, NULL);
-    g_assert_true (moshi_lm_batch_step (b, &s, 1, user, &text, audio, &ret, NULL, &error));
+    g_assert_true (moshi_lm_batch_step (b, s, n, user, text, audio, ret, NULL, &error));
     MoshiExecStats st;
     be->ops->get_stats (be, NULL, &st);
     c[step] = (Count) { st.kernel_launches, st.blas_calls, st.weight_bytes };
+    /* the step input up, the tokens down, one wait; from the second step a recorded step
+     * replayed (the first runs eagerly and sizes the scratch buffers) */
+    EXPECT_EQ (st.memory_ops, 2, "%s: copies in step %d", what, step);
+    EXPECT_EQ (st.syncs, 1, "%s: host waits in step %d", what, step);
+    EXPECT_EQ (st.graph_launches, graphs && step > 0, "%s: recorded steps launched in step %d",
+        what, step);
     if (step == 2)
       printf ("%-34s launches %5" G_GUINT64_FORMAT ", cuBLAS %4" G_GUINT64_FORMAT
-          ", copies %3" G_GUINT64_FORMAT ", weight bytes %9" G_GUINT64_FORMAT " per step\n",
-          what, st.kernel_launches, st.blas_calls, st.memory_ops, st.weight_bytes);
+          ", copies %" G_GUINT64_FORMAT ", host waits %" G_GUINT64_FORMAT ", graph launches %"
+          G_GUINT64_FORMAT ", weight bytes %9" G_GUINT64_FORMAT " per step\n", what,
+          st.kernel_launches, st.blas_calls, st.memory_ops, st.syncs, st.graph_launches,
+          st.weight_bytes);
   }
   for (int step = 0; step < 2; step++) {
     EXPECT_EQ (c[step].launches, c[2].launches, "%s: launches of step %d vs 2", what, step);
+    EXPECT_EQ (c[step].blas, c[2].blas, "%s: cuBLAS calls of step %d vs 2", what, step);
     EXPECT_EQ (c[step].bytes, c[2].bytes, "%s: weight bytes of step %d vs 2", what, step);
   }
   (void) cfg;
   moshi_lm_batch_free (b);
-  moshi_lm_session_free (s);
+  for (int r = 0; r < n; r++)
+    moshi_lm_session_free (s[r]);
   moshi_backend_unref (be);
   return c[2];
+}
+
+static Count
+measure_lm (MoshiLm *lm, const char *what)
+{
+  return measure_lm_batch (lm, 1, what);
 }
 
 static void
@@ -235,6 +259,15 @@ test_lm (void)
     check_formula (files[i], got, lm_step_formula (&cfg, m));
     EXPECT_EQ (got.bytes, lm_step_bytes_from_file (path, &cfg),
         "%s: weight bytes vs the checkpoint's tensors", files[i]);
+    /* three sessions in one step: every op covers all rows in one launch (attention included)
+     * and reads each weight once; only the embedding rows gathered grow */
+    g_autofree char *what3 = g_strdup_printf ("%s, 3 sessions", files[i]);
+    Count three = measure_lm_batch (lm, 3, what3);
+    EXPECT_EQ (three.launches, got.launches, "%s: launches vs 1 session", what3);
+    EXPECT_EQ (three.blas, got.blas, "%s: cuBLAS calls vs 1 session", what3);
+    guint64 rows_bytes = (guint64) (cfg.n_q + 1) * cfg.dim * m
+        + (guint64) cfg.dep_q * (cfg.depformer_low_rank ? cfg.depformer_low_rank : cfg.depformer_dim) * m;
+    EXPECT_EQ (three.bytes, got.bytes + 2 * rows_bytes, "%s: weight bytes vs 1 session", what3);
     moshi_lm_unref (lm);
   }
 
@@ -272,6 +305,39 @@ test_lm (void)
       c7.launches, c7.blas, c7.bytes / 1e9, total / 1e9, 100.0 * c7.bytes / total);
 }
 
+#define MIMI_FRAMES 6
+
+/* Runs MIMI_FRAMES one-frame encode + decode calls of a new session on the same input; the
+ * counters of each call into e[] and d[], the codes and PCM of every frame into codes_out and
+ * pcm_out. */
+static void
+run_mimi (MoshiMimi *mimi, MoshiBackend *be, MoshiExecStats *e, MoshiExecStats *d,
+    int32_t *codes_out, float *pcm_out)
+{
+  g_autoptr (GError) error = NULL;
+  MoshiMimiSessionOptions so = { 0 };
+  so.num_codebooks = 8;
+  so.max_frames_per_call = 1;
+  MoshiMimiSession *s = moshi_mimi_session_new (mimi, &so, &error);
+  g_assert_no_error (error);
+  int fs = moshi_mimi_frame_size (mimi);
+  float *pcm = g_new0 (float, fs);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 3);
+  for (int f = 0; f < MIMI_FRAMES; f++) {
+    int32_t *codes = codes_out + f * 8;
+    moshi_test_fill_uniform (&rng, pcm, fs, 0.3f);
+    be->ops->reset_stats (be, NULL);
+    g_assert_true (moshi_mimi_session_encode (s, pcm, 1, codes, &error));
+    be->ops->get_stats (be, NULL, &e[f]);
+    be->ops->reset_stats (be, NULL);
+    g_assert_true (moshi_mimi_session_decode (s, codes, 8, 1, pcm_out + (gsize) f * fs, &error));
+    be->ops->get_stats (be, NULL, &d[f]);
+  }
+  g_free (pcm);
+  moshi_mimi_session_free (s);
+}
+
 static void
 test_mimi (void)
 {
@@ -281,42 +347,71 @@ test_mimi (void)
   MoshiMimiLoadOptions opts = { MOSHI_DEVICE_CUDA };
   MoshiMimi *mimi = moshi_mimi_load (path, config, &opts, &error);
   g_assert_no_error (error);
-  MoshiMimiSessionOptions so = { 0 };
-  so.num_codebooks = 8;
-  so.max_frames_per_call = 1;
-  MoshiMimiSession *s = moshi_mimi_session_new (mimi, &so, &error);
-  g_assert_no_error (error);
   MoshiBackend *be = backend ();
+  const MoshiMimiConfig *cfg = moshi_mimi_get_config (mimi);
   int fs = moshi_mimi_frame_size (mimi);
-  float *pcm = g_new0 (float, fs);
-  MoshiTestRng rng;
-  moshi_test_rng_init (&rng, 3);
-  int32_t codes[64];
-  MoshiExecStats e[3], d[3];
-  for (int f = 0; f < 3; f++) {
-    moshi_test_fill_uniform (&rng, pcm, fs, 0.3f);
-    be->ops->reset_stats (be, NULL);
-    g_assert_true (moshi_mimi_session_encode (s, pcm, 1, codes, &error));
-    be->ops->get_stats (be, NULL, &e[f]);
-    be->ops->reset_stats (be, NULL);
-    g_assert_true (moshi_mimi_session_decode (s, codes, 8, 1, pcm, &error));
-    be->ops->get_stats (be, NULL, &d[f]);
+  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
+  gboolean graphs = !(env && g_str_equal (env, "0"));
+  MoshiExecStats e[MIMI_FRAMES], d[MIMI_FRAMES];
+  int32_t codes[MIMI_FRAMES * 8], codes_eager[MIMI_FRAMES * 8];
+  float *pcm = g_new0 (float, (gsize) MIMI_FRAMES * fs);
+  float *pcm_eager = g_new0 (float, (gsize) MIMI_FRAMES * fs);
+  run_mimi (mimi, be, e, d, codes, pcm);
+
+  /* Per call: the input up (PCM or codes, with the transformer's row table), the output down,
+   * one wait. Decode's ConvTranspose1d layers (the upsample and one per SEANet stage, all with
+   * kernel 2 x stride) each add their overlap's device-to-device copy. */
+  int convtr = cfg->seanet.n_ratios + (moshi_mimi_config_resample_stride (cfg) > 1);
+  for (int f = 0; f < MIMI_FRAMES; f++) {
+    EXPECT_EQ (e[f].memory_ops, 2, "Mimi encode copies, frame %d", f);
+    EXPECT_EQ (d[f].memory_ops, 2 + convtr, "Mimi decode copies, frame %d", f);
+    EXPECT_EQ (e[f].syncs, 1, "Mimi encode host waits, frame %d", f);
+    EXPECT_EQ (d[f].syncs, 1, "Mimi decode host waits, frame %d", f);
+    /* encode: frame 0 takes the downsample's first-frame padding and frame 1 is the first
+     * steady-state one, both run as they come; frame 2 is recorded and replayed, later ones
+     * replayed. Decode has no first-frame branch: recorded at frame 1. */
+    EXPECT_EQ (e[f].graph_launches, graphs && f >= 2, "Mimi encode recorded calls, frame %d", f);
+    EXPECT_EQ (d[f].graph_launches, graphs && f >= 1, "Mimi decode recorded calls, frame %d", f);
   }
   /* the first frame also fills the initial state: steady from the second */
-  for (int f = 1; f < 2; f++) {
-    EXPECT_EQ (e[f].kernel_launches, e[2].kernel_launches, "Mimi encode launches, frame %d vs 2", f);
-    EXPECT_EQ (d[f].kernel_launches, d[2].kernel_launches, "Mimi decode launches, frame %d vs 2", f);
-    EXPECT_EQ (e[f].weight_bytes, e[2].weight_bytes, "Mimi encode weight bytes, frame %d vs 2", f);
-    EXPECT_EQ (d[f].weight_bytes, d[2].weight_bytes, "Mimi decode weight bytes, frame %d vs 2", f);
+  for (int f = 1; f < MIMI_FRAMES - 1; f++) {
+    const MoshiExecStats *el = &e[MIMI_FRAMES - 1], *dl = &d[MIMI_FRAMES - 1];
+    EXPECT_EQ (e[f].kernel_launches, el->kernel_launches, "Mimi encode launches, frame %d vs last", f);
+    EXPECT_EQ (d[f].kernel_launches, dl->kernel_launches, "Mimi decode launches, frame %d vs last", f);
+    EXPECT_EQ (e[f].blas_calls, el->blas_calls, "Mimi encode cuBLAS calls, frame %d vs last", f);
+    EXPECT_EQ (d[f].blas_calls, dl->blas_calls, "Mimi decode cuBLAS calls, frame %d vs last", f);
+    EXPECT_EQ (e[f].weight_bytes, el->weight_bytes, "Mimi encode weight bytes, frame %d vs last", f);
+    EXPECT_EQ (d[f].weight_bytes, dl->weight_bytes, "Mimi decode weight bytes, frame %d vs last", f);
   }
-  printf ("mimi/small, 8 codebooks, per frame: encode %" G_GUINT64_FORMAT " launches + %"
-      G_GUINT64_FORMAT " cuBLAS, %" G_GUINT64_FORMAT " weight bytes; decode %" G_GUINT64_FORMAT
-      " launches + %" G_GUINT64_FORMAT " cuBLAS, %" G_GUINT64_FORMAT " weight bytes\n",
-      e[2].kernel_launches, e[2].blas_calls, e[2].weight_bytes, d[2].kernel_launches,
-      d[2].blas_calls, d[2].weight_bytes);
+  for (int f = 0; f < MIMI_FRAMES; f++)
+    printf ("mimi/small, 8 codebooks, frame %d: encode %3" G_GUINT64_FORMAT " launches + %"
+        G_GUINT64_FORMAT " cuBLAS, %" G_GUINT64_FORMAT " copies, %" G_GUINT64_FORMAT
+        " host waits, %" G_GUINT64_FORMAT " graph launches, %" G_GUINT64_FORMAT
+        " weight bytes; decode %3" G_GUINT64_FORMAT " launches + %" G_GUINT64_FORMAT " cuBLAS, %"
+        G_GUINT64_FORMAT " copies, %" G_GUINT64_FORMAT " host waits, %" G_GUINT64_FORMAT
+        " graph launches, %" G_GUINT64_FORMAT " weight bytes\n", f,
+        e[f].kernel_launches, e[f].blas_calls, e[f].memory_ops, e[f].syncs, e[f].graph_launches,
+        e[f].weight_bytes, d[f].kernel_launches, d[f].blas_calls, d[f].memory_ops, d[f].syncs,
+        d[f].graph_launches, d[f].weight_bytes);
+
+  /* A replayed call computes what the same call run op by op does: the same session eagerly
+   * (MOSHI_MIMI_GRAPHS=0 is read when a session is created) gives bit-identical codes and PCM
+   * on the (deterministic) emulator. */
+  if (graphs) {
+    g_setenv ("MOSHI_MIMI_GRAPHS", "0", TRUE);
+    MoshiExecStats e2[MIMI_FRAMES], d2[MIMI_FRAMES];
+    run_mimi (mimi, be, e2, d2, codes_eager, pcm_eager);
+    g_unsetenv ("MOSHI_MIMI_GRAPHS");
+    EXPECT_EQ (e2[MIMI_FRAMES - 1].graph_launches + d2[MIMI_FRAMES - 1].graph_launches, 0,
+        "Mimi recorded calls with MOSHI_MIMI_GRAPHS=0");
+    EXPECT_EQ (memcmp (codes, codes_eager, sizeof codes) == 0, 1,
+        "Mimi codes, recorded vs eager calls identical");
+    EXPECT_EQ (memcmp (pcm, pcm_eager, (gsize) MIMI_FRAMES * fs * sizeof (float)) == 0, 1,
+        "Mimi PCM, recorded vs eager calls identical");
+  }
   g_free (pcm);
+  g_free (pcm_eager);
   moshi_backend_unref (be);
-  moshi_mimi_session_free (s);
   moshi_mimi_unref (mimi);
 }
 

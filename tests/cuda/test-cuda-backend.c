@@ -196,8 +196,8 @@ START_TEST (test_emulated_memory)
 }
 END_TEST
 
-/* linear with F32 and BF16 weights: the GEMV rows, the converted-block path with more than one
- * block of weight rows, bias, beta 0 and 1, padded leading dimensions. */
+/* linear with F32 and BF16 weights: the GEMV rows (1..64), the converted-block path with more
+ * than one block of weight rows, bias, beta 0 and 1, padded leading dimensions. */
 START_TEST (test_emulated_linear)
 {
   open_both ();
@@ -205,6 +205,7 @@ START_TEST (test_emulated_linear)
     /* rows, n_out, n_in, bf16, beta */
     { 1, 70, 33, 0, 0 }, { 5, 64, 128, 0, 1 }, { 20, 48, 40, 0, 0 },
     { 1, 70, 64, 1, 1 }, { 8, 33, 72, 1, 0 }, { 9, 40, 100, 1, 1 }, { 12, 4100, 1024, 1, 0 },
+    { 64, 50, 72, 1, 1 }, { 65, 4100, 1024, 1, 0 },  /* the last GEMV size; converted blocks */
   };
   MoshiTestRng rng;
   moshi_test_rng_init (&rng, 2);
@@ -249,6 +250,83 @@ START_TEST (test_emulated_linear)
     gpu->ops->weight_release (gpu, &gw);
     gpu->ops->weight_release (gpu, &gb);
   }
+  close_both ();
+}
+END_TEST
+
+/* Recorded steps: ops between capture_begin and capture_end run at each graph_launch, reading
+ * the pinned input as it is then; a wait for the device while recording makes capture_end fail
+ * with a message, and the exec runs ops eagerly afterwards. */
+START_TEST (test_emulated_capture)
+{
+  open_both ();
+  GError *error = NULL;
+  ck_assert_ptr_nonnull (gpu->ops->capture_begin);
+  ck_assert_ptr_null (cpu->ops->capture_begin);      /* the CPU runs every op as it comes */
+  const int n = 300;
+  float *in_host = gpu->ops->host_alloc (gpu, n * sizeof (float), &error);
+  float *out_host = gpu->ops->host_alloc (gpu, n * sizeof (float), &error);
+  ck_assert_ptr_nonnull (in_host);
+  ck_assert_ptr_nonnull (out_host);
+  float *d_x = gpu->ops->alloc (gpu, n * sizeof (float), &error);
+  float *d_y = gpu->ops->alloc (gpu, n * sizeof (float), &error);
+
+  /* y = GELU(x) + x, recorded */
+  for (int i = 0; i < n; i++)
+    in_host[i] = -1.0f;
+  gpu->ops->reset_stats (gpu, gpu_ex);
+  ck_assert (gpu->ops->capture_begin (gpu_ex, &error));
+  gpu->ops->upload (gpu_ex, d_x, in_host, n * sizeof (float));
+  gpu->ops->copy_2d (gpu_ex, d_y, n, d_x, n, 1, n);
+  gpu->ops->gelu (gpu_ex, d_y, n);
+  gpu->ops->add_scaled (gpu_ex, d_y, n, d_x, n, NULL, 1, n);
+  gpu->ops->download_async (gpu_ex, out_host, d_y, n * sizeof (float));
+  MoshiGraph *graph = gpu->ops->capture_end (gpu_ex, &error);
+  ck_assert_msg (graph != NULL, "%s", error ? error->message : "");
+  MoshiExecStats st;
+  gpu->ops->get_stats (gpu, gpu_ex, &st);
+  ck_assert_int_eq (st.kernel_launches, 0);           /* nothing ran yet */
+  ck_assert_float_eq (out_host[0], 0.0f);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 5);
+  for (int launch = 0; launch < 2; launch++) {
+    moshi_test_fill_uniform (&rng, in_host, n, 3);
+    ck_assert (gpu->ops->graph_launch (gpu_ex, graph, &error));
+    gpu->ops->synchronize (gpu_ex);
+    for (int i = 0; i < n; i++) {
+      double x = in_host[i], want = 0.5 * x * (1 + erf (x / sqrt (2.0))) + x;
+      ck_assert_msg (fabs (out_host[i] - want) <= 1e-5 * MAX (1.0, fabs (want)),
+          "replay %d, element %d: %g, want %g", launch, i, out_host[i], want);
+    }
+  }
+  gpu->ops->get_stats (gpu, gpu_ex, &st);
+  ck_assert_int_eq (st.graph_launches, 2);
+  ck_assert_int_eq (st.kernel_launches, 2 * 3);      /* copy, GELU, add per replay */
+  ck_assert_int_eq (st.memory_ops, 2 * 2);
+  ck_assert_int_eq (st.syncs, 2);
+  gpu->ops->graph_free (gpu, graph);
+
+  /* waiting inside a recording: refused, said why, and the exec works on */
+  ck_assert (gpu->ops->capture_begin (gpu_ex, &error));
+  gpu->ops->gelu (gpu_ex, d_y, n);
+  gpu->ops->synchronize (gpu_ex);
+  graph = gpu->ops->capture_end (gpu_ex, &error);
+  ck_assert_ptr_null (graph);
+  ck_assert_ptr_nonnull (error);
+  ck_assert_msg (strstr (error->message, "waited for the device while recording") != NULL, "%s",
+      error->message);
+  g_clear_error (&error);
+  for (int i = 0; i < n; i++)
+    in_host[i] = 1.0f;
+  gpu->ops->upload (gpu_ex, d_x, in_host, n * sizeof (float));
+  gpu->ops->gelu (gpu_ex, d_x, n);
+  g_autofree float *back = from_gpu (d_x, n);
+  ck_assert_float_eq_tol (back[n - 1], 0.841344746f, 1e-6f);
+
+  gpu->ops->free (gpu, d_x);
+  gpu->ops->free (gpu, d_y);
+  gpu->ops->host_free (gpu, in_host);
+  gpu->ops->host_free (gpu, out_host);
   close_both ();
 }
 END_TEST
@@ -308,6 +386,7 @@ backend_suite (void)
   tcase_add_test (emu, test_emulated_memory);
   tcase_add_test (emu, test_emulated_linear);
   tcase_add_test (emu, test_emulated_copy);
+  tcase_add_test (emu, test_emulated_capture);
   suite_add_tcase (s, emu);
   return s;
 }

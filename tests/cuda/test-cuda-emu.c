@@ -2,8 +2,8 @@
  * test is linked with. In the unit suite that is the CPU emulator (kernels/cuda-emu), and the
  * emulator-only cases check that it catches what a GPU would not forgive: host pointers where
  * device pointers belong, copies in the wrong direction, out-of-bounds accesses, barrier
- * deadlocks, bad shuffle masks. In the gpu suite the same kernels run on the real runtime and
- * must give the same results. */
+ * deadlocks, bad shuffle masks, breaches of the rules of stream capture. In the gpu suite the
+ * same kernels (and a captured graph) run on the real runtime and must give the same results. */
 #include "cuda-test-util.h"
 #include "selftest-kernels.h"
 
@@ -444,6 +444,207 @@ START_TEST (test_cublas_edge_cases)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ stream capture and graphs */
+
+/* The graph of the capture tests: x (G_M x G_K) uploaded from a pinned buffer, y = 2 x + 1 (a
+ * kernel), C = alpha y B (an sgemm, B G_K x G_P), a tail after C zeroed (a memset), C and the
+ * tail downloaded into a pinned buffer. */
+#define G_M 5
+#define G_K 4
+#define G_P 3
+#define G_TAIL 4
+#define G_NX (G_M * G_K)
+#define G_NOUT (G_M * G_P + G_TAIL)
+
+static void
+graph_reference (const float *x, const float *b, float alpha, float *want)
+{
+  float y[G_NX];
+  for (int i = 0; i < G_NX; i++)
+    y[i] = 2.0f * x[i] + 1.0f;
+  ref_gemm (FALSE, FALSE, G_M, G_P, G_K, alpha, y, G_M, b, G_K, 0.0f, want, G_M);
+  for (int i = 0; i < G_TAIL; i++)
+    want[G_M * G_P + i] = 0.0f;
+}
+
+START_TEST (test_graph_capture_replay)
+{
+  cudaStream_t stream, other;
+  CUDA_OK (cudaStreamCreateWithFlags (&stream, cudaStreamNonBlocking));
+  CUDA_OK (cudaStreamCreateWithFlags (&other, cudaStreamNonBlocking));
+  cublasHandle_t h;
+  ck_assert_int_eq (cublasCreate (&h), CUBLAS_STATUS_SUCCESS);
+  ck_assert_int_eq (cublasSetStream (h, stream), CUBLAS_STATUS_SUCCESS);
+  float *h_in, *h_out;
+  CUDA_OK (cudaMallocHost ((void **) &h_in, sizeof (float) * G_NX));
+  CUDA_OK (cudaHostAlloc ((void **) &h_out, sizeof (float) * G_NOUT, cudaHostAllocPortable));
+  unsigned flags = 0;
+  CUDA_OK (cudaHostGetFlags (&flags, h_out));
+  ck_assert (flags & cudaHostAllocPortable);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 21);
+  float b[G_K * G_P];
+  moshi_test_fill_uniform (&rng, b, G_K * G_P, 1.0f);
+  float *d_b = cuda_test_upload (b, sizeof b);
+  float *d_x, *d_y, *d_out;
+  CUDA_OK (cudaMalloc ((void **) &d_x, sizeof (float) * G_NX));
+  CUDA_OK (cudaMalloc ((void **) &d_y, sizeof (float) * G_NX));
+  CUDA_OK (cudaMalloc ((void **) &d_out, sizeof (float) * G_NOUT));
+  CUDA_OK (cudaMemset (d_y, 0, sizeof (float) * G_NX));
+  for (int i = 0; i < G_NX; i++)
+    h_in[i] = 3.0f;
+  for (int i = 0; i < G_NOUT; i++)
+    h_out[i] = -7.0f;
+#ifdef MOSHI_TEST_EMU
+  MoshiEmuStats before, after;
+  moshi_emu_get_stats (&before);
+#endif
+
+  float alpha = 0.5f, beta = 0.0f;
+  cudaGraph_t graph = NULL;
+  enum cudaStreamCaptureStatus status;
+  CUDA_OK (cudaStreamBeginCapture (stream, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaStreamIsCapturing (stream, &status));
+  ck_assert_int_eq (status, cudaStreamCaptureStatusActive);
+  CUDA_OK (cudaMemcpyAsync (d_x, h_in, sizeof (float) * G_NX, cudaMemcpyHostToDevice, stream));
+  CUDA_OK (selftest_scale_add (stream, d_y, d_x, 2.0f, 1.0f, G_NX));
+  ck_assert_int_eq (cublasSgemm (h, CUBLAS_OP_N, CUBLAS_OP_N, G_M, G_P, G_K, &alpha, d_y, G_M,
+      d_b, G_K, &beta, d_out, G_M), CUBLAS_STATUS_SUCCESS);
+  CUDA_OK (cudaMemsetAsync (d_out + G_M * G_P, 0, sizeof (float) * G_TAIL, stream));
+  CUDA_OK (cudaMemcpyAsync (h_out, d_out, sizeof (float) * G_NOUT, cudaMemcpyDeviceToHost,
+      stream));
+  CUDA_OK (cudaStreamEndCapture (stream, &graph));
+  ck_assert_ptr_nonnull (graph);
+  CUDA_OK (cudaStreamIsCapturing (stream, &status));
+  ck_assert_int_eq (status, cudaStreamCaptureStatusNone);
+  /* host-mode scalars were read at the call: changing alpha now changes nothing */
+  alpha = 100.0f;
+
+  /* nothing ran during the capture */
+  for (int i = 0; i < G_NOUT; i++)
+    ck_assert_float_eq (h_out[i], -7.0f);
+  float y[G_NX];
+  cuda_test_download (y, d_y, sizeof y);
+  for (int i = 0; i < G_NX; i++)
+    ck_assert_float_eq (y[i], 0.0f);
+#ifdef MOSHI_TEST_EMU
+  moshi_emu_get_stats (&after);
+  ck_assert_uint_eq (after.launches, before.launches);
+  ck_assert_uint_eq (after.gemms, before.gemms);
+  ck_assert_uint_eq (after.graph_launches, before.graph_launches);
+
+  /* one node per call, in call order (a GPU's cuBLAS may add nodes of its own) */
+  size_t n_nodes = 0;
+  CUDA_OK (cudaGraphGetNodes (graph, NULL, &n_nodes));
+  ck_assert_uint_eq (n_nodes, 5);
+  cudaGraphNode_t nodes[7];
+  size_t asked = 7;
+  CUDA_OK (cudaGraphGetNodes (graph, nodes, &asked));
+  ck_assert_uint_eq (asked, 5);
+  ck_assert_ptr_null (nodes[5]);
+  ck_assert_ptr_null (nodes[6]);
+  const enum cudaGraphNodeType types[5] = { cudaGraphNodeTypeMemcpy, cudaGraphNodeTypeKernel,
+    cudaGraphNodeTypeKernel, cudaGraphNodeTypeMemset, cudaGraphNodeTypeMemcpy };
+  for (int i = 0; i < 5; i++) {
+    enum cudaGraphNodeType type;
+    CUDA_OK (cudaGraphNodeGetType (nodes[i], &type));
+    ck_assert_int_eq (type, types[i]);
+  }
+  asked = 2;
+  CUDA_OK (cudaGraphGetNodes (graph, nodes, &asked));
+  ck_assert_uint_eq (asked, 2);
+  moshi_emu_get_stats (&before);
+#endif
+
+  cudaGraphExec_t exec;
+  CUDA_OK (cudaGraphInstantiate (&exec, graph, 0));
+  /* an exec does not need its graph */
+  CUDA_OK (cudaGraphDestroy (graph));
+  for (int rep = 0; rep < 2; rep++) {
+    /* new inputs in the pinned buffer: the graph reads it when it runs */
+    moshi_test_fill_uniform (&rng, h_in, G_NX, 1.0f);
+    for (int i = 0; i < G_NOUT; i++)
+      h_out[i] = -7.0f;
+    CUDA_OK (cudaMemset (d_out, 0x7f, sizeof (float) * G_NOUT));
+    /* the stream the graph is launched into, not the one it was captured from */
+    cudaStream_t s = rep == 0 ? stream : other;
+    CUDA_OK (cudaGraphLaunch (exec, s));
+    CUDA_OK (cudaStreamSynchronize (s));
+    float want[G_NOUT];
+    graph_reference (h_in, b, 0.5f, want);
+    assert_matrix_close (h_out, want, G_NOUT, 1e-5, rep == 0 ? "first replay" : "second replay");
+  }
+#ifdef MOSHI_TEST_EMU
+  moshi_emu_get_stats (&after);
+  ck_assert_uint_eq (after.launches - before.launches, 2);
+  ck_assert_uint_eq (after.gemms - before.gemms, 2);
+  ck_assert_uint_eq (after.graph_launches - before.graph_launches, 2);
+  ck_assert_uint_eq (after.graph_nodes - before.graph_nodes, 10);
+#endif
+  CUDA_OK (cudaGraphExecDestroy (exec));
+  cublasDestroy (h);
+  CUDA_OK (cudaFree (d_b));
+  CUDA_OK (cudaFree (d_x));
+  CUDA_OK (cudaFree (d_y));
+  CUDA_OK (cudaFree (d_out));
+  CUDA_OK (cudaFreeHost (h_in));
+  CUDA_OK (cudaFreeHost (h_out));
+  CUDA_OK (cudaStreamDestroy (stream));
+  CUDA_OK (cudaStreamDestroy (other));
+#ifdef MOSHI_TEST_EMU
+  ck_assert_uint_eq (moshi_emu_live_host_allocations (NULL), 0);
+#endif
+}
+END_TEST
+
+/* Device-mode scalars are read when the graph runs, host-mode ones when the GEMM is captured. */
+START_TEST (test_graph_cublas_scalars)
+{
+  cudaStream_t stream;
+  CUDA_OK (cudaStreamCreateWithFlags (&stream, cudaStreamNonBlocking));
+  cublasHandle_t h;
+  ck_assert_int_eq (cublasCreate (&h), CUBLAS_STATUS_SUCCESS);
+  ck_assert_int_eq (cublasSetStream (h, stream), CUBLAS_STATUS_SUCCESS);
+  const float a[4] = { 1, 2, 3, 4 }, eye[4] = { 1, 0, 0, 1 };
+  float *d_a = cuda_test_upload (a, sizeof a);
+  float *d_eye = cuda_test_upload (eye, sizeof eye);
+  float scalars[2] = { 2.0f, 0.0f };
+  float *d_scalars = cuda_test_upload (scalars, sizeof scalars);
+  float *d_c;
+  CUDA_OK (cudaMalloc ((void **) &d_c, 2 * sizeof a));
+  float alpha = 3.0f, beta = 0.0f;
+  cudaGraph_t graph;
+  CUDA_OK (cudaStreamBeginCapture (stream, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cublasSgemm (h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &alpha, d_a, 2, d_eye, 2,
+      &beta, d_c, 2), CUBLAS_STATUS_SUCCESS);
+  ck_assert_int_eq (cublasSetPointerMode (h, CUBLAS_POINTER_MODE_DEVICE), CUBLAS_STATUS_SUCCESS);
+  ck_assert_int_eq (cublasSgemm (h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, d_scalars, d_a, 2, d_eye,
+      2, d_scalars + 1, d_c + 4, 2), CUBLAS_STATUS_SUCCESS);
+  CUDA_OK (cudaStreamEndCapture (stream, &graph));
+  cudaGraphExec_t exec;
+  CUDA_OK (cudaGraphInstantiate (&exec, graph, 0));
+  CUDA_OK (cudaGraphDestroy (graph));
+  alpha = -1.0f;
+  scalars[0] = 5.0f;
+  CUDA_OK (cudaMemcpy (d_scalars, scalars, sizeof scalars, cudaMemcpyHostToDevice));
+  CUDA_OK (cudaGraphLaunch (exec, stream));
+  CUDA_OK (cudaStreamSynchronize (stream));
+  float c[8];
+  cuda_test_download (c, d_c, sizeof c);
+  for (int i = 0; i < 4; i++) {
+    ck_assert_float_eq (c[i], 3.0f * a[i]);
+    ck_assert_float_eq (c[4 + i], 5.0f * a[i]);
+  }
+  CUDA_OK (cudaGraphExecDestroy (exec));
+  cublasDestroy (h);
+  cudaFree (d_a);
+  cudaFree (d_eye);
+  cudaFree (d_scalars);
+  cudaFree (d_c);
+  CUDA_OK (cudaStreamDestroy (stream));
+}
+END_TEST
+
 /* ------------------------------------------------------------------ emulator only */
 
 #ifdef MOSHI_TEST_EMU
@@ -629,6 +830,311 @@ START_TEST (test_emu_cublas_pointers)
 }
 END_TEST
 
+/* Captures that break CUDA's rules fail as they do on a GPU, and invalidate the capture. */
+START_TEST (test_emu_capture_errors)
+{
+  cudaStream_t s;
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  float *d;
+  CUDA_OK (cudaMalloc ((void **) &d, 64 * sizeof (float)));
+  float pageable[16] = { 0 };
+  float *pinned;
+  CUDA_OK (cudaMallocHost ((void **) &pinned, 16 * sizeof (float)));
+  cudaGraph_t g;
+  enum cudaStreamCaptureStatus status;
+
+  /* a copy from pageable memory cannot be captured */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaMemcpyAsync (d, pageable, sizeof pageable, cudaMemcpyHostToDevice, s),
+      cudaErrorStreamCaptureUnsupported);
+  assert_emu_message ("pageable host memory cannot be captured");
+  CUDA_OK (cudaStreamIsCapturing (s, &status));
+  ck_assert_int_eq (status, cudaStreamCaptureStatusInvalidated);
+  ck_assert_int_eq (cudaMemsetAsync (d, 0, 4, s), cudaErrorStreamCaptureInvalidated);
+  g = (cudaGraph_t) d;
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  ck_assert_ptr_null (g);
+  assert_emu_message ("pageable host memory cannot be captured");
+  /* after the capture the stream runs work again, pageable copies included */
+  CUDA_OK (cudaMemcpyAsync (d, pageable, sizeof pageable, cudaMemcpyHostToDevice, s));
+  /* a pinned range has an end */
+  ck_assert_int_eq (cudaMemcpy (d, pinned, 17 * sizeof (float), cudaMemcpyHostToDevice),
+      cudaErrorInvalidValue);
+  assert_emu_message ("runs 4 bytes past the end of its 64-byte pinned host allocation");
+
+  /* synchronizing a capturing stream, or the device */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaMemsetAsync (d, 0, 4, s));
+  ck_assert_int_eq (cudaStreamSynchronize (s), cudaErrorStreamCaptureUnsupported);
+  assert_emu_message ("is capturing");
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  ck_assert_ptr_null (g);
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaStreamQuery (s), cudaErrorStreamCaptureUnsupported);
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaDeviceSynchronize (), cudaErrorStreamCaptureUnsupported);
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+
+  /* the potentially unsafe calls: refused in global and thread-local captures */
+  const enum cudaStreamCaptureMode strict[2] = { cudaStreamCaptureModeGlobal,
+    cudaStreamCaptureModeThreadLocal };
+  void *p = NULL;
+  for (int m = 0; m < 2; m++) {
+    CUDA_OK (cudaStreamBeginCapture (s, strict[m]));
+    ck_assert_int_eq (cudaMalloc (&p, 16), cudaErrorStreamCaptureUnsupported);
+    assert_emu_message ("cudaMalloc: not permitted while stream");
+    ck_assert_int_eq (cudaFree (d), cudaErrorStreamCaptureUnsupported);
+    ck_assert_int_eq (cudaMemcpy (d, pinned, 4, cudaMemcpyHostToDevice),
+        cudaErrorStreamCaptureUnsupported);
+    ck_assert_int_eq (cudaMemset (d, 0, 4), cudaErrorStreamCaptureUnsupported);
+    ck_assert_int_eq (cudaFreeHost (pinned), cudaErrorStreamCaptureUnsupported);
+    ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+    ck_assert_ptr_null (g);
+  }
+  /* ... and allowed in a relaxed one */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeRelaxed));
+  CUDA_OK (cudaMalloc (&p, 16));
+  CUDA_OK (cudaMemsetAsync (p, 0, 16, s));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  size_t n = 0;
+  CUDA_OK (cudaGraphGetNodes (g, NULL, &n));
+  ck_assert_uint_eq (n, 1);
+  CUDA_OK (cudaGraphDestroy (g));
+  CUDA_OK (cudaFree (p));
+  /* ... or to a thread that makes its own mode relaxed */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  CUDA_OK (cudaThreadExchangeStreamCaptureMode (&mode));
+  ck_assert_int_eq (mode, cudaStreamCaptureModeGlobal);
+  CUDA_OK (cudaMalloc (&p, 16));
+  CUDA_OK (cudaFree (p));
+  CUDA_OK (cudaThreadExchangeStreamCaptureMode (&mode));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphDestroy (g));
+
+  /* beginning and ending out of turn */
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorIllegalState);
+  assert_emu_message ("is not capturing");
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal), cudaErrorIllegalState);
+  assert_emu_message ("is already capturing");
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphGetNodes (g, NULL, &n));
+  ck_assert_uint_eq (n, 0);
+  CUDA_OK (cudaGraphDestroy (g));
+  ck_assert_int_eq (cudaStreamBeginCapture (NULL, cudaStreamCaptureModeGlobal),
+      cudaErrorStreamCaptureUnsupported);
+
+  /* an error in captured work invalidates the capture */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaMemsetAsync (d, 0, 65 * sizeof (float), s), cudaErrorInvalidValue);
+  ck_assert_int_eq (selftest_scale_add (s, d, d, 1, 1, 1), cudaErrorStreamCaptureInvalidated);
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError ();
+
+  /* the legacy default stream waits for blocking streams: unusable while one captures */
+  cudaStream_t blocking;
+  CUDA_OK (cudaStreamCreate (&blocking));
+  CUDA_OK (cudaStreamBeginCapture (blocking, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaStreamIsCapturing (NULL, &status), cudaErrorStreamCaptureImplicit);
+  ck_assert_int_eq (cudaMemsetAsync (d, 0, 4, NULL), cudaErrorStreamCaptureImplicit);
+  assert_emu_message ("the legacy default stream is used while blocking stream");
+  ck_assert_int_eq (cudaStreamEndCapture (blocking, &g), cudaErrorStreamCaptureInvalidated);
+  /* a non-blocking one leaves it alone */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaMemsetAsync (d, 0, 4, NULL));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphDestroy (g));
+  /* destroying a capturing stream drops its capture */
+  CUDA_OK (cudaStreamBeginCapture (blocking, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaStreamDestroy (blocking));
+  assert_emu_message ("was capturing");
+  CUDA_OK (cudaMemsetAsync (d, 0, 4, NULL));
+
+  /* a plain record in a capture orders work within it; the host cannot wait for it */
+  cudaEvent_t ev;
+  CUDA_OK (cudaEventCreate (&ev));
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaEventRecord (ev, s));
+  CUDA_OK (cudaStreamWaitEvent (s, ev, 0));
+  ck_assert_int_eq (cudaEventQuery (ev), cudaErrorCapturedEvent);
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphGetNodes (g, NULL, &n));
+  ck_assert_uint_eq (n, 0);
+  CUDA_OK (cudaGraphDestroy (g));
+  ck_assert_int_eq (cudaEventSynchronize (ev), cudaErrorCapturedEvent);
+  assert_emu_message ("was last recorded in a capturing stream");
+  CUDA_OK (cudaEventRecord (ev, s));
+  CUDA_OK (cudaEventSynchronize (ev));
+  /* an external record is a node that records the event when the graph runs */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaEventRecordWithFlags (ev, s, cudaEventRecordExternal));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  cudaGraphNode_t node;
+  n = 1;
+  CUDA_OK (cudaGraphGetNodes (g, &node, &n));
+  enum cudaGraphNodeType type;
+  CUDA_OK (cudaGraphNodeGetType (node, &type));
+  ck_assert_int_eq (type, cudaGraphNodeTypeEventRecord);
+  cudaGraphExec_t exec;
+  CUDA_OK (cudaGraphInstantiate (&exec, g, 0));
+  CUDA_OK (cudaGraphDestroy (g));
+  ck_assert_int_eq (cudaEventQuery (ev), cudaErrorCapturedEvent);
+  CUDA_OK (cudaGraphLaunch (exec, s));
+  CUDA_OK (cudaEventQuery (ev));
+  CUDA_OK (cudaGraphExecDestroy (exec));
+  /* waiting in a capture for an event recorded outside it */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaStreamWaitEvent (s, ev, 0), cudaErrorStreamCaptureIsolation);
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  CUDA_OK (cudaEventDestroy (ev));
+
+  /* pinned memory: only what cudaMallocHost / cudaHostAlloc returned can be freed */
+  ck_assert_int_eq (cudaFreeHost (pageable), cudaErrorInvalidValue);
+  assert_emu_message ("is not the start of a live pinned host allocation");
+  ck_assert_int_eq (cudaFreeHost (pinned + 1), cudaErrorInvalidValue);
+  ck_assert_int_eq (cudaFreeHost (d), cudaErrorInvalidValue);
+  unsigned flags;
+  ck_assert_int_eq (cudaHostGetFlags (&flags, pageable), cudaErrorInvalidValue);
+  ck_assert_int_eq (cudaHostAlloc (&p, 16, 0x80), cudaErrorInvalidValue);
+  cudaGetLastError ();
+  CUDA_OK (cudaFreeHost (pinned));
+  ck_assert_uint_eq (moshi_emu_live_host_allocations (NULL), 0);
+  CUDA_OK (cudaFree (d));
+  CUDA_OK (cudaStreamDestroy (s));
+}
+END_TEST
+
+/* The capture modes as seen from another thread: a global capture forbids the unsafe calls to
+ * every thread in global mode, a thread-local one only to its own thread; a capture that is not
+ * relaxed ends on the thread that began it. */
+static gpointer
+malloc_on_thread (gpointer data)
+{
+  void *p = NULL;
+  cudaError_t err = cudaMalloc (&p, 16);
+  if (err == cudaSuccess)
+    cudaFree (p);
+  return GINT_TO_POINTER (err);
+}
+
+typedef struct {
+  cudaStream_t stream;
+  cudaGraph_t graph;
+} EndCapture;
+
+static gpointer
+end_capture_on_thread (gpointer data)
+{
+  EndCapture *e = data;
+  return GINT_TO_POINTER (cudaStreamEndCapture (e->stream, &e->graph));
+}
+
+START_TEST (test_emu_capture_threads)
+{
+  cudaStream_t s;
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  cudaGraph_t g;
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (GPOINTER_TO_INT (g_thread_join (g_thread_new ("malloc", malloc_on_thread,
+      NULL))), cudaErrorStreamCaptureUnsupported);
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g), cudaErrorStreamCaptureInvalidated);
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeThreadLocal));
+  ck_assert_int_eq (GPOINTER_TO_INT (g_thread_join (g_thread_new ("malloc", malloc_on_thread,
+      NULL))), cudaSuccess);
+  EndCapture end = { s, NULL };
+  ck_assert_int_eq (GPOINTER_TO_INT (g_thread_join (g_thread_new ("end", end_capture_on_thread,
+      &end))), cudaErrorStreamCaptureWrongThread);
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphDestroy (g));
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeRelaxed));
+  ck_assert_int_eq (GPOINTER_TO_INT (g_thread_join (g_thread_new ("end", end_capture_on_thread,
+      &end))), cudaSuccess);
+  ck_assert_ptr_nonnull (end.graph);
+  CUDA_OK (cudaGraphDestroy (end.graph));
+  CUDA_OK (cudaStreamDestroy (s));
+}
+END_TEST
+
+/* Graph and exec handles, and what a graph may no longer use when it runs. */
+START_TEST (test_emu_graph_handles)
+{
+  cudaStream_t s;
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  float *d, *pinned;
+  CUDA_OK (cudaMalloc ((void **) &d, 16 * sizeof (float)));
+  CUDA_OK (cudaMallocHost ((void **) &pinned, 16 * sizeof (float)));
+  cudaGraph_t g;
+  cudaGraphExec_t exec;
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaMemsetAsync (d, 0, 16 * sizeof (float), s));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphInstantiate (&exec, g, 0));
+  CUDA_OK (cudaGraphLaunch (exec, s));
+  /* a graph cannot be launched into a capture here */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorStreamCaptureUnsupported);
+  assert_emu_message ("is not emulated");
+  ck_assert_int_eq (cudaStreamEndCapture (s, &g == NULL ? NULL : &(cudaGraph_t) { NULL }),
+      cudaErrorStreamCaptureInvalidated);
+  /* destroyed handles */
+  CUDA_OK (cudaGraphExecDestroy (exec));
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorInvalidResourceHandle);
+  assert_emu_message ("is not a live graph exec");
+  ck_assert_int_eq (cudaGraphExecDestroy (exec), cudaErrorInvalidResourceHandle);
+  CUDA_OK (cudaGraphDestroy (g));
+  ck_assert_int_eq (cudaGraphDestroy (g), cudaErrorInvalidResourceHandle);
+  ck_assert_int_eq (cudaGraphInstantiate (&exec, g, 0), cudaErrorInvalidResourceHandle);
+  assert_emu_message ("is not a live graph");
+  cudaGetLastError ();
+
+  /* a pinned buffer freed after the capture: the replay would read freed memory */
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (cudaMemcpyAsync (d, pinned, 16 * sizeof (float), cudaMemcpyHostToDevice, s));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphInstantiate (&exec, g, 0));
+  CUDA_OK (cudaGraphDestroy (g));
+  CUDA_OK (cudaFreeHost (pinned));
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorIllegalAddress);
+  assert_emu_message ("is no longer pinned host memory");
+  CUDA_OK (cudaDeviceReset ());
+}
+END_TEST
+
+/* A kernel that faults fails its graph as it fails eagerly, and ends the replay. */
+START_TEST (test_emu_graph_fault)
+{
+  cudaStream_t s;
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  float *d;
+  CUDA_OK (cudaMalloc ((void **) &d, 64 * sizeof (float)));
+  cudaGraph_t g;
+  cudaGraphExec_t exec;
+  MoshiEmuStats before, after;
+  moshi_emu_get_stats (&before);
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (selftest_touch (s, d, 64, 0));       /* one element past the end: faults when run */
+  CUDA_OK (cudaMemsetAsync (d, 0, 4, s));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphInstantiate (&exec, g, 0));
+  moshi_emu_get_stats (&after);
+  ck_assert_uint_eq (after.launches, before.launches);
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorIllegalAddress);
+  assert_emu_message ("kernel touch_kernel, block (0,0,0), thread (0,0,0): illegal memory access");
+  assert_emu_message ("0 bytes past the end of device allocation");
+  assert_emu_message ("cudaGraphLaunch: node 1 of 2 (kernel touch_kernel) failed");
+  moshi_emu_get_stats (&after);
+  ck_assert_uint_eq (after.launches - before.launches, 1);
+  ck_assert_uint_eq (after.graph_launches - before.graph_launches, 1);
+  ck_assert_uint_eq (after.graph_nodes - before.graph_nodes, 1);
+  /* sticky, as on a GPU */
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaGetLastError (), cudaErrorIllegalAddress);
+  CUDA_OK (cudaDeviceReset ());
+}
+END_TEST
+
 #endif
 
 static Suite *
@@ -651,6 +1157,10 @@ cuda_emu_suite (void)
   tcase_add_test (tc, test_cublas_gemmex_bf16);
   tcase_add_test (tc, test_cublas_edge_cases);
   suite_add_tcase (s, tc);
+  tc = tcase_create ("graphs");
+  tcase_add_test (tc, test_graph_capture_replay);
+  tcase_add_test (tc, test_graph_cublas_scalars);
+  suite_add_tcase (s, tc);
 #ifdef MOSHI_TEST_EMU
   tc = tcase_create ("emulator");
   tcase_set_timeout (tc, 600);
@@ -661,6 +1171,10 @@ cuda_emu_suite (void)
   tcase_add_test (tc, test_emu_check_range_hook);
   tcase_add_test (tc, test_emu_deadlock_and_masks);
   tcase_add_test (tc, test_emu_cublas_pointers);
+  tcase_add_test (tc, test_emu_capture_errors);
+  tcase_add_test (tc, test_emu_capture_threads);
+  tcase_add_test (tc, test_emu_graph_handles);
+  tcase_add_test (tc, test_emu_graph_fault);
   suite_add_tcase (s, tc);
 #endif
   return s;

@@ -490,6 +490,169 @@ START_TEST (test_attention)
 }
 END_TEST
 
+/* One decode step of several sequences in one launch per op (the *_rows kernels): each row's
+ * cache, position and end come from a table; the CPU op runs the same table on host caches. */
+START_TEST (test_decode_rows)
+{
+  static const int cases[][5] = {
+    /* capacity, n_heads, head_dim, sequences, context */
+    { 12, 3, 16, 4, 12 },
+    { 3000, 2, 64, 3, 3000 },           /* LM-sized: the split path for few rows */
+    { 20, 4, 8, 5, 9 },                 /* context shorter than the cache */
+    { 250, 2, 32, 2, 250 },             /* two rows of one sequence (Mimi-like) */
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 31);
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int cap = cases[c][0], h = cases[c][1], hd = cases[c][2], n_seq = cases[c][3];
+    int context = cases[c][4];
+    int width = h * hd;
+    gboolean two_rows = c == 3;         /* sequence s owns rows 2s and 2s + 1 */
+    int rows = two_rows ? 2 * n_seq : n_seq;
+    int layers = 2, layer = 1;
+    size_t per_seq = (size_t) layers * cap * width;
+    g_autofree float *kc = rand_vec (&rng, n_seq * per_seq, 1);
+    g_autofree float *vc = rand_vec (&rng, n_seq * per_seq, 1);
+    float *d_kc = dup_to_device (kc, n_seq * per_seq), *d_vc = dup_to_device (vc, n_seq * per_seq);
+    g_autofree MoshiRowCache *rc = g_new0 (MoshiRowCache, rows);
+    g_autofree MoshiRowCache *d_rc_host = g_new0 (MoshiRowCache, rows);
+    for (int r = 0; r < rows; r++) {
+      int s = two_rows ? r / 2 : r;
+      /* sequences far apart: fresh, wrapped several times, ... */
+      int pos0 = (s * 7919 + (int) c * 13) % (3 * cap + 5);
+      int pos = two_rows ? pos0 + r % 2 : pos0;
+      int end = (two_rows ? pos0 + 2 : pos0 + 1);
+      rc[r] = (MoshiRowCache) { kc + s * per_seq, vc + s * per_seq, pos, end };
+      d_rc_host[r] = (MoshiRowCache) { d_kc + s * per_seq, d_vc + s * per_seq, pos, end };
+    }
+    MoshiKRowCache *d_rc = cuda_test_upload (d_rc_host, rows * sizeof (MoshiRowCache));
+    int ld_qkv = 3 * width + 2, ld_dst = width + 1;
+    g_autofree float *qkv = rand_vec (&rng, (size_t) rows * ld_qkv, 1);
+    g_autofree float *want = rand_vec (&rng, (size_t) rows * ld_dst, 1);
+    float *d_qkv = dup_to_device (qkv, (size_t) rows * ld_qkv);
+    float *d_dst = dup_to_device (want, (size_t) rows * ld_dst);
+    float scale = 1.0f / sqrtf ((float) hd);
+    size_t off = (size_t) layer * cap * width;
+
+    be->ops->rope_rows (ex, qkv, ld_qkv, rows, h, hd, rc, 10000.0f);
+    be->ops->rope_rows (ex, qkv + width, ld_qkv, rows, h, hd, rc, 10000.0f);
+    be->ops->add_sin_embedding_rows (ex, qkv + 2 * width, ld_qkv, rows, width, rc, 10000.0f, 0.5f);
+    be->ops->kv_write_rows (ex, rc, off, cap, qkv + width, ld_qkv, qkv + 2 * width, ld_qkv,
+        width, rows);
+    be->ops->attention_rows (ex, want, ld_dst, qkv, ld_qkv, rc, off, cap, h, hd, rows, context,
+        scale);
+    CUDA_OK (moshi_k_rope_rows (stream, d_qkv, ld_qkv, rows, h, hd, d_rc, 10000.0f));
+    CUDA_OK (moshi_k_rope_rows (stream, d_qkv + width, ld_qkv, rows, h, hd, d_rc, 10000.0f));
+    CUDA_OK (moshi_k_add_sin_embedding_rows (stream, d_qkv + 2 * width, ld_qkv, rows, width,
+        d_rc, 10000.0f, 0.5f));
+    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, off, cap, d_qkv + width, ld_qkv,
+        d_qkv + 2 * width, ld_qkv, width, rows));
+    char what[128];
+    g_autofree float *got_qkv = g_new (float, (size_t) rows * ld_qkv);
+    from_device (got_qkv, d_qkv, (size_t) rows * ld_qkv);
+    g_snprintf (what, sizeof what, "rope_rows/add_sin_embedding_rows case %u", c);
+    assert_close_f32 (got_qkv, qkv, (size_t) rows * ld_qkv, what);
+    g_autofree float *got_cache = g_new (float, n_seq * per_seq);
+    from_device (got_cache, d_kc, n_seq * per_seq);
+    g_snprintf (what, sizeof what, "kv_write_rows case %u (k)", c);
+    assert_close_f32 (got_cache, kc, n_seq * per_seq, what);
+    from_device (got_cache, d_vc, n_seq * per_seq);
+    g_snprintf (what, sizeof what, "kv_write_rows case %u (v)", c);
+    assert_close_f32 (got_cache, vc, n_seq * per_seq, what);
+
+    size_t scratch_floats = moshi_k_attention_scratch_floats (cap, h, hd, rows);
+    for (int split = 0; split < (scratch_floats > 0 ? 2 : 1); split++) {
+      float *d_scratch = NULL;
+      if (split)
+        CUDA_OK (cudaMalloc ((void **) &d_scratch, scratch_floats * sizeof (float)));
+      CUDA_OK (moshi_k_attention_rows (stream, d_dst, ld_dst, d_qkv, ld_qkv, d_rc, off, cap, h,
+          hd, rows, context, scale, d_scratch, scratch_floats));
+      g_autofree float *got = g_new (float, (size_t) rows * ld_dst);
+      from_device (got, d_dst, (size_t) rows * ld_dst);
+      g_snprintf (what, sizeof what, "attention_rows case %u%s", c, split ? " (split)" : "");
+      assert_close_f32 (got, want, (size_t) rows * ld_dst, what);
+      cudaFree (d_scratch);
+    }
+    cudaFree (d_rc);
+    cudaFree (d_kc);
+    cudaFree (d_vc);
+    cudaFree (d_qkv);
+    cudaFree (d_dst);
+  }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ sampling */
+
+/* The sampling kernel picks the CPU op's tokens (the rule is exact: the same candidates, the
+ * same hashed draws, the same double-precision scores) and combines guidance rows the same. */
+START_TEST (test_sample)
+{
+  static const int cases[][4] = {
+    /* vocab, top_k, temperature x 100, sessions */
+    { 1, 0, 80, 2 }, { 7, 3, 70, 3 }, { 300, 0, 100, 2 }, { 2048, 250, 80, 4 },
+    { 2048, 1, 80, 1 }, { 2049, 2048, 50, 2 }, { 4000, 25, 70, 3 }, { 2048, 250, 0, 3 },
+    { 32000, 25, 70, 2 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 32);
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int vocab = cases[c][0], top_k = cases[c][1], n = cases[c][3];
+    float temperature = cases[c][2] / 100.0f;
+    /* sessions alternate one row and two (guidance); rows: the logits rows */
+    g_autofree MoshiSampler *sp = g_new0 (MoshiSampler, n);
+    int rows = 0;
+    for (int s = 0; s < n; s++) {
+      int two = s % 2 == 1;
+      sp[s] = (MoshiSampler) { temperature, top_k, temperature, top_k, two ? 2.5f : 1.0f, rows,
+        two ? 2 : 1, 0, 1000u + s, 17 * s + (int) c };
+      rows += two ? 2 : 1;
+    }
+    int ld = vocab + 3;
+    g_autofree float *logits = rand_vec (&rng, (size_t) rows * ld, 4);
+    /* ties at the top and at the k-th value, and a NaN */
+    if (vocab >= 7) {
+      logits[1] = logits[2] = logits[3] = 9.0f;
+      logits[5] = NAN;
+    }
+    for (int stream_index = 0; stream_index < 2; stream_index++) {
+      g_autofree float *want = g_memdup2 (logits, (size_t) rows * ld * sizeof (float));
+      g_autofree int32_t *want_tok = g_new0 (int32_t, 2 * n);
+      g_autofree int32_t *want_ids = g_new0 (int32_t, rows);
+      be->ops->sample (ex, want_tok, 2, want_ids, want, ld, vocab, sp, n, stream_index);
+      float *d_logits = dup_to_device (logits, (size_t) rows * ld);
+      int32_t *d_tok = cuda_test_upload (want_tok, 2 * n * sizeof (int32_t));
+      int32_t *d_ids = cuda_test_upload (want_ids, rows * sizeof (int32_t));
+      CUDA_OK (cudaMemset (d_tok, 0xff, 2 * n * sizeof (int32_t)));
+      CUDA_OK (cudaMemset (d_ids, 0xff, rows * sizeof (int32_t)));
+      MoshiKSampler *d_sp = cuda_test_upload (sp, n * sizeof (MoshiSampler));
+      CUDA_OK (moshi_k_sample (stream, d_tok, 2, d_ids, d_logits, ld, vocab, d_sp, n,
+          stream_index));
+      g_autofree int32_t *got_tok = g_new (int32_t, 2 * n);
+      g_autofree int32_t *got_ids = g_new (int32_t, rows);
+      g_autofree float *got = g_new (float, (size_t) rows * ld);
+      cuda_test_download (got_tok, d_tok, 2 * n * sizeof (int32_t));
+      cuda_test_download (got_ids, d_ids, rows * sizeof (int32_t));
+      from_device (got, d_logits, (size_t) rows * ld);
+      for (int s = 0; s < n; s++) {
+        ck_assert_msg (got_tok[2 * s] == want_tok[2 * s], "sample case %u stream %d session %d: "
+            "token %d, the CPU drew %d", c, stream_index, s, got_tok[2 * s], want_tok[2 * s]);
+        ck_assert_int_eq (got_tok[2 * s + 1], -1);     /* ld_tokens respected */
+        for (int r = 0; r < sp[s].n_rows; r++)
+          ck_assert_int_eq (got_ids[sp[s].row + r], want_tok[2 * s]);
+      }
+      /* guidance combined in place, bit for bit */
+      ck_assert_msg (memcmp (got, want, (size_t) rows * ld * sizeof (float)) == 0,
+          "sample case %u: combined logits differ", c);
+      cudaFree (d_logits);
+      cudaFree (d_tok);
+      cudaFree (d_ids);
+      cudaFree (d_sp);
+    }
+  }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ convolutions */
 
 START_TEST (test_conv1d)
@@ -777,6 +940,9 @@ START_TEST (test_linear_bf16)
     { 1, 1, 8, 0, 0, 0 }, { 1, 300, 256, 0, 0, 1 }, { 2, 33, 13, 3, 0, 0 }, { 3, 65, 512, 1, 1, 1 },
     { 4, 9, 2048, 0, 0, 0 }, { 5, 17, 40, 2, 0, 1 }, { 6, 100, 7, 0, 0, 0 }, { 7, 31, 96, 5, 3, 1 },
     { 8, 257, 1000, 0, 0, 0 }, { 8, 64, 4096, 4, 0, 1 },
+    /* batched decode: chunks of 8 rows, a partial last chunk */
+    { 9, 40, 64, 0, 0, 0 }, { 17, 33, 120, 2, 1, 1 }, { 32, 70, 256, 0, 0, 0 },
+    { 64, 19, 96, 1, 0, 1 },
   };
   MoshiTestRng rng;
   moshi_test_rng_init (&rng, 22);
@@ -818,8 +984,8 @@ START_TEST (test_linear_bf16)
       cudaFree (d_bias);
       cudaFree (d_dst);
     }
-  ck_assert_int_eq (moshi_k_linear_bf16_gemv (stream, NULL, 4, NULL, 4, NULL, 4, 4, NULL, 9,
-      0.0f), cudaErrorInvalidValue);
+  ck_assert_int_eq (moshi_k_linear_bf16_gemv (stream, NULL, 4, NULL, 4, NULL, 4, 4, NULL,
+      MOSHI_K_GEMV_MAX_ROWS + 1, 0.0f), cudaErrorInvalidValue);
 
   /* the pieces of the many-row path: conversion, bias */
   size_t n = 1001;
@@ -884,6 +1050,8 @@ kernels_suite (void)
   tcase_add_test (tc, test_rope);
   tcase_add_test (tc, test_kv_write);
   tcase_add_test (tc, test_attention);
+  tcase_add_test (tc, test_decode_rows);
+  tcase_add_test (tc, test_sample);
   tcase_add_test (tc, test_conv1d);
   tcase_add_test (tc, test_conv_transpose1d);
   tcase_add_test (tc, test_rvq);

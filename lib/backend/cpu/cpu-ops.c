@@ -689,6 +689,71 @@ cpu_op_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_
   }
 }
 
+/* ---------------------------------------------------------------- decode rows */
+
+void
+cpu_op_rope_rows (MoshiExec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
+    const MoshiRowCache *rc, float max_period)
+{
+  for (int r = 0; r < rows; r++)
+    cpu_op_rope (ex, x + (gsize) r * ld, ld, 1, n_heads, head_dim, rc[r].pos, max_period);
+}
+
+void
+cpu_op_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
+    const MoshiRowCache *rc, float max_period, float scale)
+{
+  for (int r = 0; r < rows; r++)
+    cpu_op_add_sin_embedding (ex, x + (gsize) r * ld, ld, 1, d, rc[r].pos, max_period, scale);
+}
+
+void
+cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
+    const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+{
+  for (int r = 0; r < rows; r++)
+    cpu_op_kv_write (ex, rc[r].k_cache + layer_offset, rc[r].v_cache + layer_offset, capacity,
+        k + (gsize) r * ld_k, ld_k, v + (gsize) r * ld_v, ld_v, width, rc[r].pos, 1);
+}
+
+typedef struct {
+  AttentionJob row;             /* dst, q and the caches of row 0; the rest shared */
+  const MoshiRowCache *rc;
+  gsize layer_offset;
+} AttentionRowsJob;
+
+static void
+attention_rows_task (void *ctx, int task, int thread)
+{
+  const AttentionRowsJob *j = ctx;
+  int r = task / j->row.n_heads;
+  const MoshiRowCache *c = &j->rc[r];
+  AttentionJob job = j->row;
+  job.dst += (gsize) r * job.ld_dst;
+  job.q += (gsize) r * job.ld_q;
+  job.k_cache = c->k_cache + j->layer_offset;
+  job.v_cache = c->v_cache + j->layer_offset;
+  job.pos0 = c->pos;
+  job.end = c->end;
+  attention_task (&job, task % j->row.n_heads, thread);
+}
+
+void
+cpu_op_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
+    const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
+    int rows, int context, float scale)
+{
+  AttentionRowsJob job = { { dst, ld_dst, q, ld_q, NULL, NULL, capacity, n_heads, head_dim, 0,
+      context, 0, scale }, rc, layer_offset };
+  int tasks = rows * n_heads;
+  if ((gsize) tasks * capacity * head_dim < 32768) {
+    for (int task = 0; task < tasks; task++)
+      attention_rows_task (&job, task, 0);
+  } else {
+    cpu_parallel (CPU_EX (ex), tasks, attention_rows_task, &job);
+  }
+}
+
 /* ---------------------------------------------------------------- RVQ */
 
 typedef struct {

@@ -99,6 +99,18 @@ cpu_synchronize (MoshiExec *ex)
 {
 }
 
+static void *
+cpu_host_alloc (MoshiBackend *be, gsize bytes, GError **error)
+{
+  return g_malloc0 (MAX (bytes, 1));
+}
+
+static void
+cpu_host_free (MoshiBackend *be, void *ptr)
+{
+  g_free (ptr);
+}
+
 static gboolean
 cpu_weight_from_f32 (MoshiBackend *be, MoshiWeight *w, const float *host, int ndim,
     const int64_t *shape, GError **error)
@@ -152,6 +164,9 @@ static const MoshiBackendOps cpu_ops = {
   .download = cpu_upload,
   .zero = cpu_zero,
   .synchronize = cpu_synchronize,
+  .host_alloc = cpu_host_alloc,
+  .host_free = cpu_host_free,
+  .download_async = cpu_upload,
   .weight_from_host = cpu_weight_from_host,
   .weight_from_f32 = cpu_weight_from_f32,
   .weight_release = cpu_weight_release,
@@ -171,6 +186,11 @@ static const MoshiBackendOps cpu_ops = {
   .kv_write = cpu_op_kv_write,
   .rope = cpu_op_rope,
   .attention = cpu_op_attention,
+  .rope_rows = cpu_op_rope_rows,
+  .add_sin_embedding_rows = cpu_op_add_sin_embedding_rows,
+  .kv_write_rows = cpu_op_kv_write_rows,
+  .attention_rows = cpu_op_attention_rows,
+  .sample = cpu_op_sample,
   .rvq_encode = cpu_op_rvq_encode,
   .rvq_decode = cpu_op_rvq_decode,
 };

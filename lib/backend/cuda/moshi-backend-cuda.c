@@ -44,7 +44,7 @@ typedef struct {
   cudaStream_t load_stream;
   GMutex load_lock;
   /* the sum of every exec's counters since the last reset_stats (be, NULL) (atomics) */
-  guint64 total[4];
+  guint64 total[6];
 } CudaBackend;
 
 typedef struct {
@@ -54,7 +54,26 @@ typedef struct {
   void *scratch[N_SCRATCH];
   gsize scratch_bytes[N_SCRATCH];
   MoshiExecStats stats;
+  /* between capture_begin and capture_end: what the recorded ops will do per replay, and the
+   * first thing that could not be recorded */
+  gboolean capturing;
+  MoshiExecStats captured;
+  char *capture_problem;
 } CudaExec;
+
+struct _MoshiGraph {
+  cudaGraphExec_t exec;
+  MoshiExecStats per_launch;    /* the counters one replay adds */
+};
+
+G_STATIC_ASSERT (sizeof (MoshiRowCache) == sizeof (MoshiKRowCache));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiRowCache, v_cache) == G_STRUCT_OFFSET (MoshiKRowCache, v_cache));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiRowCache, pos) == G_STRUCT_OFFSET (MoshiKRowCache, pos));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiRowCache, end) == G_STRUCT_OFFSET (MoshiKRowCache, end));
+G_STATIC_ASSERT (sizeof (MoshiSampler) == sizeof (MoshiKSampler));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, n_rows) == G_STRUCT_OFFSET (MoshiKSampler, n_rows));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, seed) == G_STRUCT_OFFSET (MoshiKSampler, seed));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, step) == G_STRUCT_OFFSET (MoshiKSampler, step));
 
 #define CUDA_EX(ex) ((CudaExec *) (ex))
 #define CUDA_BE(be) ((CudaBackend *) (be))
@@ -82,19 +101,46 @@ report_blas (cublasStatus_t status, const char *what)
 
 /* ---- accounting ---- */
 
-enum { STAT_LAUNCHES, STAT_BLAS, STAT_MEMORY, STAT_WEIGHT_BYTES };
+enum {
+  STAT_LAUNCHES, STAT_BLAS, STAT_MEMORY, STAT_WEIGHT_BYTES, STAT_GRAPH_LAUNCHES, STAT_SYNCS,
+  N_STATS
+};
+G_STATIC_ASSERT (sizeof (MoshiExecStats) == N_STATS * sizeof (guint64));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, blas_calls) == STAT_BLAS * sizeof (guint64));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, memory_ops) == STAT_MEMORY * sizeof (guint64));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, weight_bytes)
+    == STAT_WEIGHT_BYTES * sizeof (guint64));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, graph_launches)
+    == STAT_GRAPH_LAUNCHES * sizeof (guint64));
+G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, syncs) == STAT_SYNCS * sizeof (guint64));
 
+static inline guint64 *
+stat_array (MoshiExecStats *s)
+{
+  return &s->kernel_launches;
+}
+
+/* Work queued while capturing counts for the graph (added at each replay), not now. */
 static inline void
 count (MoshiExec *ex, int what, guint64 n)
 {
   if (n == 0)
     return;
-  guint64 *mine = &CUDA_EX (ex)->stats.kernel_launches;
-  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, blas_calls) == 1 * sizeof (guint64));
-  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, memory_ops) == 2 * sizeof (guint64));
-  G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiExecStats, weight_bytes) == 3 * sizeof (guint64));
-  mine[what] += n;
+  CudaExec *cex = CUDA_EX (ex);
+  if (cex->capturing) {
+    stat_array (&cex->captured)[what] += n;
+    return;
+  }
+  stat_array (&cex->stats)[what] += n;
   __atomic_fetch_add (&CUDA_BE (ex->backend)->total[what], n, __ATOMIC_RELAXED);
+}
+
+/* Remembers the first reason the capture in progress cannot become a graph. */
+static void
+spoil_capture (CudaExec *ex, const char *why)
+{
+  if (ex->capture_problem == NULL)
+    ex->capture_problem = g_strdup (why);
 }
 
 /* A call of the kernel library (moshi-kernels.h): its launches are counted for ex. */
@@ -135,6 +181,11 @@ wf32 (const MoshiWeight *w)
 static void *
 scratch (CudaExec *ex, int slot, gsize bytes)
 {
+  if (ex->scratch_bytes[slot] < bytes && ex->capturing) {
+    /* growing would free memory that recorded ops use: run the step once before recording */
+    spoil_capture (ex, "a scratch buffer had to grow while recording");
+    return NULL;
+  }
   if (ex->scratch_bytes[slot] < bytes) {
     /* queued kernels may still use the old buffer */
     CHECK (cudaStreamSynchronize (ex->stream));
@@ -197,6 +248,13 @@ static void
 cuda_exec_free (MoshiExec *parent)
 {
   CudaExec *ex = CUDA_EX (parent);
+  if (ex->capturing) {
+    cudaGraph_t graph = NULL;
+    cudaStreamEndCapture (ex->stream, &graph);
+    if (graph != NULL)
+      cudaGraphDestroy (graph);
+  }
+  g_free (ex->capture_problem);
   CHECK (cudaStreamSynchronize (ex->stream));
   cublasDestroy (ex->blas);
   for (int i = 0; i < N_SCRATCH; i++)
@@ -248,13 +306,121 @@ cuda_upload (MoshiExec *ex, void *dst, const void *src, gsize bytes)
 }
 
 static void
-cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes)
+cuda_download_async (MoshiExec *ex, void *dst, const void *src, gsize bytes)
 {
   if (bytes > 0) {
     CHECK (cudaMemcpyAsync (dst, src, bytes, cudaMemcpyDeviceToHost, CUDA_EX (ex)->stream));
     count (ex, STAT_MEMORY, 1);
   }
+}
+
+static void
+cuda_synchronize (MoshiExec *ex)
+{
+  if (CUDA_EX (ex)->capturing) {
+    spoil_capture (CUDA_EX (ex), "the host waited for the device while recording");
+    return;
+  }
   CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
+  count (ex, STAT_SYNCS, 1);
+}
+
+static void
+cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes)
+{
+  cuda_download_async (ex, dst, src, bytes);
+  cuda_synchronize (ex);
+}
+
+static void *
+cuda_host_alloc (MoshiBackend *be, gsize bytes, GError **error)
+{
+  void *p = NULL;
+  cudaError_t err = cudaHostAlloc (&p, MAX (bytes, 1), cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
+        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of pinned host memory: %s", bytes,
+        cudaGetErrorString (err));
+    return NULL;
+  }
+  memset (p, 0, MAX (bytes, 1));
+  return p;
+}
+
+static void
+cuda_host_free (MoshiBackend *be, void *ptr)
+{
+  if (ptr != NULL)
+    CHECK (cudaFreeHost (ptr));
+}
+
+/* ---------------------------------------------------------------- recorded steps */
+
+static gboolean
+cuda_capture_begin (MoshiExec *parent, GError **error)
+{
+  CudaExec *ex = CUDA_EX (parent);
+  g_return_val_if_fail (!ex->capturing, FALSE);
+  /* thread-local: another thread's allocations (a model loading) do not spoil the capture */
+  cudaError_t err = cudaStreamBeginCapture (ex->stream, cudaStreamCaptureModeThreadLocal);
+  if (err != cudaSuccess)
+    return set_device_error (error, err, "beginning a stream capture");
+  ex->capturing = TRUE;
+  memset (&ex->captured, 0, sizeof ex->captured);
+  g_clear_pointer (&ex->capture_problem, g_free);
+  return TRUE;
+}
+
+static MoshiGraph *
+cuda_capture_end (MoshiExec *parent, GError **error)
+{
+  CudaExec *ex = CUDA_EX (parent);
+  g_return_val_if_fail (ex->capturing, NULL);
+  cudaGraph_t graph = NULL;
+  cudaError_t err = cudaStreamEndCapture (ex->stream, &graph);
+  ex->capturing = FALSE;
+  g_autofree char *problem = g_steal_pointer (&ex->capture_problem);
+  if (err == cudaSuccess && problem != NULL)
+    err = cudaErrorStreamCaptureInvalidated;
+  cudaGraphExec_t exec = NULL;
+  if (err == cudaSuccess)
+    err = cudaGraphInstantiate (&exec, graph, 0);
+  if (graph != NULL)
+    cudaGraphDestroy (graph);
+  if (err != cudaSuccess) {
+    /* a failed capture leaves no sticky error: the ops run eagerly from here */
+    cudaGetLastError ();
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: cannot record the step: %s",
+        problem != NULL ? problem : cudaGetErrorString (err));
+    return NULL;
+  }
+  MoshiGraph *g = g_new0 (MoshiGraph, 1);
+  g->exec = exec;
+  g->per_launch = ex->captured;
+  return g;
+}
+
+static gboolean
+cuda_graph_launch (MoshiExec *parent, MoshiGraph *graph, GError **error)
+{
+  CudaExec *ex = CUDA_EX (parent);
+  cudaError_t err = cudaGraphLaunch (graph->exec, ex->stream);
+  if (err != cudaSuccess)
+    return set_device_error (error, err, "launching a recorded step");
+  const guint64 *per = stat_array (&graph->per_launch);
+  for (int i = 0; i < N_STATS; i++)
+    count (parent, i, per[i]);
+  count (parent, STAT_GRAPH_LAUNCHES, 1);
+  return TRUE;
+}
+
+static void
+cuda_graph_free (MoshiBackend *be, MoshiGraph *graph)
+{
+  if (graph == NULL)
+    return;
+  CHECK (cudaGraphExecDestroy (graph->exec));
+  g_free (graph);
 }
 
 static void
@@ -264,12 +430,6 @@ cuda_zero (MoshiExec *ex, void *dst, gsize bytes)
     CHECK (cudaMemsetAsync (dst, 0, bytes, CUDA_EX (ex)->stream));
     count (ex, STAT_MEMORY, 1);
   }
-}
-
-static void
-cuda_synchronize (MoshiExec *ex)
-{
-  CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
 }
 
 /* ---------------------------------------------------------------- weights */
@@ -559,6 +719,55 @@ cuda_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
           capacity, n_heads, head_dim, pos0, t, context, scale, tmp, tmp ? n : 0));
 }
 
+/* ---------------------------------------------------------------- decode rows */
+
+#define KROWS(rc) ((const MoshiKRowCache *) (rc))
+
+static void
+cuda_rope_rows (MoshiExec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
+    const MoshiRowCache *rc, float max_period)
+{
+  KCALL (ex, moshi_k_rope_rows (CUDA_EX (ex)->stream, x, ld, rows, n_heads, head_dim, KROWS (rc),
+          max_period));
+}
+
+static void
+cuda_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
+    const MoshiRowCache *rc, float max_period, float scale)
+{
+  KCALL (ex, moshi_k_add_sin_embedding_rows (CUDA_EX (ex)->stream, x, ld, rows, d, KROWS (rc),
+          max_period, scale));
+}
+
+static void
+cuda_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
+    const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+{
+  KCALL (ex, moshi_k_kv_write_rows (CUDA_EX (ex)->stream, KROWS (rc), layer_offset, capacity, k,
+          ld_k, v, ld_v, width, rows));
+}
+
+static void
+cuda_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
+    const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
+    int rows, int context, float scale)
+{
+  size_t n = moshi_k_attention_scratch_floats (capacity, n_heads, head_dim, rows);
+  float *tmp = n > 0 ? scratch (CUDA_EX (ex), SCRATCH_ATTENTION, n * sizeof (float)) : NULL;
+  if (n > 0 && tmp == NULL)
+    return;
+  KCALL (ex, moshi_k_attention_rows (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, KROWS (rc),
+          layer_offset, capacity, n_heads, head_dim, rows, context, scale, tmp, n));
+}
+
+static void
+cuda_sample (MoshiExec *ex, int32_t *tokens, int ld_tokens, int32_t *ids, float *logits,
+    int ld_logits, int vocab, const MoshiSampler *sessions, int n, int stream)
+{
+  KCALL (ex, moshi_k_sample (CUDA_EX (ex)->stream, tokens, ld_tokens, ids, logits, ld_logits,
+          vocab, (const MoshiKSampler *) sessions, n, stream));
+}
+
 /* ---------------------------------------------------------------- RVQ */
 
 static void
@@ -594,8 +803,8 @@ cuda_get_stats (MoshiBackend *be, MoshiExec *ex, MoshiExecStats *out)
     *out = CUDA_EX (ex)->stats;
     return;
   }
-  guint64 *dst = &out->kernel_launches;
-  for (int i = 0; i < 4; i++)
+  guint64 *dst = stat_array (out);
+  for (int i = 0; i < N_STATS; i++)
     dst[i] = __atomic_load_n (&CUDA_BE (be)->total[i], __ATOMIC_RELAXED);
 }
 
@@ -606,7 +815,7 @@ cuda_reset_stats (MoshiBackend *be, MoshiExec *ex)
     memset (&CUDA_EX (ex)->stats, 0, sizeof (MoshiExecStats));
     return;
   }
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < N_STATS; i++)
     __atomic_store_n (&CUDA_BE (be)->total[i], 0, __ATOMIC_RELAXED);
 }
 
@@ -620,6 +829,13 @@ static const MoshiBackendOps cuda_ops = {
   .download = cuda_download,
   .zero = cuda_zero,
   .synchronize = cuda_synchronize,
+  .host_alloc = cuda_host_alloc,
+  .host_free = cuda_host_free,
+  .download_async = cuda_download_async,
+  .capture_begin = cuda_capture_begin,
+  .capture_end = cuda_capture_end,
+  .graph_launch = cuda_graph_launch,
+  .graph_free = cuda_graph_free,
   .weight_from_host = cuda_weight_from_host,
   .weight_from_f32 = cuda_weight_from_f32,
   .weight_release = cuda_weight_release,
@@ -639,6 +855,11 @@ static const MoshiBackendOps cuda_ops = {
   .kv_write = cuda_kv_write,
   .rope = cuda_rope,
   .attention = cuda_attention,
+  .rope_rows = cuda_rope_rows,
+  .add_sin_embedding_rows = cuda_add_sin_embedding_rows,
+  .kv_write_rows = cuda_kv_write_rows,
+  .attention_rows = cuda_attention_rows,
+  .sample = cuda_sample,
   .rvq_encode = cuda_rvq_encode,
   .rvq_decode = cuda_rvq_decode,
   .get_stats = cuda_get_stats,
