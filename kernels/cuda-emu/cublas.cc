@@ -9,7 +9,7 @@
  * and the type combinations are the ones cuBLAS accepts for CUBLAS_COMPUTE_32F: A and B of one
  * type (F32, BF16 or F16), C of that type or F32. Products accumulate in f32.
  *
- * Emulated: cublasCreate/Destroy, Set/GetStream, Set/GetMathMode, Set/GetPointerMode (host and
+ * Emulated: cublasCreate/Destroy, Set/GetStream, SetWorkspace, Set/GetMathMode, Set/GetPointerMode (host and
  * device scalars), cublasSgemm, cublasSgemmStridedBatched, cublasGemmEx,
  * cublasGemmStridedBatchedEx, cublasGetStatusName/String.
  *
@@ -32,6 +32,8 @@ struct cublasContext {
   cudaStream_t stream;
   cublasMath_t math;
   cublasPointerMode_t pointer_mode;
+  void *workspace;              /* cublasSetWorkspace: checked and kept; the products need none */
+  size_t workspace_bytes;
 };
 
 using namespace moshi_emu;
@@ -329,7 +331,7 @@ cublasCreate_v2 (cublasHandle_t *handle)
 {
   if (handle == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
-  *handle = new cublasContext { nullptr, CUBLAS_DEFAULT_MATH, CUBLAS_POINTER_MODE_HOST };
+  *handle = new cublasContext { nullptr, CUBLAS_DEFAULT_MATH, CUBLAS_POINTER_MODE_HOST, nullptr, 0 };
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -353,6 +355,26 @@ cublasSetStream_v2 (cublasHandle_t handle, cudaStream_t stream)
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   handle->stream = stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+/* A user workspace (what keeps cuBLAS from allocating inside a stream capture): device memory
+ * of at least the size given, or NULL and 0 for cuBLAS's own. (cuBLAS also wants 256-byte
+ * alignment, which cudaMalloc gives on a GPU; the emulator's allocations end at a guard page
+ * and are only 16-byte aligned, so that is not checked here.) */
+cublasStatus_t
+cublasSetWorkspace_v2 (cublasHandle_t handle, void *workspace, size_t bytes)
+{
+  if (handle == nullptr)
+    return CUBLAS_STATUS_NOT_INITIALIZED;
+  std::lock_guard<std::recursive_mutex> guard (g_lock);
+  if ((workspace == nullptr) != (bytes == 0)
+      || (workspace != nullptr && !range_is_device (workspace, bytes))) {
+    report ("cublasSetWorkspace: %p (%zu bytes) is not a device memory range", workspace, bytes);
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  handle->workspace = workspace;
+  handle->workspace_bytes = bytes;
   return CUBLAS_STATUS_SUCCESS;
 }
 

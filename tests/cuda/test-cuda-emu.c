@@ -422,6 +422,14 @@ START_TEST (test_cublas_edge_cases)
   float *d_c = cuda_test_upload (c_host, sizeof c_host);
   float *d_a = cuda_test_upload (c_host, sizeof c_host);
   float alpha = 2, beta = 0.5f;
+  /* a workspace of our own (what the backend gives each handle) */
+  void *workspace = NULL;
+  CUDA_OK (cudaMalloc (&workspace, 1 << 20));
+  ck_assert_int_eq (cublasSetWorkspace (h, workspace, 1 << 20), CUBLAS_STATUS_SUCCESS);
+#ifdef MOSHI_TEST_EMU
+  ck_assert_int_eq (cublasSetWorkspace (h, c_host, sizeof c_host), CUBLAS_STATUS_INVALID_VALUE);
+  assert_emu_message ("not a device memory range");
+#endif
   /* k == 0: C = beta C */
   ck_assert_int_eq (cublasSgemm (h, CUBLAS_OP_N, CUBLAS_OP_N, 3, 4, 0, &alpha, d_a, 3, d_a, 1,
       &beta, d_c, 3), CUBLAS_STATUS_SUCCESS);
@@ -441,6 +449,7 @@ START_TEST (test_cublas_edge_cases)
   cudaFree (d_a);
   cudaFree (d_c);
   cublasDestroy (h);
+  cudaFree (workspace);
 }
 END_TEST
 

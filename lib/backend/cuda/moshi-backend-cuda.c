@@ -47,10 +47,16 @@ typedef struct {
   guint64 total[6];
 } CudaBackend;
 
+/* cuBLAS's workspace, given to it so that it never allocates (which a stream capture refuses):
+ * its documented default for GPUs before Hopper; Hopper's 32 MiB only widens its choice of
+ * algorithms for large products, which a decode step does not make. */
+#define BLAS_WORKSPACE_BYTES (4u << 20)
+
 typedef struct {
   MoshiExec parent;
   cudaStream_t stream;
   cublasHandle_t blas;
+  void *blas_workspace;
   void *scratch[N_SCRATCH];
   gsize scratch_bytes[N_SCRATCH];
   MoshiExecStats stats;
@@ -226,9 +232,18 @@ cuda_exec_new (MoshiBackend *be, int n_threads, GError **error)
     g_free (ex);
     return NULL;
   }
+  err = cudaMalloc (&ex->blas_workspace, BLAS_WORKSPACE_BYTES);
+  if (err != cudaSuccess) {
+    set_device_error (error, err, "allocating cuBLAS's workspace");
+    cudaStreamDestroy (ex->stream);
+    g_free (ex);
+    return NULL;
+  }
   cublasStatus_t status = cublasCreate (&ex->blas);
   if (status == CUBLAS_STATUS_SUCCESS)
     status = cublasSetStream (ex->blas, ex->stream);
+  if (status == CUBLAS_STATUS_SUCCESS)
+    status = cublasSetWorkspace (ex->blas, ex->blas_workspace, BLAS_WORKSPACE_BYTES);
   if (status == CUBLAS_STATUS_SUCCESS)
     status = cublasSetMathMode (ex->blas, CUBLAS_DEFAULT_MATH);     /* f32, no TF32 */
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -236,6 +251,7 @@ cuda_exec_new (MoshiBackend *be, int n_threads, GError **error)
         cublasGetStatusString (status));
     if (ex->blas)
       cublasDestroy (ex->blas);
+    cudaFree (ex->blas_workspace);
     cudaStreamDestroy (ex->stream);
     g_free (ex);
     return NULL;
@@ -257,6 +273,7 @@ cuda_exec_free (MoshiExec *parent)
   g_free (ex->capture_problem);
   CHECK (cudaStreamSynchronize (ex->stream));
   cublasDestroy (ex->blas);
+  cudaFree (ex->blas_workspace);
   for (int i = 0; i < N_SCRATCH; i++)
     cudaFree (ex->scratch[i]);
   cudaStreamDestroy (ex->stream);
