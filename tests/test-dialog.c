@@ -29,9 +29,13 @@ fixture_open (Fixture *fx)
   g_autofree char *tok = moshi_test_data_path ("tokenizer/tiny.model");
   g_autofree char *golden = moshi_test_data_path ("lm/dialog/golden.safetensors");
   g_autofree char *mimi_golden = moshi_test_data_path ("mimi/small/golden.safetensors");
-  fx->lm = moshi_lm_load (lm, lm_cfg, NULL, &error);
+  /* the conversation on the test device: on CUDA, Mimi frames and LM steps are recorded and
+   * replayed, each on its own exec */
+  MoshiLmLoadOptions lm_opts = { moshi_test_device () };
+  MoshiMimiLoadOptions mimi_opts = { moshi_test_device () };
+  fx->lm = moshi_lm_load (lm, lm_cfg, &lm_opts, &error);
   ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
-  fx->mimi = moshi_mimi_load (mimi, mimi_cfg, NULL, &error);
+  fx->mimi = moshi_mimi_load (mimi, mimi_cfg, &mimi_opts, &error);
   ck_assert_msg (fx->mimi != NULL, "%s", error ? error->message : "");
   fx->tok = moshi_tokenizer_load (tok, &error);
   ck_assert_msg (fx->tok != NULL, "%s", error ? error->message : "");
