@@ -243,5 +243,6 @@ dialog_suite (void)
 int
 main (void)
 {
+  moshi_test_require_device ();
   return moshi_test_run_suite (dialog_suite ());
 }
