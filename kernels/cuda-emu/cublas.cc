@@ -32,8 +32,6 @@ struct cublasContext {
   cudaStream_t stream;
   cublasMath_t math;
   cublasPointerMode_t pointer_mode;
-  void *workspace;              /* cublasSetWorkspace: checked and kept; the products need none */
-  size_t workspace_bytes;
 };
 
 using namespace moshi_emu;
@@ -331,7 +329,7 @@ cublasCreate_v2 (cublasHandle_t *handle)
 {
   if (handle == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
-  *handle = new cublasContext { nullptr, CUBLAS_DEFAULT_MATH, CUBLAS_POINTER_MODE_HOST, nullptr, 0 };
+  *handle = new cublasContext { nullptr, CUBLAS_DEFAULT_MATH, CUBLAS_POINTER_MODE_HOST };
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -373,9 +371,7 @@ cublasSetWorkspace_v2 (cublasHandle_t handle, void *workspace, size_t bytes)
     report ("cublasSetWorkspace: %p (%zu bytes) is not a device memory range", workspace, bytes);
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  handle->workspace = workspace;
-  handle->workspace_bytes = bytes;
-  return CUBLAS_STATUS_SUCCESS;
+  return CUBLAS_STATUS_SUCCESS;       /* the emulated products need no workspace */
 }
 
 cublasStatus_t
