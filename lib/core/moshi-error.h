@@ -20,6 +20,7 @@ typedef enum {
   MOSHI_ERROR_INVALID_ARGUMENT, /* a caller passed a value outside the documented range */
   MOSHI_ERROR_UNSUPPORTED,      /* a valid request this build or machine cannot serve */
   MOSHI_ERROR_DEVICE,           /* the compute device failed or is absent */
+  MOSHI_ERROR_BUSY,             /* a shared resource is at its limit (e.g. conversations) */
 } MoshiErrorCode;
 
 G_END_DECLS

@@ -75,6 +75,18 @@ int moshi_dialog_model_sample_rate (MoshiDialogModel *m) { return moshi_mimi_sam
 int moshi_dialog_model_user_codebooks (MoshiDialogModel *m) { return moshi_lm_user_codebooks (m->lm); }
 int moshi_dialog_model_model_codebooks (MoshiDialogModel *m) { return moshi_lm_generated_codebooks (m->lm); }
 
+int moshi_dialog_model_encode_codebooks (MoshiDialogModel *m) { return m->mimi_codebooks; }
+
+char *
+moshi_dialog_model_display (MoshiDialogModel *m, int32_t text_token)
+{
+  if (m->tokenizer == NULL)
+    return NULL;
+  const MoshiLmConfig *cfg = moshi_lm_get_config (m->lm);
+  return moshi_tokenizer_display (m->tokenizer, text_token, cfg->existing_text_padding_id,
+      cfg->existing_text_end_padding_id);
+}
+
 int
 moshi_dialog_model_delay_steps (MoshiDialogModel *m)
 {
@@ -153,11 +165,8 @@ finish_step (MoshiDialog *d, const int32_t *user_codes, MoshiDialogFrame *frame,
           &frame->returned, NULL, error))
     return FALSE;
   g_clear_pointer (&d->text, g_free);
-  if (frame->returned && m->tokenizer) {
-    const MoshiLmConfig *cfg = moshi_lm_get_config (m->lm);
-    d->text = moshi_tokenizer_display (m->tokenizer, frame->text_token,
-        cfg->existing_text_padding_id, cfg->existing_text_end_padding_id);
-  }
+  if (frame->returned)
+    d->text = moshi_dialog_model_display (m, frame->text_token);
   frame->text = d->text;
   if (out_pcm == NULL)
     return TRUE;

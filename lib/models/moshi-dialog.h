@@ -40,6 +40,11 @@ int moshi_dialog_model_delay_steps (MoshiDialogModel *model);
 /* Codebooks of the user's audio the LM reads, and of the model's audio it writes. */
 int moshi_dialog_model_user_codebooks (MoshiDialogModel *model);
 int moshi_dialog_model_model_codebooks (MoshiDialogModel *model);
+/* Codebooks a conversation's Mimi encodes: as many as the LM reads or writes. */
+int moshi_dialog_model_encode_codebooks (MoshiDialogModel *model);
+/* A text token as upstream shows it (a leading space starts a word), or NULL for padding or
+ * without a tokenizer. g_free it. */
+char *moshi_dialog_model_display (MoshiDialogModel *model, int32_t text_token);
 
 typedef struct {
   gboolean returned;          /* FALSE for the first delay_steps steps: nothing generated yet */

@@ -1,0 +1,122 @@
+/* gst-moshi: many live conversations on one loaded model, stepped together.
+ *
+ * A MoshiScheduler owns a thread that runs "ticks": each tick takes the user frames that have
+ * arrived from its conversations, encodes them with Mimi, runs ONE batched LM step for all of
+ * them (the weights are read once per tick, whatever the number of conversations) and decodes
+ * the model's frames. A MoshiConversation is one conversation on a scheduler; its owner hands
+ * it one frame at a time and gets the model's frame back, as with MoshiDialog.
+ *
+ * When a tick runs: as soon as every conversation that is keeping up has a frame waiting, or
+ * when the oldest waiting frame has waited its conversation's max_wait (by default one frame,
+ * 80 ms), whichever comes first. A conversation whose frame is late does not hold the others
+ * back beyond that: the tick runs without it, the conversation is marked as stalled (not waited
+ * for again until its next frame arrives) and its frame goes in a later tick.
+ *
+ * What a conversation computes does not depend on what shares its ticks: the batched step
+ * gives every row the result it gets alone, and the random draws are a function of the
+ * conversation's seed and step (lib/backend/moshi-sampling.h). So with a fixed seed its tokens
+ * equal those of the same conversation run alone through MoshiDialog.
+ *
+ * Thread safety: the scheduler's calls may come from any thread. A conversation is used by one
+ * thread at a time (its owner); step calls block that thread until the tick holding the frame
+ * has run. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "moshi-dialog.h"
+
+G_BEGIN_DECLS
+
+typedef struct _MoshiScheduler MoshiScheduler;
+typedef struct _MoshiConversation MoshiConversation;
+
+#define MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS 64
+#define MOSHI_SCHEDULER_MAX_CONVERSATIONS 1024
+
+typedef struct {
+  /* Conversations that may be joined at once (also the LM batch size); 0 = the default (64). */
+  int max_conversations;
+  /* Threads of the batched LM step; Mimi runs on as many, one conversation per thread.
+   * 0 = automatic. */
+  int n_threads;
+} MoshiSchedulerOptions;
+
+/* A new scheduler for conversations on model's LM and Mimi. options may be NULL. */
+MoshiScheduler *moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *options,
+    GError **error);
+/* The scheduler this process already runs for the same loaded LM and Mimi (as
+ * moshi_lm_load_shared returns them), or a new one registered for them; options apply only
+ * when it is created. Every element of a process that uses one model shares its ticks. */
+MoshiScheduler *moshi_scheduler_get_shared (MoshiDialogModel *model,
+    const MoshiSchedulerOptions *options, GError **error);
+MoshiScheduler *moshi_scheduler_ref (MoshiScheduler *scheduler);
+void moshi_scheduler_unref (MoshiScheduler *scheduler);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiScheduler, moshi_scheduler_unref)
+
+int moshi_scheduler_max_conversations (MoshiScheduler *scheduler);
+
+#define MOSHI_SCHEDULER_TICK_HISTORY 1024
+
+typedef struct {
+  int conversations;            /* joined now */
+  guint64 ticks;
+  guint64 steps;                /* conversation steps run, over all ticks */
+  /* Compute time of a tick (Mimi encode + LM step + Mimi decode), over the last
+   * MOSHI_SCHEDULER_TICK_HISTORY ticks. */
+  double tick_ms_last, tick_ms_p50, tick_ms_p99, tick_ms_max;
+  /* Ticks whose compute time exceeded one frame (80 ms): the conversations fell behind real
+   * time. */
+  guint64 deadline_misses;
+  /* Frames that were not there when a tick of their conversation ran (late or stalled). */
+  guint64 late_frames;
+  /* The longest a frame has waited, from the step call to its result. */
+  double max_delay_ms;
+} MoshiSchedulerStats;
+
+void moshi_scheduler_get_stats (MoshiScheduler *scheduler, MoshiSchedulerStats *stats);
+
+typedef struct {
+  /* Mimi's threads for this conversation's frames when it is the only one in a tick; a tick of
+   * several runs their Mimi frames in parallel, one thread each. 0 = 1. */
+  int n_threads;
+  /* How long this conversation's frame may wait for the others' before a tick runs without
+   * them, in microseconds; < 0 = one frame duration (the default); 0 = never wait. */
+  gint64 max_wait_us;
+} MoshiConversationOptions;
+
+/* Joins a conversation to the scheduler. model must be on the scheduler's LM and Mimi (its
+ * tokenizer gives the conversation's text). Fails with MOSHI_ERROR_BUSY when max_conversations
+ * are already joined. params and options may be NULL. */
+MoshiConversation *moshi_conversation_new (MoshiScheduler *scheduler, MoshiDialogModel *model,
+    const MoshiLmSamplingParams *params, const MoshiConversationOptions *options, GError **error);
+/* Leaves the scheduler. */
+void moshi_conversation_free (MoshiConversation *conversation);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiConversation, moshi_conversation_free)
+
+/* As moshi_dialog_reset / _set_sampling_params / _steps. */
+void moshi_conversation_reset (MoshiConversation *conversation);
+void moshi_conversation_set_sampling_params (MoshiConversation *conversation,
+    const MoshiLmSamplingParams *params);
+int64_t moshi_conversation_steps (MoshiConversation *conversation);
+void moshi_conversation_set_max_wait (MoshiConversation *conversation, gint64 max_wait_us);
+
+/* One step, as moshi_dialog_step_pcm / moshi_dialog_step_codes: blocks until the tick that
+ * takes the frame has run. Bad input (non-finite audio, codes out of range) fails this call
+ * alone and leaves the conversation as it was. */
+gboolean moshi_conversation_step_pcm (MoshiConversation *conversation, const float *user_pcm,
+    MoshiDialogFrame *frame, float *out_pcm, GError **error);
+gboolean moshi_conversation_step_codes (MoshiConversation *conversation, const int32_t *user_codes,
+    int n_codes, MoshiDialogFrame *frame, float *out_pcm, GError **error);
+
+typedef struct {
+  guint64 steps;
+  guint64 late_frames;          /* ticks that ran while this conversation's frame was late */
+  double last_delay_ms;         /* the last frame, from the step call to its result */
+  double max_delay_ms;
+} MoshiConversationStats;
+
+void moshi_conversation_get_stats (MoshiConversation *conversation, MoshiConversationStats *stats);
+
+G_END_DECLS
