@@ -58,6 +58,7 @@
 #include "moshi-dialog.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
+#include "moshi-scheduler.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 #define GST_CAT_DEFAULT gst_moshi_dialog_debug
@@ -89,6 +90,12 @@ GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 
 /* The name of the element message carrying each word. */
 #define TEXT_MESSAGE_NAME "moshi-text"
+/* The name of the element message reporting the shared scheduler, once a second. */
+#define SCHEDULER_MESSAGE_NAME "moshi-scheduler"
+
+#define DEFAULT_SHARED_SCHEDULER TRUE
+#define DEFAULT_MAX_CONVERSATIONS MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS
+#define DEFAULT_BATCH_WAIT (-1)
 
 enum
 {
@@ -105,6 +112,11 @@ enum
   PROP_AUDIO_TEMPERATURE,
   PROP_AUDIO_TOPK,
   PROP_SEED,
+  PROP_SHARED_SCHEDULER,
+  PROP_MAX_CONVERSATIONS,
+  PROP_BATCH_WAIT,
+  PROP_SCHEDULER_STATS,
+  PROP_MAX_OBSERVED_DELAY,
 };
 
 /* What the model properties name: compared with what is loaded to notice changes made
@@ -146,6 +158,9 @@ struct _GstMoshiDialog
    * properties, which may happen while streaming. */
   ModelSpec spec;
   gint threads;
+  gboolean shared_scheduler;
+  guint max_conversations;
+  gint batch_wait_ms;           /* -1: one frame */
   MoshiLmSamplingParams sampling;
   guint sampling_serial;
 
@@ -166,6 +181,11 @@ struct _GstMoshiDialog
   gint caps_rate;
   gint caps_frame_size;
 
+  /* What the running conversation was started with, under the object lock: the scheduler
+   * it shares (or NULL), and how long its frames may wait there (part of the latency). */
+  MoshiScheduler *scheduler;
+  GstClockTime batch_wait;
+
   /* The seqnum of the last seek forwarded upstream: both sinks of a pipeline send it. */
   guint32 last_seek_seqnum;
 
@@ -173,7 +193,6 @@ struct _GstMoshiDialog
    * lock (chain and serialized events) or while the pads are inactive. */
   MoshiDialog *dialog;
   guint applied_serial;         /* the sampling_serial the dialog runs with */
-  guint created_serial;         /* the sampling_serial the dialog was created with */
   gint rate;
   gint frame_size;
   GstClockTime frame_duration;
@@ -200,6 +219,7 @@ struct _GstMoshiDialog
   gboolean have_base;
   GstClockTime base_ts;
   guint64 samples_out;
+  guint64 stats_samples;        /* output since the last scheduler message */
   gboolean discont;             /* mark the next output buffers DISCONT */
   gboolean text_discont;
   gboolean warned_non_finite;
@@ -479,6 +499,7 @@ reset_timing (GstMoshiDialog * self)
   self->have_base = FALSE;
   self->base_ts = GST_CLOCK_TIME_NONE;
   self->samples_out = 0;
+  self->stats_samples = 0;
   self->discont = TRUE;
   self->text_discont = TRUE;
 }
@@ -492,17 +513,48 @@ start_stream (GstMoshiDialog * self)
 
   GST_OBJECT_LOCK (self);
   params = self->sampling;
-  self->applied_serial = self->created_serial = self->sampling_serial;
+  self->applied_serial = self->sampling_serial;
   threads = self->threads;
+  gboolean shared = self->shared_scheduler;
+  MoshiSchedulerOptions sched_opts = { .max_conversations = self->max_conversations,
+    .n_threads = threads };
+  gint batch_wait_ms = self->batch_wait_ms;
   GST_OBJECT_UNLOCK (self);
 
-  self->dialog = moshi_dialog_new (self->model, &params, threads, &error);
+  MoshiScheduler *scheduler = NULL;
+  if (shared) {
+    scheduler = moshi_scheduler_get_shared (self->model, &sched_opts, &error);
+    if (scheduler == NULL) {
+      GST_ELEMENT_ERROR (self, LIBRARY, INIT,
+          ("Could not start the shared Moshi scheduler: %s", error->message),
+          ("LM %s, max-conversations=%d, threads=%d", moshi_lm_get_path (self->lm),
+              sched_opts.max_conversations, threads));
+      return FALSE;
+    }
+  }
+  gint64 frame_us = gst_util_uint64_scale_int (G_USEC_PER_SEC,
+      moshi_dialog_model_frame_size (self->model),
+      moshi_dialog_model_sample_rate (self->model));
+  MoshiDialogOptions dialog_opts = { .n_threads = threads, .scheduler = scheduler,
+    .max_wait_us = batch_wait_ms < 0 ? frame_us : (gint64) batch_wait_ms * 1000 };
+  self->dialog = moshi_dialog_new_full (self->model, &params, &dialog_opts, &error);
   if (self->dialog == NULL) {
-    GST_ELEMENT_ERROR (self, LIBRARY, INIT,
-        ("Could not start a Moshi conversation: %s", error->message),
-        ("LM %s, threads=%d", moshi_lm_get_path (self->lm), threads));
+    if (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_BUSY))
+      GST_ELEMENT_ERROR (self, RESOURCE, BUSY,
+          ("Too many Moshi conversations: %s", error->message),
+          ("raise max-conversations on the first element of the process, or set "
+              "shared-scheduler=false for a conversation of its own"));
+    else
+      GST_ELEMENT_ERROR (self, LIBRARY, INIT,
+          ("Could not start a Moshi conversation: %s", error->message),
+          ("LM %s, threads=%d", moshi_lm_get_path (self->lm), threads));
+    moshi_scheduler_unref (scheduler);
     return FALSE;
   }
+  GST_OBJECT_LOCK (self);
+  self->scheduler = scheduler;
+  self->batch_wait = scheduler ? (GstClockTime) dialog_opts.max_wait_us * GST_USECOND : 0;
+  GST_OBJECT_UNLOCK (self);
   self->rate = moshi_dialog_model_sample_rate (self->model);
   self->frame_size = moshi_dialog_model_frame_size (self->model);
   self->frame_duration = gst_util_uint64_scale_int (GST_SECOND,
@@ -532,6 +584,11 @@ static void
 stop_stream (GstMoshiDialog * self)
 {
   g_clear_pointer (&self->dialog, moshi_dialog_free);
+  GST_OBJECT_LOCK (self);
+  MoshiScheduler *scheduler = g_steal_pointer (&self->scheduler);
+  self->batch_wait = 0;
+  GST_OBJECT_UNLOCK (self);
+  moshi_scheduler_unref (scheduler);
   g_clear_pointer (&self->pcm, g_free);
   g_clear_pointer (&self->out_pcm, g_free);
   g_clear_pointer (&self->codes, g_free);
@@ -540,41 +597,27 @@ stop_stream (GstMoshiDialog * self)
   reset_timing (self);
 }
 
-/* Replaces the conversation by a fresh one with the current sampling settings. Returns
- * FALSE (keeping the old one) if that fails. */
-static gboolean
-recreate_dialog (GstMoshiDialog * self)
+/* Restarts the conversation with the current sampling settings, the seed included: a reset
+ * takes the seed of the settings it finds, so this is a fresh conversation, and it keeps its
+ * place on the shared scheduler. */
+static void
+restart_dialog (GstMoshiDialog * self)
 {
-  g_autoptr (GError) error = NULL;
-
   GST_OBJECT_LOCK (self);
   MoshiLmSamplingParams params = self->sampling;
   guint serial = self->sampling_serial;
-  gint threads = self->threads;
   GST_OBJECT_UNLOCK (self);
 
-  MoshiDialog *fresh = moshi_dialog_new (self->model, &params, threads, &error);
-  if (fresh == NULL) {
-    GST_WARNING_OBJECT (self, "could not apply the new sampling settings: %s",
-        error->message);
-    return FALSE;
-  }
-  moshi_dialog_free (self->dialog);
-  self->dialog = fresh;
-  self->applied_serial = self->created_serial = serial;
-  return TRUE;
+  moshi_dialog_set_sampling_params (self->dialog, &params);
+  moshi_dialog_reset (self->dialog);
+  self->applied_serial = serial;
 }
 
 /* A fresh conversation, as after READY->PAUSED, with the current sampling settings. */
 static void
 reset_conversation (GstMoshiDialog * self)
 {
-  GST_OBJECT_LOCK (self);
-  gboolean changed = self->created_serial != self->sampling_serial;
-  GST_OBJECT_UNLOCK (self);
-
-  if (!changed || !recreate_dialog (self))
-    moshi_dialog_reset (self->dialog);
+  restart_dialog (self);
   reset_timing (self);
 }
 
@@ -593,8 +636,10 @@ apply_sampling_changes (GstMoshiDialog * self)
     return;
   /* Nothing to lose yet: a conversation that has not started takes every setting, the
    * seed included. */
-  if (moshi_dialog_steps (self->dialog) == 0 && recreate_dialog (self))
+  if (moshi_dialog_steps (self->dialog) == 0) {
+    restart_dialog (self);
     return;
+  }
   moshi_dialog_set_sampling_params (self->dialog, &params);
   self->applied_serial = serial;
   GST_DEBUG_OBJECT (self, "sampling: text %g/%d, audio %g/%d",
@@ -842,6 +887,47 @@ post_text_message (GstMoshiDialog * self, const gchar * text, gint token,
       gst_message_new_element (GST_OBJECT (self), s));
 }
 
+/* The shared scheduler's figures (NULL when the conversation runs on its own). */
+static GstStructure *
+scheduler_stats (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  MoshiScheduler *scheduler = self->scheduler ? moshi_scheduler_ref (self->scheduler) : NULL;
+  GST_OBJECT_UNLOCK (self);
+  if (scheduler == NULL)
+    return NULL;
+  MoshiSchedulerStats st;
+  moshi_scheduler_get_stats (scheduler, &st);
+  gint max = moshi_scheduler_max_conversations (scheduler);
+  moshi_scheduler_unref (scheduler);
+  return gst_structure_new (SCHEDULER_MESSAGE_NAME,
+      "conversations", G_TYPE_INT, st.conversations,
+      "max-conversations", G_TYPE_INT, max,
+      "ticks", G_TYPE_UINT64, st.ticks,
+      "steps", G_TYPE_UINT64, st.steps,
+      "tick-ms-last", G_TYPE_DOUBLE, st.tick_ms_last,
+      "tick-ms-p50", G_TYPE_DOUBLE, st.tick_ms_p50,
+      "tick-ms-p99", G_TYPE_DOUBLE, st.tick_ms_p99,
+      "tick-ms-max", G_TYPE_DOUBLE, st.tick_ms_max,
+      "deadline-misses", G_TYPE_UINT64, st.deadline_misses,
+      "late-frames", G_TYPE_UINT64, st.late_frames,
+      "max-observed-delay-ms", G_TYPE_DOUBLE, st.max_delay_ms, NULL);
+}
+
+/* Once a second of output, on a shared scheduler: its figures as an element message. */
+static void
+post_scheduler_stats (GstMoshiDialog * self, gsize samples)
+{
+  self->stats_samples += samples;
+  if (self->scheduler == NULL || self->stats_samples < (guint64) self->rate)
+    return;
+  self->stats_samples = 0;
+  GstStructure *st = scheduler_stats (self);
+  if (st != NULL)
+    gst_element_post_message (GST_ELEMENT (self),
+        gst_message_new_element (GST_OBJECT (self), st));
+}
+
 static GstFlowReturn
 push_text (GstMoshiDialog * self, const MoshiDialogFrame * frame,
     GstClockTime pts, GstClockTime duration)
@@ -894,6 +980,7 @@ run_step (GstMoshiDialog * self, const gfloat * pcm, const gint32 * codes,
   GstClockTime pts = out_time (self, self->samples_out);
   self->samples_out += valid;
   GstClockTime duration = out_time (self, self->samples_out) - pts;
+  post_scheduler_stats (self, valid);
   GST_LOG_OBJECT (self, "step %" G_GINT64_FORMAT " at %" GST_TIME_FORMAT
       ": returned %d, text token %d", moshi_dialog_steps (self->dialog) - 1,
       GST_TIME_ARGS (pts), frame.returned, frame.text_token);
@@ -1427,6 +1514,9 @@ gst_moshi_dialog_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
         return FALSE;
       GST_OBJECT_LOCK (self);
       GstClockTime ours = self->latency;
+      /* a frame may wait that long for the other conversations of its tick */
+      if (GST_CLOCK_TIME_IS_VALID (ours))
+        ours += self->batch_wait;
       GST_OBJECT_UNLOCK (self);
       if (!GST_CLOCK_TIME_IS_VALID (ours))
         return FALSE;
@@ -1540,6 +1630,15 @@ gst_moshi_dialog_set_property (GObject * object, guint prop_id,
       self->sampling.seed = g_value_get_uint64 (value);
       self->sampling_serial++;
       break;
+    case PROP_SHARED_SCHEDULER:
+      self->shared_scheduler = g_value_get_boolean (value);
+      break;
+    case PROP_MAX_CONVERSATIONS:
+      self->max_conversations = g_value_get_uint (value);
+      break;
+    case PROP_BATCH_WAIT:
+      self->batch_wait_ms = g_value_get_int (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1591,6 +1690,33 @@ gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
     case PROP_SEED:
       g_value_set_uint64 (value, self->sampling.seed);
       break;
+    case PROP_SHARED_SCHEDULER:
+      g_value_set_boolean (value, self->shared_scheduler);
+      break;
+    case PROP_MAX_CONVERSATIONS:
+      g_value_set_uint (value, self->max_conversations);
+      break;
+    case PROP_BATCH_WAIT:
+      g_value_set_int (value, self->batch_wait_ms);
+      break;
+    case PROP_SCHEDULER_STATS:
+    case PROP_MAX_OBSERVED_DELAY:{
+      /* scheduler_stats takes the object lock itself */
+      GST_OBJECT_UNLOCK (self);
+      GstStructure *st = scheduler_stats (self);
+      if (prop_id == PROP_SCHEDULER_STATS) {
+        g_value_take_boxed (value, st);
+      } else {
+        gdouble ms = 0;
+        if (st)
+          gst_structure_get_double (st, "max-observed-delay-ms", &ms);
+        g_value_set_uint (value, (guint) ceil (ms));
+        if (st)
+          gst_structure_free (st);
+      }
+      GST_OBJECT_LOCK (self);
+      break;
+    }
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1682,6 +1808,38 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
           "Seed of the sampling random generator; a conversation restarts "
           "from it at every stream start and flush",
           0, G_MAXUINT64, DEFAULT_SEED, live_flags));
+  g_object_class_install_property (gobject_class, PROP_SHARED_SCHEDULER,
+      g_param_spec_boolean ("shared-scheduler", "Shared scheduler",
+          "Step this conversation together with the other conversations of "
+          "the process on the same model: one batched model step per 80 ms "
+          "for all of them, the weights read once (FALSE = a conversation of "
+          "its own, stepped alone)", DEFAULT_SHARED_SCHEDULER, model_flags));
+  g_object_class_install_property (gobject_class, PROP_MAX_CONVERSATIONS,
+      g_param_spec_uint ("max-conversations", "Maximum conversations",
+          "Conversations the shared scheduler takes at most; set by the "
+          "element that starts it (the first of the process on this model). "
+          "An element past the limit fails to start with a RESOURCE BUSY "
+          "error", 1, MOSHI_SCHEDULER_MAX_CONVERSATIONS,
+          DEFAULT_MAX_CONVERSATIONS, model_flags));
+  g_object_class_install_property (gobject_class, PROP_BATCH_WAIT,
+      g_param_spec_int ("batch-wait", "Batch wait",
+          "How long a frame may wait for the other conversations of the "
+          "shared scheduler before their step runs without the late ones, in "
+          "milliseconds (-1 = one frame, 80 ms). Adds to the latency",
+          -1, 10000, DEFAULT_BATCH_WAIT, model_flags));
+  g_object_class_install_property (gobject_class, PROP_SCHEDULER_STATS,
+      g_param_spec_boxed ("scheduler-stats", "Scheduler statistics",
+          "The shared scheduler's figures: conversations, ticks, tick time "
+          "(tick-ms-p50, tick-ms-p99, tick-ms-max), deadline-misses (ticks "
+          "longer than a frame), late-frames, max-observed-delay-ms; NULL "
+          "without a shared scheduler. Also posted once a second of output "
+          "as the element message \"" SCHEDULER_MESSAGE_NAME "\"",
+          GST_TYPE_STRUCTURE, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
+  g_object_class_install_property (gobject_class, PROP_MAX_OBSERVED_DELAY,
+      g_param_spec_uint ("max-observed-delay", "Maximum observed delay",
+          "The longest a frame of the shared scheduler has taken from its "
+          "arrival to its result, in milliseconds", 0, G_MAXUINT, 0,
+          G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
 
   gst_element_class_add_static_pad_template (element_class, &sink_template);
   gst_element_class_add_static_pad_template (element_class, &src_template);
@@ -1736,6 +1894,9 @@ gst_moshi_dialog_init (GstMoshiDialog * self)
   self->sampling.audio_temperature = DEFAULT_AUDIO_TEMPERATURE;
   self->sampling.audio_topk = DEFAULT_AUDIO_TOPK;
   self->sampling.seed = DEFAULT_SEED;
+  self->shared_scheduler = DEFAULT_SHARED_SCHEDULER;
+  self->max_conversations = DEFAULT_MAX_CONVERSATIONS;
+  self->batch_wait_ms = DEFAULT_BATCH_WAIT;
   self->latency = GST_CLOCK_TIME_NONE;
   self->last_seek_seqnum = GST_SEQNUM_INVALID;
   gst_segment_init (&self->segment, GST_FORMAT_TIME);

@@ -452,6 +452,28 @@ START_TEST (test_shared_scheduler)
   MoshiScheduler *s2 = moshi_scheduler_get_shared (again, NULL, &error);
   ck_assert_ptr_eq (s1, s2);
   ck_assert_int_eq (moshi_scheduler_max_conversations (s1), MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS);
+
+  /* a MoshiDialog on the scheduler is the same conversation as one running its own steps */
+  MoshiLmSamplingParams p = params_for (5);
+  MoshiDialogOptions dopts = { .scheduler = s1, .max_wait_us = -1 };
+  g_autoptr (MoshiDialog) d = moshi_dialog_new_full (fx.model, &p, &dopts, &error);
+  ck_assert_msg (d != NULL, "%s", error ? error->message : "");
+  ck_assert_ptr_nonnull (moshi_dialog_get_conversation (d));
+  g_autofree float *silence = g_new0 (float, fx.frame);
+  Run got, alone;
+  run_init (&got, 12);
+  for (int t = 0; t < 12; t++) {
+    MoshiDialogFrame f;
+    ck_assert (moshi_dialog_step_pcm (d, user_frame (5, t, silence), &f,
+            got.pcm + (gsize) t * fx.frame, &error));
+    run_record (&got, t, &f);
+  }
+  ck_assert_int_eq (moshi_dialog_steps (d), 12);
+  solo_run (5, &alone, 12);
+  assert_same_run (5, &got, &alone);
+  run_clear (&got);
+  run_clear (&alone);
+  g_clear_pointer (&d, moshi_dialog_free);
   moshi_scheduler_unref (s2);
   moshi_scheduler_unref (s1);
   /* a private scheduler is another one */

@@ -1,6 +1,7 @@
 #include "moshi-dialog.h"
 
 #include "moshi-error.h"
+#include "moshi-scheduler.h"
 
 #include <string.h>
 
@@ -95,6 +96,7 @@ moshi_dialog_model_delay_steps (MoshiDialogModel *m)
 
 struct _MoshiDialog {
   MoshiDialogModel *model;
+  MoshiConversation *conversation;   /* on a scheduler: everything else is unused */
   MoshiMimiSession *mimi;
   MoshiLmSession *lm;
   MoshiLmBatch *batch;
@@ -107,6 +109,7 @@ moshi_dialog_free (MoshiDialog *d)
 {
   if (d == NULL)
     return;
+  moshi_conversation_free (d->conversation);
   moshi_mimi_session_free (d->mimi);
   moshi_lm_session_free (d->lm);
   moshi_lm_batch_free (d->batch);
@@ -120,8 +123,30 @@ MoshiDialog *
 moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingParams *params, int n_threads,
     GError **error)
 {
+  MoshiDialogOptions options = { .n_threads = n_threads };
+  return moshi_dialog_new_full (model, params, &options, error);
+}
+
+MoshiDialog *
+moshi_dialog_new_full (MoshiDialogModel *model, const MoshiLmSamplingParams *params,
+    const MoshiDialogOptions *options, GError **error)
+{
+  MoshiDialogOptions defaults = { 0 };
+  if (options == NULL)
+    options = &defaults;
+  int n_threads = options->n_threads;
   MoshiDialog *d = g_new0 (MoshiDialog, 1);
   d->model = moshi_dialog_model_ref (model);
+  if (options->scheduler != NULL) {
+    MoshiConversationOptions copts = { .n_threads = n_threads,
+      .max_wait_us = options->max_wait_us };
+    d->conversation = moshi_conversation_new (options->scheduler, model, params, &copts, error);
+    if (d->conversation == NULL) {
+      moshi_dialog_free (d);
+      return NULL;
+    }
+    return d;
+  }
   MoshiMimiSessionOptions mopts = { .n_threads = n_threads, .num_codebooks = model->mimi_codebooks,
     .max_frames_per_call = 1 };
   d->codes = g_new0 (int32_t, model->mimi_codebooks);
@@ -134,9 +159,19 @@ moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingParams *params, 
   return d;
 }
 
+MoshiConversation *
+moshi_dialog_get_conversation (MoshiDialog *d)
+{
+  return d->conversation;
+}
+
 void
 moshi_dialog_reset (MoshiDialog *d)
 {
+  if (d->conversation) {
+    moshi_conversation_reset (d->conversation);
+    return;
+  }
   moshi_mimi_session_reset (d->mimi);
   moshi_lm_session_reset (d->lm);
   g_clear_pointer (&d->text, g_free);
@@ -145,12 +180,18 @@ moshi_dialog_reset (MoshiDialog *d)
 void
 moshi_dialog_set_sampling_params (MoshiDialog *d, const MoshiLmSamplingParams *params)
 {
+  if (d->conversation) {
+    moshi_conversation_set_sampling_params (d->conversation, params);
+    return;
+  }
   moshi_lm_session_set_sampling_params (d->lm, params);
 }
 
 int64_t
 moshi_dialog_steps (MoshiDialog *d)
 {
+  if (d->conversation)
+    return moshi_conversation_steps (d->conversation);
   return moshi_lm_session_steps (d->lm);
 }
 
@@ -182,6 +223,8 @@ gboolean
 moshi_dialog_step_pcm (MoshiDialog *d, const float *user_pcm, MoshiDialogFrame *frame,
     float *out_pcm, GError **error)
 {
+  if (d->conversation)
+    return moshi_conversation_step_pcm (d->conversation, user_pcm, frame, out_pcm, error);
   if (!moshi_mimi_session_encode (d->mimi, user_pcm, 1, d->codes, error))
     return FALSE;
   return finish_step (d, d->codes, frame, out_pcm, error);
@@ -191,6 +234,9 @@ gboolean
 moshi_dialog_step_codes (MoshiDialog *d, const int32_t *user_codes, int n_codes,
     MoshiDialogFrame *frame, float *out_pcm, GError **error)
 {
+  if (d->conversation)
+    return moshi_conversation_step_codes (d->conversation, user_codes, n_codes, frame, out_pcm,
+        error);
   int user = moshi_lm_user_codebooks (d->model->lm);
   if (n_codes < user) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,

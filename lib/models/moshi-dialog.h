@@ -57,6 +57,26 @@ typedef struct {
 
 MoshiDialog *moshi_dialog_new (MoshiDialogModel *model, const MoshiLmSamplingParams *params,
     int n_threads, GError **error);
+
+typedef struct _MoshiScheduler MoshiScheduler;
+typedef struct _MoshiConversation MoshiConversation;
+
+typedef struct {
+  int n_threads;                /* 0 = automatic (1 Mimi thread on a scheduler) */
+  /* NULL: the conversation runs its own LM steps. Otherwise it joins this scheduler
+   * (moshi-scheduler.h), whose ticks step it together with the scheduler's other
+   * conversations; fails with MOSHI_ERROR_BUSY when the scheduler is full. */
+  MoshiScheduler *scheduler;
+  /* With a scheduler: how long a frame may wait for the other conversations' (microseconds;
+   * < 0: one frame, 0: never). */
+  gint64 max_wait_us;
+} MoshiDialogOptions;
+
+/* moshi_dialog_new with options (NULL: as moshi_dialog_new with automatic threads). */
+MoshiDialog *moshi_dialog_new_full (MoshiDialogModel *model, const MoshiLmSamplingParams *params,
+    const MoshiDialogOptions *options, GError **error);
+/* The conversation on the scheduler, or NULL for a dialog running its own steps. */
+MoshiConversation *moshi_dialog_get_conversation (MoshiDialog *dialog);
 void moshi_dialog_free (MoshiDialog *dialog);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialog, moshi_dialog_free)
 void moshi_dialog_reset (MoshiDialog *dialog);

@@ -29,8 +29,8 @@
 
 G_BEGIN_DECLS
 
-typedef struct _MoshiScheduler MoshiScheduler;
-typedef struct _MoshiConversation MoshiConversation;
+/* MoshiScheduler and MoshiConversation are declared in moshi-dialog.h: a MoshiDialog may run
+ * on a scheduler (moshi_dialog_new_full). */
 
 #define MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS 64
 #define MOSHI_SCHEDULER_MAX_CONVERSATIONS 1024

@@ -613,14 +613,16 @@ GST_START_TEST (test_no_tokenizer)
 }
 GST_END_TEST;
 
-/* Upstream latency + (1 + delay) frames, on both source pads. */
-GST_START_TEST (test_latency)
+/* Upstream latency + (1 + delay) frames, on both source pads; on the shared scheduler
+ * (the default) also the batch wait, one frame unless set. */
+static void
+check_latency (GstElement * element, GstClockTime batch_wait)
 {
   Harnesses hs;
-  harnesses_new (&hs, make_dialog (TRUE), TRUE, RAW_F32_CAPS);
+  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
   gst_harness_set_upstream_latency (hs.h, 20 * GST_MSECOND);
   gst_harness_set_live (hs.h, TRUE);
-  const GstClockTime expected = 20 * GST_MSECOND + (1 + DELAY) * FRAME_NS;
+  const GstClockTime expected = 20 * GST_MSECOND + (1 + DELAY) * FRAME_NS + batch_wait;
   fail_unless_equals_uint64 (gst_harness_query_latency (hs.h), expected);
   fail_unless_equals_uint64 (gst_harness_query_latency (hs.text), expected);
 
@@ -633,6 +635,17 @@ GST_START_TEST (test_latency)
   fail_unless_equals_uint64 (min, expected);
   gst_query_unref (query);
   harnesses_teardown (&hs);
+}
+
+GST_START_TEST (test_latency)
+{
+  check_latency (make_dialog (TRUE), FRAME_NS);
+  GstElement *alone = make_dialog (TRUE);
+  g_object_set (alone, "shared-scheduler", FALSE, NULL);
+  check_latency (alone, 0);
+  GstElement *short_wait = make_dialog (TRUE);
+  g_object_set (short_wait, "batch-wait", 10, NULL);
+  check_latency (short_wait, 10 * GST_MSECOND);
 }
 GST_END_TEST;
 
@@ -829,8 +842,8 @@ GST_START_TEST (test_mimienc_in_front)
   gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
   push_pcm (h, speech, n, 480, 0);
   pull_and_check_audio_frames (h, ref, n, 0);
-  /* the encoder's frame, then the model's delay and the frame fill */
-  fail_unless_equals_uint64 (gst_harness_query_latency (h), (2 + DELAY) * FRAME_NS);
+  /* the encoder's frame, then the model's delay, the frame fill and the batch wait */
+  fail_unless_equals_uint64 (gst_harness_query_latency (h), (3 + DELAY) * FRAME_NS);
   gst_harness_teardown (h);
 }
 GST_END_TEST;
@@ -1246,6 +1259,177 @@ GST_START_TEST (test_downstream_refuses)
 }
 GST_END_TEST;
 
+/* ------------------------------------------------------------------ the shared scheduler */
+
+typedef struct
+{
+  GstElement *dialog;
+  GstHarness *h;
+  MoshiLmSamplingParams params;
+  gsize offset;                 /* where in the speech this conversation's input starts */
+  const gfloat *speech;
+  gsize n;
+} Conversation;
+
+/* n conversations, one moshidialog each in a harness of its own, each sampled with a seed of
+ * its own and its own stretch of speech. */
+static void
+conversations_new (Conversation * conv, gint n, gboolean shared, const gfloat * speech,
+    gsize samples)
+{
+  for (gint i = 0; i < n; i++) {
+    Conversation *c = &conv[i];
+    moshi_lm_sampling_params_init (&c->params);
+    c->params.seed = 500 + 31 * i;
+    c->offset = (gsize) (i % 7) * FRAME;
+    c->speech = speech;
+    c->n = samples;
+    c->dialog = make_dialog (FALSE);
+    g_object_set (c->dialog, "seed", c->params.seed, "shared-scheduler", shared, NULL);
+    c->h = harness_for (gst_object_ref (c->dialog));
+    gst_harness_set_src_caps_str (c->h, RAW_F32_CAPS);
+  }
+}
+
+static gpointer
+feed_conversation (gpointer data)
+{
+  Conversation *c = data;
+  push_pcm (c->h, c->speech + c->offset, c->n, FRAME, 0);
+  return NULL;
+}
+
+/* Feeds every conversation from a thread of its own (as the streaming threads of a media
+ * server would), then checks that each one's audio equals its conversation run alone. */
+static void
+run_conversations (Conversation * conv, gint n_conv)
+{
+  GThread *threads[16];
+  for (gint i = 0; i < n_conv; i++)
+    threads[i] = g_thread_new ("feed", feed_conversation, &conv[i]);
+  for (gint i = 0; i < n_conv; i++)
+    g_thread_join (threads[i]);
+  for (gint i = 0; i < n_conv; i++) {
+    g_autoptr (Reference) ref = reference_run (conv[i].speech + conv[i].offset, conv[i].n,
+        &conv[i].params);
+    pull_and_check_audio (conv[i].h, ref, conv[i].n);
+  }
+}
+
+static void
+conversations_free (Conversation * conv, gint n)
+{
+  for (gint i = 0; i < n; i++) {
+    gst_harness_teardown (conv[i].h);
+    gst_object_unref (conv[i].dialog);
+  }
+}
+
+static gboolean
+under_cuda_emulation (void)
+{
+  return g_getenv ("MOSHI_CUDA_EMULATE") != NULL;
+}
+
+/* Many moshidialog elements of one process share the scheduler's ticks, and each of their
+ * conversations equals the same conversation run alone. */
+GST_START_TEST (test_conversations_share_ticks)
+{
+  const gint n_conv = under_valgrind () || under_cuda_emulation () ? 4 : 16;
+  const gsize n = 12 * FRAME;
+  g_autofree gfloat *speech = make_speech (n + 7 * FRAME);
+  Conversation conv[16];
+  conversations_new (conv, n_conv, TRUE, speech, n);
+  run_conversations (conv, n_conv);
+
+  GstStructure *stats = NULL;
+  guint delay_ms = 0;
+  g_object_get (conv[0].dialog, "scheduler-stats", &stats, "max-observed-delay", &delay_ms, NULL);
+  fail_unless (stats != NULL);
+  gint conversations;
+  guint64 ticks, steps;
+  fail_unless (gst_structure_get (stats, "conversations", G_TYPE_INT, &conversations,
+          "ticks", G_TYPE_UINT64, &ticks, "steps", G_TYPE_UINT64, &steps, NULL));
+  GST_INFO ("%d elements: %" GST_PTR_FORMAT, n_conv, stats);
+  fail_unless_equals_int (conversations, n_conv);
+  fail_unless_equals_uint64 (steps, (guint64) n_conv * 12);
+  /* they shared ticks: far fewer ticks than steps */
+  fail_unless (steps >= 2 * ticks, "%" G_GUINT64_FORMAT " ticks for %" G_GUINT64_FORMAT
+      " steps", ticks, steps);
+  fail_unless (delay_ms > 0);
+  gst_structure_free (stats);
+  conversations_free (conv, n_conv);
+}
+GST_END_TEST;
+
+/* With shared-scheduler=false each element steps alone: the same conversations. */
+GST_START_TEST (test_conversations_alone)
+{
+  const gint n_conv = 3;
+  const gsize n = 8 * FRAME;
+  g_autofree gfloat *speech = make_speech (n + 7 * FRAME);
+  Conversation conv[3];
+  conversations_new (conv, n_conv, FALSE, speech, n);
+  run_conversations (conv, n_conv);
+  GstStructure *stats = NULL;
+  g_object_get (conv[0].dialog, "scheduler-stats", &stats, NULL);
+  fail_unless (stats == NULL);
+  conversations_free (conv, n_conv);
+}
+GST_END_TEST;
+
+/* Past max-conversations an element fails to start, with an error that says why. */
+GST_START_TEST (test_max_conversations)
+{
+  GstElement *owner = make_dialog (TRUE);
+  g_object_set (owner, "max-conversations", 1, NULL);
+  fail_unless (gst_element_set_state (owner, GST_STATE_PAUSED) != GST_STATE_CHANGE_FAILURE);
+  GstElement *extra = make_dialog (TRUE);
+  GstBus *bus = attach_bus (extra);
+  fail_unless_equals_int (gst_element_set_state (extra, GST_STATE_PAUSED),
+      GST_STATE_CHANGE_FAILURE);
+  assert_error (pop_error (bus), GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_BUSY,
+      "maximum of 1", NULL);
+  gst_element_set_state (extra, GST_STATE_NULL);
+  drop_bus (bus);
+  /* one of its own is not counted */
+  g_object_set (extra, "shared-scheduler", FALSE, NULL);
+  fail_unless (gst_element_set_state (extra, GST_STATE_PAUSED) != GST_STATE_CHANGE_FAILURE);
+  gst_element_set_state (extra, GST_STATE_NULL);
+  gst_element_set_state (owner, GST_STATE_NULL);
+  gst_object_unref (extra);
+  gst_object_unref (owner);
+}
+GST_END_TEST;
+
+/* Once a second of output, an element on the shared scheduler posts its figures. */
+GST_START_TEST (test_scheduler_messages)
+{
+  const gsize n = 30 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  GstElement *element = make_dialog (TRUE);
+  GstBus *bus = attach_bus (element);
+  Harnesses hs;
+  harnesses_new (&hs, element, FALSE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, FRAME, 0);
+  guint found = 0;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT)) != NULL) {
+    const GstStructure *st = gst_message_get_structure (msg);
+    if (gst_structure_has_name (st, "moshi-scheduler")) {
+      found++;
+      fail_unless (gst_structure_has_field (st, "tick-ms-p99"));
+      fail_unless (gst_structure_has_field (st, "deadline-misses"));
+    }
+    gst_message_unref (msg);
+  }
+  /* 30 frames of 80 ms: 2.4 s */
+  fail_unless_equals_int (found, 2);
+  harnesses_teardown (&hs);
+  drop_bus (bus);
+}
+GST_END_TEST;
+
 static Suite *
 moshi_dialog_suite (void)
 {
@@ -1283,6 +1467,13 @@ moshi_dialog_suite (void)
   tcase_add_test (states, test_shared_models);
   tcase_add_test (states, test_model_directory);
   suite_add_tcase (s, states);
+
+  TCase *scheduler = tcase_create ("scheduler");
+  tcase_add_test (scheduler, test_conversations_share_ticks);
+  tcase_add_test (scheduler, test_conversations_alone);
+  tcase_add_test (scheduler, test_max_conversations);
+  tcase_add_test (scheduler, test_scheduler_messages);
+  suite_add_tcase (s, scheduler);
 
   TCase *errors = tcase_create ("errors");
   tcase_add_test (errors, test_missing_files);
