@@ -1785,7 +1785,9 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
           GST_TYPE_MOSHI_DEVICE, GST_MOSHI_DEFAULT_DEVICE, model_flags));
   g_object_class_install_property (gobject_class, PROP_THREADS,
       g_param_spec_int ("threads", "Threads",
-          "CPU threads used by this element's conversation (0 = automatic)",
+          "CPU threads used by this element's conversation (0 = automatic; "
+          "on the shared scheduler, 1 lets the Mimi frames of many "
+          "conversations run in parallel, one per core)",
           0, GST_MOSHI_MAX_THREADS, GST_MOSHI_DEFAULT_THREADS, model_flags));
   g_object_class_install_property (gobject_class, PROP_TEXT_TEMPERATURE,
       g_param_spec_float ("text-temperature", "Text temperature",

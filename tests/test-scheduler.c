@@ -484,6 +484,59 @@ START_TEST (test_shared_scheduler)
 }
 END_TEST
 
+/* Without Mimi, conversations take the user's codes and give the model's: the same tokens as
+ * a conversation with Mimi fed the same codes. */
+START_TEST (test_codes_only)
+{
+  fixture_open ();
+  GError *error = NULL;
+  g_autoptr (MoshiDialogModel) codes_model = moshi_dialog_model_new (fx.lm, NULL, NULL, &error);
+  ck_assert_msg (codes_model != NULL, "%s", error ? error->message : "");
+  ck_assert_ptr_null (moshi_dialog_model_get_mimi (codes_model));
+  ck_assert_int_eq (moshi_dialog_model_frame_size (codes_model), 1920);
+  g_autoptr (MoshiScheduler) sched = moshi_scheduler_new (codes_model, NULL, &error);
+  ck_assert (sched != NULL);
+  MoshiLmSamplingParams p = params_for (3);
+  g_autoptr (MoshiConversation) c = moshi_conversation_new (sched, codes_model, &p, NULL, &error);
+  g_autoptr (MoshiDialog) with_mimi = moshi_dialog_new (fx.model, &p, 1, &error);
+  ck_assert (c && with_mimi);
+  int n_user = moshi_dialog_model_user_codebooks (fx.model);
+  int dep_q = moshi_dialog_model_model_codebooks (fx.model);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 7);
+  for (int t = 0; t < 15; t++) {
+    int32_t codes[64];
+    for (int j = 0; j < n_user; j++)
+      codes[j] = (int32_t) ((moshi_test_rng_uniform (&rng) + 1.0f) * 100.0f);
+    MoshiDialogFrame a, b;
+    ck_assert (moshi_conversation_step_codes (c, codes, n_user, &a, NULL, &error));
+    ck_assert (moshi_dialog_step_codes (with_mimi, codes, n_user, &b, NULL, &error));
+    ck_assert_int_eq (a.returned, b.returned);
+    ck_assert_int_eq (a.text_token, b.text_token);
+    ck_assert (memcmp (a.audio_codes, b.audio_codes, dep_q * sizeof (int32_t)) == 0);
+    ck_assert_ptr_null (a.text);          /* no tokenizer: no text */
+  }
+  /* audio needs Mimi */
+  g_autofree float *pcm = g_new0 (float, 1920);
+  MoshiDialogFrame f;
+  ck_assert (!moshi_conversation_step_pcm (c, pcm, &f, NULL, &error));
+  moshi_assert_error_contains (error, "no Mimi model");
+  g_clear_error (&error);
+  int32_t zeros[64] = { 0 };
+  ck_assert (!moshi_conversation_step_codes (c, zeros, n_user, &f, pcm, &error));
+  moshi_assert_error_contains (error, "no Mimi model");
+  g_clear_error (&error);
+  g_autoptr (MoshiDialog) d = moshi_dialog_new (codes_model, &p, 1, &error);
+  ck_assert (d != NULL);
+  ck_assert (!moshi_dialog_step_pcm (d, pcm, &f, NULL, &error));
+  moshi_assert_error_contains (error, "no Mimi model");
+  g_clear_error (&error);
+  ck_assert (moshi_dialog_step_codes (d, zeros, n_user, &f, NULL, &error));
+  ck_assert_int_eq (moshi_conversation_steps (c), 15);
+  fixture_close ();
+}
+END_TEST
+
 static Suite *
 scheduler_suite (void)
 {
@@ -501,6 +554,7 @@ scheduler_suite (void)
   tcase_set_timeout (tc, 600);
   tcase_add_test (tc, test_scheduler_errors);
   tcase_add_test (tc, test_shared_scheduler);
+  tcase_add_test (tc, test_codes_only);
   suite_add_tcase (s, tc);
   return s;
 }

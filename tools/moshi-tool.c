@@ -6,6 +6,7 @@
 #include "moshi-mimi.h"
 #include "moshi-safetensors.h"
 #include "moshi-wav.h"
+#include "bench-serve.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -477,6 +478,8 @@ cmd_bench (int argc, char **argv)
 {
   if (argc > 1 && g_strcmp0 (argv[1], "lm") == 0)
     return cmd_bench_lm (argc - 1, argv + 1);
+  if (argc > 1 && g_strcmp0 (argv[1], "serve") == 0)
+    return moshi_tool_bench_serve (argc - 1, argv + 1);
   g_autofree char *model = NULL, *config = NULL, *threads_list = NULL, *device = NULL;
   double seconds = 10;
   int codebooks = 8, frames_per_call = 1;
@@ -497,7 +500,7 @@ cmd_bench (int argc, char **argv)
   if (!parse_options (ctx, &argc, &argv, 1))
     return 2;
   if (g_strcmp0 (argv[1], "mimi") != 0) {
-    g_printerr ("moshi-tool bench: unknown benchmark '%s' (available: mimi)\n", argv[1]);
+    g_printerr ("moshi-tool bench: unknown benchmark '%s' (available: mimi, lm, serve)\n", argv[1]);
     return 2;
   }
   if (model == NULL) {
@@ -829,7 +832,7 @@ static const struct {
   { "info", cmd_info, "list the tensors of a safetensors file and detect the model" },
   { "encode", cmd_encode, "encode a 24 kHz mono WAV into Mimi codes" },
   { "decode", cmd_decode, "decode Mimi codes into a float WAV" },
-  { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi) or LM steps (bench lm)" },
+  { "bench", cmd_bench, "benchmark streaming Mimi (bench mimi), LM steps (bench lm) or live conversations (bench serve)" },
   { "lm-forward", cmd_lm_forward, "teacher-forced LM pass (logits, as upstream LMModel.forward)" },
   { "lm-generate", cmd_lm_generate, "streaming LM generation over user codes (as upstream LMGen)" },
   { "chat", cmd_chat, "offline full duplex: listen to a WAV, speak into another, print the text" },

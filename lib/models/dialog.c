@@ -20,14 +20,19 @@ moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, MoshiTokenizer *tokenizer,
   const MoshiLmConfig *cfg = moshi_lm_get_config (lm);
   int user = moshi_lm_user_codebooks (lm), generated = moshi_lm_generated_codebooks (lm);
   int needed = MAX (user, generated);
-  if (moshi_mimi_codebook_size (mimi) != cfg->card) {
+  if (generated > MOSHI_DIALOG_MAX_CODEBOOKS || generated < 1) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "the LM (%s) generates %d codebooks; a conversation takes 1 to %d",
+        moshi_lm_get_path (lm), generated, MOSHI_DIALOG_MAX_CODEBOOKS);
+    return NULL;
+  }
+  if (mimi != NULL && moshi_mimi_codebook_size (mimi) != cfg->card) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
         "the LM (%s) has an audio vocabulary of %d but the Mimi model (%s) has codebooks of %d entries",
         moshi_lm_get_path (lm), cfg->card, moshi_mimi_get_path (mimi), moshi_mimi_codebook_size (mimi));
     return NULL;
   }
-  if (needed > moshi_mimi_max_codebooks (mimi) || generated > MOSHI_DIALOG_MAX_CODEBOOKS
-      || generated < 1) {
+  if (mimi != NULL && needed > moshi_mimi_max_codebooks (mimi)) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
         "the LM (%s) uses %d user and %d model codebooks but the Mimi model (%s) has %d",
         moshi_lm_get_path (lm), user, generated, moshi_mimi_get_path (mimi),
@@ -44,7 +49,7 @@ moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi, MoshiTokenizer *tokenizer,
   MoshiDialogModel *m = g_new0 (MoshiDialogModel, 1);
   m->ref_count = 1;
   m->lm = moshi_lm_ref (lm);
-  m->mimi = moshi_mimi_ref (mimi);
+  m->mimi = mimi ? moshi_mimi_ref (mimi) : NULL;
   m->tokenizer = tokenizer ? moshi_tokenizer_ref (tokenizer) : NULL;
   m->mimi_codebooks = needed;
   return m;
@@ -63,7 +68,8 @@ moshi_dialog_model_unref (MoshiDialogModel *m)
   if (m == NULL || !g_atomic_int_dec_and_test (&m->ref_count))
     return;
   moshi_lm_unref (m->lm);
-  moshi_mimi_unref (m->mimi);
+  if (m->mimi)
+    moshi_mimi_unref (m->mimi);
   if (m->tokenizer)
     moshi_tokenizer_unref (m->tokenizer);
   g_free (m);
@@ -71,12 +77,35 @@ moshi_dialog_model_unref (MoshiDialogModel *m)
 
 MoshiLm *moshi_dialog_model_get_lm (MoshiDialogModel *m) { return m->lm; }
 MoshiMimi *moshi_dialog_model_get_mimi (MoshiDialogModel *m) { return m->mimi; }
-int moshi_dialog_model_frame_size (MoshiDialogModel *m) { return moshi_mimi_frame_size (m->mimi); }
-int moshi_dialog_model_sample_rate (MoshiDialogModel *m) { return moshi_mimi_sample_rate (m->mimi); }
+
+/* Without Mimi, the released Mimi's framing, which every Moshi LM is trained on. */
+int
+moshi_dialog_model_frame_size (MoshiDialogModel *m)
+{
+  return m->mimi ? moshi_mimi_frame_size (m->mimi) : MOSHI_DIALOG_DEFAULT_FRAME_SIZE;
+}
+
+int
+moshi_dialog_model_sample_rate (MoshiDialogModel *m)
+{
+  return m->mimi ? moshi_mimi_sample_rate (m->mimi) : MOSHI_DIALOG_DEFAULT_SAMPLE_RATE;
+}
+
 int moshi_dialog_model_user_codebooks (MoshiDialogModel *m) { return moshi_lm_user_codebooks (m->lm); }
 int moshi_dialog_model_model_codebooks (MoshiDialogModel *m) { return moshi_lm_generated_codebooks (m->lm); }
 
 int moshi_dialog_model_encode_codebooks (MoshiDialogModel *m) { return m->mimi_codebooks; }
+
+gboolean
+moshi_dialog_model_check_audio (MoshiDialogModel *m, GError **error)
+{
+  if (m->mimi != NULL)
+    return TRUE;
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+      "the conversation on %s has no Mimi model: it takes and gives codes, not audio",
+      moshi_lm_get_path (m->lm));
+  return FALSE;
+}
 
 char *
 moshi_dialog_model_display (MoshiDialogModel *m, int32_t text_token)
@@ -150,7 +179,7 @@ moshi_dialog_new_full (MoshiDialogModel *model, const MoshiLmSamplingParams *par
   MoshiMimiSessionOptions mopts = { .n_threads = n_threads, .num_codebooks = model->mimi_codebooks,
     .max_frames_per_call = 1 };
   d->codes = g_new0 (int32_t, model->mimi_codebooks);
-  if ((d->mimi = moshi_mimi_session_new (model->mimi, &mopts, error)) == NULL
+  if ((model->mimi && (d->mimi = moshi_mimi_session_new (model->mimi, &mopts, error)) == NULL)
       || (d->lm = moshi_lm_session_new (model->lm, params, error)) == NULL
       || (d->batch = moshi_lm_batch_new (model->lm, 1, n_threads, error)) == NULL) {
     moshi_dialog_free (d);
@@ -172,7 +201,8 @@ moshi_dialog_reset (MoshiDialog *d)
     moshi_conversation_reset (d->conversation);
     return;
   }
-  moshi_mimi_session_reset (d->mimi);
+  if (d->mimi)
+    moshi_mimi_session_reset (d->mimi);
   moshi_lm_session_reset (d->lm);
   g_clear_pointer (&d->text, g_free);
 }
@@ -212,7 +242,7 @@ finish_step (MoshiDialog *d, const int32_t *user_codes, MoshiDialogFrame *frame,
   if (out_pcm == NULL)
     return TRUE;
   if (!frame->returned) {
-    memset (out_pcm, 0, moshi_mimi_frame_size (m->mimi) * sizeof (float));
+    memset (out_pcm, 0, moshi_dialog_model_frame_size (m) * sizeof (float));
     return TRUE;
   }
   /* [k][frame] with one frame is just the list of codes */
@@ -225,7 +255,8 @@ moshi_dialog_step_pcm (MoshiDialog *d, const float *user_pcm, MoshiDialogFrame *
 {
   if (d->conversation)
     return moshi_conversation_step_pcm (d->conversation, user_pcm, frame, out_pcm, error);
-  if (!moshi_mimi_session_encode (d->mimi, user_pcm, 1, d->codes, error))
+  if (!moshi_dialog_model_check_audio (d->model, error)
+      || !moshi_mimi_session_encode (d->mimi, user_pcm, 1, d->codes, error))
     return FALSE;
   return finish_step (d, d->codes, frame, out_pcm, error);
 }
@@ -237,6 +268,8 @@ moshi_dialog_step_codes (MoshiDialog *d, const int32_t *user_codes, int n_codes,
   if (d->conversation)
     return moshi_conversation_step_codes (d->conversation, user_codes, n_codes, frame, out_pcm,
         error);
+  if (out_pcm != NULL && !moshi_dialog_model_check_audio (d->model, error))
+    return FALSE;
   int user = moshi_lm_user_codebooks (d->model->lm);
   if (n_codes < user) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,

@@ -1650,3 +1650,48 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
   }
   return TRUE;
 }
+
+/* ================================================================ footprint */
+
+void
+moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype, MoshiDType kv_dtype,
+    MoshiLmFootprint *fp)
+{
+  memset (fp, 0, sizeof (*fp));
+  gsize wsize = moshi_dtype_size (weight_dtype);
+  GArray *tensors = random_tensors (cfg);
+  for (guint i = 0; i < tensors->len; i++) {
+    RandomTensor *t = &g_array_index (tensors, RandomTensor, i);
+    guint64 n = 1;
+    for (int k = 0; k < t->ndim; k++)
+      n *= (guint64) t->shape[k];
+    /* matrices keep the checkpoint's dtype on the device, the rest is f32 */
+    gboolean matrix = t->ndim == 2;
+    fp->weight_bytes += n * (matrix ? wsize : 4);
+    /* a step gathers a few rows of each embedding table and reads every other matrix */
+    gboolean table = strstr (t->name, "emb") != NULL && !g_str_has_suffix (t->name, "low_rank.weight");
+    if (matrix && !table) {
+      fp->weight_bytes_per_step += n * wsize;
+      fp->flops_per_step += 2 * n;
+    }
+    g_free (t->name);
+  }
+  g_array_free (tensors, TRUE);
+
+  const MoshiTransformerConfig *tr = &cfg->transformer;
+  int context = tr->context > 0 ? tr->context : 0;
+  guint64 kv_values = (guint64) tr->num_layers * context * cfg->dim * 2;
+  fp->kv_bytes = kv_values * moshi_dtype_size (kv_dtype);
+  /* attention at a full cache: q.k and p.v over every position of every layer */
+  fp->flops_per_step += (guint64) 4 * tr->num_layers * context * cfg->dim;
+  fp->kv_bytes_per_step = fp->kv_bytes;
+
+  /* one batch row: the runner's activations (moshi_lm_batch_new) and its depth caches */
+  int width = MAX (cfg->dim, cfg->dep_q > 0 ? cfg->depformer_dim : 0);
+  int hidden = MAX (tr->dim_feedforward, cfg->dep_q > 0 ? cfg->depformer.dim_feedforward : 0);
+  int logits = MAX (cfg->text_card_out, cfg->card);
+  guint64 row_floats = (guint64) width * 7 + (guint64) MAX (hidden, 1) * 2 + cfg->dim
+      + MAX (cfg->depformer_low_rank, 1) + logits + moshi_lm_config_num_streams (cfg)
+      + (guint64) (cfg->dep_q > 0 ? cfg->depformer.num_layers * cfg->dep_q * cfg->depformer_dim * 2 : 0);
+  fp->scratch_bytes = row_floats * 4;
+}

@@ -16,13 +16,18 @@
 G_BEGIN_DECLS
 
 #define MOSHI_DIALOG_MAX_CODEBOOKS 64
+/* The framing of a conversation without Mimi: the released Mimi's, 80 ms at 24 kHz. */
+#define MOSHI_DIALOG_DEFAULT_FRAME_SIZE 1920
+#define MOSHI_DIALOG_DEFAULT_SAMPLE_RATE 24000
 
 typedef struct _MoshiDialogModel MoshiDialogModel;
 typedef struct _MoshiDialog MoshiDialog;
 
 /* Takes references to lm, mimi and tokenizer (which may be NULL: no text display). Fails,
  * naming the files, when the LM's audio vocabulary differs from Mimi's codebook size, Mimi has
- * fewer codebooks than the LM uses, or the tokenizer's vocabulary is not the LM's text one. */
+ * fewer codebooks than the LM uses, or the tokenizer's vocabulary is not the LM's text one.
+ * mimi may be NULL too: the conversations then take the user's codes and give the model's
+ * (no audio), as a server behind Mimi at the edges does. */
 MoshiDialogModel *moshi_dialog_model_new (MoshiLm *lm, MoshiMimi *mimi,
     MoshiTokenizer *tokenizer, GError **error);
 MoshiDialogModel *moshi_dialog_model_ref (MoshiDialogModel *model);
@@ -30,7 +35,7 @@ void moshi_dialog_model_unref (MoshiDialogModel *model);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiDialogModel, moshi_dialog_model_unref)
 
 MoshiLm *moshi_dialog_model_get_lm (MoshiDialogModel *model);
-MoshiMimi *moshi_dialog_model_get_mimi (MoshiDialogModel *model);
+MoshiMimi *moshi_dialog_model_get_mimi (MoshiDialogModel *model);   /* may be NULL */
 /* Samples per step (Mimi's frame size) and the sample rate. */
 int moshi_dialog_model_frame_size (MoshiDialogModel *model);
 int moshi_dialog_model_sample_rate (MoshiDialogModel *model);
@@ -45,6 +50,8 @@ int moshi_dialog_model_encode_codebooks (MoshiDialogModel *model);
 /* A text token as upstream shows it (a leading space starts a word), or NULL for padding or
  * without a tokenizer. g_free it. */
 char *moshi_dialog_model_display (MoshiDialogModel *model, int32_t text_token);
+/* TRUE when the model has Mimi (audio in and out); otherwise FALSE with an error saying so. */
+gboolean moshi_dialog_model_check_audio (MoshiDialogModel *model, GError **error);
 
 typedef struct {
   gboolean returned;          /* FALSE for the first delay_steps steps: nothing generated yet */
@@ -62,7 +69,7 @@ typedef struct _MoshiScheduler MoshiScheduler;
 typedef struct _MoshiConversation MoshiConversation;
 
 typedef struct {
-  int n_threads;                /* 0 = automatic (1 Mimi thread on a scheduler) */
+  int n_threads;                /* 0 = automatic */
   /* NULL: the conversation runs its own LM steps. Otherwise it joins this scheduler
    * (moshi-scheduler.h), whose ticks step it together with the scheduler's other
    * conversations; fails with MOSHI_ERROR_BUSY when the scheduler is full. */

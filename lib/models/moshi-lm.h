@@ -123,4 +123,22 @@ gboolean moshi_lm_batch_step (MoshiLmBatch *batch, MoshiLmSession **sessions, in
     const int32_t *user_codes, int32_t *text_out, int32_t *audio_out, gboolean *returned,
     float *text_logits_out, GError **error);
 
+/* What a model of cfg's shapes needs, counted from the shapes alone (nothing is allocated):
+ * for sizing a deployment and for paper estimates. weight_dtype is the checkpoint's (BF16 or
+ * F32) and kv_dtype the KV caches' (F32). */
+typedef struct {
+  guint64 weight_bytes;           /* resident: matrices in weight_dtype, the rest f32 */
+  guint64 weight_bytes_per_step;  /* read by one step, whatever its batch: every matrix but the
+                                   * embedding tables, of which a step gathers a few rows */
+  guint64 flops_per_step;         /* per conversation: the matrix products, and the temporal
+                                   * attention over a full cache */
+  guint64 kv_bytes;               /* per conversation: the temporal KV caches at full context */
+  guint64 kv_bytes_per_step;      /* per conversation: KV read by a step at full context */
+  guint64 scratch_bytes;          /* per conversation: its batch row (activations, depformer
+                                   * caches) */
+} MoshiLmFootprint;
+
+void moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype,
+    MoshiDType kv_dtype, MoshiLmFootprint *footprint);
+
 G_END_DECLS

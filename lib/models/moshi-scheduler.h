@@ -38,8 +38,8 @@ G_BEGIN_DECLS
 typedef struct {
   /* Conversations that may be joined at once (also the LM batch size); 0 = the default (64). */
   int max_conversations;
-  /* Threads of the batched LM step; Mimi runs on as many, one conversation per thread.
-   * 0 = automatic. */
+  /* Threads of the batched LM step, and of the pool that runs the Mimi frames of
+   * single-threaded conversations in parallel. 0 = automatic. */
   int n_threads;
 } MoshiSchedulerOptions;
 
@@ -78,8 +78,9 @@ typedef struct {
 void moshi_scheduler_get_stats (MoshiScheduler *scheduler, MoshiSchedulerStats *stats);
 
 typedef struct {
-  /* Mimi's threads for this conversation's frames when it is the only one in a tick; a tick of
-   * several runs their Mimi frames in parallel, one thread each. 0 = 1. */
+  /* Threads of this conversation's Mimi session, 0 = automatic (as MoshiDialog). The Mimi
+   * frames of single-threaded sessions run in parallel, one conversation per thread of the
+   * scheduler: the choice for many conversations on the CPU. */
   int n_threads;
   /* How long this conversation's frame may wait for the others' before a tick runs without
    * them, in microseconds; < 0 = one frame duration (the default); 0 = never wait. */

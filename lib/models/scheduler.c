@@ -15,6 +15,7 @@ struct _MoshiConversation {
   MoshiLmSession *lm;
   int32_t *codes;               /* [encode codebooks]: the user codes of the frame in flight */
   char *text;                   /* display text of the last step */
+  gboolean own_threads;         /* its Mimi session has a thread pool of its own */
 
   /* The frame in flight: written by the owner before it marks the frame pending, then used by
    * the scheduler thread only, until it marks the frame done. */
@@ -55,6 +56,7 @@ struct _MoshiScheduler {
   MoshiConversation **tick;
   MoshiLmSession **sessions;
   int *tick_index;              /* LM batch row -> tick slot */
+  int *pool_slots;              /* the tick slots whose Mimi frames run on the pool */
   int32_t *user_codes, *text_tokens, *audio_codes;
   gboolean *returned;
 
@@ -68,6 +70,18 @@ static GMutex shared_lock;
 static GHashTable *shared_schedulers;   /* key -> MoshiScheduler (not reffed) */
 
 /* ------------------------------------------------------------------ a tick */
+
+typedef struct {
+  MoshiScheduler *s;
+  MoshiParallelFunc func;
+} PoolJob;
+
+static void
+pool_task (void *ctx, int task, int thread)
+{
+  PoolJob *job = ctx;
+  job->func (job->s, job->s->pool_slots[task], thread);
+}
 
 static void
 encode_frame (void *ctx, int slot, int thread)
@@ -85,7 +99,7 @@ finish_frame (void *ctx, int slot, int thread)
   MoshiConversation *c = s->tick[slot];
   if (c->error != NULL || c->out_pcm == NULL)
     return;
-  int frame_size = moshi_mimi_frame_size (s->mimi);
+  int frame_size = moshi_dialog_model_frame_size (c->model);
   if (!c->frame->returned) {
     memset (c->out_pcm, 0, frame_size * sizeof (float));
     return;
@@ -95,15 +109,23 @@ finish_frame (void *ctx, int slot, int thread)
       1, c->out_pcm, &c->error);
 }
 
+/* Runs func for every frame of the tick: those of single-threaded Mimi sessions in parallel
+ * on the scheduler's pool (CPU sessions), the others one after the other on their own pools. */
 static void
 run_on_pool (MoshiScheduler *s, int n, MoshiParallelFunc func)
 {
-  if (n > 1 && s->parallel_mimi) {
-    moshi_thread_pool_run (s->pool, n, func, s);
-    return;
+  int shared = 0;
+  for (int i = 0; i < n; i++) {
+    MoshiConversation *c = s->tick[i];
+    if (c->own_threads || !s->parallel_mimi)
+      func (s, i, 0);
+    else
+      s->pool_slots[shared++] = i;
   }
-  for (int i = 0; i < n; i++)
-    func (s, i, 0);
+  if (shared == 1)
+    func (s, s->pool_slots[0], 0);
+  else if (shared > 1)
+    moshi_thread_pool_run (s->pool, shared, pool_task, &(PoolJob) { s, func });
 }
 
 /* Mimi encodes of every frame, one LM step for all that encoded, Mimi decodes. A frame that
@@ -256,6 +278,7 @@ scheduler_free (MoshiScheduler *s)
   g_free (s->tick);
   g_free (s->sessions);
   g_free (s->tick_index);
+  g_free (s->pool_slots);
   g_free (s->user_codes);
   g_free (s->text_tokens);
   g_free (s->audio_codes);
@@ -264,7 +287,8 @@ scheduler_free (MoshiScheduler *s)
   g_cond_clear (&s->work);
   g_cond_clear (&s->done);
   moshi_lm_unref (s->lm);
-  moshi_mimi_unref (s->mimi);
+  if (s->mimi)
+    moshi_mimi_unref (s->mimi);
   g_free (s->key);
   g_free (s);
 }
@@ -291,11 +315,12 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
   MoshiScheduler *s = g_new0 (MoshiScheduler, 1);
   s->ref_count = 1;
   s->lm = moshi_lm_ref (lm);
-  s->mimi = moshi_mimi_ref (mimi);
+  s->mimi = mimi ? moshi_mimi_ref (mimi) : NULL;
   s->batch = batch;
   s->max_conversations = max;
-  s->frame_us = (gint64) (1e6 / moshi_mimi_frame_rate (mimi));
-  s->parallel_mimi = moshi_mimi_get_backend (mimi)->device == MOSHI_DEVICE_CPU;
+  s->frame_us = (gint64) G_USEC_PER_SEC * moshi_dialog_model_frame_size (model)
+      / moshi_dialog_model_sample_rate (model);
+  s->parallel_mimi = mimi && moshi_mimi_get_backend (mimi)->device == MOSHI_DEVICE_CPU;
   s->pool = moshi_thread_pool_new (threads > 0 ? threads : (int) MIN (g_get_num_processors (), 64));
   s->joined = g_ptr_array_new ();
   g_mutex_init (&s->lock);
@@ -305,6 +330,7 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
   s->tick = g_new0 (MoshiConversation *, max);
   s->sessions = g_new0 (MoshiLmSession *, max);
   s->tick_index = g_new0 (int, max);
+  s->pool_slots = g_new0 (int, max);
   s->user_codes = g_new0 (int32_t, (gsize) max * MAX (n_user, 1));
   s->text_tokens = g_new0 (int32_t, max);
   s->audio_codes = g_new0 (int32_t, (gsize) max * MAX (dep_q, 1));
@@ -419,6 +445,12 @@ moshi_conversation_free (MoshiConversation *c)
   g_free (c);
 }
 
+static const char *
+model_mimi_path (MoshiMimi *mimi)
+{
+  return mimi ? moshi_mimi_get_path (mimi) : "no Mimi";
+}
+
 MoshiConversation *
 moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
     const MoshiLmSamplingParams *params, const MoshiConversationOptions *options, GError **error)
@@ -427,11 +459,11 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
         "the conversation's models (%s, %s) are not the scheduler's (%s, %s)",
         moshi_lm_get_path (moshi_dialog_model_get_lm (model)),
-        moshi_mimi_get_path (moshi_dialog_model_get_mimi (model)),
-        moshi_lm_get_path (s->lm), moshi_mimi_get_path (s->mimi));
+        model_mimi_path (moshi_dialog_model_get_mimi (model)),
+        moshi_lm_get_path (s->lm), model_mimi_path (s->mimi));
     return NULL;
   }
-  int threads = options && options->n_threads > 0 ? options->n_threads : 1;
+  int threads = options ? options->n_threads : 0;
   int codebooks = moshi_dialog_model_encode_codebooks (model);
   MoshiMimiSessionOptions mopts = { .n_threads = threads, .num_codebooks = codebooks,
     .max_frames_per_call = 1 };
@@ -439,10 +471,11 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
   c->sched = moshi_scheduler_ref (s);
   c->model = moshi_dialog_model_ref (model);
   c->codes = g_new0 (int32_t, codebooks);
+  c->own_threads = threads != 1;
   c->max_wait_us = options && options->max_wait_us >= 0 ? options->max_wait_us : s->frame_us;
   /* not waited for until its first frame comes */
   c->stalled = TRUE;
-  if ((c->mimi = moshi_mimi_session_new (s->mimi, &mopts, error)) == NULL
+  if ((s->mimi && (c->mimi = moshi_mimi_session_new (s->mimi, &mopts, error)) == NULL)
       || (c->lm = moshi_lm_session_new (s->lm, params, error)) == NULL) {
     moshi_conversation_free (c);
     return NULL;
@@ -465,7 +498,8 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
 void
 moshi_conversation_reset (MoshiConversation *c)
 {
-  moshi_mimi_session_reset (c->mimi);
+  if (c->mimi)
+    moshi_mimi_session_reset (c->mimi);
   moshi_lm_session_reset (c->lm);
   g_clear_pointer (&c->text, g_free);
 }
@@ -529,6 +563,8 @@ gboolean
 moshi_conversation_step_pcm (MoshiConversation *c, const float *user_pcm, MoshiDialogFrame *frame,
     float *out_pcm, GError **error)
 {
+  if (!moshi_dialog_model_check_audio (c->model, error))
+    return FALSE;
   return submit (c, user_pcm, frame, out_pcm, error);
 }
 
@@ -538,6 +574,8 @@ moshi_conversation_step_codes (MoshiConversation *c, const int32_t *user_codes, 
 {
   int user = moshi_lm_user_codebooks (c->sched->lm);
   int card = moshi_lm_get_config (c->sched->lm)->card;
+  if (out_pcm != NULL && !moshi_dialog_model_check_audio (c->model, error))
+    return FALSE;
   if (n_codes < user) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
         "%d user codebooks given; the LM reads %d", n_codes, user);

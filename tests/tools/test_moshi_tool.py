@@ -216,6 +216,47 @@ def test_chat_greedy_transcript():
     assert rel_l2(pcm, gold["gen.decoded_pcm"][1]) <= 1e-4
 
 
+def test_bench_serve_footprint_without_weights():
+    """The 7B shape's footprint and paper estimate, from the shapes alone."""
+    out = run("bench", "serve", "--json").stdout.strip().splitlines()
+    assert len(out) == 1, out
+    fp = json.loads(out[0])
+    assert fp["context"] == 3000, fp
+    # f32 KV caches: 32 layers x 3000 positions x 4096 x (K, V) x 4 bytes
+    assert fp["kv_bytes_per_conversation"] == 32 * 3000 * 4096 * 2 * 4, fp
+    assert 15.0e9 < fp["weight_bytes"] < 15.6e9, fp
+    assert fp["H100_max_conversations"] > 0 and fp["H200_max_conversations"] > fp["H100_max_conversations"], fp
+    text = run("bench", "serve").stdout
+    assert "real-time conversations" in text and "H200" in text, text
+
+
+def test_bench_serve_runs_conversations():
+    dialog = os.path.join(DATA, "lm", "dialog")
+    out = run("bench", "serve", "--json", "--device", "cpu", "--seconds", "0.5",
+              "--conversations", "1,3", "--compare-alone",
+              "--config", os.path.join(dialog, "config.json"),
+              "--weights", os.path.join(dialog, "model.safetensors"),
+              "--mimi-model", MODEL, "--mimi-config", CONFIG).stdout.strip().splitlines()
+    rows = [json.loads(line) for line in out[1:]]
+    assert [(r["conversations"], r["scheduler"]) for r in rows] == \
+        [(1, True), (1, False), (3, True), (3, False)], rows
+    for r in rows:
+        for key in ("tick_ms_p50", "tick_ms_p99", "deadline_misses", "kv_bytes_per_conversation",
+                    "weight_bytes"):
+            assert key in r, (key, r)
+        assert r["frames"] == 6 * r["conversations"], r
+    assert rows[2]["ticks"] > 0 and rows[2]["tick_ms_p99"] >= rows[2]["tick_ms_p50"] > 0, rows
+
+
+def test_bench_serve_bad_options():
+    for args, needle in ((["--conversations", "0"], "bad conversation count"),
+                         (["--kv", "fp8"], "not implemented"),
+                         (["--weights", "int8"], "not implemented"),
+                         (["--seconds", "0"], "--seconds")):
+        err = run("bench", "serve", *args, expect_ok=False).stderr
+        assert needle in err, (args, err)
+
+
 def test_unknown_command():
     err = run("frobnicate", expect_ok=False).stderr
     assert "unknown command" in err, err
