@@ -112,6 +112,7 @@ enum
   PROP_AUDIO_TEMPERATURE,
   PROP_AUDIO_TOPK,
   PROP_SEED,
+  PROP_KV_CACHE,
   PROP_SHARED_SCHEDULER,
   PROP_MAX_CONVERSATIONS,
   PROP_BATCH_WAIT,
@@ -129,6 +130,7 @@ typedef struct
   gchar *mimi_config;
   gchar *tokenizer;
   GstMoshiDevice device;
+  MoshiLmKvCache kv_cache;
 } ModelSpec;
 
 typedef enum
@@ -226,6 +228,22 @@ struct _GstMoshiDialog
   gboolean warned_bad_tokens;
 };
 
+#define GST_TYPE_MOSHI_KV_CACHE (gst_moshi_kv_cache_get_type ())
+static GType
+gst_moshi_kv_cache_get_type (void)
+{
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    {MOSHI_LM_KV_DEFAULT, "The default: bf16", "default"},
+    {MOSHI_LM_KV_F32, "32-bit float", "f32"},
+    {MOSHI_LM_KV_BF16, "bfloat16", "bf16"},
+    {0, NULL, NULL},
+  };
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstMoshiKvCache", values));
+  return type;
+}
+
 #define gst_moshi_dialog_parent_class parent_class
 G_DEFINE_TYPE (GstMoshiDialog, gst_moshi_dialog, GST_TYPE_ELEMENT);
 GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (moshidialog, "moshidialog",
@@ -276,6 +294,7 @@ model_spec_copy (ModelSpec * dest, const ModelSpec * src)
   dest->mimi_config = g_strdup (src->mimi_config);
   dest->tokenizer = g_strdup (src->tokenizer);
   dest->device = src->device;
+  dest->kv_cache = src->kv_cache;
 }
 
 static gboolean
@@ -285,7 +304,8 @@ model_spec_equal (const ModelSpec * a, const ModelSpec * b)
       && g_strcmp0 (a->lm_config, b->lm_config) == 0
       && g_strcmp0 (a->mimi_model, b->mimi_model) == 0
       && g_strcmp0 (a->mimi_config, b->mimi_config) == 0
-      && g_strcmp0 (a->tokenizer, b->tokenizer) == 0 && a->device == b->device;
+      && g_strcmp0 (a->tokenizer, b->tokenizer) == 0 && a->device == b->device
+      && a->kv_cache == b->kv_cache;
 }
 
 /* The Mimi model used when mimi-model is not set: the LM's repository or directory, which
@@ -339,7 +359,8 @@ load_lm (GstMoshiDialog * self, const ModelSpec * spec)
   if (path == NULL)
     return NULL;
 
-  MoshiLmLoadOptions options = {.device = (MoshiDevice) spec->device };
+  MoshiLmLoadOptions options = {.device = (MoshiDevice) spec->device,
+    .kv_cache = spec->kv_cache };
   /* The copy of the process for these files and device, if another element has it. */
   MoshiLm *lm = moshi_lm_load_shared (path, spec->lm_config, &options, &error);
   if (lm == NULL) {
@@ -1607,6 +1628,9 @@ gst_moshi_dialog_set_property (GObject * object, guint prop_id,
     case PROP_DEVICE:
       self->spec.device = g_value_get_enum (value);
       break;
+    case PROP_KV_CACHE:
+      self->spec.kv_cache = g_value_get_enum (value);
+      break;
     case PROP_THREADS:
       self->threads = g_value_get_int (value);
       break;
@@ -1671,6 +1695,9 @@ gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
       break;
     case PROP_DEVICE:
       g_value_set_enum (value, self->spec.device);
+      break;
+    case PROP_KV_CACHE:
+      g_value_set_enum (value, self->spec.kv_cache);
       break;
     case PROP_THREADS:
       g_value_set_int (value, self->threads);
@@ -1810,6 +1837,11 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
           "Seed of the sampling random generator; a conversation restarts "
           "from it at every stream start and flush",
           0, G_MAXUINT64, DEFAULT_SEED, live_flags));
+  g_object_class_install_property (gobject_class, PROP_KV_CACHE,
+      g_param_spec_enum ("kv-cache", "KV cache",
+          "Element type of the LM's attention caches, the largest memory of a "
+          "conversation (Moshi 7B: 1.57 GB in bf16, 3.15 GB in f32)",
+          GST_TYPE_MOSHI_KV_CACHE, MOSHI_LM_KV_DEFAULT, model_flags));
   g_object_class_install_property (gobject_class, PROP_SHARED_SCHEDULER,
       g_param_spec_boolean ("shared-scheduler", "Shared scheduler",
           "Step this conversation together with the other conversations of "
@@ -1854,6 +1886,7 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
 
   element_class->change_state =
       GST_DEBUG_FUNCPTR (gst_moshi_dialog_change_state);
+  gst_type_mark_as_plugin_api (GST_TYPE_MOSHI_KV_CACHE, 0);
 }
 
 static void

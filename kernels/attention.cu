@@ -14,15 +14,47 @@
  *
  * The *_rows entry points run one decode step of many sequences in one launch: query row i takes
  * its cache, position and end from a device table (MoshiKRowCache), so that sessions are
- * batched and a recorded step replays with new positions. */
+ * batched and a recorded step replays with new positions. Their caches may hold BF16 (the
+ * kernels are templates over the cache element: float, or uint16_t BF16 bits), which halves
+ * what a decode step reads; scores, softmax and sums stay f32. */
 #include "common.cuh"
 
 namespace {
 
 const int ATT_THREADS = 128;
 
+__device__ __forceinline__ float
+cache_load (const float *p)
+{
+  return *p;
+}
+
+__device__ __forceinline__ float
+cache_load (const uint16_t *p)
+{
+  return moshi_k::bf16_bits_to_float (*p);
+}
+
+__device__ __forceinline__ void
+cache_store (float *p, float v)
+{
+  *p = v;
+}
+
+/* round to nearest even, as the CPU's moshi_f32_to_bf16; NaN stays a (quiet) NaN */
+__device__ __forceinline__ void
+cache_store (uint16_t *p, float v)
+{
+  unsigned u = __float_as_uint (v);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    *p = (uint16_t) ((u >> 16) | 0x40u);
+  else
+    *p = (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
 __global__ void __launch_bounds__ (256)
-kv_write_kernel (float *k_cache, float *v_cache, int capacity, const float *k, int ld_k,
+kv_write_kernel (T *k_cache, T *v_cache, int capacity, const float *k, int ld_k,
     const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
     size_t layer_offset)
 {
@@ -33,18 +65,18 @@ kv_write_kernel (float *k_cache, float *v_cache, int capacity, const float *k, i
    * table go to their own caches and positions) */
   for (int i = blockIdx.y + (rc == nullptr && t > capacity ? t - capacity : 0); i < t;
       i += gridDim.y) {
-    float *kc = k_cache, *vc = v_cache;
+    T *kc = k_cache, *vc = v_cache;
     int pos = pos0 + i;
     if (rc != nullptr) {
-      kc = rc[i].k_cache + layer_offset;
-      vc = rc[i].v_cache + layer_offset;
+      kc = static_cast<T *> (rc[i].k_cache) + layer_offset;
+      vc = static_cast<T *> (rc[i].v_cache) + layer_offset;
       pos = rc[i].pos;
     }
     const size_t slot = (size_t) (pos % capacity);
     if (blockIdx.z == 0)
-      kc[slot * width + c] = k[(size_t) i * ld_k + c];
+      cache_store (&kc[slot * width + c], k[(size_t) i * ld_k + c]);
     else
-      vc[slot * width + c] = v[(size_t) i * ld_v + c];
+      cache_store (&vc[slot * width + c], v[(size_t) i * ld_v + c]);
   }
 }
 
@@ -52,10 +84,10 @@ kv_write_kernel (float *k_cache, float *v_cache, int capacity, const float *k, i
  * block writes the normalised output. SPLIT = true: the block writes its chunk's max score,
  * sum of exponentials and unnormalised output to part[] and attention_combine_kernel merges
  * the chunks (so that a single decode step over a long cache keeps every SM busy). */
-template <bool SPLIT>
+template <bool SPLIT, typename T>
 __global__ void __launch_bounds__ (ATT_THREADS)
-attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float *k_cache,
-    const float *v_cache, int capacity, int n_heads, int head_dim, int pos0, int end,
+attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_cache,
+    const T *v_cache, int capacity, int n_heads, int head_dim, int pos0, int end,
     int context, float scale, int chunk, float *part, const MoshiKRowCache *rc,
     size_t layer_offset)
 {
@@ -68,8 +100,8 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
   const int width = n_heads * head_dim;
   int q_pos = pos0 + i;
   if (rc != nullptr) {          /* a row of a decode step: its own cache and position */
-    k_cache = rc[i].k_cache + layer_offset;
-    v_cache = rc[i].v_cache + layer_offset;
+    k_cache = static_cast<const T *> (rc[i].k_cache) + layer_offset;
+    v_cache = static_cast<const T *> (rc[i].v_cache) + layer_offset;
     q_pos = rc[i].pos;
     end = rc[i].end;
   }
@@ -83,7 +115,7 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
     q_s[d] = q[(size_t) i * ld_q + (size_t) h * head_dim + d];
   __syncthreads ();
 
-  const float *k_head = k_cache + (size_t) h * head_dim;
+  const T *k_head = k_cache + (size_t) h * head_dim;
   for (int s = s_begin + warp; s < s_end; s += n_warps) {
     bool valid = s < end;
     if (valid) {
@@ -96,10 +128,10 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
         scores[s - s_begin] = -INFINITY;
       continue;
     }
-    const float *key = k_head + (size_t) s * width;
+    const T *key = k_head + (size_t) s * width;
     float dot = 0.0f;
     for (int d = lane; d < head_dim; d += 32)
-      dot += q_s[d] * key[d];
+      dot += q_s[d] * cache_load (&key[d]);
     dot = moshi_k::warp_sum (dot);
     if (lane == 0)
       scores[s - s_begin] = dot * scale;
@@ -143,7 +175,7 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
   const int cols = head_dim <= (int) blockDim.x ? head_dim : (int) blockDim.x;
   const int groups = head_dim <= (int) blockDim.x ? (int) blockDim.x / head_dim : 1;
   const int g = (int) threadIdx.x / cols, c = (int) threadIdx.x % cols;
-  const float *v_head = v_cache + (size_t) h * head_dim;
+  const T *v_head = v_cache + (size_t) h * head_dim;
   const float norm = SPLIT ? 1.0f : 1.0f / sum;
   for (int d0 = 0; d0 < head_dim; d0 += cols) {
     const int d = d0 + c;
@@ -152,7 +184,7 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const float 
       for (int s = g; s < n_slots; s += groups) {
         const float p = scores[s];
         if (p != 0.0f)          /* skips invalid slots, whose values may be anything */
-          acc += p * v_head[(size_t) (s_begin + s) * width + d];
+          acc += p * cache_load (&v_head[(size_t) (s_begin + s) * width + d]);
       }
       partial[g * cols + c] = acc;
     }
@@ -214,8 +246,9 @@ attention_splits (int capacity, int n_heads, int t)
 
 }  // namespace
 
+template <typename T>
 static cudaError_t
-kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity, const float *k,
+kv_write (cudaStream_t stream, T *k_cache, T *v_cache, int capacity, const float *k,
     int ld_k, const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
     size_t layer_offset)
 {
@@ -225,8 +258,8 @@ kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity, con
     return cudaSuccess;
   const int rows = rc != nullptr || t < capacity ? t : capacity;
   dim3 grid (moshi_k::ceil_div ((size_t) width, 256), rows < 65535 ? (unsigned) rows : 65535u, 2);
-  return MOSHI_LAUNCH (kv_write_kernel, grid, 256, 0, stream, k_cache, v_cache, capacity, k, ld_k,
-      v, ld_v, width, pos0, t, rc, layer_offset);
+  return MOSHI_LAUNCH (kv_write_kernel<T>, grid, 256, 0, stream, k_cache, v_cache, capacity, k,
+      ld_k, v, ld_v, width, pos0, t, rc, layer_offset);
 }
 
 extern "C" cudaError_t
@@ -238,13 +271,17 @@ moshi_k_kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capac
 }
 
 extern "C" cudaError_t
-moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc, size_t layer_offset,
-    int capacity, const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc, int cache_bf16,
+    size_t layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+    int width, int rows)
 {
   if (rc == nullptr)
     return cudaErrorInvalidValue;
-  return kv_write (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0, rows, rc,
-      layer_offset);
+  if (cache_bf16)
+    return kv_write<uint16_t> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0,
+        rows, rc, layer_offset);
+  return kv_write<float> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0, rows,
+      rc, layer_offset);
 }
 
 extern "C" size_t
@@ -254,9 +291,10 @@ moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t
   return splits == 1 ? 0 : (size_t) n_heads * t * splits * (head_dim + 2);
 }
 
+template <typename T>
 static cudaError_t
 attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
-    const float *k_cache, const float *v_cache, int capacity, int n_heads, int head_dim,
+    const T *k_cache, const T *v_cache, int capacity, int n_heads, int head_dim,
     int pos0, int t, int context, float scale, float *scratch, size_t scratch_floats,
     const MoshiKRowCache *rc, size_t layer_offset)
 {
@@ -273,7 +311,7 @@ attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q
     const size_t smem = sizeof (float) * ((size_t) head_dim + chunk + ATT_THREADS);
     if (smem > 48 * 1024)
       return cudaErrorInvalidValue;
-    cudaError_t err = MOSHI_LAUNCH (attention_kernel<true>,
+    cudaError_t err = MOSHI_LAUNCH ((attention_kernel<true, T>),
         dim3 ((unsigned) n_heads, (unsigned) t, (unsigned) splits), ATT_THREADS, smem, stream,
         dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim, pos0, end, context,
         scale, chunk, scratch, rc, layer_offset);
@@ -287,7 +325,7 @@ attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q
   const size_t smem = sizeof (float) * ((size_t) head_dim + capacity + ATT_THREADS);
   if (smem > 48 * 1024)
     return cudaErrorInvalidValue;
-  return MOSHI_LAUNCH (attention_kernel<false>, dim3 ((unsigned) n_heads, (unsigned) t),
+  return MOSHI_LAUNCH ((attention_kernel<false, T>), dim3 ((unsigned) n_heads, (unsigned) t),
       ATT_THREADS, smem, stream, dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads,
       head_dim, pos0, end, context, scale, capacity, (float *) NULL, rc, layer_offset);
 }
@@ -303,11 +341,14 @@ moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, 
 
 extern "C" cudaError_t
 moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
-    const MoshiKRowCache *rc, size_t layer_offset, int capacity, int n_heads, int head_dim,
-    int rows, int context, float scale, float *scratch, size_t scratch_floats)
+    const MoshiKRowCache *rc, int cache_bf16, size_t layer_offset, int capacity, int n_heads,
+    int head_dim, int rows, int context, float scale, float *scratch, size_t scratch_floats)
 {
   if (rc == nullptr)
     return cudaErrorInvalidValue;
-  return attention (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity, n_heads, head_dim,
-      0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+  if (cache_bf16)
+    return attention<uint16_t> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity,
+        n_heads, head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+  return attention<float> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity, n_heads,
+      head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
 }

@@ -32,7 +32,7 @@ typedef enum {
 /* One row of a decode step over many sequences (the *_rows functions): the same layout as the
  * backend's MoshiRowCache. */
 typedef struct {
-  float *k_cache, *v_cache;       /* the sequence's layer-0 cache */
+  void *k_cache, *v_cache;        /* the sequence's layer-0 cache (float, or BF16 bits) */
   int32_t pos;                    /* the row's position */
   int32_t end;                    /* one past the last position written by the step */
 } MoshiKRowCache;
@@ -143,14 +143,16 @@ cudaError_t moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, cons
     size_t scratch_floats);
 size_t moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t);
 /* One decode step of many sequences, each launch covering every row: row r is written to slot
- * rc[r].pos mod capacity of the cache at rc[r].k_cache/v_cache + layer_offset, and attends
- * over that cache with q_pos = rc[r].pos and end = rc[r].end. Scratch as above with t = rows. */
+ * rc[r].pos mod capacity of the cache at rc[r].k_cache/v_cache + layer_offset elements, and
+ * attends over that cache with q_pos = rc[r].pos and end = rc[r].end. Scratch as above with
+ * t = rows. cache_bf16: the caches hold BF16 (written rounded to nearest even), else float. */
 cudaError_t moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc,
-    size_t layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-    int width, int rows);
+    int cache_bf16, size_t layer_offset, int capacity, const float *k, int ld_k, const float *v,
+    int ld_v, int width, int rows);
 cudaError_t moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q,
-    int ld_q, const MoshiKRowCache *rc, size_t layer_offset, int capacity, int n_heads,
-    int head_dim, int rows, int context, float scale, float *scratch, size_t scratch_floats);
+    int ld_q, const MoshiKRowCache *rc, int cache_bf16, size_t layer_offset, int capacity,
+    int n_heads, int head_dim, int rows, int context, float scale, float *scratch,
+    size_t scratch_floats);
 
 /* ---- sampling (the rule of lib/backend/moshi-sampling.h) ---- */
 

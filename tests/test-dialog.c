@@ -31,7 +31,7 @@ fixture_open (Fixture *fx)
   g_autofree char *mimi_golden = moshi_test_data_path ("mimi/small/golden.safetensors");
   /* the conversation on the test device: on CUDA, Mimi frames and LM steps are recorded and
    * replayed, each on its own exec */
-  MoshiLmLoadOptions lm_opts = { moshi_test_device () };
+  MoshiLmLoadOptions lm_opts = { .device = moshi_test_device () };
   MoshiMimiLoadOptions mimi_opts = { moshi_test_device () };
   fx->lm = moshi_lm_load (lm, lm_cfg, &lm_opts, &error);
   ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");

@@ -32,7 +32,7 @@ fixture_open (void)
   g_autofree char *mimi_cfg = moshi_test_data_path ("mimi/small/config.json");
   g_autofree char *tok = moshi_test_data_path ("tokenizer/tiny.model");
   g_autofree char *mimi_golden = moshi_test_data_path ("mimi/small/golden.safetensors");
-  MoshiLmLoadOptions lm_opts = { moshi_test_device () };
+  MoshiLmLoadOptions lm_opts = { .device = moshi_test_device () };
   MoshiMimiLoadOptions mimi_opts = { moshi_test_device () };
   fx.lm = moshi_lm_load (lm, lm_cfg, &lm_opts, &error);
   ck_assert_msg (fx.lm != NULL, "%s", error ? error->message : "");
@@ -421,7 +421,7 @@ START_TEST (test_scheduler_errors)
   /* a conversation on other models than the scheduler's */
   g_autofree char *lm2_path = moshi_test_data_path ("lm/dialog/model.safetensors");
   g_autofree char *lm2_cfg = moshi_test_data_path ("lm/dialog/config.json");
-  MoshiLmLoadOptions lo = { moshi_test_device () };
+  MoshiLmLoadOptions lo = { .device = moshi_test_device () };
   g_autoptr (MoshiLm) lm2 = moshi_lm_load (lm2_path, lm2_cfg, &lo, &error);
   ck_assert (lm2 != NULL);
   g_autoptr (MoshiDialogModel) other = moshi_dialog_model_new (lm2, fx.mimi, NULL, &error);

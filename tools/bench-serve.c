@@ -255,7 +255,7 @@ moshi_tool_bench_serve (int argc, char **argv)
     { "mimi-model", 'm', 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: conversations in audio (default: in codes, no Mimi)", "M" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON", "C" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda (default auto)", "D" },
-    { "kv", 0, 0, G_OPTION_ARG_STRING, &kv, "KV cache format: f32 (default)", "F" },
+    { "kv", 0, 0, G_OPTION_ARG_STRING, &kv, "KV caches: bf16 (default) or f32", "F" },
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Seconds of conversation per run (default 5)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: automatic)", "T" },
     { "compare-alone", 'a', 0, G_OPTION_ARG_NONE, &compare, "Also run each count without the scheduler", NULL },
@@ -276,9 +276,10 @@ moshi_tool_bench_serve (int argc, char **argv)
     g_printerr ("moshi-tool bench serve: --device=%s: expected auto, cpu or cuda\n", device);
     return 2;
   }
-  if (kv && g_strcmp0 (kv, "f32") != 0) {
-    g_printerr ("moshi-tool bench serve: --kv=%s: KV caches are f32 in this build (bf16 and "
-        "fp8 are not implemented yet)\n", kv);
+  MoshiLmKvCache kv_cache = MOSHI_LM_KV_DEFAULT;
+  if (kv && !moshi_lm_kv_cache_from_name (kv, &kv_cache)) {
+    g_printerr ("moshi-tool bench serve: --kv=%s: expected bf16 or f32 (fp8 is not implemented "
+        "yet)\n", kv);
     return 2;
   }
   MoshiDType weight_dtype = MOSHI_DTYPE_BF16;
@@ -313,12 +314,17 @@ moshi_tool_bench_serve (int argc, char **argv)
     moshi_lm_config_init_moshi_7b (&cfg);
   }
   MoshiLmFootprint fp;
-  moshi_lm_config_footprint (&cfg, weight_dtype, MOSHI_DTYPE_F32, &fp);
-  print_footprint (&cfg, config ? config : "Moshi 7B (released layout)", "f32", &fp, json);
+  moshi_lm_config_footprint (&cfg, weight_dtype, moshi_lm_kv_cache_dtype (kv_cache), &fp);
+  print_footprint (&cfg, config ? config : "Moshi 7B (released layout)",
+      moshi_lm_kv_cache_name (kv_cache), &fp, json);
   if (weights == NULL && !random_weights)
     return 0;
 
-  MoshiLmLoadOptions lo = { dev };
+  MoshiLmLoadOptions lo = { .device = dev, .kv_cache = kv_cache };
+  if (random_weights && kv_cache == MOSHI_LM_KV_F32) {
+    g_printerr ("moshi-tool bench serve: random weights run with bf16 KV caches\n");
+    return 2;
+  }
   g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &lo, &error)
       : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
   g_autoptr (MoshiMimi) mimi = NULL;

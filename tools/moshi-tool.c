@@ -405,7 +405,7 @@ cmd_bench_lm (int argc, char **argv)
     moshi_lm_config_init_moshi_7b (&cfg);
   }
   gint64 t0 = g_get_monotonic_time ();
-  MoshiLmLoadOptions opts = { dev };
+  MoshiLmLoadOptions opts = { .device = dev };
   g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &opts, &error)
       : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
   if (lm == NULL)

@@ -32,7 +32,8 @@ typedef struct _MoshiGraph MoshiGraph;
  * is and where the row sits in it. Lives in device memory (an array, one per row), so that a
  * recorded step (capture_begin below) can be replayed with new positions and caches. */
 typedef struct {
-  float *k_cache, *v_cache;     /* the sequence's cache of layer 0 (device) */
+  void *k_cache, *v_cache;      /* the sequence's cache of layer 0 (device; F32 or BF16 elements,
+                                 * as the op's cache_dtype says) */
   int32_t pos;                  /* the row's position */
   int32_t end;                  /* one past the last position the step writes to the cache */
 } MoshiRowCache;
@@ -207,17 +208,19 @@ struct _MoshiBackendOps {
   /* ---- one decode step over many sequences: row r of x belongs to the sequence rc[r] ----
    * The same as rope / add_sin_embedding / kv_write / attention with t = 1, pos0 = rc[r].pos
    * (and end = rc[r].end for the ring), for every row in one call; the caches of a layer are at
-   * rc[r].k_cache + layer_offset. Rows of one sequence at consecutive positions must all be
-   * written (kv_write_rows) before attention_rows. */
+   * rc[r].k_cache + layer_offset elements. Rows of one sequence at consecutive positions must all
+   * be written (kv_write_rows) before attention_rows. The caches hold cache_dtype elements: F32,
+   * or BF16 (written rounded to nearest even, read back exactly; scores and sums stay f32). */
   void (*rope_rows) (MoshiExec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
       const MoshiRowCache *rc, float max_period);
   void (*add_sin_embedding_rows) (MoshiExec *ex, float *x, int ld, int rows, int d,
       const MoshiRowCache *rc, float max_period, float scale);
-  void (*kv_write_rows) (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
-      const float *k, int ld_k, const float *v, int ld_v, int width, int rows);
+  void (*kv_write_rows) (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
+      gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+      int width, int rows);
   void (*attention_rows) (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
-      const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
-      int rows, int context, float scale);
+      const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
+      int n_heads, int head_dim, int rows, int context, float scale);
 
   /* ---- sampling (lib/backend/moshi-sampling.h has the rule) ----
    * For each of n sessions: with guidance, logits[row] := null + cfg_coef * (logits[row] - null)

@@ -40,6 +40,7 @@ struct _MoshiLm {
   char *path;
   MoshiSafetensors *st;
   MoshiBackend *be;
+  MoshiDType kv_dtype;                  /* streaming KV caches: BF16 or F32 */
 
   LmEmbedding *emb;                     /* n_q audio streams */
   LmEmbedding text_emb;
@@ -482,10 +483,35 @@ load_model (MoshiLm *lm, GError **error)
   return TRUE;
 }
 
+MoshiDType
+moshi_lm_kv_cache_dtype (MoshiLmKvCache kv)
+{
+  return kv == MOSHI_LM_KV_F32 ? MOSHI_DTYPE_F32 : MOSHI_DTYPE_BF16;
+}
+
+const char *
+moshi_lm_kv_cache_name (MoshiLmKvCache kv)
+{
+  return kv == MOSHI_LM_KV_F32 ? "f32" : "bf16";
+}
+
+gboolean
+moshi_lm_kv_cache_from_name (const char *name, MoshiLmKvCache *out)
+{
+  if (g_strcmp0 (name, "f32") == 0)
+    *out = MOSHI_LM_KV_F32;
+  else if (g_strcmp0 (name, "bf16") == 0)
+    *out = MOSHI_LM_KV_BF16;
+  else
+    return FALSE;
+  return TRUE;
+}
+
 /* Opens the backend and loads the weights of lm->st; frees lm on failure. */
 static MoshiLm *
-finish_load (MoshiLm *lm, MoshiDevice device, GError **error)
+finish_load (MoshiLm *lm, MoshiDevice device, MoshiLmKvCache kv, GError **error)
 {
+  lm->kv_dtype = moshi_lm_kv_cache_dtype (kv);
   lm->be = moshi_backend_open (device, error);
   if (lm->be == NULL || !load_model (lm, error)) {
     lm_free (lm);
@@ -513,7 +539,8 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO, error);
+  return finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO,
+      options ? options->kv_cache : MOSHI_LM_KV_DEFAULT, error);
 
 fail:
   lm_free (lm);
@@ -720,7 +747,7 @@ moshi_lm_new_random (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, device, error);
+  return finish_load (lm, device, MOSHI_LM_KV_DEFAULT, error);
 
 fail:
   lm_free (lm);
@@ -747,7 +774,10 @@ moshi_lm_load_shared (const char *weights_path, const char *config_path,
       error);
   if (be == NULL)
     return NULL;
-  return moshi_registry_load (&shared_models, &registry_type, be->name, weights_path, config_path,
+  /* models with other KV caches are other models */
+  g_autofree char *variant = g_strdup_printf ("%s/kv-%s", be->name,
+      moshi_lm_kv_cache_name (options ? options->kv_cache : MOSHI_LM_KV_DEFAULT));
+  return moshi_registry_load (&shared_models, &registry_type, variant, weights_path, config_path,
       options, error);
 }
 
@@ -773,6 +803,7 @@ const char *moshi_lm_get_path (const MoshiLm *lm) { return lm->path; }
 int moshi_lm_user_codebooks (const MoshiLm *lm) { return lm->cfg.n_q - lm->cfg.dep_q; }
 int moshi_lm_generated_codebooks (const MoshiLm *lm) { return lm->cfg.dep_q; }
 int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_padding_id; }
+MoshiDType moshi_lm_get_kv_dtype (const MoshiLm *lm) { return lm->kv_dtype; }
 
 /* ================================================================ batch runner */
 
@@ -987,8 +1018,9 @@ typedef struct {
   const Segment *segs;
   int n_segs;
   const MoshiRowCache *rc;
-  gsize layer_offset;
+  gsize layer_offset;           /* elements */
   int capacity;
+  MoshiDType rc_dtype;          /* of the row table's caches */
 } Caches;
 
 /* Runs the layers of tr over x [rows, d] with weight set `set`. */
@@ -1029,10 +1061,10 @@ transformer_forward (MoshiLmBatch *b, const LmTransformer *tr, int set, float *x
         ops->rope_rows (ex, b->qkv, 3 * d, rows, heads, hd, c->rc, max_period);
         ops->rope_rows (ex, b->qkv + d, 3 * d, rows, heads, hd, c->rc, max_period);
       }
-      ops->kv_write_rows (ex, c->rc, off, c->capacity, b->qkv + d, 3 * d, b->qkv + 2 * d, 3 * d,
-          d, rows);
-      ops->attention_rows (ex, b->attn, d, b->qkv, 3 * d, c->rc, off, c->capacity, heads, hd,
-          rows, context, scale);
+      ops->kv_write_rows (ex, c->rc, c->rc_dtype, off, c->capacity, b->qkv + d, 3 * d,
+          b->qkv + 2 * d, 3 * d, d, rows);
+      ops->attention_rows (ex, b->attn, d, b->qkv, 3 * d, c->rc, c->rc_dtype, off, c->capacity,
+          heads, hd, rows, context, scale);
     }
     for (int s = 0; s < c->n_segs; s++) {
       const Segment *sg = &c->segs[s];
@@ -1116,7 +1148,7 @@ depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows)
   ops->linear (b->ex, b->x, dd, b->t_out, cfg->dim, &lm->depformer_in[in_index], NULL, rows, 0.0f);
   embed (b, k == 0 ? &lm->depformer_text_emb : &lm->depformer_emb[k - 1], b->x, dd, ids, rows, 1.0f);
   Caches depth = { NULL, 0, b->depth_rc + (gsize) k * b->max_rows,
-    (gsize) cfg->dep_q * dd, cfg->dep_q };
+    (gsize) cfg->dep_q * dd, cfg->dep_q, MOSHI_DTYPE_F32 };
   int set = cfg->depformer.weights_per_step ? cfg->depformer.schedule[k] : 0;
   transformer_forward (b, &lm->depformer, set, b->x, rows, &depth);
   const float *y = b->x;
@@ -1214,7 +1246,7 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
     ops->upload (b->ex, b->ids, b->ids_host, (gsize) streams * steps * sizeof (int32_t));
     if (cfg->n_conditioners > 0)
       ops->upload (b->ex, b->cond, b->cond_host, (gsize) steps * d * sizeof (float));
-    Caches caches = { &seq, 1, NULL, 0, 0 };
+    Caches caches = { &seq, 1, NULL, 0, 0, MOSHI_DTYPE_F32 };
     temporal_forward (b, b->ids, b->cond, steps, &caches);
     ops->download (b->ex, raw, b->logits, (gsize) steps * cfg->text_card_out * sizeof (float));
 
@@ -1270,12 +1302,12 @@ struct _MoshiLmSession {
   int32_t *cache;               /* [streams][ct] */
   int64_t offset;
   int capacity;
-  float *k_cache, *v_cache;     /* [layers][capacity][dim] */
+  void *k_cache, *v_cache;      /* [layers][capacity][dim] of the model's kv_dtype */
   /* conditions: [0] the conditioned values, [1] the CFG null half's; NULL = no value */
   char *cond[2][MOSHI_LM_MAX_CONDITIONERS];
   float *cond_vec[2];           /* [dim] each */
   float cfg_coef;               /* fixed at reset; 1 = off */
-  float *k_null, *v_null;       /* KV caches of the null half, allocated on first CFG step */
+  void *k_null, *v_null;        /* KV caches of the null half, allocated on first CFG step */
 };
 
 static gboolean
@@ -1354,7 +1386,8 @@ moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError *
   s->ct = moshi_lm_config_max_delay (cfg) + 2;
   s->cache = g_new (int32_t, moshi_lm_config_num_streams (cfg) * s->ct);
   s->capacity = cfg->transformer.context;
-  gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim * sizeof (float);
+  gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim
+      * moshi_dtype_size (lm->kv_dtype);
   s->k_cache = lm->be->ops->alloc (lm->be, len, error);
   s->v_cache = s->k_cache ? lm->be->ops->alloc (lm->be, len, error) : NULL;
   if (s->v_cache == NULL) {
@@ -1432,7 +1465,7 @@ device_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits)
 
   ops->upload (b->ex, b->step_dev, b->step_host, L->size);
   Caches caches = { NULL, 0, (const MoshiRowCache *) (b->step_dev + L->rc),
-    (gsize) cfg->transformer.context * cfg->dim, cfg->transformer.context };
+    (gsize) cfg->transformer.context * cfg->dim, cfg->transformer.context, lm->kv_dtype };
   temporal_forward (b, (const int32_t *) (b->step_dev + L->ids),
       (const float *) (b->step_dev + L->cond), rows, &caches);
   ops->sample (b->ex, b->tokens_dev, ld_tokens, b->ids, b->logits, cfg->text_card_out,
@@ -1568,7 +1601,8 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
       return FALSE;
     }
     if (s->cfg_coef != 1.0f && s->k_null == NULL) {
-      gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim * sizeof (float);
+      gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim
+          * moshi_dtype_size (lm->kv_dtype);
       s->k_null = ops->alloc (lm->be, len, error);
       if (s->k_null == NULL || (s->v_null = ops->alloc (lm->be, len, error)) == NULL) {
         dev_free (lm->be, s->k_null);

@@ -248,7 +248,7 @@ test_lm (void)
   g_autofree char *config = moshi_test_data_path ("lm/small7b/config.json");
   MoshiLmConfig cfg;
   g_assert_true (moshi_lm_config_load (&cfg, config, &error));
-  MoshiLmLoadOptions opts = { MOSHI_DEVICE_CUDA };
+  MoshiLmLoadOptions opts = { .device = MOSHI_DEVICE_CUDA };
   const char *files[] = { "lm/small7b/model.safetensors", "lm/small7b/model_bf16.safetensors" };
   for (int i = 0; i < 2; i++) {
     g_autofree char *path = moshi_test_data_path (files[i]);

@@ -490,8 +490,41 @@ START_TEST (test_attention)
 }
 END_TEST
 
+/* Host copy of n floats as BF16 bits (round to nearest even), or the floats themselves. */
+static void *
+cache_copy (const float *x, size_t n, gboolean bf16)
+{
+  if (!bf16)
+    return g_memdup2 (x, n * sizeof (float));
+  uint16_t *out = g_new (uint16_t, n);
+  for (size_t i = 0; i < n; i++)
+    out[i] = moshi_f32_to_bf16 (x[i]);
+  return out;
+}
+
+/* The device cache equals the host one: bit for bit in BF16 (both round to nearest even),
+ * within the f32 tolerance otherwise. */
+static void
+assert_cache_equal (const void *d_cache, const void *host, size_t n, gboolean bf16,
+    const char *what)
+{
+  size_t bytes = n * (bf16 ? 2 : 4);
+  g_autofree void *got = g_malloc (bytes);
+  CUDA_OK (cudaStreamSynchronize (stream));
+  cuda_test_download (got, d_cache, bytes);
+  if (!bf16) {
+    assert_close_f32 (got, host, n, what);
+    return;
+  }
+  const uint16_t *a = got, *b = host;
+  for (size_t i = 0; i < n; i++)
+    ck_assert_msg (a[i] == b[i], "%s: element %zu is 0x%04x, the CPU wrote 0x%04x", what, i,
+        a[i], b[i]);
+}
+
 /* One decode step of several sequences in one launch per op (the *_rows kernels): each row's
- * cache, position and end come from a table; the CPU op runs the same table on host caches. */
+ * cache, position and end come from a table; the CPU op runs the same table on host caches.
+ * Both cache types: F32 and BF16. */
 START_TEST (test_decode_rows)
 {
   static const int cases[][5] = {
@@ -503,17 +536,23 @@ START_TEST (test_decode_rows)
   };
   MoshiTestRng rng;
   moshi_test_rng_init (&rng, 31);
+  for (int bf16 = 0; bf16 < 2; bf16++)
   for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
     int cap = cases[c][0], h = cases[c][1], hd = cases[c][2], n_seq = cases[c][3];
     int context = cases[c][4];
     int width = h * hd;
+    MoshiDType dtype = bf16 ? MOSHI_DTYPE_BF16 : MOSHI_DTYPE_F32;
+    size_t esize = bf16 ? 2 : 4;
     gboolean two_rows = c == 3;         /* sequence s owns rows 2s and 2s + 1 */
     int rows = two_rows ? 2 * n_seq : n_seq;
     int layers = 2, layer = 1;
     size_t per_seq = (size_t) layers * cap * width;
-    g_autofree float *kc = rand_vec (&rng, n_seq * per_seq, 1);
-    g_autofree float *vc = rand_vec (&rng, n_seq * per_seq, 1);
-    float *d_kc = dup_to_device (kc, n_seq * per_seq), *d_vc = dup_to_device (vc, n_seq * per_seq);
+    g_autofree float *kc_f = rand_vec (&rng, n_seq * per_seq, 1);
+    g_autofree float *vc_f = rand_vec (&rng, n_seq * per_seq, 1);
+    g_autofree char *kc = cache_copy (kc_f, n_seq * per_seq, bf16);
+    g_autofree char *vc = cache_copy (vc_f, n_seq * per_seq, bf16);
+    char *d_kc = cuda_test_upload (kc, n_seq * per_seq * esize);
+    char *d_vc = cuda_test_upload (vc, n_seq * per_seq * esize);
     g_autofree MoshiRowCache *rc = g_new0 (MoshiRowCache, rows);
     g_autofree MoshiRowCache *d_rc_host = g_new0 (MoshiRowCache, rows);
     for (int r = 0; r < rows; r++) {
@@ -522,8 +561,9 @@ START_TEST (test_decode_rows)
       int pos0 = (s * 7919 + (int) c * 13) % (3 * cap + 5);
       int pos = two_rows ? pos0 + r % 2 : pos0;
       int end = (two_rows ? pos0 + 2 : pos0 + 1);
-      rc[r] = (MoshiRowCache) { kc + s * per_seq, vc + s * per_seq, pos, end };
-      d_rc_host[r] = (MoshiRowCache) { d_kc + s * per_seq, d_vc + s * per_seq, pos, end };
+      size_t at = s * per_seq * esize;
+      rc[r] = (MoshiRowCache) { kc + at, vc + at, pos, end };
+      d_rc_host[r] = (MoshiRowCache) { d_kc + at, d_vc + at, pos, end };
     }
     MoshiKRowCache *d_rc = cuda_test_upload (d_rc_host, rows * sizeof (MoshiRowCache));
     int ld_qkv = 3 * width + 2, ld_dst = width + 1;
@@ -537,39 +577,37 @@ START_TEST (test_decode_rows)
     be->ops->rope_rows (ex, qkv, ld_qkv, rows, h, hd, rc, 10000.0f);
     be->ops->rope_rows (ex, qkv + width, ld_qkv, rows, h, hd, rc, 10000.0f);
     be->ops->add_sin_embedding_rows (ex, qkv + 2 * width, ld_qkv, rows, width, rc, 10000.0f, 0.5f);
-    be->ops->kv_write_rows (ex, rc, off, cap, qkv + width, ld_qkv, qkv + 2 * width, ld_qkv,
-        width, rows);
-    be->ops->attention_rows (ex, want, ld_dst, qkv, ld_qkv, rc, off, cap, h, hd, rows, context,
-        scale);
+    be->ops->kv_write_rows (ex, rc, dtype, off, cap, qkv + width, ld_qkv, qkv + 2 * width,
+        ld_qkv, width, rows);
+    be->ops->attention_rows (ex, want, ld_dst, qkv, ld_qkv, rc, dtype, off, cap, h, hd, rows,
+        context, scale);
     CUDA_OK (moshi_k_rope_rows (stream, d_qkv, ld_qkv, rows, h, hd, d_rc, 10000.0f));
     CUDA_OK (moshi_k_rope_rows (stream, d_qkv + width, ld_qkv, rows, h, hd, d_rc, 10000.0f));
     CUDA_OK (moshi_k_add_sin_embedding_rows (stream, d_qkv + 2 * width, ld_qkv, rows, width,
         d_rc, 10000.0f, 0.5f));
-    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, off, cap, d_qkv + width, ld_qkv,
+    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, bf16, off, cap, d_qkv + width, ld_qkv,
         d_qkv + 2 * width, ld_qkv, width, rows));
     char what[128];
     g_autofree float *got_qkv = g_new (float, (size_t) rows * ld_qkv);
     from_device (got_qkv, d_qkv, (size_t) rows * ld_qkv);
     g_snprintf (what, sizeof what, "rope_rows/add_sin_embedding_rows case %u", c);
     assert_close_f32 (got_qkv, qkv, (size_t) rows * ld_qkv, what);
-    g_autofree float *got_cache = g_new (float, n_seq * per_seq);
-    from_device (got_cache, d_kc, n_seq * per_seq);
-    g_snprintf (what, sizeof what, "kv_write_rows case %u (k)", c);
-    assert_close_f32 (got_cache, kc, n_seq * per_seq, what);
-    from_device (got_cache, d_vc, n_seq * per_seq);
-    g_snprintf (what, sizeof what, "kv_write_rows case %u (v)", c);
-    assert_close_f32 (got_cache, vc, n_seq * per_seq, what);
+    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (k)", bf16 ? "bf16" : "f32", c);
+    assert_cache_equal (d_kc, kc, n_seq * per_seq, bf16, what);
+    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (v)", bf16 ? "bf16" : "f32", c);
+    assert_cache_equal (d_vc, vc, n_seq * per_seq, bf16, what);
 
     size_t scratch_floats = moshi_k_attention_scratch_floats (cap, h, hd, rows);
     for (int split = 0; split < (scratch_floats > 0 ? 2 : 1); split++) {
       float *d_scratch = NULL;
       if (split)
         CUDA_OK (cudaMalloc ((void **) &d_scratch, scratch_floats * sizeof (float)));
-      CUDA_OK (moshi_k_attention_rows (stream, d_dst, ld_dst, d_qkv, ld_qkv, d_rc, off, cap, h,
-          hd, rows, context, scale, d_scratch, scratch_floats));
+      CUDA_OK (moshi_k_attention_rows (stream, d_dst, ld_dst, d_qkv, ld_qkv, d_rc, bf16, off,
+          cap, h, hd, rows, context, scale, d_scratch, scratch_floats));
       g_autofree float *got = g_new (float, (size_t) rows * ld_dst);
       from_device (got, d_dst, (size_t) rows * ld_dst);
-      g_snprintf (what, sizeof what, "attention_rows case %u%s", c, split ? " (split)" : "");
+      g_snprintf (what, sizeof what, "attention_rows %s case %u%s", bf16 ? "bf16" : "f32", c,
+          split ? " (split)" : "");
       assert_close_f32 (got, want, (size_t) rows * ld_dst, what);
       cudaFree (d_scratch);
     }

@@ -1402,6 +1402,29 @@ GST_START_TEST (test_max_conversations)
 }
 GST_END_TEST;
 
+/* kv-cache picks the element type of the LM's caches: elements asking for different ones load
+ * different copies of the LM. */
+GST_START_TEST (test_kv_cache_property)
+{
+  GstElement *bf16 = make_dialog (TRUE), *f32 = make_dialog (TRUE);
+  gint kv;
+  g_object_get (bf16, "kv-cache", &kv, NULL);
+  fail_unless_equals_int (kv, 0);         /* default: bf16 */
+  gst_util_set_object_arg (G_OBJECT (f32), "kv-cache", "f32");
+  fail_unless (gst_element_set_state (bf16, GST_STATE_READY) == GST_STATE_CHANGE_SUCCESS);
+  fail_unless (gst_element_set_state (f32, GST_STATE_READY) == GST_STATE_CHANGE_SUCCESS);
+  MoshiLm *lm_bf16 = g_object_get_data (G_OBJECT (bf16), LM_DATA_KEY);
+  MoshiLm *lm_f32 = g_object_get_data (G_OBJECT (f32), LM_DATA_KEY);
+  fail_unless (lm_bf16 != NULL && lm_f32 != NULL && lm_bf16 != lm_f32);
+  fail_unless_equals_int (moshi_lm_get_kv_dtype (lm_bf16), MOSHI_DTYPE_BF16);
+  fail_unless_equals_int (moshi_lm_get_kv_dtype (lm_f32), MOSHI_DTYPE_F32);
+  gst_element_set_state (bf16, GST_STATE_NULL);
+  gst_element_set_state (f32, GST_STATE_NULL);
+  gst_object_unref (bf16);
+  gst_object_unref (f32);
+}
+GST_END_TEST;
+
 /* Once a second of output, an element on the shared scheduler posts its figures. */
 GST_START_TEST (test_scheduler_messages)
 {
@@ -1473,6 +1496,7 @@ moshi_dialog_suite (void)
   tcase_add_test (scheduler, test_conversations_alone);
   tcase_add_test (scheduler, test_max_conversations);
   tcase_add_test (scheduler, test_scheduler_messages);
+  tcase_add_test (scheduler, test_kv_cache_property);
   suite_add_tcase (s, scheduler);
 
   TCase *errors = tcase_create ("errors");

@@ -221,9 +221,12 @@ def test_bench_serve_footprint_without_weights():
     out = run("bench", "serve", "--json").stdout.strip().splitlines()
     assert len(out) == 1, out
     fp = json.loads(out[0])
-    assert fp["context"] == 3000, fp
-    # f32 KV caches: 32 layers x 3000 positions x 4096 x (K, V) x 4 bytes
-    assert fp["kv_bytes_per_conversation"] == 32 * 3000 * 4096 * 2 * 4, fp
+    assert fp["context"] == 3000 and fp["kv"] == "bf16", fp
+    # BF16 KV caches: 32 layers x 3000 positions x 4096 x (K, V) x 2 bytes, at most 1.6 GB
+    assert fp["kv_bytes_per_conversation"] == 32 * 3000 * 4096 * 2 * 2, fp
+    assert fp["kv_bytes_per_conversation"] <= 1.6e9, fp
+    f32 = json.loads(run("bench", "serve", "--json", "--kv", "f32").stdout)
+    assert f32["kv_bytes_per_conversation"] == 2 * fp["kv_bytes_per_conversation"], f32
     assert 15.0e9 < fp["weight_bytes"] < 15.6e9, fp
     assert fp["H100_max_conversations"] > 0 and fp["H200_max_conversations"] > fp["H100_max_conversations"], fp
     text = run("bench", "serve").stdout
@@ -251,6 +254,7 @@ def test_bench_serve_runs_conversations():
 def test_bench_serve_bad_options():
     for args, needle in ((["--conversations", "0"], "bad conversation count"),
                          (["--kv", "fp8"], "not implemented"),
+                         (["--kv", "f16"], "expected bf16 or f32"),
                          (["--weights", "int8"], "not implemented"),
                          (["--seconds", "0"], "--seconds")):
         err = run("bench", "serve", *args, expect_ok=False).stderr

@@ -78,11 +78,12 @@ void cpu_op_rope_rows (MoshiExec *ex, float *x, int ld, int rows, int n_heads, i
     const MoshiRowCache *rc, float max_period);
 void cpu_op_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
     const MoshiRowCache *rc, float max_period, float scale);
-void cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset,
-    int capacity, const float *k, int ld_k, const float *v, int ld_v, int width, int rows);
+void cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
+    gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+    int width, int rows);
 void cpu_op_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
-    const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
-    int rows, int context, float scale);
+    const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
+    int n_heads, int head_dim, int rows, int context, float scale);
 void cpu_op_sample (MoshiExec *ex, int32_t *tokens, int ld_tokens, int32_t *ids, float *logits,
     int ld_logits, int vocab, const MoshiSampler *sessions, int n, int stream);
 void cpu_op_rvq_encode (MoshiExec *ex, int32_t *codes, int ld_codes, float *residual, int ld,

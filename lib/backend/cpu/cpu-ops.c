@@ -627,10 +627,28 @@ typedef struct {
   int ld_dst;
   const float *q;
   int ld_q;
-  const float *k_cache, *v_cache;
+  const void *k_cache, *v_cache;
   int capacity, n_heads, head_dim, pos0, context, end;
   float scale;
+  gboolean bf16;                /* the caches hold BF16, else F32 */
 } AttentionJob;
+
+/* q . key for a BF16 key row, accumulated in f32 in index order. */
+static float
+dot_bf16 (const float *q, const uint16_t *key, int n)
+{
+  float acc = 0.0f;
+  for (int d = 0; d < n; d++)
+    acc += q[d] * moshi_bf16_to_f32 (key[d]);
+  return acc;
+}
+
+static void
+axpy_bf16 (float *out, float a, const uint16_t *x, int n)
+{
+  for (int d = 0; d < n; d++)
+    out[d] += a * moshi_bf16_to_f32 (x[d]);
+}
 
 static void
 attention_task (void *ctx, int task, int thread)
@@ -653,8 +671,9 @@ attention_task (void *ctx, int task, int thread)
     int delta = q_pos - k_pos;
     if (delta < 0 || delta >= j->context)
       continue;
-    scores[s] = kern->dot (q, j->k_cache + (gsize) s * width + (gsize) h * j->head_dim,
-        j->head_dim) * j->scale;
+    gsize at = (gsize) s * width + (gsize) h * j->head_dim;
+    scores[s] = (j->bf16 ? dot_bf16 (q, (const uint16_t *) j->k_cache + at, j->head_dim)
+        : kern->dot (q, (const float *) j->k_cache + at, j->head_dim)) * j->scale;
     max_score = MAX (max_score, scores[s]);
   }
   memset (out, 0, j->head_dim * sizeof (float));
@@ -666,7 +685,11 @@ attention_task (void *ctx, int task, int thread)
       continue;
     float p = expf (scores[s] - max_score);
     sum += p;
-    kern->axpy (out, p, j->v_cache + (gsize) s * width + (gsize) h * j->head_dim, j->head_dim);
+    gsize at = (gsize) s * width + (gsize) h * j->head_dim;
+    if (j->bf16)
+      axpy_bf16 (out, p, (const uint16_t *) j->v_cache + at, j->head_dim);
+    else
+      kern->axpy (out, p, (const float *) j->v_cache + at, j->head_dim);
   }
   float inv = 1.0f / sum;
   for (int d = 0; d < j->head_dim; d++)
@@ -679,7 +702,7 @@ cpu_op_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_
     int pos0, int t, int context, float scale)
 {
   AttentionJob job = { dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim,
-    pos0, context, pos0 + t, scale };
+    pos0, context, pos0 + t, scale, FALSE };
   int tasks = t * n_heads;
   if ((gsize) tasks * capacity * head_dim < 32768) {
     for (int task = 0; task < tasks; task++)
@@ -708,18 +731,31 @@ cpu_op_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
 }
 
 void
-cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
-    const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
+    gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+    int width, int rows)
 {
-  for (int r = 0; r < rows; r++)
-    cpu_op_kv_write (ex, rc[r].k_cache + layer_offset, rc[r].v_cache + layer_offset, capacity,
-        k + (gsize) r * ld_k, ld_k, v + (gsize) r * ld_v, ld_v, width, rc[r].pos, 1);
+  for (int r = 0; r < rows; r++) {
+    gsize slot = (gsize) (rc[r].pos % capacity) * width;
+    const float *kr = k + (gsize) r * ld_k, *vr = v + (gsize) r * ld_v;
+    if (cache_dtype == MOSHI_DTYPE_BF16) {
+      uint16_t *kc = (uint16_t *) rc[r].k_cache + layer_offset + slot;
+      uint16_t *vc = (uint16_t *) rc[r].v_cache + layer_offset + slot;
+      for (int c = 0; c < width; c++) {
+        kc[c] = moshi_f32_to_bf16 (kr[c]);
+        vc[c] = moshi_f32_to_bf16 (vr[c]);
+      }
+    } else {
+      memcpy ((float *) rc[r].k_cache + layer_offset + slot, kr, width * sizeof (float));
+      memcpy ((float *) rc[r].v_cache + layer_offset + slot, vr, width * sizeof (float));
+    }
+  }
 }
 
 typedef struct {
   AttentionJob row;             /* dst, q and the caches of row 0; the rest shared */
   const MoshiRowCache *rc;
-  gsize layer_offset;
+  gsize layer_offset;           /* in elements */
 } AttentionRowsJob;
 
 static void
@@ -731,8 +767,9 @@ attention_rows_task (void *ctx, int task, int thread)
   AttentionJob job = j->row;
   job.dst += (gsize) r * job.ld_dst;
   job.q += (gsize) r * job.ld_q;
-  job.k_cache = c->k_cache + j->layer_offset;
-  job.v_cache = c->v_cache + j->layer_offset;
+  gsize esize = job.bf16 ? sizeof (uint16_t) : sizeof (float);
+  job.k_cache = (const char *) c->k_cache + j->layer_offset * esize;
+  job.v_cache = (const char *) c->v_cache + j->layer_offset * esize;
   job.pos0 = c->pos;
   job.end = c->end;
   attention_task (&job, task % j->row.n_heads, thread);
@@ -740,11 +777,11 @@ attention_rows_task (void *ctx, int task, int thread)
 
 void
 cpu_op_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
-    const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
-    int rows, int context, float scale)
+    const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
+    int n_heads, int head_dim, int rows, int context, float scale)
 {
   AttentionRowsJob job = { { dst, ld_dst, q, ld_q, NULL, NULL, capacity, n_heads, head_dim, 0,
-      context, 0, scale }, rc, layer_offset };
+      context, 0, scale, cache_dtype == MOSHI_DTYPE_BF16 }, rc, layer_offset };
   int tasks = rows * n_heads;
   if ((gsize) tasks * capacity * head_dim < 32768) {
     for (int task = 0; task < tasks; task++)

@@ -757,24 +757,26 @@ cuda_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
 }
 
 static void
-cuda_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, gsize layer_offset, int capacity,
-    const float *k, int ld_k, const float *v, int ld_v, int width, int rows)
+cuda_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
+    gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
+    int width, int rows)
 {
-  KCALL (ex, moshi_k_kv_write_rows (CUDA_EX (ex)->stream, KROWS (rc), layer_offset, capacity, k,
-          ld_k, v, ld_v, width, rows));
+  KCALL (ex, moshi_k_kv_write_rows (CUDA_EX (ex)->stream, KROWS (rc),
+          cache_dtype == MOSHI_DTYPE_BF16, layer_offset, capacity, k, ld_k, v, ld_v, width, rows));
 }
 
 static void
 cuda_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
-    const MoshiRowCache *rc, gsize layer_offset, int capacity, int n_heads, int head_dim,
-    int rows, int context, float scale)
+    const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
+    int n_heads, int head_dim, int rows, int context, float scale)
 {
   size_t n = moshi_k_attention_scratch_floats (capacity, n_heads, head_dim, rows);
   float *tmp = n > 0 ? scratch (CUDA_EX (ex), SCRATCH_ATTENTION, n * sizeof (float)) : NULL;
   if (n > 0 && tmp == NULL)
     return;
   KCALL (ex, moshi_k_attention_rows (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, KROWS (rc),
-          layer_offset, capacity, n_heads, head_dim, rows, context, scale, tmp, n));
+          cache_dtype == MOSHI_DTYPE_BF16, layer_offset, capacity, n_heads, head_dim, rows,
+          context, scale, tmp, n));
 }
 
 static void
