@@ -14,9 +14,10 @@
  *
  * The *_rows entry points run one decode step of many sequences in one launch: query row i takes
  * its cache, position and end from a device table (MoshiKRowCache), so that sessions are
- * batched and a recorded step replays with new positions. Their caches may hold BF16 (the
- * kernels are templates over the cache element: float, or uint16_t BF16 bits), which halves
- * what a decode step reads; scores, softmax and sums stay f32. */
+ * batched and a recorded step replays with new positions. Their caches may hold BF16 or FP8
+ * E4M3 with a scale per (position, head) (the kernels are templates over the cache element:
+ * float, uint16_t BF16 bits, uint8_t FP8 codes), which halves or quarters what a decode step
+ * reads; scores, softmax and sums stay f32. */
 #include "common.cuh"
 
 namespace {
@@ -35,48 +36,97 @@ cache_load (const uint16_t *p)
   return moshi_k::bf16_bits_to_float (*p);
 }
 
-__device__ __forceinline__ void
-cache_store (float *p, float v)
+__device__ __forceinline__ float
+cache_load (const uint8_t *p)
 {
-  *p = v;
+  return moshi_k::e4m3_to_float (*p);
+}
+
+/* The layouts of lib/backend/moshi-backend.h (moshi_kv_slot_bytes): a slot is the width values
+ * (float, BF16 bits or FP8 codes); FP8 slots then hold n_heads f32 scales after the codes,
+ * padded to 4 bytes. */
+template <typename T>
+__device__ __forceinline__ size_t
+slot_bytes (int n_heads, int head_dim)
+{
+  const size_t width = (size_t) n_heads * head_dim;
+  return sizeof (T) == 1 ? ((width + 3) & ~(size_t) 3) + 4 * (size_t) n_heads : sizeof (T) * width;
+}
+
+template <typename T>
+__device__ __forceinline__ float
+head_scale (const unsigned char *slot, int n_heads, int head_dim, int h)
+{
+  if (sizeof (T) != 1)
+    return 1.0f;
+  const size_t width = (size_t) n_heads * head_dim;
+  return reinterpret_cast<const float *> (slot + ((width + 3) & ~(size_t) 3))[h];
+}
+
+__device__ __forceinline__ void
+cache_store_value (float *slot, int c, const float *, int, float v)
+{
+  slot[c] = v;
 }
 
 /* round to nearest even, as the CPU's moshi_f32_to_bf16; NaN stays a (quiet) NaN */
 __device__ __forceinline__ void
-cache_store (uint16_t *p, float v)
+cache_store_value (uint16_t *slot, int c, const float *, int, float v)
 {
   unsigned u = __float_as_uint (v);
   if ((u & 0x7fffffffu) > 0x7f800000u)
-    *p = (uint16_t) ((u >> 16) | 0x40u);
+    slot[c] = (uint16_t) ((u >> 16) | 0x40u);
   else
-    *p = (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    slot[c] = (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* FP8: the code of v scaled by its head's amax / 448, as the CPU op computes it. Each thread
+ * finds its head's amax itself (a head is at most a few hundred floats, in cache). */
+__device__ __forceinline__ void
+cache_store_value (uint8_t *slot, int c, const float *row, int head_dim, float v)
+{
+  const float *head = row + (c / head_dim) * head_dim;
+  float amax = 0.0f;
+  for (int d = 0; d < head_dim; d++)
+    amax = fmaxf (amax, fabsf (head[d]));
+  const float scale = amax / 448.0f;
+  slot[c] = amax > 0.0f ? moshi_k::float_to_e4m3 (v / scale) : (uint8_t) 0;
 }
 
 template <typename T>
 __global__ void __launch_bounds__ (256)
 kv_write_kernel (T *k_cache, T *v_cache, int capacity, const float *k, int ld_k,
-    const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
-    size_t layer_offset)
+    const float *v, int ld_v, int n_heads, int head_dim, int pos0, int t,
+    const MoshiKRowCache *rc, size_t layer_offset)
 {
+  const int width = n_heads * head_dim;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= width)
     return;
+  const size_t stride = slot_bytes<T> (n_heads, head_dim);
   /* when t > capacity the later rows own the slots: skip the rows they overwrite (rows of a
    * table go to their own caches and positions) */
   for (int i = blockIdx.y + (rc == nullptr && t > capacity ? t - capacity : 0); i < t;
       i += gridDim.y) {
-    T *kc = k_cache, *vc = v_cache;
+    unsigned char *kc = reinterpret_cast<unsigned char *> (k_cache);
+    unsigned char *vc = reinterpret_cast<unsigned char *> (v_cache);
     int pos = pos0 + i;
     if (rc != nullptr) {
-      kc = static_cast<T *> (rc[i].k_cache) + layer_offset;
-      vc = static_cast<T *> (rc[i].v_cache) + layer_offset;
+      kc = static_cast<unsigned char *> (rc[i].k_cache) + layer_offset;
+      vc = static_cast<unsigned char *> (rc[i].v_cache) + layer_offset;
       pos = rc[i].pos;
     }
-    const size_t slot = (size_t) (pos % capacity);
-    if (blockIdx.z == 0)
-      cache_store (&kc[slot * width + c], k[(size_t) i * ld_k + c]);
-    else
-      cache_store (&vc[slot * width + c], v[(size_t) i * ld_v + c]);
+    const size_t at = (size_t) (pos % capacity) * stride;
+    const bool is_k = blockIdx.z == 0;
+    unsigned char *slot = (is_k ? kc : vc) + at;
+    const float *row = is_k ? k + (size_t) i * ld_k : v + (size_t) i * ld_v;
+    cache_store_value (reinterpret_cast<T *> (slot), c, row, head_dim, row[c]);
+    if (sizeof (T) == 1 && c % head_dim == 0) {
+      float amax = 0.0f;
+      for (int d = 0; d < head_dim; d++)
+        amax = fmaxf (amax, fabsf (row[c + d]));
+      reinterpret_cast<float *> (slot + ((width + 3) & ~3))[c / head_dim] = amax / 448.0f;
+    }
   }
 }
 
@@ -97,14 +147,16 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_c
   const int s_begin = SPLIT ? (int) blockIdx.z * chunk : 0;
   const int s_end = SPLIT && s_begin + chunk < capacity ? s_begin + chunk : capacity;
   const int n_slots = s_end - s_begin;
-  const int width = n_heads * head_dim;
   int q_pos = pos0 + i;
+  const unsigned char *k_base = reinterpret_cast<const unsigned char *> (k_cache);
+  const unsigned char *v_base = reinterpret_cast<const unsigned char *> (v_cache);
   if (rc != nullptr) {          /* a row of a decode step: its own cache and position */
-    k_cache = static_cast<const T *> (rc[i].k_cache) + layer_offset;
-    v_cache = static_cast<const T *> (rc[i].v_cache) + layer_offset;
+    k_base = static_cast<const unsigned char *> (rc[i].k_cache) + layer_offset;
+    v_base = static_cast<const unsigned char *> (rc[i].v_cache) + layer_offset;
     q_pos = rc[i].pos;
     end = rc[i].end;
   }
+  const size_t stride = slot_bytes<T> (n_heads, head_dim);
   const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
   /* shared: q [head_dim] | scores [n_slots] | partial outputs [blockDim.x] */
   float *q_s = smem;
@@ -115,7 +167,7 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_c
     q_s[d] = q[(size_t) i * ld_q + (size_t) h * head_dim + d];
   __syncthreads ();
 
-  const T *k_head = k_cache + (size_t) h * head_dim;
+
   for (int s = s_begin + warp; s < s_end; s += n_warps) {
     bool valid = s < end;
     if (valid) {
@@ -128,13 +180,15 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_c
         scores[s - s_begin] = -INFINITY;
       continue;
     }
-    const T *key = k_head + (size_t) s * width;
+    const unsigned char *slot = k_base + (size_t) s * stride;
+    const T *key = reinterpret_cast<const T *> (slot) + (size_t) h * head_dim;
     float dot = 0.0f;
     for (int d = lane; d < head_dim; d += 32)
       dot += q_s[d] * cache_load (&key[d]);
     dot = moshi_k::warp_sum (dot);
+    /* FP8: the head's scale multiplies the dot product, as on the CPU */
     if (lane == 0)
-      scores[s - s_begin] = dot * scale;
+      scores[s - s_begin] = dot * head_scale<T> (slot, n_heads, head_dim, h) * scale;
   }
   __syncthreads ();
 
@@ -175,7 +229,7 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_c
   const int cols = head_dim <= (int) blockDim.x ? head_dim : (int) blockDim.x;
   const int groups = head_dim <= (int) blockDim.x ? (int) blockDim.x / head_dim : 1;
   const int g = (int) threadIdx.x / cols, c = (int) threadIdx.x % cols;
-  const T *v_head = v_cache + (size_t) h * head_dim;
+
   const float norm = SPLIT ? 1.0f : 1.0f / sum;
   for (int d0 = 0; d0 < head_dim; d0 += cols) {
     const int d = d0 + c;
@@ -183,8 +237,11 @@ attention_kernel (float *dst, int ld_dst, const float *q, int ld_q, const T *k_c
       float acc = 0.0f;
       for (int s = g; s < n_slots; s += groups) {
         const float p = scores[s];
-        if (p != 0.0f)          /* skips invalid slots, whose values may be anything */
-          acc += p * cache_load (&v_head[(size_t) (s_begin + s) * width + d]);
+        if (p != 0.0f) {        /* skips invalid slots, whose values may be anything */
+          const unsigned char *slot = v_base + (size_t) (s_begin + s) * stride;
+          const T *value = reinterpret_cast<const T *> (slot) + (size_t) h * head_dim;
+          acc += p * head_scale<T> (slot, n_heads, head_dim, h) * cache_load (&value[d]);
+        }
       }
       partial[g * cols + c] = acc;
     }
@@ -249,39 +306,48 @@ attention_splits (int capacity, int n_heads, int t)
 template <typename T>
 static cudaError_t
 kv_write (cudaStream_t stream, T *k_cache, T *v_cache, int capacity, const float *k,
-    int ld_k, const float *v, int ld_v, int width, int pos0, int t, const MoshiKRowCache *rc,
-    size_t layer_offset)
+    int ld_k, const float *v, int ld_v, int n_heads, int head_dim, int pos0, int t,
+    const MoshiKRowCache *rc, size_t layer_offset)
 {
-  if (capacity <= 0 || t < 0 || width < 0 || pos0 < 0 || ld_k < width || ld_v < width)
+  const int width = n_heads * head_dim;
+  if (capacity <= 0 || t < 0 || n_heads < 0 || head_dim < 0 || pos0 < 0 || ld_k < width
+      || ld_v < width)
     return cudaErrorInvalidValue;
   if (t == 0 || width == 0)
     return cudaSuccess;
   const int rows = rc != nullptr || t < capacity ? t : capacity;
   dim3 grid (moshi_k::ceil_div ((size_t) width, 256), rows < 65535 ? (unsigned) rows : 65535u, 2);
   return MOSHI_LAUNCH (kv_write_kernel<T>, grid, 256, 0, stream, k_cache, v_cache, capacity, k,
-      ld_k, v, ld_v, width, pos0, t, rc, layer_offset);
+      ld_k, v, ld_v, n_heads, head_dim, pos0, t, rc, layer_offset);
 }
 
 extern "C" cudaError_t
 moshi_k_kv_write (cudaStream_t stream, float *k_cache, float *v_cache, int capacity,
     const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t)
 {
-  return kv_write (stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v, width, pos0, t, nullptr,
-      0);
+  /* one head of the whole width: the float layout does not depend on the split */
+  return kv_write (stream, k_cache, v_cache, capacity, k, ld_k, v, ld_v, 1, width, pos0, t,
+      nullptr, 0);
 }
 
 extern "C" cudaError_t
-moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc, int cache_bf16,
+moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc, MoshiKCache cache,
     size_t layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-    int width, int rows)
+    int n_heads, int head_dim, int rows)
 {
   if (rc == nullptr)
     return cudaErrorInvalidValue;
-  if (cache_bf16)
-    return kv_write<uint16_t> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0,
-        rows, rc, layer_offset);
-  return kv_write<float> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, width, 0, rows,
-      rc, layer_offset);
+  switch (cache) {
+    case MOSHI_K_CACHE_BF16:
+      return kv_write<uint16_t> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, n_heads,
+          head_dim, 0, rows, rc, layer_offset);
+    case MOSHI_K_CACHE_FP8:
+      return kv_write<uint8_t> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, n_heads,
+          head_dim, 0, rows, rc, layer_offset);
+    default:
+      return kv_write<float> (stream, nullptr, nullptr, capacity, k, ld_k, v, ld_v, n_heads,
+          head_dim, 0, rows, rc, layer_offset);
+  }
 }
 
 extern "C" size_t
@@ -341,14 +407,20 @@ moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, const float *q, 
 
 extern "C" cudaError_t
 moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q, int ld_q,
-    const MoshiKRowCache *rc, int cache_bf16, size_t layer_offset, int capacity, int n_heads,
+    const MoshiKRowCache *rc, MoshiKCache cache, size_t layer_offset, int capacity, int n_heads,
     int head_dim, int rows, int context, float scale, float *scratch, size_t scratch_floats)
 {
   if (rc == nullptr)
     return cudaErrorInvalidValue;
-  if (cache_bf16)
-    return attention<uint16_t> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity,
-        n_heads, head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
-  return attention<float> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity, n_heads,
-      head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+  switch (cache) {
+    case MOSHI_K_CACHE_BF16:
+      return attention<uint16_t> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity,
+          n_heads, head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+    case MOSHI_K_CACHE_FP8:
+      return attention<uint8_t> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity,
+          n_heads, head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+    default:
+      return attention<float> (stream, dst, ld_dst, q, ld_q, nullptr, nullptr, capacity,
+          n_heads, head_dim, 0, rows, context, scale, scratch, scratch_floats, rc, layer_offset);
+  }
 }

@@ -52,6 +52,47 @@ bf16_bits_to_float (uint16_t v)
   return __uint_as_float ((unsigned) v << 16);
 }
 
+/* FP8 E4M3 ("fn"), bit for bit lib/core/moshi-dtype.c's moshi_e4m3_to_f32 and
+ * moshi_f32_to_e4m3: to nearest even, saturating at +-448, every step exact. */
+static __device__ __forceinline__ float
+e4m3_to_float (uint8_t v)
+{
+  const int e = (v >> 3) & 15, m = v & 7;
+  float a;
+  if ((v & 0x7f) == 0x7f)
+    a = __uint_as_float (0x7fc00000u);
+  else if (e == 0)
+    a = ldexpf ((float) m, -9);
+  else
+    a = ldexpf (1.0f + (float) m * 0.125f, e - 7);
+  return (v & 0x80) ? -a : a;
+}
+
+static __device__ __forceinline__ uint8_t
+float_to_e4m3 (float f)
+{
+  const unsigned u = __float_as_uint (f);
+  const uint8_t sign = (uint8_t) ((u >> 24) & 0x80u);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return sign | 0x7f;
+  const float a = fabsf (f);
+  if (a < 0.015625f)
+    return sign | (uint8_t) rintf (a * 512.0f);
+  if (a >= 464.0f)
+    return sign | 0x7e;
+  int e;
+  frexpf (a, &e);
+  e -= 1;
+  float q = rintf ((ldexpf (a, -e) - 1.0f) * 8.0f);
+  if (q == 8.0f) {
+    q = 0.0f;
+    e++;
+  }
+  if (e + 7 > 15 || (e + 7 == 15 && q == 7.0f))
+    return sign | 0x7e;
+  return sign | (uint8_t) (((e + 7) << 3) | (int) q);
+}
+
 static __device__ __forceinline__ float
 warp_sum (float v)
 {

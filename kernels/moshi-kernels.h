@@ -142,15 +142,22 @@ cudaError_t moshi_k_attention (cudaStream_t stream, float *dst, int ld_dst, cons
     int head_dim, int pos0, int t, int context, float scale, float *scratch,
     size_t scratch_floats);
 size_t moshi_k_attention_scratch_floats (int capacity, int n_heads, int head_dim, int t);
+/* The element of a decode step's caches (the layouts of the backend's kv_write_rows). */
+typedef enum {
+  MOSHI_K_CACHE_F32 = 0,
+  MOSHI_K_CACHE_BF16 = 1,
+  MOSHI_K_CACHE_FP8 = 2,          /* E4M3 codes, then an f32 scale per head */
+} MoshiKCache;
+
 /* One decode step of many sequences, each launch covering every row: row r is written to slot
- * rc[r].pos mod capacity of the cache at rc[r].k_cache/v_cache + layer_offset elements, and
+ * rc[r].pos mod capacity of the cache at rc[r].k_cache/v_cache + layer_offset BYTES, and
  * attends over that cache with q_pos = rc[r].pos and end = rc[r].end. Scratch as above with
- * t = rows. cache_bf16: the caches hold BF16 (written rounded to nearest even), else float. */
+ * t = rows. */
 cudaError_t moshi_k_kv_write_rows (cudaStream_t stream, const MoshiKRowCache *rc,
-    int cache_bf16, size_t layer_offset, int capacity, const float *k, int ld_k, const float *v,
-    int ld_v, int width, int rows);
+    MoshiKCache cache, size_t layer_offset, int capacity, const float *k, int ld_k,
+    const float *v, int ld_v, int n_heads, int head_dim, int rows);
 cudaError_t moshi_k_attention_rows (cudaStream_t stream, float *dst, int ld_dst, const float *q,
-    int ld_q, const MoshiKRowCache *rc, int cache_bf16, size_t layer_offset, int capacity,
+    int ld_q, const MoshiKRowCache *rc, MoshiKCache cache, size_t layer_offset, int capacity,
     int n_heads, int head_dim, int rows, int context, float scale, float *scratch,
     size_t scratch_floats);
 

@@ -41,6 +41,7 @@ START_TEST (test_dtype_names_and_sizes)
     { MOSHI_DTYPE_I8, "I8", 1 },
     { MOSHI_DTYPE_U8, "U8", 1 },
     { MOSHI_DTYPE_BOOL, "BOOL", 1 },
+    { MOSHI_DTYPE_F8_E4M3, "F8_E4M3", 1 },
   };
   ck_assert_int_eq (G_N_ELEMENTS (expected), MOSHI_DTYPE_COUNT);
   for (gsize i = 0; i < G_N_ELEMENTS (expected); i++) {
@@ -57,7 +58,7 @@ START_TEST (test_dtype_unknown_names)
 {
   /* Spellings safetensors uses for types this library does not handle, and near misses. */
   static const char *const unknown[] = {
-    "", "f32", "FP32", "F8_E4M3", "F8_E5M2", "Q4", "U16", "U32", "U64", "BF16 ", "F3", "F322",
+    "", "f32", "FP32", "F8_E5M2", "F8_E4M3FN", "Q4", "U16", "U32", "U64", "BF16 ", "F3", "F322",
   };
   for (gsize i = 0; i < G_N_ELEMENTS (unknown); i++) {
     MoshiDType parsed = MOSHI_DTYPE_F64;

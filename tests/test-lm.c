@@ -746,31 +746,34 @@ START_TEST (test_hibiki_like)
 }
 END_TEST
 
-/* BF16 KV caches against F32 ones, step by step: the text logits of every case stay within
- * the stated relative error, and the greedy tokens are the same (the goldens above, which run
- * on BF16, check them against upstream). */
+/* Lean KV caches against F32 ones, step by step over each case's generation: the text logits
+ * stay within the stated relative L2 (the worst step while both runs have generated the same
+ * tokens). BF16: every greedy token is F32's (and upstream's: the goldens above run on BF16).
+ * FP8: the near-ties of these random-weight models flip after 1 to 114 steps (measured, printed),
+ * so no token agreement is claimed for it; only the logits' tolerance. */
 #define BF16_KV_TEXT_LOGITS_REL_L2 5e-3
+#define FP8_KV_TEXT_LOGITS_REL_L2 3e-2
 
-START_TEST (test_bf16_kv_against_f32)
+static void
+check_kv_against_f32 (const LmCase *c, MoshiLmKvCache kv, double max_rel, int min_equal_steps)
 {
-  const LmCase *c = &lm_cases[_i];
-  LmFixture f32, bf16;
+  LmFixture f32, lean;
   lm_fixture_open_kv (&f32, c, MOSHI_LM_KV_F32);
-  lm_fixture_open_kv (&bf16, c, MOSHI_LM_KV_BF16);
+  lm_fixture_open_kv (&lean, c, kv);
   ck_assert_int_eq (moshi_lm_get_kv_dtype (f32.lm), MOSHI_DTYPE_F32);
-  ck_assert_int_eq (moshi_lm_get_kv_dtype (bf16.lm), MOSHI_DTYPE_BF16);
+  ck_assert_int_eq (moshi_lm_get_kv_dtype (lean.lm), moshi_lm_kv_cache_dtype (kv));
   const MoshiLmConfig *cfg = moshi_lm_get_config (f32.lm);
   const MoshiTensorEntry *user = lm_golden (&f32, c->prefix, "gen.user_codes");
   int t = (int) user->shape[2];
   int n_user = moshi_lm_user_codebooks (f32.lm), dep_q = moshi_lm_generated_codebooks (f32.lm);
   GError *error = NULL;
-  MoshiLmSession *sa = greedy_session (f32.lm), *sb = greedy_session (bf16.lm);
+  MoshiLmSession *sa = greedy_session (f32.lm), *sb = greedy_session (lean.lm);
   g_autoptr (MoshiLmBatch) ba = moshi_lm_batch_new (f32.lm, 1, 1, &error);
-  g_autoptr (MoshiLmBatch) bb = moshi_lm_batch_new (bf16.lm, 1, 1, &error);
+  g_autoptr (MoshiLmBatch) bb = moshi_lm_batch_new (lean.lm, 1, 1, &error);
   g_autofree float *la = g_new (float, cfg->text_card_out);
   g_autofree float *lb = g_new (float, cfg->text_card_out);
   double worst = 0;
-  int differ = 0;
+  int differ = 0, first = t;
   for (int step = 0; step < t; step++) {
     int32_t in[64], ta, tb, aa[64], ab[64];
     gboolean ra, rb;
@@ -778,19 +781,36 @@ START_TEST (test_bf16_kv_against_f32)
       in[j] = (int32_t) ((const int64_t *) user->data)[(gsize) j * t + step];
     ck_assert (moshi_lm_batch_step (ba, &sa, 1, in, &ta, aa, &ra, la, &error));
     ck_assert (moshi_lm_batch_step (bb, &sb, 1, in, &tb, ab, &rb, lb, &error));
-    worst = MAX (worst, moshi_test_rel_l2 (lb, la, cfg->text_card_out));
+    int before = differ;
     differ += ta != tb;
     for (int k = 0; k < dep_q; k++)
       differ += aa[k] != ab[k];
+    if (differ > before && first == t)
+      first = step;
+    /* logits compared while the two runs have seen the same tokens */
+    if (first == t)
+      worst = MAX (worst, moshi_test_rel_l2 (lb, la, cfg->text_card_out));
   }
-  printf ("%s %s: BF16 against F32 KV caches, %d steps: text logits relative L2 at most %.2g, "
-      "%d tokens differ\n", c->name, c->model, t, worst, differ);
-  ck_assert_msg (worst <= BF16_KV_TEXT_LOGITS_REL_L2, "relative L2 %g", worst);
-  ck_assert_int_eq (differ, 0);
+  printf ("%s %s: %s against F32 KV caches, %d steps: text logits relative L2 at most %.2g, "
+      "%d tokens differ, the first at step %d\n", c->name, c->model, moshi_lm_kv_cache_name (kv),
+      t, worst, differ, first);
+  ck_assert_msg (worst <= max_rel, "relative L2 %g", worst);
+  ck_assert_msg (first >= MIN (min_equal_steps, t), "tokens differ from step %d", first);
   moshi_lm_session_free (sa);
   moshi_lm_session_free (sb);
   lm_fixture_close (&f32);
-  lm_fixture_close (&bf16);
+  lm_fixture_close (&lean);
+}
+
+START_TEST (test_bf16_kv_against_f32)
+{
+  check_kv_against_f32 (&lm_cases[_i], MOSHI_LM_KV_BF16, BF16_KV_TEXT_LOGITS_REL_L2, G_MAXINT);
+}
+END_TEST
+
+START_TEST (test_fp8_kv_against_f32)
+{
+  check_kv_against_f32 (&lm_cases[_i], MOSHI_LM_KV_FP8, FP8_KV_TEXT_LOGITS_REL_L2, 0);
 }
 END_TEST
 
@@ -852,8 +872,13 @@ lm_suite (void)
   TCase *hibiki = tcase_create ("hibiki");
   tcase_add_test (hibiki, test_hibiki_like);
   tcase_add_test (hibiki, test_hibiki_bf16_kv);
-  tcase_add_loop_test (hibiki, test_bf16_kv_against_f32, 0, G_N_ELEMENTS (lm_cases));
   suite_add_tcase (s, hibiki);
+  /* on the CPU: the CUDA kernels' caches are held to the CPU op's in test-cuda-kernels */
+  TCase *kv = tcase_create ("kv");
+  tcase_set_timeout (kv, 600);
+  tcase_add_loop_test (kv, test_bf16_kv_against_f32, 0, G_N_ELEMENTS (lm_cases));
+  tcase_add_loop_test (kv, test_fp8_kv_against_f32, 0, G_N_ELEMENTS (lm_cases));
+  suite_add_tcase (s, kv);
 
   TCase *errors = tcase_create ("errors");
   tcase_add_test (errors, test_lm_errors);

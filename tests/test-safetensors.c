@@ -662,8 +662,8 @@ END_TEST
 
 START_TEST (test_reject_unknown_dtype)
 {
-  expect_header_rejected ("{\"fp8.weight\": {\"dtype\":\"F8_E4M3\",\"shape\":[4],\"data_offsets\":[0,4]}}",
-      4, MOSHI_ERROR_DTYPE, "fp8.weight", "unsupported dtype 'F8_E4M3'");
+  expect_header_rejected ("{\"fp8.weight\": {\"dtype\":\"F8_E5M2\",\"shape\":[4],\"data_offsets\":[0,4]}}",
+      4, MOSHI_ERROR_DTYPE, "fp8.weight", "unsupported dtype 'F8_E5M2'");
   expect_header_rejected ("{\"q\": {\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}",
       1, MOSHI_ERROR_DTYPE, "q", "'Q4'");
   expect_header_rejected ("{\"q\": {\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}",

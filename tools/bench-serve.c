@@ -255,7 +255,7 @@ moshi_tool_bench_serve (int argc, char **argv)
     { "mimi-model", 'm', 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: conversations in audio (default: in codes, no Mimi)", "M" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON", "C" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda (default auto)", "D" },
-    { "kv", 0, 0, G_OPTION_ARG_STRING, &kv, "KV caches: bf16 (default) or f32", "F" },
+    { "kv", 0, 0, G_OPTION_ARG_STRING, &kv, "KV caches: bf16 (default), fp8 or f32", "F" },
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Seconds of conversation per run (default 5)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: automatic)", "T" },
     { "compare-alone", 'a', 0, G_OPTION_ARG_NONE, &compare, "Also run each count without the scheduler", NULL },
@@ -278,8 +278,7 @@ moshi_tool_bench_serve (int argc, char **argv)
   }
   MoshiLmKvCache kv_cache = MOSHI_LM_KV_DEFAULT;
   if (kv && !moshi_lm_kv_cache_from_name (kv, &kv_cache)) {
-    g_printerr ("moshi-tool bench serve: --kv=%s: expected bf16 or f32 (fp8 is not implemented "
-        "yet)\n", kv);
+    g_printerr ("moshi-tool bench serve: --kv=%s: expected bf16, fp8 or f32\n", kv);
     return 2;
   }
   MoshiDType weight_dtype = MOSHI_DTYPE_BF16;
@@ -321,12 +320,8 @@ moshi_tool_bench_serve (int argc, char **argv)
     return 0;
 
   MoshiLmLoadOptions lo = { .device = dev, .kv_cache = kv_cache };
-  if (random_weights && kv_cache == MOSHI_LM_KV_F32) {
-    g_printerr ("moshi-tool bench serve: random weights run with bf16 KV caches\n");
-    return 2;
-  }
   g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &lo, &error)
-      : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
+      : moshi_lm_new_random_full (&cfg, MOSHI_DTYPE_BF16, 1, &lo, &error);
   g_autoptr (MoshiMimi) mimi = NULL;
   if (lm && mimi_model) {
     MoshiMimiLoadOptions mo = { dev };

@@ -32,11 +32,27 @@ typedef struct _MoshiGraph MoshiGraph;
  * is and where the row sits in it. Lives in device memory (an array, one per row), so that a
  * recorded step (capture_begin below) can be replayed with new positions and caches. */
 typedef struct {
-  void *k_cache, *v_cache;      /* the sequence's cache of layer 0 (device; F32 or BF16 elements,
-                                 * as the op's cache_dtype says) */
+  void *k_cache, *v_cache;      /* the sequence's cache of layer 0 (device; laid out as the op's
+                                 * cache_dtype says: moshi_kv_slot_bytes) */
   int32_t pos;                  /* the row's position */
   int32_t end;                  /* one past the last position the step writes to the cache */
 } MoshiRowCache;
+
+/* Bytes of one slot (one position) of a KV cache of n_heads * head_dim values in dtype (F32,
+ * BF16 or F8_E4M3, see kv_write_rows). */
+static inline gsize
+moshi_kv_slot_bytes (MoshiDType dtype, int n_heads, int head_dim)
+{
+  gsize width = (gsize) n_heads * head_dim;
+  switch (dtype) {
+    case MOSHI_DTYPE_BF16:
+      return 2 * width;
+    case MOSHI_DTYPE_F8_E4M3:
+      return ((width + 3) & ~(gsize) 3) + 4 * (gsize) n_heads;
+    default:
+      return 4 * width;
+  }
+}
 
 /* What the sample op draws for one session (device memory, one per session). */
 typedef struct {
@@ -208,16 +224,19 @@ struct _MoshiBackendOps {
   /* ---- one decode step over many sequences: row r of x belongs to the sequence rc[r] ----
    * The same as rope / add_sin_embedding / kv_write / attention with t = 1, pos0 = rc[r].pos
    * (and end = rc[r].end for the ring), for every row in one call; the caches of a layer are at
-   * rc[r].k_cache + layer_offset elements. Rows of one sequence at consecutive positions must all
-   * be written (kv_write_rows) before attention_rows. The caches hold cache_dtype elements: F32,
-   * or BF16 (written rounded to nearest even, read back exactly; scores and sums stay f32). */
+   * rc[r].k_cache + layer_offset BYTES. Rows of one sequence at consecutive positions must all
+   * be written (kv_write_rows) before attention_rows. A cache is capacity slots of
+   * moshi_kv_slot_bytes each, in cache_dtype: F32; BF16 (written rounded to nearest even); or
+   * F8_E4M3 scaled per head: the slot's width codes (padded to 4 bytes), then n_heads f32
+   * scales, each amax(head) / 448, codes = e4m3(value / scale) (0 when amax is 0). Reads are
+   * exact; scores, softmax and sums stay f32. */
   void (*rope_rows) (MoshiExec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
       const MoshiRowCache *rc, float max_period);
   void (*add_sin_embedding_rows) (MoshiExec *ex, float *x, int ld, int rows, int d,
       const MoshiRowCache *rc, float max_period, float scale);
   void (*kv_write_rows) (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
       gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-      int width, int rows);
+      int n_heads, int head_dim, int rows);
   void (*attention_rows) (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
       const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
       int n_heads, int head_dim, int rows, int context, float scale);

@@ -17,6 +17,7 @@ static const struct {
   [MOSHI_DTYPE_I8] = { "I8", 1 },
   [MOSHI_DTYPE_U8] = { "U8", 1 },
   [MOSHI_DTYPE_BOOL] = { "BOOL", 1 },
+  [MOSHI_DTYPE_F8_E4M3] = { "F8_E4M3", 1 },
 };
 
 gsize
@@ -43,6 +44,46 @@ moshi_dtype_from_name (const char *name, MoshiDType *out)
     }
   }
   return FALSE;
+}
+
+uint8_t
+moshi_f32_to_e4m3 (float f)
+{
+  uint8_t sign = signbit (f) ? 0x80 : 0;
+  float a = fabsf (f);
+  if (isnan (f))
+    return sign | 0x7f;
+  if (a < 0.015625f) {                          /* below 2^-6: subnormal steps of 2^-9 */
+    /* exact: a power-of-two scaling; rintf rounds to nearest even; 8 is the least normal */
+    return sign | (uint8_t) rintf (a * 512.0f);
+  }
+  if (a >= 464.0f)                              /* past 448's rounding interval: saturate */
+    return sign | 0x7e;
+  int e;
+  frexpf (a, &e);                               /* a = m 2^e, m in [0.5, 1) */
+  e -= 1;                                       /* a = (1 + f) 2^e */
+  float q = rintf ((ldexpf (a, -e) - 1.0f) * 8.0f);
+  if (q == 8.0f) {
+    q = 0.0f;
+    e++;
+  }
+  if (e + 7 > 15 || (e + 7 == 15 && q == 7.0f))
+    return sign | 0x7e;
+  return sign | (uint8_t) (((e + 7) << 3) | (int) q);
+}
+
+float
+moshi_e4m3_to_f32 (uint8_t v)
+{
+  int e = (v >> 3) & 15, m = v & 7;
+  float a;
+  if ((v & 0x7f) == 0x7f)
+    a = NAN;
+  else if (e == 0)
+    a = ldexpf ((float) m, -9);
+  else
+    a = ldexpf (1.0f + m / 8.0f, e - 7);
+  return v & 0x80 ? -a : a;
 }
 
 uint16_t
@@ -112,6 +153,12 @@ moshi_convert_to_f32 (float *dst, const void *src, MoshiDType src_dtype, gsize n
       const uint16_t *s = src;
       for (gsize i = 0; i < n; i++)
         dst[i] = moshi_f16_to_f32 (s[i]);
+      break;
+    }
+    case MOSHI_DTYPE_F8_E4M3: {
+      const uint8_t *s = src;
+      for (gsize i = 0; i < n; i++)
+        dst[i] = moshi_e4m3_to_f32 (s[i]);
       break;
     }
     case MOSHI_DTYPE_F64: {

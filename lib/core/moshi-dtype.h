@@ -17,6 +17,7 @@ typedef enum {
   MOSHI_DTYPE_I8,
   MOSHI_DTYPE_U8,
   MOSHI_DTYPE_BOOL,
+  MOSHI_DTYPE_F8_E4M3,          /* OCP FP8 E4M3 ("fn": no infinities, max 448) */
   MOSHI_DTYPE_COUNT
 } MoshiDType;
 
@@ -38,6 +39,10 @@ moshi_bf16_to_f32 (uint16_t v)
 uint16_t moshi_f32_to_bf16 (float f);
 float moshi_f16_to_f32 (uint16_t h);
 uint16_t moshi_f32_to_f16 (float f);
+
+/* FP8 E4M3: to nearest even, saturating at +-448 (there is no infinity); NaN stays NaN. */
+uint8_t moshi_f32_to_e4m3 (float f);
+float moshi_e4m3_to_f32 (uint8_t v);
 
 /* Converts n elements of src (any float dtype) to f32. */
 void moshi_convert_to_f32 (float *dst, const void *src, MoshiDType src_dtype, gsize n);

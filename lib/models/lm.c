@@ -486,25 +486,47 @@ load_model (MoshiLm *lm, GError **error)
 MoshiDType
 moshi_lm_kv_cache_dtype (MoshiLmKvCache kv)
 {
-  return kv == MOSHI_LM_KV_F32 ? MOSHI_DTYPE_F32 : MOSHI_DTYPE_BF16;
+  switch (kv) {
+    case MOSHI_LM_KV_F32:
+      return MOSHI_DTYPE_F32;
+    case MOSHI_LM_KV_FP8:
+      return MOSHI_DTYPE_F8_E4M3;
+    default:
+      return MOSHI_DTYPE_BF16;
+  }
 }
 
 const char *
 moshi_lm_kv_cache_name (MoshiLmKvCache kv)
 {
-  return kv == MOSHI_LM_KV_F32 ? "f32" : "bf16";
+  switch (kv) {
+    case MOSHI_LM_KV_F32:
+      return "f32";
+    case MOSHI_LM_KV_FP8:
+      return "fp8";
+    default:
+      return "bf16";
+  }
 }
 
 gboolean
 moshi_lm_kv_cache_from_name (const char *name, MoshiLmKvCache *out)
 {
-  if (g_strcmp0 (name, "f32") == 0)
-    *out = MOSHI_LM_KV_F32;
-  else if (g_strcmp0 (name, "bf16") == 0)
-    *out = MOSHI_LM_KV_BF16;
-  else
-    return FALSE;
-  return TRUE;
+  static const MoshiLmKvCache all[] = { MOSHI_LM_KV_F32, MOSHI_LM_KV_BF16, MOSHI_LM_KV_FP8 };
+  for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+    if (g_strcmp0 (name, moshi_lm_kv_cache_name (all[i])) == 0) {
+      *out = all[i];
+      return TRUE;
+    }
+  return FALSE;
+}
+
+/* Bytes of one position of one layer of a session's temporal KV cache. */
+static gsize
+kv_slot_bytes (const MoshiLm *lm)
+{
+  const MoshiTransformerConfig *tr = &lm->cfg.transformer;
+  return moshi_kv_slot_bytes (lm->kv_dtype, tr->num_heads, tr->d_model / tr->num_heads);
 }
 
 /* Opens the backend and loads the weights of lm->st; frees lm on failure. */
@@ -729,6 +751,14 @@ MoshiLm *
 moshi_lm_new_random (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
     MoshiDevice device, GError **error)
 {
+  MoshiLmLoadOptions options = { .device = device };
+  return moshi_lm_new_random_full (cfg, dtype, seed, &options, error);
+}
+
+MoshiLm *
+moshi_lm_new_random_full (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
+    const MoshiLmLoadOptions *options, GError **error)
+{
   g_return_val_if_fail (cfg != NULL, NULL);
   if (dtype != MOSHI_DTYPE_BF16 && dtype != MOSHI_DTYPE_F32) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
@@ -747,7 +777,7 @@ moshi_lm_new_random (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, device, MOSHI_LM_KV_DEFAULT, error);
+  return finish_load (lm, options->device, options->kv_cache, error);
 
 fail:
   lm_free (lm);
@@ -1018,7 +1048,7 @@ typedef struct {
   const Segment *segs;
   int n_segs;
   const MoshiRowCache *rc;
-  gsize layer_offset;           /* elements */
+  gsize layer_offset;           /* bytes */
   int capacity;
   MoshiDType rc_dtype;          /* of the row table's caches */
 } Caches;
@@ -1062,7 +1092,7 @@ transformer_forward (MoshiLmBatch *b, const LmTransformer *tr, int set, float *x
         ops->rope_rows (ex, b->qkv + d, 3 * d, rows, heads, hd, c->rc, max_period);
       }
       ops->kv_write_rows (ex, c->rc, c->rc_dtype, off, c->capacity, b->qkv + d, 3 * d,
-          b->qkv + 2 * d, 3 * d, d, rows);
+          b->qkv + 2 * d, 3 * d, heads, hd, rows);
       ops->attention_rows (ex, b->attn, d, b->qkv, 3 * d, c->rc, c->rc_dtype, off, c->capacity,
           heads, hd, rows, context, scale);
     }
@@ -1148,7 +1178,7 @@ depformer_forward (MoshiLmBatch *b, int k, const int32_t *ids, int rows)
   ops->linear (b->ex, b->x, dd, b->t_out, cfg->dim, &lm->depformer_in[in_index], NULL, rows, 0.0f);
   embed (b, k == 0 ? &lm->depformer_text_emb : &lm->depformer_emb[k - 1], b->x, dd, ids, rows, 1.0f);
   Caches depth = { NULL, 0, b->depth_rc + (gsize) k * b->max_rows,
-    (gsize) cfg->dep_q * dd, cfg->dep_q, MOSHI_DTYPE_F32 };
+    (gsize) cfg->dep_q * dd * sizeof (float), cfg->dep_q, MOSHI_DTYPE_F32 };
   int set = cfg->depformer.weights_per_step ? cfg->depformer.schedule[k] : 0;
   transformer_forward (b, &lm->depformer, set, b->x, rows, &depth);
   const float *y = b->x;
@@ -1386,8 +1416,7 @@ moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError *
   s->ct = moshi_lm_config_max_delay (cfg) + 2;
   s->cache = g_new (int32_t, moshi_lm_config_num_streams (cfg) * s->ct);
   s->capacity = cfg->transformer.context;
-  gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim
-      * moshi_dtype_size (lm->kv_dtype);
+  gsize len = (gsize) lm->temporal.n_layers * s->capacity * kv_slot_bytes (lm);
   s->k_cache = lm->be->ops->alloc (lm->be, len, error);
   s->v_cache = s->k_cache ? lm->be->ops->alloc (lm->be, len, error) : NULL;
   if (s->v_cache == NULL) {
@@ -1465,7 +1494,8 @@ device_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits)
 
   ops->upload (b->ex, b->step_dev, b->step_host, L->size);
   Caches caches = { NULL, 0, (const MoshiRowCache *) (b->step_dev + L->rc),
-    (gsize) cfg->transformer.context * cfg->dim, cfg->transformer.context, lm->kv_dtype };
+    (gsize) cfg->transformer.context * kv_slot_bytes (lm), cfg->transformer.context,
+    lm->kv_dtype };
   temporal_forward (b, (const int32_t *) (b->step_dev + L->ids),
       (const float *) (b->step_dev + L->cond), rows, &caches);
   ops->sample (b->ex, b->tokens_dev, ld_tokens, b->ids, b->logits, cfg->text_card_out,
@@ -1601,8 +1631,7 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
       return FALSE;
     }
     if (s->cfg_coef != 1.0f && s->k_null == NULL) {
-      gsize len = (gsize) lm->temporal.n_layers * s->capacity * cfg->dim
-          * moshi_dtype_size (lm->kv_dtype);
+      gsize len = (gsize) lm->temporal.n_layers * s->capacity * kv_slot_bytes (lm);
       s->k_null = ops->alloc (lm->be, len, error);
       if (s->k_null == NULL || (s->v_null = ops->alloc (lm->be, len, error)) == NULL) {
         dev_free (lm->be, s->k_null);
@@ -1714,8 +1743,8 @@ moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype, Mo
 
   const MoshiTransformerConfig *tr = &cfg->transformer;
   int context = tr->context > 0 ? tr->context : 0;
-  guint64 kv_values = (guint64) tr->num_layers * context * cfg->dim * 2;
-  fp->kv_bytes = kv_values * moshi_dtype_size (kv_dtype);
+  fp->kv_bytes = (guint64) tr->num_layers * context * 2
+      * moshi_kv_slot_bytes (kv_dtype, tr->num_heads, tr->d_model / MAX (tr->num_heads, 1));
   /* attention at a full cache: q.k and p.v over every position of every layer */
   fp->flops_per_step += (guint64) 4 * tr->num_layers * context * cfg->dim;
   fp->kv_bytes_per_step = fp->kv_bytes;

@@ -1059,9 +1059,10 @@ transformer_step (MoshiMimiSession *s, const Transformer *tr, int t, const Moshi
     ops->linear (ex, s->tr_qkv, 3 * d, s->tr_h, d, &L->in_proj, NULL, t, 0.0f);
     ops->rope_rows (ex, s->tr_qkv, 3 * d, t, heads, head_dim, rc, max_period);
     ops->rope_rows (ex, s->tr_qkv + d, 3 * d, t, heads, head_dim, rc, max_period);
-    ops->kv_write_rows (ex, rc + skip, MOSHI_DTYPE_F32, layer_stride * l, s->kv_capacity, k_new,
-        3 * d, k_new + d, 3 * d, d, t - skip);
-    ops->attention_rows (ex, s->tr_h, d, s->tr_qkv, 3 * d, rc, MOSHI_DTYPE_F32, layer_stride * l,
+    gsize layer_bytes = layer_stride * l * sizeof (float);
+    ops->kv_write_rows (ex, rc + skip, MOSHI_DTYPE_F32, layer_bytes, s->kv_capacity, k_new,
+        3 * d, k_new + d, 3 * d, heads, head_dim, t - skip);
+    ops->attention_rows (ex, s->tr_h, d, s->tr_qkv, 3 * d, rc, MOSHI_DTYPE_F32, layer_bytes,
         s->kv_capacity, heads, head_dim, t, cfg->transformer.context, scale);
     ops->linear (ex, s->tr_o, d, s->tr_h, d, &L->out_proj, NULL, t, 0.0f);
     ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale1 : NULL, t, d);

@@ -490,41 +490,116 @@ START_TEST (test_attention)
 }
 END_TEST
 
-/* Host copy of n floats as BF16 bits (round to nearest even), or the floats themselves. */
-static void *
-cache_copy (const float *x, size_t n, gboolean bf16)
+static const MoshiDType cache_types[] = { MOSHI_DTYPE_F32, MOSHI_DTYPE_BF16, MOSHI_DTYPE_F8_E4M3 };
+
+/* A cache slot of random history in dtype's layout (moshi_kv_slot_bytes; written here from the
+ * documented layout, not with the op, so that the op is checked against it). */
+static void
+fill_slot (MoshiTestRng *rng, guint8 *slot, MoshiDType dtype, int n_heads, int head_dim)
 {
-  if (!bf16)
-    return g_memdup2 (x, n * sizeof (float));
-  uint16_t *out = g_new (uint16_t, n);
-  for (size_t i = 0; i < n; i++)
-    out[i] = moshi_f32_to_bf16 (x[i]);
-  return out;
+  int width = n_heads * head_dim;
+  float x[4096];
+  g_assert (width <= 4096);
+  moshi_test_fill_uniform (rng, x, width, 1.0f);
+  switch (dtype) {
+    case MOSHI_DTYPE_F32:
+      memcpy (slot, x, width * sizeof (float));
+      break;
+    case MOSHI_DTYPE_BF16:
+      for (int c = 0; c < width; c++)
+        ((uint16_t *) slot)[c] = moshi_f32_to_bf16 (x[c]);
+      break;
+    default: {
+      float *scales = (float *) (slot + ((width + 3) & ~3));
+      for (int h = 0; h < n_heads; h++) {
+        float amax = 0;
+        for (int d = 0; d < head_dim; d++)
+          amax = MAX (amax, fabsf (x[h * head_dim + d]));
+        scales[h] = amax / 448.0f;
+        for (int d = 0; d < head_dim; d++)
+          slot[h * head_dim + d] = moshi_f32_to_e4m3 (x[h * head_dim + d] / scales[h]);
+      }
+    }
+  }
 }
 
-/* The device cache equals the host one: bit for bit in BF16 (both round to nearest even),
- * within the f32 tolerance otherwise. */
+/* The device cache equals the host one: within the f32 tolerance for F32, byte for byte for
+ * BF16 and FP8 (the rounding of both is exact and the same on both sides). */
 static void
-assert_cache_equal (const void *d_cache, const void *host, size_t n, gboolean bf16,
+assert_cache_equal (const void *d_cache, const void *host, size_t bytes, MoshiDType dtype,
     const char *what)
 {
-  size_t bytes = n * (bf16 ? 2 : 4);
-  g_autofree void *got = g_malloc (bytes);
+  g_autofree guint8 *got = g_malloc (bytes);
   CUDA_OK (cudaStreamSynchronize (stream));
   cuda_test_download (got, d_cache, bytes);
-  if (!bf16) {
-    assert_close_f32 (got, host, n, what);
+  if (dtype == MOSHI_DTYPE_F32) {
+    assert_close_f32 ((const float *) got, host, bytes / 4, what);
     return;
   }
-  const uint16_t *a = got, *b = host;
-  for (size_t i = 0; i < n; i++)
-    ck_assert_msg (a[i] == b[i], "%s: element %zu is 0x%04x, the CPU wrote 0x%04x", what, i,
-        a[i], b[i]);
+  const guint8 *want = host;
+  for (size_t i = 0; i < bytes; i++)
+    ck_assert_msg (got[i] == want[i], "%s: byte %zu is 0x%02x, the CPU wrote 0x%02x", what, i,
+        got[i], want[i]);
 }
+
+/* FP8 E4M3: the device conversion is the CPU's, both ways, for every code and for values at
+ * and around every rounding boundary. */
+START_TEST (test_e4m3)
+{
+  for (int v = 0; v < 256; v++) {
+    float f = moshi_e4m3_to_f32 ((uint8_t) v);
+    ck_assert_msg (isnan (f) == ((v & 0x7f) == 0x7f), "code 0x%02x", v);
+    if (!isnan (f))
+      ck_assert_msg (moshi_f32_to_e4m3 (f) == v || (f == 0.0f && (v & 0x7f) == 0),
+          "code 0x%02x -> %g -> 0x%02x", v, f, moshi_f32_to_e4m3 (f));
+  }
+  ck_assert_int_eq (moshi_f32_to_e4m3 (1000.0f), 0x7e);        /* saturates */
+  ck_assert_int_eq (moshi_f32_to_e4m3 (-460.0f), 0xfe);
+  ck_assert (moshi_e4m3_to_f32 (0x7e) == 448.0f);
+  ck_assert (moshi_e4m3_to_f32 (0x01) == 1.0f / 512.0f);      /* least subnormal */
+  /* midpoints round to even: 1.0625 lies between 1 (0x38) and 1.125 (0x39) */
+  ck_assert_int_eq (moshi_f32_to_e4m3 (1.0625f), 0x38);
+  ck_assert_int_eq (moshi_f32_to_e4m3 (1.1875f), 0x3a);
+  g_autofree float *x = g_new (float, 4096);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 77);
+  for (int i = 0; i < 4096; i++) {
+    int code = i % 255;
+    float base = moshi_e4m3_to_f32 ((uint8_t) (code == 0x7f ? 0 : code));
+    float next = moshi_e4m3_to_f32 ((uint8_t) ((code + 1) == 0x7f ? 0x7e : code + 1));
+    x[i] = i % 3 == 0 ? (base + next) / 2 : i % 3 == 1 ? base * (1 + 1e-7f)
+        : moshi_test_rng_uniform (&rng) * 448.0f;
+  }
+  /* through the cache kernels: one head of one row, scale 1 when its amax is 448 */
+  for (int chunk = 0; chunk < 4096; chunk += 64) {
+    float row[64];
+    memcpy (row, x + chunk, sizeof row);
+    row[0] = 448.0f;
+    guint8 want[64 + 4], *d_cache;
+    size_t bytes = moshi_kv_slot_bytes (MOSHI_DTYPE_F8_E4M3, 1, 64);
+    ck_assert_int_eq (bytes, sizeof want);
+    CUDA_OK (cudaMalloc ((void **) &d_cache, 2 * bytes));
+    MoshiRowCache host_rc = { want, want, 0, 1 };
+    be->ops->kv_write_rows (ex, &host_rc, MOSHI_DTYPE_F8_E4M3, 0, 1, row, 64, row, 64, 1, 64, 1);
+    MoshiRowCache d_rc_host = { d_cache, d_cache + bytes, 0, 1 };
+    MoshiKRowCache *d_rc = cuda_test_upload (&d_rc_host, sizeof d_rc_host);
+    float *d_row = dup_to_device (row, 64);
+    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, MOSHI_K_CACHE_FP8, 0, 1, d_row, 64, d_row, 64,
+        1, 64, 1));
+    assert_cache_equal (d_cache, want, bytes, MOSHI_DTYPE_F8_E4M3, "e4m3 codes");
+    for (int d = 0; d < 64; d++)
+      ck_assert_msg (want[d] == moshi_f32_to_e4m3 (row[d]), "%g: 0x%02x, not 0x%02x", row[d],
+          want[d], moshi_f32_to_e4m3 (row[d]));
+    cudaFree (d_rc);
+    cudaFree (d_row);
+    cudaFree (d_cache);
+  }
+}
+END_TEST
 
 /* One decode step of several sequences in one launch per op (the *_rows kernels): each row's
  * cache, position and end come from a table; the CPU op runs the same table on host caches.
- * Both cache types: F32 and BF16. */
+ * Every cache type: F32, BF16, FP8. */
 START_TEST (test_decode_rows)
 {
   static const int cases[][5] = {
@@ -533,26 +608,29 @@ START_TEST (test_decode_rows)
     { 3000, 2, 64, 3, 3000 },           /* LM-sized: the split path for few rows */
     { 20, 4, 8, 5, 9 },                 /* context shorter than the cache */
     { 250, 2, 32, 2, 250 },             /* two rows of one sequence (Mimi-like) */
+    { 16, 3, 6, 2, 16 },                /* FP8 codes of 18 bytes: scales after a pad */
   };
   MoshiTestRng rng;
   moshi_test_rng_init (&rng, 31);
-  for (int bf16 = 0; bf16 < 2; bf16++)
+  for (guint kind = 0; kind < G_N_ELEMENTS (cache_types); kind++)
   for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
     int cap = cases[c][0], h = cases[c][1], hd = cases[c][2], n_seq = cases[c][3];
     int context = cases[c][4];
     int width = h * hd;
-    MoshiDType dtype = bf16 ? MOSHI_DTYPE_BF16 : MOSHI_DTYPE_F32;
-    size_t esize = bf16 ? 2 : 4;
+    MoshiDType dtype = cache_types[kind];
+    const char *kind_name = moshi_dtype_name (dtype);
+    gsize slot = moshi_kv_slot_bytes (dtype, h, hd);
     gboolean two_rows = c == 3;         /* sequence s owns rows 2s and 2s + 1 */
     int rows = two_rows ? 2 * n_seq : n_seq;
     int layers = 2, layer = 1;
-    size_t per_seq = (size_t) layers * cap * width;
-    g_autofree float *kc_f = rand_vec (&rng, n_seq * per_seq, 1);
-    g_autofree float *vc_f = rand_vec (&rng, n_seq * per_seq, 1);
-    g_autofree char *kc = cache_copy (kc_f, n_seq * per_seq, bf16);
-    g_autofree char *vc = cache_copy (vc_f, n_seq * per_seq, bf16);
-    char *d_kc = cuda_test_upload (kc, n_seq * per_seq * esize);
-    char *d_vc = cuda_test_upload (vc, n_seq * per_seq * esize);
+    size_t per_seq = (size_t) layers * cap * slot;
+    g_autofree guint8 *kc = g_malloc (n_seq * per_seq), *vc = g_malloc (n_seq * per_seq);
+    for (size_t at = 0; at < n_seq * per_seq; at += slot) {
+      fill_slot (&rng, kc + at, dtype, h, hd);
+      fill_slot (&rng, vc + at, dtype, h, hd);
+    }
+    guint8 *d_kc = cuda_test_upload (kc, n_seq * per_seq);
+    guint8 *d_vc = cuda_test_upload (vc, n_seq * per_seq);
     g_autofree MoshiRowCache *rc = g_new0 (MoshiRowCache, rows);
     g_autofree MoshiRowCache *d_rc_host = g_new0 (MoshiRowCache, rows);
     for (int r = 0; r < rows; r++) {
@@ -561,9 +639,8 @@ START_TEST (test_decode_rows)
       int pos0 = (s * 7919 + (int) c * 13) % (3 * cap + 5);
       int pos = two_rows ? pos0 + r % 2 : pos0;
       int end = (two_rows ? pos0 + 2 : pos0 + 1);
-      size_t at = s * per_seq * esize;
-      rc[r] = (MoshiRowCache) { kc + at, vc + at, pos, end };
-      d_rc_host[r] = (MoshiRowCache) { d_kc + at, d_vc + at, pos, end };
+      rc[r] = (MoshiRowCache) { kc + s * per_seq, vc + s * per_seq, pos, end };
+      d_rc_host[r] = (MoshiRowCache) { d_kc + s * per_seq, d_vc + s * per_seq, pos, end };
     }
     MoshiKRowCache *d_rc = cuda_test_upload (d_rc_host, rows * sizeof (MoshiRowCache));
     int ld_qkv = 3 * width + 2, ld_dst = width + 1;
@@ -572,41 +649,43 @@ START_TEST (test_decode_rows)
     float *d_qkv = dup_to_device (qkv, (size_t) rows * ld_qkv);
     float *d_dst = dup_to_device (want, (size_t) rows * ld_dst);
     float scale = 1.0f / sqrtf ((float) hd);
-    size_t off = (size_t) layer * cap * width;
+    size_t off = (size_t) layer * cap * slot;
+    MoshiKCache kcache = dtype == MOSHI_DTYPE_BF16 ? MOSHI_K_CACHE_BF16
+        : dtype == MOSHI_DTYPE_F8_E4M3 ? MOSHI_K_CACHE_FP8 : MOSHI_K_CACHE_F32;
 
     be->ops->rope_rows (ex, qkv, ld_qkv, rows, h, hd, rc, 10000.0f);
     be->ops->rope_rows (ex, qkv + width, ld_qkv, rows, h, hd, rc, 10000.0f);
     be->ops->add_sin_embedding_rows (ex, qkv + 2 * width, ld_qkv, rows, width, rc, 10000.0f, 0.5f);
     be->ops->kv_write_rows (ex, rc, dtype, off, cap, qkv + width, ld_qkv, qkv + 2 * width,
-        ld_qkv, width, rows);
+        ld_qkv, h, hd, rows);
     be->ops->attention_rows (ex, want, ld_dst, qkv, ld_qkv, rc, dtype, off, cap, h, hd, rows,
         context, scale);
     CUDA_OK (moshi_k_rope_rows (stream, d_qkv, ld_qkv, rows, h, hd, d_rc, 10000.0f));
     CUDA_OK (moshi_k_rope_rows (stream, d_qkv + width, ld_qkv, rows, h, hd, d_rc, 10000.0f));
     CUDA_OK (moshi_k_add_sin_embedding_rows (stream, d_qkv + 2 * width, ld_qkv, rows, width,
         d_rc, 10000.0f, 0.5f));
-    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, bf16, off, cap, d_qkv + width, ld_qkv,
-        d_qkv + 2 * width, ld_qkv, width, rows));
+    CUDA_OK (moshi_k_kv_write_rows (stream, d_rc, kcache, off, cap, d_qkv + width, ld_qkv,
+        d_qkv + 2 * width, ld_qkv, h, hd, rows));
     char what[128];
     g_autofree float *got_qkv = g_new (float, (size_t) rows * ld_qkv);
     from_device (got_qkv, d_qkv, (size_t) rows * ld_qkv);
     g_snprintf (what, sizeof what, "rope_rows/add_sin_embedding_rows case %u", c);
     assert_close_f32 (got_qkv, qkv, (size_t) rows * ld_qkv, what);
-    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (k)", bf16 ? "bf16" : "f32", c);
-    assert_cache_equal (d_kc, kc, n_seq * per_seq, bf16, what);
-    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (v)", bf16 ? "bf16" : "f32", c);
-    assert_cache_equal (d_vc, vc, n_seq * per_seq, bf16, what);
+    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (k)", kind_name, c);
+    assert_cache_equal (d_kc, kc, n_seq * per_seq, dtype, what);
+    g_snprintf (what, sizeof what, "kv_write_rows %s case %u (v)", kind_name, c);
+    assert_cache_equal (d_vc, vc, n_seq * per_seq, dtype, what);
 
     size_t scratch_floats = moshi_k_attention_scratch_floats (cap, h, hd, rows);
     for (int split = 0; split < (scratch_floats > 0 ? 2 : 1); split++) {
       float *d_scratch = NULL;
       if (split)
         CUDA_OK (cudaMalloc ((void **) &d_scratch, scratch_floats * sizeof (float)));
-      CUDA_OK (moshi_k_attention_rows (stream, d_dst, ld_dst, d_qkv, ld_qkv, d_rc, bf16, off,
+      CUDA_OK (moshi_k_attention_rows (stream, d_dst, ld_dst, d_qkv, ld_qkv, d_rc, kcache, off,
           cap, h, hd, rows, context, scale, d_scratch, scratch_floats));
       g_autofree float *got = g_new (float, (size_t) rows * ld_dst);
       from_device (got, d_dst, (size_t) rows * ld_dst);
-      g_snprintf (what, sizeof what, "attention_rows %s case %u%s", bf16 ? "bf16" : "f32", c,
+      g_snprintf (what, sizeof what, "attention_rows %s case %u%s", kind_name, c,
           split ? " (split)" : "");
       assert_close_f32 (got, want, (size_t) rows * ld_dst, what);
       cudaFree (d_scratch);
@@ -1089,6 +1168,7 @@ kernels_suite (void)
   tcase_add_test (tc, test_kv_write);
   tcase_add_test (tc, test_attention);
   tcase_add_test (tc, test_decode_rows);
+  tcase_add_test (tc, test_e4m3);
   tcase_add_test (tc, test_sample);
   tcase_add_test (tc, test_conv1d);
   tcase_add_test (tc, test_conv_transpose1d);

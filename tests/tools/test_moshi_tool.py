@@ -227,6 +227,11 @@ def test_bench_serve_footprint_without_weights():
     assert fp["kv_bytes_per_conversation"] <= 1.6e9, fp
     f32 = json.loads(run("bench", "serve", "--json", "--kv", "f32").stdout)
     assert f32["kv_bytes_per_conversation"] == 2 * fp["kv_bytes_per_conversation"], f32
+    # FP8: a byte a value and an f32 scale per head and position: at most 0.85 GB
+    fp8 = json.loads(run("bench", "serve", "--json", "--kv", "fp8").stdout)
+    assert fp8["kv_bytes_per_conversation"] == 32 * 3000 * 2 * (4096 + 32 * 4), fp8
+    assert fp8["kv_bytes_per_conversation"] <= 0.85e9, fp8
+    assert fp8["H100_max_conversations"] >= 64, fp8
     assert 15.0e9 < fp["weight_bytes"] < 15.6e9, fp
     assert fp["H100_max_conversations"] > 0 and fp["H200_max_conversations"] > fp["H100_max_conversations"], fp
     text = run("bench", "serve").stdout
@@ -253,8 +258,7 @@ def test_bench_serve_runs_conversations():
 
 def test_bench_serve_bad_options():
     for args, needle in ((["--conversations", "0"], "bad conversation count"),
-                         (["--kv", "fp8"], "not implemented"),
-                         (["--kv", "f16"], "expected bf16 or f32"),
+                         (["--kv", "f16"], "expected bf16, fp8 or f32"),
                          (["--weights", "int8"], "not implemented"),
                          (["--seconds", "0"], "--seconds")):
         err = run("bench", "serve", *args, expect_ok=False).stderr

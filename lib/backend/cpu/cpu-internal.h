@@ -80,7 +80,7 @@ void cpu_op_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, i
     const MoshiRowCache *rc, float max_period, float scale);
 void cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
     gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-    int width, int rows);
+    int n_heads, int head_dim, int rows);
 void cpu_op_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_q,
     const MoshiRowCache *rc, MoshiDType cache_dtype, gsize layer_offset, int capacity,
     int n_heads, int head_dim, int rows, int context, float scale);

@@ -630,24 +630,33 @@ typedef struct {
   const void *k_cache, *v_cache;
   int capacity, n_heads, head_dim, pos0, context, end;
   float scale;
-  gboolean bf16;                /* the caches hold BF16, else F32 */
+  MoshiDType cache_dtype;       /* F32, BF16 or F8_E4M3 (moshi_kv_slot_bytes) */
+  gsize slot_bytes;
 } AttentionJob;
 
-/* q . key for a BF16 key row, accumulated in f32 in index order. */
-static float
-dot_bf16 (const float *q, const uint16_t *key, int n)
+/* Head h of a cache slot: its values as f32 into out (F32 slots are read in place), and the
+ * head's scale (1 but for FP8). */
+static const float *
+cache_head (const AttentionJob *j, const void *slot, int h, float *out, float *head_scale)
 {
-  float acc = 0.0f;
-  for (int d = 0; d < n; d++)
-    acc += q[d] * moshi_bf16_to_f32 (key[d]);
-  return acc;
-}
-
-static void
-axpy_bf16 (float *out, float a, const uint16_t *x, int n)
-{
-  for (int d = 0; d < n; d++)
-    out[d] += a * moshi_bf16_to_f32 (x[d]);
+  *head_scale = 1.0f;
+  gsize first = (gsize) h * j->head_dim;
+  switch (j->cache_dtype) {
+    case MOSHI_DTYPE_BF16:
+      for (int d = 0; d < j->head_dim; d++)
+        out[d] = moshi_bf16_to_f32 (((const uint16_t *) slot)[first + d]);
+      return out;
+    case MOSHI_DTYPE_F8_E4M3: {
+      gsize width = (gsize) j->n_heads * j->head_dim;
+      const float *scales = (const float *) ((const guint8 *) slot + ((width + 3) & ~(gsize) 3));
+      *head_scale = scales[h];
+      for (int d = 0; d < j->head_dim; d++)
+        out[d] = moshi_e4m3_to_f32 (((const guint8 *) slot)[first + d]);
+      return out;
+    }
+    default:
+      return (const float *) slot + first;
+  }
 }
 
 static void
@@ -657,11 +666,12 @@ attention_task (void *ctx, int task, int thread)
   const CpuKernels *kern = cpu_kernels ();
   int i = task / j->n_heads;
   int h = task % j->n_heads;
-  int width = j->n_heads * j->head_dim;
   int q_pos = j->pos0 + i;
   const float *q = j->q + (gsize) i * j->ld_q + (gsize) h * j->head_dim;
   float *out = j->dst + (gsize) i * j->ld_dst + (gsize) h * j->head_dim;
-  float scores[j->capacity];
+  /* on the heap: a cache of 2^21 slots is more than a thread's stack */
+  g_autofree float *buf = g_new (float, (gsize) j->capacity + j->head_dim);
+  float *scores = buf, *row = buf + j->capacity;
   float max_score = -INFINITY;
   for (int s = 0; s < j->capacity; s++) {
     scores[s] = -INFINITY;
@@ -671,9 +681,11 @@ attention_task (void *ctx, int task, int thread)
     int delta = q_pos - k_pos;
     if (delta < 0 || delta >= j->context)
       continue;
-    gsize at = (gsize) s * width + (gsize) h * j->head_dim;
-    scores[s] = (j->bf16 ? dot_bf16 (q, (const uint16_t *) j->k_cache + at, j->head_dim)
-        : kern->dot (q, (const float *) j->k_cache + at, j->head_dim)) * j->scale;
+    float head_scale;
+    const float *key = cache_head (j, (const guint8 *) j->k_cache + (gsize) s * j->slot_bytes, h,
+        row, &head_scale);
+    /* the per-head FP8 scale multiplies the dot product, as the GPU kernel does */
+    scores[s] = kern->dot (q, key, j->head_dim) * head_scale * j->scale;
     max_score = MAX (max_score, scores[s]);
   }
   memset (out, 0, j->head_dim * sizeof (float));
@@ -685,11 +697,10 @@ attention_task (void *ctx, int task, int thread)
       continue;
     float p = expf (scores[s] - max_score);
     sum += p;
-    gsize at = (gsize) s * width + (gsize) h * j->head_dim;
-    if (j->bf16)
-      axpy_bf16 (out, p, (const uint16_t *) j->v_cache + at, j->head_dim);
-    else
-      kern->axpy (out, p, (const float *) j->v_cache + at, j->head_dim);
+    float head_scale;
+    const float *value = cache_head (j, (const guint8 *) j->v_cache + (gsize) s * j->slot_bytes,
+        h, row, &head_scale);
+    kern->axpy (out, p * head_scale, value, j->head_dim);
   }
   float inv = 1.0f / sum;
   for (int d = 0; d < j->head_dim; d++)
@@ -702,7 +713,8 @@ cpu_op_attention (MoshiExec *ex, float *dst, int ld_dst, const float *q, int ld_
     int pos0, int t, int context, float scale)
 {
   AttentionJob job = { dst, ld_dst, q, ld_q, k_cache, v_cache, capacity, n_heads, head_dim,
-    pos0, context, pos0 + t, scale, FALSE };
+    pos0, context, pos0 + t, scale, MOSHI_DTYPE_F32,
+    moshi_kv_slot_bytes (MOSHI_DTYPE_F32, n_heads, head_dim) };
   int tasks = t * n_heads;
   if ((gsize) tasks * capacity * head_dim < 32768) {
     for (int task = 0; task < tasks; task++)
@@ -730,32 +742,55 @@ cpu_op_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
     cpu_op_add_sin_embedding (ex, x + (gsize) r * ld, ld, 1, d, rc[r].pos, max_period, scale);
 }
 
+/* One row of values into a cache slot (see kv_write_rows for the layouts). */
+static void
+store_slot (guint8 *slot, MoshiDType dtype, const float *x, int n_heads, int head_dim)
+{
+  int width = n_heads * head_dim;
+  switch (dtype) {
+    case MOSHI_DTYPE_BF16:
+      for (int c = 0; c < width; c++)
+        ((uint16_t *) slot)[c] = moshi_f32_to_bf16 (x[c]);
+      break;
+    case MOSHI_DTYPE_F8_E4M3: {
+      float *scales = (float *) (slot + ((width + 3) & ~3));
+      for (int h = 0; h < n_heads; h++) {
+        const float *xh = x + (gsize) h * head_dim;
+        float amax = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+          amax = MAX (amax, fabsf (xh[d]));
+        float scale = amax / 448.0f;
+        scales[h] = scale;
+        for (int d = 0; d < head_dim; d++)
+          slot[(gsize) h * head_dim + d] = amax > 0.0f ? moshi_f32_to_e4m3 (xh[d] / scale) : 0;
+      }
+      break;
+    }
+    default:
+      memcpy (slot, x, width * sizeof (float));
+      break;
+  }
+}
+
 void
 cpu_op_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
     gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-    int width, int rows)
+    int n_heads, int head_dim, int rows)
 {
+  gsize slot_bytes = moshi_kv_slot_bytes (cache_dtype, n_heads, head_dim);
   for (int r = 0; r < rows; r++) {
-    gsize slot = (gsize) (rc[r].pos % capacity) * width;
-    const float *kr = k + (gsize) r * ld_k, *vr = v + (gsize) r * ld_v;
-    if (cache_dtype == MOSHI_DTYPE_BF16) {
-      uint16_t *kc = (uint16_t *) rc[r].k_cache + layer_offset + slot;
-      uint16_t *vc = (uint16_t *) rc[r].v_cache + layer_offset + slot;
-      for (int c = 0; c < width; c++) {
-        kc[c] = moshi_f32_to_bf16 (kr[c]);
-        vc[c] = moshi_f32_to_bf16 (vr[c]);
-      }
-    } else {
-      memcpy ((float *) rc[r].k_cache + layer_offset + slot, kr, width * sizeof (float));
-      memcpy ((float *) rc[r].v_cache + layer_offset + slot, vr, width * sizeof (float));
-    }
+    gsize at = layer_offset + (gsize) (rc[r].pos % capacity) * slot_bytes;
+    store_slot ((guint8 *) rc[r].k_cache + at, cache_dtype, k + (gsize) r * ld_k, n_heads,
+        head_dim);
+    store_slot ((guint8 *) rc[r].v_cache + at, cache_dtype, v + (gsize) r * ld_v, n_heads,
+        head_dim);
   }
 }
 
 typedef struct {
   AttentionJob row;             /* dst, q and the caches of row 0; the rest shared */
   const MoshiRowCache *rc;
-  gsize layer_offset;           /* in elements */
+  gsize layer_offset;           /* bytes */
 } AttentionRowsJob;
 
 static void
@@ -767,9 +802,8 @@ attention_rows_task (void *ctx, int task, int thread)
   AttentionJob job = j->row;
   job.dst += (gsize) r * job.ld_dst;
   job.q += (gsize) r * job.ld_q;
-  gsize esize = job.bf16 ? sizeof (uint16_t) : sizeof (float);
-  job.k_cache = (const char *) c->k_cache + j->layer_offset * esize;
-  job.v_cache = (const char *) c->v_cache + j->layer_offset * esize;
+  job.k_cache = (const guint8 *) c->k_cache + j->layer_offset;
+  job.v_cache = (const guint8 *) c->v_cache + j->layer_offset;
   job.pos0 = c->pos;
   job.end = c->end;
   attention_task (&job, task % j->row.n_heads, thread);
@@ -781,7 +815,8 @@ cpu_op_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, in
     int n_heads, int head_dim, int rows, int context, float scale)
 {
   AttentionRowsJob job = { { dst, ld_dst, q, ld_q, NULL, NULL, capacity, n_heads, head_dim, 0,
-      context, 0, scale, cache_dtype == MOSHI_DTYPE_BF16 }, rc, layer_offset };
+      context, 0, scale, cache_dtype, moshi_kv_slot_bytes (cache_dtype, n_heads, head_dim) },
+    rc, layer_offset };
   int tasks = rows * n_heads;
   if ((gsize) tasks * capacity * head_dim < 32768) {
     for (int task = 0; task < tasks; task++)

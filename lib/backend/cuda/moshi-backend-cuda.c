@@ -756,13 +756,20 @@ cuda_add_sin_embedding_rows (MoshiExec *ex, float *x, int ld, int rows, int d,
           max_period, scale));
 }
 
+static MoshiKCache
+kernel_cache (MoshiDType dtype)
+{
+  return dtype == MOSHI_DTYPE_BF16 ? MOSHI_K_CACHE_BF16
+      : dtype == MOSHI_DTYPE_F8_E4M3 ? MOSHI_K_CACHE_FP8 : MOSHI_K_CACHE_F32;
+}
+
 static void
 cuda_kv_write_rows (MoshiExec *ex, const MoshiRowCache *rc, MoshiDType cache_dtype,
     gsize layer_offset, int capacity, const float *k, int ld_k, const float *v, int ld_v,
-    int width, int rows)
+    int n_heads, int head_dim, int rows)
 {
-  KCALL (ex, moshi_k_kv_write_rows (CUDA_EX (ex)->stream, KROWS (rc),
-          cache_dtype == MOSHI_DTYPE_BF16, layer_offset, capacity, k, ld_k, v, ld_v, width, rows));
+  KCALL (ex, moshi_k_kv_write_rows (CUDA_EX (ex)->stream, KROWS (rc), kernel_cache (cache_dtype),
+          layer_offset, capacity, k, ld_k, v, ld_v, n_heads, head_dim, rows));
 }
 
 static void
@@ -775,8 +782,8 @@ cuda_attention_rows (MoshiExec *ex, float *dst, int ld_dst, const float *q, int 
   if (n > 0 && tmp == NULL)
     return;
   KCALL (ex, moshi_k_attention_rows (CUDA_EX (ex)->stream, dst, ld_dst, q, ld_q, KROWS (rc),
-          cache_dtype == MOSHI_DTYPE_BF16, layer_offset, capacity, n_heads, head_dim, rows,
-          context, scale, tmp, n));
+          kernel_cache (cache_dtype), layer_offset, capacity, n_heads, head_dim, rows, context,
+          scale, tmp, n));
 }
 
 static void
