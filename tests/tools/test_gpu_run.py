@@ -87,8 +87,13 @@ esac
 
 SANITIZER_STUB = r'''#!/usr/bin/env bash
 for last; do :; done
-"$last"
-echo "========= ERROR SUMMARY: 0 errors"
+if "$last"; then
+  echo "========= ERROR SUMMARY: 0 errors"
+else
+  echo "========= Invalid __global__ write of size 4 bytes"
+  echo "========= ERROR SUMMARY: 1 error"
+  exit 3
+fi
 '''
 
 
@@ -108,7 +113,8 @@ def make_bundle(root, gpu):
           "# name\ttimeout\tenvironment\tprogram\targuments\n"
           "test-gpu-kernels\t600\tCK_FORK=no MOSHI_TEST_DATA=@B@/data/tests\ttest-ok\t\n"
           "test-lm-gpu-golden\t900\tCK_RUN_CASE=golden\ttest-bad\t--flag\n"
-          "test-lm-gpu-hibiki\t900\tCK_RUN_CASE=hibiki\ttest-slow\t\n", 0o644)
+          "test-lm-gpu-hibiki\t900\tCK_RUN_CASE=hibiki\ttest-slow\t\n"
+          "test-lm-gpu-sampling\t900\tCK_RUN_CASE=sampling\ttest-bad\t\n", 0o644)
     return b
 
 
@@ -169,11 +175,13 @@ with tempfile.TemporaryDirectory() as root:
             "suite:test-gpu-kernels": "PASS", "suite:test-lm-gpu-golden": "FAIL",
             "suite:test-lm-gpu-hibiki": "TIMEOUT", "bench-lm": "OOM", "upstream-install": "PASS",
             "mimi-weights": "PASS", "bench-mimi": "PASS", "bench-serve": "PASS", "upstream": "PASS",
-            "memcheck:test-gpu-kernels": "PASS",
+            "memcheck:test-gpu-kernels": "PASS", "memcheck:test-lm-gpu-sampling": "FAIL",
+            "suite:test-lm-gpu-sampling": "FAIL",
             "upstream-compiled": "PASS"}
     for step, s in want.items():
         check(st.get(step) == s, f"GPU: {step} is {s} (got {st.get(step)})", summary)
     check("element 3 is 1, want 2" in p.stdout, "a failing test's output is shown", p.stdout[-3000:])
+    check("Invalid __global__ write" in p.stdout, "memcheck's finding is shown", p.stdout[-3000:])
     # figures: floor 14.751 GB / 4000 GB/s = 3.69 ms; upstream 20 / 5 = 4.00 (best of the two: 16)
     check(re.search(r"^\s+1\s+5\.00\s+1028\s+14\.751\s+2950\s+3\.69\s+1\.36\s+20\.00\s+4\.00\s+16\.00\s+3\.20",
                     summary, re.M) is not None, "GPU: the batch-1 row of the figures", summary)
