@@ -236,6 +236,8 @@ fi
   echo "nvcc: $( (nvcc --version 2>/dev/null || /usr/local/cuda/bin/nvcc --version) | grep -o 'release [0-9.]*, V[0-9.]*')"
   echo "gpu_archs: $ARCHS (sm machine code for each, PTX for the last)"
   echo "bundled libraries: $(tar -tJf "$B/syslib.tar.xz" | sed -n 's|^\./\(.\)|\1|p' | tr '\n' ' ')"
+  echo "needs: glibc $(for f in "$B"/bin/* "$B"/lib/* "$STAGE"/syslib/*; do objdump -T "$f" 2>/dev/null; done \
+    | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -t. -k1,1n -k2,2n -k3,3n -u | tail -n1) or newer"
   echo "from the device: $(tr '\n' ' ' <"$B/device-libs.txt")"
 } >"$B/BUILD-INFO"
 (cd "$B" && find . -type f ! -name MANIFEST -printf '%s\t%P\n' | sort -k2) >"$B/MANIFEST"
@@ -259,4 +261,4 @@ awk -v o="$OUTDIR" -v s="$size" -v l="$LIMIT_MIB" -v t="$tree" 'BEGIN {
     o, s / 1048576, l, t / 1048576, (s + t) / 1048576 }'
 [ "$total" -gt $((64 * 1024 * 1024)) ] && echo "gpu-bundle: WARNING: over the device tool's 64 MiB" >&2
 rel=${OUTDIR#"$SRC"/}
-echo "gpu-bundle: on the GPU machine: run(command=\"bash $rel/run.sh\", carry=[\"$rel\"], timeout_s=540)"
+echo "gpu-bundle: on the GPU machine: run(command=\"bash $rel/run.sh\", carry=[\"$rel\"], timeout_s=480)"

@@ -70,6 +70,20 @@ echo "logs: $OUT"
 
 # ---------------------------------------------------------------- steps
 
+# clip FILE BYTES: FILE's first and last BYTES/2, with a line saying what was cut (the device
+# tool brings back files of at most 16 MiB)
+clip () {
+  local f=$1 max=$2 size
+  size=$(stat -c %s "$f")
+  if [ "$size" -le "$max" ]; then
+    cat "$f"
+  else
+    head -c $((max / 2)) "$f"
+    printf '\n[... %d bytes cut ...]\n' $((size - max))
+    tail -c $((max / 2)) "$f"
+  fi
+}
+
 # record NAME STATUS SECONDS NOTE
 record () {
   printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$WORK/results.tsv"
@@ -134,7 +148,7 @@ run_step () {
   fi
   {
     echo "==================== $name: $status (exit $rc, $secs s): $*"
-    head -c 2000000 "$log"
+    clip "$log" 600000
     echo
   } >>"$OUT/steps.log"
   # the end of the step's output, so that the command's reply shows it
@@ -197,6 +211,7 @@ ours () {
 
 check_libs () {
   local f bad=0
+  echo "this machine: $(ldd --version | head -n1); the bundle needs glibc $(grep -o 'glibc [0-9.]*' "$B/BUILD-INFO" 2>/dev/null || echo '?')"
   for f in "$B"/bin/* "$B"/lib/*.so*; do
     if LD_LIBRARY_PATH="$LDP" ldd "$f" | grep -q 'not found'; then
       echo "$f:"
@@ -359,6 +374,12 @@ upstream_step upstream-compiled 150 env PYTHONPATH="$SITE" PYTHONUNBUFFERED=1 "$
 
 # ---------------------------------------------------------------- summary
 
+for f in "$LOGS"/*.log; do
+  [ -f "$f" ] || continue
+  if [ "$(stat -c %s "$f")" -gt 4000000 ]; then
+    clip "$f" 4000000 >"$f.clipped" && mv "$f.clipped" "$f"
+  fi
+done
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs results.tsv 2>/dev/null || true
 {
   echo
