@@ -61,7 +61,7 @@ finish () {
 }
 trap finish EXIT
 
-NO_GPU_RE='no usable CUDA device|SKIP: no CUDA device|no CUDA-capable device|CUDA driver version is insufficient|Found no NVIDIA driver|nvidia-smi: not found|NVIDIA-SMI has failed'
+NO_GPU_RE='no usable CUDA device|no usable CUDA GPU|SKIP: no CUDA device|no CUDA-capable device|CUDA driver version is insufficient|Found no NVIDIA driver|nvidia-smi: not found|NVIDIA-SMI has failed'
 
 echo "gst-moshi GPU bundle run: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), budget ${BUDGET} s"
 echo "bundle: $B"
