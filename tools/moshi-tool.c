@@ -508,6 +508,16 @@ cmd_bench (int argc, char **argv)
     return 2;
   }
   GError *error = NULL;
+  /* as bench lm: no usable GPU is a skip (exit 77), not an error */
+  if (g_strcmp0 (device, "cuda") == 0) {
+    MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
+    if (be == NULL) {
+      g_print ("SKIP: moshi-tool bench mimi --device cuda: %s\n", error->message);
+      g_error_free (error);
+      return 77;
+    }
+    moshi_backend_unref (be);
+  }
   g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
   if (mimi == NULL)
     return fail (error);
