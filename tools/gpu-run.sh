@@ -322,7 +322,10 @@ fi
 
 if grep -aq 'bench serve' "$B/bin/moshi-tool"; then
   # shellcheck disable=SC2086
-  run_step bench-serve 90 ours "$B/bin/moshi-tool" bench serve --device cuda ${MOSHI_BENCH_SERVE_ARGS:-}
+  # live 7B conversations (random BF16 weights, codes in and out) through the scheduler at real
+  # time: 1, 16 and 64 of them with BF16 KV caches (64 x 1.57 GB fit an H200's 141 GB)
+  run_step bench-serve 120 ours "$B/bin/moshi-tool" bench serve --device cuda \
+    ${MOSHI_BENCH_SERVE_ARGS:---random-weights --conversations 1,16,64 --seconds 3}
 else
   wanted bench-serve && record bench-serve SKIP 0 "moshi-tool has no 'bench serve' in this build"
 fi
