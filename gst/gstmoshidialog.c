@@ -28,7 +28,15 @@
  * `text_src` (which may stay unlinked).
  *
  * The element reports (1 + delay) × 80 ms of latency: one frame to fill the
- * input frame plus the model's acoustic delay.
+ * input frame plus the model's acoustic delay; on the shared scheduler also the
+ * batch wait (one frame by default).
+ *
+ * Every moshidialog of a process on the same loaded models joins one shared
+ * scheduler by default: one batched model step per 80 ms for all their
+ * conversations, the weights read once (`shared-scheduler`,
+ * `max-conversations`, `batch-wait`). The scheduler's figures are in
+ * `scheduler-stats` and, once a second of output, in a `moshi-scheduler`
+ * element message.
  *
  * ## Example pipelines
  * |[

@@ -109,6 +109,20 @@ bf16_to_f32_kernel (float *dst, const uint16_t *src, size_t n)
 }
 
 __global__ void __launch_bounds__ (THREADS)
+f32_to_bf16_2d_kernel (uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows,
+    int cols)
+{
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols)
+    return;
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const unsigned u = __float_as_uint (src[(size_t) r * ld_src + c]);
+    dst[(size_t) r * ld_dst + c] = (u & 0x7fffffffu) > 0x7f800000u
+        ? (uint16_t) ((u >> 16) | 0x40u) : (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+__global__ void __launch_bounds__ (THREADS)
 add_bias_kernel (float *x, int ld, const float *bias, int rows, int cols)
 {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -154,6 +168,20 @@ moshi_k_bf16_to_f32 (cudaStream_t stream, float *dst, const uint16_t *src, size_
   if (blocks > 8192)
     blocks = 8192;
   return MOSHI_LAUNCH (bf16_to_f32_kernel, blocks, THREADS, 0, stream, dst, src, n);
+}
+
+extern "C" cudaError_t
+moshi_k_f32_to_bf16_2d (cudaStream_t stream, uint16_t *dst, int ld_dst, const float *src,
+    int ld_src, int rows, int cols)
+{
+  if (rows < 0 || cols < 0 || (rows > 1 && (ld_dst < cols || ld_src < cols)))
+    return cudaErrorInvalidValue;
+  if (rows == 0 || cols == 0)
+    return cudaSuccess;
+  const dim3 grid (moshi_k::ceil_div ((size_t) cols, THREADS),
+      rows < 65535 ? (unsigned) rows : 65535u);
+  return MOSHI_LAUNCH (f32_to_bf16_2d_kernel, grid, THREADS, 0, stream, dst, ld_dst, src, ld_src,
+      rows, cols);
 }
 
 extern "C" cudaError_t

@@ -77,6 +77,9 @@ cudaError_t moshi_k_transpose (cudaStream_t stream, float *dst, int ld_dst, cons
 cudaError_t moshi_k_linear_bf16_gemv (cudaStream_t stream, float *dst, int ld_dst,
     const float *src, int ld_src, const uint16_t *w, int n_out, int n_in, const float *bias,
     int rows, float beta);
+/* dst[r, c] = src[r, c] rounded to BF16 (to nearest even, as moshi_f32_to_bf16). */
+cudaError_t moshi_k_f32_to_bf16_2d (cudaStream_t stream, uint16_t *dst, int ld_dst,
+    const float *src, int ld_src, int rows, int cols);
 /* dst[i] = src[i] as f32 (exact) for n BF16 values. */
 cudaError_t moshi_k_bf16_to_f32 (cudaStream_t stream, float *dst, const uint16_t *src, size_t n);
 /* x[r, c] += bias[c]. */

@@ -444,6 +444,76 @@ START_TEST (test_sampled_generation_is_reproducible)
 }
 END_TEST
 
+/* A decode step of 16 sessions on BF16 weights goes through the tensor cores on CUDA (BF16
+ * activations, f32 accumulation): the text logits stay within the stated relative L2 of the
+ * CPU's f32 products (per session, while its tokens agree). On the CPU the comparison is exact. */
+#define TENSOR_CORE_TEXT_LOGITS_REL_L2 1e-2
+
+START_TEST (test_tensor_core_batch)
+{
+  const LmCase *c = &lm_cases[1];          /* small7b, BF16 weights */
+  LmFixture fx;
+  lm_fixture_open (&fx, c);
+  GError *error = NULL;
+  g_autofree char *model = g_build_filename (fx.dir, c->model, NULL);
+  g_autofree char *config = g_build_filename (fx.dir, "config.json", NULL);
+  MoshiLmLoadOptions cpu_opts = { .device = MOSHI_DEVICE_CPU };
+  g_autoptr (MoshiLm) cpu_lm = moshi_lm_load (model, config, &cpu_opts, &error);
+  ck_assert_msg (cpu_lm != NULL, "%s", error ? error->message : "");
+  const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
+  int n_user = moshi_lm_user_codebooks (fx.lm), dep_q = moshi_lm_generated_codebooks (fx.lm);
+  enum { N = MOSHI_TENSOR_CORE_MIN_ROWS, STEPS = 12 };
+  MoshiLm *lms[2] = { fx.lm, cpu_lm };
+  MoshiLmBatch *batch[2];
+  MoshiLmSession *s[2][N];
+  for (int d = 0; d < 2; d++) {
+    batch[d] = moshi_lm_batch_new (lms[d], N, 1, &error);
+    ck_assert (batch[d] != NULL);
+    for (int r = 0; r < N; r++) {
+      MoshiLmSamplingParams p;
+      moshi_lm_sampling_params_init (&p);
+      p.text_temperature = p.audio_temperature = 0;
+      s[d][r] = moshi_lm_session_new (lms[d], &p, &error);
+    }
+  }
+  gsize per = (gsize) N * cfg->text_card_out;
+  g_autofree float *logits0 = g_new (float, per), *logits1 = g_new (float, per);
+  gboolean parted[N] = { FALSE };
+  double worst = 0;
+  int differ = 0;
+  for (int step = 0; step < STEPS; step++) {
+    int32_t user[N * 8], text[2][N], audio[2][N * 8];
+    gboolean returned[N];
+    for (int i = 0; i < N * n_user; i++)
+      user[i] = (step * 5 + i * 11) % cfg->card;
+    ck_assert (moshi_lm_batch_step (batch[0], s[0], N, user, text[0], audio[0], returned,
+            logits0, &error));
+    ck_assert (moshi_lm_batch_step (batch[1], s[1], N, user, text[1], audio[1], returned,
+            logits1, &error));
+    for (int r = 0; r < N; r++) {
+      if (!parted[r])
+        worst = MAX (worst, moshi_test_rel_l2 (logits0 + (gsize) r * cfg->text_card_out,
+                logits1 + (gsize) r * cfg->text_card_out, cfg->text_card_out));
+      int before = differ;
+      differ += text[0][r] != text[1][r];
+      for (int k = 0; k < dep_q; k++)
+        differ += audio[0][r * dep_q + k] != audio[1][r * dep_q + k];
+      parted[r] = parted[r] || differ > before;
+    }
+  }
+  printf ("%s: %d sessions on %s vs cpu, %d greedy steps: text logits relative L2 at most %.3g, "
+      "%d tokens differ\n", c->model, N, moshi_device_name (moshi_test_device ()), STEPS, worst,
+      differ);
+  ck_assert_msg (worst <= TENSOR_CORE_TEXT_LOGITS_REL_L2, "relative L2 %g", worst);
+  for (int d = 0; d < 2; d++) {
+    for (int r = 0; r < N; r++)
+      moshi_lm_session_free (s[d][r]);
+    moshi_lm_batch_free (batch[d]);
+  }
+  lm_fixture_close (&fx);
+}
+END_TEST
+
 /* Sampled generation picks the same tokens on the test device as on the CPU: the sampling rule
  * is exact (moshi-sampling.h), so with f32 logits equal to 1e-6 the draws agree except at a
  * near tie of two candidates' scores, which these seeds do not hit. Three sessions in one batch,
@@ -867,6 +937,7 @@ lm_suite (void)
   tcase_add_test (sampling, test_sampling_distribution);
   tcase_add_test (sampling, test_sampled_generation_is_reproducible);
   tcase_add_loop_test (sampling, test_sampled_tokens_match_cpu, 0, G_N_ELEMENTS (lm_cases));
+  tcase_add_test (sampling, test_tensor_core_batch);
   suite_add_tcase (s, sampling);
 
   TCase *hibiki = tcase_create ("hibiki");

@@ -276,8 +276,16 @@ struct _MoshiBackend {
   gint ref_count;
 };
 
+/* Products of at least this many rows may use tensor cores (MoshiExec.tensor_core_batches). */
+#define MOSHI_TENSOR_CORE_MIN_ROWS 16
+
 struct _MoshiExec {
   MoshiBackend *backend;
+  /* FALSE (the default): linear computes in f32, as the conformance tests need. TRUE: a linear
+   * on BF16 weights with at least MOSHI_TENSOR_CORE_MIN_ROWS rows may round its activations to
+   * BF16 and multiply on tensor cores with f32 accumulation (the LM's batched decode steps; the
+   * error is stated in tests/cuda/test-cuda-backend.c). Backends without them ignore it. */
+  gboolean tensor_core_batches;
 };
 
 /* Opens a backend for device. MOSHI_DEVICE_AUTO picks CUDA when a GPU is usable and the CPU

@@ -974,6 +974,9 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   MoshiBackend *be = lm->be;
   const char *env = g_getenv ("MOSHI_LM_GRAPHS");
   b->graphs = be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+  /* decode steps of 16 rows or more on tensor cores (BF16 activations, f32 accumulation) */
+  env = g_getenv ("MOSHI_TENSOR_CORES");
+  ex->tensor_core_batches = !(env && g_str_equal (env, "0"));
 
   StepLayout *L = &b->layout;
   L->rc = 0;
@@ -1240,6 +1243,8 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
   g_autoptr (MoshiLmBatch) b = moshi_lm_batch_new (lm, steps, n_threads, error);
   if (b == NULL)
     return FALSE;
+  /* teacher forcing is the conformance path: f32 products throughout */
+  b->ex->tensor_core_batches = FALSE;
   MoshiBackend *be = lm->be;
   const MoshiBackendOps *ops = be->ops;
   int d = cfg->dim;

@@ -254,6 +254,72 @@ START_TEST (test_emulated_linear)
 }
 END_TEST
 
+/* The tensor-core path of linear (an exec with tensor_core_batches, BF16 weights, 16 rows or
+ * more): exactly the f32 product of the activations rounded to BF16 (up to the order of the
+ * f32 sums), and within the stated tolerance of the f32 product of the activations as they are.
+ * Fewer rows, or the flag off, keep the f32 result. */
+#define TENSOR_CORE_REL_L2 4e-3
+
+START_TEST (test_emulated_tensor_core_linear)
+{
+  open_both ();
+  static const int cases[][4] = {
+    /* rows, n_out, n_in, beta */
+    { 16, 48, 40, 0 }, { 33, 70, 64, 1 }, { 64, 4100, 256, 0 }, { 128, 96, 1024, 1 },
+    { 15, 48, 40, 0 },          /* one row short: the f32 GEMV */
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 6);
+  GError *error = NULL;
+  gpu_ex->tensor_core_batches = TRUE;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int rows = cases[c][0], n_out = cases[c][1], n_in = cases[c][2];
+    float beta = (float) cases[c][3];
+    gboolean tensor_cores = rows >= MOSHI_TENSOR_CORE_MIN_ROWS;
+    int ld_src = n_in + 3, ld_dst = n_out + 1;
+    size_t nw = (size_t) n_out * n_in;
+    g_autofree float *wf = rand_vec (&rng, nw, 1);
+    g_autofree uint16_t *wb = g_new (uint16_t, nw);
+    for (size_t i = 0; i < nw; i++)
+      wb[i] = moshi_f32_to_bf16 (wf[i]);
+    MoshiTensorEntry e = { .name = "w", .dtype = MOSHI_DTYPE_BF16, .ndim = 2,
+      .shape = { n_out, n_in }, .data = wb };
+    MoshiWeight cw, gw;
+    ck_assert (cpu->ops->weight_from_host (cpu, &cw, &e, NULL, &error));
+    ck_assert (gpu->ops->weight_from_host (gpu, &gw, &e, NULL, &error));
+    size_t ns = (size_t) rows * ld_src, nd = (size_t) rows * ld_dst;
+    g_autofree float *src = rand_vec (&rng, ns, 1);
+    g_autofree float *rounded = g_new (float, ns);
+    for (size_t i = 0; i < ns; i++)
+      rounded[i] = moshi_bf16_to_f32 (moshi_f32_to_bf16 (src[i]));
+    g_autofree float *init = rand_vec (&rng, nd, 1);
+    g_autofree float *exact = g_memdup2 (init, nd * sizeof (float));
+    g_autofree float *of_rounded = g_memdup2 (init, nd * sizeof (float));
+    float *d_src = to_gpu (src, ns), *d_dst = to_gpu (init, nd);
+    cpu->ops->linear (cpu_ex, exact, ld_dst, src, ld_src, &cw, NULL, rows, beta);
+    cpu->ops->linear (cpu_ex, of_rounded, ld_dst, rounded, ld_src, &cw, NULL, rows, beta);
+    MoshiExecStats before, after;
+    gpu->ops->get_stats (gpu, gpu_ex, &before);
+    gpu->ops->linear (gpu_ex, d_dst, ld_dst, d_src, ld_src, &gw, NULL, rows, beta);
+    gpu->ops->get_stats (gpu, gpu_ex, &after);
+    g_autofree float *got = from_gpu (d_dst, nd);
+    char what[96];
+    g_snprintf (what, sizeof what, "tensor-core linear case %u", c);
+    assert_close (got, tensor_cores ? of_rounded : exact, nd, what);
+    double rel = moshi_test_rel_l2 (got, exact, nd);
+    printf ("%s: %d rows, relative L2 against f32 activations %.3g\n", what, rows, rel);
+    ck_assert_msg (rel <= TENSOR_CORE_REL_L2, "%s: relative L2 %g", what, rel);
+    ck_assert_int_eq (after.blas_calls - before.blas_calls, tensor_cores ? 1 : 0);
+    gpu->ops->free (gpu, d_src);
+    gpu->ops->free (gpu, d_dst);
+    cpu->ops->weight_release (cpu, &cw);
+    gpu->ops->weight_release (gpu, &gw);
+  }
+  gpu_ex->tensor_core_batches = FALSE;
+  close_both ();
+}
+END_TEST
+
 /* Recorded steps: ops between capture_begin and capture_end run at each graph_launch, reading
  * the pinned input as it is then; a wait for the device while recording makes capture_end fail
  * with a message, and the exec runs ops eagerly afterwards. */
@@ -385,6 +451,7 @@ backend_suite (void)
   tcase_set_timeout (emu, 300);
   tcase_add_test (emu, test_emulated_memory);
   tcase_add_test (emu, test_emulated_linear);
+  tcase_add_test (emu, test_emulated_tensor_core_linear);
   tcase_add_test (emu, test_emulated_copy);
   tcase_add_test (emu, test_emulated_capture);
   suite_add_tcase (s, emu);

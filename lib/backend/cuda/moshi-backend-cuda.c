@@ -11,7 +11,10 @@
  *   queue work on the stream and return; download synchronises.
  * - linear: cublasSgemm for F32 weights; BF16 weights go to the warp-per-feature GEMV kernel for
  *   up to MOSHI_K_GEMV_MAX_ROWS rows, else blocks of weight rows are converted to f32 in scratch
- *   and multiplied with cublasSgemm (never a full f32 copy of the matrix).
+ *   and multiplied with cublasSgemm (never a full f32 copy of the matrix). On an exec with
+ *   tensor_core_batches (the LM's decode steps), BF16 weights with MOSHI_TENSOR_CORE_MIN_ROWS or
+ *   more rows go to the tensor cores instead: the activations rounded to BF16 in scratch, then
+ *   cublasGemmEx BF16 x BF16 -> F32 with f32 accumulation.
  * - Ops return nothing: a failed launch is reported with g_critical (CUDA errors after a fault
  *   are sticky, so the session's next download returns garbage rather than hanging).
  * - Accounting (get_stats): every op adds its kernel launches (the difference of the kernel
@@ -31,6 +34,7 @@
 
 enum {
   SCRATCH_LINEAR,
+  SCRATCH_ACTIVATIONS,
   SCRATCH_COPY,
   SCRATCH_ATTENTION,
   SCRATCH_CONV,
@@ -632,6 +636,23 @@ sgemm_rows (CudaExec *ex, float *dst, int ld_dst, const float *src, int ld_src, 
   count (&ex->parent, STAT_BLAS, 1);
 }
 
+/* dst = beta dst + bf16(src) w^T on tensor cores: cuBLAS's BF16 GEMM with f32 accumulation and
+ * an f32 result (C [n_out, rows] column-major, as sgemm_rows). */
+static void
+tensor_core_linear (CudaExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
+    const uint16_t *w, int n_out, int n_in, int rows, float beta)
+{
+  uint16_t *x = scratch (ex, SCRATCH_ACTIVATIONS, (gsize) rows * n_in * sizeof (uint16_t));
+  if (x == NULL)
+    return;
+  KCALL (&ex->parent, moshi_k_f32_to_bf16_2d (ex->stream, x, n_in, src, ld_src, rows, n_in));
+  const float one = 1.0f;
+  report_blas (cublasGemmEx (ex->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, n_in, &one, w,
+          CUDA_R_16BF, n_in, x, CUDA_R_16BF, n_in, &beta, dst, CUDA_R_32F, MAX (ld_dst, n_out),
+          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT), "cublasGemmEx");
+  count (&ex->parent, STAT_BLAS, 1);
+}
+
 static void
 cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta)
@@ -646,6 +667,12 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
   count (parent, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
   if (w->dtype == MOSHI_DTYPE_BF16) {
     const uint16_t *wb = w->data;
+    if (parent->tensor_core_batches && rows >= MOSHI_TENSOR_CORE_MIN_ROWS) {
+      tensor_core_linear (ex, dst, ld_dst, src, ld_src, wb, n_out, n_in, rows, beta);
+      if (b != NULL)
+        KCALL (parent, moshi_k_add_bias (ex->stream, dst, ld_dst, b, rows, n_out));
+      return;
+    }
     if (rows <= MOSHI_K_GEMV_MAX_ROWS) {
       /* the bias is added by the kernel */
       KCALL (parent, moshi_k_linear_bf16_gemv (ex->stream, dst, ld_dst, src, ld_src, wb, n_out, n_in, b,
