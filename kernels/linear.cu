@@ -90,6 +90,91 @@ MOSHI_UNROLL
   }
 }
 
+/* The int8 form: 16 weights per 16-byte load, the row's scale applied to the warp's sum. */
+template <int R>
+__global__ void __launch_bounds__ (THREADS)
+gemv_i8_kernel (float *dst, int ld_dst, const float *src, int ld_src, const int8_t *w,
+    const float *scales, int n_out, int n_in, const float *bias, float beta, int vec, int rows)
+{
+  const int lane = threadIdx.x % 32;
+  const int n = blockIdx.x * WARPS + threadIdx.x / 32;
+  if (n >= n_out)
+    return;
+  const int8_t *wr = w + (size_t) n * n_in;
+  const float b = bias ? bias[n] : 0.0f;
+  const float scale = scales[n];
+  for (int r0 = 0; r0 < rows; r0 += R) {
+    const int nr = rows - r0 < R ? rows - r0 : R;
+    const float *x0 = src + (size_t) r0 * ld_src;
+    float acc[R];
+MOSHI_UNROLL
+    for (int r = 0; r < R; r++)
+      acc[r] = 0.0f;
+    int k0 = 0;
+    if (vec) {
+      const uint4 *w16 = reinterpret_cast<const uint4 *> (wr);
+      const int n16 = n_in / 16;
+      for (int j = lane; j < n16; j += 32) {
+        const uint4 p = w16[j];
+        const unsigned words[4] = { p.x, p.y, p.z, p.w };
+        float wf[16];
+MOSHI_UNROLL
+        for (int e = 0; e < 16; e++)
+          wf[e] = (float) (int8_t) (words[e / 4] >> (8 * (e % 4)));
+MOSHI_UNROLL
+        for (int r = 0; r < R; r++) {
+          if (r < nr) {
+            const float *x = x0 + (size_t) r * ld_src + (size_t) j * 16;
+            float a = acc[r];
+MOSHI_UNROLL
+            for (int e = 0; e < 16; e++)
+              a += wf[e] * x[e];
+            acc[r] = a;
+          }
+        }
+      }
+      k0 = n16 * 16;
+    }
+    for (int k = k0 + lane; k < n_in; k += 32) {
+      const float wv = (float) wr[k];
+MOSHI_UNROLL
+      for (int r = 0; r < R; r++)
+        if (r < nr)
+          acc[r] += wv * x0[(size_t) r * ld_src + k];
+    }
+MOSHI_UNROLL
+    for (int r = 0; r < R; r++) {
+      const float s = moshi_k::warp_sum (acc[r]) * scale;
+      if (lane == r && r < nr) {
+        float *y = dst + (size_t) (r0 + r) * ld_dst + n;
+        const float v = beta == 0.0f ? s : beta * *y + s;
+        *y = bias ? v + b : v;
+      }
+    }
+  }
+}
+
+template <int R>
+cudaError_t
+launch_gemv_i8 (cudaStream_t stream, float *dst, int ld_dst, const float *src, int ld_src,
+    const int8_t *w, const float *scales, int n_out, int n_in, const float *bias, float beta,
+    int vec, int rows)
+{
+  auto kernel = gemv_i8_kernel<R>;
+  return MOSHI_LAUNCH (kernel, moshi_k::ceil_div ((size_t) n_out, WARPS), THREADS, 0, stream,
+      dst, ld_dst, src, ld_src, w, scales, n_out, n_in, bias, beta, vec, rows);
+}
+
+__global__ void __launch_bounds__ (THREADS)
+i8_to_f32_kernel (float *dst, const int8_t *w, const float *scales, int rows, int cols)
+{
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols)
+    return;
+  for (int r = blockIdx.y; r < rows; r += gridDim.y)
+    dst[(size_t) r * cols + c] = (float) w[(size_t) r * cols + c] * scales[r];
+}
+
 template <int R>
 cudaError_t
 launch_gemv (cudaStream_t stream, float *dst, int ld_dst, const float *src, int ld_src,
@@ -168,6 +253,45 @@ moshi_k_bf16_to_f32 (cudaStream_t stream, float *dst, const uint16_t *src, size_
   if (blocks > 8192)
     blocks = 8192;
   return MOSHI_LAUNCH (bf16_to_f32_kernel, blocks, THREADS, 0, stream, dst, src, n);
+}
+
+extern "C" cudaError_t
+moshi_k_linear_i8_gemv (cudaStream_t stream, float *dst, int ld_dst, const float *src,
+    int ld_src, const int8_t *w, const float *scales, int n_out, int n_in, const float *bias,
+    int rows, float beta)
+{
+  if (rows < 0 || rows > MOSHI_K_GEMV_MAX_ROWS || n_out < 0 || n_in < 0 || scales == NULL
+      || (rows > 1 && (ld_dst < n_out || ld_src < n_in)))
+    return cudaErrorInvalidValue;
+  if (rows == 0 || n_out == 0)
+    return cudaSuccess;
+  const int vec = n_in % 16 == 0 && ((uintptr_t) w & 15) == 0;
+#define GEMV(R) launch_gemv_i8<R> (stream, dst, ld_dst, src, ld_src, w, scales, n_out, n_in, \
+    bias, beta, vec, rows)
+  switch (rows) {
+    case 1: return GEMV (1);
+    case 2: return GEMV (2);
+    case 3: return GEMV (3);
+    case 4: return GEMV (4);
+    case 5: return GEMV (5);
+    case 6: return GEMV (6);
+    case 7: return GEMV (7);
+    default: return GEMV (8);
+  }
+#undef GEMV
+}
+
+extern "C" cudaError_t
+moshi_k_i8_to_f32 (cudaStream_t stream, float *dst, const int8_t *w, const float *scales,
+    int rows, int cols)
+{
+  if (rows < 0 || cols < 0 || (rows > 0 && cols > 0 && scales == NULL))
+    return cudaErrorInvalidValue;
+  if (rows == 0 || cols == 0)
+    return cudaSuccess;
+  const dim3 grid (moshi_k::ceil_div ((size_t) cols, THREADS),
+      rows < 65535 ? (unsigned) rows : 65535u);
+  return MOSHI_LAUNCH (i8_to_f32_kernel, grid, THREADS, 0, stream, dst, w, scales, rows, cols);
 }
 
 extern "C" cudaError_t

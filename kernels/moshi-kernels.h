@@ -77,6 +77,14 @@ cudaError_t moshi_k_transpose (cudaStream_t stream, float *dst, int ld_dst, cons
 cudaError_t moshi_k_linear_bf16_gemv (cudaStream_t stream, float *dst, int ld_dst,
     const float *src, int ld_src, const uint16_t *w, int n_out, int n_in, const float *bias,
     int rows, float beta);
+/* The same for weight-only int8 weights w [n_out, n_in] with a scale per output feature:
+ * dst[r, n] = beta * dst[r, n] + scales[n] * sum_k src[r, k] * w[n, k] (+ bias[n]). */
+cudaError_t moshi_k_linear_i8_gemv (cudaStream_t stream, float *dst, int ld_dst,
+    const float *src, int ld_src, const int8_t *w, const float *scales, int n_out, int n_in,
+    const float *bias, int rows, float beta);
+/* dst[r, c] = w[r, c] * scales[r] for rows x cols int8 weights (row stride cols). */
+cudaError_t moshi_k_i8_to_f32 (cudaStream_t stream, float *dst, const int8_t *w,
+    const float *scales, int rows, int cols);
 /* dst[r, c] = src[r, c] rounded to BF16 (to nearest even, as moshi_f32_to_bf16). */
 cudaError_t moshi_k_f32_to_bf16_2d (cudaStream_t stream, uint16_t *dst, int ld_dst,
     const float *src, int ld_src, int rows, int cols);

@@ -578,6 +578,59 @@ START_TEST (test_linear_bf16)
 }
 END_TEST
 
+/* Weight-only int8 (moshi_weight_int8_from_host): codes and scales by the documented rule, and
+ * linear equal to the f32 product with the dequantized matrix, for few rows (whose activations
+ * are staged in scratch) and many (dequantized blocks). */
+START_TEST (test_linear_int8)
+{
+  static const int cases[][3] = { { 1, 40, 3 }, { 2, 64, 300 }, { 8, 33, 260 }, { 20, 16, 513 } };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 12);
+  GError *error = NULL;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int rows = cases[c][0], n_in = cases[c][1], n_out = cases[c][2];
+    g_autofree float *x = rand_vec (&rng, (gsize) rows * n_in, 1);
+    g_autofree float *w = rand_vec (&rng, (gsize) n_out * n_in, 0.3f);
+    MoshiTensorEntry e = { .name = "w", .dtype = MOSHI_DTYPE_F32, .ndim = 2,
+      .shape = { n_out, n_in }, .data = w };
+    MoshiWeight W;
+    ck_assert_msg (moshi_weight_int8_from_host (be, &W, &e, &error), "%s",
+        error ? error->message : "");
+    ck_assert_int_eq (W.dtype, MOSHI_DTYPE_I8);
+    const int8_t *q = W.data;
+    for (int o = 0; o < n_out; o++) {
+      float amax = 0;
+      for (int i = 0; i < n_in; i++)
+        amax = MAX (amax, fabsf (w[(gsize) o * n_in + i]));
+      ck_assert (W.scales[o] == amax / 127.0f);
+      for (int i = 0; i < n_in; i++)
+        ck_assert_int_eq (q[(gsize) o * n_in + i], (int) lroundf (w[(gsize) o * n_in + i] / W.scales[o]));
+    }
+    g_autofree float *got = rand_vec (&rng, (gsize) rows * n_out, 1);
+    g_autofree float *want = g_memdup2 (got, sizeof (float) * rows * n_out);
+    float beta = c % 2 ? 1.0f : 0.0f;
+    be->ops->linear (exec_for (c), got, n_out, x, n_in, &W, NULL, rows, beta);
+    for (int r = 0; r < rows; r++)
+      for (int o = 0; o < n_out; o++) {
+        double acc = 0;
+        for (int i = 0; i < n_in; i++)
+          acc += (double) x[r * n_in + i] * q[(gsize) o * n_in + i] * W.scales[o];
+        want[r * n_out + o] = (float) (beta * want[r * n_out + o] + acc);
+      }
+    assert_close (got, want, (gsize) rows * n_out, 1e-5);
+    be->ops->weight_release (be, &W);
+  }
+  /* a row that is not finite cannot be quantized */
+  float bad[4] = { 1, NAN, 0, 2 };
+  MoshiTensorEntry e = { .name = "bad.weight", .dtype = MOSHI_DTYPE_F32, .ndim = 2,
+    .shape = { 2, 2 }, .data = bad };
+  MoshiWeight W;
+  ck_assert (!moshi_weight_int8_from_host (be, &W, &e, &error));
+  moshi_assert_error_contains (error, "bad.weight");
+  g_clear_error (&error);
+}
+END_TEST
+
 START_TEST (test_rms_norm_and_gating)
 {
   MoshiTestRng rng;
@@ -667,6 +720,7 @@ cpu_ops_suite (void)
   tcase_add_test (tc, test_rvq);
   tcase_add_test (tc, test_weight_views_and_conversion);
   tcase_add_test (tc, test_linear_bf16);
+  tcase_add_test (tc, test_linear_int8);
   tcase_add_test (tc, test_rms_norm_and_gating);
   tcase_add_test (tc, test_embedding_and_positions);
   suite_add_tcase (s, tc);

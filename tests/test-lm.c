@@ -884,6 +884,109 @@ START_TEST (test_fp8_kv_against_f32)
 }
 END_TEST
 
+/* Weight-only int8 (a scale per output feature, quantized at load) against upstream with the
+ * weights as stored: teacher-forced logits within the stated relative L2, and their argmax (the
+ * greedy token at every position, each given upstream's history) the same for at least the
+ * stated share of positions. Free-running greedy generation is printed too: on these
+ * random-weight models the logits are near ties everywhere, so the first flipped token sends
+ * the two generations apart within a few steps, which says nothing of a trained model. */
+#define INT8_TF_LOGITS_REL_L2 2e-2
+#define INT8_TF_ARGMAX_AGREEMENT 0.9
+
+/* Share of the positions whose argmax over vocab agrees (NaN rows skipped). */
+static double
+argmax_agreement (const float *a, const float *b, gsize rows, int vocab)
+{
+  gsize same = 0, n = 0;
+  for (gsize r = 0; r < rows; r++) {
+    const float *x = a + r * vocab, *y = b + r * vocab;
+    if (isnan (y[0]))
+      continue;
+    int ia = 0, ib = 0;
+    for (int v = 1; v < vocab; v++) {
+      if (x[v] > x[ia])
+        ia = v;
+      if (y[v] > y[ib])
+        ib = v;
+    }
+    same += ia == ib;
+    n++;
+  }
+  return n ? (double) same / n : 1.0;
+}
+
+static void
+lm_fixture_open_int8 (LmFixture *fx, const LmCase *c)
+{
+  GError *error = NULL;
+  g_autofree char *rel = g_build_filename ("lm", c->name, NULL);
+  fx->dir = moshi_test_data_path (rel);
+  g_autofree char *model = g_build_filename (fx->dir, c->model, NULL);
+  g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
+  g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
+  MoshiLmLoadOptions opts = { .device = moshi_test_device (), .weights = MOSHI_LM_WEIGHTS_INT8 };
+  fx->lm = moshi_lm_load (model, config, &opts, &error);
+  ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
+  fx->golden = open_or_fail (golden);
+}
+
+START_TEST (test_int8_weights)
+{
+  const LmCase *c = &lm_cases[_i];
+  LmFixture fx;
+  lm_fixture_open_int8 (&fx, c);
+  ck_assert_int_eq (moshi_lm_get_weights (fx.lm), MOSHI_LM_WEIGHTS_INT8);
+  GError *error = NULL;
+  const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
+  const MoshiTensorEntry *ce = lm_golden (&fx, c->prefix, "tf.codes");
+  int b = (int) ce->shape[0], t = (int) ce->shape[2];
+  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
+  g_autofree float *logits = g_new (float, MAX (n_logits, 1));
+  g_autofree float *text_logits = g_new (float, n_text);
+  g_autofree guint8 *mask = g_new (guint8, MAX ((gsize) b * cfg->dep_q * t, 1));
+  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
+  ck_assert (moshi_lm_forward (fx.lm, ce->data, b, t, 2, logits, text_logits, mask, text_mask, &error));
+  double rel_text = moshi_test_rel_l2 (text_logits,
+      lm_golden (&fx, c->prefix, "tf.text_logits")->data, n_text);
+  double num = 0, den = 0;
+  if (cfg->dep_q > 0) {
+    const float *ref = lm_golden (&fx, c->prefix, "tf.logits")->data;
+    for (gsize i = 0; i < n_logits; i++)
+      if (!isnan (ref[i])) {
+        num += (logits[i] - ref[i]) * (double) (logits[i] - ref[i]);
+        den += (double) ref[i] * ref[i];
+      }
+  }
+  double rel_audio = den > 0 ? sqrt (num / den) : 0;
+  double agree_text = argmax_agreement (text_logits,
+      lm_golden (&fx, c->prefix, "tf.text_logits")->data, (gsize) b * t, cfg->text_card_out);
+  double agree_audio = cfg->dep_q > 0 ? argmax_agreement (logits,
+      lm_golden (&fx, c->prefix, "tf.logits")->data, (gsize) b * cfg->dep_q * t, cfg->card) : 1;
+
+  const MoshiTensorEntry *user = lm_golden (&fx, c->prefix, "gen.user_codes");
+  const MoshiTensorEntry *text = lm_golden (&fx, c->prefix, "gen.text_tokens");
+  const MoshiTensorEntry *audio = lm_golden (&fx, c->prefix, "gen.audio_codes");
+  int steps = (int) text->shape[1];
+  MoshiLmSession *s = greedy_session (fx.lm);
+  int first;
+  int mismatches = run_greedy_first (&fx, &s, 1, user->data, steps, text->data, audio->data, -1,
+      &first);
+  int total = steps * (1 + cfg->dep_q);
+  double agreement = 1.0 - (double) mismatches / total;
+  printf ("%s %s, int8 weights: teacher-forced logits relative L2 %.3g (text), %.3g (audio), "
+      "argmax agreement %.1f%% (text), %.1f%% (audio); free-running greedy, %d steps: %.1f%% of "
+      "the tokens upstream's, the first difference at step %d\n", c->name, c->model, rel_text,
+      rel_audio, 100 * agree_text, 100 * agree_audio, steps, 100 * agreement, first);
+  ck_assert_msg (rel_text <= INT8_TF_LOGITS_REL_L2 && rel_audio <= INT8_TF_LOGITS_REL_L2,
+      "relative L2 %g, %g", rel_text, rel_audio);
+  ck_assert_msg (agree_text >= INT8_TF_ARGMAX_AGREEMENT && agree_audio >= INT8_TF_ARGMAX_AGREEMENT,
+      "argmax agreement %.3f (text), %.3f (audio)", agree_text, agree_audio);
+  ck_assert_int_ge (steps, 100);
+  moshi_lm_session_free (s);
+  lm_fixture_close (&fx);
+}
+END_TEST
+
 /* measured: the first flip comes at step 81 of 96 on the CPU; a margin for other backends */
 #define HIBIKI_CFG3_BF16_EQUAL_STEPS 64
 
@@ -949,6 +1052,7 @@ lm_suite (void)
   tcase_set_timeout (kv, 600);
   tcase_add_loop_test (kv, test_bf16_kv_against_f32, 0, G_N_ELEMENTS (lm_cases));
   tcase_add_loop_test (kv, test_fp8_kv_against_f32, 0, G_N_ELEMENTS (lm_cases));
+  tcase_add_loop_test (kv, test_int8_weights, 0, G_N_ELEMENTS (lm_cases));
   suite_add_tcase (s, kv);
 
   TCase *errors = tcase_create ("errors");

@@ -57,7 +57,7 @@ typedef struct {
   gint64 start_us;
   int frames;
   gboolean audio;
-  int n_user, frame_size;
+  int n_user, frame_size, card;
   double budget_ms;             /* a result later than this after its frame's arrival is late */
   /* results */
   int misses;                   /* frames whose result came after the frame's own duration */
@@ -92,7 +92,7 @@ drive (gpointer data)
       int32_t codes[64];
       for (int j = 0; j < d->n_user; j++) {
         seed = seed * 1664525u + 1013904223u;
-        codes[j] = (int32_t) ((seed >> 8) % 2048u);
+        codes[j] = (int32_t) ((seed >> 8) % (guint32) d->card);
       }
       moshi_dialog_step_codes (d->dialog, codes, d->n_user, &f, NULL, &d->error);
     }
@@ -138,6 +138,7 @@ run_conversations (MoshiDialogModel *model, int n, gboolean scheduled, int threa
       .max_wait_us = -1 };
     drivers[i] = (Driver) { .index = i, .frames = frames, .audio = audio,
       .n_user = moshi_dialog_model_user_codebooks (model),
+      .card = moshi_lm_get_config (moshi_dialog_model_get_lm (model))->card,
       .frame_size = moshi_dialog_model_frame_size (model),
       .budget_ms = scheduled ? 2 * FRAME_MS : FRAME_MS };
     if ((drivers[i].dialog = moshi_dialog_new_full (model, &p, &o, error)) == NULL)
@@ -250,7 +251,7 @@ moshi_tool_bench_serve (int argc, char **argv)
   GOptionEntry entries[] = {
     { "conversations", 'n', 0, G_OPTION_ARG_STRING, &list, "Conversations, comma separated (default 1)", "LIST" },
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: the released Moshi 7B)", "C" },
-    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights, or their format: bf16 (default) or int8", "W" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (a file), or their format: bf16 (as stored, the default) or int8 (quantized at load)", "W" },
     { "random-weights", 'r', 0, G_OPTION_ARG_NONE, &random_weights, "Run on random BF16 weights of the config's shapes", NULL },
     { "mimi-model", 'm', 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: conversations in audio (default: in codes, no Mimi)", "M" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON", "C" },
@@ -282,12 +283,14 @@ moshi_tool_bench_serve (int argc, char **argv)
     return 2;
   }
   MoshiDType weight_dtype = MOSHI_DTYPE_BF16;
+  MoshiLmWeights weight_format = MOSHI_LM_WEIGHTS_AS_STORED;
   if (g_strcmp0 (weights, "int8") == 0) {
-    g_printerr ("moshi-tool bench serve: --weights=int8: int8 weights are not implemented yet\n");
-    return 2;
-  }
-  if (g_strcmp0 (weights, "bf16") == 0)
+    weight_dtype = MOSHI_DTYPE_I8;
+    weight_format = MOSHI_LM_WEIGHTS_INT8;
     g_clear_pointer (&weights, g_free);
+  } else if (g_strcmp0 (weights, "bf16") == 0) {
+    g_clear_pointer (&weights, g_free);
+  }
   if (!(seconds > 0 && seconds <= 3600) || threads < 0 || threads > 256) {
     g_printerr ("moshi-tool bench serve: --seconds must be in (0, 3600] and --threads in [0, 256]\n");
     return 2;
@@ -319,7 +322,7 @@ moshi_tool_bench_serve (int argc, char **argv)
   if (weights == NULL && !random_weights)
     return 0;
 
-  MoshiLmLoadOptions lo = { .device = dev, .kv_cache = kv_cache };
+  MoshiLmLoadOptions lo = { .device = dev, .kv_cache = kv_cache, .weights = weight_format };
   g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &lo, &error)
       : moshi_lm_new_random_full (&cfg, MOSHI_DTYPE_BF16, 1, &lo, &error);
   g_autoptr (MoshiMimi) mimi = NULL;

@@ -4,6 +4,7 @@
 #include "cuda/moshi-backend-cuda.h"
 
 #include <dlfcn.h>
+#include <math.h>
 #include <string.h>
 
 static const char *device_names[] = {
@@ -239,4 +240,40 @@ moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error)
   }
   moshi_convert_to_f32 (f32, host->data, host->dtype, numel);
   return f32;
+}
+
+gboolean
+moshi_weight_int8_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
+    GError **error)
+{
+  if (host->ndim != 2) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
+        "tensor '%s' has %d dimensions; int8 weights are matrices", host->name, host->ndim);
+    return FALSE;
+  }
+  g_autofree float *f32 = moshi_weight_to_f32 (host, error);
+  if (f32 == NULL)
+    return FALSE;
+  int64_t n_out = host->shape[0], n_in = host->shape[1];
+  gsize off = moshi_int8_scales_offset (n_out, n_in);
+  g_autofree guint8 *packed = g_malloc0 (off + (gsize) n_out * sizeof (float));
+  int8_t *q = (int8_t *) packed;
+  float *scales = (float *) (packed + off);
+  for (int64_t o = 0; o < n_out; o++) {
+    const float *row = f32 + o * n_in;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n_in; i++)
+      amax = MAX (amax, fabsf (row[i]));
+    if (!isfinite (amax)) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "tensor '%s' row %" G_GINT64_FORMAT " is not finite; it cannot be quantized",
+          host->name, o);
+      return FALSE;
+    }
+    float scale = amax / 127.0f;
+    scales[o] = scale;
+    for (int64_t i = 0; i < n_in; i++)
+      q[o * n_in + i] = scale > 0.0f ? (int8_t) lroundf (row[i] / scale) : 0;
+  }
+  return be->ops->weight_from_int8 (be, w, packed, n_out, n_in, error);
 }

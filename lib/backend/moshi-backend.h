@@ -86,7 +86,17 @@ typedef struct {
   int64_t shape[MOSHI_MAX_DIMS];
   const void *data;
   void *owned;          /* backend allocation to release, or NULL for a borrowed view */
+  /* I8 matrices (weight-only int8, linear only): w[o, i] = data[o, i] * scales[o] (device) */
+  const float *scales;
 } MoshiWeight;
+
+/* The packed host image of an int8 matrix [n_out, n_in]: the codes (row-major), padded to 16
+ * bytes, then n_out f32 scales. */
+static inline gsize
+moshi_int8_scales_offset (int64_t n_out, int64_t n_in)
+{
+  return ((gsize) n_out * (gsize) n_in + 15) & ~(gsize) 15;
+}
 
 /* What the ops of an exec have queued (get_stats / reset_stats below). */
 typedef struct {
@@ -138,6 +148,10 @@ struct _MoshiBackendOps {
    * (the CPU backend may keep a view instead of a copy and then refs keep_alive). */
   gboolean (*weight_from_host) (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *host,
       MoshiSafetensors *keep_alive, GError **error);
+  /* An I8 matrix [n_out, n_in] from its packed host image (moshi_int8_scales_offset); copied.
+   * Only linear takes I8 weights. */
+  gboolean (*weight_from_int8) (MoshiBackend *be, MoshiWeight *w, const void *packed,
+      int64_t n_out, int64_t n_in, GError **error);
   /* A device weight from f32 host data the caller computed (always copied). */
   gboolean (*weight_from_f32) (MoshiBackend *be, MoshiWeight *w, const float *host, int ndim,
       const int64_t *shape, GError **error);
@@ -305,6 +319,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiExec, moshi_exec_free)
 MoshiDType moshi_weight_device_dtype (const MoshiTensorEntry *host, GError **error);
 /* host's elements as newly allocated F32 (g_free), or NULL with an out-of-memory error. */
 float *moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error);
+/* Weight-only int8 of a 2-D host tensor (F32, BF16 or F16): per output row o, scale[o] =
+ * max|w[o, :]| / 127 and codes round(w / scale) (to nearest, ties away from zero), as a device
+ * weight of be. */
+gboolean moshi_weight_int8_from_host (MoshiBackend *be, MoshiWeight *w,
+    const MoshiTensorEntry *host, GError **error);
 
 /* The CPU backend (always available). */
 MoshiBackend *moshi_backend_cpu_new (void);

@@ -40,7 +40,8 @@ struct _MoshiLm {
   char *path;
   MoshiSafetensors *st;
   MoshiBackend *be;
-  MoshiDType kv_dtype;                  /* streaming KV caches: BF16 or F32 */
+  MoshiDType kv_dtype;                  /* streaming KV caches: BF16, F8_E4M3 or F32 */
+  MoshiLmWeights weights;               /* linear matrices as stored, or int8 */
 
   LmEmbedding *emb;                     /* n_q audio streams */
   LmEmbedding text_emb;
@@ -82,11 +83,31 @@ load_tensor (Loader *ld, MoshiWeight *w, const char *name, int ndim, const int64
   return TRUE;
 }
 
+/* An embedding table: gathered a few rows a step, kept as stored. */
 static gboolean
-load_matrix (Loader *ld, MoshiWeight *w, const char *name, int64_t rows, int64_t cols)
+load_table (Loader *ld, MoshiWeight *w, const char *name, int64_t rows, int64_t cols)
 {
   int64_t shape[] = { rows, cols };
   return load_tensor (ld, w, name, 2, shape);
+}
+
+/* A linear layer's matrix: as stored, or quantized to int8 at load. */
+static gboolean
+load_linear (Loader *ld, MoshiWeight *w, const char *name, int64_t rows, int64_t cols)
+{
+  int64_t shape[] = { rows, cols };
+  if (ld->lm->weights != MOSHI_LM_WEIGHTS_INT8)
+    return load_tensor (ld, w, name, 2, shape);
+  const MoshiTensorEntry *e = moshi_safetensors_require (ld->lm->st, name, MOSHI_DTYPE_COUNT,
+      2, shape, ld->error);
+  if (e == NULL)
+    return FALSE;
+  if (moshi_weight_device_dtype (e, ld->error) == MOSHI_DTYPE_COUNT
+      || !moshi_weight_int8_from_host (ld->lm->be, w, e, ld->error)) {
+    g_prefix_error (ld->error, "%s: ", ld->lm->path);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* A view of rows [row0, row0 + rows) of a matrix. */
@@ -97,6 +118,8 @@ row_view (MoshiWeight *dst, const MoshiWeight *src, int64_t row0, int64_t rows)
   dst->owned = NULL;
   dst->shape[0] = rows;
   dst->data = (const guint8 *) src->data + row0 * src->shape[1] * moshi_dtype_size (src->dtype);
+  if (src->scales)
+    dst->scales = src->scales + row0;
 }
 
 static gboolean
@@ -118,12 +141,12 @@ static gboolean
 load_embedding (Loader *ld, LmEmbedding *e, const char *prefix, int64_t vocab, int d, int low_rank)
 {
   g_autofree char *name = g_strdup_printf ("%s.weight", prefix);
-  if (!load_matrix (ld, &e->table, name, vocab, low_rank ? low_rank : d))
+  if (!load_table (ld, &e->table, name, vocab, low_rank ? low_rank : d))
     return FALSE;
   if (low_rank) {
     g_autofree char *lr = g_strdup_printf ("%s.low_rank.weight", prefix);
     e->has_low_rank = TRUE;
-    return load_matrix (ld, &e->low_rank, lr, d, low_rank);
+    return load_linear (ld, &e->low_rank, lr, d, low_rank);
   }
   return TRUE;
 }
@@ -142,8 +165,8 @@ load_attention (Loader *ld, LmLayer *L, const char *prefix, int d, int sets)
   L->out_proj = g_new0 (MoshiWeight, sets + 1);
   if (moshi_safetensors_lookup (lm->st, fused_in) || !moshi_safetensors_lookup (lm->st, split_in0)) {
     /* the fused weights live in slot [sets]; the per-set entries are views */
-    if (!load_matrix (ld, &L->in_proj[sets], fused_in, (int64_t) sets * 3 * d, d)
-        || !load_matrix (ld, &L->out_proj[sets], fused_out, (int64_t) sets * d, d))
+    if (!load_linear (ld, &L->in_proj[sets], fused_in, (int64_t) sets * 3 * d, d)
+        || !load_linear (ld, &L->out_proj[sets], fused_out, (int64_t) sets * d, d))
       return FALSE;
     for (int s = 0; s < sets; s++) {
       row_view (&L->in_proj[s], &L->in_proj[sets], (int64_t) s * 3 * d, 3 * d);
@@ -154,8 +177,8 @@ load_attention (Loader *ld, LmLayer *L, const char *prefix, int d, int sets)
   for (int s = 0; s < sets; s++) {
     g_autofree char *in_name = g_strdup_printf ("%s.self_attn.in_projs.%d.weight", prefix, s);
     g_autofree char *out_name = g_strdup_printf ("%s.self_attn.out_projs.%d.weight", prefix, s);
-    if (!load_matrix (ld, &L->in_proj[s], in_name, 3 * d, d)
-        || !load_matrix (ld, &L->out_proj[s], out_name, d, d))
+    if (!load_linear (ld, &L->in_proj[s], in_name, 3 * d, d)
+        || !load_linear (ld, &L->out_proj[s], out_name, d, d))
       return FALSE;
   }
   return TRUE;
@@ -177,7 +200,7 @@ load_ffn (Loader *ld, LmLayer *L, const MoshiTransformerConfig *cfg, const char 
     g_autofree char *l2 = g_strdup_printf ("%s.linear2.weight", prefix);
     L->ffn_hidden[0] = ff;
     *max_hidden = MAX (*max_hidden, 2 * ff);
-    return load_matrix (ld, &L->ffn_in[0], l1, ff, d) && load_matrix (ld, &L->ffn_out[0], l2, d, ff);
+    return load_linear (ld, &L->ffn_in[0], l1, ff, d) && load_linear (ld, &L->ffn_out[0], l2, d, ff);
   }
   int hidden = cfg->dim_feedforward == 4 * d ? 21 * d / 8 : 2 * cfg->dim_feedforward / 3;
   for (int s = 0; s < sets; s++) {
@@ -186,8 +209,8 @@ load_ffn (Loader *ld, LmLayer *L, const MoshiTransformerConfig *cfg, const char 
     g_autofree char *in_name = g_strdup_printf ("%s.linear_in.weight", base);
     g_autofree char *out_name = g_strdup_printf ("%s.linear_out.weight", base);
     L->ffn_hidden[s] = hidden;
-    if (!load_matrix (ld, &L->ffn_in[s], in_name, 2 * hidden, d)
-        || !load_matrix (ld, &L->ffn_out[s], out_name, d, hidden))
+    if (!load_linear (ld, &L->ffn_in[s], in_name, 2 * hidden, d)
+        || !load_linear (ld, &L->ffn_out[s], out_name, d, hidden))
       return FALSE;
   }
   *max_hidden = MAX (*max_hidden, 2 * hidden);
@@ -440,7 +463,7 @@ load_model (MoshiLm *lm, GError **error)
   if (!load_embedding (&ld, &lm->text_emb, "text_emb", cfg->text_card + 1, d, 0)
       || !load_transformer (&ld, &lm->temporal, &cfg->transformer, "transformer")
       || !load_norm (&ld, cfg->transformer.norm, "out_norm", d, &lm->out_norm_w, &lm->out_norm_b)
-      || !load_matrix (&ld, &lm->text_linear, "text_linear.weight", cfg->text_card_out, d)
+      || !load_linear (&ld, &lm->text_linear, "text_linear.weight", cfg->text_card_out, d)
       || !load_conditioners (&ld))
     return FALSE;
   if (cfg->dep_q == 0)
@@ -453,7 +476,7 @@ load_model (MoshiLm *lm, GError **error)
   lm->depformer_in = g_new0 (MoshiWeight, lm->n_depformer_in);
   for (int i = 0; i < lm->n_depformer_in; i++) {
     g_autofree char *name = g_strdup_printf ("depformer_in.%d.weight", i);
-    if (!load_matrix (&ld, &lm->depformer_in[i], name, dd, d))
+    if (!load_linear (&ld, &lm->depformer_in[i], name, dd, d))
       return FALSE;
   }
   if (!load_embedding (&ld, &lm->depformer_text_emb, "depformer_text_emb", cfg->text_card + 1, dd,
@@ -472,7 +495,7 @@ load_model (MoshiLm *lm, GError **error)
   lm->depformer_norm_b = g_new0 (MoshiWeight, cfg->dep_q);
   for (int k = 0; k < cfg->dep_q; k++) {
     g_autofree char *name = g_strdup_printf ("linears.%d.weight", k);
-    if (!load_matrix (&ld, &lm->linears[k], name, cfg->card, dd))
+    if (!load_linear (&ld, &lm->linears[k], name, cfg->card, dd))
       return FALSE;
     if (cfg->has_depformer_norm) {
       g_autofree char *p = g_strdup_printf ("depformer_norms.%d", k);
@@ -531,9 +554,14 @@ kv_slot_bytes (const MoshiLm *lm)
 
 /* Opens the backend and loads the weights of lm->st; frees lm on failure. */
 static MoshiLm *
-finish_load (MoshiLm *lm, MoshiDevice device, MoshiLmKvCache kv, GError **error)
+finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
 {
-  lm->kv_dtype = moshi_lm_kv_cache_dtype (kv);
+  MoshiLmLoadOptions defaults = { .device = MOSHI_DEVICE_AUTO };
+  if (options == NULL)
+    options = &defaults;
+  MoshiDevice device = options->device;
+  lm->kv_dtype = moshi_lm_kv_cache_dtype (options->kv_cache);
+  lm->weights = options->weights;
   lm->be = moshi_backend_open (device, error);
   if (lm->be == NULL || !load_model (lm, error)) {
     lm_free (lm);
@@ -561,8 +589,7 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO,
-      options ? options->kv_cache : MOSHI_LM_KV_DEFAULT, error);
+  return finish_load (lm, options, error);
 
 fail:
   lm_free (lm);
@@ -777,7 +804,7 @@ moshi_lm_new_random_full (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 se
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options->device, options->kv_cache, error);
+  return finish_load (lm, options, error);
 
 fail:
   lm_free (lm);
@@ -805,8 +832,9 @@ moshi_lm_load_shared (const char *weights_path, const char *config_path,
   if (be == NULL)
     return NULL;
   /* models with other KV caches are other models */
-  g_autofree char *variant = g_strdup_printf ("%s/kv-%s", be->name,
-      moshi_lm_kv_cache_name (options ? options->kv_cache : MOSHI_LM_KV_DEFAULT));
+  g_autofree char *variant = g_strdup_printf ("%s/kv-%s%s", be->name,
+      moshi_lm_kv_cache_name (options ? options->kv_cache : MOSHI_LM_KV_DEFAULT),
+      options && options->weights == MOSHI_LM_WEIGHTS_INT8 ? "/int8" : "");
   return moshi_registry_load (&shared_models, &registry_type, variant, weights_path, config_path,
       options, error);
 }
@@ -834,6 +862,7 @@ int moshi_lm_user_codebooks (const MoshiLm *lm) { return lm->cfg.n_q - lm->cfg.d
 int moshi_lm_generated_codebooks (const MoshiLm *lm) { return lm->cfg.dep_q; }
 int moshi_lm_text_padding_id (const MoshiLm *lm) { return lm->cfg.existing_text_padding_id; }
 MoshiDType moshi_lm_get_kv_dtype (const MoshiLm *lm) { return lm->kv_dtype; }
+MoshiLmWeights moshi_lm_get_weights (const MoshiLm *lm) { return lm->weights; }
 
 /* ================================================================ batch runner */
 
@@ -1726,7 +1755,10 @@ moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype, Mo
     MoshiLmFootprint *fp)
 {
   memset (fp, 0, sizeof (*fp));
-  gsize wsize = moshi_dtype_size (weight_dtype);
+  /* int8: the linear matrices quantized (a byte a weight and an f32 scale a row), the
+   * embedding tables as stored (BF16) */
+  gboolean int8 = weight_dtype == MOSHI_DTYPE_I8;
+  gsize wsize = moshi_dtype_size (int8 ? MOSHI_DTYPE_BF16 : weight_dtype);
   GArray *tensors = random_tensors (cfg);
   for (guint i = 0; i < tensors->len; i++) {
     RandomTensor *t = &g_array_index (tensors, RandomTensor, i);
@@ -1735,11 +1767,12 @@ moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype, Mo
       n *= (guint64) t->shape[k];
     /* matrices keep the checkpoint's dtype on the device, the rest is f32 */
     gboolean matrix = t->ndim == 2;
-    fp->weight_bytes += n * (matrix ? wsize : 4);
     /* a step gathers a few rows of each embedding table and reads every other matrix */
     gboolean table = strstr (t->name, "emb") != NULL && !g_str_has_suffix (t->name, "low_rank.weight");
+    guint64 bytes = !matrix ? n * 4 : int8 && !table ? n + (guint64) t->shape[0] * 4 : n * wsize;
+    fp->weight_bytes += bytes;
     if (matrix && !table) {
-      fp->weight_bytes_per_step += n * wsize;
+      fp->weight_bytes_per_step += bytes;
       fp->flops_per_step += 2 * n;
     }
     g_free (t->name);

@@ -36,9 +36,19 @@ typedef enum {
   MOSHI_LM_KV_FP8,
 } MoshiLmKvCache;
 
+/* The linear layers' matrices: as the checkpoint stores them (BF16 or F32), or weight-only
+ * int8 with a scale per output feature, quantized at load: half of BF16's bytes (Moshi 7B in
+ * about 8 GB), within the tolerance stated in tests/test-lm.c (test_int8_weights). Embedding
+ * tables stay as stored. */
+typedef enum {
+  MOSHI_LM_WEIGHTS_AS_STORED,
+  MOSHI_LM_WEIGHTS_INT8,
+} MoshiLmWeights;
+
 typedef struct {
   MoshiDevice device;
   MoshiLmKvCache kv_cache;
+  MoshiLmWeights weights;
 } MoshiLmLoadOptions;
 
 MoshiDType moshi_lm_kv_cache_dtype (MoshiLmKvCache kv);
@@ -75,6 +85,7 @@ int moshi_lm_generated_codebooks (const MoshiLm *lm);
 int moshi_lm_text_padding_id (const MoshiLm *lm);
 /* The element type of its sessions' KV caches (MoshiLmLoadOptions.kv_cache). */
 MoshiDType moshi_lm_get_kv_dtype (const MoshiLm *lm);
+MoshiLmWeights moshi_lm_get_weights (const MoshiLm *lm);
 
 /* Teacher-forced pass, as upstream LMModel.forward: codes [B, 1 + n_q, T] (text stream first;
  * -1 = zero token). Outputs in the upstream layout: logits [B, dep_q, T, card], text_logits
@@ -148,7 +159,7 @@ gboolean moshi_lm_batch_step (MoshiLmBatch *batch, MoshiLmSession **sessions, in
 
 /* What a model of cfg's shapes needs, counted from the shapes alone (nothing is allocated):
  * for sizing a deployment and for paper estimates. weight_dtype is the checkpoint's (BF16 or
- * F32) and kv_dtype the KV caches' (F32). */
+ * F32), or I8 for int8 linear layers (the tables then BF16); kv_dtype the KV caches'. */
 typedef struct {
   guint64 weight_bytes;           /* resident: matrices in weight_dtype, the rest f32 */
   guint64 weight_bytes_per_step;  /* read by one step, whatever its batch: every matrix but the

@@ -254,6 +254,60 @@ START_TEST (test_emulated_linear)
 }
 END_TEST
 
+/* linear with int8 weights quantized at load on both backends: the GEMV (1..64 rows, 16 codes a
+ * load when aligned, a tail otherwise) and the dequantized blocks with more rows. */
+START_TEST (test_emulated_linear_int8)
+{
+  open_both ();
+  static const int cases[][4] = {
+    /* rows, n_out, n_in, beta */
+    { 1, 70, 63, 0 }, { 1, 70, 64, 0 }, { 3, 33, 72, 1 }, { 9, 40, 100, 0 }, { 64, 50, 128, 1 },
+    { 65, 300, 96, 0 }, { 130, 4100, 64, 1 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 9);
+  GError *error = NULL;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int rows = cases[c][0], n_out = cases[c][1], n_in = cases[c][2];
+    float beta = (float) cases[c][3];
+    int ld_src = n_in + 3, ld_dst = n_out + 1;
+    size_t nw = (size_t) n_out * n_in;
+    g_autofree uint16_t *wb = g_new (uint16_t, nw);
+    for (size_t i = 0; i < nw; i++)
+      wb[i] = moshi_f32_to_bf16 (moshi_test_rng_uniform (&rng));
+    MoshiTensorEntry e = { .name = "w", .dtype = MOSHI_DTYPE_BF16, .ndim = 2,
+      .shape = { n_out, n_in }, .data = wb };
+    MoshiWeight cw, gw;
+    ck_assert (moshi_weight_int8_from_host (cpu, &cw, &e, &error));
+    ck_assert (moshi_weight_int8_from_host (gpu, &gw, &e, &error));
+    ck_assert_int_eq (gw.dtype, MOSHI_DTYPE_I8);
+    /* the quantization rule: codes in [-127, 127], the row's largest one at +-127 */
+    const int8_t *q = cw.data;
+    for (int o = 0; o < n_out; o++) {
+      int top = 0;
+      for (int i = 0; i < n_in; i++)
+        top = MAX (top, abs (q[(gsize) o * n_in + i]));
+      ck_assert_int_eq (top, 127);
+    }
+    size_t ns = (size_t) rows * ld_src, nd = (size_t) rows * ld_dst;
+    g_autofree float *src = rand_vec (&rng, ns, 1);
+    g_autofree float *want = rand_vec (&rng, nd, 1);
+    float *d_src = to_gpu (src, ns), *d_dst = to_gpu (want, nd);
+    cpu->ops->linear (cpu_ex, want, ld_dst, src, ld_src, &cw, NULL, rows, beta);
+    gpu->ops->linear (gpu_ex, d_dst, ld_dst, d_src, ld_src, &gw, NULL, rows, beta);
+    g_autofree float *got = from_gpu (d_dst, nd);
+    char what[80];
+    g_snprintf (what, sizeof what, "int8 linear case %u", c);
+    assert_close (got, want, nd, what);
+    gpu->ops->free (gpu, d_src);
+    gpu->ops->free (gpu, d_dst);
+    cpu->ops->weight_release (cpu, &cw);
+    gpu->ops->weight_release (gpu, &gw);
+  }
+  close_both ();
+}
+END_TEST
+
 /* The tensor-core path of linear (an exec with tensor_core_batches, BF16 weights, 16 rows or
  * more): exactly the f32 product of the activations rounded to BF16 (up to the order of the
  * f32 sums), and within the stated tolerance of the f32 product of the activations as they are.
@@ -452,6 +506,7 @@ backend_suite (void)
   tcase_add_test (emu, test_emulated_memory);
   tcase_add_test (emu, test_emulated_linear);
   tcase_add_test (emu, test_emulated_tensor_core_linear);
+  tcase_add_test (emu, test_emulated_linear_int8);
   tcase_add_test (emu, test_emulated_copy);
   tcase_add_test (emu, test_emulated_capture);
   suite_add_tcase (s, emu);

@@ -6,7 +6,7 @@
 
 #include <cblas.h>
 
-#define CPU_SCRATCH_SLOTS 4
+#define CPU_SCRATCH_SLOTS 5
 
 typedef struct {
   MoshiExec parent;

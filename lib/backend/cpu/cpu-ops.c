@@ -351,6 +351,27 @@ linear_bf16 (CpuExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
   }
 }
 
+/* Int8 weights: blocks of weight rows dequantized (code * row scale) to f32 for BLAS, as BF16
+ * weights with many rows: never an f32 copy of the whole matrix. */
+static void
+linear_i8 (CpuExec *ex, float *dst, int ld_dst, const float *src, int ld_src, const int8_t *w,
+    const float *scales, int n_out, int n_in, int rows, float beta)
+{
+  /* a slot of its own: a product of few rows stages its activations in slot 2 */
+  float *block = cpu_scratch (ex, 4, (gsize) BF16_BLOCK_ROWS * n_in);
+  for (int o0 = 0; o0 < n_out; o0 += BF16_BLOCK_ROWS) {
+    int len = MIN (BF16_BLOCK_ROWS, n_out - o0);
+    for (int o = 0; o < len; o++) {
+      const int8_t *q = w + (gsize) (o0 + o) * n_in;
+      float scale = scales[o0 + o];
+      float *out = block + (gsize) o * n_in;
+      for (int i = 0; i < n_in; i++)
+        out[i] = (float) q[i] * scale;
+    }
+    cpu_sgemm (ex, FALSE, TRUE, rows, len, n_in, src, ld_src, block, n_in, beta, dst + o0, ld_dst);
+  }
+}
+
 void
 cpu_op_linear (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta)
@@ -359,6 +380,8 @@ cpu_op_linear (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_s
   int n_in = (int) w->shape[1];
   if (w->dtype == MOSHI_DTYPE_BF16)
     linear_bf16 (CPU_EX (ex), dst, ld_dst, src, ld_src, w->data, n_out, n_in, rows, beta);
+  else if (w->dtype == MOSHI_DTYPE_I8)
+    linear_i8 (CPU_EX (ex), dst, ld_dst, src, ld_src, w->data, w->scales, n_out, n_in, rows, beta);
   else
     cpu_sgemm (CPU_EX (ex), FALSE, TRUE, rows, n_out, n_in, src, ld_src, wf32 (w), n_in, beta,
         dst, ld_dst);

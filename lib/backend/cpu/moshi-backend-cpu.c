@@ -147,6 +147,24 @@ cpu_weight_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry *
   return f32 != NULL && cpu_weight_from_f32 (be, w, f32, host->ndim, host->shape, error);
 }
 
+static gboolean
+cpu_weight_from_int8 (MoshiBackend *be, MoshiWeight *w, const void *packed, int64_t n_out,
+    int64_t n_in, GError **error)
+{
+  gsize off = moshi_int8_scales_offset (n_out, n_in);
+  gsize bytes = off + (gsize) n_out * sizeof (float);
+  memset (w, 0, sizeof (*w));
+  w->dtype = MOSHI_DTYPE_I8;
+  w->ndim = 2;
+  w->shape[0] = n_out;
+  w->shape[1] = n_in;
+  w->owned = g_aligned_alloc (bytes, 1, 64);
+  memcpy (w->owned, packed, bytes);
+  w->data = w->owned;
+  w->scales = (const float *) ((const guint8 *) w->owned + off);
+  return TRUE;
+}
+
 static void
 cpu_weight_release (MoshiBackend *be, MoshiWeight *w)
 {
@@ -169,6 +187,7 @@ static const MoshiBackendOps cpu_ops = {
   .download_async = cpu_upload,
   .weight_from_host = cpu_weight_from_host,
   .weight_from_f32 = cpu_weight_from_f32,
+  .weight_from_int8 = cpu_weight_from_int8,
   .weight_release = cpu_weight_release,
   .copy_2d = cpu_op_copy_2d,
   .transpose = cpu_op_transpose,

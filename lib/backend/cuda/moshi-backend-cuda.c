@@ -167,7 +167,8 @@ weight_bytes (const MoshiWeight *w)
 {
   if (w == NULL || w->data == NULL)
     return 0;
-  return (guint64) moshi_shape_numel (w->shape, w->ndim) * moshi_dtype_size (w->dtype);
+  guint64 bytes = (guint64) moshi_shape_numel (w->shape, w->ndim) * moshi_dtype_size (w->dtype);
+  return w->dtype == MOSHI_DTYPE_I8 ? bytes + (guint64) w->shape[0] * sizeof (float) : bytes;
 }
 
 static gboolean
@@ -509,6 +510,23 @@ cuda_weight_from_host (MoshiBackend *be, MoshiWeight *w, const MoshiTensorEntry 
   return f32 != NULL && upload_weight (be, w, MOSHI_DTYPE_F32, f32, host->ndim, host->shape, error);
 }
 
+static gboolean
+cuda_weight_from_int8 (MoshiBackend *be, MoshiWeight *w, const void *packed, int64_t n_out,
+    int64_t n_in, GError **error)
+{
+  gsize off = moshi_int8_scales_offset (n_out, n_in);
+  int64_t bytes = (int64_t) (off + (gsize) n_out * sizeof (float));
+  /* the packed image as a byte vector, then typed */
+  if (!upload_weight (be, w, MOSHI_DTYPE_U8, packed, 1, &bytes, error))
+    return FALSE;
+  w->dtype = MOSHI_DTYPE_I8;
+  w->ndim = 2;
+  w->shape[0] = n_out;
+  w->shape[1] = n_in;
+  w->scales = (const float *) ((const guint8 *) w->owned + off);
+  return TRUE;
+}
+
 static void
 cuda_weight_release (MoshiBackend *be, MoshiWeight *w)
 {
@@ -687,6 +705,24 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
       int len = MIN (block_rows, n_out - o0);
       KCALL (parent, moshi_k_bf16_to_f32 (ex->stream, block, wb + (gsize) o0 * n_in,
               (gsize) len * n_in));
+      sgemm_rows (ex, dst + o0, ld_dst, src, ld_src, block, len, n_in, rows, beta);
+    }
+  } else if (w->dtype == MOSHI_DTYPE_I8) {
+    /* weight-only int8: half of BF16's bytes; the tensor cores would need int8 activations */
+    const int8_t *wq = w->data;
+    if (rows <= MOSHI_K_GEMV_MAX_ROWS) {
+      KCALL (parent, moshi_k_linear_i8_gemv (ex->stream, dst, ld_dst, src, ld_src, wq, w->scales,
+              n_out, n_in, b, rows, beta));
+      return;
+    }
+    int block_rows = (int) MIN ((gsize) n_out, MAX (BF16_BLOCK_FLOATS / MAX (n_in, 1), 1));
+    float *block = scratch (ex, SCRATCH_LINEAR, (gsize) block_rows * n_in * sizeof (float));
+    if (block == NULL)
+      return;
+    for (int o0 = 0; o0 < n_out; o0 += block_rows) {
+      int len = MIN (block_rows, n_out - o0);
+      KCALL (parent, moshi_k_i8_to_f32 (ex->stream, block, wq + (gsize) o0 * n_in,
+              w->scales + o0, len, n_in));
       sgemm_rows (ex, dst + o0, ld_dst, src, ld_src, block, len, n_in, rows, beta);
     }
   } else {
@@ -891,6 +927,7 @@ static const MoshiBackendOps cuda_ops = {
   .graph_free = cuda_graph_free,
   .weight_from_host = cuda_weight_from_host,
   .weight_from_f32 = cuda_weight_from_f32,
+  .weight_from_int8 = cuda_weight_from_int8,
   .weight_release = cuda_weight_release,
   .copy_2d = cuda_copy_2d,
   .transpose = cuda_transpose,
