@@ -548,6 +548,10 @@ scheduler_suite (void)
   tc = tcase_create ("membership");
   tcase_set_timeout (tc, 600);
   tcase_add_test (tc, test_join_and_leave);
+  suite_add_tcase (s, tc);
+  /* timed against max_wait: on the CPU only (an emulated tick is slower than the wait) */
+  tc = tcase_create ("stall");
+  tcase_set_timeout (tc, 600);
   tcase_add_test (tc, test_stalled_conversation);
   suite_add_tcase (s, tc);
   tc = tcase_create ("api");
