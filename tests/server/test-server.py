@@ -3,7 +3,7 @@
 clients do (moshi/client.py, the web UI): WebSocket /api/chat, binary messages, kind byte first,
 Ogg/Opus audio both ways at 24 kHz.
 
-Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, valgrind)
+Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, http, valgrind)
 Needs: python3-websockets, espeak-ng, gst-launch-1.0 with the opus/ogg plugins, MOSHI_TEST_DATA,
 GST_PLUGIN_PATH naming the built moshi plugin."""
 import asyncio
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import wave
 
@@ -194,7 +195,7 @@ class Server:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        m = re.search(r"listening on https?://127\.0\.0\.1:(\d+)/", line)
         if not m:
             self.proc.kill()
             raise SystemExit(f"server did not start: {line!r}\n" + open(self.log_path).read())
@@ -297,19 +298,30 @@ def check_output_stream(rec, name):
 
 
 def pace_chunks(ogg, framing, rng):
-    """The client's audio as (send time offset, bytes) messages. 'pages': the header pages, then
-    one message per 80 ms of audio pages (upstream's Python client); 'split': the same bytes cut
-    at random offsets (an ffmpeg pipe)."""
+    """The client's audio as (send time offset, bytes) messages.
+    'pages': the header pages, then one message per 80 ms of audio pages (upstream's Python
+    client); 'split': the same bytes cut at random offsets (an ffmpeg pipe); 'webui': one page
+    per message, OpusHead claiming a 44100 Hz input and granules in 24 kHz units (what the web
+    UI in Chromium and the Rust clients send, which trip GStreamer's oggdemux)."""
     pages, _ = parse_pages(ogg)
-    msgs, t, cur = [], 0.0, b""
+    if framing == "webui":
+        serial = rng.randrange(1 << 32)
+        out = []
+        for i, p in enumerate(pages):
+            packet = page_packets(p[5], p[6])[0]
+            if packet.startswith(b"OpusHead"):
+                packet = packet[:12] + struct.pack("<I", 44100) + packet[16:]
+            out.append((p[1] / 48000, write_page(packet, p[0], p[1] // 2, serial, i)))
+        return out
+    msgs, cur, t, t_sent = [], b"", 0.0, 0.0
     for p in pages:
         packets = page_packets(p[5], p[6])
         dur = sum(opus_samples48(pk) for pk in packets if not pk.startswith(b"Opus")) / 48000
         cur += p[7]
         t += dur
-        if dur == 0 or len(cur) > 0 and t >= (len(msgs) + 1) * 0.08:
+        if dur == 0 or t - t_sent >= 0.08 - 1e-9:
             msgs.append((t, cur))
-            cur = b""
+            cur, t_sent = b"", t
     if cur:
         msgs.append((t, cur))
     if framing == "split":
@@ -342,6 +354,7 @@ async def good_client(url, ogg, samples, name, framing="pages", fast=False, quer
     async with websockets.connect(url + query, max_size=None, compression=None) as ws:
         port = ws.local_address[1]
         recv_task = asyncio.create_task(receiver(ws, rec, name))
+        t_first = time.monotonic()
         await send_audio(ws, pace_chunks(ogg, framing, rng), fast=fast)
         # What is still in flight: the model's delay, the encoder and the pacing. Wait for it
         # (as long as audio keeps coming: a loaded machine may lag), at most 15 s.
@@ -361,6 +374,10 @@ async def good_client(url, ogg, samples, name, framing="pages", fast=False, quer
           f"{name}: decoded {out / RATE:.2f} s of audio for {samples / RATE:.2f} s sent")
     check(len(rec.texts) > 0, f"{name}: text messages arrived ({len(rec.texts)})")
     if rec.audio_times:
+        # The first page leaves with the first 80 ms frame + the model's delay + Opus.
+        latency = rec.audio_times[0] - t_first
+        print(f"{name}: first audio {latency * 1000:.0f} ms after the first sent", flush=True)
+        check(latency < 1.5, f"{name}: first audio within 1.5 s ({latency:.2f} s)")
         span = rec.audio_times[-1] - rec.audio_times[0]
         check(span >= 0.8 * SPEECH_SECONDS,
               f"{name}: output paced in real time (arrived over {span:.1f} s)")
@@ -548,7 +565,7 @@ async def scenario_concurrent(ogg, samples):
     server = Server("--max-conversations", "8")
     try:
         texts = await asyncio.gather(*[good_client(server.url, ogg, samples, f"client-{i}",
-                                                   framing="split" if i % 2 else "pages",
+                                                   framing=["pages", "split", "webui"][i % 3],
                                                    query="?seed=7" if i == 7 else "",
                                                    return_text=True)
                                        for i in range(8)])
@@ -586,6 +603,62 @@ async def scenario_refusal(ogg, samples):
         await b.close()
         check(await wait_idle(server), "every conversation ended")
         check("refused" in server.log_text(), "the refusal is logged")
+    finally:
+        rc = server.stop()
+    check(rc == 0, f"server exits cleanly ({rc})")
+
+
+def http_get(url, context=None):
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, None, b""
+
+
+async def scenario_http(ogg, samples):
+    """/health, --static and --ssl."""
+    import ssl
+    web = os.path.join(TMP, "web")
+    os.makedirs(os.path.join(web, "assets"))
+    open(os.path.join(web, "index.html"), "w").write("<html>moshi</html>")
+    open(os.path.join(web, "assets", "app.js"), "w").write("console.log(1)")
+    open(os.path.join(web, "assets", "decoderWorker.min.wasm"), "wb").write(b"\0asm")
+    open(os.path.join(TMP, "secret.txt"), "w").write("secret")
+    certs = os.path.join(TMP, "certs")
+    os.makedirs(certs)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", os.path.join(certs, "key.pem"),
+                    "-out", os.path.join(certs, "cert.pem")], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server("--static", web, "--ssl", certs)
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        base = f"https://127.0.0.1:{server.port}"
+        status, ctype, body = http_get(base + "/", ctx)
+        check(status == 200 and b"moshi" in body and ctype.startswith("text/html"),
+              f"GET / serves index.html ({status} {ctype})")
+        status, ctype, _ = http_get(base + "/assets/app.js", ctx)
+        check(status == 200 and ctype == "text/javascript", f"JavaScript MIME type ({ctype})")
+        status, ctype, _ = http_get(base + "/assets/decoderWorker.min.wasm", ctx)
+        check(status == 200 and ctype == "application/wasm", f"wasm MIME type ({ctype})")
+        check(http_get(base + "/missing.js", ctx)[0] == 404, "404 for a missing file")
+        check(http_get(base + "/%2e%2e/secret.txt", ctx)[0] in (403, 404), "no way out of --static")
+        status, _, body = http_get(base + "/health", ctx)
+        check(status == 200 and json.loads(body)["status"] == "ok", "/health over HTTPS")
+        rec = Received()
+        async with websockets.connect(f"wss://127.0.0.1:{server.port}/api/chat", ssl=ctx,
+                                      max_size=None) as ws:
+            task = asyncio.create_task(receiver(ws, rec, "wss"))
+            await send_audio(ws, pace_chunks(ogg, "pages", random.Random(5))[:20])
+            t_end = time.monotonic() + 10
+            while received_seconds(rec) < 1.0 and time.monotonic() < t_end:
+                await asyncio.sleep(0.1)
+            await ws.close()
+            await task
+        check(rec.kinds[:1] == [0] and received_seconds(rec) >= 1.0, "a conversation over wss")
     finally:
         rc = server.stop()
     check(rc == 0, f"server exits cleanly ({rc})")
@@ -641,7 +714,8 @@ def main():
     ogg, samples = make_speech()
     t0 = time.monotonic()
     asyncio.run({"protocol": scenario_protocol, "concurrent": scenario_concurrent,
-                 "refusal": scenario_refusal, "valgrind": scenario_valgrind}[SCENARIO](ogg, samples))
+                 "refusal": scenario_refusal, "http": scenario_http,
+                 "valgrind": scenario_valgrind}[SCENARIO](ogg, samples))
     print(f"{SCENARIO}: {time.monotonic() - t0:.1f} s, {len(failures)} failures", flush=True)
     if failures:
         for line in open(os.path.join(TMP, f"server-{SCENARIO}.log")).read().splitlines()[-40:]:
