@@ -205,6 +205,7 @@ typedef struct {
   gboolean ended, finished;
   gint64 ended_us;
   gchar *reason;
+  guint64 seed;
 } Conversation;
 
 static Conversation *
@@ -267,8 +268,9 @@ conversation_finish (Conversation *c, const char *why)
   g_hash_table_remove (s->conversations, GUINT_TO_POINTER (c->id));
   server_log ("conversation %u from %s: start %s, end %s, duration %.1f s, ended: %s "
       "(%" G_GUINT64_FORMAT " bytes in, %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
-      " text pieces out; %u active)", c->id, c->peer, t0, t1, secs, c->reason,
-      c->bytes_in, c->pages_out, c->texts_out, g_hash_table_size (s->conversations));
+      " text pieces out, seed %" G_GUINT64_FORMAT "; %u active)", c->id, c->peer, t0, t1, secs,
+      c->reason, c->bytes_in, c->pages_out, c->texts_out, c->seed,
+      g_hash_table_size (s->conversations));
   conversation_unref (c);       /* the table's reference */
 }
 
@@ -629,6 +631,8 @@ apply_query (Conversation *c, const char *query)
   if (query == NULL)
     return;
   g_auto (GStrv) pairs = g_strsplit (query, "&", -1);
+  guint64 seeds[3] = { 0 };
+  gboolean have_seed[3] = { FALSE };
   for (guint i = 0; pairs[i] != NULL; i++) {
     const char *pair = pairs[i];
     if (pair[0] == '=')
@@ -651,20 +655,24 @@ apply_query (Conversation *c, const char *query)
       if (*end == '\0' && v >= 0 && v <= G_MAXINT)
         g_object_set (c->dialog, g_str_equal (key, "text_topk") ? "text-topk" : "audio-topk",
             (gint) v, NULL);
-    } else if (g_str_equal (key, "seed") || g_str_equal (key, "text_seed")
-        || g_str_equal (key, "audio_seed")) {
+    } else {
       /* One seed drives both streams: `seed`, else text_seed, else audio_seed. */
-      guint64 v = g_ascii_strtoull (val, &end, 10);
-      gboolean better = g_str_equal (key, "seed") || g_str_equal (key, "text_seed")
-          || g_object_get_data (G_OBJECT (c->dialog), "seed-set") == NULL;
-      if (*end == '\0' && better && g_object_get_data (G_OBJECT (c->dialog), "seed-final") == NULL) {
-        g_object_set (c->dialog, "seed", v, NULL);
-        g_object_set_data (G_OBJECT (c->dialog), "seed-set", GINT_TO_POINTER (1));
-        if (g_str_equal (key, "seed"))
-          g_object_set_data (G_OBJECT (c->dialog), "seed-final", GINT_TO_POINTER (1));
-      }
+      static const char *const seed_keys[3] = { "seed", "text_seed", "audio_seed" };
+      for (guint k = 0; k < 3; k++)
+        if (g_str_equal (key, seed_keys[k])) {
+          guint64 v = g_ascii_strtoull (val, &end, 10);
+          if (*end == '\0' && val[0] != '-') {
+            seeds[k] = v;
+            have_seed[k] = TRUE;
+          }
+        }
     }
   }
+  for (guint k = 0; k < 3; k++)
+    if (have_seed[k]) {
+      g_object_set (c->dialog, "seed", seeds[k], NULL);
+      break;
+    }
 }
 
 static void
@@ -706,7 +714,12 @@ conversation_start (Conversation *c, const char *query, GError **error)
   g_object_set (enc, "bitrate", o->bitrate, NULL);
   gst_object_unref (enc);
   configure_dialog (o, c->dialog);
+  /* Like upstream, where each conversation draws on from one generator, conversations differ
+   * unless the client asks for a seed. */
+  guint64 seed = ((guint64) g_random_int () << 32) | g_random_int ();
+  g_object_set (c->dialog, "seed", seed, NULL);
   apply_query (c, query);
+  g_object_get (c->dialog, "seed", &c->seed, NULL);
 
   GstAppSinkCallbacks audio_cb = { .new_sample = on_audio_sample };
   GstAppSinkCallbacks text_cb = { .new_sample = on_text_sample };
@@ -999,6 +1012,11 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   if (!g_option_context_parse (ctx, &argc, &argv, &error)) {
     g_printerr ("moshi-server: %s\n", error->message);
+    return 2;
+  }
+  if (o->device != NULL && !g_str_equal (o->device, "auto") && !g_str_equal (o->device, "cpu")
+      && !g_str_equal (o->device, "cuda")) {
+    g_printerr ("moshi-server: --device=%s: expected auto, cpu or cuda\n", o->device);
     return 2;
   }
   if (o->host == NULL)

@@ -566,11 +566,13 @@ async def scenario_concurrent(ogg, samples):
     try:
         texts = await asyncio.gather(*[good_client(server.url, ogg, samples, f"client-{i}",
                                                    framing=["pages", "split", "webui"][i % 3],
-                                                   query="?seed=7" if i == 7 else "",
+                                                   query="?seed=7" if i == 7 else
+                                                   "?seed=4242&text_seed=1",
                                                    return_text=True)
                                        for i in range(8)])
         # One model, eight independent conversations: the same speech and seed give the same
-        # words whatever the framing and the neighbours; another seed other words.
+        # words whatever the framing and the neighbours; another seed other words. (`seed`
+        # wins over text_seed.)
         check(all(t == texts[0] for t in texts[:7]), "same input and seed, same text")
         check(texts[7] != texts[0], "the seed query parameter is used")
         check(await wait_idle(server), "every conversation ended")
