@@ -587,26 +587,23 @@ on_ws_closed (SoupWebsocketConnection *ws, gpointer user_data)
   conversation_finish (c, why);
 }
 
-static gboolean
-on_timer (gpointer user_data)
+static void
+timer_tick (Conversation *c)
 {
-  Conversation *c = user_data;
   gint64 now = g_get_monotonic_time ();
   if (c->finished)
-    return G_SOURCE_CONTINUE;
+    return;
   if (c->ended) {
     /* Our close frame got no answer in 5 s (a client that reads nothing): drop the socket. */
     if (now - c->ended_us > 5 * G_USEC_PER_SEC) {
-      conversation_ref (c);
       if (c->ws != NULL)
         g_io_stream_close (soup_websocket_connection_get_io_stream (c->ws), NULL, NULL);
       conversation_finish (c, c->reason);
-      conversation_unref (c);
     }
-    return G_SOURCE_CONTINUE;
+    return;
   }
-  /* Idle: no message for the timeout, counted from the end of the audio already sent (a
-   * client may send faster than real time). */
+  /* Idle: no audio for the timeout, counted from the end of the audio already sent (a client
+   * may send faster than real time). */
   gint64 last = c->last_input_us;
   if (c->in_started)
     last = MAX (last, c->first_input_us + (gint64) (c->in_samples48 * G_USEC_PER_SEC / 48000));
@@ -616,10 +613,18 @@ on_timer (gpointer user_data)
     g_autofree gchar *text = g_strdup_printf ("no audio received for %d s",
         c->server->opt.idle_timeout);
     conversation_end (c, why, text, SOUP_WEBSOCKET_CLOSE_POLICY_VIOLATION);
-    return G_SOURCE_CONTINUE;
+    return;
   }
-  /* Also catches a client that stops reading while we wait for it. */
+  /* Also catches a client that stops reading while we have nothing new to send. */
   check_stall (c);
+}
+
+static gboolean
+on_timer (gpointer user_data)
+{
+  Conversation *c = conversation_ref (user_data);
+  timer_tick (c);
+  conversation_unref (c);
   return G_SOURCE_CONTINUE;
 }
 
@@ -744,6 +749,12 @@ conversation_start (Conversation *c, const char *query, GError **error)
 }
 
 static void
+unref_when_closed (SoupWebsocketConnection *ws, gpointer user_data)
+{
+  g_object_unref (ws);
+}
+
+static void
 on_chat (SoupServer *soup, SoupServerMessage *msg, const char *path,
     SoupWebsocketConnection *ws, gpointer user_data)
 {
@@ -770,6 +781,8 @@ on_chat (SoupServer *soup, SoupServerMessage *msg, const char *path,
     memcpy (m + 1, text, strlen (text));
     soup_websocket_connection_send_binary (ws, m, strlen (text) + 1);
     g_free (m);
+    /* Keep the socket until the close is done: the server lets go of it when we return. */
+    g_signal_connect (g_object_ref (ws), "closed", G_CALLBACK (unref_when_closed), NULL);
     soup_websocket_connection_close (ws, 4013, "server busy, try again later");
     s->refused++;
     server_log ("conversation %u from %s: refused, %d conversations already active", id, peer,

@@ -676,7 +676,7 @@ async def scenario_valgrind(ogg, samples):
     subprocess.run(["gst-inspect-1.0", "moshidialog"], stdout=subprocess.DEVNULL, check=True)
     os.environ.update({"G_SLICE": "always-malloc", "GST_REGISTRY_FORK": "no",
                        "G_DEBUG": "gc-friendly", "GST_REGISTRY_UPDATE": "no"})
-    server = Server("--idle-timeout", "60", valgrind=vg)
+    server = Server("--idle-timeout", "60", "--max-conversations", "1", valgrind=vg)
     try:
         pages, _ = parse_pages(ogg)
         short = b"".join(p[7] for p in pages[:2 + 50])     # headers + 1 s of speech
@@ -688,14 +688,20 @@ async def scenario_valgrind(ogg, samples):
             while len(parse_pages(bytes(rec.audio), strict=False)[0]) < 12 and \
                     time.monotonic() < t_end:
                 await asyncio.sleep(0.5)
+            refused = Received()
+            async with websockets.connect(server.url, open_timeout=60) as ws2:
+                await expect_closed(ws2, refused, "valgrind-refused", 60, handshake=False)
+            check(refused.close_code == 4013, "valgrind: a second client is refused")
             await ws.close()
             await task
         check(rec.kinds[:1] == [0] and len(rec.audio) > 0, "valgrind: handshake and audio")
+        check(await wait_idle(server, 60), "the first conversation ended")
         rec2 = Received()
         async with websockets.connect(server.url, max_size=None, open_timeout=60) as ws:
             await ws.send(b"\x01not ogg at all")
             await expect_closed(ws, rec2, "valgrind-bad", 60)
         check(rec2.errors, "valgrind: the bad client got an error message")
+        check(await wait_idle(server, 60), "the bad conversation ended")
         # Gone mid-stream without a close frame.
         ws = await websockets.connect(server.url, max_size=None, open_timeout=60)
         await ws.send(b"\x01" + short)
