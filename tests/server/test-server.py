@@ -3,7 +3,8 @@
 clients do (moshi/client.py, the web UI): WebSocket /api/chat, binary messages, kind byte first,
 Ogg/Opus audio both ways at 24 kHz.
 
-Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, http, valgrind)
+Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, http, upstream-client,
+valgrind)
 Needs: python3-websockets, espeak-ng, gst-launch-1.0 with the opus/ogg plugins, MOSHI_TEST_DATA,
 GST_PLUGIN_PATH naming the built moshi plugin."""
 import asyncio
@@ -666,6 +667,58 @@ async def scenario_http(ogg, samples):
     check(rc == 0, f"server exits cleanly ({rc})")
 
 
+async def scenario_upstream_client(ogg, samples):
+    """Upstream's `python -m moshi.client`, unmodified, with substituted audio I/O
+    (upstream-client/sounddevice.py). Needs what Debian does not have, so it runs only when
+    MOSHI_UPSTREAM_CLIENT_DIR names a folder holding moshi/client.py and moshi/client_utils.py
+    (from the moshi wheel) and MOSHI_UPSTREAM_CLIENT_PYTHON a Python with sphn >= 0.2, aiohttp
+    and numpy (docs/server.md)."""
+    src = os.environ.get("MOSHI_UPSTREAM_CLIENT_DIR")
+    python = os.environ.get("MOSHI_UPSTREAM_CLIENT_PYTHON")
+    if not src or not python:
+        print("SKIP: set MOSHI_UPSTREAM_CLIENT_DIR and MOSHI_UPSTREAM_CLIENT_PYTHON")
+        sys.exit(77)
+    pkg = os.path.join(TMP, "client", "moshi")
+    os.makedirs(pkg)
+    for name in ("client.py", "client_utils.py"):
+        shutil.copy(os.path.join(src, "moshi", name), pkg)
+    open(os.path.join(pkg, "__init__.py"), "w").close()   # not upstream's: it imports torch
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "upstream-client", "sounddevice.py"),
+                os.path.join(TMP, "client"))
+    out = os.path.join(TMP, "client-out.raw")
+    server = Server("--idle-timeout", "2")
+    try:
+        env = dict(os.environ, SD_IN=os.path.join(TMP, "speech24.wav"), SD_OUT=out,
+                   PYTHONPATH=os.path.join(TMP, "client"))
+        proc = await asyncio.create_subprocess_exec(
+            python, "-m", "moshi.client", "--host", "127.0.0.1", "--port", str(server.port),
+            env=env, cwd=os.path.join(TMP, "client"), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        try:
+            text, _ = await asyncio.wait_for(proc.communicate(), 40)
+        except asyncio.TimeoutError:
+            proc.kill()
+            text, _ = await proc.communicate()
+        text = text.decode("utf-8", "replace")
+        print("moshi.client said:", text[-400:], flush=True)
+        check("All done!" in text, "moshi.client ran to its end")
+        check("Lost connection" not in text, "moshi.client did not lose the connection")
+        pcm = open(out, "rb").read()
+        played = [abs(v) > 3 for v in struct.unpack(f"<{len(pcm) // 2}h", pcm)]
+        first = played.index(True) if True in played else 0
+        last = len(played) - played[::-1].index(True) if True in played else 0
+        span = (last - first) / RATE
+        print(f"moshi.client played {len(pcm) / 2 / RATE:.1f} s, {span:.1f} s of it not silent")
+        check(span >= SPEECH_SECONDS, f"moshi.client played the answer ({span:.1f} s)")
+        line = [l for l in server.log_text().splitlines() if "ended:" in l]
+        check(line and "no audio from the client" in line[0] and "text pieces" in line[0],
+              f"the server served it to the end: {line}")
+    finally:
+        rc = server.stop()
+    check(rc == 0, f"server exits cleanly ({rc})")
+
+
 async def scenario_valgrind(ogg, samples):
     vg = ["valgrind", "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite",
           "--show-leak-kinds=definite", "--error-exitcode=99", "--num-callers=40",
@@ -723,6 +776,7 @@ def main():
     t0 = time.monotonic()
     asyncio.run({"protocol": scenario_protocol, "concurrent": scenario_concurrent,
                  "refusal": scenario_refusal, "http": scenario_http,
+                 "upstream-client": scenario_upstream_client,
                  "valgrind": scenario_valgrind}[SCENARIO](ogg, samples))
     print(f"{SCENARIO}: {time.monotonic() - t0:.1f} s, {len(failures)} failures", flush=True)
     if failures:
