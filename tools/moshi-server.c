@@ -298,8 +298,17 @@ conversation_end (Conversation *c, const char *why, const char *error_text, gush
   c->reason = g_strdup (why);
   if (error_text != NULL)
     send_message (c, MSG_ERROR, error_text, strlen (error_text));
-  if (c->ws != NULL && soup_websocket_connection_get_state (c->ws) == SOUP_WEBSOCKET_STATE_OPEN)
-    soup_websocket_connection_close (c->ws, code, error_text);
+  if (c->ws != NULL && soup_websocket_connection_get_state (c->ws) == SOUP_WEBSOCKET_STATE_OPEN) {
+    /* A close frame's reason holds at most 123 bytes. */
+    g_autofree gchar *close_reason = NULL;
+    if (error_text != NULL) {
+      close_reason = g_strndup (error_text, 120);
+      const gchar *end = NULL;
+      if (!g_utf8_validate (close_reason, -1, &end))
+        close_reason[end - close_reason] = '\0';
+    }
+    soup_websocket_connection_close (c->ws, code, close_reason);
+  }
   /* The pipeline goes now; the log line when the socket has closed (or here if it already
    * has). */
   if (c->pipeline != NULL)
@@ -571,7 +580,13 @@ on_ws_error (SoupWebsocketConnection *ws, GError *error, gpointer user_data)
   Conversation *c = user_data;
   if (c->reason == NULL)
     c->reason = g_strdup_printf ("connection error: %s", error->message);
-  c->ended = TRUE;
+  if (!c->ended) {
+    /* libsoup closes the connection; "closed" follows. */
+    c->ended = TRUE;
+    c->ended_us = g_get_monotonic_time ();
+    if (c->pipeline != NULL)
+      gst_element_set_state (c->pipeline, GST_STATE_NULL);
+  }
 }
 
 static void
