@@ -47,6 +47,8 @@ typedef struct {
   gint stall_timeout;           /* s that the client may leave our output unread */
   gint max_message;             /* bytes, the largest client message accepted */
   gint threads;                 /* CPU threads per conversation, 0: automatic */
+  char *kv_cache;               /* moshidialog's kv-cache, NULL: its default */
+  char *weights;                /* moshidialog's weights, NULL: as stored */
   gint bitrate;                 /* Opus bitrate of the model's voice */
 } Options;
 
@@ -704,9 +706,16 @@ configure_dialog (const Options *o, GstElement *dialog)
       "mimi-model", o->mimi_weight != NULL ? o->mimi_weight : repo,
       "tokenizer", o->tokenizer != NULL ? o->tokenizer : repo,
       "lm-config", o->config_path, "mimi-config", o->mimi_config,
-      "threads", o->threads, NULL);
+      "threads", o->threads,
+      /* every conversation joins the process's scheduler: one batched LM step per tick */
+      "max-conversations", o->max_conversations > 0 ? (guint) o->max_conversations : 1024u,
+      NULL);
   if (o->device != NULL)
     gst_util_set_object_arg (G_OBJECT (dialog), "device", o->device);
+  if (o->kv_cache != NULL)
+    gst_util_set_object_arg (G_OBJECT (dialog), "kv-cache", o->kv_cache);
+  if (o->weights != NULL)
+    gst_util_set_object_arg (G_OBJECT (dialog), "weights", o->weights);
 }
 
 static gboolean
@@ -1030,6 +1039,10 @@ main (int argc, char **argv)
           "Largest client message in bytes (default 1048576)", "BYTES" },
     { "threads", 0, 0, G_OPTION_ARG_INT, &o->threads,
           "CPU threads per conversation (default 0: automatic)", "N" },
+    { "kv-cache", 0, 0, G_OPTION_ARG_STRING, &o->kv_cache,
+          "LM attention caches: bf16 (default), fp8 or f32", "TYPE" },
+    { "weights", 0, 0, G_OPTION_ARG_STRING, &o->weights,
+          "LM linear layers: as-stored (default) or int8 (quantized at load)", "FORMAT" },
     { "bitrate", 0, 0, G_OPTION_ARG_INT, &o->bitrate,
           "Opus bitrate of the model's voice in bit/s (default 32000)", "BPS" },
     { NULL }
@@ -1045,6 +1058,16 @@ main (int argc, char **argv)
   if (o->device != NULL && !g_str_equal (o->device, "auto") && !g_str_equal (o->device, "cpu")
       && !g_str_equal (o->device, "cuda")) {
     g_printerr ("moshi-server: --device=%s: expected auto, cpu or cuda\n", o->device);
+    return 2;
+  }
+  if (o->kv_cache != NULL && !g_str_equal (o->kv_cache, "bf16") && !g_str_equal (o->kv_cache, "fp8")
+      && !g_str_equal (o->kv_cache, "f32")) {
+    g_printerr ("moshi-server: --kv-cache=%s: expected bf16, fp8 or f32\n", o->kv_cache);
+    return 2;
+  }
+  if (o->weights != NULL && !g_str_equal (o->weights, "as-stored")
+      && !g_str_equal (o->weights, "int8")) {
+    g_printerr ("moshi-server: --weights=%s: expected as-stored or int8\n", o->weights);
     return 2;
   }
   if (o->host == NULL)
@@ -1144,6 +1167,8 @@ out:
   g_free (o->config_path);
   g_free (o->mimi_config);
   g_free (o->device);
+  g_free (o->kv_cache);
+  g_free (o->weights);
   g_free (o->static_dir);
   g_free (o->ssl_dir);
   gst_deinit ();
