@@ -127,6 +127,7 @@ enum
   PROP_BATCH_WAIT,
   PROP_SCHEDULER_STATS,
   PROP_MAX_OBSERVED_DELAY,
+  PROP_EOS_TAIL,
 };
 
 /* What the model properties name: compared with what is loaded to notice changes made
@@ -173,6 +174,7 @@ struct _GstMoshiDialog
   gboolean shared_scheduler;
   guint max_conversations;
   gint batch_wait_ms;           /* -1: one frame */
+  guint eos_tail_ms;
   MoshiLmSamplingParams sampling;
   guint sampling_serial;
 
@@ -1086,6 +1088,24 @@ feed_silence (GstMoshiDialog * self, guint64 n)
   return ret;
 }
 
+/* After the input's end the model may still be answering: eos-tail lets it go on for that long
+ * on silence (whole frames), so that "a recorded question -> the answer" gives the answer. */
+static void
+speak_after_eos (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  guint tail_ms = self->eos_tail_ms;
+  GST_OBJECT_UNLOCK (self);
+  if (tail_ms == 0 || self->in_kind == INPUT_NONE || !self->have_base)
+    return;
+  guint64 frames = gst_util_uint64_scale_ceil (tail_ms, self->rate,
+      (guint64) 1000 * self->frame_size);
+  GST_DEBUG_OBJECT (self, "speaking on for %" G_GUINT64_FORMAT " frames after EOS", frames);
+  GstFlowReturn ret = feed_silence (self, frames * self->frame_size);
+  if (ret != GST_FLOW_OK)
+    GST_DEBUG_OBJECT (self, "the tail ended early: %s", gst_flow_get_name (ret));
+}
+
 /* Compares an input timestamp with where the stream is. A gap is filled with silence, an
  * overlap sets *skip to the samples to drop, a jump too far to fill restarts the timing
  * at pts (after draining). In token input the stream moves by whole frames. */
@@ -1437,8 +1457,10 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
       break;
     }
     case GST_EVENT_EOS:
-      if (self->dialog != NULL)
+      if (self->dialog != NULL) {
         drain (self);
+        speak_after_eos (self);
+      }
       push_event_both (self, event);
       break;
     case GST_EVENT_FLUSH_START:
@@ -1693,6 +1715,9 @@ gst_moshi_dialog_set_property (GObject * object, guint prop_id,
     case PROP_BATCH_WAIT:
       self->batch_wait_ms = g_value_get_int (value);
       break;
+    case PROP_EOS_TAIL:
+      self->eos_tail_ms = g_value_get_uint (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1758,6 +1783,9 @@ gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
       break;
     case PROP_BATCH_WAIT:
       g_value_set_int (value, self->batch_wait_ms);
+      break;
+    case PROP_EOS_TAIL:
+      g_value_set_uint (value, self->eos_tail_ms);
       break;
     case PROP_SCHEDULER_STATS:
     case PROP_MAX_OBSERVED_DELAY:{
@@ -1902,6 +1930,11 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
           "shared scheduler before their step runs without the late ones, in "
           "milliseconds (-1 = one frame, 80 ms). Adds to the latency",
           -1, 10000, DEFAULT_BATCH_WAIT, model_flags));
+  g_object_class_install_property (gobject_class, PROP_EOS_TAIL,
+      g_param_spec_uint ("eos-tail", "EOS tail",
+          "After the end of the input, go on for this long (ms, whole frames) "
+          "on silence before ending the stream, so that the model can finish "
+          "its answer (0 = end with the input)", 0, 600000, 0, live_flags));
   g_object_class_install_property (gobject_class, PROP_SCHEDULER_STATS,
       g_param_spec_boxed ("scheduler-stats", "Scheduler statistics",
           "The shared scheduler's figures: conversations, ticks, tick time "

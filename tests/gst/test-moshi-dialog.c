@@ -711,6 +711,42 @@ GST_START_TEST (test_eos_mid_frame)
 }
 GST_END_TEST;
 
+/* eos-tail: after EOS the model goes on for whole frames of silence, the answer to a recorded
+ * question; the output equals a run over the input followed by that silence. */
+GST_START_TEST (test_eos_tail)
+{
+  const gsize n = 5 * FRAME + 700, tail_frames = 4;
+  const gsize total = 6 * FRAME + tail_frames * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autofree gfloat *padded = g_new0 (gfloat, total);
+  memcpy (padded, speech, n * sizeof (gfloat));
+  g_autoptr (Reference) ref = greedy_reference (padded, total);
+
+  GstElement *element = make_dialog (TRUE);
+  /* 250 ms: rounded up to 4 frames */
+  g_object_set (element, "eos-tail", 250, NULL);
+  Harnesses hs;
+  harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
+  push_pcm (hs.h, speech, n, 1000, 0);
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_eos ()));
+  /* the partial frame is cut to its real samples; the tail frames are whole */
+  GPtrArray *bufs = pull_all (hs.h);
+  fail_unless_equals_int (bufs->len, 6 + tail_frames);
+  gsize got_n;
+  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
+  fail_unless_equals_int (got_n, n + tail_frames * FRAME);
+  assert_pcm_equal (got, ref->pcm, n);
+  /* after the cut, the tail continues from the next frame (the padding was silence too) */
+  assert_pcm_equal (got + n, ref->pcm + 6 * FRAME, tail_frames * FRAME);
+  GstBuffer *last = g_ptr_array_index (bufs, bufs->len - 1);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (last), samples_to_time (n + (tail_frames - 1) * FRAME));
+  g_ptr_array_unref (bufs);
+  g_autoptr (GPtrArray) eos = pull_events (hs.h, GST_EVENT_EOS);
+  fail_unless_equals_int (eos->len, 1);
+  harnesses_teardown (&hs);
+}
+GST_END_TEST;
+
 /* GAP events and timestamp holes are silence for the model: the output stays continuous
  * and equals a run with zeros in their place. */
 GST_START_TEST (test_gaps_are_silence)
@@ -1471,6 +1507,7 @@ moshi_dialog_suite (void)
   tcase_add_test (flow, test_latency);
   tcase_add_test (flow, test_flush_resets_conversation);
   tcase_add_test (flow, test_eos_mid_frame);
+  tcase_add_test (flow, test_eos_tail);
   tcase_add_test (flow, test_gaps_are_silence);
   tcase_add_test (flow, test_overlap_and_resync);
   tcase_add_test (flow, test_non_finite_input);
