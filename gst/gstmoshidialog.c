@@ -128,6 +128,7 @@ enum
   PROP_SCHEDULER_STATS,
   PROP_MAX_OBSERVED_DELAY,
   PROP_EOS_TAIL,
+  PROP_FILL_STALLS,
 };
 
 /* What the model properties name: compared with what is loaded to notice changes made
@@ -175,6 +176,7 @@ struct _GstMoshiDialog
   guint max_conversations;
   gint batch_wait_ms;           /* -1: one frame */
   guint eos_tail_ms;
+  gboolean fill_stalls;
   MoshiLmSamplingParams sampling;
   guint sampling_serial;
 
@@ -199,6 +201,19 @@ struct _GstMoshiDialog
    * it shares (or NULL), and how long its frames may wait there (part of the latency). */
   MoshiScheduler *scheduler;
   GstClockTime batch_wait;
+
+  /* The stall watcher (live input only, in PLAYING): when no input has come for a frame past
+   * its due time on the pipeline clock, it steps the conversation on a frame of silence, so
+   * that the model keeps talking, paced, through an RTP gap or silence suppression. Under
+   * watch_lock: what the streaming thread publishes and the watcher's wait. */
+  GThread *watcher;
+  GMutex watch_lock;
+  GCond watch_cond;
+  gboolean watch_stop;
+  GstClockID watch_id;
+  guint64 input_serial;         /* input buffers and gaps seen */
+  GstClockTime frame_end_rt;    /* running time at which the frame being filled is complete;
+                                 * NONE while nothing is expected (no stream, after EOS) */
 
   /* The seqnum of the last seek forwarded upstream: both sinks of a pipeline send it. */
   guint32 last_seek_seqnum;
@@ -1293,6 +1308,143 @@ map_failed:
   }
 }
 
+/* ------------------------------------------------------------------ stalls of live input */
+
+/* Tells the stall watcher where the stream is: after input (new_input), after a filled frame,
+ * or that nothing is expected any more (expect FALSE). Called with the stream lock. */
+static void
+publish_position (GstMoshiDialog * self, gboolean new_input, gboolean expect)
+{
+  GstClockTime rt = GST_CLOCK_TIME_NONE;
+  if (expect && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE)
+    rt = gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME,
+        out_time (self, self->samples_out + self->frame_size));
+  g_mutex_lock (&self->watch_lock);
+  if (new_input)
+    self->input_serial++;
+  self->frame_end_rt = rt;
+  g_cond_signal (&self->watch_cond);
+  g_mutex_unlock (&self->watch_lock);
+}
+
+/* Completes the frame being filled with silence and runs it, if still nothing came. */
+static void
+fill_stalled_frame (GstMoshiDialog * self, guint64 serial)
+{
+  /* Not a blocking lock: a state change joins this thread while the streaming thread may hold
+   * the stream lock, blocked downstream (a sink prerolling) until that state change is over. */
+  while (!GST_PAD_STREAM_TRYLOCK (self->sinkpad)) {
+    g_mutex_lock (&self->watch_lock);
+    gboolean stop = self->watch_stop || self->input_serial != serial;
+    g_mutex_unlock (&self->watch_lock);
+    if (stop)
+      return;
+    g_usleep (1000);
+  }
+  g_mutex_lock (&self->watch_lock);
+  gboolean still = self->input_serial == serial
+      && GST_CLOCK_TIME_IS_VALID (self->frame_end_rt);
+  g_mutex_unlock (&self->watch_lock);
+  if (still && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE
+      && !GST_PAD_IS_FLUSHING (self->sinkpad)) {
+    GST_DEBUG_OBJECT (self, "no input for a frame past its time: going on with silence");
+    GstFlowReturn ret = feed_silence (self, self->frame_size - self->filled);
+    if (ret != GST_FLOW_OK)
+      GST_DEBUG_OBJECT (self, "filling a stall: %s", gst_flow_get_name (ret));
+    publish_position (self, FALSE, ret == GST_FLOW_OK);
+  }
+  GST_PAD_STREAM_UNLOCK (self->sinkpad);
+}
+
+static gpointer
+stall_watcher (gpointer data)
+{
+  GstMoshiDialog *self = data;
+  gboolean queried = FALSE, live = FALSE;
+  GstClockTime upstream_latency = 0;
+
+  g_mutex_lock (&self->watch_lock);
+  while (!self->watch_stop) {
+    if (!GST_CLOCK_TIME_IS_VALID (self->frame_end_rt) || (queried && !live)) {
+      g_cond_wait (&self->watch_cond, &self->watch_lock);
+      continue;
+    }
+    if (!queried) {
+      /* only a live source stalls: a file that is slow to read is not a silent caller */
+      g_mutex_unlock (&self->watch_lock);
+      GstQuery *query = gst_query_new_latency ();
+      queried = gst_pad_peer_query (self->sinkpad, query);
+      if (queried)
+        gst_query_parse_latency (query, &live, &upstream_latency, NULL);
+      gst_query_unref (query);
+      g_mutex_lock (&self->watch_lock);
+      GST_DEBUG_OBJECT (self, "input is %slive: %s stalls", live ? "" : "not ",
+          live ? "filling" : "not filling");
+      if (!queried)
+        g_cond_wait_until (&self->watch_cond, &self->watch_lock,
+            g_get_monotonic_time () + 100 * G_TIME_SPAN_MILLISECOND);
+      continue;
+    }
+    GstClock *clock = gst_element_get_clock (GST_ELEMENT (self));
+    if (clock == NULL) {
+      g_cond_wait_until (&self->watch_cond, &self->watch_lock,
+          g_get_monotonic_time () + 100 * G_TIME_SPAN_MILLISECOND);
+      continue;
+    }
+    guint64 serial = self->input_serial;
+    /* the frame's last sample is due then; a frame of grace for jitter */
+    GstClockTime deadline = gst_element_get_base_time (GST_ELEMENT (self))
+        + self->frame_end_rt + upstream_latency + self->frame_duration;
+    GST_LOG_OBJECT (self, "waiting on %" GST_PTR_FORMAT " until %" GST_TIME_FORMAT
+        " for the frame ending at running time %" GST_TIME_FORMAT, clock,
+        GST_TIME_ARGS (deadline), GST_TIME_ARGS (self->frame_end_rt));
+    GstClockID id = gst_clock_new_single_shot_id (clock, deadline);
+    self->watch_id = id;
+    g_mutex_unlock (&self->watch_lock);
+    GstClockReturn ret = gst_clock_id_wait (id, NULL);
+    GST_LOG_OBJECT (self, "clock wait: %d, at %" GST_TIME_FORMAT, ret,
+        GST_TIME_ARGS (gst_clock_get_time (clock)));
+    gst_object_unref (clock);
+    g_mutex_lock (&self->watch_lock);
+    self->watch_id = NULL;
+    gst_clock_id_unref (id);
+    if (self->watch_stop || ret == GST_CLOCK_UNSCHEDULED || self->input_serial != serial)
+      continue;
+    g_mutex_unlock (&self->watch_lock);
+    fill_stalled_frame (self, serial);
+    g_mutex_lock (&self->watch_lock);
+  }
+  g_mutex_unlock (&self->watch_lock);
+  return NULL;
+}
+
+static void
+start_watcher (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  gboolean enabled = self->fill_stalls;
+  GST_OBJECT_UNLOCK (self);
+  if (!enabled || self->watcher != NULL)
+    return;
+  self->watch_stop = FALSE;
+  self->watcher = g_thread_new ("moshidialog-stalls", stall_watcher, self);
+}
+
+static void
+stop_watcher (GstMoshiDialog * self)
+{
+  if (self->watcher == NULL)
+    return;
+  g_mutex_lock (&self->watch_lock);
+  self->watch_stop = TRUE;
+  if (self->watch_id != NULL)
+    gst_clock_id_unschedule (self->watch_id);
+  g_cond_signal (&self->watch_cond);
+  g_mutex_unlock (&self->watch_lock);
+  g_thread_join (self->watcher);
+  self->watcher = NULL;
+}
+
 static GstFlowReturn
 gst_moshi_dialog_chain (GstPad * pad, GstObject * parent, GstBuffer * buffer)
 {
@@ -1312,6 +1464,7 @@ gst_moshi_dialog_chain (GstPad * pad, GstObject * parent, GstBuffer * buffer)
   else
     ret = handle_codes (self, buffer);
   gst_buffer_unref (buffer);
+  publish_position (self, TRUE, ret == GST_FLOW_OK);
   return ret;
 
   /* ERRORS */
@@ -1449,6 +1602,7 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
             ret = feed_silence (self, n);
           }
         }
+        publish_position (self, TRUE, ret == GST_FLOW_OK);
         res = ret == GST_FLOW_OK;
       } else {
         GST_DEBUG_OBJECT (self, "ignoring a gap without time or before caps");
@@ -1457,6 +1611,7 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
       break;
     }
     case GST_EVENT_EOS:
+      publish_position (self, FALSE, FALSE);
       if (self->dialog != NULL) {
         drain (self);
         speak_after_eos (self);
@@ -1467,6 +1622,7 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
       push_event_both (self, event);
       break;
     case GST_EVENT_FLUSH_STOP:
+      publish_position (self, FALSE, FALSE);
       if (self->dialog != NULL)
         reset_conversation (self);
       gst_flow_combiner_reset (self->combiner);
@@ -1618,6 +1774,10 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
       if (!ensure_models (self))
         return GST_STATE_CHANGE_FAILURE;
       break;
+    case GST_STATE_CHANGE_PLAYING_TO_PAUSED:
+      /* no filling while paused: the clock stops */
+      stop_watcher (self);
+      break;
     case GST_STATE_CHANGE_READY_TO_PAUSED:
       /* The model properties may have changed while in READY. The pads are not active
        * yet: no data can arrive before the conversation exists. */
@@ -1636,6 +1796,9 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
   }
 
   switch (transition) {
+    case GST_STATE_CHANGE_PAUSED_TO_PLAYING:
+      start_watcher (self);
+      break;
     case GST_STATE_CHANGE_PAUSED_TO_READY:
       /* The pads are inactive: the streaming thread has left the element. */
       stop_stream (self);
@@ -1718,6 +1881,9 @@ gst_moshi_dialog_set_property (GObject * object, guint prop_id,
     case PROP_EOS_TAIL:
       self->eos_tail_ms = g_value_get_uint (value);
       break;
+    case PROP_FILL_STALLS:
+      self->fill_stalls = g_value_get_boolean (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1787,6 +1953,9 @@ gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
     case PROP_EOS_TAIL:
       g_value_set_uint (value, self->eos_tail_ms);
       break;
+    case PROP_FILL_STALLS:
+      g_value_set_boolean (value, self->fill_stalls);
+      break;
     case PROP_SCHEDULER_STATS:
     case PROP_MAX_OBSERVED_DELAY:{
       /* scheduler_stats takes the object lock itself */
@@ -1819,9 +1988,12 @@ gst_moshi_dialog_finalize (GObject * object)
 
   /* Normally done by the state changes; an element finalized in READY still holds
    * its models. */
+  stop_watcher (self);
   stop_stream (self);
   close_models (self);
   model_spec_clear (&self->spec);
+  g_mutex_clear (&self->watch_lock);
+  g_cond_clear (&self->watch_cond);
   gst_flow_combiner_free (self->combiner);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
@@ -1935,6 +2107,12 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
           "After the end of the input, go on for this long (ms, whole frames) "
           "on silence before ending the stream, so that the model can finish "
           "its answer (0 = end with the input)", 0, 600000, 0, live_flags));
+  g_object_class_install_property (gobject_class, PROP_FILL_STALLS,
+      g_param_spec_boolean ("fill-stalls", "Fill stalls",
+          "With live input: when no input has come for a frame past its time "
+          "on the pipeline clock (an RTP gap, silence suppression), go on "
+          "with silence, so that the model keeps talking and its output "
+          "stays paced; late input is then dropped", TRUE, model_flags));
   g_object_class_install_property (gobject_class, PROP_SCHEDULER_STATS,
       g_param_spec_boxed ("scheduler-stats", "Scheduler statistics",
           "The shared scheduler's figures: conversations, ticks, tick time "
@@ -2007,6 +2185,10 @@ gst_moshi_dialog_init (GstMoshiDialog * self)
   self->shared_scheduler = DEFAULT_SHARED_SCHEDULER;
   self->max_conversations = DEFAULT_MAX_CONVERSATIONS;
   self->batch_wait_ms = DEFAULT_BATCH_WAIT;
+  self->fill_stalls = TRUE;
+  self->frame_end_rt = GST_CLOCK_TIME_NONE;
+  g_mutex_init (&self->watch_lock);
+  g_cond_init (&self->watch_cond);
   self->latency = GST_CLOCK_TIME_NONE;
   self->last_seek_seqnum = GST_SEQNUM_INVALID;
   gst_segment_init (&self->segment, GST_FORMAT_TIME);

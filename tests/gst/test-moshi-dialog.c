@@ -747,6 +747,57 @@ GST_START_TEST (test_eos_tail)
 }
 GST_END_TEST;
 
+/* A live source that falls silent (no buffer, no GAP): once a frame is a frame past its time
+ * on the pipeline clock, the element goes on with silence, frame after frame, so the model
+ * keeps talking and its output stays paced. The output equals a run with as many silent
+ * frames after the input. fill-stalls=false waits instead. (Real time on the system clock: the
+ * test waits for the fills, however long they take, and counts them.) */
+GST_START_TEST (test_live_stall_filled)
+{
+  const gsize n = 3 * FRAME;
+  g_autofree gfloat *speech = make_speech (n);
+
+  for (int fill = 1; fill >= 0; fill--) {
+    GstElement *element = make_dialog (TRUE);
+    g_object_set (element, "fill-stalls", fill, NULL);
+    GstHarness *h = gst_harness_new_with_element (element, "sink", "src");
+    gst_object_unref (element);
+    GstClock *clock = gst_system_clock_obtain ();
+    gst_element_set_clock (h->element, clock);
+    /* running time 0 two seconds from now: the input below is all in before anything is due,
+     * however slow the steps (valgrind) */
+    gst_element_set_base_time (h->element, gst_clock_get_time (clock) + 2 * GST_SECOND);
+    gst_object_unref (clock);
+    gst_harness_set_live (h, TRUE);
+    gst_harness_set_upstream_latency (h, 0);
+    gst_harness_set_src_caps_str (h, RAW_F32_CAPS);
+    push_pcm (h, speech, n, FRAME, 0);
+    if (fill) {
+      /* the fourth frame (never sent) is due at running time 320 ms, + 80 ms of grace */
+      gint64 deadline = g_get_monotonic_time () + 30 * G_TIME_SPAN_SECOND;
+      while (gst_harness_buffers_received (h) < 5 && g_get_monotonic_time () < deadline)
+        g_usleep (10 * 1000);
+      /* EOS: nothing is expected any more, no more filling */
+      fail_unless (gst_harness_push_event (h, gst_event_new_eos ()));
+      g_autoptr (GPtrArray) bufs = pull_all (h);
+      guint filled = bufs->len - 3;
+      fail_unless (filled >= 2, "%u frames filled", filled);
+      g_autofree gfloat *whole = g_new0 (gfloat, (3 + filled) * FRAME);
+      memcpy (whole, speech, n * sizeof (gfloat));
+      g_autoptr (Reference) ref = greedy_reference (whole, (3 + filled) * FRAME);
+      for (guint i = 0; i < bufs->len; i++)
+        fail_unless_equals_uint64 (GST_BUFFER_PTS (g_ptr_array_index (bufs, i)),
+            samples_to_time (i * FRAME));
+      assert_f32_buffers_equal (bufs, ref->pcm, (3 + filled) * FRAME);
+    } else {
+      g_usleep (600 * 1000);
+      fail_unless_equals_int (gst_harness_buffers_received (h), 3);
+    }
+    gst_harness_teardown (h);
+  }
+}
+GST_END_TEST;
+
 /* GAP events and timestamp holes are silence for the model: the output stays continuous
  * and equals a run with zeros in their place. */
 GST_START_TEST (test_gaps_are_silence)
@@ -1508,6 +1559,7 @@ moshi_dialog_suite (void)
   tcase_add_test (flow, test_flush_resets_conversation);
   tcase_add_test (flow, test_eos_mid_frame);
   tcase_add_test (flow, test_eos_tail);
+  tcase_add_test (flow, test_live_stall_filled);
   tcase_add_test (flow, test_gaps_are_silence);
   tcase_add_test (flow, test_overlap_and_resync);
   tcase_add_test (flow, test_non_finite_input);
