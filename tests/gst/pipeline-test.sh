@@ -14,8 +14,8 @@
 #     wavparse -> audioconvert -> audioresample -> moshidialog -> audioconvert -> wavenc, with
 #     text_src -> filesink: the model's answer lasts exactly as long as the input, is neither
 #     silent nor NaN, and the text file holds the words the element also posted as
-#     moshi-text messages; then the same with a live source, and a missing LM or tokenizer
-#     is an error naming the file.
+#     moshi-text messages; then the same with a live source; eos-tail=800 adds 10 frames
+#     after the input's end; and a missing LM or tokenizer is an error naming the file.
 # Under `meson test --setup valgrind` (MOSHI_TEST_VALGRIND=1) the pipelines of 2 and 6 run once
 # more under valgrind, and so do the failing runs of 4, 5 and 6.
 set -euo pipefail
@@ -241,6 +241,17 @@ else
   ! grep -q "(qos)" "$work/live.log" || fail "late buffers in the live run: $(grep -m3 "(qos)" \
     "$work/live.log")"
 fi
+
+step "a recorded question -> the answer: moshidialog eos-tail=800 goes on 10 frames past EOS"
+gst-launch-1.0 -q filesrc location="$work/speech.wav" ! wavparse ! audioconvert ! \
+  audioresample ! moshidialog "${dialog_props[@]}" eos-tail=800 ! audioconvert ! wavenc ! \
+  filesink location="$work/answer-tail.wav" >"$work/tail.log" 2>&1 ||
+  fail "the eos-tail pipeline failed: $(cat "$work/tail.log")"
+read -r tail_samples _ tail_rms tail_bad < <(wav_stats "$work/answer-tail.wav")
+echo "answer with its tail: $tail_samples samples, rms $tail_rms"
+(( tail_samples >= expected + 19200 - 1 && tail_samples <= expected + 19200 + 1 )) ||
+  fail "the answer with a tail has $tail_samples samples, the input $expected (+ 19200 expected)"
+[[ $tail_bad == 0 ]] || fail "$tail_bad non-finite samples in the tail"
 
 step "moshidialog: a missing LM and a broken tokenizer are errors naming the file"
 rc=0
