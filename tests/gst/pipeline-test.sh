@@ -100,7 +100,11 @@ out=$(gst-inspect-1.0 moshidialog)
 grep -q "text/x-raw" <<<"$out" || fail "moshidialog: no text/x-raw caps"
 grep -q "SRC template: 'text_src'" <<<"$out" || fail "moshidialog: no text_src template"
 out=$(gst-inspect-1.0 moshi) || fail "gst-inspect-1.0 moshi failed"
-grep -q "3 features" <<<"$out" || fail "plugin moshi does not list 3 features"
+grep -q "5 features" <<<"$out" || fail "plugin moshi does not list 5 features"
+for element in rtpmimipay rtpmimidepay; do
+  out=$(gst-inspect-1.0 "$element") || fail "gst-inspect-1.0 $element failed"
+  grep -q "encoding-name: MIMI" <<<"$out" || fail "$element: no MIMI caps"
+done
 
 step "espeak-ng input at 22050 Hz"
 espeak-ng -w "$work/speech.wav" \
