@@ -6,8 +6,9 @@
  * malformed packets. Then a loopback pipeline: mimienc ! rtpmimipay ! netsim (loss and
  * reordering) ! udpsink -> udpsrc ! rtpjitterbuffer ! rtpmimidepay ! mimidec plc=true, whose
  * output must be exactly as long as the packets sent span, with concealment for each lost
- * one. The loopback needs netsim (gst-plugins-bad) and the system plugins; it is skipped
- * without them. */
+ * one, both with the jitterbuffer's lost-packet events (GAP events) and without them (DISCONT
+ * and a timestamp jump). The loopback needs netsim (gst-plugins-bad) and the system plugins;
+ * it is skipped without them. */
 #include <gst/check/gstcheck.h>
 #include <gst/check/gstharness.h>
 #include <gst/rtp/rtp.h>
@@ -556,8 +557,11 @@ on_sender_eos (GstPad * pad, GstPadProbeInfo * info, gpointer data)
   return GST_PAD_PROBE_OK;
 }
 
+/* __i__ 0: the jitterbuffer announces losses (do-lost=true: GAP events); 1: it does not, and
+ * mimidec sees DISCONT buffers whose timestamps jump. */
 GST_START_TEST (test_loopback_loss_and_reordering)
 {
+  gboolean do_lost = __i__ == 0;
   GstElementFactory *netsim = gst_element_factory_find ("netsim");
   GstElementFactory *udpsrc = gst_element_factory_find ("udpsrc");
   GstElementFactory *jb = gst_element_factory_find ("rtpjitterbuffer");
@@ -597,9 +601,9 @@ GST_START_TEST (test_loopback_loss_and_reordering)
       "udpsink name=usink host=127.0.0.1 port=0 sync=false async=false "
       "udpsrc name=usrc address=127.0.0.1 port=0 caps=\"application/x-rtp,media=audio,"
       "clock-rate=24000,encoding-name=MIMI,payload=96,codebooks=(string)16,"
-      "codebook-size=(string)256\" ! rtpjitterbuffer latency=600 do-lost=true mode=none ! "
+      "codebook-size=(string)256\" ! rtpjitterbuffer latency=600 do-lost=%s mode=none ! "
       "rtpmimidepay name=depay ! mimidec name=dec model=%s config=%s plc=true ! fakesink name=out "
-      "sync=false", model, config, model, config);
+      "sync=false", model, config, do_lost ? "true" : "false", model, config);
   GError *error = NULL;
   GstElement *pipeline = gst_parse_launch (desc, &error);
   fail_unless (pipeline != NULL, "%s", error ? error->message : "");
@@ -663,9 +667,9 @@ GST_START_TEST (test_loopback_loss_and_reordering)
   }
   guint64 span = last_end - span_start;
   guint64 lost = span - received_frames * FRAME_SAMPLES;
-  g_print ("loopback: %" G_GUINT64_FORMAT " packets received (%s), %" G_GUINT64_FORMAT
+  g_print ("loopback (do-lost=%d): %" G_GUINT64_FORMAT " packets received (%s), %" G_GUINT64_FORMAT
       " frames lost in between; %" G_GUINT64_FORMAT " samples out, %" G_GUINT64_FORMAT
-      " concealed, output %" GST_TIME_FORMAT " - %" GST_TIME_FORMAT "\n", lb.packets,
+      " concealed, output %" GST_TIME_FORMAT " - %" GST_TIME_FORMAT "\n", do_lost, lb.packets,
       lb.reordered ? "reordered" : "in order", lost / FRAME_SAMPLES, lb.out_samples,
       lb.concealed, GST_TIME_ARGS (lb.first_pts), GST_TIME_ARGS (lb.end_pts));
   fail_unless (lb.packets >= 20, "too few packets arrived");
@@ -704,7 +708,7 @@ rtp_mimi_suite (void)
   tcase_add_test (harness, test_packet_lost_is_gap);
   TCase *network = tcase_create ("network");
   suite_add_tcase (s, network);
-  tcase_add_test (network, test_loopback_loss_and_reordering);
+  tcase_add_loop_test (network, test_loopback_loss_and_reordering, 0, 2);
   return s;
 }
 
