@@ -1,5 +1,6 @@
 /* gst-moshi: the "moshi" plugin, Kyutai's Mimi codec (mimienc, mimidec) and the Moshi
- * spoken dialogue model (moshidialog) as GStreamer elements. */
+ * spoken dialogue model (moshidialog) as GStreamer elements, and the RTP payload format of
+ * the tokens (rtpmimipay, rtpmimidepay). */
 #include "gstmoshielements.h"
 
 static gboolean
@@ -10,6 +11,8 @@ plugin_init (GstPlugin * plugin)
   ret |= GST_ELEMENT_REGISTER (mimienc, plugin);
   ret |= GST_ELEMENT_REGISTER (mimidec, plugin);
   ret |= GST_ELEMENT_REGISTER (moshidialog, plugin);
+  ret |= GST_ELEMENT_REGISTER (rtpmimipay, plugin);
+  ret |= GST_ELEMENT_REGISTER (rtpmimidepay, plugin);
 
   return ret;
 }

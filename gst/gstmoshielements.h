@@ -11,6 +11,8 @@ G_BEGIN_DECLS
 GST_ELEMENT_REGISTER_DECLARE (mimienc);
 GST_ELEMENT_REGISTER_DECLARE (mimidec);
 GST_ELEMENT_REGISTER_DECLARE (moshidialog);
+GST_ELEMENT_REGISTER_DECLARE (rtpmimipay);
+GST_ELEMENT_REGISTER_DECLARE (rtpmimidepay);
 
 /* One-time setup shared by every element of the plugin (debug categories, enum types). */
 G_GNUC_INTERNAL void moshi_element_init (GstPlugin * plugin);

@@ -15,7 +15,10 @@
 #     text_src -> filesink: the model's answer lasts exactly as long as the input, is neither
 #     silent nor NaN, and the text file holds the words the element also posted as
 #     moshi-text messages; then the same with a live source; eos-tail=800 adds 10 frames
-#     after the input's end; and a missing LM or tokenizer is an error naming the file.
+#     after the input's end; and a missing LM or tokenizer is an error naming the file;
+#  7. examples/mimi-rtp-split.sh: mimienc at the edge -> RTP (rtpmimipay/rtpmimidepay) ->
+#     moshidialog in token mode -> RTP -> mimidec at the edge, three processes on loopback: the
+#     answer lasts as long as the input (give or take the last frame) and is not silent.
 # Under `meson test --setup valgrind` (MOSHI_TEST_VALGRIND=1) the pipelines of 2 and 6 run once
 # more under valgrind, and so do the failing runs of 4, 5 and 6.
 set -euo pipefail
@@ -100,7 +103,11 @@ out=$(gst-inspect-1.0 moshidialog)
 grep -q "text/x-raw" <<<"$out" || fail "moshidialog: no text/x-raw caps"
 grep -q "SRC template: 'text_src'" <<<"$out" || fail "moshidialog: no text_src template"
 out=$(gst-inspect-1.0 moshi) || fail "gst-inspect-1.0 moshi failed"
-grep -q "3 features" <<<"$out" || fail "plugin moshi does not list 3 features"
+grep -q "5 features" <<<"$out" || fail "plugin moshi does not list 5 features"
+for element in rtpmimipay rtpmimidepay; do
+  out=$(gst-inspect-1.0 "$element") || fail "gst-inspect-1.0 $element failed"
+  grep -q "encoding-name: MIMI" <<<"$out" || fail "$element: no MIMI caps"
+done
 
 step "espeak-ng input at 22050 Hz"
 espeak-ng -w "$work/speech.wav" \
@@ -265,5 +272,27 @@ log=$(run_gst gst-launch-1.0 audiotestsrc num-buffers=5 ! audioconvert ! audiore
     moshidialog "${dialog_props[@]}" tokenizer="$work/bad.model" ! fakesink 2>&1) || rc=$?
 expect_clean_failure "$rc" "$log"
 grep -q "$work/bad.model" <<<"$log" || fail "error does not name the tokenizer: $log"
+
+step "split deployment over RTP (examples/mimi-rtp-split.sh)"
+if gst-inspect-1.0 rtpjitterbuffer >/dev/null 2>&1 && gst-inspect-1.0 udpsrc >/dev/null 2>&1; then
+  # Two free UDP ports, so that parallel runs do not collide.
+  read -r p1 p2 < <(python3 -c '
+import socket
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+  SERVER_PORT=$p1 EDGE_PORT=$p2 "$examples/mimi-rtp-split.sh" "$work/speech.wav" \
+    "$work/split.wav" || fail "examples/mimi-rtp-split.sh failed"
+  read -r split_samples split_rate split_rms split_bad < <(wav_stats "$work/split.wav")
+  echo "answer over RTP: $split_samples samples at $split_rate Hz, rms $split_rms"
+  [[ $split_rate == 24000 && $split_bad == 0 ]] || fail "split answer: rate $split_rate, $split_bad non-finite"
+  # Whole frames (RTP carries no clipping); the last one may still be in flight at the end.
+  (( split_samples >= (frames - 2) * 1920 && split_samples <= frames * 1920 )) ||
+    fail "the answer over RTP has $split_samples samples, the input $frames frames"
+  python3 -c "import sys; sys.exit(0 if float('$split_rms') > 1e-3 else 1)" ||
+    fail "the answer over RTP is silent (rms $split_rms)"
+else
+  echo "SKIP: rtpjitterbuffer/udpsrc not installed (gstreamer1.0-plugins-good)"
+fi
 
 echo "all pipeline tests passed"
