@@ -373,6 +373,21 @@ END_TEST
 
 /* Reference attention keeping the whole history: a key is visible when it is among the last
  * `capacity` positions written and within the context window of the query. */
+/* A capacity whose scores row is larger than a thread stack (16 MiB of floats): only the first
+ * slot is written, so the output is its value row. */
+START_TEST (test_attention_huge_capacity)
+{
+  int cap = 1 << 22, heads = 1, hd = 2;
+  g_autofree float *kc = g_new0 (float, (gsize) cap * heads * hd);
+  g_autofree float *vc = g_new0 (float, (gsize) cap * heads * hd);
+  float q[2] = { 1, 0.5f }, k[2] = { 0.25f, -1 }, v[2] = { 3, -7 }, got[2] = { 0, 0 };
+  be->ops->kv_write (ex1, kc, vc, cap, k, hd, v, hd, hd, 0, 1);
+  be->ops->attention (ex1, got, hd, q, hd, kc, vc, cap, heads, hd, 0, 1, cap, 1.0f);
+  ck_assert_float_eq (got[0], 3);
+  ck_assert_float_eq (got[1], -7);
+}
+END_TEST
+
 START_TEST (test_attention_ring)
 {
   MoshiTestRng rng;
@@ -664,6 +679,7 @@ cpu_ops_suite (void)
   tcase_add_test (tc, test_add_scaled_and_moves);
   tcase_add_test (tc, test_rope);
   tcase_add_test (tc, test_attention_ring);
+  tcase_add_test (tc, test_attention_huge_capacity);
   tcase_add_test (tc, test_rvq);
   tcase_add_test (tc, test_weight_views_and_conversion);
   tcase_add_test (tc, test_linear_bf16);

@@ -643,7 +643,14 @@ attention_task (void *ctx, int task, int thread)
   int q_pos = j->pos0 + i;
   const float *q = j->q + (gsize) i * j->ld_q + (gsize) h * j->head_dim;
   float *out = j->dst + (gsize) i * j->ld_dst + (gsize) h * j->head_dim;
-  float scores[j->capacity];
+  /* The KV capacity comes from the config (up to millions of positions), far more than a
+   * thread stack holds, so long contexts take their scores from the heap; short ones, the
+   * decode-step common case, stay off the allocator. */
+  float stack_scores[4096];
+  g_autofree float *heap_scores = NULL;
+  float *scores = stack_scores;
+  if (j->capacity > (int) G_N_ELEMENTS (stack_scores))
+    scores = heap_scores = g_new (float, j->capacity);
   float max_score = -INFINITY;
   for (int s = 0; s < j->capacity; s++) {
     scores[s] = -INFINITY;
