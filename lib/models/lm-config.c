@@ -66,6 +66,20 @@ moshi_lm_config_max_delay (const MoshiLmConfig *cfg)
 
 /* ---------------------------------------------------------------- JSON */
 
+/* Ranges of the values that are not plain integer keys with their bounds at the get_int call.
+ * The integer bounds keep every product of two sizes within an int and every derived size
+ * (d_model * hidden_scale, context * dim for the KV cache) within a gsize. */
+/* The KV cache holds context positions per layer, and attention scores a whole ring per head:
+ * 2^20 positions is 23 hours at 12.5 Hz, far beyond any released model (3000). */
+#define LM_MAX_CONTEXT (1 << 20)
+/* dim_feedforward = hidden_scale * dim must be a positive int (dim <= 2^16). */
+#define LM_MIN_HIDDEN_SCALE (1.0 / 65536)
+#define LM_MAX_HIDDEN_SCALE 64.0
+/* RoPE and sinusoidal embeddings take log (max_period). */
+#define LM_MIN_MAX_PERIOD 1.0
+#define LM_MAX_MAX_PERIOD 1e12
+#define LM_MAX_POSITIONAL_SCALE 1e6
+
 typedef struct {
   const char *what;
   GError **error;
@@ -92,10 +106,12 @@ get_int (Reader *rd, const MoshiJson *v, const char *key, int min, int max, int 
 }
 
 static gboolean
-get_number (Reader *rd, const MoshiJson *v, const char *key, double *out)
+get_number (Reader *rd, const MoshiJson *v, const char *key, double min, double max, double *out)
 {
-  if (!moshi_json_double (v, out) || !isfinite (*out))
-    return bad (rd, key, "a number");
+  if (!moshi_json_double (v, out) || !(*out >= min && *out <= max)) {
+    g_autofree char *range = g_strdup_printf ("a number in [%g, %g]", min, max);
+    return bad (rd, key, range);
+  }
   return TRUE;
 }
 
@@ -172,9 +188,10 @@ transformer_kwarg (Reader *rd, MoshiTransformerConfig *t, const char *name, cons
   if (strcmp (name, "positional_embedding") == 0)
     return get_pos (rd, v, key, &t->positional_embedding);
   if (strcmp (name, "max_period") == 0)
-    return get_number (rd, v, key, &t->max_period);
+    return get_number (rd, v, key, LM_MIN_MAX_PERIOD, LM_MAX_MAX_PERIOD, &t->max_period);
   if (strcmp (name, "positional_scale") == 0)
-    return get_number (rd, v, key, &t->positional_scale);
+    return get_number (rd, v, key, -LM_MAX_POSITIONAL_SCALE, LM_MAX_POSITIONAL_SCALE,
+        &t->positional_scale);
   if (strcmp (name, "layer_scale") == 0) {
     t->layer_scale = !is_null (v);
     return TRUE;
@@ -333,6 +350,47 @@ get_conditioners (Reader *rd, MoshiLmConfig *cfg, const MoshiJson *conds, const 
   return TRUE;
 }
 
+static gboolean
+uses_rope (MoshiPosKind kind)
+{
+  return kind == MOSHI_POS_ROPE || kind == MOSHI_POS_SIN_ROPE || kind == MOSHI_POS_ROPE_CONCAT;
+}
+
+/* Checks between keys, once every key has its value. */
+static gboolean
+check_relations (const MoshiLmConfig *cfg, const char *what, GError **error)
+{
+  /* The text head samples indices into the text embedding table. */
+  if (cfg->text_card_out > cfg->text_card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"text_card_out\" (%d) must not exceed \"text_card\" (%d): sampled text tokens "
+        "are looked up in the text embedding", what, cfg->text_card_out, cfg->text_card);
+    return FALSE;
+  }
+  if (cfg->existing_text_padding_id >= cfg->text_card
+      || cfg->existing_text_end_padding_id >= cfg->text_card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"existing_text_padding_id\" (%d) and \"existing_text_end_padding_id\" (%d) must be "
+        "text tokens, below \"text_card\" (%d)", what, cfg->existing_text_padding_id,
+        cfg->existing_text_end_padding_id, cfg->text_card);
+    return FALSE;
+  }
+  /* RoPE rotates pairs of channels, so a head needs an even size of at least 2. */
+  const MoshiTransformerConfig *ts[] = { &cfg->transformer, &cfg->depformer };
+  static const char *const names[][2] = { { "dim", "num_heads" },
+    { "depformer_dim", "depformer_num_heads" } };
+  for (int i = 0; i < (cfg->dep_q > 0 ? 2 : 1); i++) {
+    int head_dim = ts[i]->d_model / ts[i]->num_heads;
+    if (uses_rope (ts[i]->positional_embedding) && head_dim % 2 != 0) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: \"%s\" / \"%s\" = %d: rotary embeddings need an even head size", what,
+          names[i][0], names[i][1], head_dim);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 gboolean
 moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     const char *what, GError **error)
@@ -410,11 +468,11 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     else if (strcmp (key, "num_heads") == 0)
       ok = get_int (&rd, v, key, 1, 4096, &cfg->transformer.num_heads);
     else if (strcmp (key, "hidden_scale") == 0)
-      ok = get_number (&rd, v, key, &hidden_scale);
+      ok = get_number (&rd, v, key, LM_MIN_HIDDEN_SCALE, LM_MAX_HIDDEN_SCALE, &hidden_scale);
     else if (strcmp (key, "causal") == 0)
       ok = get_bool (&rd, v, key, &cfg->transformer.causal);
     else if (strcmp (key, "context") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &context);
+      ok = is_null (v) || get_int (&rd, v, key, 1, LM_MAX_CONTEXT, &context);
     else if (strcmp (key, "delays") == 0) {
       delays = v;
       have_delays = TRUE;
@@ -467,7 +525,8 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
   /* Main transformer. "norm" is an LMModel argument that also reaches the depformer. */
   MoshiTransformerConfig *t = &cfg->transformer;
   t->d_model = cfg->dim;
-  t->dim_feedforward = (int) (hidden_scale * cfg->dim);
+  /* In range by LM_MAX_HIDDEN_SCALE; at least 1 so that a tiny scale cannot give an empty layer. */
+  t->dim_feedforward = MAX (1, (int) (hidden_scale * cfg->dim));
   t->context = context;
   if (cfg->text_card_out == 0)
     cfg->text_card_out = cfg->text_card;
@@ -483,7 +542,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
   g_ptr_array_unref (dep_keys);
   d->d_model = cfg->depformer_dim;
   d->num_heads = dep_num_heads;
-  d->dim_feedforward = dep_ff ? dep_ff : (int) (hidden_scale * cfg->depformer_dim);
+  d->dim_feedforward = dep_ff ? dep_ff : MAX (1, (int) (hidden_scale * cfg->depformer_dim));
   d->positional_embedding = dep_pos;
   d->context = 0;
   d->weights_per_step = wps ? cfg->dep_q : 0;
@@ -556,7 +615,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
         "%s: depformer weights per step need a gated feed-forward (as upstream)", what);
     return FALSE;
   }
-  return TRUE;
+  return check_relations (cfg, what, error);
 }
 
 gboolean
