@@ -1454,6 +1454,14 @@ moshi_mimi_decode (MoshiMimi *m, const int32_t *codes, int num_codebooks, int n_
   g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (m, &opts, error);
   if (s == NULL)
     return FALSE;
+  /* Checked before the allocation that n_frames sizes: a negative count would wrap to a huge
+   * size and abort in g_new instead of failing. */
+  if (n_frames < 0 || (gsize) n_frames > G_MAXSIZE / sizeof (float) / (gsize) m->frame_size) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "cannot decode %d frames: the count must be between 0 and %" G_GSIZE_FORMAT, n_frames,
+        G_MAXSIZE / sizeof (float) / (gsize) m->frame_size);
+    return FALSE;
+  }
   g_autofree float *pcm = g_new (float, MAX ((gsize) n_frames * m->frame_size, 1));
   if (!moshi_mimi_session_decode (s, codes, num_codebooks, n_frames, pcm, error))
     return FALSE;
