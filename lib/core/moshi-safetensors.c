@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 #include "moshi-json.h"
 
 /* The reference implementation refuses headers over 100 MB; a real header (about 1000 tensors
@@ -375,13 +376,9 @@ moshi_safetensors_open (const char *path, GError **error)
   g_return_val_if_fail (path != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  g_autoptr (GError) map_error = NULL;
-  GMappedFile *mapped = g_mapped_file_new (path, FALSE, &map_error);
-  if (mapped == NULL) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot map the file: %s", path,
-        map_error->message);
+  GMappedFile *mapped = moshi_file_map (path, "safetensors file", error);
+  if (mapped == NULL)
     return NULL;
-  }
   /* The GBytes holds the mapping for as long as the result lives. */
   g_autoptr (GBytes) bytes = g_mapped_file_get_bytes (mapped);
   g_mapped_file_unref (mapped);
@@ -510,23 +507,6 @@ append_json_string (GString *out, const char *s)
     }
   }
   g_string_append_c (out, '"');
-}
-
-static gboolean
-write_all (int fd, const void *buf, gsize len)
-{
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t n = write (fd, p, MIN (len, (gsize) 1 << 30));
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return FALSE;
-    }
-    p += n;
-    len -= (gsize) n;
-  }
-  return TRUE;
 }
 
 static gboolean
@@ -672,39 +652,18 @@ moshi_safetensors_write (const char *path, const MoshiTensorEntry *entries, gsiz
   for (int i = 0; i < 8; i++)
     len_bytes[i] = (guint8) ((guint64) header_len >> (8 * i));
 
-  /* Written next to the target and renamed over it, so that readers (and a crash) never see a
-   * half-written file. g_file_set_contents would need the whole file in memory. */
-  g_autofree char *tmp_path = g_strdup_printf ("%s.XXXXXX", path);
-  int fd = g_mkstemp_full (tmp_path, O_WRONLY | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    int saved = errno;
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot create a temporary file: %s",
-        path, g_strerror (saved));
+  /* A regular file is written next to the target and renamed over it, so that readers (and a
+   * crash) never see a half-written file; a device or FIFO is written in place (moshi-file.h).
+   * g_file_set_contents would need the whole file in memory. */
+  MoshiOutputFile out;
+  if (!moshi_file_output_open (&out, path, error))
     return FALSE;
-  }
-
-  gboolean ok = write_all (fd, len_bytes, sizeof len_bytes) && write_all (fd, header, header_len);
+  gboolean ok = moshi_file_output_write (&out, len_bytes, sizeof len_bytes)
+      && moshi_file_output_write (&out, header, header_len);
   for (gsize j = 0; ok && j < n; j++) {
     const MoshiTensorEntry *e = &entries[order[j]];
     if (e->nbytes > 0)
-      ok = write_all (fd, e->data, e->nbytes);
+      ok = moshi_file_output_write (&out, e->data, e->nbytes);
   }
-  if (ok)
-    ok = fsync (fd) == 0;
-  int saved = errno;
-  if (close (fd) != 0 && ok) {
-    ok = FALSE;
-    saved = errno;
-  }
-  if (ok && g_rename (tmp_path, path) != 0) {
-    ok = FALSE;
-    saved = errno;
-  }
-  if (!ok) {
-    g_unlink (tmp_path);
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot write the file: %s", path,
-        g_strerror (saved));
-    return FALSE;
-  }
-  return TRUE;
+  return moshi_file_output_close (&out, ok, ok ? 0 : errno, error);
 }

@@ -1,6 +1,7 @@
 #include "mimi-config.h"
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 #include "moshi-json.h"
 
 #include <math.h>
@@ -380,12 +381,8 @@ moshi_mimi_config_load (MoshiMimiConfig *cfg, const char *path, GError **error)
 {
   g_autofree char *text = NULL;
   gsize len = 0;
-  g_autoptr (GError) io_error = NULL;
-  if (!g_file_get_contents (path, &text, &len, &io_error)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot read Mimi config %s: %s", path,
-        io_error->message);
+  if (!moshi_file_read_all (path, "Mimi config", MOSHI_FILE_MAX_CONFIG_BYTES, &text, &len, error))
     return FALSE;
-  }
   return moshi_mimi_config_from_json_text (cfg, text, len, path, error);
 }
 
