@@ -7,6 +7,7 @@ Prints 'N passed, N failed' and exits non-zero on any failure."""
 import json
 import math
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -214,6 +215,127 @@ def test_chat_greedy_transcript():
     pcm = read_float_wav(wav_out)
     assert len(pcm) == frames * 1920, len(pcm)
     assert rel_l2(pcm, gold["gen.decoded_pcm"][1]) <= 1e-4
+
+
+def run_failing(*args, code=1, timeout=60):
+    """Runs a command that must fail cleanly: exit status `code`, not a signal or a hang."""
+    proc = subprocess.run([TOOL, *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+    return proc.stderr
+
+
+def test_option_values_are_checked():
+    # issue 14, defect 6: these crashed (SIGSEGV, SIGFPE) or wrote an empty file
+    out = os.path.join(tmp, "opt.safetensors")
+    cases = [
+        (["encode", "--codebooks", "0"], "--codebooks=0"),
+        (["encode", "--streaming", "--codebooks", "0"], "--codebooks=0"),
+        (["encode", "--codebooks", "65"], "--codebooks=65"),
+        (["encode", "--threads", "-1"], "--threads=-1"),
+    ]
+    for extra, what in cases:
+        err = run_failing(extra[0], "--model", MODEL, "--config", CONFIG, *extra[1:], speech_wav, out,
+                          code=2)
+        assert what in err, err
+    assert not os.path.exists(out)
+    for extra, what in [(["--codebooks", "0"], "--codebooks=0"),
+                        (["--frames-per-call", "0"], "--frames-per-call=0"),
+                        (["--seconds", "-1"], "--seconds=-1"),
+                        (["--threads", "1,x"], "'x'")]:
+        err = run_failing("bench", "--model", MODEL, "--config", CONFIG, *extra, "mimi", code=2)
+        assert what in err, err
+    err = run_failing("bench", "lm", "--batch", "2x", code=2)
+    assert "'2x'" in err, err
+
+
+def test_crafted_codes_dimensions():
+    # issue 14, defect 5: 2^31 frames became a negative int and aborted in an allocation
+    path = os.path.join(tmp, "huge-codes.safetensors")
+    write_safetensors(path, {"codes": ("I64", [1, 0, 2 ** 31], [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "h.wav"))
+    assert path in err and "2147483648" in err, err
+    write_safetensors(path, {"codes": ("I64", [1, 2 ** 32 + 1, 0], [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "h.wav"))
+    assert path in err and "4294967297" in err, err
+
+
+def test_errors_name_the_input():
+    # issue 14, defects 9 and 10: the NaN error named no file, and --streaming leaked on it
+    nan_wav = os.path.join(tmp, "nan.wav")
+    write_float_wav(nan_wav, [0.0] * 1000 + [float("nan")] + [0.0] * 3000, 24000)
+    for extra in ([], ["--streaming"]):
+        err = run_failing("encode", "--model", MODEL, "--config", CONFIG, *extra, nan_wav,
+                          os.path.join(tmp, "n.safetensors"))
+        assert nan_wav in err and "not finite" in err, err
+    bad_codes = os.path.join(tmp, "bad-codes.safetensors")
+    write_safetensors(bad_codes, {"codes": ("I64", [1, 2, 2], [0, 1, 99999, 2])})
+    for extra in ([], ["--streaming"]):
+        err = run_failing("decode", "--model", MODEL, "--config", CONFIG, *extra, bad_codes,
+                          os.path.join(tmp, "b.wav"))
+        assert bad_codes in err, err
+
+
+def test_inputs_must_be_regular_files():
+    # issue 14, defect 7: a FIFO blocked forever, /dev/zero as a config grew without end
+    fifo = os.path.join(tmp, "fifo")
+    os.mkfifo(fifo)
+    out = os.path.join(tmp, "f.safetensors")
+    for args in (["--model", MODEL, "--config", fifo, speech_wav],
+                 ["--model", fifo, "--config", CONFIG, speech_wav],
+                 ["--model", MODEL, "--config", CONFIG, fifo],
+                 ["--model", MODEL, "--config", "/dev/zero", speech_wav],
+                 ["--model", MODEL, "--config", CONFIG, "/dev/zero"]):
+        err = run_failing("encode", *args, out, timeout=20)
+        assert "FIFO" in err or "character device" in err, err
+    lm_config = os.path.join(LM, "config.json")
+    for args in (["--lm-config", fifo], ["--lm-config", lm_config, "--tokenizer", fifo]):
+        err = run_failing("chat", "--model", os.path.join(LM, "model.safetensors"),
+                          "--mimi-model", MODEL, "--mimi-config", CONFIG, *args, speech_wav,
+                          os.path.join(tmp, "c.wav"), timeout=20)
+        assert fifo in err and "FIFO" in err, err
+    big = os.path.join(tmp, "big.json")
+    with open(big, "wb") as f:
+        f.truncate(17 << 20)
+    err = run_failing("encode", "--model", MODEL, "--config", big, speech_wav, out)
+    assert big in err and "larger than" in err, err
+    os.unlink(fifo)
+
+
+def device_node(name, minor):
+    """A character device like /dev/<name>. As root, a private node in tmp, so that a regression
+    that renames over its output replaces that node and not the system's /dev/null; otherwise
+    /dev/<name> itself, which an unprivileged rename cannot replace."""
+    if os.geteuid() != 0:
+        return "/dev/" + name if os.path.exists("/dev/" + name) else None
+    path = os.path.join(tmp, name)
+    if not os.path.exists(path):
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError:  # tmp mounted nodev
+        return None
+    return path
+
+
+def test_outputs_that_are_not_regular_files():
+    # issue 14, defect 8: the output was written beside the target and renamed over it, which
+    # replaced a device node with a regular file
+    codes_path = encode_and_compare([], "codes")
+    null, full = device_node("null", 3), device_node("full", 7)
+    if null:
+        run("decode", "--model", MODEL, "--config", CONFIG, codes_path, null)
+        run("encode", "--model", MODEL, "--config", CONFIG, speech_wav, null)
+    if full:
+        err = run_failing("decode", "--model", MODEL, "--config", CONFIG, codes_path, full)
+        assert full in err and "No space" in err, err
+        err = run_failing("encode", "--model", MODEL, "--config", CONFIG, speech_wav, full)
+        assert full in err and "No space" in err, err
+    for dev in (null, full):
+        if dev:
+            assert stat.S_ISCHR(os.stat(dev).st_mode), dev
+            assert not [n for n in os.listdir(os.path.dirname(dev))
+                        if n.startswith(os.path.basename(dev) + ".")], dev
 
 
 def test_unknown_command():
