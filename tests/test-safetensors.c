@@ -505,13 +505,13 @@ END_TEST
 
 START_TEST (test_data_order_and_extras)
 {
-  /* Entries in the header out of data order, unknown keys, holes between tensors, trailing
-   * bytes after the last one, a zero-sized tensor inside another's span and header padding. */
+  /* Entries in the header out of data order, unknown keys, holes between tensors, a zero-sized
+   * tensor inside another's span and header padding. */
   const char *header = "{\"late\":{\"dtype\":\"I16\",\"shape\":[2],\"data_offsets\":[16,20],\"x\":[1]},"
       "\"early\":{\"shape\":[2,2],\"data_offsets\":[0,4],\"dtype\":\"I8\"},"
       "\"nothing\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[2,2]},"
       "\"__metadata__\":{}}    ";
-  g_autoptr (MoshiSafetensors) st = load_header (header, 32);
+  g_autoptr (MoshiSafetensors) st = load_header (header, 20);
   ck_assert_uint_eq (moshi_safetensors_n_tensors (st), 3);
   ck_assert_str_eq (moshi_safetensors_nth (st, 0)->name, "early");
   ck_assert_str_eq (moshi_safetensors_nth (st, 1)->name, "nothing");
@@ -610,6 +610,16 @@ START_TEST (test_reject_truncated)
   expect_rejected (five, MOSHI_ERROR_FORMAT, NULL, "truncated");
   g_autoptr (GBytes) seven = g_bytes_new ("\x02\0\0\0\0\0\0", 7);
   expect_rejected (seven, MOSHI_ERROR_FORMAT, NULL, "7 bytes");
+}
+END_TEST
+
+/* Bytes after the last tensor are what an appended or mis-sized file leaves (issue 14,
+ * defect 10): refused, with the count. */
+START_TEST (test_reject_trailing_bytes)
+{
+  expect_header_rejected ("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 7,
+      MOSHI_ERROR_FORMAT, NULL, "3 trailing bytes");
+  expect_header_rejected ("{}", 1, MOSHI_ERROR_FORMAT, NULL, "1 trailing bytes");
 }
 END_TEST
 
@@ -820,6 +830,7 @@ safetensors_suite (void)
   tcase_add_unchecked_fixture (errors, parent_setup, parent_teardown);
   tcase_add_checked_fixture (errors, scratch_setup, scratch_teardown);
   tcase_add_test (errors, test_reject_truncated);
+  tcase_add_test (errors, test_reject_trailing_bytes);
   tcase_add_test (errors, test_reject_header_past_eof);
   tcase_add_test (errors, test_reject_malformed_json);
   tcase_add_test (errors, test_reject_wrong_structure);

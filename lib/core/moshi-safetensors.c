@@ -352,6 +352,16 @@ safetensors_new (GBytes *bytes, const char *path, GError **error)
     }
     previous = cur;
   }
+  /* As the reference loader does, refuse bytes past the last tensor: they are what a truncated
+   * header or an appended file leaves, never what a writer produces. */
+  guint64 used = previous != NULL ? previous->end : 0;
+  if (used != data_len) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+        "%s: %" G_GUINT64_FORMAT " trailing bytes after the last tensor (the data section is %"
+        G_GUINT64_FORMAT " bytes, the tensors end at %" G_GUINT64_FORMAT ")", path,
+        data_len - used, data_len, used);
+    return NULL;
+  }
 
   MoshiSafetensors *st = g_new0 (MoshiSafetensors, 1);
   g_atomic_ref_count_init (&st->ref_count);
