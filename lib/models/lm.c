@@ -494,6 +494,20 @@ finish_load (MoshiLm *lm, MoshiDevice device, GError **error)
   return lm;
 }
 
+/* A tensor missing or misshapen under a given config is as likely the config's fault as the
+ * weights': the message names both files (issue 14, defect 10). */
+static void
+name_config_in_error (GError **error, const char *kind, const char *config_path)
+{
+  if (error == NULL || *error == NULL || config_path == NULL
+      || ((*error)->code != MOSHI_ERROR_SHAPE && (*error)->code != MOSHI_ERROR_MISSING_TENSOR))
+    return;
+  char *message = g_strdup_printf ("%s (the shapes come from the %s config %s: is it the "
+      "config of these weights?)", (*error)->message, kind, config_path);
+  g_free ((*error)->message);
+  (*error)->message = message;
+}
+
 MoshiLm *
 moshi_lm_load (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error)
@@ -513,7 +527,10 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO, error);
+  MoshiLm *loaded = finish_load (lm, options ? options->device : MOSHI_DEVICE_AUTO, error);
+  if (loaded == NULL)
+    name_config_in_error (error, "LM", config_path);
+  return loaded;
 
 fail:
   lm_free (lm);

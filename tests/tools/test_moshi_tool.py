@@ -224,6 +224,19 @@ def run_failing(*args, code=1, timeout=60):
     return proc.stderr
 
 
+def test_config_errors_name_the_config():
+    # issue 14, defect 10: a config that does not fit the weights was blamed on the weights alone
+    lm_weights = os.path.join(LM, "model.safetensors")
+    other = os.path.join(DATA, "lm", "dialog", "config.json")
+    err = run_failing("lm-forward", "--weights", lm_weights, "--config", other, "--codes", "x",
+                      "--out", os.path.join(tmp, "f.safetensors"))
+    assert lm_weights in err and other in err, err
+    tiny = os.path.join(DATA, "mimi", "tiny", "config.json")
+    err = run_failing("encode", "--model", MODEL, "--config", tiny, speech_wav,
+                      os.path.join(tmp, "t.safetensors"))
+    assert MODEL in err and tiny in err, err
+
+
 def test_option_values_are_checked():
     # issue 14, defect 6: these crashed (SIGSEGV, SIGFPE) or wrote an empty file
     out = os.path.join(tmp, "opt.safetensors")
