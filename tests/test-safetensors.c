@@ -623,6 +623,37 @@ START_TEST (test_reject_trailing_bytes)
 }
 END_TEST
 
+START_TEST (test_check_finite)
+{
+  static const struct { const char *dtype; int size; guint64 bad, good; } cases[] = {
+    { "F32", 4, 0x7f800000u, 0x3f800000u },                  /* inf, 1 */
+    { "F32", 4, 0xffc00000u, 0x7f7fffffu },                  /* NaN, FLT_MAX */
+    { "BF16", 2, 0xff80u, 0x7f7fu },
+    { "F16", 2, 0x7e00u, 0x7bffu },
+    { "F64", 8, G_GUINT64_CONSTANT (0x7ff0000000000000), G_GUINT64_CONSTANT (0x7fefffffffffffff) },
+  };
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    guint8 data[3 * 8] = { 0 };
+    MoshiTensorEntry e = { .name = "t", .ndim = 1, .shape = { 3 }, .data = data,
+      .nbytes = 3 * cases[c].size };
+    ck_assert (moshi_dtype_from_name (cases[c].dtype, &e.dtype));
+    for (int b = 0; b < cases[c].size; b++)
+      data[cases[c].size + b] = (guint8) (cases[c].good >> (8 * b));
+    ck_assert (moshi_tensor_check_finite (&e, "f.safetensors", NULL));
+    for (int b = 0; b < cases[c].size; b++)
+      data[2 * cases[c].size + b] = (guint8) (cases[c].bad >> (8 * b));
+    g_autoptr (GError) error = NULL;
+    ck_assert (!moshi_tensor_check_finite (&e, "f.safetensors", &error));
+    ck_assert_msg (strstr (error->message, "f.safetensors") && strstr (error->message, "'t'")
+        && strstr (error->message, "element 2"), "%s", error->message);
+  }
+  int64_t ints[2] = { -1, G_MAXINT64 };
+  MoshiTensorEntry e = { .name = "i", .dtype = MOSHI_DTYPE_I64, .ndim = 1, .shape = { 2 },
+    .data = ints, .nbytes = sizeof ints };
+  ck_assert (moshi_tensor_check_finite (&e, "f.safetensors", NULL));
+}
+END_TEST
+
 START_TEST (test_reject_header_past_eof)
 {
   g_autoptr (GBytes) image = make_image_with_length ("{}", 1000, 0);
@@ -831,6 +862,7 @@ safetensors_suite (void)
   tcase_add_checked_fixture (errors, scratch_setup, scratch_teardown);
   tcase_add_test (errors, test_reject_truncated);
   tcase_add_test (errors, test_reject_trailing_bytes);
+  tcase_add_test (errors, test_check_finite);
   tcase_add_test (errors, test_reject_header_past_eof);
   tcase_add_test (errors, test_reject_malformed_json);
   tcase_add_test (errors, test_reject_wrong_structure);

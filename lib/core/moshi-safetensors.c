@@ -677,3 +677,33 @@ moshi_safetensors_write (const char *path, const MoshiTensorEntry *entries, gsiz
   }
   return moshi_file_output_close (&out, ok, ok ? 0 : errno, error);
 }
+
+gboolean
+moshi_tensor_check_finite (const MoshiTensorEntry *entry, const char *path, GError **error)
+{
+  /* The exponent field of each format: all ones is an infinity or a NaN. */
+  guint64 mask;
+  gsize size;
+  switch (entry->dtype) {
+    case MOSHI_DTYPE_F32: mask = 0x7f800000u; size = 4; break;
+    case MOSHI_DTYPE_BF16: mask = 0x7f80u; size = 2; break;
+    case MOSHI_DTYPE_F16: mask = 0x7c00u; size = 2; break;
+    case MOSHI_DTYPE_F64: mask = G_GUINT64_CONSTANT (0x7ff0000000000000); size = 8; break;
+    default: return TRUE;
+  }
+  const guint8 *p = entry->data;
+  gsize n = entry->nbytes / size;
+  for (gsize i = 0; i < n; i++) {
+    guint64 bits = 0;
+    /* Little-endian, as the file stores it, at whatever alignment the file gave. */
+    for (gsize b = 0; b < size; b++)
+      bits |= (guint64) p[i * size + b] << (8 * b);
+    if ((bits & mask) == mask) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "%s: tensor '%s' holds a non-finite value (an infinity or NaN) at element %"
+          G_GSIZE_FORMAT, path, entry->name, i);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}

@@ -63,4 +63,10 @@ int64_t moshi_shape_numel (const int64_t *shape, int ndim);
 gboolean moshi_safetensors_write (const char *path, const MoshiTensorEntry *entries, gsize n,
     GHashTable *metadata, GError **error);
 
+/* FALSE, with an error naming path, the tensor and the element, when a floating-point tensor
+ * holds an infinity or a NaN (integer tensors always pass). Reads the bits only, so it costs one
+ * pass over the data. */
+gboolean moshi_tensor_check_finite (const MoshiTensorEntry *entry, const char *path,
+    GError **error);
+
 G_END_DECLS

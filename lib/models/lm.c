@@ -98,6 +98,17 @@ row_view (MoshiWeight *dst, const MoshiWeight *src, int64_t row0, int64_t rows)
   dst->data = (const guint8 *) src->data + row0 * src->shape[1] * moshi_dtype_size (src->dtype);
 }
 
+/* A norm's weights, checked for infinities and NaNs: they scale every activation, and are
+ * cheap to check (d values), where checking all 7 B weights would slow every load. */
+static gboolean
+load_norm_tensor (Loader *ld, MoshiWeight *w, const char *name, int ndim, const int64_t *shape)
+{
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (ld->lm->st, name);
+  if (e != NULL && !moshi_tensor_check_finite (e, ld->lm->path, ld->error))
+    return FALSE;
+  return load_tensor (ld, w, name, ndim, shape);
+}
+
 static gboolean
 load_norm (Loader *ld, MoshiNormKind kind, const char *prefix, int d, MoshiWeight *w, MoshiWeight *b)
 {
@@ -105,12 +116,12 @@ load_norm (Loader *ld, MoshiNormKind kind, const char *prefix, int d, MoshiWeigh
   if (kind == MOSHI_NORM_RMS_NORM || kind == MOSHI_NORM_RMS_NORM_F32) {
     wname = g_strdup_printf ("%s.alpha", prefix);
     int64_t shape[] = { 1, 1, d };
-    return load_tensor (ld, w, wname, 3, shape);
+    return load_norm_tensor (ld, w, wname, 3, shape);
   }
   wname = g_strdup_printf ("%s.weight", prefix);
   g_autofree char *bname = g_strdup_printf ("%s.bias", prefix);
   int64_t shape[] = { d };
-  return load_tensor (ld, w, wname, 1, shape) && load_tensor (ld, b, bname, 1, shape);
+  return load_norm_tensor (ld, w, wname, 1, shape) && load_norm_tensor (ld, b, bname, 1, shape);
 }
 
 static gboolean

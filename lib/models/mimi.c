@@ -105,6 +105,10 @@ load_weight_alias (Loader *ld, MoshiWeight *w, const char *const *names, int ndi
   const MoshiTensorEntry *e = find_tensor (ld, names, ndim, shape);
   if (e == NULL)
     return FALSE;
+  /* Mimi is small enough (about 80 M weights) to check whole: one infinity turns every output
+   * sample into one (issue 14, defect 10). */
+  if (!moshi_tensor_check_finite (e, ld->m->path, ld->error))
+    return FALSE;
   if (!ld->m->be->ops->weight_from_host (ld->m->be, w, e, ld->m->st, ld->error)) {
     g_prefix_error (ld->error, "%s: ", ld->m->path);
     return FALSE;

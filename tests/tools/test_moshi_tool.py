@@ -237,6 +237,19 @@ def test_config_errors_name_the_config():
     assert MODEL in err and tiny in err, err
 
 
+def test_non_finite_weights_are_refused():
+    # issue 14, defect 10: one infinity in the weights gave an all-inf WAV without complaint
+    tensors = read_safetensors(MODEL)
+    name = "decoder.model.0.conv.conv.weight"
+    shape, values = tensors[name]
+    values[5] = float("inf")
+    bad = os.path.join(tmp, "inf-mimi.safetensors")
+    write_safetensors(bad, {n: ("F32", sh, v) for n, (sh, v) in tensors.items()})
+    err = run_failing("encode", "--model", bad, "--config", CONFIG, speech_wav,
+                      os.path.join(tmp, "i.safetensors"))
+    assert bad in err and name in err and "non-finite" in err, err
+
+
 def test_option_values_are_checked():
     # issue 14, defect 6: these crashed (SIGSEGV, SIGFPE) or wrote an empty file
     out = os.path.join(tmp, "opt.safetensors")
