@@ -132,15 +132,15 @@ moshi_file_output_open (MoshiOutputFile *out, const char *path, GError **error)
   out->path = g_strdup (path);
   out->tmp_path = NULL;
   struct stat st;
-  if (g_stat (path, &st) == 0 && !S_ISREG (st.st_mode)) {
-    if (S_ISDIR (st.st_mode)) {
+  if (g_lstat (path, &st) == 0 && !S_ISREG (st.st_mode)) {
+    if (g_stat (path, &st) == 0 && S_ISDIR (st.st_mode)) {
       g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot write: it is a directory", path);
       g_clear_pointer (&out->path, g_free);
       return FALSE;
     }
-    /* A device or FIFO: write to it, as the user asked; renaming over it would replace the
-     * node with a regular file. */
-    out->fd = g_open (path, O_WRONLY | O_CLOEXEC, 0);
+    /* A device, a FIFO or a symbolic link (/dev/stdout): write to it, as the user asked;
+     * renaming over it would replace the node or the link with a regular file. */
+    out->fd = g_open (path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   } else {
     out->tmp_path = g_strdup_printf ("%s.XXXXXX", path);
     out->fd = g_mkstemp_full (out->tmp_path, O_WRONLY | O_CLOEXEC, 0666);

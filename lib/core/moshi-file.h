@@ -2,8 +2,9 @@
  *
  * Inputs must be regular files: a FIFO would block the open (or the read) forever, and a device
  * such as /dev/zero never ends. Files read whole have a size cap. Outputs that are not regular
- * files (/dev/null, /dev/stdout, a FIFO) are written in place; regular ones are written next to
- * the target and renamed over it, so that a crash never leaves a half-written file. */
+ * files (/dev/null, a FIFO) or are symbolic links (/dev/stdout) are written in place; regular
+ * ones, and new ones, are written next to the target and renamed over it, so that a crash never
+ * leaves a half-written file. */
 #pragma once
 
 #include <glib.h>
@@ -32,8 +33,8 @@ typedef struct {
   char *tmp_path;   /* NULL when writing in place */
 } MoshiOutputFile;
 
-/* Opens path for writing: a temporary file beside it when path is (or will be) a regular file,
- * else path itself. */
+/* Opens path for writing: a temporary file beside it when path is a regular file or does not
+ * exist, else path itself (truncated, when it leads to a regular file). */
 gboolean moshi_file_output_open (MoshiOutputFile *out, const char *path, GError **error);
 /* Writes len bytes, retrying short writes; FALSE with errno set on failure. */
 gboolean moshi_file_output_write (MoshiOutputFile *out, const void *data, gsize len);

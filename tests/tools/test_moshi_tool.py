@@ -357,6 +357,13 @@ def test_outputs_that_are_not_regular_files():
         assert full in err and "No space" in err, err
         err = run_failing("encode", "--model", MODEL, "--config", CONFIG, speech_wav, full)
         assert full in err and "No space" in err, err
+    if null:
+        # through a symbolic link, as /dev/stdout is one: the link stays a link
+        link = os.path.join(tmp, "null-link")
+        os.symlink(null, link)
+        run("decode", "--model", MODEL, "--config", CONFIG, codes_path, link)
+        assert os.path.islink(link), link
+        os.unlink(link)
     for dev in (null, full):
         if dev:
             assert stat.S_ISCHR(os.stat(dev).st_mode), dev
