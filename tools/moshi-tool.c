@@ -178,7 +178,7 @@ cmd_info (int argc, char **argv)
     bytes += e->nbytes;
     per_dtype[e->dtype] += numel;
     if (!quiet) {
-      char shape[128];
+      char shape[MOSHI_SHAPE_STRING_LEN];
       g_print ("%-70s %-5s %s\n", e->name, moshi_dtype_name (e->dtype),
           moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
     }
@@ -305,7 +305,7 @@ read_codes (const char *path, int32_t **codes_out, int *k_out, int *t_out, GErro
   }
   if ((e->dtype != MOSHI_DTYPE_I64 && e->dtype != MOSHI_DTYPE_I32)
       || !(e->ndim == 2 || (e->ndim == 3 && e->shape[0] == 1))) {
-    char shape[128];
+    char shape[MOSHI_SHAPE_STRING_LEN];
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
         "%s: tensor 'codes' is %s %s; expected I64 or I32 [1, K, T]", path,
         moshi_dtype_name (e->dtype), moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));

@@ -183,7 +183,7 @@ parse_entry (const char *path, const char *name, const MoshiJson *json, guint64 
     out->entry.shape[i] = dim;
   }
 
-  char shape_str[256];
+  char shape_str[MOSHI_SHAPE_STRING_LEN];
   moshi_shape_to_string (out->entry.shape, out->entry.ndim, shape_str, sizeof shape_str);
   int64_t numel = moshi_shape_numel (out->entry.shape, out->entry.ndim);
   gsize elem_size = moshi_dtype_size (dtype);
@@ -485,7 +485,7 @@ moshi_safetensors_require (const MoshiSafetensors *st, const char *name, MoshiDT
     for (int i = 0; matches && i < ndim; i++)
       matches = shape[i] == -1 || shape[i] == entry->shape[i];
     if (!matches) {
-      char actual[256], expected[256];
+      char actual[MOSHI_SHAPE_STRING_LEN], expected[MOSHI_SHAPE_STRING_LEN];
       moshi_shape_to_string (entry->shape, entry->ndim, actual, sizeof actual);
       moshi_shape_to_string (shape, ndim, expected, sizeof expected);
       g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE, "%s: tensor '%s' has shape %s, expected %s",
@@ -545,7 +545,7 @@ check_entries_for_writing (const char *path, const MoshiTensorEntry *entries, gs
     gsize elem_size = moshi_dtype_size (e->dtype);
     if (numel < 0 || (guint64) numel > G_MAXSIZE / elem_size
         || (gsize) numel * elem_size != e->nbytes || (e->nbytes > 0 && e->data == NULL)) {
-      char shape_str[256];
+      char shape_str[MOSHI_SHAPE_STRING_LEN];
       moshi_shape_to_string (e->shape, e->ndim, shape_str, sizeof shape_str);
       g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
           "%s: tensor '%s' has %" G_GSIZE_FORMAT " bytes of data, which does not match dtype %s"

@@ -285,6 +285,16 @@ def test_crafted_codes_dimensions():
     assert path in err and "4294967297" in err, err
 
 
+def test_shapes_are_shown_whole():
+    # issue 14, defect 10: an 8-dimension shape of large sizes was cut short in the message
+    path = os.path.join(tmp, "wide-codes.safetensors")
+    dims = [0] + [2 ** 62 + d for d in range(7)]
+    write_safetensors(path, {"codes": ("I64", dims, [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "w.wav"))
+    want = "[" + ", ".join(str(d) for d in dims) + "]"
+    assert want in err, err
+
+
 def test_errors_name_the_input():
     # issue 14, defects 9 and 10: the NaN error named no file, and --streaming leaked on it
     nan_wav = os.path.join(tmp, "nan.wav")
