@@ -81,6 +81,42 @@ moshi_lm_config_max_delay (const MoshiLmConfig *cfg)
 #define LM_MAX_MAX_PERIOD 1e12
 #define LM_MAX_POSITIONAL_SCALE 1e6
 
+/* The top-level integer keys stored as they are, with their ranges: widths up to 2^16 and
+ * vocabularies up to 2^24 keep width x vocabulary within 2^40 elements, and every product of
+ * two of them within a gsize. The relations between keys are checked by check_relations. */
+typedef struct {
+  const char *key;
+  gsize offset;
+  int min, max;
+  gboolean nullable;            /* null keeps the default */
+} LmIntKey;
+
+static const LmIntKey lm_int_keys[] = {
+  { "dim", G_STRUCT_OFFSET (MoshiLmConfig, dim), 1, 1 << 16, FALSE },
+  { "text_card", G_STRUCT_OFFSET (MoshiLmConfig, text_card), 1, 1 << 24, FALSE },
+  { "text_card_out", G_STRUCT_OFFSET (MoshiLmConfig, text_card_out), 1, 1 << 24, TRUE },
+  { "n_q", G_STRUCT_OFFSET (MoshiLmConfig, n_q), 0, MOSHI_LM_MAX_STREAMS - 1, FALSE },
+  { "dep_q", G_STRUCT_OFFSET (MoshiLmConfig, dep_q), 0, MOSHI_LM_MAX_DEP_STEPS, FALSE },
+  { "card", G_STRUCT_OFFSET (MoshiLmConfig, card), 1, 1 << 24, FALSE },
+  { "existing_text_padding_id", G_STRUCT_OFFSET (MoshiLmConfig, existing_text_padding_id), 0,
+    1 << 24, FALSE },
+  { "existing_text_end_padding_id",
+    G_STRUCT_OFFSET (MoshiLmConfig, existing_text_end_padding_id), 0, 1 << 24, FALSE },
+  { "num_heads", G_STRUCT_OFFSET (MoshiLmConfig, transformer.num_heads), 1, 4096, FALSE },
+  { "depformer_dim", G_STRUCT_OFFSET (MoshiLmConfig, depformer_dim), 1, 1 << 16, FALSE },
+  { "depformer_low_rank_embeddings", G_STRUCT_OFFSET (MoshiLmConfig, depformer_low_rank), 1,
+    1 << 16, TRUE },
+};
+
+static const LmIntKey *
+find_int_key (const char *key)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (lm_int_keys); i++)
+    if (strcmp (key, lm_int_keys[i].key) == 0)
+      return &lm_int_keys[i];
+  return NULL;
+}
+
 typedef struct {
   const char *what;
   GError **error;
@@ -450,24 +486,10 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
       }
       continue;
     }
-    if (strcmp (key, "dim") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->dim);
-    else if (strcmp (key, "text_card") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card);
-    else if (strcmp (key, "text_card_out") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card_out);
-    else if (strcmp (key, "n_q") == 0)
-      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_STREAMS - 1, &cfg->n_q);
-    else if (strcmp (key, "dep_q") == 0)
-      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_DEP_STEPS, &cfg->dep_q);
-    else if (strcmp (key, "card") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->card);
-    else if (strcmp (key, "existing_text_padding_id") == 0)
-      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_padding_id);
-    else if (strcmp (key, "existing_text_end_padding_id") == 0)
-      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_end_padding_id);
-    else if (strcmp (key, "num_heads") == 0)
-      ok = get_int (&rd, v, key, 1, 4096, &cfg->transformer.num_heads);
+    const LmIntKey *ik = find_int_key (key);
+    if (ik != NULL)
+      ok = (ik->nullable && is_null (v))
+          || get_int (&rd, v, key, ik->min, ik->max, (int *) ((char *) cfg + ik->offset));
     else if (strcmp (key, "hidden_scale") == 0)
       ok = get_number (&rd, v, key, LM_MIN_HIDDEN_SCALE, LM_MAX_HIDDEN_SCALE, &hidden_scale);
     else if (strcmp (key, "causal") == 0)
@@ -477,9 +499,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     else if (strcmp (key, "delays") == 0) {
       delays = v;
       have_delays = TRUE;
-    } else if (strcmp (key, "depformer_dim") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_dim);
-    else if (strcmp (key, "depformer_dim_feedforward") == 0)
+    } else if (strcmp (key, "depformer_dim_feedforward") == 0)
       ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 20, &dep_ff);
     else if (strcmp (key, "depformer_multi_linear") == 0)
       ok = get_bool (&rd, v, key, &cfg->depformer_multi_linear);
@@ -488,9 +508,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     else if (strcmp (key, "depformer_weights_per_step_schedule") == 0) {
       schedule = v;
       have_schedule = !is_null (v);
-    } else if (strcmp (key, "depformer_low_rank_embeddings") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_low_rank);
-    else if (strcmp (key, "depformer_pos_emb") == 0)
+    } else if (strcmp (key, "depformer_pos_emb") == 0)
       ok = get_pos (&rd, v, key, &dep_pos);
     else if (strcmp (key, "depformer_norm") == 0) {
       cfg->has_depformer_norm = !is_null (v);
