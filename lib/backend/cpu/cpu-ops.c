@@ -520,10 +520,16 @@ overlap_add_task (void *ctx, int o, int thread)
   const OverlapAddJob *j = ctx;
   int overlap = j->k - j->stride;
   int emitted = j->t_in * j->stride;
-  /* The full output of this call is emitted + overlap columns; it lives in a small stack
-   * buffer per channel. */
-  float buf[emitted + overlap];
-  memset (buf, 0, sizeof (buf));
+  /* The full output of this call is emitted + overlap columns per channel: a stack buffer for
+   * the usual few frames, the heap for calls of many frames (4096 frames of the last SEANet
+   * stage are 31 MiB, far beyond a thread stack). */
+  float stack_buf[8192];
+  g_autofree float *heap_buf = NULL;
+  gsize n_buf = (gsize) emitted + overlap;
+  float *buf = stack_buf;
+  if (n_buf > G_N_ELEMENTS (stack_buf))
+    buf = heap_buf = g_new (float, n_buf);
+  memset (buf, 0, n_buf * sizeof (float));
   for (int tap = 0; tap < j->k; tap++) {
     const float *row = j->cols + ((gsize) o * j->k + tap) * j->t_in;
     for (int t = 0; t < j->t_in; t++)
