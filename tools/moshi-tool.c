@@ -587,7 +587,8 @@ cmd_bench (int argc, char **argv)
     return fail (error);
   int frame = moshi_mimi_frame_size (mimi);
   int n_frames = MAX ((int) (seconds * moshi_mimi_frame_rate (mimi)), 2);
-  n_frames = (n_frames + frames_per_call - 1) / frames_per_call * frames_per_call;
+  /* At least two calls: the first is not timed, and no timed call printed NaN. */
+  n_frames = MAX ((n_frames + frames_per_call - 1) / frames_per_call, 2) * frames_per_call;
   g_autofree float *audio = g_new (float, (gsize) n_frames * frame);
   synth_speech (audio, (gsize) n_frames * frame, moshi_mimi_sample_rate (mimi));
   g_autofree float *out = g_new (float, (gsize) frames_per_call * frame);

@@ -274,6 +274,13 @@ def test_option_values_are_checked():
     assert "'2x'" in err, err
 
 
+def test_bench_long_calls():
+    # 2048 frames per call overflowed a stack buffer (SIGSEGV); one call timed nothing (NaN)
+    out = run("bench", "--model", MODEL, "--config", CONFIG, "--frames-per-call", "2048",
+              "--seconds", "1", "--threads", "1", "mimi").stdout
+    assert "threads 1:" in out and "nan" not in out, out
+
+
 def test_crafted_codes_dimensions():
     # issue 14, defect 5: 2^31 frames became a negative int and aborted in an allocation
     path = os.path.join(tmp, "huge-codes.safetensors")
