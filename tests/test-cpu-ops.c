@@ -373,6 +373,40 @@ END_TEST
 
 /* Reference attention keeping the whole history: a key is visible when it is among the last
  * `capacity` positions written and within the context window of the query. */
+/* One call of 2^22 output columns per channel (as 2048 Mimi frames at the last SEANet stage):
+ * the overlap-add row no longer fits a thread stack. Taps [1, 2], stride 1: y[t] = x[t] +
+ * 2 x[t - 1], with the carry holding the last 2 x. */
+START_TEST (test_conv_transpose1d_long_call)
+{
+  int t_in = 1 << 22;
+  g_autofree float *x = g_new (float, t_in);
+  for (int t = 0; t < t_in; t++)
+    x[t] = (float) (t % 7);
+  float w[2] = { 1, 2 }, carry[1] = { 0 };
+  MoshiWeight W = make_weight (w, 3, 1, 1, 2);
+  g_autofree float *y = g_new0 (float, t_in);
+  be->ops->conv_transpose1d (ex1, y, t_in, x, t_in, &W, NULL, carry, 1, 1, t_in);
+  for (int t = 1; t < t_in; t += 4099)
+    ck_assert_float_eq (y[t], x[t] + 2 * x[t - 1]);
+  ck_assert_float_eq (carry[0], 2 * x[t_in - 1]);
+}
+END_TEST
+
+/* A capacity whose scores row is larger than a thread stack (16 MiB of floats): only the first
+ * slot is written, so the output is its value row. */
+START_TEST (test_attention_huge_capacity)
+{
+  int cap = 1 << 22, heads = 1, hd = 2;
+  g_autofree float *kc = g_new0 (float, (gsize) cap * heads * hd);
+  g_autofree float *vc = g_new0 (float, (gsize) cap * heads * hd);
+  float q[2] = { 1, 0.5f }, k[2] = { 0.25f, -1 }, v[2] = { 3, -7 }, got[2] = { 0, 0 };
+  be->ops->kv_write (ex1, kc, vc, cap, k, hd, v, hd, hd, 0, 1);
+  be->ops->attention (ex1, got, hd, q, hd, kc, vc, cap, heads, hd, 0, 1, cap, 1.0f);
+  ck_assert_float_eq (got[0], 3);
+  ck_assert_float_eq (got[1], -7);
+}
+END_TEST
+
 START_TEST (test_attention_ring)
 {
   MoshiTestRng rng;
@@ -717,6 +751,8 @@ cpu_ops_suite (void)
   tcase_add_test (tc, test_add_scaled_and_moves);
   tcase_add_test (tc, test_rope);
   tcase_add_test (tc, test_attention_ring);
+  tcase_add_test (tc, test_attention_huge_capacity);
+  tcase_add_test (tc, test_conv_transpose1d_long_call);
   tcase_add_test (tc, test_rvq);
   tcase_add_test (tc, test_weight_views_and_conversion);
   tcase_add_test (tc, test_linear_bf16);

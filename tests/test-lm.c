@@ -1021,6 +1021,50 @@ START_TEST (test_hibiki_bf16_kv)
 }
 END_TEST
 
+/* Values out of their stated range, or inconsistent with each other, are rejected at load with
+ * the config name and the key, instead of crashing later (issue 14, defects 2, 4, 9, 10). */
+START_TEST (test_lm_config_ranges)
+{
+#define BASE "\"dim\": 32, \"num_heads\": 2, \"num_layers\": 1, \"n_q\": 0, \"dep_q\": 0, " \
+    "\"text_card\": 48, \"positional_embedding\": \"rope\""
+  static const struct { const char *json; const char *key; } cases[] = {
+    { "{" BASE ", \"context\": 2097152}", "context" },
+    { "{" BASE ", \"text_card_out\": 49}", "text_card_out" },
+    { "{" BASE ", \"existing_text_padding_id\": 48}", "existing_text_padding_id" },
+    { "{" BASE ", \"hidden_scale\": 1e300}", "hidden_scale" },
+    { "{" BASE ", \"hidden_scale\": -4}", "hidden_scale" },
+    { "{" BASE ", \"max_period\": 0}", "max_period" },
+    { "{" BASE ", \"positional_scale\": 1e300}", "positional_scale" },
+    /* head sizes 1 and 3 cannot be rotated in pairs */
+    { "{\"dim\": 32, \"num_heads\": 32, \"num_layers\": 1, \"n_q\": 0, \"dep_q\": 0,"
+      " \"positional_embedding\": \"rope\"}", "num_heads" },
+    { "{\"dim\": 9, \"num_heads\": 3, \"num_layers\": 1, \"n_q\": 0, \"dep_q\": 0,"
+      " \"positional_embedding\": \"sin_rope\"}", "num_heads" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    MoshiLmConfig cfg;
+    g_autoptr (GError) error = NULL;
+    ck_assert_msg (!moshi_lm_config_from_json_text (&cfg, cases[i].json, strlen (cases[i].json),
+            "cfg.json", &error), "accepted: %s", cases[i].json);
+    ck_assert_msg (strstr (error->message, "cfg.json") != NULL
+        && strstr (error->message, cases[i].key) != NULL, "%s", error->message);
+  }
+  /* the limits themselves load */
+  static const char *const good[] = {
+    "{" BASE ", \"context\": 1048576, \"text_card_out\": 48, \"existing_text_padding_id\": 47}",
+    "{\"dim\": 9, \"num_heads\": 3, \"num_layers\": 1, \"n_q\": 0, \"dep_q\": 0,"
+      " \"positional_embedding\": \"sin\"}",
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (good); i++) {
+    MoshiLmConfig cfg;
+    g_autoptr (GError) error = NULL;
+    ck_assert_msg (moshi_lm_config_from_json_text (&cfg, good[i], strlen (good[i]), "cfg.json",
+            &error), "%s", error ? error->message : "");
+  }
+#undef BASE
+}
+END_TEST
+
 static Suite *
 lm_suite (void)
 {
@@ -1057,6 +1101,7 @@ lm_suite (void)
 
   TCase *errors = tcase_create ("errors");
   tcase_add_test (errors, test_lm_errors);
+  tcase_add_test (errors, test_lm_config_ranges);
   tcase_add_test (errors, test_lm_shared_registry);
   suite_add_tcase (s, errors);
   return s;

@@ -375,6 +375,13 @@ START_TEST (test_bad_input)
   moshi_assert_error_contains (error, "7 codebooks");
   g_clear_error (&error);
 
+  /* one-shot decode checks the frame count before sizing its output (issue 14, defect 5) */
+  float *none = NULL;
+  ck_assert (!moshi_mimi_decode (fx.mimi, bad, 4, -1, 1, &none, &error));
+  ck_assert_ptr_null (none);
+  moshi_assert_error_contains (error, "-1 frames");
+  g_clear_error (&error);
+
   MoshiMimiSessionOptions too_many = { .num_codebooks = 7 };
   ck_assert_ptr_null (moshi_mimi_session_new (fx.mimi, &too_many, &error));
   moshi_assert_error_contains (error, "num-codebooks=7");
@@ -514,6 +521,26 @@ START_TEST (test_loader_errors)
   ck_assert_int_eq (error->code, MOSHI_ERROR_CONFIG);
   moshi_assert_error_contains (error, "seanet.norm");
   g_clear_error (&error);
+  /* ratios whose product wraps an int divided by zero (issue 14, defect 3); values beyond an
+   * int64 were cast before the range check (defect 9); unknown keys were ignored (defect 10) */
+  static const struct { const char *json, *key; } bad_cases[] = {
+    { "{\"seanet\": {\"ratios\": [64, 64, 64, 64, 64, 64, 64, 64]}}", "seanet.ratios" },
+    { "{\"seanet\": {\"ratios\": [64, 64, 64, 64, 64, 64, 64, 16]}}", "seanet.ratios" },
+    { "{\"seanet\": {\"n_filters\": 1e300}}", "seanet.n_filters" },
+    { "{\"transformer\": {\"context\": -1e300}}", "transformer.context" },
+    { "{\"seanet\": {\"ratio\": [8, 6, 5, 4]}}", "seanet.ratio" },
+    { "{\"sample_rat\": 24000}", "sample_rat" },
+    { "{\"quantizer\": {\"n_qs\": 8}}", "quantizer.n_qs" },
+    { "{\"transformer\": {\"heads\": 8}}", "transformer.heads" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (bad_cases); i++) {
+    ck_assert (g_file_set_contents (bad_config, bad_cases[i].json, -1, NULL));
+    ck_assert_ptr_null (moshi_mimi_load (p4, bad_config, NULL, &error));
+    ck_assert_int_eq (error->code, MOSHI_ERROR_CONFIG);
+    moshi_assert_error_contains (error, bad_cases[i].key);
+    moshi_assert_error_contains (error, bad_config);
+    g_clear_error (&error);
+  }
   ck_assert (g_file_set_contents (bad_config, "{\"sample_rate\": 24000, \"frame_rate\": 7}", -1, NULL));
   ck_assert_ptr_null (moshi_mimi_load (p4, bad_config, NULL, &error));
   moshi_assert_error_contains (error, "hop length");

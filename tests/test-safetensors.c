@@ -505,13 +505,13 @@ END_TEST
 
 START_TEST (test_data_order_and_extras)
 {
-  /* Entries in the header out of data order, unknown keys, holes between tensors, trailing
-   * bytes after the last one, a zero-sized tensor inside another's span and header padding. */
+  /* Entries in the header out of data order, unknown keys, holes between tensors, a zero-sized
+   * tensor inside another's span and header padding. */
   const char *header = "{\"late\":{\"dtype\":\"I16\",\"shape\":[2],\"data_offsets\":[16,20],\"x\":[1]},"
       "\"early\":{\"shape\":[2,2],\"data_offsets\":[0,4],\"dtype\":\"I8\"},"
       "\"nothing\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[2,2]},"
       "\"__metadata__\":{}}    ";
-  g_autoptr (MoshiSafetensors) st = load_header (header, 32);
+  g_autoptr (MoshiSafetensors) st = load_header (header, 20);
   ck_assert_uint_eq (moshi_safetensors_n_tensors (st), 3);
   ck_assert_str_eq (moshi_safetensors_nth (st, 0)->name, "early");
   ck_assert_str_eq (moshi_safetensors_nth (st, 1)->name, "nothing");
@@ -610,6 +610,47 @@ START_TEST (test_reject_truncated)
   expect_rejected (five, MOSHI_ERROR_FORMAT, NULL, "truncated");
   g_autoptr (GBytes) seven = g_bytes_new ("\x02\0\0\0\0\0\0", 7);
   expect_rejected (seven, MOSHI_ERROR_FORMAT, NULL, "7 bytes");
+}
+END_TEST
+
+/* Bytes after the last tensor are what an appended or mis-sized file leaves (issue 14,
+ * defect 10): refused, with the count. */
+START_TEST (test_reject_trailing_bytes)
+{
+  expect_header_rejected ("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 7,
+      MOSHI_ERROR_FORMAT, NULL, "3 trailing bytes");
+  expect_header_rejected ("{}", 1, MOSHI_ERROR_FORMAT, NULL, "1 trailing bytes");
+}
+END_TEST
+
+START_TEST (test_check_finite)
+{
+  static const struct { const char *dtype; int size; guint64 bad, good; } cases[] = {
+    { "F32", 4, 0x7f800000u, 0x3f800000u },                  /* inf, 1 */
+    { "F32", 4, 0xffc00000u, 0x7f7fffffu },                  /* NaN, FLT_MAX */
+    { "BF16", 2, 0xff80u, 0x7f7fu },
+    { "F16", 2, 0x7e00u, 0x7bffu },
+    { "F64", 8, G_GUINT64_CONSTANT (0x7ff0000000000000), G_GUINT64_CONSTANT (0x7fefffffffffffff) },
+  };
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    guint8 data[3 * 8] = { 0 };
+    MoshiTensorEntry e = { .name = "t", .ndim = 1, .shape = { 3 }, .data = data,
+      .nbytes = 3 * cases[c].size };
+    ck_assert (moshi_dtype_from_name (cases[c].dtype, &e.dtype));
+    for (int b = 0; b < cases[c].size; b++)
+      data[cases[c].size + b] = (guint8) (cases[c].good >> (8 * b));
+    ck_assert (moshi_tensor_check_finite (&e, "f.safetensors", NULL));
+    for (int b = 0; b < cases[c].size; b++)
+      data[2 * cases[c].size + b] = (guint8) (cases[c].bad >> (8 * b));
+    g_autoptr (GError) error = NULL;
+    ck_assert (!moshi_tensor_check_finite (&e, "f.safetensors", &error));
+    ck_assert_msg (strstr (error->message, "f.safetensors") && strstr (error->message, "'t'")
+        && strstr (error->message, "element 2"), "%s", error->message);
+  }
+  int64_t ints[2] = { -1, G_MAXINT64 };
+  MoshiTensorEntry e = { .name = "i", .dtype = MOSHI_DTYPE_I64, .ndim = 1, .shape = { 2 },
+    .data = ints, .nbytes = sizeof ints };
+  ck_assert (moshi_tensor_check_finite (&e, "f.safetensors", NULL));
 }
 END_TEST
 
@@ -820,6 +861,8 @@ safetensors_suite (void)
   tcase_add_unchecked_fixture (errors, parent_setup, parent_teardown);
   tcase_add_checked_fixture (errors, scratch_setup, scratch_teardown);
   tcase_add_test (errors, test_reject_truncated);
+  tcase_add_test (errors, test_reject_trailing_bytes);
+  tcase_add_test (errors, test_check_finite);
   tcase_add_test (errors, test_reject_header_past_eof);
   tcase_add_test (errors, test_reject_malformed_json);
   tcase_add_test (errors, test_reject_wrong_structure);

@@ -51,6 +51,45 @@ parse_device (const char *name, MoshiDevice *out)
   return FALSE;
 }
 
+/* Option values outside their range are usage errors (exit 2), reported before any work: a
+ * zero codebook or frame count used to crash or write an empty file. */
+#define MAX_THREADS 1024
+
+static gboolean
+check_int_option (const char *cmd, const char *option, int value, int min, int max)
+{
+  if (value >= min && value <= max)
+    return TRUE;
+  g_printerr ("moshi-tool %s: --%s=%d is out of range: give an integer in [%d, %d]\n", cmd, option,
+      value, min, max);
+  return FALSE;
+}
+
+static gboolean
+check_double_option (const char *cmd, const char *option, double value, double min, double max)
+{
+  if (value >= min && value <= max)
+    return TRUE;
+  g_printerr ("moshi-tool %s: --%s=%g is out of range: give a number in [%g, %g]\n", cmd, option,
+      value, min, max);
+  return FALSE;
+}
+
+/* One entry of a comma-separated list of integers, parsed whole (atoi took "2x" as 2 and "x"
+ * as 0). */
+static gboolean
+parse_list_int (const char *cmd, const char *option, const char *text, int min, int max, int *out)
+{
+  gint64 v;
+  if (!g_ascii_string_to_signed (g_strstrip ((char *) text), 10, min, max, &v, NULL)) {
+    g_printerr ("moshi-tool %s: --%s: '%s' is not an integer in [%d, %d]\n", cmd, option, text,
+        min, max);
+    return FALSE;
+  }
+  *out = (int) v;
+  return TRUE;
+}
+
 /* The sampling options shared by the commands that generate. */
 typedef struct {
   MoshiLmSamplingParams params;
@@ -78,6 +117,16 @@ add_sampling_options (GOptionContext *ctx, SamplingOptions *o)
     { NULL }
   };
   g_option_context_add_main_entries (ctx, entries, NULL);
+}
+
+/* FALSE (after saying why) when a sampling option is out of range. */
+static gboolean
+check_sampling_options (const char *cmd, const SamplingOptions *o)
+{
+  return check_double_option (cmd, "text-temperature", o->text_temperature, 0, 1e6)
+      && check_double_option (cmd, "audio-temperature", o->audio_temperature, 0, 1e6)
+      && check_int_option (cmd, "text-topk", o->params.text_topk, 0, 1 << 24)
+      && check_int_option (cmd, "audio-topk", o->params.audio_topk, 0, 1 << 24);
 }
 
 /* The parsed values as sampling parameters. */
@@ -130,7 +179,7 @@ cmd_info (int argc, char **argv)
     bytes += e->nbytes;
     per_dtype[e->dtype] += numel;
     if (!quiet) {
-      char shape[128];
+      char shape[MOSHI_SHAPE_STRING_LEN];
       g_print ("%-70s %-5s %s\n", e->name, moshi_dtype_name (e->dtype),
           moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
     }
@@ -184,6 +233,9 @@ cmd_encode (int argc, char **argv)
     g_printerr ("moshi-tool encode: --model is required\n");
     return 2;
   }
+  if (!check_int_option ("encode", "codebooks", codebooks, 1, 64)
+      || !check_int_option ("encode", "threads", threads, 0, MAX_THREADS))
+    return 2;
   GError *error = NULL;
   g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
   if (mimi == NULL)
@@ -221,8 +273,11 @@ cmd_encode (int argc, char **argv)
         &n_frames, &error);
   }
   moshi_wav_clear (&wav);
-  if (!ok)
+  if (!ok) {
+    g_free (codes);
+    g_prefix_error (&error, "%s: ", argv[1]);
     return fail (error);
+  }
 
   gsize n = (gsize) codebooks * n_frames;
   g_autofree int64_t *codes64 = g_new (int64_t, MAX (n, 1));
@@ -251,13 +306,21 @@ read_codes (const char *path, int32_t **codes_out, int *k_out, int *t_out, GErro
   }
   if ((e->dtype != MOSHI_DTYPE_I64 && e->dtype != MOSHI_DTYPE_I32)
       || !(e->ndim == 2 || (e->ndim == 3 && e->shape[0] == 1))) {
-    char shape[128];
+    char shape[MOSHI_SHAPE_STRING_LEN];
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
         "%s: tensor 'codes' is %s %s; expected I64 or I32 [1, K, T]", path,
         moshi_dtype_name (e->dtype), moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
     return FALSE;
   }
-  int k = (int) e->shape[e->ndim - 2], t = (int) e->shape[e->ndim - 1];
+  /* Checked as int64: a crafted file's dimensions must not be truncated on the way to int. */
+  int64_t k64 = e->shape[e->ndim - 2], t64 = e->shape[e->ndim - 1];
+  if (k64 < 1 || k64 > 64 || t64 < 0 || t64 > G_MAXINT / 64) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
+        "%s: tensor 'codes' has %" G_GINT64_FORMAT " codebooks and %" G_GINT64_FORMAT " frames; "
+        "expected 1 to 64 codebooks and 0 to %d frames", path, k64, t64, G_MAXINT / 64);
+    return FALSE;
+  }
+  int k = (int) k64, t = (int) t64;
   int32_t *codes = g_new (int32_t, MAX ((gsize) k * t, 1));
   for (gsize i = 0; i < (gsize) k * t; i++) {
     int64_t v;
@@ -298,6 +361,8 @@ cmd_decode (int argc, char **argv)
     g_printerr ("moshi-tool decode: --model is required\n");
     return 2;
   }
+  if (!check_int_option ("decode", "threads", threads, 0, MAX_THREADS))
+    return 2;
   GError *error = NULL;
   g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
   if (mimi == NULL)
@@ -313,8 +378,10 @@ cmd_decode (int argc, char **argv)
     if (s == NULL)
       return fail (error);
     pcm = g_new (float, MAX ((gsize) t * moshi_mimi_frame_size (mimi), 1));
-    if (!moshi_mimi_session_decode (s, codes, k, t, pcm, &error))
+    if (!moshi_mimi_session_decode (s, codes, k, t, pcm, &error)) {
+      g_prefix_error (&error, "%s: ", argv[1]);
       return fail (error);
+    }
   } else if (!moshi_mimi_decode (mimi, codes, k, t, threads, &pcm, &error)) {
     g_prefix_error (&error, "%s: ", argv[1]);
     return fail (error);
@@ -375,19 +442,20 @@ cmd_bench_lm (int argc, char **argv)
   MoshiDevice dev;
   if (!parse_device (device, &dev))
     return 2;
-  if (steps < 1) {
-    g_printerr ("moshi-tool bench lm: --steps must be at least 1\n");
+  if (!check_int_option ("bench lm", "steps", steps, 1, 1000000)
+      || !check_int_option ("bench lm", "threads", threads, 0, MAX_THREADS))
     return 2;
-  }
   g_auto (GStrv) batches = g_strsplit (batch_list ? batch_list : "1", ",", -1);
   int max_batch = 0;
   for (int i = 0; batches[i]; i++) {
-    int n = atoi (batches[i]);
-    if (n < 1) {
-      g_printerr ("moshi-tool bench lm: bad batch size '%s'\n", batches[i]);
+    int n;
+    if (!parse_list_int ("bench lm", "batch", batches[i], 1, 4096, &n))
       return 2;
-    }
     max_batch = MAX (max_batch, n);
+  }
+  if (max_batch == 0) {
+    g_printerr ("moshi-tool bench lm: --batch lists no batch size\n");
+    return 2;
   }
   if (dev == MOSHI_DEVICE_CUDA) {
     MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
@@ -424,7 +492,7 @@ cmd_bench_lm (int argc, char **argv)
   gboolean *ret = g_new0 (gboolean, max_batch);
   int rc = 0;
   for (int i = 0; batches[i] && rc == 0; i++) {
-    int n = atoi (batches[i]);
+    int n = (int) g_ascii_strtoll (batches[i], NULL, 10);   /* checked above */
     MoshiLmBatch *b = moshi_lm_batch_new (lm, n, threads, &error);
     for (int r = 0; b && r < n; r++)
       if ((sessions[r] = moshi_lm_session_new (lm, NULL, &error)) == NULL)
@@ -507,6 +575,15 @@ cmd_bench (int argc, char **argv)
     g_printerr ("moshi-tool bench mimi: --model is required (tests/reference/gen_mimi.py --case full makes one)\n");
     return 2;
   }
+  if (!check_int_option ("bench mimi", "codebooks", codebooks, 1, 64)
+      || !check_int_option ("bench mimi", "frames-per-call", frames_per_call, 1, 4096)
+      || !check_double_option ("bench mimi", "seconds", seconds, 0, 86400))
+    return 2;
+  g_auto (GStrv) counts = g_strsplit (threads_list ? threads_list : "1,2", ",", -1);
+  g_autofree int *thread_counts = g_new0 (int, g_strv_length (counts) + 1);
+  for (int c = 0; counts[c]; c++)
+    if (!parse_list_int ("bench mimi", "threads", counts[c], 0, MAX_THREADS, &thread_counts[c]))
+      return 2;
   GError *error = NULL;
   /* as bench lm: no usable GPU is a skip (exit 77), not an error */
   if (g_strcmp0 (device, "cuda") == 0) {
@@ -523,18 +600,18 @@ cmd_bench (int argc, char **argv)
     return fail (error);
   int frame = moshi_mimi_frame_size (mimi);
   int n_frames = MAX ((int) (seconds * moshi_mimi_frame_rate (mimi)), 2);
-  n_frames = (n_frames + frames_per_call - 1) / frames_per_call * frames_per_call;
+  /* At least two calls: the first is not timed, and no timed call printed NaN. */
+  n_frames = MAX ((n_frames + frames_per_call - 1) / frames_per_call, 2) * frames_per_call;
   g_autofree float *audio = g_new (float, (gsize) n_frames * frame);
   synth_speech (audio, (gsize) n_frames * frame, moshi_mimi_sample_rate (mimi));
   g_autofree float *out = g_new (float, (gsize) frames_per_call * frame);
   g_autofree int32_t *codes = g_new (int32_t, (gsize) frames_per_call * codebooks);
 
-  g_auto (GStrv) counts = g_strsplit (threads_list ? threads_list : "1,2", ",", -1);
   if (!json)
     g_print ("Mimi streaming benchmark: %s, %d frames of %d samples, %d codebooks, %d frame(s) per call, backend %s\n",
         model, n_frames, frame, codebooks, frames_per_call, moshi_mimi_get_backend (mimi)->description);
   for (int c = 0; counts[c]; c++) {
-    int threads = atoi (counts[c]);
+    int threads = thread_counts[c];
     MoshiMimiSessionOptions opts = { .n_threads = threads, .num_codebooks = codebooks,
       .max_frames_per_call = frames_per_call };
     g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (mimi, &opts, &error);
@@ -615,6 +692,8 @@ cmd_lm_forward (int argc, char **argv)
     g_printerr ("moshi-tool lm-forward: --weights, --codes and --out are required\n");
     return 2;
   }
+  if (!check_int_option ("lm-forward", "threads", threads, 0, MAX_THREADS))
+    return 2;
   GError *error = NULL;
   MoshiLmLoadOptions opts;
   if (!parse_device (device, &opts.device))
@@ -633,6 +712,14 @@ cmd_lm_forward (int argc, char **argv)
   if (shape[1] != moshi_lm_config_num_streams (cfg)) {
     g_printerr ("moshi-tool: %s: codes have %" G_GINT64_FORMAT " streams; the model takes %d (text + %d audio)\n",
         codes_path, shape[1], moshi_lm_config_num_streams (cfg), cfg->n_q);
+    return 1;
+  }
+  /* Every product below fits a gsize once b * t fits an int (card, text_card <= 2^24). */
+  if (shape[0] < 1 || shape[2] < 1 || shape[0] > G_MAXINT / shape[2]
+      || (guint64) shape[0] * shape[2] * MAX (cfg->card, cfg->text_card_out) > G_MAXINT32) {
+    g_printerr ("moshi-tool: %s: codes are [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", %"
+        G_GINT64_FORMAT "]; batch x steps x vocabulary must be at least 1 and fit 2^31 logits\n",
+        codes_path, shape[0], shape[1], shape[2]);
     return 1;
   }
   int b = (int) shape[0], t = (int) shape[2];
@@ -687,6 +774,9 @@ cmd_lm_generate (int argc, char **argv)
     g_printerr ("moshi-tool lm-generate: --weights, --user-codes and --out are required\n");
     return 2;
   }
+  if (!check_int_option ("lm-generate", "threads", threads, 0, MAX_THREADS)
+      || !check_sampling_options ("lm-generate", &sampling))
+    return 2;
   GError *error = NULL;
   MoshiLmLoadOptions opts;
   if (!parse_device (device, &opts.device))
@@ -702,9 +792,10 @@ cmd_lm_generate (int argc, char **argv)
   if (!read_i64_tensor (st, user_path, "codes", 3, shape, &user, &error))
     return fail (error);
   int n_user = moshi_lm_user_codebooks (lm), dep_q = moshi_lm_generated_codebooks (lm);
-  if (shape[0] != 1 || shape[1] < n_user) {
+  if (shape[0] != 1 || shape[1] < n_user || shape[2] > G_MAXINT / MAX (dep_q, 1)) {
     g_printerr ("moshi-tool: %s: user codes are [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", T]; "
-        "expected [1, K >= %d, T]\n", user_path, shape[0], shape[1], n_user);
+        "expected [1, K >= %d, T <= %d]\n", user_path, shape[0], shape[1], n_user,
+        G_MAXINT / MAX (dep_q, 1));
     return 1;
   }
   int t = (int) shape[2];
@@ -773,6 +864,9 @@ cmd_chat (int argc, char **argv)
     g_printerr ("moshi-tool chat: --model and --mimi-model are required\n");
     return 2;
   }
+  if (!check_int_option ("chat", "threads", threads, 0, MAX_THREADS)
+      || !check_sampling_options ("chat", &sampling))
+    return 2;
   GError *error = NULL;
   MoshiLmLoadOptions lm_opts;
   if (!parse_device (device, &lm_opts.device))

@@ -1,8 +1,12 @@
 #include "moshi-wav.h"
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 
 #include <stdint.h>
+
+/* 8 bytes of RIFF header and a 32-bit RIFF size. */
+#define MOSHI_WAV_MAX_BYTES ((gsize) G_MAXUINT32 + 8)
 #include <string.h>
 
 static uint32_t
@@ -23,11 +27,17 @@ moshi_wav_read (const char *path, MoshiWav *wav, GError **error)
   memset (wav, 0, sizeof (*wav));
   g_autofree guint8 *data = NULL;
   gsize len = 0;
-  g_autoptr (GError) io_error = NULL;
-  if (!g_file_get_contents (path, (char **) &data, &len, &io_error)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot read %s: %s", path, io_error->message);
+  /* A RIFF file holds at most 4 GiB (32-bit sizes), which caps the read of a huge file; the
+   * regular-file check keeps a FIFO or /dev/zero from blocking or growing without end. */
+  if (!moshi_file_read_all (path, "WAV file", MOSHI_WAV_MAX_BYTES, (char **) &data, &len, error))
     return FALSE;
-  }
+  return moshi_wav_parse (data, len, path, wav, error);
+}
+
+gboolean
+moshi_wav_parse (const guint8 *data, gsize len, const char *path, MoshiWav *wav, GError **error)
+{
+  memset (wav, 0, sizeof (*wav));
   if (len < 12 || memcmp (data, "RIFF", 4) != 0 || memcmp (data + 8, "WAVE", 4) != 0) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT, "%s is not a RIFF/WAVE file", path);
     return FALSE;
@@ -142,12 +152,7 @@ moshi_wav_write_f32 (const char *path, const float *samples, gsize n_frames, int
   g_byte_array_append (b, (const guint8 *) "data", 4);
   put32 (b, (uint32_t) data_len);
   g_byte_array_append (b, (const guint8 *) samples, (guint) data_len);
-  g_autoptr (GError) io_error = NULL;
-  if (!g_file_set_contents (path, (const char *) b->data, b->len, &io_error)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot write %s: %s", path, io_error->message);
-    return FALSE;
-  }
-  return TRUE;
+  return moshi_file_write_all (path, b->data, b->len, error);
 }
 
 void

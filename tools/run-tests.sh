@@ -4,7 +4,8 @@
 #   2. the same unit tests built with AddressSanitizer + UndefinedBehaviorSanitizer (but the
 #      'eager' variants of the recorded-step tests);
 #   3. the GStreamer element tests under valgrind (GLib's and our own suppressions);
-#   4. the safetensors fuzz target for a bounded time (FUZZ_SECONDS, default 60).
+#   4. the fuzz targets (safetensors, LM and Mimi configs, tokenizer, WAV) for a bounded time,
+#      FUZZ_SECONDS in all (default 60), split evenly between them.
 # Ends with one line 'N passed, N failed, N skipped' over all the test runs.
 # Usage: tools/run-tests.sh            (from the repository root)
 set -euo pipefail
@@ -35,7 +36,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
 echo "=== GStreamer tests under valgrind ==="
 meson test -C build --setup valgrind --suite gst --print-errorlogs --num-processes "$jobs"
 
-echo "=== fuzz: safetensors parser (${FUZZ_SECONDS:-60} s) ==="
+echo "=== fuzz: the parsers (${FUZZ_SECONDS:-60} s in all) ==="
 tests/fuzz/run-fuzz.sh "${FUZZ_SECONDS:-60}"
 
 # One summary over the three meson runs (each test log is JSON lines with a "result").

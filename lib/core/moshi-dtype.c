@@ -143,16 +143,24 @@ moshi_convert_to_f32 (float *dst, const void *src, MoshiDType src_dtype, gsize n
     case MOSHI_DTYPE_F32:
       memcpy (dst, src, n * sizeof (float));
       break;
+    /* Tensor data sits at whatever offset the file put it, so elements are copied out rather
+     * than read through a pointer that may be misaligned. */
     case MOSHI_DTYPE_BF16: {
-      const uint16_t *s = src;
-      for (gsize i = 0; i < n; i++)
-        dst[i] = moshi_bf16_to_f32 (s[i]);
+      const guint8 *s = src;
+      for (gsize i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy (&h, s + i * sizeof h, sizeof h);
+        dst[i] = moshi_bf16_to_f32 (h);
+      }
       break;
     }
     case MOSHI_DTYPE_F16: {
-      const uint16_t *s = src;
-      for (gsize i = 0; i < n; i++)
-        dst[i] = moshi_f16_to_f32 (s[i]);
+      const guint8 *s = src;
+      for (gsize i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy (&h, s + i * sizeof h, sizeof h);
+        dst[i] = moshi_f16_to_f32 (h);
+      }
       break;
     }
     case MOSHI_DTYPE_F8_E4M3: {
@@ -162,9 +170,12 @@ moshi_convert_to_f32 (float *dst, const void *src, MoshiDType src_dtype, gsize n
       break;
     }
     case MOSHI_DTYPE_F64: {
-      const double *s = src;
-      for (gsize i = 0; i < n; i++)
-        dst[i] = (float) s[i];
+      const guint8 *s = src;
+      for (gsize i = 0; i < n; i++) {
+        double d;
+        memcpy (&d, s + i * sizeof d, sizeof d);
+        dst[i] = (float) d;
+      }
       break;
     }
     default:

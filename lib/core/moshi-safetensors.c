@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 #include "moshi-json.h"
 
 /* The reference implementation refuses headers over 100 MB; a real header (about 1000 tensors
@@ -182,7 +183,7 @@ parse_entry (const char *path, const char *name, const MoshiJson *json, guint64 
     out->entry.shape[i] = dim;
   }
 
-  char shape_str[256];
+  char shape_str[MOSHI_SHAPE_STRING_LEN];
   moshi_shape_to_string (out->entry.shape, out->entry.ndim, shape_str, sizeof shape_str);
   int64_t numel = moshi_shape_numel (out->entry.shape, out->entry.ndim);
   gsize elem_size = moshi_dtype_size (dtype);
@@ -351,6 +352,16 @@ safetensors_new (GBytes *bytes, const char *path, GError **error)
     }
     previous = cur;
   }
+  /* As the reference loader does, refuse bytes past the last tensor: they are what a truncated
+   * header or an appended file leaves, never what a writer produces. */
+  guint64 used = previous != NULL ? previous->end : 0;
+  if (used != data_len) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+        "%s: %" G_GUINT64_FORMAT " trailing bytes after the last tensor (the data section is %"
+        G_GUINT64_FORMAT " bytes, the tensors end at %" G_GUINT64_FORMAT ")", path,
+        data_len - used, data_len, used);
+    return NULL;
+  }
 
   MoshiSafetensors *st = g_new0 (MoshiSafetensors, 1);
   g_atomic_ref_count_init (&st->ref_count);
@@ -375,13 +386,9 @@ moshi_safetensors_open (const char *path, GError **error)
   g_return_val_if_fail (path != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  g_autoptr (GError) map_error = NULL;
-  GMappedFile *mapped = g_mapped_file_new (path, FALSE, &map_error);
-  if (mapped == NULL) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot map the file: %s", path,
-        map_error->message);
+  GMappedFile *mapped = moshi_file_map (path, "safetensors file", error);
+  if (mapped == NULL)
     return NULL;
-  }
   /* The GBytes holds the mapping for as long as the result lives. */
   g_autoptr (GBytes) bytes = g_mapped_file_get_bytes (mapped);
   g_mapped_file_unref (mapped);
@@ -478,7 +485,7 @@ moshi_safetensors_require (const MoshiSafetensors *st, const char *name, MoshiDT
     for (int i = 0; matches && i < ndim; i++)
       matches = shape[i] == -1 || shape[i] == entry->shape[i];
     if (!matches) {
-      char actual[256], expected[256];
+      char actual[MOSHI_SHAPE_STRING_LEN], expected[MOSHI_SHAPE_STRING_LEN];
       moshi_shape_to_string (entry->shape, entry->ndim, actual, sizeof actual);
       moshi_shape_to_string (shape, ndim, expected, sizeof expected);
       g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE, "%s: tensor '%s' has shape %s, expected %s",
@@ -513,23 +520,6 @@ append_json_string (GString *out, const char *s)
 }
 
 static gboolean
-write_all (int fd, const void *buf, gsize len)
-{
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t n = write (fd, p, MIN (len, (gsize) 1 << 30));
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return FALSE;
-    }
-    p += n;
-    len -= (gsize) n;
-  }
-  return TRUE;
-}
-
-static gboolean
 check_entries_for_writing (const char *path, const MoshiTensorEntry *entries, gsize n,
     GHashTable *metadata, GError **error)
 {
@@ -555,7 +545,7 @@ check_entries_for_writing (const char *path, const MoshiTensorEntry *entries, gs
     gsize elem_size = moshi_dtype_size (e->dtype);
     if (numel < 0 || (guint64) numel > G_MAXSIZE / elem_size
         || (gsize) numel * elem_size != e->nbytes || (e->nbytes > 0 && e->data == NULL)) {
-      char shape_str[256];
+      char shape_str[MOSHI_SHAPE_STRING_LEN];
       moshi_shape_to_string (e->shape, e->ndim, shape_str, sizeof shape_str);
       g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
           "%s: tensor '%s' has %" G_GSIZE_FORMAT " bytes of data, which does not match dtype %s"
@@ -672,39 +662,48 @@ moshi_safetensors_write (const char *path, const MoshiTensorEntry *entries, gsiz
   for (int i = 0; i < 8; i++)
     len_bytes[i] = (guint8) ((guint64) header_len >> (8 * i));
 
-  /* Written next to the target and renamed over it, so that readers (and a crash) never see a
-   * half-written file. g_file_set_contents would need the whole file in memory. */
-  g_autofree char *tmp_path = g_strdup_printf ("%s.XXXXXX", path);
-  int fd = g_mkstemp_full (tmp_path, O_WRONLY | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    int saved = errno;
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot create a temporary file: %s",
-        path, g_strerror (saved));
+  /* A regular file is written next to the target and renamed over it, so that readers (and a
+   * crash) never see a half-written file; a device or FIFO is written in place (moshi-file.h).
+   * g_file_set_contents would need the whole file in memory. */
+  MoshiOutputFile out;
+  if (!moshi_file_output_open (&out, path, error))
     return FALSE;
-  }
-
-  gboolean ok = write_all (fd, len_bytes, sizeof len_bytes) && write_all (fd, header, header_len);
+  gboolean ok = moshi_file_output_write (&out, len_bytes, sizeof len_bytes)
+      && moshi_file_output_write (&out, header, header_len);
   for (gsize j = 0; ok && j < n; j++) {
     const MoshiTensorEntry *e = &entries[order[j]];
     if (e->nbytes > 0)
-      ok = write_all (fd, e->data, e->nbytes);
+      ok = moshi_file_output_write (&out, e->data, e->nbytes);
   }
-  if (ok)
-    ok = fsync (fd) == 0;
-  int saved = errno;
-  if (close (fd) != 0 && ok) {
-    ok = FALSE;
-    saved = errno;
+  return moshi_file_output_close (&out, ok, ok ? 0 : errno, error);
+}
+
+gboolean
+moshi_tensor_check_finite (const MoshiTensorEntry *entry, const char *path, GError **error)
+{
+  /* The exponent field of each format: all ones is an infinity or a NaN. */
+  guint64 mask;
+  gsize size;
+  switch (entry->dtype) {
+    case MOSHI_DTYPE_F32: mask = 0x7f800000u; size = 4; break;
+    case MOSHI_DTYPE_BF16: mask = 0x7f80u; size = 2; break;
+    case MOSHI_DTYPE_F16: mask = 0x7c00u; size = 2; break;
+    case MOSHI_DTYPE_F64: mask = G_GUINT64_CONSTANT (0x7ff0000000000000); size = 8; break;
+    default: return TRUE;
   }
-  if (ok && g_rename (tmp_path, path) != 0) {
-    ok = FALSE;
-    saved = errno;
-  }
-  if (!ok) {
-    g_unlink (tmp_path);
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s: cannot write the file: %s", path,
-        g_strerror (saved));
-    return FALSE;
+  const guint8 *p = entry->data;
+  gsize n = entry->nbytes / size;
+  for (gsize i = 0; i < n; i++) {
+    guint64 bits = 0;
+    /* Little-endian, as the file stores it, at whatever alignment the file gave. */
+    for (gsize b = 0; b < size; b++)
+      bits |= (guint64) p[i * size + b] << (8 * b);
+    if ((bits & mask) == mask) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT,
+          "%s: tensor '%s' holds a non-finite value (an infinity or NaN) at element %"
+          G_GSIZE_FORMAT, path, entry->name, i);
+      return FALSE;
+    }
   }
   return TRUE;
 }

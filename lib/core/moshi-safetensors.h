@@ -52,7 +52,11 @@ const char *moshi_safetensors_metadata (const MoshiSafetensors *st, const char *
 const MoshiTensorEntry *moshi_safetensors_require (const MoshiSafetensors *st, const char *name,
     MoshiDType dtype, int ndim, const int64_t *shape, GError **error);
 
-/* Formats a shape as "[a, b, c]" into buf. */
+/* Room for any shape: MOSHI_MAX_DIMS dimensions of up to 20 characters ("-9223372036854775808"),
+ * their separators, the brackets and the NUL; a smaller buffer truncates the message. */
+#define MOSHI_SHAPE_STRING_LEN (MOSHI_MAX_DIMS * 22 + 3)
+
+/* Formats a shape as "[a, b, c]" into buf (MOSHI_SHAPE_STRING_LEN bytes hold any shape). */
 const char *moshi_shape_to_string (const int64_t *shape, int ndim, char *buf, gsize buf_len);
 int64_t moshi_shape_numel (const int64_t *shape, int ndim);
 
@@ -62,5 +66,11 @@ int64_t moshi_shape_numel (const int64_t *shape, int ndim);
  * may be NULL (string->string). */
 gboolean moshi_safetensors_write (const char *path, const MoshiTensorEntry *entries, gsize n,
     GHashTable *metadata, GError **error);
+
+/* FALSE, with an error naming path, the tensor and the element, when a floating-point tensor
+ * holds an infinity or a NaN (integer tensors always pass). Reads the bits only, so it costs one
+ * pass over the data. */
+gboolean moshi_tensor_check_finite (const MoshiTensorEntry *entry, const char *path,
+    GError **error);
 
 G_END_DECLS

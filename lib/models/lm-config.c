@@ -1,6 +1,7 @@
 #include "lm-config.h"
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 #include "moshi-json.h"
 
 #include <math.h>
@@ -66,6 +67,56 @@ moshi_lm_config_max_delay (const MoshiLmConfig *cfg)
 
 /* ---------------------------------------------------------------- JSON */
 
+/* Ranges of the values that are not plain integer keys with their bounds at the get_int call.
+ * The integer bounds keep every product of two sizes within an int and every derived size
+ * (d_model * hidden_scale, context * dim for the KV cache) within a gsize. */
+/* The KV cache holds context positions per layer, and attention scores a whole ring per head:
+ * 2^20 positions is 23 hours at 12.5 Hz, far beyond any released model (3000). */
+#define LM_MAX_CONTEXT (1 << 20)
+/* dim_feedforward = hidden_scale * dim must be a positive int (dim <= 2^16). */
+#define LM_MIN_HIDDEN_SCALE (1.0 / 65536)
+#define LM_MAX_HIDDEN_SCALE 64.0
+/* RoPE and sinusoidal embeddings take log (max_period). */
+#define LM_MIN_MAX_PERIOD 1.0
+#define LM_MAX_MAX_PERIOD 1e12
+#define LM_MAX_POSITIONAL_SCALE 1e6
+
+/* The top-level integer keys stored as they are, with their ranges: widths up to 2^16 and
+ * vocabularies up to 2^24 keep width x vocabulary within 2^40 elements, and every product of
+ * two of them within a gsize. The relations between keys are checked by check_relations. */
+typedef struct {
+  const char *key;
+  gsize offset;
+  int min, max;
+  gboolean nullable;            /* null keeps the default */
+} LmIntKey;
+
+static const LmIntKey lm_int_keys[] = {
+  { "dim", G_STRUCT_OFFSET (MoshiLmConfig, dim), 1, 1 << 16, FALSE },
+  { "text_card", G_STRUCT_OFFSET (MoshiLmConfig, text_card), 1, 1 << 24, FALSE },
+  { "text_card_out", G_STRUCT_OFFSET (MoshiLmConfig, text_card_out), 1, 1 << 24, TRUE },
+  { "n_q", G_STRUCT_OFFSET (MoshiLmConfig, n_q), 0, MOSHI_LM_MAX_STREAMS - 1, FALSE },
+  { "dep_q", G_STRUCT_OFFSET (MoshiLmConfig, dep_q), 0, MOSHI_LM_MAX_DEP_STEPS, FALSE },
+  { "card", G_STRUCT_OFFSET (MoshiLmConfig, card), 1, 1 << 24, FALSE },
+  { "existing_text_padding_id", G_STRUCT_OFFSET (MoshiLmConfig, existing_text_padding_id), 0,
+    1 << 24, FALSE },
+  { "existing_text_end_padding_id",
+    G_STRUCT_OFFSET (MoshiLmConfig, existing_text_end_padding_id), 0, 1 << 24, FALSE },
+  { "num_heads", G_STRUCT_OFFSET (MoshiLmConfig, transformer.num_heads), 1, 4096, FALSE },
+  { "depformer_dim", G_STRUCT_OFFSET (MoshiLmConfig, depformer_dim), 1, 1 << 16, FALSE },
+  { "depformer_low_rank_embeddings", G_STRUCT_OFFSET (MoshiLmConfig, depformer_low_rank), 1,
+    1 << 16, TRUE },
+};
+
+static const LmIntKey *
+find_int_key (const char *key)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (lm_int_keys); i++)
+    if (strcmp (key, lm_int_keys[i].key) == 0)
+      return &lm_int_keys[i];
+  return NULL;
+}
+
 typedef struct {
   const char *what;
   GError **error;
@@ -92,10 +143,12 @@ get_int (Reader *rd, const MoshiJson *v, const char *key, int min, int max, int 
 }
 
 static gboolean
-get_number (Reader *rd, const MoshiJson *v, const char *key, double *out)
+get_number (Reader *rd, const MoshiJson *v, const char *key, double min, double max, double *out)
 {
-  if (!moshi_json_double (v, out) || !isfinite (*out))
-    return bad (rd, key, "a number");
+  if (!moshi_json_double (v, out) || !(*out >= min && *out <= max)) {
+    g_autofree char *range = g_strdup_printf ("a number in [%g, %g]", min, max);
+    return bad (rd, key, range);
+  }
   return TRUE;
 }
 
@@ -172,9 +225,10 @@ transformer_kwarg (Reader *rd, MoshiTransformerConfig *t, const char *name, cons
   if (strcmp (name, "positional_embedding") == 0)
     return get_pos (rd, v, key, &t->positional_embedding);
   if (strcmp (name, "max_period") == 0)
-    return get_number (rd, v, key, &t->max_period);
+    return get_number (rd, v, key, LM_MIN_MAX_PERIOD, LM_MAX_MAX_PERIOD, &t->max_period);
   if (strcmp (name, "positional_scale") == 0)
-    return get_number (rd, v, key, &t->positional_scale);
+    return get_number (rd, v, key, -LM_MAX_POSITIONAL_SCALE, LM_MAX_POSITIONAL_SCALE,
+        &t->positional_scale);
   if (strcmp (name, "layer_scale") == 0) {
     t->layer_scale = !is_null (v);
     return TRUE;
@@ -333,6 +387,47 @@ get_conditioners (Reader *rd, MoshiLmConfig *cfg, const MoshiJson *conds, const 
   return TRUE;
 }
 
+static gboolean
+uses_rope (MoshiPosKind kind)
+{
+  return kind == MOSHI_POS_ROPE || kind == MOSHI_POS_SIN_ROPE || kind == MOSHI_POS_ROPE_CONCAT;
+}
+
+/* Checks between keys, once every key has its value. */
+static gboolean
+check_relations (const MoshiLmConfig *cfg, const char *what, GError **error)
+{
+  /* The text head samples indices into the text embedding table. */
+  if (cfg->text_card_out > cfg->text_card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"text_card_out\" (%d) must not exceed \"text_card\" (%d): sampled text tokens "
+        "are looked up in the text embedding", what, cfg->text_card_out, cfg->text_card);
+    return FALSE;
+  }
+  if (cfg->existing_text_padding_id >= cfg->text_card
+      || cfg->existing_text_end_padding_id >= cfg->text_card) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: \"existing_text_padding_id\" (%d) and \"existing_text_end_padding_id\" (%d) must be "
+        "text tokens, below \"text_card\" (%d)", what, cfg->existing_text_padding_id,
+        cfg->existing_text_end_padding_id, cfg->text_card);
+    return FALSE;
+  }
+  /* RoPE rotates pairs of channels, so a head needs an even size of at least 2. */
+  const MoshiTransformerConfig *ts[] = { &cfg->transformer, &cfg->depformer };
+  static const char *const names[][2] = { { "dim", "num_heads" },
+    { "depformer_dim", "depformer_num_heads" } };
+  for (int i = 0; i < (cfg->dep_q > 0 ? 2 : 1); i++) {
+    int head_dim = ts[i]->d_model / ts[i]->num_heads;
+    if (uses_rope (ts[i]->positional_embedding) && head_dim % 2 != 0) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: \"%s\" / \"%s\" = %d: rotary embeddings need an even head size", what,
+          names[i][0], names[i][1], head_dim);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 gboolean
 moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     const char *what, GError **error)
@@ -391,36 +486,20 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
       }
       continue;
     }
-    if (strcmp (key, "dim") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->dim);
-    else if (strcmp (key, "text_card") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card);
-    else if (strcmp (key, "text_card_out") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &cfg->text_card_out);
-    else if (strcmp (key, "n_q") == 0)
-      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_STREAMS - 1, &cfg->n_q);
-    else if (strcmp (key, "dep_q") == 0)
-      ok = get_int (&rd, v, key, 0, MOSHI_LM_MAX_DEP_STEPS, &cfg->dep_q);
-    else if (strcmp (key, "card") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 24, &cfg->card);
-    else if (strcmp (key, "existing_text_padding_id") == 0)
-      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_padding_id);
-    else if (strcmp (key, "existing_text_end_padding_id") == 0)
-      ok = get_int (&rd, v, key, 0, 1 << 24, &cfg->existing_text_end_padding_id);
-    else if (strcmp (key, "num_heads") == 0)
-      ok = get_int (&rd, v, key, 1, 4096, &cfg->transformer.num_heads);
+    const LmIntKey *ik = find_int_key (key);
+    if (ik != NULL)
+      ok = (ik->nullable && is_null (v))
+          || get_int (&rd, v, key, ik->min, ik->max, (int *) ((char *) cfg + ik->offset));
     else if (strcmp (key, "hidden_scale") == 0)
-      ok = get_number (&rd, v, key, &hidden_scale);
+      ok = get_number (&rd, v, key, LM_MIN_HIDDEN_SCALE, LM_MAX_HIDDEN_SCALE, &hidden_scale);
     else if (strcmp (key, "causal") == 0)
       ok = get_bool (&rd, v, key, &cfg->transformer.causal);
     else if (strcmp (key, "context") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 24, &context);
+      ok = is_null (v) || get_int (&rd, v, key, 1, LM_MAX_CONTEXT, &context);
     else if (strcmp (key, "delays") == 0) {
       delays = v;
       have_delays = TRUE;
-    } else if (strcmp (key, "depformer_dim") == 0)
-      ok = get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_dim);
-    else if (strcmp (key, "depformer_dim_feedforward") == 0)
+    } else if (strcmp (key, "depformer_dim_feedforward") == 0)
       ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 20, &dep_ff);
     else if (strcmp (key, "depformer_multi_linear") == 0)
       ok = get_bool (&rd, v, key, &cfg->depformer_multi_linear);
@@ -429,9 +508,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
     else if (strcmp (key, "depformer_weights_per_step_schedule") == 0) {
       schedule = v;
       have_schedule = !is_null (v);
-    } else if (strcmp (key, "depformer_low_rank_embeddings") == 0)
-      ok = is_null (v) || get_int (&rd, v, key, 1, 1 << 16, &cfg->depformer_low_rank);
-    else if (strcmp (key, "depformer_pos_emb") == 0)
+    } else if (strcmp (key, "depformer_pos_emb") == 0)
       ok = get_pos (&rd, v, key, &dep_pos);
     else if (strcmp (key, "depformer_norm") == 0) {
       cfg->has_depformer_norm = !is_null (v);
@@ -467,7 +544,8 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
   /* Main transformer. "norm" is an LMModel argument that also reaches the depformer. */
   MoshiTransformerConfig *t = &cfg->transformer;
   t->d_model = cfg->dim;
-  t->dim_feedforward = (int) (hidden_scale * cfg->dim);
+  /* In range by LM_MAX_HIDDEN_SCALE; at least 1 so that a tiny scale cannot give an empty layer. */
+  t->dim_feedforward = MAX (1, (int) (hidden_scale * cfg->dim));
   t->context = context;
   if (cfg->text_card_out == 0)
     cfg->text_card_out = cfg->text_card;
@@ -483,7 +561,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
   g_ptr_array_unref (dep_keys);
   d->d_model = cfg->depformer_dim;
   d->num_heads = dep_num_heads;
-  d->dim_feedforward = dep_ff ? dep_ff : (int) (hidden_scale * cfg->depformer_dim);
+  d->dim_feedforward = dep_ff ? dep_ff : MAX (1, (int) (hidden_scale * cfg->depformer_dim));
   d->positional_embedding = dep_pos;
   d->context = 0;
   d->weights_per_step = wps ? cfg->dep_q : 0;
@@ -556,7 +634,7 @@ moshi_lm_config_from_json_text (MoshiLmConfig *cfg, const char *text, gsize len,
         "%s: depformer weights per step need a gated feed-forward (as upstream)", what);
     return FALSE;
   }
-  return TRUE;
+  return check_relations (cfg, what, error);
 }
 
 gboolean
@@ -564,12 +642,8 @@ moshi_lm_config_load (MoshiLmConfig *cfg, const char *path, GError **error)
 {
   g_autofree char *text = NULL;
   gsize len = 0;
-  g_autoptr (GError) io_error = NULL;
-  if (!g_file_get_contents (path, &text, &len, &io_error)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot read LM config %s: %s", path,
-        io_error->message);
+  if (!moshi_file_read_all (path, "LM config", MOSHI_FILE_MAX_CONFIG_BYTES, &text, &len, error))
     return FALSE;
-  }
   return moshi_lm_config_from_json_text (cfg, text, len, path, error);
 }
 

@@ -122,6 +122,17 @@ row_view (MoshiWeight *dst, const MoshiWeight *src, int64_t row0, int64_t rows)
     dst->scales = src->scales + row0;
 }
 
+/* A norm's weights, checked for infinities and NaNs: they scale every activation, and are
+ * cheap to check (d values), where checking all 7 B weights would slow every load. */
+static gboolean
+load_norm_tensor (Loader *ld, MoshiWeight *w, const char *name, int ndim, const int64_t *shape)
+{
+  const MoshiTensorEntry *e = moshi_safetensors_lookup (ld->lm->st, name);
+  if (e != NULL && !moshi_tensor_check_finite (e, ld->lm->path, ld->error))
+    return FALSE;
+  return load_tensor (ld, w, name, ndim, shape);
+}
+
 static gboolean
 load_norm (Loader *ld, MoshiNormKind kind, const char *prefix, int d, MoshiWeight *w, MoshiWeight *b)
 {
@@ -129,12 +140,12 @@ load_norm (Loader *ld, MoshiNormKind kind, const char *prefix, int d, MoshiWeigh
   if (kind == MOSHI_NORM_RMS_NORM || kind == MOSHI_NORM_RMS_NORM_F32) {
     wname = g_strdup_printf ("%s.alpha", prefix);
     int64_t shape[] = { 1, 1, d };
-    return load_tensor (ld, w, wname, 3, shape);
+    return load_norm_tensor (ld, w, wname, 3, shape);
   }
   wname = g_strdup_printf ("%s.weight", prefix);
   g_autofree char *bname = g_strdup_printf ("%s.bias", prefix);
   int64_t shape[] = { d };
-  return load_tensor (ld, w, wname, 1, shape) && load_tensor (ld, b, bname, 1, shape);
+  return load_norm_tensor (ld, w, wname, 1, shape) && load_norm_tensor (ld, b, bname, 1, shape);
 }
 
 static gboolean
@@ -570,6 +581,20 @@ finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
   return lm;
 }
 
+/* A tensor missing or misshapen under a given config is as likely the config's fault as the
+ * weights': the message names both files (issue 14, defect 10). */
+static void
+name_config_in_error (GError **error, const char *kind, const char *config_path)
+{
+  if (error == NULL || *error == NULL || config_path == NULL
+      || ((*error)->code != MOSHI_ERROR_SHAPE && (*error)->code != MOSHI_ERROR_MISSING_TENSOR))
+    return;
+  char *message = g_strdup_printf ("%s (the shapes come from the %s config %s: is it the "
+      "config of these weights?)", (*error)->message, kind, config_path);
+  g_free ((*error)->message);
+  (*error)->message = message;
+}
+
 MoshiLm *
 moshi_lm_load (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error)
@@ -589,7 +614,10 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options, error);
+  MoshiLm *loaded = finish_load (lm, options, error);
+  if (loaded == NULL)
+    name_config_in_error (error, "LM", config_path);
+  return loaded;
 
 fail:
   lm_free (lm);

@@ -1,6 +1,7 @@
 #include "mimi-config.h"
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 #include "moshi-json.h"
 
 #include <math.h>
@@ -39,13 +40,28 @@ moshi_mimi_config_init_default (MoshiMimiConfig *cfg)
   cfg->transformer.layer_scale = TRUE;
 }
 
+/* The SEANet hop (product of the ratios) may not exceed one frame at the highest sample rate
+ * over the lowest frame rate; a bigger one cannot divide the frame size. */
+#define MIMI_MAX_HOP (1 << 22)
+
+/* 0 when the product exceeds MIMI_MAX_HOP, so that eight ratios of 64 (2^48) cannot wrap. */
+static int
+checked_hop (const MoshiMimiConfig *cfg)
+{
+  gint64 hop = 1;
+  for (int i = 0; i < cfg->seanet.n_ratios; i++) {
+    hop *= MAX (cfg->seanet.ratios[i], 1);
+    if (hop > MIMI_MAX_HOP)
+      return 0;
+  }
+  return (int) hop;
+}
+
 int
 moshi_mimi_config_hop_length (const MoshiMimiConfig *cfg)
 {
-  int hop = 1;
-  for (int i = 0; i < cfg->seanet.n_ratios; i++)
-    hop *= cfg->seanet.ratios[i];
-  return hop;
+  /* Callers only use validated configs; MAX keeps a division by the hop defined regardless. */
+  return MAX (checked_hop (cfg), 1);
 }
 
 int
@@ -81,6 +97,13 @@ read_int (Reader *rd, const MoshiJson *obj, const char *section, const char *key
     if (!moshi_json_double (v, &d) || d != floor (d)) {
       g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
           "%s: %s%s%s must be an integer", rd->what, section, *section ? "." : "", key);
+      return FALSE;
+    }
+    /* Out of range before the cast, which is undefined for values beyond gint64. */
+    if (!(d >= min && d <= max)) {
+      g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+          "%s: %s%s%s = %g is out of range [%d, %d]", rd->what, section, *section ? "." : "", key,
+          d, min, max);
       return FALSE;
     }
     x = (gint64) d;
@@ -160,6 +183,39 @@ expect_bool (Reader *rd, const MoshiJson *obj, const char *section, const char *
   return TRUE;
 }
 
+/* Unknown keys are errors, as in the LM config: a misspelt key would otherwise silently keep
+ * the released value. */
+static gboolean
+check_keys (Reader *rd, const MoshiJson *obj, const char *section, const char *const *known)
+{
+  for (gsize i = 0; obj && i < moshi_json_length (obj); i++) {
+    const char *key = moshi_json_member_name (obj, i);
+    if (!g_strv_contains (known, key)) {
+      g_set_error (rd->error, MOSHI_ERROR, MOSHI_ERROR_CONFIG, "%s: %s%s%s is not a known key",
+          rd->what, section, *section ? "." : "", key);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static const char *const root_keys[] = {
+  "sample_rate", "channels", "frame_rate", "seanet", "quantizer", "transformer", NULL
+};
+static const char *const seanet_keys[] = {
+  "channels", "dimension", "causal", "n_filters", "n_residual_layers", "activation", "compress",
+  "dilation_base", "disable_norm_outer_blocks", "kernel_size", "residual_kernel_size",
+  "last_kernel_size", "norm", "pad_mode", "ratios", "true_skip", "lstm", NULL
+};
+static const char *const quantizer_keys[] = {
+  "dimension", "n_q", "bins", "input_dimension", "output_dimension", NULL
+};
+static const char *const transformer_keys[] = {
+  "d_model", "num_heads", "num_layers", "causal", "layer_scale", "context", "conv_layout",
+  "max_period", "gating", "norm", "positional_embedding", "dim_feedforward", "input_dimension",
+  "output_dimensions", NULL
+};
+
 static const MoshiJson *
 section_of (Reader *rd, const MoshiJson *root, const char *name, gboolean *ok)
 {
@@ -190,6 +246,8 @@ moshi_mimi_config_from_json_text (MoshiMimiConfig *cfg, const char *text, gsize 
   }
 
   gboolean ok;
+  if (!check_keys (&rd, root, "", root_keys))
+    return FALSE;
   if (!read_int (&rd, root, "", "sample_rate", &cfg->sample_rate, 1000, 384000)
       || !read_int (&rd, root, "", "channels", &cfg->channels, 1, 1)
       || !read_double (&rd, root, "", "frame_rate", &cfg->frame_rate, 0.1, 10000))
@@ -197,6 +255,8 @@ moshi_mimi_config_from_json_text (MoshiMimiConfig *cfg, const char *text, gsize 
 
   const MoshiJson *seanet = section_of (&rd, root, "seanet", &ok);
   if (!ok)
+    return FALSE;
+  if (seanet && !check_keys (&rd, seanet, "seanet", seanet_keys))
     return FALSE;
   if (seanet) {
     static const char *const elu[] = { "ELU", NULL };
@@ -256,6 +316,8 @@ moshi_mimi_config_from_json_text (MoshiMimiConfig *cfg, const char *text, gsize 
     return FALSE;
   /* The projections default to the SEANet dimension, as in the upstream kwargs. */
   cfg->quantizer.input_dimension = cfg->quantizer.output_dimension = cfg->seanet.dimension;
+  if (quantizer && !check_keys (&rd, quantizer, "quantizer", quantizer_keys))
+    return FALSE;
   if (quantizer
       && (!read_int (&rd, quantizer, "quantizer", "dimension", &cfg->quantizer.dimension, 1, 65536)
           || !read_int (&rd, quantizer, "quantizer", "n_q", &cfg->quantizer.n_q, 2, 64)
@@ -270,6 +332,8 @@ moshi_mimi_config_from_json_text (MoshiMimiConfig *cfg, const char *text, gsize 
   if (!ok)
     return FALSE;
   cfg->transformer.d_model = cfg->seanet.dimension;
+  if (tr && !check_keys (&rd, tr, "transformer", transformer_keys))
+    return FALSE;
   if (tr) {
     static const char *const layer_norm[] = { "layer_norm", NULL };
     static const char *const rope[] = { "rope", NULL };
@@ -317,12 +381,8 @@ moshi_mimi_config_load (MoshiMimiConfig *cfg, const char *path, GError **error)
 {
   g_autofree char *text = NULL;
   gsize len = 0;
-  g_autoptr (GError) io_error = NULL;
-  if (!g_file_get_contents (path, &text, &len, &io_error)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot read Mimi config %s: %s", path,
-        io_error->message);
+  if (!moshi_file_read_all (path, "Mimi config", MOSHI_FILE_MAX_CONFIG_BYTES, &text, &len, error))
     return FALSE;
-  }
   return moshi_mimi_config_from_json_text (cfg, text, len, path, error);
 }
 
@@ -330,7 +390,12 @@ gboolean
 moshi_mimi_config_validate (const MoshiMimiConfig *cfg, const char *what, GError **error)
 {
   double frame = cfg->sample_rate / cfg->frame_rate;
-  int hop = moshi_mimi_config_hop_length (cfg);
+  int hop = checked_hop (cfg);
+  if (hop == 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: the product of seanet.ratios must be at most %d", what, MIMI_MAX_HOP);
+    return FALSE;
+  }
   if (fabs (frame - lround (frame)) > 1e-9 || lround (frame) % hop != 0) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
         "%s: sample_rate / frame_rate = %g samples must be a whole multiple of the SEANet hop "

@@ -105,6 +105,10 @@ load_weight_alias (Loader *ld, MoshiWeight *w, const char *const *names, int ndi
   const MoshiTensorEntry *e = find_tensor (ld, names, ndim, shape);
   if (e == NULL)
     return FALSE;
+  /* Mimi is small enough (about 80 M weights) to check whole: one infinity turns every output
+   * sample into one (issue 14, defect 10). */
+  if (!moshi_tensor_check_finite (e, ld->m->path, ld->error))
+    return FALSE;
   if (!ld->m->be->ops->weight_from_host (ld->m->be, w, e, ld->m->st, ld->error)) {
     g_prefix_error (ld->error, "%s: ", ld->m->path);
     return FALSE;
@@ -455,6 +459,20 @@ mimi_free (MoshiMimi *m)
   g_free (m);
 }
 
+/* A tensor missing or misshapen under a given config is as likely the config's fault as the
+ * weights': the message names both files (issue 14, defect 10). */
+static void
+name_config_in_error (GError **error, const char *kind, const char *config_path)
+{
+  if (error == NULL || *error == NULL || config_path == NULL
+      || ((*error)->code != MOSHI_ERROR_SHAPE && (*error)->code != MOSHI_ERROR_MISSING_TENSOR))
+    return;
+  char *message = g_strdup_printf ("%s (the shapes come from the %s config %s: is it the "
+      "config of these weights?)", (*error)->message, kind, config_path);
+  g_free ((*error)->message);
+  (*error)->message = message;
+}
+
 MoshiMimi *
 moshi_mimi_load (const char *weights_path, const char *config_path,
     const MoshiMimiLoadOptions *options, GError **error)
@@ -485,13 +503,17 @@ moshi_mimi_load (const char *weights_path, const char *config_path,
   if (!load_seanet (&ld)
       || !load_transformer (&ld, &m->enc_tr, "encoder_transformer")
       || !load_transformer (&ld, &m->dec_tr, "decoder_transformer")
-      || !load_quantizer (&ld))
+      || !load_quantizer (&ld)) {
+    name_config_in_error (error, "Mimi", config_path);
     goto fail;
+  }
   if (m->resample_stride > 1) {
     int d = m->cfg.seanet.dimension, s = m->resample_stride;
     if (!load_conv (&ld, &m->downsample, "downsample.conv.conv.conv", d, d, 2 * s, s, 1, FALSE, TRUE)
-        || !load_convtr (&ld, &m->upsample, "upsample.convtr.convtr.convtr", d, d, 2 * s, s, d, FALSE))
+        || !load_convtr (&ld, &m->upsample, "upsample.convtr.convtr.convtr", d, d, 2 * s, s, d, FALSE)) {
+      name_config_in_error (error, "Mimi", config_path);
       goto fail;
+    }
   }
   return m;
 
@@ -1455,6 +1477,14 @@ moshi_mimi_decode (MoshiMimi *m, const int32_t *codes, int num_codebooks, int n_
   g_autoptr (MoshiMimiSession) s = moshi_mimi_session_new (m, &opts, error);
   if (s == NULL)
     return FALSE;
+  /* Checked before the allocation that n_frames sizes: a negative count would wrap to a huge
+   * size and abort in g_new instead of failing. */
+  if (n_frames < 0 || (gsize) n_frames > G_MAXSIZE / sizeof (float) / (gsize) m->frame_size) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "cannot decode %d frames: the count must be between 0 and %" G_GSIZE_FORMAT, n_frames,
+        G_MAXSIZE / sizeof (float) / (gsize) m->frame_size);
+    return FALSE;
+  }
   g_autofree float *pcm = g_new (float, MAX ((gsize) n_frames * m->frame_size, 1));
   if (!moshi_mimi_session_decode (s, codes, num_codebooks, n_frames, pcm, error))
     return FALSE;

@@ -4,6 +4,7 @@
 #include "moshi-tokenizer.h"
 
 #include "moshi-error.h"
+#include "moshi-file.h"
 
 #include <string.h>
 
@@ -188,13 +189,9 @@ fail:
 MoshiTokenizer *
 moshi_tokenizer_load (const char *path, GError **error)
 {
-  g_autoptr (GError) io_error = NULL;
-  g_autoptr (GMappedFile) file = g_mapped_file_new (path, FALSE, &io_error);
-  if (file == NULL) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "cannot open tokenizer %s: %s", path,
-        io_error->message);
+  g_autoptr (GMappedFile) file = moshi_file_map (path, "tokenizer", error);
+  if (file == NULL)
     return NULL;
-  }
   return moshi_tokenizer_new_from_data ((const guint8 *) g_mapped_file_get_contents (file),
       g_mapped_file_get_length (file), path, error);
 }

@@ -10,6 +10,7 @@
 #include <glib/gstdio.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gst-test-util.h"
@@ -1003,6 +1004,22 @@ GST_START_TEST (test_bad_settings)
   assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
       GST_RESOURCE_ERROR_NOT_FOUND, "/nonexistent/config.json", NULL);
   gst_object_unref (element);
+
+  /* A config that is a FIFO or a device is refused at once, naming it, instead of blocking on
+   * the open or reading without end (issue 14, defect 7). */
+  g_autofree gchar *dir = g_dir_make_tmp ("mimi-fifo-XXXXXX", NULL);
+  g_autofree gchar *fifo = g_build_filename (dir, "config.json", NULL);
+  fail_unless (mkfifo (fifo, 0600) == 0);
+  const gchar *specials[] = { fifo, "/dev/zero" };
+  for (guint i = 0; i < G_N_ELEMENTS (specials); i++) {
+    element = make_element (i == 0 ? "mimienc" : "mimidec");
+    g_object_set (element, "config", specials[i], NULL);
+    assert_error (expect_open_error (element), GST_RESOURCE_ERROR,
+        GST_RESOURCE_ERROR_OPEN_READ, specials[i], NULL);
+    gst_object_unref (element);
+  }
+  g_unlink (fifo);
+  g_rmdir (dir);
 
   /* The small model has 16 codebooks. */
   element = make_element ("mimienc");

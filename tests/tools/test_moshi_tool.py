@@ -7,6 +7,7 @@ Prints 'N passed, N failed' and exits non-zero on any failure."""
 import json
 import math
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -265,6 +266,177 @@ def test_bench_serve_bad_options():
                          (["--seconds", "0"], "--seconds")):
         err = run("bench", "serve", *args, expect_ok=False).stderr
         assert needle in err, (args, err)
+
+
+def run_failing(*args, code=1, timeout=60):
+    """Runs a command that must fail cleanly: exit status `code`, not a signal or a hang."""
+    proc = subprocess.run([TOOL, *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+    return proc.stderr
+
+
+def test_config_errors_name_the_config():
+    # issue 14, defect 10: a config that does not fit the weights was blamed on the weights alone
+    lm_weights = os.path.join(LM, "model.safetensors")
+    other = os.path.join(DATA, "lm", "dialog", "config.json")
+    err = run_failing("lm-forward", "--weights", lm_weights, "--config", other, "--codes", "x",
+                      "--out", os.path.join(tmp, "f.safetensors"))
+    assert lm_weights in err and other in err, err
+    tiny = os.path.join(DATA, "mimi", "tiny", "config.json")
+    err = run_failing("encode", "--model", MODEL, "--config", tiny, speech_wav,
+                      os.path.join(tmp, "t.safetensors"))
+    assert MODEL in err and tiny in err, err
+
+
+def test_non_finite_weights_are_refused():
+    # issue 14, defect 10: one infinity in the weights gave an all-inf WAV without complaint
+    tensors = read_safetensors(MODEL)
+    name = "decoder.model.0.conv.conv.weight"
+    shape, values = tensors[name]
+    values[5] = float("inf")
+    bad = os.path.join(tmp, "inf-mimi.safetensors")
+    write_safetensors(bad, {n: ("F32", sh, v) for n, (sh, v) in tensors.items()})
+    err = run_failing("encode", "--model", bad, "--config", CONFIG, speech_wav,
+                      os.path.join(tmp, "i.safetensors"))
+    assert bad in err and name in err and "non-finite" in err, err
+
+
+def test_option_values_are_checked():
+    # issue 14, defect 6: these crashed (SIGSEGV, SIGFPE) or wrote an empty file
+    out = os.path.join(tmp, "opt.safetensors")
+    cases = [
+        (["encode", "--codebooks", "0"], "--codebooks=0"),
+        (["encode", "--streaming", "--codebooks", "0"], "--codebooks=0"),
+        (["encode", "--codebooks", "65"], "--codebooks=65"),
+        (["encode", "--threads", "-1"], "--threads=-1"),
+    ]
+    for extra, what in cases:
+        err = run_failing(extra[0], "--model", MODEL, "--config", CONFIG, *extra[1:], speech_wav, out,
+                          code=2)
+        assert what in err, err
+    assert not os.path.exists(out)
+    for extra, what in [(["--codebooks", "0"], "--codebooks=0"),
+                        (["--frames-per-call", "0"], "--frames-per-call=0"),
+                        (["--seconds", "-1"], "--seconds=-1"),
+                        (["--threads", "1,x"], "'x'")]:
+        err = run_failing("bench", "--model", MODEL, "--config", CONFIG, *extra, "mimi", code=2)
+        assert what in err, err
+    err = run_failing("bench", "lm", "--batch", "2x", code=2)
+    assert "'2x'" in err, err
+
+
+def test_bench_long_calls():
+    # 2048 frames per call overflowed a stack buffer (SIGSEGV); one call timed nothing (NaN)
+    out = run("bench", "--model", MODEL, "--config", CONFIG, "--frames-per-call", "2048",
+              "--seconds", "1", "--threads", "1", "mimi").stdout
+    assert "threads 1:" in out and "nan" not in out, out
+
+
+def test_crafted_codes_dimensions():
+    # issue 14, defect 5: 2^31 frames became a negative int and aborted in an allocation
+    path = os.path.join(tmp, "huge-codes.safetensors")
+    write_safetensors(path, {"codes": ("I64", [1, 0, 2 ** 31], [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "h.wav"))
+    assert path in err and "2147483648" in err, err
+    write_safetensors(path, {"codes": ("I64", [1, 2 ** 32 + 1, 0], [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "h.wav"))
+    assert path in err and "4294967297" in err, err
+
+
+def test_shapes_are_shown_whole():
+    # issue 14, defect 10: an 8-dimension shape of large sizes was cut short in the message
+    path = os.path.join(tmp, "wide-codes.safetensors")
+    dims = [0] + [2 ** 62 + d for d in range(7)]
+    write_safetensors(path, {"codes": ("I64", dims, [])})
+    err = run_failing("decode", "--model", MODEL, "--config", CONFIG, path, os.path.join(tmp, "w.wav"))
+    want = "[" + ", ".join(str(d) for d in dims) + "]"
+    assert want in err, err
+
+
+def test_errors_name_the_input():
+    # issue 14, defects 9 and 10: the NaN error named no file, and --streaming leaked on it
+    nan_wav = os.path.join(tmp, "nan.wav")
+    write_float_wav(nan_wav, [0.0] * 1000 + [float("nan")] + [0.0] * 3000, 24000)
+    for extra in ([], ["--streaming"]):
+        err = run_failing("encode", "--model", MODEL, "--config", CONFIG, *extra, nan_wav,
+                          os.path.join(tmp, "n.safetensors"))
+        assert nan_wav in err and "not finite" in err, err
+    bad_codes = os.path.join(tmp, "bad-codes.safetensors")
+    write_safetensors(bad_codes, {"codes": ("I64", [1, 2, 2], [0, 1, 99999, 2])})
+    for extra in ([], ["--streaming"]):
+        err = run_failing("decode", "--model", MODEL, "--config", CONFIG, *extra, bad_codes,
+                          os.path.join(tmp, "b.wav"))
+        assert bad_codes in err, err
+
+
+def test_inputs_must_be_regular_files():
+    # issue 14, defect 7: a FIFO blocked forever, /dev/zero as a config grew without end
+    fifo = os.path.join(tmp, "fifo")
+    os.mkfifo(fifo)
+    out = os.path.join(tmp, "f.safetensors")
+    for args in (["--model", MODEL, "--config", fifo, speech_wav],
+                 ["--model", fifo, "--config", CONFIG, speech_wav],
+                 ["--model", MODEL, "--config", CONFIG, fifo],
+                 ["--model", MODEL, "--config", "/dev/zero", speech_wav],
+                 ["--model", MODEL, "--config", CONFIG, "/dev/zero"]):
+        err = run_failing("encode", *args, out, timeout=20)
+        assert "FIFO" in err or "character device" in err, err
+    lm_config = os.path.join(LM, "config.json")
+    for args in (["--lm-config", fifo], ["--lm-config", lm_config, "--tokenizer", fifo]):
+        err = run_failing("chat", "--model", os.path.join(LM, "model.safetensors"),
+                          "--mimi-model", MODEL, "--mimi-config", CONFIG, *args, speech_wav,
+                          os.path.join(tmp, "c.wav"), timeout=20)
+        assert fifo in err and "FIFO" in err, err
+    big = os.path.join(tmp, "big.json")
+    with open(big, "wb") as f:
+        f.truncate(17 << 20)
+    err = run_failing("encode", "--model", MODEL, "--config", big, speech_wav, out)
+    assert big in err and "larger than" in err, err
+    os.unlink(fifo)
+
+
+def device_node(name, minor):
+    """A character device like /dev/<name>. As root, a private node in tmp, so that a regression
+    that renames over its output replaces that node and not the system's /dev/null; otherwise
+    /dev/<name> itself, which an unprivileged rename cannot replace."""
+    if os.geteuid() != 0:
+        return "/dev/" + name if os.path.exists("/dev/" + name) else None
+    path = os.path.join(tmp, name)
+    if not os.path.exists(path):
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError:  # tmp mounted nodev
+        return None
+    return path
+
+
+def test_outputs_that_are_not_regular_files():
+    # issue 14, defect 8: the output was written beside the target and renamed over it, which
+    # replaced a device node with a regular file
+    codes_path = encode_and_compare([], "codes")
+    null, full = device_node("null", 3), device_node("full", 7)
+    if null:
+        run("decode", "--model", MODEL, "--config", CONFIG, codes_path, null)
+        run("encode", "--model", MODEL, "--config", CONFIG, speech_wav, null)
+    if full:
+        err = run_failing("decode", "--model", MODEL, "--config", CONFIG, codes_path, full)
+        assert full in err and "No space" in err, err
+        err = run_failing("encode", "--model", MODEL, "--config", CONFIG, speech_wav, full)
+        assert full in err and "No space" in err, err
+    if null:
+        # through a symbolic link, as /dev/stdout is one: the link stays a link
+        link = os.path.join(tmp, "null-link")
+        os.symlink(null, link)
+        run("decode", "--model", MODEL, "--config", CONFIG, codes_path, link)
+        assert os.path.islink(link), link
+        os.unlink(link)
+    for dev in (null, full):
+        if dev:
+            assert stat.S_ISCHR(os.stat(dev).st_mode), dev
+            assert not [n for n in os.listdir(os.path.dirname(dev))
+                        if n.startswith(os.path.basename(dev) + ".")], dev
 
 
 def test_unknown_command():

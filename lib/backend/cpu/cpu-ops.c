@@ -543,10 +543,16 @@ overlap_add_task (void *ctx, int o, int thread)
   const OverlapAddJob *j = ctx;
   int overlap = j->k - j->stride;
   int emitted = j->t_in * j->stride;
-  /* The full output of this call is emitted + overlap columns; it lives in a small stack
-   * buffer per channel. */
-  float buf[emitted + overlap];
-  memset (buf, 0, sizeof (buf));
+  /* The full output of this call is emitted + overlap columns per channel: a stack buffer for
+   * the usual few frames, the heap for calls of many frames (4096 frames of the last SEANet
+   * stage are 31 MiB, far beyond a thread stack). */
+  float stack_buf[8192];
+  g_autofree float *heap_buf = NULL;
+  gsize n_buf = (gsize) emitted + overlap;
+  float *buf = stack_buf;
+  if (n_buf > G_N_ELEMENTS (stack_buf))
+    buf = heap_buf = g_new (float, n_buf);
+  memset (buf, 0, n_buf * sizeof (float));
   for (int tap = 0; tap < j->k; tap++) {
     const float *row = j->cols + ((gsize) o * j->k + tap) * j->t_in;
     for (int t = 0; t < j->t_in; t++)
@@ -692,9 +698,16 @@ attention_task (void *ctx, int task, int thread)
   int q_pos = j->pos0 + i;
   const float *q = j->q + (gsize) i * j->ld_q + (gsize) h * j->head_dim;
   float *out = j->dst + (gsize) i * j->ld_dst + (gsize) h * j->head_dim;
-  /* on the heap: a cache of 2^21 slots is more than a thread's stack */
-  g_autofree float *buf = g_new (float, (gsize) j->capacity + j->head_dim);
-  float *scores = buf, *row = buf + j->capacity;
+  /* The KV capacity comes from the config (up to millions of positions), far more than a
+   * thread stack holds, so long contexts take their scores (and the head's row of a BF16 or FP8
+   * cache) from the heap; short ones, the decode-step common case, stay off the allocator. */
+  float stack_buf[4096];
+  g_autofree float *heap_buf = NULL;
+  float *scores = stack_buf;
+  gsize need = (gsize) j->capacity + j->head_dim;
+  if (need > G_N_ELEMENTS (stack_buf))
+    scores = heap_buf = g_new (float, need);
+  float *row = scores + j->capacity;
   float max_score = -INFINITY;
   for (int s = 0; s < j->capacity; s++) {
     scores[s] = -INFINITY;
