@@ -1342,7 +1342,7 @@ fill_stalled_frame (GstMoshiDialog * self, guint64 serial)
     g_usleep (1000);
   }
   g_mutex_lock (&self->watch_lock);
-  gboolean still = self->input_serial == serial
+  gboolean still = self->input_serial == serial && !self->watch_stop
       && GST_CLOCK_TIME_IS_VALID (self->frame_end_rt);
   g_mutex_unlock (&self->watch_lock);
   if (still && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE
@@ -1418,16 +1418,17 @@ stall_watcher (gpointer data)
   return NULL;
 }
 
+/* Tells the watcher to stop, without waiting for it: it may be pushing a frame that a
+ * prerolling sink holds until the pads are deactivated (PAUSED to READY). */
 static void
-start_watcher (GstMoshiDialog * self)
+request_watcher_stop (GstMoshiDialog * self)
 {
-  GST_OBJECT_LOCK (self);
-  gboolean enabled = self->fill_stalls;
-  GST_OBJECT_UNLOCK (self);
-  if (!enabled || self->watcher != NULL)
-    return;
-  self->watch_stop = FALSE;
-  self->watcher = g_thread_new ("moshidialog-stalls", stall_watcher, self);
+  g_mutex_lock (&self->watch_lock);
+  self->watch_stop = TRUE;
+  if (self->watch_id != NULL)
+    gst_clock_id_unschedule (self->watch_id);
+  g_cond_signal (&self->watch_cond);
+  g_mutex_unlock (&self->watch_lock);
 }
 
 static void
@@ -1435,14 +1436,24 @@ stop_watcher (GstMoshiDialog * self)
 {
   if (self->watcher == NULL)
     return;
-  g_mutex_lock (&self->watch_lock);
-  self->watch_stop = TRUE;
-  if (self->watch_id != NULL)
-    gst_clock_id_unschedule (self->watch_id);
-  g_cond_signal (&self->watch_cond);
-  g_mutex_unlock (&self->watch_lock);
+  request_watcher_stop (self);
   g_thread_join (self->watcher);
   self->watcher = NULL;
+}
+
+static void
+start_watcher (GstMoshiDialog * self)
+{
+  /* one told to stop at the last PLAYING to PAUSED: the sinks are PLAYING again, so whatever
+   * it was pushing has gone through */
+  stop_watcher (self);
+  GST_OBJECT_LOCK (self);
+  gboolean enabled = self->fill_stalls;
+  GST_OBJECT_UNLOCK (self);
+  if (!enabled)
+    return;
+  self->watch_stop = FALSE;
+  self->watcher = g_thread_new ("moshidialog-stalls", stall_watcher, self);
 }
 
 static GstFlowReturn
@@ -1776,7 +1787,7 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
       break;
     case GST_STATE_CHANGE_PLAYING_TO_PAUSED:
       /* no filling while paused: the clock stops */
-      stop_watcher (self);
+      request_watcher_stop (self);
       break;
     case GST_STATE_CHANGE_READY_TO_PAUSED:
       /* The model properties may have changed while in READY. The pads are not active
@@ -1800,7 +1811,9 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
       start_watcher (self);
       break;
     case GST_STATE_CHANGE_PAUSED_TO_READY:
-      /* The pads are inactive: the streaming thread has left the element. */
+      /* The pads are inactive: the streaming thread has left the element, and a push of the
+       * watcher's has returned. */
+      stop_watcher (self);
       stop_stream (self);
       break;
     case GST_STATE_CHANGE_READY_TO_NULL:

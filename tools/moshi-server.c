@@ -709,7 +709,9 @@ configure_dialog (const Options *o, GstElement *dialog)
       "threads", o->threads,
       /* every conversation joins the process's scheduler: one batched LM step per tick */
       "max-conversations", o->max_conversations > 0 ? (guint) o->max_conversations : 1024u,
-      NULL);
+      /* as upstream's server, the model steps on the client's frames: a WebSocket's jitter
+       * is not a silent caller (a client that stops sending meets --idle-timeout) */
+      "fill-stalls", FALSE, NULL);
   if (o->device != NULL)
     gst_util_set_object_arg (G_OBJECT (dialog), "device", o->device);
   if (o->kv_cache != NULL)
