@@ -149,8 +149,9 @@ typedef struct {
   char *dir;
 } LmFixture;
 
+/* The case's model on the test device, with the KV caches and weights asked for. */
 static void
-lm_fixture_open_kv (LmFixture *fx, const LmCase *c, MoshiLmKvCache kv)
+lm_fixture_open_with (LmFixture *fx, const LmCase *c, MoshiLmKvCache kv, MoshiLmWeights weights)
 {
   GError *error = NULL;
   g_autofree char *rel = g_build_filename ("lm", c->name, NULL);
@@ -158,10 +159,17 @@ lm_fixture_open_kv (LmFixture *fx, const LmCase *c, MoshiLmKvCache kv)
   g_autofree char *model = g_build_filename (fx->dir, c->model, NULL);
   g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
   g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
-  MoshiLmLoadOptions opts = { .device = moshi_test_device (), .kv_cache = kv };
+  MoshiLmLoadOptions opts = { .device = moshi_test_device (), .kv_cache = kv,
+    .weights = weights };
   fx->lm = moshi_lm_load (model, config, &opts, &error);
   ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
   fx->golden = open_or_fail (golden);
+}
+
+static void
+lm_fixture_open_kv (LmFixture *fx, const LmCase *c, MoshiLmKvCache kv)
+{
+  lm_fixture_open_with (fx, c, kv, MOSHI_LM_WEIGHTS_AS_STORED);
 }
 
 /* With the default KV caches: BF16. */
@@ -915,26 +923,11 @@ argmax_agreement (const float *a, const float *b, gsize rows, int vocab)
   return n ? (double) same / n : 1.0;
 }
 
-static void
-lm_fixture_open_int8 (LmFixture *fx, const LmCase *c)
-{
-  GError *error = NULL;
-  g_autofree char *rel = g_build_filename ("lm", c->name, NULL);
-  fx->dir = moshi_test_data_path (rel);
-  g_autofree char *model = g_build_filename (fx->dir, c->model, NULL);
-  g_autofree char *config = g_build_filename (fx->dir, "config.json", NULL);
-  g_autofree char *golden = g_build_filename (fx->dir, "golden.safetensors", NULL);
-  MoshiLmLoadOptions opts = { .device = moshi_test_device (), .weights = MOSHI_LM_WEIGHTS_INT8 };
-  fx->lm = moshi_lm_load (model, config, &opts, &error);
-  ck_assert_msg (fx->lm != NULL, "%s", error ? error->message : "");
-  fx->golden = open_or_fail (golden);
-}
-
 START_TEST (test_int8_weights)
 {
   const LmCase *c = &lm_cases[_i];
   LmFixture fx;
-  lm_fixture_open_int8 (&fx, c);
+  lm_fixture_open_with (&fx, c, MOSHI_LM_KV_DEFAULT, MOSHI_LM_WEIGHTS_INT8);
   ck_assert_int_eq (moshi_lm_get_weights (fx.lm), MOSHI_LM_WEIGHTS_INT8);
   GError *error = NULL;
   const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
