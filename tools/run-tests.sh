@@ -2,7 +2,8 @@
 # Sets up, builds and runs every test that needs no GPU and no network:
 #   1. the release-style build (debugoptimized) and its full test suite;
 #   2. the same unit tests built with AddressSanitizer + UndefinedBehaviorSanitizer (but the
-#      'eager' variants of the recorded-step tests);
+#      'eager' variants of the recorded-step tests and the slow scheduler runs on the
+#      emulated CUDA backend, suite 'emu-slow');
 #   3. the GStreamer element tests under valgrind (GLib's and our own suppressions);
 #   4. the fuzz targets (safetensors, LM and Mimi configs, tokenizer, WAV) for a bounded time,
 #      FUZZ_SECONDS in all (default 60), split evenly between them.
@@ -30,7 +31,8 @@ if [[ ! -d build-asan ]]; then
 fi
 ninja -C build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  meson test -C build-asan --suite unit --no-suite eager --print-errorlogs --num-processes "$jobs" \
+  meson test -C build-asan --suite unit --no-suite eager --no-suite emu-slow --print-errorlogs \
+  --num-processes "$jobs" \
   --timeout-multiplier 4
 
 echo "=== GStreamer tests under valgrind ==="
