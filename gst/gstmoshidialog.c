@@ -214,6 +214,8 @@ struct _GstMoshiDialog
   guint64 input_serial;         /* input buffers and gaps seen */
   GstClockTime frame_end_rt;    /* running time at which the frame being filled is complete;
                                  * NONE while nothing is expected (no stream, after EOS) */
+  GstClockTime last_activity;   /* clock time of the last input, or of the last filled frame */
+  gboolean last_was_fill;
 
   /* The seqnum of the last seek forwarded upstream: both sinks of a pipeline send it. */
   guint32 last_seek_seqnum;
@@ -1315,14 +1317,21 @@ map_failed:
 static void
 publish_position (GstMoshiDialog * self, gboolean new_input, gboolean expect)
 {
-  GstClockTime rt = GST_CLOCK_TIME_NONE;
+  GstClockTime rt = GST_CLOCK_TIME_NONE, now = GST_CLOCK_TIME_NONE;
   if (expect && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE)
     rt = gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME,
         out_time (self, self->samples_out + self->frame_size));
+  GstClock *clock = gst_element_get_clock (GST_ELEMENT (self));
+  if (clock != NULL) {
+    now = gst_clock_get_time (clock);
+    gst_object_unref (clock);
+  }
   g_mutex_lock (&self->watch_lock);
   if (new_input)
     self->input_serial++;
   self->frame_end_rt = rt;
+  self->last_activity = now;
+  self->last_was_fill = !new_input;
   g_cond_signal (&self->watch_cond);
   g_mutex_unlock (&self->watch_lock);
 }
@@ -1392,9 +1401,15 @@ stall_watcher (gpointer data)
       continue;
     }
     guint64 serial = self->input_serial;
-    /* the frame's last sample is due then; a frame of grace for jitter */
+    /* A stall is both: the frame is a frame of grace past its due time (its last sample, plus
+     * upstream's latency), and nothing has come for that long either. The second keeps a
+     * conversation whose steps lag behind the clock (input queued upstream, on time but not
+     * taken yet) from being filled over. After a filled frame, the next one a frame later. */
     GstClockTime deadline = gst_element_get_base_time (GST_ELEMENT (self))
         + self->frame_end_rt + upstream_latency + self->frame_duration;
+    if (GST_CLOCK_TIME_IS_VALID (self->last_activity))
+      deadline = MAX (deadline, self->last_activity
+          + (self->last_was_fill ? 1 : 2) * self->frame_duration);
     GST_LOG_OBJECT (self, "waiting on %" GST_PTR_FORMAT " until %" GST_TIME_FORMAT
         " for the frame ending at running time %" GST_TIME_FORMAT, clock,
         GST_TIME_ARGS (deadline), GST_TIME_ARGS (self->frame_end_rt));
@@ -2200,6 +2215,7 @@ gst_moshi_dialog_init (GstMoshiDialog * self)
   self->batch_wait_ms = DEFAULT_BATCH_WAIT;
   self->fill_stalls = TRUE;
   self->frame_end_rt = GST_CLOCK_TIME_NONE;
+  self->last_activity = GST_CLOCK_TIME_NONE;
   g_mutex_init (&self->watch_lock);
   g_cond_init (&self->watch_cond);
   self->latency = GST_CLOCK_TIME_NONE;
