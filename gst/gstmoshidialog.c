@@ -202,10 +202,11 @@ struct _GstMoshiDialog
   MoshiScheduler *scheduler;
   GstClockTime batch_wait;
 
-  /* The stall watcher (live input only, in PLAYING): when no input has come for a frame past
-   * its due time on the pipeline clock, it steps the conversation on a frame of silence, so
-   * that the model keeps talking, paced, through an RTP gap or silence suppression. Under
-   * watch_lock: what the streaming thread publishes and the watcher's wait. */
+  /* The stall watcher (live input only, in PLAYING): when a frame is past its due time on the
+   * pipeline clock and no input has arrived for two frames, it steps the conversation on a
+   * frame of silence, so that the model keeps talking, paced, through an RTP gap or silence
+   * suppression (stall_watcher). Under watch_lock: what the streaming thread publishes and
+   * the watcher's wait. */
   GThread *watcher;
   GMutex watch_lock;
   GCond watch_cond;
