@@ -198,21 +198,69 @@ lm_golden (LmFixture *fx, const char *prefix, const char *name)
   return e;
 }
 
+/* The teacher-forced pass over a case's golden codes, in the upstream layout. */
+typedef struct {
+  int b, t;
+  gsize n_logits, n_text;
+  float *logits, *text_logits;
+  guint8 *mask, *text_mask;
+} TeacherForced;
+
+static void
+teacher_force (LmFixture *fx, const LmCase *c, TeacherForced *tf)
+{
+  GError *error = NULL;
+  const MoshiLmConfig *cfg = moshi_lm_get_config (fx->lm);
+  const MoshiTensorEntry *ce = lm_golden (fx, c->prefix, "tf.codes");
+  tf->b = (int) ce->shape[0];
+  tf->t = (int) ce->shape[2];
+  tf->n_logits = (gsize) tf->b * cfg->dep_q * tf->t * cfg->card;
+  tf->n_text = (gsize) tf->b * tf->t * cfg->text_card_out;
+  tf->logits = g_new (float, MAX (tf->n_logits, 1));
+  tf->text_logits = g_new (float, tf->n_text);
+  tf->mask = g_new (guint8, MAX ((gsize) tf->b * cfg->dep_q * tf->t, 1));
+  tf->text_mask = g_new (guint8, (gsize) tf->b * tf->t);
+  ck_assert_msg (moshi_lm_forward (fx->lm, ce->data, tf->b, tf->t, 2, tf->logits,
+          tf->text_logits, tf->mask, tf->text_mask, &error), "%s", error ? error->message : "");
+}
+
+static void
+teacher_forced_clear (TeacherForced *tf)
+{
+  g_free (tf->logits);
+  g_free (tf->text_logits);
+  g_free (tf->mask);
+  g_free (tf->text_mask);
+}
+
+/* ||got - ref|| / ||ref|| over the positions where ref is not NaN (the delays leave some
+ * without a value); with same_nan, got must be NaN exactly there. */
+static double
+rel_l2_valid (const float *got, const float *ref, gsize n, gboolean same_nan)
+{
+  double num = 0, den = 0;
+  for (gsize i = 0; i < n; i++) {
+    if (same_nan)
+      ck_assert (isnan (got[i]) == isnan (ref[i]));
+    if (!isnan (ref[i])) {
+      num += (got[i] - ref[i]) * (double) (got[i] - ref[i]);
+      den += (double) ref[i] * ref[i];
+    }
+  }
+  return den > 0 ? sqrt (num / den) : 0;
+}
+
 START_TEST (test_teacher_forcing)
 {
   const LmCase *c = &lm_cases[_i];
   LmFixture fx;
   lm_fixture_open (&fx, c);
-  GError *error = NULL;
   const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
-  const MoshiTensorEntry *ce = lm_golden (&fx, c->prefix, "tf.codes");
-  int b = (int) ce->shape[0], t = (int) ce->shape[2];
-  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
-  g_autofree float *logits = g_new (float, MAX (n_logits, 1));
-  g_autofree float *text_logits = g_new (float, n_text);
-  g_autofree guint8 *mask = g_new (guint8, MAX ((gsize) b * cfg->dep_q * t, 1));
-  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
-  ck_assert (moshi_lm_forward (fx.lm, ce->data, b, t, 2, logits, text_logits, mask, text_mask, &error));
+  TeacherForced tf;
+  teacher_force (&fx, c, &tf);
+  gsize n_text = tf.n_text;
+  const float *text_logits = tf.text_logits;
+  const guint8 *mask = tf.mask, *text_mask = tf.text_mask;
 
   const MoshiTensorEntry *rt = lm_golden (&fx, c->prefix, "tf.text_logits");
   const MoshiTensorEntry *rtm = lm_golden (&fx, "", "tf.text_mask");
@@ -225,24 +273,16 @@ START_TEST (test_teacher_forcing)
     const MoshiTensorEntry *rm = lm_golden (&fx, "", "tf.mask");
     ck_assert_int_eq (memcmp (mask, rm->data, rm->nbytes), 0);
     /* NaN where the delay leaves no position, exactly where the reference has them */
-    const float *ref = rl->data;
-    double num = 0, den = 0;
-    for (gsize i = 0; i < n_logits; i++) {
-      ck_assert (isnan (logits[i]) == isnan (ref[i]));
-      if (!isnan (ref[i])) {
-        num += (logits[i] - ref[i]) * (double) (logits[i] - ref[i]);
-        den += (double) ref[i] * ref[i];
-      }
-    }
-    printf ("%s %s: teacher-forced audio logits relative error %.3g\n", c->name, c->model, sqrt (num / den));
-    ck_assert_msg (sqrt (num / den) <= 1e-4, "audio logits relative error %g", sqrt (num / den));
+    double rel_audio = rel_l2_valid (tf.logits, rl->data, tf.n_logits, TRUE);
+    printf ("%s %s: teacher-forced audio logits relative error %.3g\n", c->name, c->model, rel_audio);
+    ck_assert_msg (rel_audio <= 1e-4, "audio logits relative error %g", rel_audio);
   }
+  teacher_forced_clear (&tf);
   lm_fixture_close (&fx);
 }
 END_TEST
 
-/* Greedy streaming generation over the golden user codes; returns the mismatch count. */
-/* Tokens that differ from the golden ones; *first_step (when not NULL) is the first step where
+/* Greedy streaming generation over the golden user codes: the tokens that differ from the golden ones; *first_step (when not NULL) is the first step where
  * one does (t when none). */
 static int
 run_greedy_first (LmFixture *fx, MoshiLmSession **sessions, int n, const int64_t *user, int t,
@@ -929,32 +969,20 @@ START_TEST (test_int8_weights)
   LmFixture fx;
   lm_fixture_open_with (&fx, c, MOSHI_LM_KV_DEFAULT, MOSHI_LM_WEIGHTS_INT8);
   ck_assert_int_eq (moshi_lm_get_weights (fx.lm), MOSHI_LM_WEIGHTS_INT8);
-  GError *error = NULL;
   const MoshiLmConfig *cfg = moshi_lm_get_config (fx.lm);
-  const MoshiTensorEntry *ce = lm_golden (&fx, c->prefix, "tf.codes");
-  int b = (int) ce->shape[0], t = (int) ce->shape[2];
-  gsize n_logits = (gsize) b * cfg->dep_q * t * cfg->card, n_text = (gsize) b * t * cfg->text_card_out;
-  g_autofree float *logits = g_new (float, MAX (n_logits, 1));
-  g_autofree float *text_logits = g_new (float, n_text);
-  g_autofree guint8 *mask = g_new (guint8, MAX ((gsize) b * cfg->dep_q * t, 1));
-  g_autofree guint8 *text_mask = g_new (guint8, (gsize) b * t);
-  ck_assert (moshi_lm_forward (fx.lm, ce->data, b, t, 2, logits, text_logits, mask, text_mask, &error));
-  double rel_text = moshi_test_rel_l2 (text_logits,
-      lm_golden (&fx, c->prefix, "tf.text_logits")->data, n_text);
-  double num = 0, den = 0;
+  TeacherForced tf;
+  teacher_force (&fx, c, &tf);
+  const float *ref_text = lm_golden (&fx, c->prefix, "tf.text_logits")->data;
+  double rel_text = moshi_test_rel_l2 (tf.text_logits, ref_text, tf.n_text);
+  double agree_text = argmax_agreement (tf.text_logits, ref_text, (gsize) tf.b * tf.t,
+      cfg->text_card_out);
+  double rel_audio = 0, agree_audio = 1;
   if (cfg->dep_q > 0) {
     const float *ref = lm_golden (&fx, c->prefix, "tf.logits")->data;
-    for (gsize i = 0; i < n_logits; i++)
-      if (!isnan (ref[i])) {
-        num += (logits[i] - ref[i]) * (double) (logits[i] - ref[i]);
-        den += (double) ref[i] * ref[i];
-      }
+    rel_audio = rel_l2_valid (tf.logits, ref, tf.n_logits, FALSE);
+    agree_audio = argmax_agreement (tf.logits, ref, (gsize) tf.b * cfg->dep_q * tf.t, cfg->card);
   }
-  double rel_audio = den > 0 ? sqrt (num / den) : 0;
-  double agree_text = argmax_agreement (text_logits,
-      lm_golden (&fx, c->prefix, "tf.text_logits")->data, (gsize) b * t, cfg->text_card_out);
-  double agree_audio = cfg->dep_q > 0 ? argmax_agreement (logits,
-      lm_golden (&fx, c->prefix, "tf.logits")->data, (gsize) b * cfg->dep_q * t, cfg->card) : 1;
+  teacher_forced_clear (&tf);
 
   const MoshiTensorEntry *user = lm_golden (&fx, c->prefix, "gen.user_codes");
   const MoshiTensorEntry *text = lm_golden (&fx, c->prefix, "gen.text_tokens");
