@@ -1440,9 +1440,12 @@ GST_START_TEST (test_conversations_share_ticks)
   GST_INFO ("%d elements: %" GST_PTR_FORMAT, n_conv, stats);
   fail_unless_equals_int (conversations, n_conv);
   fail_unless_equals_uint64 (steps, (guint64) n_conv * 12);
-  /* they shared ticks: far fewer ticks than steps */
-  fail_unless (steps >= 2 * ticks, "%" G_GUINT64_FORMAT " ticks for %" G_GUINT64_FORMAT
-      " steps", ticks, steps);
+  /* They shared ticks: far fewer ticks than steps. Valgrind runs one thread at a time, so
+   * there a feeding thread often misses a tick that another one's frame started: fewer is
+   * all that can be asked. */
+  const guint64 sharing = under_valgrind () ? 1 : 2;
+  fail_unless (steps > ticks && steps >= sharing * ticks, "%" G_GUINT64_FORMAT " ticks for %"
+      G_GUINT64_FORMAT " steps", ticks, steps);
   fail_unless (delay_ms > 0);
   gst_structure_free (stats);
   conversations_free (conv, n_conv);
