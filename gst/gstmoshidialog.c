@@ -63,10 +63,10 @@
 #include <string.h>
 
 #include "gstmoshielements.h"
-#include "moshi-dialog.h"
-#include "moshi-error.h"
-#include "moshi-hub.h"
-#include "moshi-scheduler.h"
+#include <moshi/moshi-dialog.h>
+#include <moshi/moshi-error.h>
+#include <moshi/moshi-hub.h>
+#include <moshi/moshi-scheduler.h>
 
 GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 #define GST_CAT_DEFAULT gst_moshi_dialog_debug

@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "moshi-error.h"
-#include "moshi-hub.h"
+#include <moshi/moshi-error.h>
+#include <moshi/moshi-hub.h>
 
 GST_DEBUG_CATEGORY (gst_moshi_debug);
 #define GST_CAT_DEFAULT gst_moshi_debug
@@ -305,13 +305,13 @@ load_model (GstElement * element, const gchar * model, const gchar * config,
     return NULL;
   }
 
-  MoshiBackend *backend = moshi_mimi_get_backend (mimi);
+  g_autofree char *device_description =
+      moshi_device_describe (moshi_mimi_get_device (mimi), NULL, NULL);
   GST_CAT_INFO_OBJECT (gst_moshi_debug, element,
       "Mimi %s: %d Hz, %d samples per frame, %d codebooks of %d entries, "
       "backend %s", path, moshi_mimi_sample_rate (mimi),
       moshi_mimi_frame_size (mimi), moshi_mimi_max_codebooks (mimi),
-      moshi_mimi_codebook_size (mimi),
-      backend->description ? backend->description : backend->name);
+      moshi_mimi_codebook_size (mimi), device_description);
 
   const MoshiMimiConfig *cfg = moshi_mimi_get_config (mimi);
   if (moshi_mimi_sample_rate (mimi) != MIMI_TEMPLATE_RATE || cfg->channels != 1

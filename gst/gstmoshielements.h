@@ -4,7 +4,7 @@
 #include <gst/gst.h>
 #include <gst/audio/audio.h>
 
-#include "moshi-mimi.h"
+#include <moshi/moshi-mimi.h>
 
 G_BEGIN_DECLS
 

@@ -5,7 +5,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "moshi-device.h"
 #include "moshi-dtype.h"
+#include "moshi-error.h"
 #include "test-support.h"
 
 #include "moshi-threadpool.h"
@@ -74,6 +76,61 @@ dtype_tcase (void)
   TCase *tc = tcase_create ("dtype");
   tcase_add_test (tc, test_dtype_names_and_sizes);
   tcase_add_test (tc, test_dtype_unknown_names);
+  return tc;
+}
+
+/* ---- devices (the public calls of moshi-device.h) ---- */
+
+START_TEST (test_device_names)
+{
+  for (MoshiDevice d = MOSHI_DEVICE_AUTO; d <= MOSHI_DEVICE_CUDA; d++) {
+    MoshiDevice parsed = (MoshiDevice) -1;
+    ck_assert (moshi_device_from_name (moshi_device_name (d), &parsed));
+    ck_assert_int_eq (parsed, d);
+  }
+  MoshiDevice parsed = MOSHI_DEVICE_CUDA;
+  ck_assert (moshi_device_from_name ("CPU", &parsed));
+  ck_assert_int_eq (parsed, MOSHI_DEVICE_CPU);
+  ck_assert (!moshi_device_from_name ("gpu", &parsed));
+}
+END_TEST
+
+START_TEST (test_device_describe_and_stats)
+{
+  g_autoptr (GError) error = NULL;
+  MoshiDevice resolved = MOSHI_DEVICE_AUTO;
+  g_autofree char *cpu = moshi_device_describe (MOSHI_DEVICE_CPU, &resolved, &error);
+  g_assert_no_error (error);
+  ck_assert (g_str_has_prefix (cpu, "cpu"));
+  ck_assert_int_eq (resolved, MOSHI_DEVICE_CPU);
+
+  /* the CPU keeps no counters: FALSE, and nothing left over in *out */
+  MoshiDeviceStats st;
+  memset (&st, 0xff, sizeof st);
+  ck_assert (!moshi_device_get_stats (MOSHI_DEVICE_CPU, &st));
+  ck_assert_uint_eq (st.kernel_launches + st.blas_calls + st.memory_ops + st.weight_bytes
+      + st.graph_launches + st.syncs, 0);
+
+  /* CUDA is usable or says why not; AUTO is one of the two */
+  g_autofree char *cuda = moshi_device_describe (MOSHI_DEVICE_CUDA, &resolved, &error);
+  if (cuda == NULL) {
+    ck_assert (error != NULL && error->domain == MOSHI_ERROR && error->message[0] != '\0');
+    g_clear_error (&error);
+  } else {
+    ck_assert_int_eq (resolved, MOSHI_DEVICE_CUDA);
+  }
+  g_autofree char *any = moshi_device_describe (MOSHI_DEVICE_AUTO, &resolved, &error);
+  g_assert_no_error (error);
+  ck_assert_int_eq (resolved, cuda ? MOSHI_DEVICE_CUDA : MOSHI_DEVICE_CPU);
+}
+END_TEST
+
+static TCase *
+device_tcase (void)
+{
+  TCase *tc = tcase_create ("device");
+  tcase_add_test (tc, test_device_names);
+  tcase_add_test (tc, test_device_describe_and_stats);
   return tc;
 }
 
@@ -481,6 +538,7 @@ core_suite (void)
 {
   Suite *suite = suite_create ("core");
   suite_add_tcase (suite, dtype_tcase ());
+  suite_add_tcase (suite, device_tcase ());
   suite_add_tcase (suite, bf16_tcase ());
   suite_add_tcase (suite, f16_tcase ());
   suite_add_tcase (suite, convert_tcase ());

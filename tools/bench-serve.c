@@ -2,14 +2,14 @@
  * for comparison, each stepping alone), with a paper estimate for data-centre GPUs. */
 #include "bench-serve.h"
 
-#include "moshi-dialog.h"
+#include <moshi/moshi-dialog.h>
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "moshi-error.h"
-#include "moshi-scheduler.h"
+#include <moshi/moshi-error.h>
+#include <moshi/moshi-scheduler.h>
 
 /* The cards of the paper estimate: memory, memory bandwidth and dense BF16 tensor throughput
  * from the vendor's data sheets (SXM parts). */

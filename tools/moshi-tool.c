@@ -1,10 +1,10 @@
 /* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
-#include "moshi-error.h"
-#include "moshi-dialog.h"
-#include "moshi-lm.h"
-#include "moshi-tokenizer.h"
-#include "moshi-mimi.h"
-#include "moshi-safetensors.h"
+#include <moshi/moshi-error.h>
+#include <moshi/moshi-dialog.h>
+#include <moshi/moshi-lm.h>
+#include <moshi/moshi-tokenizer.h>
+#include <moshi/moshi-mimi.h>
+#include <moshi/moshi-safetensors.h>
 #include "moshi-wav.h"
 #include "bench-serve.h"
 
@@ -458,12 +458,11 @@ cmd_bench_lm (int argc, char **argv)
     return 2;
   }
   if (dev == MOSHI_DEVICE_CUDA) {
-    MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
-    if (be == NULL) {
+    g_autofree char *cuda = moshi_device_describe (MOSHI_DEVICE_CUDA, NULL, &error);
+    if (cuda == NULL) {
       g_print ("SKIP: moshi-tool bench lm --device cuda: %s\n", error->message);
       return 77;
     }
-    moshi_backend_unref (be);
   }
   MoshiLmConfig cfg;
   if (config) {
@@ -478,12 +477,13 @@ cmd_bench_lm (int argc, char **argv)
       : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
   if (lm == NULL)
     return fail (g_steal_pointer (&error));
-  MoshiBackend *be = moshi_backend_open (dev == MOSHI_DEVICE_AUTO ? MOSHI_DEVICE_AUTO : dev, &error);
-  if (be == NULL)
+  MoshiDevice used = moshi_lm_get_device (lm);
+  g_autofree char *description = moshi_device_describe (used, NULL, &error);
+  if (description == NULL)
     return fail (g_steal_pointer (&error));
   g_print ("model: %s, %d + %d x %d layers, dim %d; device %s; loaded in %.1f s\n",
       weights ? weights : "random BF16 weights", cfg.transformer.num_layers, cfg.dep_q,
-      cfg.depformer.num_layers, cfg.dim, be->description, (g_get_monotonic_time () - t0) / 1e6);
+      cfg.depformer.num_layers, cfg.dim, description, (g_get_monotonic_time () - t0) / 1e6);
   int n_user = moshi_lm_user_codebooks (lm), dep_q = moshi_lm_generated_codebooks (lm);
   MoshiLmSession **sessions = g_new0 (MoshiLmSession *, max_batch);
   int32_t *user = g_new0 (int32_t, (gsize) max_batch * MAX (n_user, 1));
@@ -498,14 +498,14 @@ cmd_bench_lm (int argc, char **argv)
       if ((sessions[r] = moshi_lm_session_new (lm, NULL, &error)) == NULL)
         break;
     gboolean ok = b != NULL && error == NULL;
-    if (ok && be->ops->reset_stats)
-      be->ops->reset_stats (be, NULL);
+    if (ok)
+      moshi_device_reset_stats (used);
     double ms = 0;
     for (int s = 0; ok && s < steps + 2; s++) {
       gint64 t = g_get_monotonic_time ();
       ok = moshi_lm_batch_step (b, sessions, n, user, text, audio, ret, NULL, &error);
-      if (s == 1 && be->ops->reset_stats)
-        be->ops->reset_stats (be, NULL);
+      if (s == 1)
+        moshi_device_reset_stats (used);
       if (s >= 2)
         ms += (g_get_monotonic_time () - t) / 1e3;
     }
@@ -513,9 +513,8 @@ cmd_bench_lm (int argc, char **argv)
       ms /= steps;
       g_print ("batch %3d: %8.2f ms per step, %7.1f steps/s, %8.1f session-steps/s", n, ms,
           1e3 / ms, n * 1e3 / ms);
-      if (be->ops->get_stats) {
-        MoshiExecStats st;
-        be->ops->get_stats (be, NULL, &st);
+      MoshiDeviceStats st;
+      if (moshi_device_get_stats (used, &st)) {
         /* effective weight bandwidth: against the GPU's memory bandwidth, how close the
          * step is to its floor */
         g_print (" (%" G_GUINT64_FORMAT " kernels in %" G_GUINT64_FORMAT " graph launches, %"
@@ -532,7 +531,6 @@ cmd_bench_lm (int argc, char **argv)
       g_clear_pointer (&sessions[r], moshi_lm_session_free);
     g_clear_pointer (&b, moshi_lm_batch_free);
   }
-  moshi_backend_unref (be);
   g_free (sessions);
   g_free (user);
   g_free (text);
@@ -587,13 +585,12 @@ cmd_bench (int argc, char **argv)
   GError *error = NULL;
   /* as bench lm: no usable GPU is a skip (exit 77), not an error */
   if (g_strcmp0 (device, "cuda") == 0) {
-    MoshiBackend *be = moshi_backend_open (MOSHI_DEVICE_CUDA, &error);
-    if (be == NULL) {
+    g_autofree char *cuda = moshi_device_describe (MOSHI_DEVICE_CUDA, NULL, &error);
+    if (cuda == NULL) {
       g_print ("SKIP: moshi-tool bench mimi --device cuda: %s\n", error->message);
       g_error_free (error);
       return 77;
     }
-    moshi_backend_unref (be);
   }
   g_autoptr (MoshiMimi) mimi = load_mimi (model, config, device, &error);
   if (mimi == NULL)
@@ -607,9 +604,10 @@ cmd_bench (int argc, char **argv)
   g_autofree float *out = g_new (float, (gsize) frames_per_call * frame);
   g_autofree int32_t *codes = g_new (int32_t, (gsize) frames_per_call * codebooks);
 
+  g_autofree char *description = moshi_device_describe (moshi_mimi_get_device (mimi), NULL, NULL);
   if (!json)
     g_print ("Mimi streaming benchmark: %s, %d frames of %d samples, %d codebooks, %d frame(s) per call, backend %s\n",
-        model, n_frames, frame, codebooks, frames_per_call, moshi_mimi_get_backend (mimi)->description);
+        model, n_frames, frame, codebooks, frames_per_call, description);
   for (int c = 0; counts[c]; c++) {
     int threads = thread_counts[c];
     MoshiMimiSessionOptions opts = { .n_threads = threads, .num_codebooks = codebooks,

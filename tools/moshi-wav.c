@@ -1,7 +1,7 @@
 #include "moshi-wav.h"
 
-#include "moshi-error.h"
-#include "moshi-file.h"
+#include <moshi/moshi-error.h>
+#include <moshi/moshi-file.h>
 
 #include <stdint.h>
 

@@ -13,6 +13,8 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "moshi-api.h"
+#include "moshi-device.h"
 #include "moshi-dtype.h"
 #include "moshi-safetensors.h"
 
@@ -68,15 +70,6 @@ typedef struct {
   int64_t step;                 /* the session's step counter: with seed, the random draws */
 } MoshiSampler;
 
-typedef enum {
-  MOSHI_DEVICE_AUTO,
-  MOSHI_DEVICE_CPU,
-  MOSHI_DEVICE_CUDA,
-} MoshiDevice;
-
-const char *moshi_device_name (MoshiDevice device);
-gboolean moshi_device_from_name (const char *name, MoshiDevice *out);
-
 /* A weight resident on a backend. data is a device pointer; on the CPU it may point straight
  * into a memory-mapped checkpoint. Matrices (2-D: linear weights, embedding tables) keep BF16
  * as stored; everything else is F32 on the device. */
@@ -98,20 +91,8 @@ moshi_int8_scales_offset (int64_t n_out, int64_t n_in)
   return ((gsize) n_out * (gsize) n_in + 15) & ~(gsize) 15;
 }
 
-/* What the ops of an exec have queued (get_stats / reset_stats below). */
-typedef struct {
-  guint64 kernel_launches;      /* kernels launched (each launch of an op that needs two counts 2) */
-  guint64 blas_calls;           /* cuBLAS calls (each one GEMM, counted apart from the launches) */
-  guint64 memory_ops;           /* copies and memsets queued: upload, download, zero, and the
-                                 * device-to-device copy of ConvTranspose1d's overlap */
-  guint64 weight_bytes;         /* bytes of weights read, as stored on the device: linear: the
-                                 * weight matrix (or view) and bias once per call; embedding: the
-                                 * rows asked for (rows x row bytes); norms, scales: their
-                                 * vectors; convolutions: weights and bias; RVQ encode: the
-                                 * levels' codebooks and norms; RVQ decode: the rows gathered */
-  guint64 graph_launches;       /* recorded steps replayed (their kernels count as launches) */
-  guint64 syncs;                /* waits of the host for the device: download, synchronize */
-} MoshiExecStats;
+/* What the ops of an exec have queued (get_stats / reset_stats below): the public counters. */
+typedef MoshiDeviceStats MoshiExecStats;
 
 struct _MoshiBackendOps {
   void (*destroy) (MoshiBackend *be);
@@ -305,8 +286,9 @@ struct _MoshiExec {
 /* Opens a backend for device. MOSHI_DEVICE_AUTO picks CUDA when a GPU is usable and the CPU
  * otherwise (logging why). Backends are process-wide singletons per device. */
 MoshiBackend *moshi_backend_open (MoshiDevice device, GError **error);
-MoshiBackend *moshi_backend_ref (MoshiBackend *be);
-void moshi_backend_unref (MoshiBackend *be);
+/* Exported (MOSHI_API), like the two weight helpers below, for the CUDA module. */
+MOSHI_API MoshiBackend *moshi_backend_ref (MoshiBackend *be);
+MOSHI_API void moshi_backend_unref (MoshiBackend *be);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiBackend, moshi_backend_unref)
 
 MoshiExec *moshi_exec_new (MoshiBackend *be, int n_threads, GError **error);
@@ -316,9 +298,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiExec, moshi_exec_free)
 /* The rule every backend follows for weights read from a checkpoint: F32 stays F32, BF16
  * matrices (2-D) stay BF16, other BF16 and F16 tensors become F32, anything else is an error
  * naming the tensor. Returns the device dtype, or MOSHI_DTYPE_COUNT with error set. */
-MoshiDType moshi_weight_device_dtype (const MoshiTensorEntry *host, GError **error);
+MOSHI_API MoshiDType moshi_weight_device_dtype (const MoshiTensorEntry *host, GError **error);
 /* host's elements as newly allocated F32 (g_free), or NULL with an out-of-memory error. */
-float *moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error);
+MOSHI_API float *moshi_weight_to_f32 (const MoshiTensorEntry *host, GError **error);
 /* Weight-only int8 of a 2-D host tensor (F32, BF16 or F16): per output row o, scale[o] =
  * max|w[o, :]| / 127 and codes round(w / scale) (to nearest, ties away from zero), as a device
  * weight of be. */

@@ -1,5 +1,5 @@
 /* gst-moshi: Mimi on the backend op table (see moshi-mimi.h and spec/mimi.md). */
-#include "moshi-mimi.h"
+#include "mimi-internal.h"
 
 #include "moshi-error.h"
 #include "moshi-registry.h"
@@ -576,6 +576,7 @@ double moshi_mimi_frame_rate (const MoshiMimi *m) { return m->cfg.frame_rate; }
 int moshi_mimi_max_codebooks (const MoshiMimi *m) { return m->cfg.quantizer.n_q; }
 int moshi_mimi_codebook_size (const MoshiMimi *m) { return m->cfg.quantizer.bins; }
 MoshiBackend *moshi_mimi_get_backend (const MoshiMimi *m) { return m->be; }
+MoshiDevice moshi_mimi_get_device (const MoshiMimi *m) { return m->be->device; }
 const char *moshi_mimi_get_path (const MoshiMimi *m) { return m->path; }
 
 /* ================================================================ session */

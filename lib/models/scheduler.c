@@ -1,6 +1,7 @@
 /* gst-moshi: the scheduler that steps many conversations on one model together (see
  * moshi-scheduler.h for the contract). */
 #include "moshi-scheduler.h"
+#include "mimi-internal.h"
 
 #include "moshi-error.h"
 #include "moshi-threadpool.h"

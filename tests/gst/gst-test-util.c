@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "moshi-safetensors.h"
+#include <moshi/moshi-safetensors.h>
 
 /* ------------------------------------------------------------------ test data */
 

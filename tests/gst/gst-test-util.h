@@ -7,7 +7,7 @@
 #include <gst/check/gstcheck.h>
 #include <gst/check/gstharness.h>
 
-#include "moshi-mimi.h"
+#include <moshi/moshi-mimi.h>
 
 G_BEGIN_DECLS
 

@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include "gst-test-util.h"
-#include "moshi-dialog.h"
-#include "moshi-hub.h"
-#include "moshi-safetensors.h"
+#include <moshi/moshi-dialog.h>
+#include <moshi/moshi-hub.h>
+#include <moshi/moshi-safetensors.h>
 
 #define USER_CODEBOOKS 8
 #define MODEL_CODEBOOKS 8

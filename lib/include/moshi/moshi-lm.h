@@ -8,12 +8,14 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
 #include "lm-config.h"
-#include "moshi-backend.h"
+#include "moshi-device.h"
+#include "moshi-dtype.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 typedef struct _MoshiLm MoshiLm;
 typedef struct _MoshiLmSession MoshiLmSession;
@@ -78,6 +80,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiLm, moshi_lm_unref)
 
 const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm);
 const char *moshi_lm_get_path (const MoshiLm *lm);
+/* The device it was loaded on (never AUTO). */
+MoshiDevice moshi_lm_get_device (const MoshiLm *lm);
 /* Audio codebooks the model takes from the user each step (n_q - dep_q). */
 int moshi_lm_user_codebooks (const MoshiLm *lm);
 /* Codebooks it generates each step (dep_q). */
@@ -175,4 +179,4 @@ typedef struct {
 void moshi_lm_config_footprint (const MoshiLmConfig *cfg, MoshiDType weight_dtype,
     MoshiDType kv_dtype, MoshiLmFootprint *footprint);
 
-G_END_DECLS
+MOSHI_END_DECLS

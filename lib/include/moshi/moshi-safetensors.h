@@ -7,11 +7,12 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
 #include "moshi-dtype.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 #define MOSHI_MAX_DIMS 8
 
@@ -73,4 +74,4 @@ gboolean moshi_safetensors_write (const char *path, const MoshiTensorEntry *entr
 gboolean moshi_tensor_check_finite (const MoshiTensorEntry *entry, const char *path,
     GError **error);
 
-G_END_DECLS
+MOSHI_END_DECLS

@@ -7,13 +7,14 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
 #include "moshi-lm.h"
 #include "moshi-mimi.h"
 #include "moshi-tokenizer.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 #define MOSHI_DIALOG_MAX_CODEBOOKS 64
 /* The framing of a conversation without Mimi: the released Mimi's, 80 ms at 24 kHz. */
@@ -99,4 +100,4 @@ gboolean moshi_dialog_step_pcm (MoshiDialog *dialog, const float *user_pcm, Mosh
 gboolean moshi_dialog_step_codes (MoshiDialog *dialog, const int32_t *user_codes, int n_codes,
     MoshiDialogFrame *frame, float *out_pcm, GError **error);
 
-G_END_DECLS
+MOSHI_END_DECLS

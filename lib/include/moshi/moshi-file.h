@@ -8,8 +8,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 /* Caps on the files read whole: configs are a few kilobytes. */
 #define MOSHI_FILE_MAX_CONFIG_BYTES ((gsize) 16 << 20)
@@ -47,4 +48,4 @@ gboolean moshi_file_output_close (MoshiOutputFile *out, gboolean ok, int saved_e
 /* The whole of data to path, as above. */
 gboolean moshi_file_write_all (const char *path, const void *data, gsize len, GError **error);
 
-G_END_DECLS
+MOSHI_END_DECLS

@@ -12,8 +12,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 /* The file that holds Mimi's weights in Kyutai's repositories (kyutai/moshiko-pytorch-bf16 and
  * siblings). */
@@ -36,4 +37,4 @@ char *moshi_hub_resolve (const char *spec, const char *default_filename, GError 
  * came from (a static string, or "default" for ~/.cache/huggingface/hub). */
 char *moshi_hub_cache_dir (const char **origin);
 
-G_END_DECLS
+MOSHI_END_DECLS

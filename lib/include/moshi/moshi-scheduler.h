@@ -23,11 +23,12 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
 #include "moshi-dialog.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 /* MoshiScheduler and MoshiConversation are declared in moshi-dialog.h: a MoshiDialog may run
  * on a scheduler (moshi_dialog_new_full). */
@@ -120,4 +121,4 @@ typedef struct {
 
 void moshi_conversation_get_stats (MoshiConversation *conversation, MoshiConversationStats *stats);
 
-G_END_DECLS
+MOSHI_END_DECLS

@@ -2,9 +2,10 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 typedef enum {
   MOSHI_DTYPE_F32,
@@ -47,4 +48,4 @@ float moshi_e4m3_to_f32 (uint8_t v);
 /* Converts n elements of src (any float dtype) to f32. */
 void moshi_convert_to_f32 (float *dst, const void *src, MoshiDType src_dtype, gsize n);
 
-G_END_DECLS
+MOSHI_END_DECLS

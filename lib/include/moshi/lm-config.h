@@ -3,8 +3,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 #define MOSHI_LM_MAX_STREAMS 72
 #define MOSHI_LM_MAX_DEP_STEPS 64
@@ -100,4 +101,4 @@ int moshi_lm_config_num_streams (const MoshiLmConfig *cfg);      /* 1 + n_q */
 int moshi_lm_config_max_delay (const MoshiLmConfig *cfg);
 float moshi_norm_eps (MoshiNormKind kind);
 
-G_END_DECLS
+MOSHI_END_DECLS

@@ -12,12 +12,13 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 #include <stdint.h>
 
 #include "mimi-config.h"
-#include "moshi-backend.h"
+#include "moshi-device.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 typedef struct _MoshiMimi MoshiMimi;
 typedef struct _MoshiMimiSession MoshiMimiSession;
@@ -49,7 +50,8 @@ int moshi_mimi_frame_size (const MoshiMimi *mimi);      /* samples per code fram
 double moshi_mimi_frame_rate (const MoshiMimi *mimi);
 int moshi_mimi_max_codebooks (const MoshiMimi *mimi);
 int moshi_mimi_codebook_size (const MoshiMimi *mimi);   /* bins */
-MoshiBackend *moshi_mimi_get_backend (const MoshiMimi *mimi);
+/* The device it was loaded on (never AUTO). */
+MoshiDevice moshi_mimi_get_device (const MoshiMimi *mimi);
 const char *moshi_mimi_get_path (const MoshiMimi *mimi);
 
 typedef struct {
@@ -98,4 +100,4 @@ gboolean moshi_mimi_encode (MoshiMimi *mimi, const float *pcm, gsize n_samples,
 gboolean moshi_mimi_decode (MoshiMimi *mimi, const int32_t *codes, int num_codebooks,
     int n_frames, int n_threads, float **pcm_out, GError **error);
 
-G_END_DECLS
+MOSHI_END_DECLS

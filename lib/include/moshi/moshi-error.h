@@ -2,8 +2,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 #define MOSHI_ERROR (moshi_error_quark ())
 GQuark moshi_error_quark (void);
@@ -23,4 +24,4 @@ typedef enum {
   MOSHI_ERROR_BUSY,             /* a shared resource is at its limit (e.g. conversations) */
 } MoshiErrorCode;
 
-G_END_DECLS
+MOSHI_END_DECLS

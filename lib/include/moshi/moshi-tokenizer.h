@@ -4,8 +4,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 typedef struct _MoshiTokenizer MoshiTokenizer;
 
@@ -40,4 +41,4 @@ MoshiPieceType moshi_tokenizer_piece_type (const MoshiTokenizer *tok, int id);
 char *moshi_tokenizer_display (const MoshiTokenizer *tok, int id, int padding_id,
     int end_padding_id);
 
-G_END_DECLS
+MOSHI_END_DECLS

@@ -2,8 +2,9 @@
 #pragma once
 
 #include <glib.h>
+#include "moshi-api.h"
 
-G_BEGIN_DECLS
+MOSHI_BEGIN_DECLS
 
 #define MOSHI_MIMI_MAX_RATIOS 8
 
@@ -63,4 +64,4 @@ int moshi_mimi_config_resample_stride (const MoshiMimiConfig *cfg); /* encoder s
 /* Checks the derived sizes are consistent (integral frame size, etc.). */
 gboolean moshi_mimi_config_validate (const MoshiMimiConfig *cfg, const char *what, GError **error);
 
-G_END_DECLS
+MOSHI_END_DECLS
