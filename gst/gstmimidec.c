@@ -751,6 +751,8 @@ gst_mimi_dec_class_init (GstMimiDecClass * klass)
       "Mimi speech decoder", "Codec/Decoder/Audio",
       "Decodes Kyutai Mimi codec tokens into 24 kHz mono audio",
       "gst-moshi developers");
+  gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
+      GST_MOSHI_DOC_URI ("mimidec"));
 
   decoder_class->open = GST_DEBUG_FUNCPTR (gst_mimi_dec_open);
   decoder_class->close = GST_DEBUG_FUNCPTR (gst_mimi_dec_close);

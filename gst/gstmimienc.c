@@ -487,6 +487,8 @@ gst_mimi_enc_class_init (GstMimiEncClass * klass)
       "Mimi speech encoder", "Codec/Encoder/Audio",
       "Encodes 24 kHz mono audio into Kyutai Mimi codec tokens "
       "(12.5 frames per second)", "gst-moshi developers");
+  gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
+      GST_MOSHI_DOC_URI ("mimienc"));
 
   encoder_class->open = GST_DEBUG_FUNCPTR (gst_mimi_enc_open);
   encoder_class->close = GST_DEBUG_FUNCPTR (gst_mimi_enc_close);

@@ -2164,6 +2164,8 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
       "Moshi spoken dialogue", "Converter/Audio/Text",
       "Talks with the user: Kyutai's Moshi speech-to-speech model, the user's "
       "voice in, the model's voice and words out", "gst-moshi developers");
+  gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
+      GST_MOSHI_DOC_URI ("moshidialog"));
 
   element_class->change_state =
       GST_DEBUG_FUNCPTR (gst_moshi_dialog_change_state);

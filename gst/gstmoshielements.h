@@ -36,6 +36,9 @@ typedef enum
   GST_MOSHI_DEVICE_CUDA = MOSHI_DEVICE_CUDA,
 } GstMoshiDevice;
 
+/* An element's page in the installed documentation (docs/elements/NAME.md), for its doc-uri. */
+#define GST_MOSHI_DOC_URI(name) GST_MOSHI_DOC_BASE "/elements/" name ".md"
+
 #define GST_TYPE_MOSHI_DEVICE (gst_moshi_device_get_type ())
 G_GNUC_INTERNAL GType gst_moshi_device_get_type (void);
 

@@ -344,6 +344,8 @@ gst_rtp_mimi_depay_class_init (GstRtpMimiDepayClass * klass)
       "RTP Mimi token depayloader", "Codec/Depayloader/Network/RTP",
       "Takes Kyutai Mimi codec tokens out of RTP packets (payload format MIMI)",
       "gst-moshi developers");
+  gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
+      GST_MOSHI_DOC_URI ("rtpmimidepay"));
 
   element_class->change_state = gst_rtp_mimi_depay_change_state;
   depayload_class->set_caps = gst_rtp_mimi_depay_set_caps;

@@ -471,6 +471,8 @@ gst_rtp_mimi_pay_class_init (GstRtpMimiPayClass * klass)
       "RTP Mimi token payloader", "Codec/Payloader/Network/RTP",
       "Puts Kyutai Mimi codec tokens into RTP packets (payload format MIMI)",
       "gst-moshi developers");
+  gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
+      GST_MOSHI_DOC_URI ("rtpmimipay"));
 
   element_class->change_state = gst_rtp_mimi_pay_change_state;
   payload_class->set_caps = gst_rtp_mimi_pay_set_caps;
