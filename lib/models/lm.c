@@ -2,6 +2,7 @@
 #include "moshi-lm.h"
 
 #include "moshi-backend.h"
+#include "model-load.h"
 #include "moshi-error.h"
 #include "moshi-registry.h"
 #include "moshi-safetensors.h"
@@ -582,20 +583,6 @@ finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
   return lm;
 }
 
-/* A tensor missing or misshapen under a given config is as likely the config's fault as the
- * weights': the message names both files (issue 14, defect 10). */
-static void
-name_config_in_error (GError **error, const char *kind, const char *config_path)
-{
-  if (error == NULL || *error == NULL || config_path == NULL
-      || ((*error)->code != MOSHI_ERROR_SHAPE && (*error)->code != MOSHI_ERROR_MISSING_TENSOR))
-    return;
-  char *message = g_strdup_printf ("%s (the shapes come from the %s config %s: is it the "
-      "config of these weights?)", (*error)->message, kind, config_path);
-  g_free ((*error)->message);
-  (*error)->message = message;
-}
-
 MoshiLm *
 moshi_lm_load (const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error)
@@ -617,7 +604,7 @@ moshi_lm_load (const char *weights_path, const char *config_path,
     goto fail;
   MoshiLm *loaded = finish_load (lm, options, error);
   if (loaded == NULL)
-    name_config_in_error (error, "LM", config_path);
+    moshi_model_load_error_hint (error, "LM", "the released Moshi 7B", weights_path, config_path);
   return loaded;
 
 fail:

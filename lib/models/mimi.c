@@ -1,6 +1,7 @@
 /* gst-moshi: Mimi on the backend op table (see moshi-mimi.h and spec/mimi.md). */
 #include "mimi-internal.h"
 
+#include "model-load.h"
 #include "moshi-error.h"
 #include "moshi-registry.h"
 #include "moshi-safetensors.h"
@@ -459,20 +460,6 @@ mimi_free (MoshiMimi *m)
   g_free (m);
 }
 
-/* A tensor missing or misshapen under a given config is as likely the config's fault as the
- * weights': the message names both files (issue 14, defect 10). */
-static void
-name_config_in_error (GError **error, const char *kind, const char *config_path)
-{
-  if (error == NULL || *error == NULL || config_path == NULL
-      || ((*error)->code != MOSHI_ERROR_SHAPE && (*error)->code != MOSHI_ERROR_MISSING_TENSOR))
-    return;
-  char *message = g_strdup_printf ("%s (the shapes come from the %s config %s: is it the "
-      "config of these weights?)", (*error)->message, kind, config_path);
-  g_free ((*error)->message);
-  (*error)->message = message;
-}
-
 MoshiMimi *
 moshi_mimi_load (const char *weights_path, const char *config_path,
     const MoshiMimiLoadOptions *options, GError **error)
@@ -504,14 +491,14 @@ moshi_mimi_load (const char *weights_path, const char *config_path,
       || !load_transformer (&ld, &m->enc_tr, "encoder_transformer")
       || !load_transformer (&ld, &m->dec_tr, "decoder_transformer")
       || !load_quantizer (&ld)) {
-    name_config_in_error (error, "Mimi", config_path);
+    moshi_model_load_error_hint (error, "Mimi", "the released Mimi", weights_path, config_path);
     goto fail;
   }
   if (m->resample_stride > 1) {
     int d = m->cfg.seanet.dimension, s = m->resample_stride;
     if (!load_conv (&ld, &m->downsample, "downsample.conv.conv.conv", d, d, 2 * s, s, 1, FALSE, TRUE)
         || !load_convtr (&ld, &m->upsample, "upsample.convtr.convtr.convtr", d, d, 2 * s, s, d, FALSE)) {
-      name_config_in_error (error, "Mimi", config_path);
+      moshi_model_load_error_hint (error, "Mimi", "the released Mimi", weights_path, config_path);
       goto fail;
     }
   }
