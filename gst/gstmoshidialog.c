@@ -72,8 +72,8 @@ GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 #define GST_CAT_DEFAULT gst_moshi_dialog_debug
 
 /* The files in Kyutai's repositories (kyutai/moshiko-pytorch-bf16 and siblings). */
-#define LM_HUB_FILENAME "model.safetensors"
-#define TOKENIZER_HUB_FILENAME "tokenizer_spm_32k_3.model"
+#define LM_HUB_FILENAME MOSHI_HUB_LM_FILENAME
+#define TOKENIZER_HUB_FILENAME MOSHI_HUB_TOKENIZER_FILENAME
 
 #define DEFAULT_TEXT_TEMPERATURE 0.7f
 #define DEFAULT_TEXT_TOPK 25

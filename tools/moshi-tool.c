@@ -1,13 +1,16 @@
 /* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
 #include <moshi/moshi-error.h>
 #include <moshi/moshi-dialog.h>
+#include <moshi/moshi-hub.h>
 #include <moshi/moshi-lm.h>
 #include <moshi/moshi-tokenizer.h>
 #include <moshi/moshi-mimi.h>
 #include <moshi/moshi-safetensors.h>
 #include "moshi-wav.h"
 #include "bench-serve.h"
+#include "moshi-progress.h"
 
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,24 @@ parse_options (GOptionContext *ctx, int *argc, char ***argv, int n_positional)
     return FALSE;
   }
   return TRUE;
+}
+
+/* A model named as the elements name it: a file, a folder holding default_filename, or a
+ * Hugging Face repo id (owner/name[@revision][:file]) in the hub cache. Paths that exist but
+ * are not folders are the loaders' to judge, so that their errors (a FIFO, a device) stay. */
+static char *
+resolve_model (const char *spec, const char *default_filename, GError **error)
+{
+  if (g_file_test (spec, G_FILE_TEST_EXISTS) && !g_file_test (spec, G_FILE_TEST_IS_DIR))
+    return g_strdup (spec);
+  return moshi_hub_resolve (spec, default_filename, error);
+}
+
+static MoshiLm *
+load_lm (const char *spec, const char *config, const MoshiLmLoadOptions *opts, GError **error)
+{
+  g_autofree char *path = resolve_model (spec, MOSHI_HUB_LM_FILENAME, error);
+  return path ? moshi_lm_load (path, config, opts, error) : NULL;
 }
 
 /* --device: FALSE (after saying why) when the name is not a device. */
@@ -206,7 +227,8 @@ load_mimi (const char *model, const char *config, const char *device, GError **e
         "--device=%s: expected auto, cpu or cuda", device);
     return NULL;
   }
-  return moshi_mimi_load (model, config, &opts, error);
+  g_autofree char *path = resolve_model (model, MOSHI_HUB_MIMI_FILENAME, error);
+  return path ? moshi_mimi_load (path, config, &opts, error) : NULL;
 }
 
 static int
@@ -216,7 +238,7 @@ cmd_encode (int argc, char **argv)
   int codebooks = 8, threads = 0;
   gboolean streaming = FALSE;
   GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights: a safetensors file or a repo id (kyutai/moshiko-pytorch-bf16)", "W" },
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
     { "codebooks", 'k', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks to produce (default 8)", "N" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
@@ -346,7 +368,7 @@ cmd_decode (int argc, char **argv)
   int threads = 0;
   gboolean streaming = FALSE;
   GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights: a safetensors file or a repo id (kyutai/moshiko-pytorch-bf16)", "W" },
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
@@ -425,7 +447,7 @@ cmd_bench_lm (int argc, char **argv)
   int steps = 10, threads = 0;
   GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: the released Moshi 7B)", "C" },
-    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (default: random BF16 of the config's shapes)", "W" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights, a file or a repo id (default: random BF16 of the config's shapes)", "W" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda (default auto)", "D" },
     { "batch", 'b', 0, G_OPTION_ARG_STRING, &batch_list, "Batch sizes, comma separated (default 1)", "LIST" },
     { "steps", 'n', 0, G_OPTION_ARG_INT, &steps, "Timed steps per batch size (default 10, after 2 warm-up steps)", "N" },
@@ -473,7 +495,7 @@ cmd_bench_lm (int argc, char **argv)
   }
   gint64 t0 = g_get_monotonic_time ();
   MoshiLmLoadOptions opts = { .device = dev };
-  g_autoptr (MoshiLm) lm = weights ? moshi_lm_load (weights, config, &opts, &error)
+  g_autoptr (MoshiLm) lm = weights ? load_lm (weights, config, &opts, &error)
       : moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, dev, &error);
   if (lm == NULL)
     return fail (g_steal_pointer (&error));
@@ -551,7 +573,7 @@ cmd_bench (int argc, char **argv)
   int codebooks = 8, frames_per_call = 1;
   gboolean json = FALSE;
   GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights (safetensors)", "W" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "Mimi weights: a safetensors file or a repo id (kyutai/moshiko-pytorch-bf16)", "W" },
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "Mimi config JSON (default: released model)", "C" },
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Audio length to stream (default 10)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_STRING, &threads_list, "Thread counts, comma separated (default 1,2)", "LIST" },
@@ -561,7 +583,11 @@ cmd_bench (int argc, char **argv)
     { "json", 'j', 0, G_OPTION_ARG_NONE, &json, "One JSON object per line", NULL },
     { NULL }
   };
-  g_autoptr (GOptionContext) ctx = g_option_context_new ("mimi - stream audio through Mimi and time it");
+  g_autoptr (GOptionContext) ctx = g_option_context_new ("mimi|lm|serve - benchmarks");
+  g_option_context_set_summary (ctx, "Benchmarks (moshi-tool bench NAME --help for the options of lm and serve):\n"
+      "  mimi    stream audio through Mimi and time it (the options below)\n"
+      "  lm      time LM steps at several batch sizes\n"
+      "  serve   run live conversations through the scheduler");
   g_option_context_add_main_entries (ctx, entries, NULL);
   if (!parse_options (ctx, &argc, &argv, 1))
     return 2;
@@ -675,7 +701,7 @@ cmd_lm_forward (int argc, char **argv)
   int threads = 0;
   GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: Moshi 7B)", "C" },
-    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (safetensors)", "W" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights: a safetensors file or a repo id", "W" },
     { "codes", 0, 0, G_OPTION_ARG_FILENAME, &codes_path, "Codes (safetensors, `codes` I64 [B, 1 + n_q, T])", "F" },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Output safetensors (logits, text_logits, mask, text_mask)", "F" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
@@ -696,7 +722,7 @@ cmd_lm_forward (int argc, char **argv)
   MoshiLmLoadOptions opts;
   if (!parse_device (device, &opts.device))
     return 2;
-  g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
+  g_autoptr (MoshiLm) lm = load_lm (weights, config, &opts, &error);
   if (lm == NULL)
     return fail (error);
   g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (codes_path, &error);
@@ -753,10 +779,12 @@ cmd_lm_generate (int argc, char **argv)
 {
   g_autofree char *config = NULL, *weights = NULL, *user_path = NULL, *out = NULL, *device = NULL;
   int threads = 0;
+  gboolean progress = FALSE;
   SamplingOptions sampling;
   GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "LM config JSON (default: Moshi 7B)", "C" },
-    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights (safetensors)", "W" },
+    { "weights", 'w', 0, G_OPTION_ARG_FILENAME, &weights, "LM weights: a safetensors file or a repo id", "W" },
+    { "progress", 'p', 0, G_OPTION_ARG_NONE, &progress, "A progress line on stderr even when it is not a terminal", NULL },
     { "user-codes", 'u', 0, G_OPTION_ARG_FILENAME, &user_path, "User codes (safetensors, `codes` I64 [1, K_user, T])", "F" },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Output safetensors (text_tokens, audio_codes)", "F" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
@@ -779,7 +807,7 @@ cmd_lm_generate (int argc, char **argv)
   MoshiLmLoadOptions opts;
   if (!parse_device (device, &opts.device))
     return 2;
-  g_autoptr (MoshiLm) lm = moshi_lm_load (weights, config, &opts, &error);
+  g_autoptr (MoshiLm) lm = load_lm (weights, config, &opts, &error);
   if (lm == NULL)
     return fail (error);
   g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (user_path, &error);
@@ -808,7 +836,10 @@ cmd_lm_generate (int argc, char **argv)
   g_autofree int64_t *audio = g_new (int64_t, MAX ((gsize) dep_q * t, 1));
   g_autofree int32_t *in = g_new (int32_t, MAX (n_user, 1));
   g_autofree int32_t *audio_step = g_new (int32_t, MAX (dep_q, 1));
+  MoshiProgress meter;
+  moshi_progress_init (&meter, progress, "step", t);
   for (int step = 0; step < t; step++) {
+    moshi_progress_update (&meter, step);
     for (int j = 0; j < n_user; j++) {
       int64_t v = user[(gsize) j * t + step];
       in[j] = v < G_MININT32 || v > G_MAXINT32 ? G_MININT32 : (int32_t) v;
@@ -823,6 +854,7 @@ cmd_lm_generate (int argc, char **argv)
     for (int k = 0; k < dep_q; k++)
       audio[(gsize) k * t + step] = audio_step[k];
   }
+  moshi_progress_end (&meter, t);
   MoshiTensorEntry entries_out[] = {
     { .name = "text_tokens", .dtype = MOSHI_DTYPE_I64, .ndim = 2, .shape = { 1, t },
       .data = text, .nbytes = (gsize) t * 8 },
@@ -842,13 +874,15 @@ cmd_chat (int argc, char **argv)
   g_autofree char *model = NULL, *lm_config = NULL, *mimi_model = NULL, *mimi_config = NULL;
   g_autofree char *tokenizer_path = NULL, *device = NULL;
   int threads = 0;
+  gboolean progress = FALSE;
   SamplingOptions sampling;
   GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights (safetensors)", "W" },
+    { "progress", 'p', 0, G_OPTION_ARG_NONE, &progress, "A progress line on stderr even when it is not a terminal", NULL },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights: a safetensors file or a repo id", "W" },
     { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: Moshi 7B)", "C" },
-    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights (safetensors)", "W" },
+    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: a safetensors file or a repo id (kyutai/moshiko-pytorch-bf16)", "W" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON (default: released Mimi)", "C" },
-    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript", "T" },
+    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript (a file or a repo id)", "T" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
     { NULL }
@@ -869,15 +903,18 @@ cmd_chat (int argc, char **argv)
   MoshiLmLoadOptions lm_opts;
   if (!parse_device (device, &lm_opts.device))
     return 2;
-  g_autoptr (MoshiLm) lm = moshi_lm_load (model, lm_config, &lm_opts, &error);
+  g_autoptr (MoshiLm) lm = load_lm (model, lm_config, &lm_opts, &error);
   if (lm == NULL)
     return fail (error);
   g_autoptr (MoshiMimi) mimi = load_mimi (mimi_model, mimi_config, device, &error);
   if (mimi == NULL)
     return fail (error);
   g_autoptr (MoshiTokenizer) tok = NULL;
-  if (tokenizer_path && (tok = moshi_tokenizer_load (tokenizer_path, &error)) == NULL)
-    return fail (error);
+  if (tokenizer_path) {
+    g_autofree char *path = resolve_model (tokenizer_path, MOSHI_HUB_TOKENIZER_FILENAME, &error);
+    if (path == NULL || (tok = moshi_tokenizer_load (path, &error)) == NULL)
+      return fail (error);
+  }
   g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_new (lm, mimi, tok, &error);
   if (dm == NULL)
     return fail (error);
@@ -902,7 +939,10 @@ cmd_chat (int argc, char **argv)
   g_autofree float *out = g_new0 (float, MAX (n_frames, 1) * frame);
   GString *transcript = g_string_new (NULL);
   gint64 t0 = g_get_monotonic_time ();
+  MoshiProgress meter;
+  moshi_progress_init (&meter, progress, "frame", n_frames);
   for (gsize f = 0; f < n_frames; f++) {
+    moshi_progress_update (&meter, f);
     MoshiDialogFrame step;
     if (!moshi_dialog_step_pcm (dialog, in + f * frame, &step, out + f * frame, &error)) {
       g_prefix_error (&error, "%s, frame %" G_GSIZE_FORMAT ": ", argv[1], f);
@@ -912,6 +952,7 @@ cmd_chat (int argc, char **argv)
     if (step.text)
       g_string_append (transcript, step.text);
   }
+  moshi_progress_end (&meter, n_frames);
   double seconds = (g_get_monotonic_time () - t0) / 1e6;
   if (!moshi_wav_write_f32 (argv[2], out, n_frames * frame, 1, rate, &error)) {
     g_string_free (transcript, TRUE);
@@ -946,15 +987,24 @@ usage (void)
   g_printerr ("usage: moshi-tool COMMAND [OPTIONS] ...\n\ncommands:\n");
   for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
     g_printerr ("  %-8s %s\n", commands[i].name, commands[i].summary);
-  g_printerr ("\nmoshi-tool COMMAND --help for the options of a command.\n");
+  g_printerr ("\nmoshi-tool COMMAND --help for the options of a command; moshi-tool --version.\n"
+      "Models are safetensors files, folders, or Hugging Face repo ids (owner/name[@revision][:file])\n"
+      "found in the local hub cache, as the GStreamer elements take them.\n");
 }
 
 int
 main (int argc, char **argv)
 {
+  /* GLib writes messages (ours, GOption's “quotes”, the transcript) in the locale's charset:
+   * the C locale turns everything beyond ASCII into '?'. */
+  setlocale (LC_ALL, "");
   if (argc < 2 || g_str_equal (argv[1], "--help") || g_str_equal (argv[1], "-h")) {
     usage ();
     return argc < 2 ? 2 : 0;
+  }
+  if (g_str_equal (argv[1], "--version")) {
+    g_print ("moshi-tool %s\n", MOSHI_TOOL_VERSION);
+    return 0;
   }
   for (guint i = 0; i < G_N_ELEMENTS (commands); i++) {
     if (g_str_equal (argv[1], commands[i].name)) {

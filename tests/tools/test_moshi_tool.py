@@ -74,8 +74,9 @@ def rel_l2(a, b):
     return math.sqrt(num / den) if den else math.sqrt(num)
 
 
-def run(*args, expect_ok=True):
-    proc = subprocess.run([TOOL, *args], capture_output=True, text=True)
+def run(*args, expect_ok=True, env=None):
+    proc = subprocess.run([TOOL, *args], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     if expect_ok and proc.returncode != 0:
         raise AssertionError("%s failed: %s" % (" ".join(args), proc.stderr))
     if not expect_ok and proc.returncode == 0:
@@ -178,9 +179,12 @@ def test_lm_generate_greedy():
     shape, user = lm_golden["gen.user_codes"]
     write_safetensors(user_path, {"codes": ("I64", shape, user)})
     out = os.path.join(tmp, "gen-out.safetensors")
-    run("lm-generate", "--config", os.path.join(LM, "config.json"), "--weights",
-        os.path.join(LM, "model.safetensors"), "--user-codes", user_path, "--out", out,
-        "--text-temperature", "0", "--audio-temperature", "0")
+    err = run("lm-generate", "--config", os.path.join(LM, "config.json"), "--weights",
+              os.path.join(LM, "model.safetensors"), "--user-codes", user_path, "--out", out,
+              "--text-temperature", "0", "--audio-temperature", "0", "--progress").stderr
+    # --progress: a progress line even though stderr is a pipe, ending on the whole count
+    steps = shape[2]
+    assert err.rstrip("\n").splitlines()[-1].startswith("step %d/%d (100%%)" % (steps, steps)), err
     got = read_safetensors(out)
     assert got["text_tokens"] == lm_golden["gen.text_tokens"], "text tokens differ"
     assert got["audio_codes"] == lm_golden["gen.audio_codes"], "audio codes differ"
@@ -442,6 +446,49 @@ def test_outputs_that_are_not_regular_files():
 def test_unknown_command():
     err = run("frobnicate", expect_ok=False).stderr
     assert "unknown command" in err, err
+
+
+def test_version():
+    out = run("--version").stdout
+    assert out.startswith("moshi-tool ") and out.split()[1][0].isdigit(), out
+
+
+def test_messages_in_the_locale_charset():
+    # GOption quotes the bad value with U+201C/U+201D; without setlocale GLib prints '?'
+    err = run("bench", "lm", "--steps", "x", expect_ok=False, env={"LC_ALL": "C.UTF-8"}).stderr
+    assert "\u201cx\u201d" in err, err
+
+
+def test_bench_help_lists_every_benchmark():
+    out = run("bench", "--help").stdout
+    for name in ("mimi", "lm", "serve"):
+        assert "\n  %s " % name in out, (name, out)
+
+
+def test_repo_ids_resolve_in_the_hub_cache():
+    # a hub cache laid out as huggingface_hub leaves it, holding the small Mimi
+    cache = os.path.join(tmp, "hub")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = os.path.join(cache, "models--test--small-mimi")
+    snap = os.path.join(repo, "snapshots", commit)
+    os.makedirs(snap)
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    os.symlink(MODEL, os.path.join(snap, "tokenizer-e351c8d8-checkpoint125.safetensors"))
+    codes_path = os.path.join(tmp, "codes-repo.safetensors")
+    run("encode", "--model", "test/small-mimi", "--config", CONFIG, "--codebooks", "8", speech_wav,
+        codes_path, env={"HF_HUB_CACHE": cache})
+    assert read_safetensors(codes_path)["codes"][1] == golden["speech.codes"][1]
+    err = run("encode", "--model", "test/absent", speech_wav, codes_path, expect_ok=False,
+              env={"HF_HUB_CACHE": cache}).stderr
+    assert "test/absent" in err and "hub cache" in err, err
+
+
+def test_reduced_model_without_config_is_hinted():
+    err = run("encode", "--model", MODEL, speech_wav, os.path.join(tmp, "x.safetensors"),
+              expect_ok=False).stderr
+    assert "no Mimi config was given" in err and CONFIG in err, err
 
 
 for name, func in list(globals().items()):

@@ -19,6 +19,9 @@ MOSHI_BEGIN_DECLS
 /* The file that holds Mimi's weights in Kyutai's repositories (kyutai/moshiko-pytorch-bf16 and
  * siblings). */
 #define MOSHI_HUB_MIMI_FILENAME "tokenizer-e351c8d8-checkpoint125.safetensors"
+/* The LM's weights and the text tokenizer in the same repositories. */
+#define MOSHI_HUB_LM_FILENAME "model.safetensors"
+#define MOSHI_HUB_TOKENIZER_FILENAME "tokenizer_spm_32k_3.model"
 
 /* Turns a model specification into a path to an existing file.
  *
