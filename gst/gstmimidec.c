@@ -134,6 +134,18 @@ gst_mimi_dec_open (GstAudioDecoder * decoder)
       &self->settings);
 }
 
+/* The model is loaded here rather than in the base class's open: when open fails, the base
+ * class posts a generic "Failed to open codec" after the element's own error, and a failed load
+ * must post exactly one error, the one that names the model. */
+static GstStateChangeReturn
+gst_mimi_dec_change_state (GstElement * element, GstStateChange transition)
+{
+  if (transition == GST_STATE_CHANGE_NULL_TO_READY
+      && !gst_mimi_dec_open (GST_AUDIO_DECODER (element)))
+    return GST_STATE_CHANGE_FAILURE;
+  return GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+}
+
 static gboolean
 gst_mimi_dec_close (GstAudioDecoder * decoder)
 {
@@ -754,7 +766,7 @@ gst_mimi_dec_class_init (GstMimiDecClass * klass)
   gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
       GST_MOSHI_DOC_URI ("mimidec"));
 
-  decoder_class->open = GST_DEBUG_FUNCPTR (gst_mimi_dec_open);
+  element_class->change_state = GST_DEBUG_FUNCPTR (gst_mimi_dec_change_state);
   decoder_class->close = GST_DEBUG_FUNCPTR (gst_mimi_dec_close);
   decoder_class->start = GST_DEBUG_FUNCPTR (gst_mimi_dec_start);
   decoder_class->stop = GST_DEBUG_FUNCPTR (gst_mimi_dec_stop);

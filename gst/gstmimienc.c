@@ -131,6 +131,18 @@ gst_mimi_enc_open (GstAudioEncoder * encoder)
   return TRUE;
 }
 
+/* The model is loaded here rather than in the base class's open: when open fails, the base
+ * class posts a generic "Failed to open codec" after the element's own error, and a failed load
+ * must post exactly one error, the one that names the model. */
+static GstStateChangeReturn
+gst_mimi_enc_change_state (GstElement * element, GstStateChange transition)
+{
+  if (transition == GST_STATE_CHANGE_NULL_TO_READY
+      && !gst_mimi_enc_open (GST_AUDIO_ENCODER (element)))
+    return GST_STATE_CHANGE_FAILURE;
+  return GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+}
+
 static gboolean
 gst_mimi_enc_close (GstAudioEncoder * encoder)
 {
@@ -490,7 +502,7 @@ gst_mimi_enc_class_init (GstMimiEncClass * klass)
   gst_element_class_add_static_metadata (element_class, GST_ELEMENT_METADATA_DOC_URI,
       GST_MOSHI_DOC_URI ("mimienc"));
 
-  encoder_class->open = GST_DEBUG_FUNCPTR (gst_mimi_enc_open);
+  element_class->change_state = GST_DEBUG_FUNCPTR (gst_mimi_enc_change_state);
   encoder_class->close = GST_DEBUG_FUNCPTR (gst_mimi_enc_close);
   encoder_class->start = GST_DEBUG_FUNCPTR (gst_mimi_enc_start);
   encoder_class->stop = GST_DEBUG_FUNCPTR (gst_mimi_enc_stop);

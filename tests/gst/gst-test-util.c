@@ -282,6 +282,13 @@ expect_open_error (GstElement * element)
   fail_unless_equals_int (gst_element_set_state (element, GST_STATE_READY),
       GST_STATE_CHANGE_FAILURE);
   GstMessage *msg = pop_error (bus);
+  /* one clear error, not followed by a base class's generic one */
+  GstMessage *second = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  if (second != NULL) {
+    GError *error = NULL;
+    gst_message_parse_error (second, &error, NULL);
+    fail ("a second error after a failed open: %s", error->message);
+  }
   gst_element_set_state (element, GST_STATE_NULL);
   drop_bus (bus);
   return msg;
