@@ -13,10 +13,12 @@
 #   CONFIG  Mimi config JSON for non-released models (default: the small model's; set it to
 #           an empty string for the released Mimi).
 #   CODEBOOKS  codebooks per frame (default 8).
-#   GST_PLUGIN_PATH  must include the directory holding libgstmoshi.so if it is not installed.
+#   GST_PLUGIN_PATH  where GStreamer finds libgstmoshi.so; default: this tree's build/gst
+#           (or $MOSHI_BUILD_DIR/gst) when built there, else the installed plugin.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/plugin-path.sh"
 small="$here/../tests/data/mimi/small"
 MODEL=${MODEL-$small/model.safetensors}
 CONFIG=${CONFIG-$small/config.json}

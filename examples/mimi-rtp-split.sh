@@ -20,12 +20,13 @@
 #   CODEBOOKS            codebooks the edge sends (default 8: what the LM reads)
 #   MODEL_ID             model identity sent in the SDP fmtp and checked by the receivers
 #   SERVER_PORT, EDGE_PORT  UDP ports (default 5004, 5006)
-#   GST_PLUGIN_PATH      must include the directory holding libgstmoshi.so if it is not
-#                        installed, e.g. build/gst.
+#   GST_PLUGIN_PATH  where GStreamer finds libgstmoshi.so; default: this tree's build/gst
+#           (or $MOSHI_BUILD_DIR/gst) when built there, else the installed plugin.
 # Needs rtpjitterbuffer and udpsrc/udpsink (gstreamer1.0-plugins-good).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/plugin-path.sh"
 data="$here/../tests/data"
 LM=${LM-$data/lm/dialog/model.safetensors}
 LM_CONFIG=${LM_CONFIG-$data/lm/dialog/config.json}

@@ -21,10 +21,12 @@
 #   DEVICE      auto, cpu or cuda (default auto)
 #   SMALL=1     use the small untrained test models of this tree instead (no download, runs
 #               on any CPU; the voice and the words are noise)
-#   GST_PLUGIN_PATH  must include the directory holding libgstmoshi.so if it is not installed.
+#   GST_PLUGIN_PATH  where GStreamer finds libgstmoshi.so; default: this tree's build/gst
+#           (or $MOSHI_BUILD_DIR/gst) when built there, else the installed plugin.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/plugin-path.sh"
 if [[ ${SMALL:-} == 1 ]]; then
   data="$here/../tests/data"
   MODEL=$data/lm/dialog/model.safetensors

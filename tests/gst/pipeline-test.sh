@@ -151,8 +151,9 @@ fi
 
 step "file -> tokens (gdppay) -> file (examples/mimi-file-roundtrip.sh)"
 if gst-inspect-1.0 gdppay >/dev/null 2>&1 && gst-inspect-1.0 gdpdepay >/dev/null 2>&1; then
-  MODEL="$model" CONFIG="$config" "$examples/mimi-file-roundtrip.sh" \
-    "$work/speech.wav" "$work/from-tokens.wav" "$work/tokens.gdp"
+  # with no plugin path given: the example finds the uninstalled build by itself
+  env -u GST_PLUGIN_PATH -u GST_PLUGIN_PATH_1_0 MODEL="$model" CONFIG="$config" \
+    "$examples/mimi-file-roundtrip.sh" "$work/speech.wav" "$work/from-tokens.wav" "$work/tokens.gdp"
   cmp "$work/direct.wav" "$work/from-tokens.wav" ||
     fail "audio decoded from stored tokens differs from the direct pipeline"
   # One GDP buffer packet per frame (plus caps and event packets).
