@@ -105,9 +105,7 @@ GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (mimidec, "mimidec", GST_RANK_SECONDARY,
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
     GST_PAD_SINK,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS ("audio/x-mimi, rate = (int) 24000, channels = (int) 1, "
-        "framerate = (fraction) [ 0/1, MAX ], codebooks = (int) [ 1, 32 ], "
-        "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"));
+    GST_STATIC_CAPS (GST_MOSHI_TOKEN_CAPS));
 
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC,
@@ -486,12 +484,10 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
     goto map_failed;
   /* Check every code before decoding any, so that a bad buffer leaves the decoder state
    * as it was. */
-  for (gsize i = 0; i < n_frames * self->codebooks; i++) {
-    guint code = GST_READ_UINT16_LE (map.data + 2 * i);
-    if (G_UNLIKELY (code >= (guint) self->codebook_size)) {
-      gst_buffer_unmap (buffer, &map);
-      goto bad_code;
-    }
+  if (gst_moshi_codes_find_invalid (map.data, n_frames * self->codebooks,
+          (guint) self->codebook_size) >= 0) {
+    gst_buffer_unmap (buffer, &map);
+    goto bad_code;
   }
 
   /* Frames lost before this buffer: its timestamp is later than where the last one ended. */
@@ -553,9 +549,8 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
     if (prefix > 0)
       conceal (self, pcm, prefix);
     for (gsize j = 0; j < chunk; j++)
-      for (gint k = 0; k < self->codebooks; k++)
-        self->codes[(gsize) k * chunk + j] =
-            GST_READ_UINT16_LE (map.data + 2 * ((f + j) * self->codebooks + k));
+      gst_moshi_codes_unpack (self->codes + j, chunk,
+          map.data + 2 * (f + j) * self->codebooks, self->codebooks);
     if (!moshi_mimi_session_decode (self->session, self->codes,
             self->codebooks, (gint) chunk, pcm + prefix, &error)) {
       gst_buffer_unmap (buffer, &map);
@@ -578,9 +573,8 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
     decoded += chunk_samples;
   }
   /* The codes of the last frame, for concealment. */
-  for (gint k = 0; k < self->codebooks; k++)
-    self->last_codes[k] = GST_READ_UINT16_LE (map.data +
-        2 * ((n_frames - 1) * self->codebooks + k));
+  gst_moshi_codes_unpack (self->last_codes, 1,
+      map.data + 2 * (n_frames - 1) * self->codebooks, self->codebooks);
   self->have_last_codes = TRUE;
   self->lost_until = GST_CLOCK_TIME_NONE;
   gst_buffer_unmap (buffer, &map);

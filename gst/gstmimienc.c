@@ -92,9 +92,7 @@ static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS ("audio/x-mimi, rate = (int) 24000, channels = (int) 1, "
-        "framerate = (fraction) [ 0/1, MAX ], codebooks = (int) [ 1, 32 ], "
-        "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"));
+    GST_STATIC_CAPS (GST_MOSHI_TOKEN_CAPS));
 
 static gboolean
 check_num_codebooks (GstMimiEnc * self, gint num_codebooks)
@@ -332,8 +330,7 @@ gst_mimi_enc_handle_frame (GstAudioEncoder * encoder, GstBuffer * buffer)
     goto map_failed;
   }
   /* Codes are in [0, codebook size), which fits 16 bits (checked at load time). */
-  for (gint k = 0; k < self->codebooks; k++)
-    GST_WRITE_UINT16_LE (map.data + 2 * k, (guint16) self->codes[k]);
+  gst_moshi_codes_pack (map.data, self->codes, self->codebooks);
   gst_buffer_unmap (out, &map);
 
   if (n_samples < (gsize) self->frame_size) {

@@ -297,9 +297,7 @@ GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (moshidialog, "moshidialog",
 
 #define RAW_CAPS "audio/x-raw, format = (string) { F32LE, S16LE }, " \
     "layout = (string) interleaved, rate = (int) 24000, channels = (int) 1"
-#define TOKEN_CAPS "audio/x-mimi, rate = (int) 24000, channels = (int) 1, " \
-    "framerate = (fraction) [ 0/1, MAX ], codebooks = (int) [ 1, 32 ], " \
-    "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"
+#define TOKEN_CAPS GST_MOSHI_TOKEN_CAPS
 #define TEXT_CAPS "text/x-raw, format = (string) utf8"
 
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
@@ -904,8 +902,7 @@ push_audio (GstMoshiDialog * self, const MoshiDialogFrame * frame,
       out = gst_buffer_new_allocate (NULL, (gsize) self->model_codebooks * 2,
           NULL);
       gst_buffer_map (out, &map, GST_MAP_WRITE);
-      for (gint k = 0; k < self->model_codebooks; k++)
-        GST_WRITE_UINT16_LE (map.data + 2 * k, (guint16) frame->audio_codes[k]);
+      gst_moshi_codes_pack (map.data, frame->audio_codes, self->model_codebooks);
       gst_buffer_unmap (out, &map);
       if (valid < (gsize) self->frame_size)
         gst_buffer_add_audio_clipping_meta (out, GST_FORMAT_DEFAULT, 0,
@@ -1265,19 +1262,15 @@ handle_codes (GstMoshiDialog * self, GstBuffer * buffer)
 
   if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
     goto map_failed;
-  for (gsize f = 0; f < frames; f++) {
-    for (gint k = 0; k < self->in_codebooks; k++) {
-      guint16 code = GST_READ_UINT16_LE (map.data + f * frame_bytes + 2 * k);
-      if (code >= self->codebook_size) {
-        gst_buffer_unmap (buffer, &map);
-        goto bad_buffer;
-      }
-    }
+  if (gst_moshi_codes_find_invalid (map.data, frames * self->in_codebooks,
+          self->codebook_size) >= 0) {
+    gst_buffer_unmap (buffer, &map);
+    goto bad_buffer;
   }
   ret = GST_FLOW_OK;
   for (gsize f = first; f < frames && ret == GST_FLOW_OK; f++) {
-    for (gint k = 0; k < self->in_codebooks; k++)
-      self->codes[k] = GST_READ_UINT16_LE (map.data + f * frame_bytes + 2 * k);
+    gst_moshi_codes_unpack (self->codes, 1, map.data + f * frame_bytes,
+        self->in_codebooks);
     ret = run_step (self, NULL, self->codes,
         f == frames - 1 ? last_valid : (gsize) self->frame_size);
   }

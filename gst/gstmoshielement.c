@@ -375,21 +375,50 @@ gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
 /* ---- caps ---- */
 
 GstCaps *
-gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks)
+gst_moshi_token_caps_new_full (gint rate, gint frame_samples, gint codebooks,
+    gint codebook_size)
 {
-  gint rate = moshi_mimi_sample_rate (mimi);
-  gint frame = moshi_mimi_frame_size (mimi);
   /* Frames per second as an exact fraction (25/2 for the released Mimi): the frame rate
    * the model reports is a double, while rate / frame size is what timestamps follow. */
-  gint gcd = gst_util_greatest_common_divisor (rate, frame);
+  gint gcd = gst_util_greatest_common_divisor (rate, frame_samples);
 
   return gst_caps_new_simple ("audio/x-mimi",
       "rate", G_TYPE_INT, rate,
       "channels", G_TYPE_INT, 1,
-      "framerate", GST_TYPE_FRACTION, rate / gcd, frame / gcd,
+      "framerate", GST_TYPE_FRACTION, rate / gcd, frame_samples / gcd,
       "codebooks", G_TYPE_INT, codebooks,
-      "codebook-size", G_TYPE_INT, moshi_mimi_codebook_size (mimi),
+      "codebook-size", G_TYPE_INT, codebook_size,
       "stream-format", G_TYPE_STRING, "u16le", NULL);
+}
+
+GstCaps *
+gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks)
+{
+  return gst_moshi_token_caps_new_full (moshi_mimi_sample_rate (mimi),
+      moshi_mimi_frame_size (mimi), codebooks, moshi_mimi_codebook_size (mimi));
+}
+
+void
+gst_moshi_codes_pack (guint8 * dest, const gint32 * codes, gsize n)
+{
+  for (gsize i = 0; i < n; i++)
+    GST_WRITE_UINT16_LE (dest + 2 * i, (guint16) codes[i]);
+}
+
+void
+gst_moshi_codes_unpack (gint32 * codes, gsize stride, const guint8 * src, gsize n)
+{
+  for (gsize i = 0; i < n; i++)
+    codes[i * stride] = GST_READ_UINT16_LE (src + 2 * i);
+}
+
+gssize
+gst_moshi_codes_find_invalid (const guint8 * src, gsize n, guint codebook_size)
+{
+  for (gsize i = 0; i < n; i++)
+    if (G_UNLIKELY (GST_READ_UINT16_LE (src + 2 * i) >= codebook_size))
+      return (gssize) i;
+  return -1;
 }
 
 void

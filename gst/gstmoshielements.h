@@ -113,8 +113,28 @@ G_GNUC_INTERNAL gboolean gst_moshi_loaded_model_ensure (GstMoshiLoadedModel * lo
 G_GNUC_INTERNAL void gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
     GstElement * element);
 
+/* The token stream (docs/token-format.md): per frame, `codebooks` codes of 16 bits, little
+ * endian. The pad template caps, with the frame rates an element takes: */
+#define GST_MOSHI_TOKEN_CAPS_WITH_FRAMERATE(framerate) \
+    "audio/x-mimi, rate = (int) 24000, channels = (int) 1, " \
+    "framerate = (fraction) " framerate ", codebooks = (int) [ 1, 32 ], " \
+    "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"
+#define GST_MOSHI_TOKEN_CAPS GST_MOSHI_TOKEN_CAPS_WITH_FRAMERATE ("[ 0/1, MAX ]")
+
 /* Caps of the token stream a model produces with the given number of codebooks. */
 G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks);
+/* The same from the stream's parameters (frames of frame_samples samples at rate). */
+G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new_full (gint rate, gint frame_samples,
+    gint codebooks, gint codebook_size);
+
+/* Writes n codes (each in [0, 65536), as the caps' codebook-size promises) as u16le. */
+G_GNUC_INTERNAL void gst_moshi_codes_pack (guint8 * dest, const gint32 * codes, gsize n);
+/* Reads the n codes of one frame at src into codes[0], codes[stride], ... */
+G_GNUC_INTERNAL void gst_moshi_codes_unpack (gint32 * codes, gsize stride,
+    const guint8 * src, gsize n);
+/* The index of the first of n u16le codes at src that is not below codebook_size, or -1. */
+G_GNUC_INTERNAL gssize gst_moshi_codes_find_invalid (const guint8 * src, gsize n,
+    guint codebook_size);
 
 /* Explains in the debug log (WARNING level of the element's category) why caps were refused
  * on pad: each field that does not fit the pad template, then hint. */

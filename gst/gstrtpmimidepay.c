@@ -89,9 +89,7 @@ static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS ("audio/x-mimi, rate = (int) 24000, channels = (int) 1, "
-        "framerate = (fraction) 25/2, codebooks = (int) [ 1, 32 ], "
-        "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"));
+    GST_STATIC_CAPS (GST_MOSHI_TOKEN_CAPS_WITH_FRAMERATE ("25/2")));
 
 /* An fmtp parameter: a string from an SDP, or an int from hand-written caps. FALSE when
  * absent; *ok FALSE when present but not a number in [min, max]. */
@@ -160,13 +158,8 @@ gst_rtp_mimi_depay_set_caps (GstRTPBaseDepayload * depayload, GstCaps * caps)
   GST_INFO_OBJECT (self, "%u codebooks of %u entries, %u bits a code, %" G_GSIZE_FORMAT
       " bytes a frame", codebooks, codebook_size, bits, self->packed_frame_bytes);
 
-  GstCaps *out = gst_caps_new_simple ("audio/x-mimi",
-      "rate", G_TYPE_INT, GST_RTP_MIMI_CLOCK_RATE,
-      "channels", G_TYPE_INT, 1,
-      "framerate", GST_TYPE_FRACTION, GST_RTP_MIMI_CLOCK_RATE, GST_RTP_MIMI_FRAME_SAMPLES,
-      "codebooks", G_TYPE_INT, (gint) codebooks,
-      "codebook-size", G_TYPE_INT, (gint) codebook_size,
-      "stream-format", G_TYPE_STRING, "u16le", NULL);
+  GstCaps *out = gst_moshi_token_caps_new_full (GST_RTP_MIMI_CLOCK_RATE,
+      GST_RTP_MIMI_FRAME_SAMPLES, (gint) codebooks, (gint) codebook_size);
   gboolean res = gst_pad_set_caps (GST_RTP_BASE_DEPAYLOAD_SRCPAD (depayload), out);
   gst_caps_unref (out);
   return res;

@@ -85,9 +85,7 @@ GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (rtpmimipay, "rtpmimipay", GST_RANK_SECOND
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
     GST_PAD_SINK,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS ("audio/x-mimi, rate = (int) 24000, channels = (int) 1, "
-        "framerate = (fraction) 25/2, codebooks = (int) [ 1, 32 ], "
-        "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"));
+    GST_STATIC_CAPS (GST_MOSHI_TOKEN_CAPS_WITH_FRAMERATE ("25/2")));
 
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC,
@@ -278,17 +276,17 @@ gst_rtp_mimi_pay_handle_buffer (GstRTPBasePayload * payload, GstBuffer * buffer)
     return GST_FLOW_ERROR;
   }
   guint n_frames = (guint) (size / in_frame_bytes);
-  for (gsize i = 0; i < (gsize) n_frames * self->codebooks; i++) {
-    guint code = GST_READ_UINT16_LE (map.data + 2 * i);
-    if (G_UNLIKELY (code >= self->codebook_size)) {
-      gst_buffer_unmap (buffer, &map);
-      gst_buffer_unref (buffer);
-      /* A packed code could not hold it: the buffer cannot be sent as it is. */
-      GST_ELEMENT_WARNING (self, STREAM, FORMAT, (NULL),
-          ("dropping a token buffer with code %u, outside the %u-entry codebooks", code,
-              self->codebook_size));
-      return GST_FLOW_OK;
-    }
+  gssize bad = gst_moshi_codes_find_invalid (map.data,
+      (gsize) n_frames * self->codebooks, self->codebook_size);
+  if (G_UNLIKELY (bad >= 0)) {
+    guint code = GST_READ_UINT16_LE (map.data + 2 * bad);
+    gst_buffer_unmap (buffer, &map);
+    gst_buffer_unref (buffer);
+    /* A packed code could not hold it: the buffer cannot be sent as it is. */
+    GST_ELEMENT_WARNING (self, STREAM, FORMAT, (NULL),
+        ("dropping a token buffer with code %u, outside the %u-entry codebooks", code,
+            self->codebook_size));
+    return GST_FLOW_OK;
   }
 
   GstClockTime pts = GST_BUFFER_PTS (buffer);
