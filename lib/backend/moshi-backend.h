@@ -104,10 +104,14 @@ struct _MoshiBackendOps {
   void *(*alloc) (MoshiBackend *be, gsize bytes, GError **error);
   void (*free) (MoshiBackend *be, void *ptr);
   void (*upload) (MoshiExec *ex, void *dst, const void *host_src, gsize bytes);
-  void (*download) (MoshiExec *ex, void *host_dst, const void *src, gsize bytes);
+  /* Copies and waits for it, as synchronize. */
+  gboolean (*download) (MoshiExec *ex, void *host_dst, const void *src, gsize bytes,
+      GError **error);
   void (*zero) (MoshiExec *ex, void *dst, gsize bytes);
-  /* Waits for queued work (a no-op on the CPU). */
-  void (*synchronize) (MoshiExec *ex);
+  /* Waits for queued work (a no-op on the CPU). Ops queue work and return nothing: a device
+   * fault, or an op the device refused, since the last wait comes back here as an error
+   * (MOSHI_ERROR_DEVICE), and the results of that work are not to be used. */
+  gboolean (*synchronize) (MoshiExec *ex, GError **error);
   /* Host memory the device copies from and to asynchronously (pinned on CUDA); zero-filled.
    * Only such memory may be the host side of copies in a recorded step. */
   void *(*host_alloc) (MoshiBackend *be, gsize bytes, GError **error);

@@ -989,8 +989,7 @@ upload_depth_tables (MoshiLmBatch *b, GError **error)
       host[(gsize) k * b->max_rows + r] = (MoshiRowCache) { b->dep_k + r * row_stride,
         b->dep_v + r * row_stride, k, k + 1 };
   be->ops->upload (b->ex, b->depth_rc, host, n * sizeof (MoshiRowCache));
-  be->ops->synchronize (b->ex);
-  return TRUE;
+  return be->ops->synchronize (b->ex, error);
 }
 
 MoshiLmBatch *
@@ -1306,8 +1305,9 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
   float *raw = g_new (float, (gsize) steps * MAX (cfg->card, cfg->text_card_out));
   float *raw_audio = g_new (float, (gsize) MAX (cfg->dep_q, 1) * steps * cfg->card);
   Segment seq = { 0, steps, k_cache, v_cache, (gsize) capacity * d, capacity, 0 };
+  gboolean ok = TRUE;
 
-  for (int bi = 0; bi < batch; bi++) {
+  for (int bi = 0; ok && bi < batch; bi++) {
     const int64_t *c = codes + (gsize) bi * streams * steps;
     /* dc[k, p] = codes[k, p - 1 - delay_k], the initial token before the stream starts */
     for (int k = 0; k < streams; k++) {
@@ -1329,7 +1329,9 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
       ops->upload (b->ex, b->cond, b->cond_host, (gsize) steps * d * sizeof (float));
     Caches caches = { &seq, 1, NULL, 0, 0, MOSHI_DTYPE_F32 };
     temporal_forward (b, b->ids, b->cond, steps, &caches);
-    ops->download (b->ex, raw, b->logits, (gsize) steps * cfg->text_card_out * sizeof (float));
+    if (!(ok = ops->download (b->ex, raw, b->logits,
+            (gsize) steps * cfg->text_card_out * sizeof (float), error)))
+      break;
 
     /* text: position p + delay_0 predicts frame p */
     for (int f = 0; f < steps; f++) {
@@ -1343,15 +1345,17 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
 
     if (cfg->dep_q == 0)
       continue;
-    for (int k = 0; k < cfg->dep_q; k++) {
+    for (int k = 0; ok && k < cfg->dep_q; k++) {
       /* the depformer input of step k at position p is dc[k, p + 1] */
       for (int p = 0; p < steps; p++)
         b->ids_host[p] = dc[(gsize) k * (steps + 1) + p + 1];
       ops->upload (b->ex, b->ids, b->ids_host, steps * sizeof (int32_t));
       depformer_forward (b, k, b->ids, steps);
-      ops->download (b->ex, raw_audio + (gsize) k * steps * cfg->card, b->logits,
-          (gsize) steps * cfg->card * sizeof (float));
+      ok = ops->download (b->ex, raw_audio + (gsize) k * steps * cfg->card, b->logits,
+          (gsize) steps * cfg->card * sizeof (float), error);
     }
+    if (!ok)
+      break;
     for (int k = 0; k < cfg->dep_q; k++) {
       int delay = cfg->delays[k + 1];
       for (int f = 0; f < steps; f++) {
@@ -1370,7 +1374,7 @@ moshi_lm_forward_conditioned (MoshiLm *lm, const char *const *conditions, const 
   g_free (raw_audio);
   dev_free (be, k_cache);
   dev_free (be, v_cache);
-  return TRUE;
+  return ok;
 }
 
 /* ================================================================ streaming (LMGen) */
@@ -1604,7 +1608,8 @@ run_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits, GError **error
     /* A new shape may grow the exec's scratch buffers, freeing memory the recorded step still
      * points to: the recorded step goes, and is recorded again when its shape comes back. */
     if (b->graph != NULL) {
-      ops->synchronize (b->ex);
+      if (!ops->synchronize (b->ex, error))
+        return FALSE;
       ops->graph_free (be, b->graph);
       b->graph = NULL;
     }
@@ -1734,9 +1739,9 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
     };
   }
 
-  if (!run_step (b, n, rows, text_logits_out != NULL, error))
+  if (!run_step (b, n, rows, text_logits_out != NULL, error)
+      || !ops->synchronize (b->ex, error))
     return FALSE;
-  ops->synchronize (b->ex);
 
   int text_vocab = cfg->text_card_out;
   for (int r = 0; text_logits_out && r < n; r++)

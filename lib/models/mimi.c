@@ -1338,9 +1338,8 @@ encode_chunk (MoshiMimiSession *s, const float *pcm, int n_frames, GError **erro
   memcpy (s->enc_in_host + L.in, pcm, (gsize) n_frames * m->frame_size * sizeof (float));
   fill_rows ((MoshiRowCache *) (s->enc_in_host + L.rc), &s->enc_tr, steps);
   Call c = { FALSE, n_frames, s->num_codebooks, first_frame_pending (s, FALSE) };
-  if (!run_call (s, &c, error))
+  if (!run_call (s, &c, error) || !m->be->ops->synchronize (s->ex, error))
     return FALSE;
-  m->be->ops->synchronize (s->ex);
   s->enc_tr.pos += steps;
   return TRUE;
 }
@@ -1386,9 +1385,8 @@ decode_chunk (MoshiMimiSession *s, const int32_t *codes, int ld_codes, int num_c
     memcpy (in + (gsize) k * n_frames, codes + (gsize) k * ld_codes, n_frames * sizeof (int32_t));
   fill_rows ((MoshiRowCache *) (s->dec_in_host + L.rc), &s->dec_tr, steps);
   Call c = { TRUE, n_frames, num_codebooks, first_frame_pending (s, TRUE) };
-  if (!run_call (s, &c, error))
+  if (!run_call (s, &c, error) || !m->be->ops->synchronize (s->ex, error))
     return FALSE;
-  m->be->ops->synchronize (s->ex);
   s->dec_tr.pos += steps;
   memcpy (pcm, s->pcm_host, (gsize) n_frames * m->frame_size * sizeof (float));
   return TRUE;

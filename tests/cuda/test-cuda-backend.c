@@ -129,7 +129,9 @@ static float *
 from_gpu (const float *d, size_t n)
 {
   float *h = g_new (float, MAX (n, 1));
-  gpu->ops->download (gpu_ex, h, d, n * sizeof (float));
+  GError *error = NULL;
+  ck_assert_msg (gpu->ops->download (gpu_ex, h, d, n * sizeof (float), &error), "%s",
+      error ? error->message : "");
   return h;
 }
 
@@ -181,7 +183,7 @@ START_TEST (test_emulated_memory)
   ck_assert (gpu->ops->weight_from_host (gpu, &w, &e, NULL, &error));
   ck_assert_int_eq (w.dtype, MOSHI_DTYPE_BF16);
   uint16_t back[6];
-  gpu->ops->download (gpu_ex, back, w.data, sizeof back);
+  ck_assert (gpu->ops->download (gpu_ex, back, w.data, sizeof back, NULL));
   ck_assert_int_eq (memcmp (back, bf, sizeof bf), 0);
   gpu->ops->weight_release (gpu, &w);
   e.ndim = 1;
@@ -192,6 +194,36 @@ START_TEST (test_emulated_memory)
   const float want[6] = { 1, 2, -1, 0.5f, 0, 3 };
   ck_assert_int_eq (memcmp (f, want, sizeof want), 0);
   gpu->ops->weight_release (gpu, &w);
+  close_both ();
+}
+END_TEST
+
+/* A copy the device refuses (here a host pointer given as the device side) is an error of the
+ * next wait, naming the failed call; the exec then works on. */
+START_TEST (test_emulated_device_errors)
+{
+  open_both ();
+  GError *error = NULL;
+  float host[4] = { 1, 2, 3, 4 }, back[4];
+  float *d = gpu->ops->alloc (gpu, sizeof host, &error);
+  ck_assert_ptr_nonnull (d);
+
+  ck_assert (!gpu->ops->download (gpu_ex, back, host, sizeof back, &error));
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE));
+  ck_assert_msg (strstr (error->message, "cudaErrorInvalidValue") != NULL, "%s", error->message);
+  g_clear_error (&error);
+
+  gpu->ops->upload (gpu_ex, back, host, sizeof host);
+  ck_assert (!gpu->ops->synchronize (gpu_ex, &error));
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE));
+  g_clear_error (&error);
+
+  /* reported once: the next wait and copy succeed */
+  ck_assert (gpu->ops->synchronize (gpu_ex, &error));
+  gpu->ops->upload (gpu_ex, d, host, sizeof host);
+  ck_assert (gpu->ops->download (gpu_ex, back, d, sizeof back, &error));
+  ck_assert_int_eq (memcmp (back, host, sizeof host), 0);
+  gpu->ops->free (gpu, d);
   close_both ();
 }
 END_TEST
@@ -412,7 +444,7 @@ START_TEST (test_emulated_capture)
   for (int launch = 0; launch < 2; launch++) {
     moshi_test_fill_uniform (&rng, in_host, n, 3);
     ck_assert (gpu->ops->graph_launch (gpu_ex, graph, &error));
-    gpu->ops->synchronize (gpu_ex);
+    ck_assert (gpu->ops->synchronize (gpu_ex, &error));
     for (int i = 0; i < n; i++) {
       double x = in_host[i], want = 0.5 * x * (1 + erf (x / sqrt (2.0))) + x;
       ck_assert_msg (fabs (out_host[i] - want) <= 1e-5 * MAX (1.0, fabs (want)),
@@ -429,7 +461,7 @@ START_TEST (test_emulated_capture)
   /* waiting inside a recording: refused, said why, and the exec works on */
   ck_assert (gpu->ops->capture_begin (gpu_ex, &error));
   gpu->ops->gelu (gpu_ex, d_y, n);
-  gpu->ops->synchronize (gpu_ex);
+  ck_assert (gpu->ops->synchronize (gpu_ex, &error));
   graph = gpu->ops->capture_end (gpu_ex, &error);
   ck_assert_ptr_null (graph);
   ck_assert_ptr_nonnull (error);
@@ -504,6 +536,7 @@ backend_suite (void)
   TCase *emu = tcase_create ("emulated");
   tcase_set_timeout (emu, 300);
   tcase_add_test (emu, test_emulated_memory);
+  tcase_add_test (emu, test_emulated_device_errors);
   tcase_add_test (emu, test_emulated_linear);
   tcase_add_test (emu, test_emulated_tensor_core_linear);
   tcase_add_test (emu, test_emulated_linear_int8);

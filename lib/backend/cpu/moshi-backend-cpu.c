@@ -88,15 +88,23 @@ cpu_upload (MoshiExec *ex, void *dst, const void *src, gsize bytes)
   memcpy (dst, src, bytes);
 }
 
+static gboolean
+cpu_download (MoshiExec *ex, void *dst, const void *src, gsize bytes, GError **error)
+{
+  memcpy (dst, src, bytes);
+  return TRUE;
+}
+
 static void
 cpu_zero (MoshiExec *ex, void *dst, gsize bytes)
 {
   memset (dst, 0, bytes);
 }
 
-static void
-cpu_synchronize (MoshiExec *ex)
+static gboolean
+cpu_synchronize (MoshiExec *ex, GError **error)
 {
+  return TRUE;
 }
 
 static void *
@@ -179,7 +187,7 @@ static const MoshiBackendOps cpu_ops = {
   .alloc = cpu_alloc,
   .free = cpu_free,
   .upload = cpu_upload,
-  .download = cpu_upload,
+  .download = cpu_download,
   .zero = cpu_zero,
   .synchronize = cpu_synchronize,
   .host_alloc = cpu_host_alloc,

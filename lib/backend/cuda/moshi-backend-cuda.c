@@ -15,8 +15,9 @@
  *   tensor_core_batches (the LM's decode steps), BF16 weights with MOSHI_TENSOR_CORE_MIN_ROWS or
  *   more rows go to the tensor cores instead: the activations rounded to BF16 in scratch, then
  *   cublasGemmEx BF16 x BF16 -> F32 with f32 accumulation.
- * - Ops return nothing: a failed launch is reported with g_critical (CUDA errors after a fault
- *   are sticky, so the session's next download returns garbage rather than hanging).
+ * - Ops return nothing: the first failure of a thread's ops (a refused launch or copy, or a
+ *   fault, which CUDA makes sticky) is kept and comes back as the error of its next
+ *   synchronize or download, which the models turn into the failure of the call.
  * - Accounting (get_stats): every op adds its kernel launches (the difference of the kernel
  *   library's per-thread launch counter around its kernel calls), cuBLAS calls, copies/memsets
  *   and the bytes of weights it reads to its exec's counters and to the backend's sum. */
@@ -88,13 +89,27 @@ G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, step) == G_STRUCT_OFFSET (MoshiK
 #define CUDA_EX(ex) ((CudaExec *) (ex))
 #define CUDA_BE(be) ((CudaBackend *) (be))
 
+/* The first failure of this thread's ops since its last wait. Per thread because an exec is
+ * used by one thread at a time, and that thread waits (synchronize) before it reads results. */
+static _Thread_local char *pending_failure;
+
+static void
+keep_failure (char *message)
+{
+  g_debug ("CUDA backend: %s", message);
+  if (pending_failure == NULL)
+    pending_failure = message;
+  else
+    g_free (message);
+}
+
 static void
 report (cudaError_t err, const char *what)
 {
   if (G_LIKELY (err == cudaSuccess))
     return;
-  g_critical ("CUDA backend: %s failed: %s (%s)", what, cudaGetErrorName (err),
-      cudaGetErrorString (err));
+  keep_failure (g_strdup_printf ("%s failed: %s (%s)", what, cudaGetErrorName (err),
+      cudaGetErrorString (err)));
 }
 
 static void
@@ -102,8 +117,19 @@ report_blas (cublasStatus_t status, const char *what)
 {
   if (G_LIKELY (status == CUBLAS_STATUS_SUCCESS))
     return;
-  g_critical ("CUDA backend: %s failed: %s (%s)", what, cublasGetStatusName (status),
-      cublasGetStatusString (status));
+  keep_failure (g_strdup_printf ("%s failed: %s (%s)", what, cublasGetStatusName (status),
+      cublasGetStatusString (status)));
+}
+
+/* The kept failure as the error of a wait, which it clears. */
+static gboolean
+take_failure (GError **error)
+{
+  if (G_LIKELY (pending_failure == NULL))
+    return TRUE;
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: %s", pending_failure);
+  g_clear_pointer (&pending_failure, g_free);
+  return FALSE;
 }
 
 /* cudaError_t of the expression, reported under the name of the op */
@@ -206,8 +232,8 @@ scratch (CudaExec *ex, int slot, gsize bytes)
     ex->scratch_bytes[slot] = 0;
     cudaError_t err = cudaMalloc (&ex->scratch[slot], len);
     if (err != cudaSuccess) {
-      g_critical ("CUDA backend: cannot allocate %" G_GSIZE_FORMAT " bytes of scratch: %s", len,
-          cudaGetErrorString (err));
+      keep_failure (g_strdup_printf ("cannot allocate %" G_GSIZE_FORMAT " bytes of scratch: %s",
+          len, cudaGetErrorString (err)));
       return NULL;
     }
     ex->scratch_bytes[slot] = len;
@@ -336,22 +362,24 @@ cuda_download_async (MoshiExec *ex, void *dst, const void *src, gsize bytes)
   }
 }
 
-static void
-cuda_synchronize (MoshiExec *ex)
+static gboolean
+cuda_synchronize (MoshiExec *ex, GError **error)
 {
   if (CUDA_EX (ex)->capturing) {
+    /* capture_end reports it */
     spoil_capture (CUDA_EX (ex), "the host waited for the device while recording");
-    return;
+    return TRUE;
   }
   CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
   count (ex, STAT_SYNCS, 1);
+  return take_failure (error);
 }
 
-static void
-cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes)
+static gboolean
+cuda_download (MoshiExec *ex, void *dst, const void *src, gsize bytes, GError **error)
 {
   cuda_download_async (ex, dst, src, bytes);
-  cuda_synchronize (ex);
+  return cuda_synchronize (ex, error);
 }
 
 static void *

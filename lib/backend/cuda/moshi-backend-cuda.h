@@ -10,8 +10,9 @@
 
 G_BEGIN_DECLS
 
-/* Bumped whenever MoshiBackend, MoshiExec, MoshiWeight or MoshiBackendOps change layout. */
-#define MOSHI_CUDA_MODULE_ABI 1
+/* Bumped whenever MoshiBackend, MoshiExec, MoshiWeight or MoshiBackendOps change layout or
+ * signatures (2: synchronize and download return errors). */
+#define MOSHI_CUDA_MODULE_ABI 2
 #define MOSHI_CUDA_MODULE_ENTRY "moshi_cuda_backend_new"
 
 /* Opens the first CUDA device. abi is MOSHI_CUDA_MODULE_ABI and ops_size sizeof
