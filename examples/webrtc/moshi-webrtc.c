@@ -64,7 +64,7 @@ typedef struct {
   guint id;
   gchar *remote;
   SoupWebsocketConnection *ws;  /* NULL once the browser has gone */
-  GstElement *pipeline, *webrtc, *depay;
+  GstElement *pipeline, *webrtc, *depay, *dialog;
   guint bus_watch;
   GMutex lock;                  /* channel and the counters below, set from webrtcbin's threads */
   GObject *channel;             /* GstWebRTCDataChannel the browser opened, or NULL */
@@ -418,8 +418,9 @@ peer_start (Peer *p, GError **error)
   p->depay = gst_bin_get_by_name (bin, "depay");
   gst_object_unref (p->webrtc);
   gst_object_unref (p->depay);
-  g_autoptr (GstElement) dialog = gst_bin_get_by_name (bin, "dialog");
-  configure_dialog (o, dialog);
+  p->dialog = gst_bin_get_by_name (bin, "dialog");
+  gst_object_unref (p->dialog);
+  configure_dialog (o, p->dialog);
   g_autoptr (GstElement) text = gst_bin_get_by_name (bin, "text");
   GstAppSinkCallbacks text_cb = { .new_sample = on_text_sample };
   gst_app_sink_set_callbacks (GST_APP_SINK (text), &text_cb, p, NULL);
@@ -513,6 +514,16 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message, gpointer
   } else if (g_str_equal (kind, "report")) {
     g_autofree gchar *line = json_to_string (root, FALSE);
     server_log ("peer %u: report %s", p->id, line);
+    /* With it, how the conversations of all browsers are being stepped together. */
+    g_autoptr (GstStructure) stats = NULL;
+    g_object_get (p->dialog, "scheduler-stats", &stats, NULL);
+    gint conversations = 0;
+    guint64 ticks = 0, steps = 0;
+    if (stats != NULL)
+      gst_structure_get (stats, "conversations", G_TYPE_INT, &conversations,
+          "ticks", G_TYPE_UINT64, &ticks, "steps", G_TYPE_UINT64, &steps, NULL);
+    server_log ("peer %u: shared scheduler: %d conversations, %" G_GUINT64_FORMAT " ticks, %"
+        G_GUINT64_FORMAT " steps", p->id, conversations, ticks, steps);
   } else {
     send_error (p, "unknown message type");
   }
