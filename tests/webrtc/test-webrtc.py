@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""A browser talks with Moshi over WebRTC: examples/webrtc's server and page in headless
+"""Browsers talk with Moshi over WebRTC: examples/webrtc's server and page in headless
 Chromium, on loopback only.
 
-Chromium's fake microphone plays a spoken WAV (espeak-ng; a synthetic vowel if espeak-ng is
-missing) in a loop; the page (examples/webrtc/moshi-webrtc.js with ?test=SECONDS) connects,
-plays Moshi's voice and, SECONDS after the remote track appears, sends a report of what it
-received. The report comes back through the server's log. Checked: the connection came up,
+Two Chromium processes, each with a fake microphone that plays a spoken WAV (espeak-ng; a
+synthetic vowel if espeak-ng is missing) in a loop, open the page (examples/webrtc/
+moshi-webrtc.js with ?test=SECONDS) at once: each connects, plays Moshi's voice and, SECONDS
+after the remote track appears, sends a report of what it received, which comes back through
+the server's log with the shared scheduler's figures. Checked for each: the connection came up,
 the audio that arrived lasts about as long as it ran (RTP samples actually decoded, not
 concealed) and is not silent (WebAudio RMS and WebRTC's audio energy), text arrived over the
-data channel, and the server counts the same text it sent, ends the peer when the browser
-goes and exits cleanly on SIGTERM.
+data channel. Then: both conversations were on one shared scheduler that stepped them
+together (more steps than ticks); when the browsers go, the server ends each peer, having sent
+at least the text its page got; on SIGTERM it exits 0 with no GLib critical.
 
 ICE runs on 127.0.0.1 only: the server with --ice-address 127.0.0.1, Chromium with
 --allow-loopback-in-peer-connection, so no network interface other than lo is needed.
@@ -33,6 +35,7 @@ import time
 import wave
 
 SECONDS = 6.0           # how long the page listens to Moshi before it reports
+BROWSERS = 2            # tabs talking at once, each its own peer and pipeline
 TIMEOUT = 60.0          # for the report to come, from the browser's start
 
 
@@ -53,6 +56,28 @@ def find_chromium():
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+def check_report(who, report):
+    rtp = report.get("rtp", {})
+    check(report.get("connection") == "connected",
+          who + "the peer connection is connected (%s)" % report.get("connection"))
+    # Opus is decoded at 48 kHz; concealed samples are the jitter buffer's guesses.
+    decoded = (rtp.get("samples", 0) - rtp.get("concealed", 0)) / 48000.0
+    duration = rtp.get("duration", 0.0)
+    check(duration <= SECONDS + 0.5,
+          who + "no more audio than the time it ran (%.2f s in %g s)" % (duration, SECONDS))
+    check(decoded >= SECONDS - 2.5,
+          who + "Moshi's voice arrives (%.2f s decoded of %.2f s played out, %d packets; "
+          "at least %.1f s wanted)" % (decoded, duration, rtp.get("packets", 0), SECONDS - 2.5))
+    check(report.get("rms", 0) > 0.01 and report.get("loud_seconds", 0) >= SECONDS / 3,
+          who + "and is not silent: WebAudio RMS %.4f, %.2f s above -50 dBFS" %
+          (report.get("rms", 0), report.get("loud_seconds", 0)))
+    power = rtp.get("energy", 0.0) / duration if duration > 0 else 0.0
+    check(power > 1e-4, who + "WebRTC's own audio energy agrees (mean power %.5f)" % power)
+    check(report.get("texts", 0) >= 1 and report.get("chars", 0) >= 1,
+          who + "text arrives over the data channel (%d messages, %d characters)" %
+          (report.get("texts", 0), report.get("chars", 0)))
 
 
 def make_speech(path):
@@ -127,66 +152,70 @@ def main():
     print("microphone: " + make_speech(wav), flush=True)
 
     server = Server(sys.argv[1])
-    browser = None
+    browsers = []
     try:
         line = server.wait_line("listening on ", 30)
         if line is None:
             fail("the server did not start: " + "\n".join(server.stderr[-20:]))
         url = line.split("listening on ", 1)[1].strip()
 
-        browser = subprocess.Popen(
+        # One browser process per peer: headless Chromium opens only one page per start.
+        browsers = [subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
              "--no-first-run", "--disable-extensions", "--mute-audio",
-             "--user-data-dir=" + os.path.join(tmp, "profile"),
+             "--user-data-dir=" + os.path.join(tmp, "profile-%d" % i),
              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
              "--use-file-for-fake-audio-capture=" + wav,
              "--autoplay-policy=no-user-gesture-required",
              "--allow-loopback-in-peer-connection",
              "--disable-features=WebRtcHideLocalIpsWithMdns",
              "%s?test=%g" % (url, SECONDS)],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "chromium.log"), "w"),
-            start_new_session=True)
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(tmp, "chromium-%d.log" % i), "w"),
+            start_new_session=True) for i in range(BROWSERS)]
 
-        line = server.wait_line("report ", TIMEOUT)
-        if line is None:
-            with open(os.path.join(tmp, "chromium.log")) as f:
-                tail = f.read()[-3000:]
-            fail("no report from the page within %d s; server log:\n%s\nchromium:\n%s" %
-                 (TIMEOUT, "\n".join(server.log + server.stderr[-20:]), tail))
-        report = json.loads(line.split("report ", 1)[1])
-        rtp = report.get("rtp", {})
+        reports, schedulers = {}, {}
+        deadline = time.monotonic() + TIMEOUT
+        while len(reports) < BROWSERS or len(schedulers) < BROWSERS:
+            line = server.wait_line("peer ", deadline - time.monotonic())
+            if line is None:
+                with open(os.path.join(tmp, "chromium-0.log")) as f:
+                    tail = f.read()[-3000:]
+                fail("%d of %d reports from the pages within %d s; server log:\n%s\n"
+                     "chromium:\n%s" % (len(reports), BROWSERS, TIMEOUT,
+                                         "\n".join(server.log + server.stderr[-20:]), tail))
+            m = re.search(r"peer (\d+): report (.*)$", line)
+            if m:
+                reports[m.group(1)] = json.loads(m.group(2))
+            m = re.search(r"peer (\d+): shared scheduler: (\d+) conversations, (\d+) ticks, "
+                          r"(\d+) steps", line)
+            if m:
+                schedulers[m.group(1)] = [int(x) for x in m.group(2, 3, 4)]
 
-        check(report.get("connection") == "connected",
-              "the browser's peer connection is connected (%s)" % report.get("connection"))
-        # Opus is decoded at 48 kHz; concealed samples are the jitter buffer's guesses.
-        decoded = (rtp.get("samples", 0) - rtp.get("concealed", 0)) / 48000.0
-        duration = rtp.get("duration", 0.0)
-        check(duration <= SECONDS + 0.5,
-              "no more audio than the time it ran (%.2f s in %g s)" % (duration, SECONDS))
-        check(decoded >= SECONDS - 2.5,
-              "Moshi's voice arrives (%.2f s decoded of %.2f s played out, %d packets; "
-              "at least %.1f s wanted)" % (decoded, duration, rtp.get("packets", 0),
-                                           SECONDS - 2.5))
-        check(report.get("rms", 0) > 0.01 and report.get("loud_seconds", 0) >= SECONDS / 3,
-              "and is not silent: WebAudio RMS %.4f, %.2f s above -50 dBFS" %
-              (report.get("rms", 0), report.get("loud_seconds", 0)))
-        power = rtp.get("energy", 0.0) / duration if duration > 0 else 0.0
-        check(power > 1e-4, "WebRTC's own audio energy agrees (mean power %.5f)" % power)
-        check(report.get("texts", 0) >= 1 and report.get("chars", 0) >= 1,
-              "text arrives over the data channel (%d messages, %d characters)" %
-              (report.get("texts", 0), report.get("chars", 0)))
+        for peer, report in sorted(reports.items()):
+            check_report("peer %s: " % peer, report)
+        check(any(c == BROWSERS for c, _, _ in schedulers.values()),
+              "the %d conversations run on one shared scheduler (%s)" %
+              (BROWSERS, ", ".join("%d conversations" % c for c, _, _ in schedulers.values())))
+        check(any(steps > ticks for _, ticks, steps in schedulers.values()),
+              "which steps them together: more steps than ticks (%s)" %
+              ", ".join("%d steps in %d ticks" % (st, t) for _, t, st in schedulers.values()))
 
-        # The browser goes: the server ends that peer and says how much text it sent.
-        os.killpg(browser.pid, signal.SIGTERM)
-        browser.wait(timeout=20)
-        browser = None
-        line = server.wait_line("ended: ", 15)
-        check(line is not None, "the server ends the peer when the browser goes%s" %
-              ("" if line else "; stderr:\n" + "\n".join(server.stderr[-30:])))
-        sent = int(re.search(r"\((\d+) text pieces sent", line).group(1))
-        check(sent >= report["texts"],
-              "the server sent at least the text the page got (%d >= %d)" %
-              (sent, report["texts"]))
+        # The browsers go: the server ends each peer and says how much text it sent.
+        for browser in browsers:
+            os.killpg(browser.pid, signal.SIGTERM)
+        for browser in browsers:
+            browser.wait(timeout=20)
+        browsers = []
+        for _ in range(BROWSERS):
+            line = server.wait_line("ended: ", 15)
+            check(line is not None, "the server ends a peer when the browser goes%s" %
+                  ("" if line else "; stderr:\n" + "\n".join(server.stderr[-30:])))
+            peer = re.search(r"peer (\d+) from", line).group(1)
+            sent = int(re.search(r"\((\d+) text pieces sent", line).group(1))
+            check(sent >= reports[peer]["texts"],
+                  "peer %s: the server sent at least the text the page got (%d >= %d)" %
+                  (peer, sent, reports[peer]["texts"]))
 
         server.proc.send_signal(signal.SIGTERM)
         rc = server.proc.wait(timeout=20)
@@ -195,7 +224,7 @@ def main():
         check(not criticals, "no GLib critical or error on the server's stderr %s" % criticals)
         print("passed in %.1f s" % (time.monotonic() - started), flush=True)
     finally:
-        if browser is not None:
+        for browser in browsers:
             try:
                 os.killpg(browser.pid, signal.SIGKILL)
             except ProcessLookupError:
