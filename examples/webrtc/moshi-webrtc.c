@@ -196,6 +196,19 @@ peer_send_later (Peer *p, JsonBuilder *b)
   g_main_context_invoke_full (NULL, G_PRIORITY_DEFAULT, outgoing_send, o, outgoing_free);
 }
 
+static JsonBuilder *
+error_message (const char *message)
+{
+  JsonBuilder *b = json_builder_new ();
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "type");
+  json_builder_add_string_value (b, "error");
+  json_builder_set_member_name (b, "message");
+  json_builder_add_string_value (b, message);
+  json_builder_end_object (b);
+  return b;
+}
+
 static void
 on_answer_created (GstPromise *promise, gpointer user_data)
 {
@@ -240,6 +253,9 @@ on_offer_set (GstPromise *promise, gpointer user_data)
   gst_promise_unref (promise);
   if (error != NULL) {
     server_log ("peer %u: the browser's offer was refused: %s", p->id, error->message);
+    g_autofree gchar *text = g_strdup_printf ("the offer was refused: %s", error->message);
+    g_autoptr (JsonBuilder) b = error_message (text);
+    peer_send_later (p, b);
     return;
   }
   GstPromise *answer = gst_promise_new_with_change_func (on_answer_created, peer_ref (p),
@@ -458,13 +474,7 @@ peer_start (Peer *p, GError **error)
 static void
 send_error (Peer *p, const char *message)
 {
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-  json_builder_begin_object (b);
-  json_builder_set_member_name (b, "type");
-  json_builder_add_string_value (b, "error");
-  json_builder_set_member_name (b, "message");
-  json_builder_add_string_value (b, message);
-  json_builder_end_object (b);
+  g_autoptr (JsonBuilder) b = error_message (message);
   g_autoptr (JsonNode) root = json_builder_get_root (b);
   g_autofree gchar *text = json_to_string (root, FALSE);
   soup_websocket_connection_send_text (p->ws, text);
@@ -476,6 +486,15 @@ handle_offer (Peer *p, const char *sdp_text)
   GstSDPMessage *sdp = NULL;
   if (sdp_text == NULL || gst_sdp_message_new_from_text (sdp_text, &sdp) != GST_SDP_OK) {
     send_error (p, "the offer is not SDP");
+    return;
+  }
+  /* webrtcbin answers an offer without media with an empty answer; say why nothing comes. */
+  gboolean audio = FALSE;
+  for (guint i = 0; i < gst_sdp_message_medias_len (sdp); i++)
+    audio |= g_strcmp0 (gst_sdp_media_get_media (gst_sdp_message_get_media (sdp, i)), "audio") == 0;
+  if (!audio) {
+    gst_sdp_message_free (sdp);
+    send_error (p, "the offer has no audio stream (was the microphone given?)");
     return;
   }
   SessionDescription offer = { SDP_TYPE_OFFER, sdp };

@@ -10,8 +10,10 @@ the server's log with the shared scheduler's figures. Checked for each: the conn
 the audio that arrived lasts about as long as it ran (RTP samples actually decoded, not
 concealed) and is not silent (WebAudio RMS and WebRTC's audio energy), text arrived over the
 data channel. Then: both conversations were on one shared scheduler that stepped them
-together (more steps than ticks); when the browsers go, the server ends each peer, having sent
-at least the text its page got; on SIGTERM it exits 0 with no GLib critical.
+together (more steps than ticks); a third signalling client is refused (--max-peers 2); when
+the browsers go, the server ends each peer, having sent at least the text its page got; what is
+not signalling gets error messages; only the page and its script are served; on SIGTERM it
+exits 0 with no GLib critical.
 
 ICE runs on 127.0.0.1 only: the server with --ice-address 127.0.0.1, Chromium with
 --allow-loopback-in-peer-connection, so no network interface other than lo is needed.
@@ -19,6 +21,7 @@ ICE runs on 127.0.0.1 only: the server with --ice-address 127.0.0.1, Chromium wi
 Usage: test-webrtc.py PATH/TO/moshi-webrtc   (env: GST_PLUGIN_PATH_1_0, GST_REGISTRY_1_0;
 MOSHI_CHROMIUM names the browser binary). Exit 77 (skip) only when no Chromium is installed.
 """
+import asyncio
 import json
 import math
 import os
@@ -32,7 +35,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import wave
+
+import websockets
 
 SECONDS = 6.0           # how long the page listens to Moshi before it reports
 BROWSERS = 2            # tabs talking at once, each its own peer and pipeline
@@ -80,6 +87,30 @@ def check_report(who, report):
           (report.get("texts", 0), report.get("chars", 0)))
 
 
+async def signalling_errors(ws_url, busy):
+    """What a signalling client that is not a browser gets: with all peers taken, a refusal;
+    otherwise an error message for each message that is not one, and the socket stays open."""
+    async with websockets.connect(ws_url) as ws:
+        if busy:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return [msg["message"]]
+        answers = []
+        for text in ["not json", json.dumps({"type": "offer", "sdp": "v=garbage"}),
+                     json.dumps({"type": "bogus"})]:
+            await ws.send(text)
+            answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["message"])
+        return answers
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
 def make_speech(path):
     """What the fake microphone says: espeak-ng, else three seconds of a voiced vowel."""
     if shutil.which("espeak-ng"):
@@ -104,7 +135,7 @@ def make_speech(path):
 class Server:
     def __init__(self, binary):
         self.proc = subprocess.Popen(
-            [binary, "--port", "0", "--ice-address", "127.0.0.1"],
+            [binary, "--port", "0", "--ice-address", "127.0.0.1", "--max-peers", str(BROWSERS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines = queue.Queue()
         self.log = []
@@ -201,21 +232,42 @@ def main():
               "which steps them together: more steps than ticks (%s)" %
               ", ".join("%d steps in %d ticks" % (st, t) for _, t, st in schedulers.values()))
 
+        ws_url = url.replace("http://", "ws://") + "ws"
+        refusal = asyncio.run(signalling_errors(ws_url, busy=True))
+        check(refusal == ["server busy, try again later"],
+              "with --max-peers %d taken, another peer is refused (%s)" % (BROWSERS, refusal))
+
         # The browsers go: the server ends each peer and says how much text it sent.
         for browser in browsers:
             os.killpg(browser.pid, signal.SIGTERM)
         for browser in browsers:
             browser.wait(timeout=20)
         browsers = []
-        for _ in range(BROWSERS):
+        ended = {}
+        while len(ended) < BROWSERS:
             line = server.wait_line("ended: ", 15)
-            check(line is not None, "the server ends a peer when the browser goes%s" %
+            check(line is not None, "the server ends a peer when its browser goes%s" %
                   ("" if line else "; stderr:\n" + "\n".join(server.stderr[-30:])))
             peer = re.search(r"peer (\d+) from", line).group(1)
-            sent = int(re.search(r"\((\d+) text pieces sent", line).group(1))
+            if peer in reports:
+                ended[peer] = int(re.search(r"\((\d+) text pieces sent", line).group(1))
+        for peer, sent in sorted(ended.items()):
             check(sent >= reports[peer]["texts"],
                   "peer %s: the server sent at least the text the page got (%d >= %d)" %
                   (peer, sent, reports[peer]["texts"]))
+
+        answers = asyncio.run(signalling_errors(ws_url, busy=False))
+        check(answers == ["messages must be JSON objects",
+                          "the offer has no audio stream (was the microphone given?)",
+                          "unknown message type"],
+              "what is not signalling gets an error message (%s)" % answers)
+        check(server.wait_line("ended: the browser closed the signalling socket (code 1000)", 10)
+              is not None, "and the peer ends when its socket closes")
+        check(http_status(url)[0] == 200 and http_status(url)[1].startswith("text/html")
+              and http_status(url + "moshi-webrtc.js")[1].startswith("text/javascript"),
+              "the page and its script are served")
+        check(http_status(url + "meson.build")[0] == 404 and http_status(url + "../x")[0] == 404,
+              "nothing else of the directory is")
 
         server.proc.send_signal(signal.SIGTERM)
         rc = server.proc.wait(timeout=20)
