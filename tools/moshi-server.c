@@ -17,6 +17,8 @@
 #include <gst/gst.h>
 #include <libsoup/soup.h>
 
+#include "serve-util.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -762,16 +764,7 @@ conversation_start (Conversation *c, const char *query, GError **error)
   g_autoptr (GstBus) bus = gst_element_get_bus (c->pipeline);
   c->bus_watch = gst_bus_add_watch (bus, on_bus_message, c);
 
-  if (gst_element_set_state (c->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
-    g_autoptr (GstMessage) msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-    g_autoptr (GError) err = NULL;
-    if (msg != NULL)
-      gst_message_parse_error (msg, &err, NULL);
-    g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "could not start the conversation: %s",
-        err != NULL ? err->message : "state change failed");
-    return FALSE;
-  }
-  return TRUE;
+  return serve_start_pipeline (c->pipeline, "could not start the conversation", error);
 }
 
 static void
@@ -785,15 +778,7 @@ on_chat (SoupServer *soup, SoupServerMessage *msg, const char *path,
     SoupWebsocketConnection *ws, gpointer user_data)
 {
   Server *s = user_data;
-  GSocketAddress *addr = soup_server_message_get_remote_address (msg);
-  g_autofree gchar *peer = NULL;
-  if (G_IS_INET_SOCKET_ADDRESS (addr)) {
-    g_autofree gchar *ip =
-        g_inet_address_to_string (g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (addr)));
-    peer = g_strdup_printf ("%s:%u", ip, g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (addr)));
-  } else {
-    peer = g_strdup ("?");
-  }
+  g_autofree gchar *peer = serve_peer_name (msg);
 
   guint id = ++s->next_id;
   if (s->opt.max_conversations > 0
@@ -940,29 +925,19 @@ on_static (SoupServer *soup, SoupServerMessage *msg, const char *path, GHashTabl
 static gboolean
 load_model (Server *s)
 {
-  GstElement *pipeline = gst_pipeline_new ("holder");
   GstElement *dialog = gst_element_factory_make ("moshidialog", NULL);
   if (dialog == NULL) {
     g_printerr ("moshi-server: the moshidialog element is not available (is the moshi plugin "
         "on GST_PLUGIN_PATH?)\n");
-    gst_object_unref (pipeline);
     return FALSE;
   }
   configure_dialog (&s->opt, dialog);
-  gst_bin_add (GST_BIN (pipeline), dialog);
-  if (gst_element_set_state (pipeline, GST_STATE_READY) == GST_STATE_CHANGE_FAILURE) {
-    g_autoptr (GstBus) bus = gst_element_get_bus (pipeline);
-    g_autoptr (GstMessage) msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-    g_autoptr (GError) err = NULL;
-    if (msg != NULL)
-      gst_message_parse_error (msg, &err, NULL);
-    g_printerr ("moshi-server: could not load the model: %s\n",
-        err != NULL ? err->message : "unknown error");
-    gst_element_set_state (pipeline, GST_STATE_NULL);
-    gst_object_unref (pipeline);
+  g_autoptr (GError) error = NULL;
+  s->holder = serve_hold_in_ready (dialog, &error);
+  if (s->holder == NULL) {
+    g_printerr ("moshi-server: %s\n", error->message);
     return FALSE;
   }
-  s->holder = pipeline;
   return TRUE;
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test that needs no GPU and no network:
-#   1. the release-style build (debugoptimized) and its full test suite;
+#   1. the release-style build (debugoptimized) and its full test suite (with the 'network'
+#      suite: a browser talking to the WebRTC demo, on loopback only);
 #   2. the same unit tests built with AddressSanitizer + UndefinedBehaviorSanitizer (but the
 #      'eager' variants of the recorded-step tests and the slow scheduler runs on the
 #      emulated CUDA backend, suite 'emu-slow');

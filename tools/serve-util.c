@@ -1,0 +1,49 @@
+#include "serve-util.h"
+
+#include <gio/gio.h>
+
+static void
+error_from_bus (GstElement *pipeline, const char *what, GError **error)
+{
+  g_autoptr (GstBus) bus = gst_element_get_bus (pipeline);
+  g_autoptr (GstMessage) msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  g_autoptr (GError) err = NULL;
+  if (msg != NULL)
+    gst_message_parse_error (msg, &err, NULL);
+  g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: %s", what,
+      err != NULL ? err->message : "state change failed");
+}
+
+gboolean
+serve_start_pipeline (GstElement *pipeline, const char *what, GError **error)
+{
+  if (gst_element_set_state (pipeline, GST_STATE_PLAYING) != GST_STATE_CHANGE_FAILURE)
+    return TRUE;
+  error_from_bus (pipeline, what, error);
+  return FALSE;
+}
+
+GstElement *
+serve_hold_in_ready (GstElement *element, GError **error)
+{
+  GstElement *pipeline = gst_pipeline_new ("holder");
+  gst_bin_add (GST_BIN (pipeline), element);
+  if (gst_element_set_state (pipeline, GST_STATE_READY) == GST_STATE_CHANGE_FAILURE) {
+    error_from_bus (pipeline, "could not load the model", error);
+    gst_element_set_state (pipeline, GST_STATE_NULL);
+    gst_object_unref (pipeline);
+    return NULL;
+  }
+  return pipeline;
+}
+
+gchar *
+serve_peer_name (SoupServerMessage *msg)
+{
+  GSocketAddress *addr = soup_server_message_get_remote_address (msg);
+  if (!G_IS_INET_SOCKET_ADDRESS (addr))
+    return g_strdup ("?");
+  GInetSocketAddress *inet = G_INET_SOCKET_ADDRESS (addr);
+  g_autofree gchar *ip = g_inet_address_to_string (g_inet_socket_address_get_address (inet));
+  return g_strdup_printf ("%s:%u", ip, g_inet_socket_address_get_port (inet));
+}
