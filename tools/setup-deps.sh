@@ -11,7 +11,7 @@ packages=(
   gstreamer1.0-plugins-bad python3
   valgrind espeak-ng
   libsoup-3.0-dev python3-websockets
-  libgstrtspserver-1.0-dev
+  libgstrtspserver-1.0-dev gstreamer1.0-x
 )
 if [[ "${1:-}" == "--with-fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)
