@@ -8,7 +8,8 @@
 #  2. PCMU, RTP over UDP.
 # Each time: the answer lasts the question plus the tail (give or take the codec's edges),
 # is not silent nor NaN, and the text stream carried UTF-8 words. Then the server stops
-# cleanly on SIGTERM.
+# cleanly on SIGTERM. Before that: a missing --model, an unknown codec and a missing plugin
+# are refused with messages that say so.
 # Usage: rtsp-test.sh PATH-TO-moshi-rtsp-server (skipped when it was not built)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -78,6 +79,20 @@ serve_and_play () {
   python3 -c "import sys; open(sys.argv[1], encoding='utf-8', errors='strict').read()" \
     "$text" || fail "$codec: the text is not UTF-8"
 }
+
+step "bad arguments are errors that say what is wrong"
+expect_refusal () {
+  local want=$1 rc=0 out
+  shift
+  out=$("$server_bin" "$@" 2>&1) || rc=$?
+  (( rc == 1 )) || fail "moshi-rtsp-server $* ended with $rc: $out"
+  grep -q -- "$want" <<<"$out" || fail "moshi-rtsp-server $*: no '$want' in: $out"
+}
+expect_refusal "--model is required" --port 0
+expect_refusal "--codec must be opus or pcmu, not 'g729'" --model x --codec g729 --port 0
+GST_PLUGIN_PATH_1_0=/nonexistent GST_PLUGIN_SYSTEM_PATH_1_0=/nonexistent \
+  GST_REGISTRY_1_0=$work/empty-registry.bin \
+  expect_refusal "moshidialog element is not installed" --model x --port 0
 
 serve_and_play opus tcp
 serve_and_play pcmu udp
