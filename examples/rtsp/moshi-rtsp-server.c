@@ -37,55 +37,23 @@ typedef struct
   gint eos_tail;
 } MoshiRtspOptions;
 
-/* moshidialog goes on for eos-tail past its input's end, but forwards the input's segment
- * (whose stop is the end of the file) and answers the segment and duration queries with
- * the input's. Downstream, the sinks would drop the tail as out of segment, and the server
- * would announce the input's duration in the SDP range, where rtspsrc ends the stream. So on
- * the way out of moshidialog, segments are left open-ended and the duration gets the tail
- * (whole 80 ms frames, as the element runs it). */
+/* moshidialog goes on for eos-tail past its input's end, but answers the segment query with
+ * its input's segment, whose stop is the end of the file. gst-rtsp-server sends that stop as
+ * the Range of its PLAY reply, and rtspsrc ends the stream there, without the tail. So the
+ * answer's stop is left open on the way out of moshidialog: the stream ends at its EOS. */
 static GstPadProbeReturn
-make_room_for_tail (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
+open_segment_stop (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
 {
-  const MoshiRtspOptions *opts = user_data;
-  const GstClockTime frame = 80 * GST_MSECOND;
+  GstQuery *query = GST_PAD_PROBE_INFO_QUERY (info);
+  GstFormat format;
+  gdouble rate;
+  gint64 start;
 
-  if (info->type & GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM) {
-    GstEvent *event = GST_PAD_PROBE_INFO_EVENT (info);
-    GstSegment segment;
-    const GstSegment *in;
-
-    if (GST_EVENT_TYPE (event) != GST_EVENT_SEGMENT)
-      return GST_PAD_PROBE_OK;
-    gst_event_parse_segment (event, &in);
-    if (in->format != GST_FORMAT_TIME || in->stop == GST_CLOCK_TIME_NONE)
-      return GST_PAD_PROBE_OK;
-    gst_segment_copy_into (in, &segment);
-    segment.stop = GST_CLOCK_TIME_NONE;
-    info->data = gst_event_new_segment (&segment);
-    gst_event_set_seqnum (info->data, gst_event_get_seqnum (event));
-    gst_event_unref (event);
-  } else {
-    GstQuery *query = GST_PAD_PROBE_INFO_QUERY (info);
-    GstFormat format;
-    gint64 duration;
-
-    if (GST_QUERY_TYPE (query) == GST_QUERY_SEGMENT) {
-      gdouble rate;
-      gint64 start;
-
-      gst_query_parse_segment (query, &rate, &format, &start, NULL);
-      if (format == GST_FORMAT_TIME)
-        gst_query_set_segment (query, rate, format, start, -1);
-      return GST_PAD_PROBE_OK;
-    }
-    if (GST_QUERY_TYPE (query) != GST_QUERY_DURATION)
-      return GST_PAD_PROBE_OK;
-    gst_query_parse_duration (query, &format, &duration);
-    if (format != GST_FORMAT_TIME || duration < 0)
-      return GST_PAD_PROBE_OK;
-    duration += (opts->eos_tail * GST_MSECOND + frame - 1) / frame * frame;
-    gst_query_set_duration (query, format, duration);
-  }
+  if (GST_QUERY_TYPE (query) != GST_QUERY_SEGMENT)
+    return GST_PAD_PROBE_OK;
+  gst_query_parse_segment (query, &rate, &format, &start, NULL);
+  if (format == GST_FORMAT_TIME)
+    gst_query_set_segment (query, rate, format, start, -1);
   return GST_PAD_PROBE_OK;
 }
 
@@ -125,12 +93,9 @@ on_media_configure (GstRTSPMediaFactory * factory, GstRTSPMedia * media,
     for (gsize i = 0; i < G_N_ELEMENTS (pads); i++) {
       GstPad *pad = gst_element_get_static_pad (dialog, pads[i]);
 
-      gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM,
-          make_room_for_tail, (gpointer) opts, NULL);
-      /* PULL: the query after the element answered it (a separate probe, as PULL would
-       * also restrict the event probe to pull mode). */
+      /* PULL: the query as moshidialog answered it. */
       gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_QUERY_UPSTREAM |
-          GST_PAD_PROBE_TYPE_PULL, make_room_for_tail, (gpointer) opts, NULL);
+          GST_PAD_PROBE_TYPE_PULL, open_segment_stop, NULL, NULL);
       gst_object_unref (pad);
     }
   }
