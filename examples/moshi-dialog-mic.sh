@@ -27,30 +27,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/plugin-path.sh"
-if [[ ${SMALL:-} == 1 ]]; then
-  data="$here/../tests/data"
-  MODEL=$data/lm/dialog/model.safetensors
-  LM_CONFIG=$data/lm/dialog/config.json
-  MIMI_MODEL=$data/mimi/small/model.safetensors
-  MIMI_CONFIG=$data/mimi/small/config.json
-  TOKENIZER=$data/tokenizer/tiny.model
-fi
-MODEL=${MODEL:-kyutai/moshiko-pytorch-bf16}
-LM_CONFIG=${LM_CONFIG:-}
-MIMI_MODEL=${MIMI_MODEL:-}
-MIMI_CONFIG=${MIMI_CONFIG:-}
-if [[ -z ${TOKENIZER+set} ]]; then
-  # Kyutai's repositories hold the tokenizer next to the LM.
-  if [[ -f $MODEL || $MODEL == *.safetensors ]]; then TOKENIZER=; else TOKENIZER=${MODEL%%:*}; fi
-fi
-DEVICE=${DEVICE:-auto}
+. "$here/dialog-models.sh"
 
 # queue in front: the microphone thread only captures. queue after each output: both come
 # from the model's thread, and each sink must be able to wait without blocking the other.
 # The words go to stdout as they come (fdsink), gst-launch's own messages are silenced (-q).
 exec gst-launch-1.0 -q -e \
   autoaudiosrc ! queue ! audioconvert ! audioresample ! \
-  moshidialog name=m model="$MODEL" lm-config="$LM_CONFIG" mimi-model="$MIMI_MODEL" \
-    mimi-config="$MIMI_CONFIG" tokenizer="$TOKENIZER" device="$DEVICE" \
+  moshidialog name=m "${dialog_models[@]}" \
   m.src ! queue ! audioconvert ! audioresample ! autoaudiosink \
   m.text_src ! queue ! fdsink fd=1 sync=true

@@ -12,6 +12,7 @@ packages=(
   valgrind espeak-ng
   libsoup-3.0-dev python3-websockets
   libjson-glib-dev gstreamer1.0-nice chromium
+  libgstrtspserver-1.0-dev gstreamer1.0-x
 )
 if [[ "${1:-}" == "--with-fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)

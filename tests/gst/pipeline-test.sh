@@ -60,37 +60,8 @@ expect_clean_failure () {
   (( rc != 99 && (rc < 128 || rc == 255) )) || fail "gst-launch-1.0 crashed or leaked ($rc): $log"
 }
 
-# Reads a WAV file (PCM 16-bit or IEEE float 32-bit, mono) with the standard library only and
-# prints "<samples> <rate> <rms> <non-finite count>".
-wav_stats () {
-  python3 - "$1" <<'PY'
-import math, struct, sys
-data = open(sys.argv[1], "rb").read()
-assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", "not a WAV file"
-pos, fmt, rate, bits, samples = 12, None, None, None, None
-while pos + 8 <= len(data):
-    cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-    body = data[pos + 8:pos + 8 + size]
-    if cid == b"fmt ":
-        fmt, channels, rate = struct.unpack("<HHI", body[:8])
-        bits = struct.unpack("<H", body[14:16])[0]
-        if fmt == 0xFFFE:
-            fmt = struct.unpack("<H", body[24:26])[0]
-        assert channels == 1, "expected mono"
-    elif cid == b"data":
-        if (fmt, bits) == (3, 32):
-            samples = struct.unpack("<%df" % (len(body) // 4), body[:len(body) // 4 * 4])
-        elif (fmt, bits) == (1, 16):
-            samples = [s / 32768 for s in struct.unpack("<%dh" % (len(body) // 2), body)]
-        else:
-            raise SystemExit("unsupported WAV format %s/%s" % (fmt, bits))
-    pos += 8 + size + (size & 1)
-bad = sum(1 for s in samples if not math.isfinite(s))
-good = [s for s in samples if math.isfinite(s)]
-rms = math.sqrt(sum(s * s for s in good) / max(len(good), 1))
-print(len(samples), rate, "%.6f" % rms, bad)
-PY
-}
+# Prints "<samples> <rate> <rms> <non-finite count>" of a mono WAV file.
+wav_stats () { python3 "$here/wavstats.py" "$1"; }
 
 step "gst-inspect-1.0"
 for element in mimienc mimidec moshidialog; do
@@ -278,11 +249,7 @@ grep -q "$work/bad.model" <<<"$log" || fail "error does not name the tokenizer: 
 step "split deployment over RTP (examples/mimi-rtp-split.sh)"
 if gst-inspect-1.0 rtpjitterbuffer >/dev/null 2>&1 && gst-inspect-1.0 udpsrc >/dev/null 2>&1; then
   # Two free UDP ports, so that parallel runs do not collide.
-  read -r p1 p2 < <(python3 -c '
-import socket
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])')
+  read -r p1 p2 < <(python3 "$here/free-udp-ports.py" 2)
   SERVER_PORT=$p1 EDGE_PORT=$p2 "$examples/mimi-rtp-split.sh" "$work/speech.wav" \
     "$work/split.wav" || fail "examples/mimi-rtp-split.sh failed"
   read -r split_samples split_rate split_rms split_bad < <(wav_stats "$work/split.wav")
