@@ -1,0 +1,422 @@
+/* Tests of lib/core/moshi-hub-download: fetching into the hub cache from a stand-in hub
+ * (tests/hub-server.py on 127.0.0.1, its path in $MOSHI_HUB_SERVER).
+ *
+ * One server runs for the whole suite; each test gets its own cache and its own repository
+ * names, and sets the server's faults (faults.json) as it needs them. */
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "moshi-error.h"
+#include "moshi-hub.h"
+#include "moshi-hub-download.h"
+#include "test-support.h"
+
+#define COMMIT "0123456789abcdef0123456789abcdef01234567"
+#define LM_SIZE (300 * 1000)
+
+static char *server_root;
+static GPid server_pid;
+static char *endpoint;
+static char *tmp_dir;
+static char *cache_dir;
+
+static void
+write_bytes (const char *path, const void *data, gsize len)
+{
+  g_autofree char *dir = g_path_get_dirname (path);
+  ck_assert_int_eq (g_mkdir_with_parents (dir, 0755), 0);
+  g_autoptr (GError) error = NULL;
+  ck_assert_msg (g_file_set_contents (path, data, (gssize) len, &error), "%s",
+      error ? error->message : "");
+}
+
+static void
+start_server (void)
+{
+  const char *script = g_getenv ("MOSHI_HUB_SERVER");
+  ck_assert_msg (script != NULL, "MOSHI_HUB_SERVER is not set (run through meson test)");
+  server_root = g_dir_make_tmp ("moshi-hub-server-XXXXXX", NULL);
+  const char *argv[] = { "python3", script, server_root, NULL };
+  gint out_fd;
+  g_autoptr (GError) error = NULL;
+  ck_assert_msg (g_spawn_async_with_pipes (NULL, (char **) argv, NULL,
+          G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &server_pid, NULL,
+          &out_fd, NULL, &error), "%s", error ? error->message : "");
+  /* The server prints its port once it listens. */
+  char line[32] = { 0 };
+  gsize len = 0;
+  while (len < sizeof line - 1) {
+    ssize_t n = read (out_fd, line + len, 1);
+    if (n <= 0 || line[len] == '\n')
+      break;
+    len++;
+  }
+  line[len] = '\0';
+  close (out_fd);
+  ck_assert_msg (len > 0, "the hub server did not start");
+  endpoint = g_strdup_printf ("http://127.0.0.1:%s", line);
+}
+
+static void
+stop_server (void)
+{
+  kill (server_pid, SIGTERM);
+  waitpid (server_pid, NULL, 0);
+  g_spawn_close_pid (server_pid);
+  moshi_test_remove_tree (server_root);
+  g_clear_pointer (&server_root, g_free);
+  g_clear_pointer (&endpoint, g_free);
+}
+
+static void
+set_faults (const char *json)
+{
+  g_autofree char *path = g_build_filename (server_root, "faults.json", NULL);
+  if (json == NULL)
+    g_unlink (path);
+  else
+    write_bytes (path, json, strlen (json));
+}
+
+static char *
+request_log (void)
+{
+  g_autofree char *path = g_build_filename (server_root, "requests.log", NULL);
+  char *contents = NULL;
+  if (!g_file_get_contents (path, &contents, NULL, NULL))
+    return g_strdup ("");
+  return contents;
+}
+
+static void
+setup (void)
+{
+  tmp_dir = g_dir_make_tmp ("moshi-hub-dl-XXXXXX", NULL);
+  cache_dir = g_build_filename (tmp_dir, "hub", NULL);
+  g_autofree char *home = g_build_filename (tmp_dir, "hf-home", NULL);
+  g_setenv ("HF_HUB_CACHE", cache_dir, TRUE);
+  g_setenv ("HF_HOME", home, TRUE);   /* no token file of the user's */
+  g_setenv ("HF_ENDPOINT", endpoint, TRUE);
+  g_unsetenv ("HF_HUB_OFFLINE");
+  g_unsetenv ("HF_TOKEN");
+  g_unsetenv ("HUGGING_FACE_HUB_TOKEN");
+  g_unsetenv ("HF_TOKEN_PATH");
+  set_faults (NULL);
+  g_autofree char *log = g_build_filename (server_root, "requests.log", NULL);
+  g_unlink (log);
+}
+
+static void
+teardown (void)
+{
+  moshi_test_remove_tree (tmp_dir);
+  g_clear_pointer (&tmp_dir, g_free);
+  g_clear_pointer (&cache_dir, g_free);
+}
+
+/* Publishes repository test/<name> on the server: a large LFS file and a small config. */
+static guint8 *
+publish (const char *name)
+{
+  guint8 *lm = g_malloc (LM_SIZE);
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 7);
+  for (gsize i = 0; i < LM_SIZE; i++)
+    lm[i] = (guint8) (moshi_test_rng_uniform (&rng) * 127 + 128);
+  g_autofree char *repo = g_build_filename (server_root, "repos", "test", name, NULL);
+  g_autofree char *commit = g_build_filename (repo, "commit", NULL);
+  g_autofree char *lm_path = g_build_filename (repo, "files", "model.safetensors", NULL);
+  g_autofree char *config = g_build_filename (repo, "files", "config.json", NULL);
+  write_bytes (commit, COMMIT, strlen (COMMIT));
+  write_bytes (lm_path, lm, LM_SIZE);
+  write_bytes (config, "{\"dim\": 16}", 11);
+  return lm;
+}
+
+static void
+assert_file_equals (const char *path, const void *data, gsize len)
+{
+  g_autofree char *contents = NULL;
+  gsize got = 0;
+  ck_assert_msg (g_file_get_contents (path, &contents, &got, NULL), "cannot read %s", path);
+  ck_assert_uint_eq (got, len);
+  ck_assert_msg (memcmp (contents, data, len) == 0, "%s differs from what was served", path);
+}
+
+static char *
+cache_path (const char *repo_folder, const char *a, const char *b, const char *c)
+{
+  return g_build_filename (cache_dir, repo_folder, a, b, c, NULL);
+}
+
+typedef struct {
+  guint calls;
+  guint64 first_downloaded, last_downloaded, total;
+  gboolean first_done, last_done;
+  char *filename;
+} Progress;
+
+static void
+on_progress (const MoshiHubProgress *p, gpointer user_data)
+{
+  Progress *pr = user_data;
+  if (pr->calls++ == 0) {
+    pr->first_downloaded = p->downloaded;
+    pr->first_done = p->done;
+    pr->filename = g_strdup (p->filename);
+  }
+  pr->last_downloaded = p->downloaded;
+  pr->last_done = p->done;
+  pr->total = p->total;
+}
+
+static guint
+count (const char *haystack, const char *needle)
+{
+  guint n = 0;
+  for (const char *p = haystack; (p = strstr (p, needle)) != NULL; p++)
+    n++;
+  return n;
+}
+
+/* ---- tests ---- */
+
+START_TEST (test_fresh_download)
+{
+  g_autofree guint8 *lm = publish ("fresh");
+  Progress pr = { 0 };
+  MoshiHubOptions opts = { .progress = on_progress, .user_data = &pr };
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve_full ("test/fresh", "model.safetensors", &opts,
+      &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+
+  /* The layout huggingface_hub makes: a relative link to blobs/<sha256>, refs/main. */
+  g_autofree char *entry = cache_path ("models--test--fresh", "snapshots", COMMIT,
+      "model.safetensors");
+  ck_assert_str_eq (path, entry);
+  g_autofree char *sha = g_compute_checksum_for_data (G_CHECKSUM_SHA256, lm, LM_SIZE);
+  g_autofree char *target = g_file_read_link (path, NULL);
+  g_autofree char *expected_target = g_strdup_printf ("../../blobs/%s", sha);
+  ck_assert_str_eq (target, expected_target);
+  assert_file_equals (path, lm, LM_SIZE);
+  g_autofree char *ref = cache_path ("models--test--fresh", "refs", "main", NULL);
+  assert_file_equals (ref, COMMIT, strlen (COMMIT));
+
+  ck_assert_uint_ge (pr.calls, 2);
+  ck_assert_uint_eq (pr.first_downloaded, 0);
+  ck_assert (!pr.first_done);
+  ck_assert (pr.last_done);
+  ck_assert_uint_eq (pr.last_downloaded, LM_SIZE);
+  ck_assert_uint_eq (pr.total, LM_SIZE);
+  ck_assert_str_eq (pr.filename, "model.safetensors");
+  g_free (pr.filename);
+
+  /* A small file: its ETag (the git hash) names the blob. */
+  g_autofree char *config = moshi_hub_resolve_full ("test/fresh:config.json", NULL, NULL,
+      &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (config, "{\"dim\": 16}", 11);
+  g_autofree char *config_target = g_file_read_link (config, NULL);
+  ck_assert (g_str_has_prefix (config_target, "../../blobs/"));
+  ck_assert_uint_eq (strlen (config_target), strlen ("../../blobs/") + 40);
+
+  /* Cached now: the next resolution asks nothing. */
+  g_autofree char *log_before = request_log ();
+  g_autofree char *again = moshi_hub_resolve ("test/fresh", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  ck_assert_str_eq (again, path);
+  g_autofree char *log_after = request_log ();
+  ck_assert_str_eq (log_after, log_before);
+}
+END_TEST
+
+START_TEST (test_interrupted_then_resumed)
+{
+  g_autofree guint8 *lm = publish ("resume");
+  set_faults ("{\"drop_after\": 100000}");
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/resume", "model.safetensors", &error);
+  ck_assert_ptr_null (path);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_IO));
+  moshi_assert_error_contains (error, "test/resume");
+  moshi_assert_error_contains (error, "model.safetensors");
+  moshi_assert_error_contains (error, "resumes");
+
+  g_autofree char *sha = g_compute_checksum_for_data (G_CHECKSUM_SHA256, lm, LM_SIZE);
+  g_autofree char *name = g_strdup_printf ("%s.incomplete", sha);
+  g_autofree char *incomplete = cache_path ("models--test--resume", "blobs", name, NULL);
+  GStatBuf st;
+  ck_assert_int_eq (g_stat (incomplete, &st), 0);
+  ck_assert_msg (st.st_size > 0 && st.st_size < LM_SIZE, "%ld bytes kept", (long) st.st_size);
+
+  set_faults (NULL);
+  g_clear_error (&error);
+  path = moshi_hub_resolve ("test/resume", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (path, lm, LM_SIZE);
+  ck_assert (!g_file_test (incomplete, G_FILE_TEST_EXISTS));
+  /* Only the missing part was asked for. */
+  g_autofree char *log = request_log ();
+  g_autofree char *range = g_strdup_printf ("bytes=%ld-", (long) st.st_size);
+  ck_assert_msg (strstr (log, range) != NULL, "no request for %s in:\n%s", range, log);
+}
+END_TEST
+
+START_TEST (test_corrupted_blob_rejected)
+{
+  g_autofree guint8 *lm = publish ("corrupt");
+  set_faults ("{\"corrupt\": true}");
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/corrupt", "model.safetensors", &error);
+  ck_assert_ptr_null (path);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_FORMAT));
+  moshi_assert_error_contains (error, "corrupted");
+  g_autofree char *sha = g_compute_checksum_for_data (G_CHECKSUM_SHA256, lm, LM_SIZE);
+  moshi_assert_error_contains (error, sha);
+
+  /* Nothing of it stays: no blob, no partial file to resume, no snapshot entry. */
+  g_autofree char *blobs = cache_path ("models--test--corrupt", "blobs", NULL, NULL);
+  GDir *dir = g_dir_open (blobs, 0, NULL);
+  ck_assert_ptr_nonnull (dir);
+  ck_assert_ptr_null (g_dir_read_name (dir));
+  g_dir_close (dir);
+  g_autofree char *entry = cache_path ("models--test--corrupt", "snapshots", COMMIT,
+      "model.safetensors");
+  ck_assert (!g_file_test (entry, G_FILE_TEST_EXISTS) && !g_file_test (entry,
+          G_FILE_TEST_IS_SYMLINK));
+
+  set_faults (NULL);
+  g_clear_error (&error);
+  path = moshi_hub_resolve ("test/corrupt", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (path, lm, LM_SIZE);
+}
+END_TEST
+
+START_TEST (test_offline_with_full_cache)
+{
+  g_autofree guint8 *lm = publish ("offline");
+  g_autoptr (GError) error = NULL;
+  g_autofree char *online = moshi_hub_resolve ("test/offline", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+
+  g_setenv ("HF_HUB_OFFLINE", "1", TRUE);
+  ck_assert (moshi_hub_is_offline ());
+  g_autofree char *log_before = request_log ();
+  g_autofree char *path = moshi_hub_resolve ("test/offline", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  ck_assert_str_eq (path, online);
+  assert_file_equals (path, lm, LM_SIZE);
+
+  /* A file the cache lacks: a clear error, and still no request. */
+  g_autofree char *missing = moshi_hub_resolve ("test/offline:config.json", NULL, &error);
+  ck_assert_ptr_null (missing);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_IO));
+  moshi_assert_error_contains (error, "HF_HUB_OFFLINE");
+  moshi_assert_error_contains (error, "config.json");
+  g_clear_error (&error);
+  g_autofree char *direct = moshi_hub_download ("test/offline", NULL, "config.json", NULL,
+      &error);
+  ck_assert_ptr_null (direct);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED));
+  g_autofree char *log_after = request_log ();
+  ck_assert_str_eq (log_after, log_before);
+
+  g_setenv ("HF_HUB_OFFLINE", "0", TRUE);
+  ck_assert (!moshi_hub_is_offline ());
+}
+END_TEST
+
+START_TEST (test_missing_file_names_repo_and_file)
+{
+  g_free (publish ("missing"));
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/missing:nope/tokenizer.model", NULL, &error);
+  ck_assert_ptr_null (path);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_IO));
+  moshi_assert_error_contains (error, "test/missing");
+  moshi_assert_error_contains (error, "nope/tokenizer.model");
+  moshi_assert_error_contains (error, "404");
+
+  g_clear_error (&error);
+  g_autofree char *no_repo = moshi_hub_resolve ("test/no-such-repo", "model.safetensors",
+      &error);
+  ck_assert_ptr_null (no_repo);
+  moshi_assert_error_contains (error, "test/no-such-repo");
+  moshi_assert_error_contains (error, "404");
+  g_autofree char *folder = g_build_filename (cache_dir, "models--test--no-such-repo", NULL);
+  ck_assert (!g_file_test (folder, G_FILE_TEST_EXISTS));
+}
+END_TEST
+
+START_TEST (test_redirect_of_renamed_repo)
+{
+  g_autofree guint8 *lm = publish ("renamed");
+  set_faults ("{\"renamed\": {\"old/name\": \"test/renamed\"}}");
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("old/name", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  /* Cached under the name asked for, as huggingface_hub does. */
+  g_autofree char *entry = cache_path ("models--old--name", "snapshots", COMMIT,
+      "model.safetensors");
+  ck_assert_str_eq (path, entry);
+  assert_file_equals (path, lm, LM_SIZE);
+}
+END_TEST
+
+START_TEST (test_token_is_sent)
+{
+  g_free (publish ("gated"));
+  g_setenv ("HF_TOKEN", "hf_secret", TRUE);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/gated:config.json", NULL, &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  g_autofree char *log = request_log ();
+  ck_assert_msg (strstr (log, "HEAD /test/gated/resolve/main/config.json - Bearer hf_secret")
+      != NULL, "%s", log);
+  ck_assert_uint_eq (count (log, "Bearer hf_secret"), count (log, "\n"));
+}
+END_TEST
+
+START_TEST (test_without_downloader)
+{
+  /* This build has libsoup: the other tests cover it. Without, each fetch says why. */
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_download ("test/x", NULL, "config.json", NULL, &error);
+  ck_assert_ptr_null (path);
+  ck_assert (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED));
+  moshi_assert_error_contains (error, "libsoup");
+}
+END_TEST
+
+static Suite *
+download_suite (void)
+{
+  Suite *suite = suite_create ("hub-download");
+  TCase *tc = tcase_create ("download");
+  if (moshi_hub_can_download ()) {
+    tcase_add_unchecked_fixture (tc, start_server, stop_server);
+    tcase_add_checked_fixture (tc, setup, teardown);
+    tcase_add_test (tc, test_fresh_download);
+    tcase_add_test (tc, test_interrupted_then_resumed);
+    tcase_add_test (tc, test_corrupted_blob_rejected);
+    tcase_add_test (tc, test_offline_with_full_cache);
+    tcase_add_test (tc, test_missing_file_names_repo_and_file);
+    tcase_add_test (tc, test_redirect_of_renamed_repo);
+    tcase_add_test (tc, test_token_is_sent);
+  } else {
+    tcase_add_test (tc, test_without_downloader);
+  }
+  suite_add_tcase (suite, tc);
+  return suite;
+}
+
+int
+main (void)
+{
+  return moshi_test_run_suite (download_suite ());
+}
