@@ -382,6 +382,62 @@ START_TEST (test_token_is_sent)
 }
 END_TEST
 
+START_TEST (test_optional_file)
+{
+  g_free (publish ("with-config"));
+  g_free (publish ("no-config"));
+  g_autofree char *server_config = g_build_filename (server_root, "repos", "test", "no-config",
+      "files", "config.json", NULL);
+  ck_assert_int_eq (g_unlink (server_config), 0);
+  g_autoptr (GError) error = NULL;
+
+  g_autofree char *present = moshi_hub_resolve_optional ("test/with-config", "config.json",
+      NULL, &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (present, "{\"dim\": 16}", 11);
+
+  /* Absent: no error, and the absence is remembered where huggingface_hub remembers it. */
+  g_autofree char *absent = moshi_hub_resolve_optional ("test/no-config", "config.json", NULL,
+      &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  ck_assert_ptr_null (absent);
+  g_autofree char *marker = cache_path ("models--test--no-config", ".no_exist", COMMIT,
+      "config.json");
+  ck_assert (g_file_test (marker, G_FILE_TEST_EXISTS));
+  g_autofree char *log_before = request_log ();
+  g_autofree char *again = moshi_hub_resolve_optional ("test/no-config", "config.json", NULL,
+      &error);
+  ck_assert_ptr_null (again);
+  ck_assert_ptr_null (error);
+  g_autofree char *log_after = request_log ();
+  ck_assert_str_eq (log_after, log_before);
+
+  /* A repository that does not exist is an error, not an absent file. */
+  g_autofree char *no_repo = moshi_hub_resolve_optional ("test/no-such-repo", "config.json",
+      NULL, &error);
+  ck_assert_ptr_null (no_repo);
+  moshi_assert_error_contains (error, "404");
+  g_clear_error (&error);
+
+  /* Offline with nothing cached: nothing to say, nothing asked. */
+  g_setenv ("HF_HUB_OFFLINE", "1", TRUE);
+  g_free (publish ("offline-config"));
+  g_autofree char *offline = moshi_hub_resolve_optional ("test/offline-config", "config.json",
+      NULL, &error);
+  ck_assert_ptr_null (offline);
+  ck_assert_ptr_null (error);
+
+  /* A folder: its own file or nothing. */
+  g_autofree char *folder_config = g_build_filename (tmp_dir, "folder", "config.json", NULL);
+  g_autofree char *folder = g_path_get_dirname (folder_config);
+  ck_assert_int_eq (g_mkdir_with_parents (folder, 0755), 0);
+  ck_assert_ptr_null (moshi_hub_resolve_optional (folder, "config.json", NULL, &error));
+  write_bytes (folder_config, "{}", 2);
+  g_autofree char *in_folder = moshi_hub_resolve_optional (folder, "config.json", NULL, &error);
+  ck_assert_str_eq (in_folder, folder_config);
+}
+END_TEST
+
 START_TEST (test_without_downloader)
 {
   /* This build has libsoup: the other tests cover it. Without, each fetch says why. */
@@ -408,6 +464,7 @@ download_suite (void)
     tcase_add_test (tc, test_missing_file_names_repo_and_file);
     tcase_add_test (tc, test_redirect_of_renamed_repo);
     tcase_add_test (tc, test_token_is_sent);
+    tcase_add_test (tc, test_optional_file);
   } else {
     tcase_add_test (tc, test_without_downloader);
   }

@@ -31,10 +31,12 @@ moshi_hub_can_download (void)
 }
 
 char *
-moshi_hub_download (const char *repo_id, const char *revision, const char *filename,
-    const MoshiHubOptions *options, GError **error)
+moshi_hub_download_checked (const char *repo_id, const char *revision, const char *filename,
+    const MoshiHubOptions *options, gboolean *missing, GError **error)
 {
   (void) options;
+  if (missing)
+    *missing = FALSE;
   g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_UNSUPPORTED,
       "cannot download %s from the Hugging Face repository %s (revision %s): this build of "
       "libmoshi has no downloader (libsoup 3 was not found when it was built); fetch it with "
@@ -73,6 +75,7 @@ typedef struct {
   GUri *endpoint;               /* the token goes to this host only */
   const MoshiHubOptions *options;
   SoupSession *session;
+  char *missing_commit;         /* set when the hub said the repo has no such file */
 } Fetch;
 
 /* What the hub says about a file before it is downloaded. */
@@ -285,6 +288,10 @@ fetch_metadata (Fetch *f, Metadata *meta, GError **error)
     guint status = soup_message_get_status (msg);
     gboolean redirect = SOUP_STATUS_IS_REDIRECTION (status);
     if (!redirect && !SOUP_STATUS_IS_SUCCESSFUL (status)) {
+      /* The hub answers a missing file of an existing repository with the commit it looked
+       * in, which lets that absence be remembered. */
+      if (status == SOUP_STATUS_NOT_FOUND)
+        f->missing_commit = header_value (msg, "X-Repo-Commit");
       set_status_error (f, msg, url, error);
       return FALSE;
     }
@@ -642,11 +649,33 @@ store (Fetch *f, const Metadata *meta, GError **error)
   return ok ? g_steal_pointer (&entry) : NULL;
 }
 
+/* Remembers that the repo has no such file at commit, where huggingface_hub does
+ * (.no_exist/<commit>/<file>), so that asking again needs no request. */
+static void
+mark_missing (Fetch *f, const char *commit)
+{
+  if (!moshi_hub_is_commit (commit))
+    return;
+  g_autofree char *cache = moshi_hub_cache_dir (NULL);
+  g_autofree char *owner = g_strndup (f->repo_id, strcspn (f->repo_id, "/"));
+  g_autofree char *folder = g_strdup_printf ("models--%s--%s", owner,
+      strchr (f->repo_id, '/') + 1);
+  g_autofree char *repo_dir = g_build_filename (cache, folder, NULL);
+  g_autofree char *marker = g_build_filename (repo_dir, ".no_exist", commit, f->filename, NULL);
+  g_autofree char *dir = g_path_get_dirname (marker);
+  if (g_mkdir_with_parents (dir, 0755) == 0)
+    g_file_set_contents (marker, "", 0, NULL);
+  if (strcmp (f->revision, commit) != 0)
+    write_ref (repo_dir, f->revision, commit, NULL);
+}
+
 char *
-moshi_hub_download (const char *repo_id, const char *revision, const char *filename,
-    const MoshiHubOptions *options, GError **error)
+moshi_hub_download_checked (const char *repo_id, const char *revision, const char *filename,
+    const MoshiHubOptions *options, gboolean *missing, GError **error)
 {
   g_return_val_if_fail (repo_id != NULL && filename != NULL, NULL);
+  if (missing)
+    *missing = FALSE;
   static const MoshiHubOptions no_options = { 0 };
   if (revision == NULL)
     revision = "main";
@@ -695,6 +724,12 @@ moshi_hub_download (const char *repo_id, const char *revision, const char *filen
   char *result = NULL;
   if (fetch_metadata (&f, &meta, error))
     result = store (&f, &meta, error);
+  else if (f.missing_commit != NULL) {
+    mark_missing (&f, f.missing_commit);
+    if (missing)
+      *missing = TRUE;
+  }
+  g_free (f.missing_commit);
   metadata_clear (&meta);
   if (f.token != NULL)
     memset (f.token, 0, strlen (f.token));
@@ -703,3 +738,10 @@ moshi_hub_download (const char *repo_id, const char *revision, const char *filen
 }
 
 #endif /* MOSHI_HAVE_SOUP */
+
+char *
+moshi_hub_download (const char *repo_id, const char *revision, const char *filename,
+    const MoshiHubOptions *options, GError **error)
+{
+  return moshi_hub_download_checked (repo_id, revision, filename, options, NULL, error);
+}

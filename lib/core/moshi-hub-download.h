@@ -56,6 +56,15 @@ gboolean moshi_hub_is_offline (void);
 char *moshi_hub_resolve_full (const char *spec, const char *default_filename,
     const MoshiHubOptions *options, GError **error);
 
+/* A file that a repository or folder may lack (its config.json): the path when source (a
+ * folder, or a repo id owner/name[@revision]) has filename, from the cache or downloaded;
+ * NULL without an error when it does not have it: the folder lacks it, the hub answers 404
+ * (remembered in the cache's .no_exist/ as huggingface_hub does), or, offline or without a
+ * downloader, the cache has no copy. NULL with an error when the question could not be
+ * answered (network, corrupted download). */
+char *moshi_hub_resolve_optional (const char *source, const char *filename,
+    const MoshiHubOptions *options, GError **error);
+
 /* Asks the hub for filename of repo_id ("owner/name") at revision (NULL: "main") and makes
  * sure the cache holds it, downloading the content when its blob is absent. Returns the path
  * of the snapshot entry. Errors name the repo, the file, the revision and the URL: a missing

@@ -4,6 +4,8 @@
 
 #include <glib.h>
 
+#include "moshi-hub-download.h"
+
 G_BEGIN_DECLS
 
 /* "owner/name" with hub-legal characters, neither part "." or "..". */
@@ -12,5 +14,11 @@ G_GNUC_INTERNAL gboolean moshi_hub_valid_repo_id (const char *repo_id);
 G_GNUC_INTERNAL gboolean moshi_hub_valid_relative_path (const char *path);
 /* 40 hex digits. */
 G_GNUC_INTERNAL gboolean moshi_hub_is_commit (const char *s);
+
+/* moshi_hub_download, telling apart a file the repository lacks (*missing TRUE: the hub said
+ * 404 for it in an existing repository; remembered in the cache) from other failures. */
+G_GNUC_INTERNAL char *moshi_hub_download_checked (const char *repo_id, const char *revision,
+    const char *filename, const MoshiHubOptions *options, gboolean *missing,
+    GError **error);
 
 G_END_DECLS

@@ -157,6 +157,14 @@ invalid:
   return FALSE;
 }
 
+static char *
+repo_folder (const RepoSpec *repo)
+{
+  g_autofree char *cache = moshi_hub_cache_dir (NULL);
+  g_autofree char *folder = g_strdup_printf ("models--%s--%s", repo->owner, repo->name);
+  return g_build_filename (cache, folder, NULL);
+}
+
 /* The cached path of filename, or NULL with miss (what is absent from the cache) set, or
  * NULL with error set when the cache is damaged. */
 static char *
@@ -164,9 +172,8 @@ find_in_cache (const char *spec, const RepoSpec *repo, const char *filename, cha
     GError **error)
 {
   const char *origin;
-  g_autofree char *cache = moshi_hub_cache_dir (&origin);
-  g_autofree char *folder = g_strdup_printf ("models--%s--%s", repo->owner, repo->name);
-  g_autofree char *repo_dir = g_build_filename (cache, folder, NULL);
+  g_free (moshi_hub_cache_dir (&origin));
+  g_autofree char *repo_dir = repo_folder (repo);
   g_autofree char *where = g_strcmp0 (origin, "default") == 0
       ? g_strdup ("the default cache directory")
       : g_strdup_printf ("cache directory from $%s", origin);
@@ -201,6 +208,27 @@ find_in_cache (const char *spec, const RepoSpec *repo, const char *filename, cha
         "is not in the local hub cache: %s does not exist (%s, revision %s)", spec, path, where,
         repo->revision);
   return NULL;
+}
+
+/* TRUE when the cache remembers that the hub has no such file at the revision
+ * (.no_exist/<commit>/<file>, written by huggingface_hub and by moshi_hub_download). */
+static gboolean
+known_missing (const RepoSpec *repo, const char *filename)
+{
+  g_autofree char *repo_dir = repo_folder (repo);
+  g_autofree char *commit = NULL;
+  if (is_commit_hash (repo->revision)) {
+    commit = g_strdup (repo->revision);
+  } else {
+    g_autofree char *ref_path = g_build_filename (repo_dir, "refs", repo->revision, NULL);
+    if (!g_file_get_contents (ref_path, &commit, NULL, NULL))
+      return FALSE;
+    g_strstrip (commit);
+    if (!is_safe_relative_path (commit) || strchr (commit, '/') != NULL)
+      return FALSE;
+  }
+  g_autofree char *marker = g_build_filename (repo_dir, ".no_exist", commit, filename, NULL);
+  return g_file_test (marker, G_FILE_TEST_EXISTS);
 }
 
 /* The cache first; the hub when the file is not there and downloads are possible. */
@@ -277,6 +305,41 @@ moshi_hub_resolve_full (const char *spec, const char *default_filename,
         repo.owner, repo.name);
   } else {
     path = resolve_repo_file (spec, &repo, filename, options, error);
+  }
+  repo_spec_clear (&repo);
+  return path;
+}
+
+char *
+moshi_hub_resolve_optional (const char *source, const char *filename,
+    const MoshiHubOptions *options, GError **error)
+{
+  g_return_val_if_fail (source != NULL && filename != NULL, NULL);
+  if (g_file_test (source, G_FILE_TEST_IS_DIR)) {
+    char *inside = g_build_filename (source, filename, NULL);
+    if (g_file_test (inside, G_FILE_TEST_IS_REGULAR))
+      return inside;
+    g_free (inside);
+    return NULL;
+  }
+  RepoSpec repo;
+  /* A file has no repository around it; a spec that is no repo id has nothing to look in. */
+  if (g_file_test (source, G_FILE_TEST_EXISTS) || !parse_repo_spec (source, &repo))
+    return NULL;
+
+  g_autofree char *miss = NULL;
+  char *path = find_in_cache (source, &repo, filename, &miss, error);
+  if (path == NULL && miss != NULL && !known_missing (&repo, filename)
+      && moshi_hub_can_download () && !moshi_hub_is_offline ()) {
+    g_autofree char *repo_id = g_strdup_printf ("%s/%s", repo.owner, repo.name);
+    gboolean missing = FALSE;
+    GError *local = NULL;
+    path = moshi_hub_download_checked (repo_id, repo.revision, filename, options, &missing,
+        &local);
+    if (path == NULL && !missing)
+      g_propagate_error (error, local);
+    else
+      g_clear_error (&local);
   }
   repo_spec_clear (&repo);
   return path;
