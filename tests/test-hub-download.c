@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "moshi-dialog-load.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
 #include "moshi-hub-download.h"
@@ -438,6 +439,157 @@ START_TEST (test_optional_file)
 }
 END_TEST
 
+/* ---- whole conversation models ---- */
+
+/* Serves a copy of a file under tests/data as <file> of test/<repo>. */
+static void
+publish_data (const char *repo, const char *file, const char *data_file)
+{
+  g_autofree char *src = moshi_test_data_path (data_file);
+  g_autofree char *contents = NULL;
+  gsize len = 0;
+  ck_assert_msg (g_file_get_contents (src, &contents, &len, NULL), "cannot read %s", src);
+  g_autofree char *dir = g_build_filename (server_root, "repos", "test", repo, NULL);
+  g_autofree char *commit = g_build_filename (dir, "commit", NULL);
+  g_autofree char *dest = g_build_filename (dir, "files", file, NULL);
+  write_bytes (commit, COMMIT, strlen (COMMIT));
+  write_bytes (dest, contents, len);
+}
+
+/* The LM's config with the Mimi file renamed through "mimi_name", as upstream configs do. */
+static void
+publish_config (const char *repo)
+{
+  g_autofree char *src = moshi_test_data_path ("lm/dialog/config.json");
+  g_autofree char *contents = NULL;
+  ck_assert (g_file_get_contents (src, &contents, NULL, NULL));
+  char *brace = strchr (contents, '{');
+  ck_assert_ptr_nonnull (brace);
+  g_autofree char *named = g_strdup_printf ("{\"mimi_name\": \"mimi.safetensors\", %s",
+      brace + 1);
+  g_autofree char *dest = g_build_filename (server_root, "repos", "test", repo, "files",
+      "config.json", NULL);
+  write_bytes (dest, named, strlen (named));
+}
+
+static MoshiDialogLoadOptions
+small_mimi_options (void)
+{
+  static char *mimi_config;
+  if (mimi_config == NULL)
+    mimi_config = moshi_test_data_path ("mimi/small/config.json");
+  MoshiDialogLoadOptions o = moshi_dialog_load_options_default ();
+  o.device = MOSHI_DEVICE_CPU;
+  o.mimi_config = mimi_config;
+  return o;
+}
+
+START_TEST (test_dialog_model_from_repo)
+{
+  publish_data ("dialog", "model.safetensors", "lm/dialog/model.safetensors");
+  publish_data ("dialog", "mimi.safetensors", "mimi/small/model.safetensors");
+  publish_data ("dialog", "tokenizer_spm_32k_3.model", "tokenizer/tiny.model");
+  publish_config ("dialog");
+
+  Progress pr = { 0 };
+  MoshiDialogLoadOptions o = small_mimi_options ();
+  o.hub.progress = on_progress;
+  o.hub.user_data = &pr;
+  MoshiDialogLoadInfo info = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (MoshiDialogModel) model = moshi_dialog_model_load ("test/dialog", &o, &info,
+      &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (info.failed, MOSHI_DIALOG_PART_NONE);
+
+  /* config.json was fetched and used: the tiny LM loads only with it. */
+  g_autofree char *config = cache_path ("models--test--dialog", "snapshots", COMMIT,
+      "config.json");
+  ck_assert_str_eq (info.lm_config, config);
+  g_autofree char *mimi = cache_path ("models--test--dialog", "snapshots", COMMIT,
+      "mimi.safetensors");
+  ck_assert_str_eq (info.mimi_path, mimi);
+  ck_assert_ptr_nonnull (info.tokenizer_path);
+  ck_assert_int_eq (moshi_dialog_model_frame_size (model), 1920);
+  ck_assert_uint_ge (pr.calls, 4);      /* two LFS files, each reported started and done */
+  g_free (pr.filename);
+  moshi_dialog_load_info_clear (&info);
+}
+END_TEST
+
+START_TEST (test_dialog_model_from_folder)
+{
+  /* Kyutai's file names, no tokenizer, a config.json beside the weights. */
+  g_autofree char *folder = g_build_filename (tmp_dir, "moshi", NULL);
+  static const char *const files[][2] = {
+    { "model.safetensors", "lm/dialog/model.safetensors" },
+    { "config.json", "lm/dialog/config.json" },
+    { MOSHI_HUB_MIMI_FILENAME, "mimi/small/model.safetensors" },
+  };
+  ck_assert_int_eq (g_mkdir_with_parents (folder, 0755), 0);
+  for (gsize i = 0; i < G_N_ELEMENTS (files); i++) {
+    g_autofree char *link = g_build_filename (folder, files[i][0], NULL);
+    g_autofree char *target = moshi_test_data_path (files[i][1]);
+    g_autofree char *absolute = g_canonicalize_filename (target, NULL);
+    ck_assert_int_eq (symlink (absolute, link), 0);
+  }
+  MoshiDialogLoadOptions o = small_mimi_options ();
+  MoshiDialogLoadInfo info = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (MoshiDialogModel) model = moshi_dialog_model_load (folder, &o, &info, &error);
+  ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  ck_assert_ptr_null (info.tokenizer_path);
+  ck_assert_ptr_null (moshi_dialog_model_display (model, 5));
+  moshi_dialog_load_info_clear (&info);
+
+  /* The LM named on its own: its folder is the source. */
+  g_autofree char *lm = g_build_filename (folder, "model.safetensors", NULL);
+  o.lm = folder;
+  g_autoptr (MoshiDialogModel) again = moshi_dialog_model_load (NULL, &o, &info, &error);
+  ck_assert_msg (again != NULL, "%s", error ? error->message : "");
+  ck_assert_str_eq (info.lm_path, lm);
+  moshi_dialog_load_info_clear (&info);
+
+  /* A plain LM file has no folder to take config or Mimi from. */
+  o.lm = lm;
+  g_autoptr (MoshiDialogModel) none = moshi_dialog_model_load (NULL, &o, &info, &error);
+  ck_assert_ptr_null (none);
+  ck_assert_int_eq (info.failed, MOSHI_DIALOG_PART_LM);   /* Moshi 7B's config does not fit */
+  ck_assert (!info.not_found);
+  moshi_dialog_load_info_clear (&info);
+}
+END_TEST
+
+START_TEST (test_dialog_model_failures_name_the_part)
+{
+  publish_data ("no-mimi", "model.safetensors", "lm/dialog/model.safetensors");
+  publish_data ("no-mimi", "config.json", "lm/dialog/config.json");
+  MoshiDialogLoadOptions o = small_mimi_options ();
+  MoshiDialogLoadInfo info = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (MoshiDialogModel) model = moshi_dialog_model_load ("test/no-mimi", &o, &info,
+      &error);
+  ck_assert_ptr_null (model);
+  ck_assert_int_eq (info.failed, MOSHI_DIALOG_PART_MIMI);
+  ck_assert (info.not_found);
+  moshi_assert_error_contains (error, "test/no-mimi");
+  moshi_assert_error_contains (error, MOSHI_HUB_MIMI_FILENAME);
+  ck_assert_str_eq (moshi_dialog_part_name (info.failed), "Mimi model");
+  moshi_dialog_load_info_clear (&info);
+
+  /* The wrong config.json: the LM fails to load, found but unusable. */
+  publish_data ("bad-config", "model.safetensors", "lm/dialog/model.safetensors");
+  publish_data ("bad-config", "config.json", "lm/small7b/config.json");
+  g_clear_error (&error);
+  model = moshi_dialog_model_load ("test/bad-config", &o, &info, &error);
+  ck_assert_ptr_null (model);
+  ck_assert_int_eq (info.failed, MOSHI_DIALOG_PART_LM);
+  ck_assert (!info.not_found);
+  ck_assert_ptr_nonnull (info.lm_config);
+  moshi_dialog_load_info_clear (&info);
+}
+END_TEST
+
 START_TEST (test_without_downloader)
 {
   /* This build has libsoup: the other tests cover it. Without, each fetch says why. */
@@ -465,6 +617,9 @@ download_suite (void)
     tcase_add_test (tc, test_redirect_of_renamed_repo);
     tcase_add_test (tc, test_token_is_sent);
     tcase_add_test (tc, test_optional_file);
+    tcase_add_test (tc, test_dialog_model_from_repo);
+    tcase_add_test (tc, test_dialog_model_from_folder);
+    tcase_add_test (tc, test_dialog_model_failures_name_the_part);
   } else {
     tcase_add_test (tc, test_without_downloader);
   }
