@@ -102,6 +102,12 @@ G_GNUC_INTERNAL void gst_moshi_post_load_error (GstElement * element,
     const gchar * what, const gchar * model, const gchar * path,
     const gchar * config, const GError * error, const gchar * details);
 
+/* FALSE, after posting a RESOURCE/SETTINGS element error, when the elements cannot use
+ * mimi (a rate other than their 24 kHz, several channels, codebooks past 16 bits). */
+G_GNUC_INTERNAL gboolean gst_moshi_check_mimi (GstElement * element,
+    MoshiMimi * mimi, const gchar * model, const gchar * path,
+    const gchar * config);
+
 /* Makes sure loaded holds the model the element's current settings name, loading it (through
  * the process-wide shared registry) when needed. On failure posts an element error naming
  * the file and returns FALSE. */

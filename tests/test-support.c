@@ -1,6 +1,5 @@
 #include "test-support.h"
 
-#include <glib/gstdio.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,24 +11,6 @@ moshi_test_data_path (const char *relative)
   if (dir == NULL)
     dir = "tests/data";
   return g_build_filename (dir, relative, NULL);
-}
-
-void
-moshi_test_remove_tree (const char *path)
-{
-  if (!g_file_test (path, G_FILE_TEST_IS_SYMLINK) && g_file_test (path, G_FILE_TEST_IS_DIR)) {
-    GDir *dir = g_dir_open (path, 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name (dir)) != NULL) {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-      moshi_test_remove_tree (child);
-    }
-    if (dir)
-      g_dir_close (dir);
-    g_rmdir (path);
-  } else {
-    g_unlink (path);
-  }
 }
 
 MoshiDevice

@@ -17,9 +17,6 @@ MoshiDevice moshi_test_device (void);
  * GPU can be used, and makes Check run in this process (a CUDA context does not survive fork). */
 void moshi_test_require_device (void);
 
-/* Deletes a file or a folder with everything in it; symbolic links are removed, not followed. */
-void moshi_test_remove_tree (const char *path);
-
 /* Runs a suite (CK_NORMAL output) and returns the process exit status. */
 int moshi_test_run_suite (Suite *suite);
 

@@ -390,9 +390,9 @@ report (Fetch *f, guint64 done, guint64 total, gboolean finished, gint64 *last_u
   gint64 now = g_get_monotonic_time ();
   if (!finished && *last_us != 0 && now - *last_us < PROGRESS_INTERVAL_US)
     return;
-  *last_us = now;
   MoshiHubProgress p = { .repo_id = f->repo_id, .filename = f->filename, .downloaded = done,
-    .total = total, .done = finished };
+    .total = total, .started = *last_us == 0, .done = finished };
+  *last_us = now;
   f->options->progress (&p, f->options->user_data);
 }
 

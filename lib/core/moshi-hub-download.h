@@ -32,6 +32,7 @@ typedef struct {
   const char *filename;
   guint64 downloaded;           /* bytes of the file so far, a resumed part included */
   guint64 total;                /* 0 when the server did not say */
+  gboolean started;             /* the first report of this download */
   gboolean done;                /* the last report of this file: complete and checked */
 } MoshiHubProgress;
 
