@@ -4,11 +4,10 @@
  * One server runs for the whole suite; each test gets its own cache and its own repository
  * names, and sets the server's faults (faults.json) as it needs them. */
 #include <glib/gstdio.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "hub-server-util.h"
 #include "moshi-dialog-load.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
@@ -18,8 +17,8 @@
 #define COMMIT "0123456789abcdef0123456789abcdef01234567"
 #define LM_SIZE (300 * 1000)
 
-static char *server_root;
-static GPid server_pid;
+static MoshiTestHub hub;
+static char *server_root;       /* hub.root and hub.endpoint, in the tests' own words */
 static char *endpoint;
 static char *tmp_dir;
 static char *cache_dir;
@@ -37,39 +36,17 @@ write_bytes (const char *path, const void *data, gsize len)
 static void
 start_server (void)
 {
-  const char *script = g_getenv ("MOSHI_HUB_SERVER");
-  ck_assert_msg (script != NULL, "MOSHI_HUB_SERVER is not set (run through meson test)");
-  server_root = g_dir_make_tmp ("moshi-hub-server-XXXXXX", NULL);
-  const char *argv[] = { "python3", script, server_root, NULL };
-  gint out_fd;
   g_autoptr (GError) error = NULL;
-  ck_assert_msg (g_spawn_async_with_pipes (NULL, (char **) argv, NULL,
-          G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &server_pid, NULL,
-          &out_fd, NULL, &error), "%s", error ? error->message : "");
-  /* The server prints its port once it listens. */
-  char line[32] = { 0 };
-  gsize len = 0;
-  while (len < sizeof line - 1) {
-    ssize_t n = read (out_fd, line + len, 1);
-    if (n <= 0 || line[len] == '\n')
-      break;
-    len++;
-  }
-  line[len] = '\0';
-  close (out_fd);
-  ck_assert_msg (len > 0, "the hub server did not start");
-  endpoint = g_strdup_printf ("http://127.0.0.1:%s", line);
+  ck_assert_msg (moshi_test_hub_start (&hub, &error), "%s", error ? error->message : "");
+  server_root = hub.root;
+  endpoint = hub.endpoint;
 }
 
 static void
 stop_server (void)
 {
-  kill (server_pid, SIGTERM);
-  waitpid (server_pid, NULL, 0);
-  g_spawn_close_pid (server_pid);
-  moshi_test_remove_tree (server_root);
-  g_clear_pointer (&server_root, g_free);
-  g_clear_pointer (&endpoint, g_free);
+  moshi_test_hub_stop (&hub);
+  server_root = endpoint = NULL;
 }
 
 static void
@@ -118,6 +95,15 @@ teardown (void)
   g_clear_pointer (&cache_dir, g_free);
 }
 
+static void
+publish_file (const char *repo, const char *file, const void *data, gsize len)
+{
+  g_autofree char *repo_id = g_strdup_printf ("test/%s", repo);
+  g_autoptr (GError) error = NULL;
+  ck_assert_msg (moshi_test_hub_publish (&hub, repo_id, COMMIT, file, data, len, &error), "%s",
+      error ? error->message : "");
+}
+
 /* Publishes repository test/<name> on the server: a large LFS file and a small config. */
 static guint8 *
 publish (const char *name)
@@ -127,13 +113,8 @@ publish (const char *name)
   moshi_test_rng_init (&rng, 7);
   for (gsize i = 0; i < LM_SIZE; i++)
     lm[i] = (guint8) (moshi_test_rng_uniform (&rng) * 127 + 128);
-  g_autofree char *repo = g_build_filename (server_root, "repos", "test", name, NULL);
-  g_autofree char *commit = g_build_filename (repo, "commit", NULL);
-  g_autofree char *lm_path = g_build_filename (repo, "files", "model.safetensors", NULL);
-  g_autofree char *config = g_build_filename (repo, "files", "config.json", NULL);
-  write_bytes (commit, COMMIT, strlen (COMMIT));
-  write_bytes (lm_path, lm, LM_SIZE);
-  write_bytes (config, "{\"dim\": 16}", 11);
+  publish_file (name, "model.safetensors", lm, LM_SIZE);
+  publish_file (name, "config.json", "{\"dim\": 16}", 11);
   return lm;
 }
 
@@ -164,6 +145,7 @@ static void
 on_progress (const MoshiHubProgress *p, gpointer user_data)
 {
   Progress *pr = user_data;
+  ck_assert (p->started == (pr->calls == 0 || pr->last_done));
   if (pr->calls++ == 0) {
     pr->first_downloaded = p->downloaded;
     pr->first_done = p->done;
@@ -449,11 +431,7 @@ publish_data (const char *repo, const char *file, const char *data_file)
   g_autofree char *contents = NULL;
   gsize len = 0;
   ck_assert_msg (g_file_get_contents (src, &contents, &len, NULL), "cannot read %s", src);
-  g_autofree char *dir = g_build_filename (server_root, "repos", "test", repo, NULL);
-  g_autofree char *commit = g_build_filename (dir, "commit", NULL);
-  g_autofree char *dest = g_build_filename (dir, "files", file, NULL);
-  write_bytes (commit, COMMIT, strlen (COMMIT));
-  write_bytes (dest, contents, len);
+  publish_file (repo, file, contents, len);
 }
 
 /* The LM's config with the Mimi file renamed through "mimi_name", as upstream configs do. */
@@ -467,9 +445,7 @@ publish_config (const char *repo)
   ck_assert_ptr_nonnull (brace);
   g_autofree char *named = g_strdup_printf ("{\"mimi_name\": \"mimi.safetensors\", %s",
       brace + 1);
-  g_autofree char *dest = g_build_filename (server_root, "repos", "test", repo, "files",
-      "config.json", NULL);
-  write_bytes (dest, named, strlen (named));
+  publish_file (repo, "config.json", named, strlen (named));
 }
 
 static MoshiDialogLoadOptions

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hub-server-util.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
 #include "test-support.h"
