@@ -1,6 +1,8 @@
 /* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
 #include "moshi-error.h"
 #include "moshi-dialog.h"
+#include "moshi-dialog-load.h"
+#include "moshi-hub.h"
 #include "moshi-lm.h"
 #include "moshi-tokenizer.h"
 #include "moshi-mimi.h"
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int (*CommandFunc) (int argc, char **argv);
 
@@ -195,8 +198,37 @@ cmd_info (int argc, char **argv)
   return 0;
 }
 
+/* ------------------------------------------------------------------ model downloads */
+
+/* One line per file on stderr: rewritten in place on a terminal, its start and end in a
+ * log. */
+static void
+print_download_progress (const MoshiHubProgress *p, gpointer user_data)
+{
+  (void) user_data;
+  static int tty = -1;
+  if (tty < 0)
+    tty = isatty (STDERR_FILENO);
+  if (!tty && !p->started && !p->done)
+    return;
+  double mb = p->downloaded / 1e6, total = p->total / 1e6;
+  if (p->done)
+    g_printerr ("%sdownloaded %s from %s (%.1f MB)\n", tty ? "\r\033[K" : "", p->filename,
+        p->repo_id, mb);
+  else if (p->total > 0)
+    g_printerr ("%sdownloading %s from %s: %3d%% (%.1f of %.1f MB)%s", tty ? "\r\033[K" : "",
+        p->filename, p->repo_id, (int) (p->downloaded * 100 / p->total), mb, total,
+        tty ? "" : "\n");
+  else
+    g_printerr ("%sdownloading %s from %s: %.1f MB%s", tty ? "\r\033[K" : "", p->filename,
+        p->repo_id, mb, tty ? "" : "\n");
+}
+
+static const MoshiHubOptions download_options = { .progress = print_download_progress };
+
 /* ------------------------------------------------------------------ encode / decode */
 
+/* model: a file, a folder holding Mimi, or a Hugging Face repo id (downloaded if needed). */
 static MoshiMimi *
 load_mimi (const char *model, const char *config, const char *device, GError **error)
 {
@@ -206,7 +238,9 @@ load_mimi (const char *model, const char *config, const char *device, GError **e
         "--device=%s: expected auto, cpu or cuda", device);
     return NULL;
   }
-  return moshi_mimi_load (model, config, &opts, error);
+  g_autofree char *path = moshi_hub_resolve_full (model, MOSHI_HUB_MIMI_FILENAME,
+      &download_options, error);
+  return path ? moshi_mimi_load (path, config, &opts, error) : NULL;
 }
 
 static int
@@ -842,15 +876,16 @@ static int
 cmd_chat (int argc, char **argv)
 {
   g_autofree char *model = NULL, *lm_config = NULL, *mimi_model = NULL, *mimi_config = NULL;
-  g_autofree char *tokenizer_path = NULL, *device = NULL;
+  g_autofree char *tokenizer_path = NULL, *device = NULL, *hf_repo = NULL;
   int threads = 0;
   SamplingOptions sampling;
   GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights (safetensors)", "W" },
-    { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: Moshi 7B)", "C" },
-    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights (safetensors)", "W" },
+    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &hf_repo, "Hugging Face repo id (owner/name[@revision]) or folder holding the LM, Mimi, the tokenizer and config.json; downloaded when not in the hub cache (e.g. kyutai/moshiko-pytorch-bf16)", "R" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights: a safetensors file, folder or repo id (default: from --hf-repo)", "W" },
+    { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: the repo's config.json, else Moshi 7B)", "C" },
+    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: a safetensors file, folder or repo id (default: the LM's repo or folder)", "W" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON (default: released Mimi)", "C" },
-    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript", "T" },
+    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript (default: the repo's, if any)", "T" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
     { NULL }
@@ -860,29 +895,31 @@ cmd_chat (int argc, char **argv)
   add_sampling_options (ctx, &sampling);
   if (!parse_options (ctx, &argc, &argv, 2))
     return 2;
-  if (model == NULL || mimi_model == NULL) {
-    g_printerr ("moshi-tool chat: --model and --mimi-model are required\n");
+  if (hf_repo == NULL && model == NULL) {
+    g_printerr ("moshi-tool chat: give --hf-repo, or --model (and --mimi-model when the LM is a file)\n");
     return 2;
   }
   if (!check_int_option ("chat", "threads", threads, 0, MAX_THREADS)
       || !check_sampling_options ("chat", &sampling))
     return 2;
   GError *error = NULL;
-  MoshiLmLoadOptions lm_opts;
-  if (!parse_device (device, &lm_opts.device))
+  MoshiDialogLoadOptions load = moshi_dialog_load_options_default ();
+  if (!parse_device (device, &load.device))
     return 2;
-  g_autoptr (MoshiLm) lm = moshi_lm_load (model, lm_config, &lm_opts, &error);
-  if (lm == NULL)
+  load.lm = model;
+  load.lm_config = lm_config;
+  load.mimi = mimi_model;
+  load.mimi_config = mimi_config;
+  load.tokenizer = tokenizer_path;
+  load.hub = download_options;
+  MoshiDialogLoadInfo info = { 0 };
+  g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_load (hf_repo, &load, &info, &error);
+  if (dm == NULL) {
+    g_prefix_error (&error, "%s: ", moshi_dialog_part_name (info.failed));
+    moshi_dialog_load_info_clear (&info);
     return fail (error);
-  g_autoptr (MoshiMimi) mimi = load_mimi (mimi_model, mimi_config, device, &error);
-  if (mimi == NULL)
-    return fail (error);
-  g_autoptr (MoshiTokenizer) tok = NULL;
-  if (tokenizer_path && (tok = moshi_tokenizer_load (tokenizer_path, &error)) == NULL)
-    return fail (error);
-  g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_new (lm, mimi, tok, &error);
-  if (dm == NULL)
-    return fail (error);
+  }
+  moshi_dialog_load_info_clear (&info);
   g_autoptr (MoshiDialog) dialog = moshi_dialog_new (dm, sampling_options_params (&sampling), threads, &error);
   if (dialog == NULL)
     return fail (error);

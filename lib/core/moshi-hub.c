@@ -275,7 +275,9 @@ moshi_hub_resolve_full (const char *spec, const char *default_filename,
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "no model file given");
     return NULL;
   }
-  if (g_file_test (spec, G_FILE_TEST_IS_REGULAR))
+  /* Any existing non-directory, so that the loader, not the resolver, says what is wrong
+   * with a FIFO or a device given as a model. */
+  if (g_file_test (spec, G_FILE_TEST_EXISTS) && !g_file_test (spec, G_FILE_TEST_IS_DIR))
     return g_strdup (spec);
   if (g_file_test (spec, G_FILE_TEST_IS_DIR)) {
     /* A snapshot directory copied out of a cache, or any folder holding the usual file. */
