@@ -82,6 +82,11 @@ setup (void)
   g_unsetenv ("HF_TOKEN");
   g_unsetenv ("HUGGING_FACE_HUB_TOKEN");
   g_unsetenv ("HF_TOKEN_PATH");
+  /* Proxies only where a test sets them. */
+  static const char *const proxies[] = { "HTTP_PROXY", "http_proxy", "HTTPS_PROXY",
+    "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy" };
+  for (guint i = 0; i < G_N_ELEMENTS (proxies); i++)
+    g_unsetenv (proxies[i]);
   set_faults (NULL);
   g_autofree char *log = g_build_filename (server_root, "requests.log", NULL);
   g_unlink (log);
@@ -365,6 +370,24 @@ START_TEST (test_token_is_sent)
 }
 END_TEST
 
+START_TEST (test_proxy_from_environment)
+{
+  /* The stand-in hub doubles as the proxy: a hub name that does not resolve is reached
+   * only through it. */
+  g_autofree guint8 *lm = publish ("proxied");
+  g_setenv ("HF_ENDPOINT", "http://hub.invalid", TRUE);
+  g_setenv ("HTTP_PROXY", endpoint, TRUE);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/proxied", "model.safetensors", &error);
+  g_unsetenv ("HTTP_PROXY");
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (path, lm, LM_SIZE);
+  g_autofree char *log = request_log ();
+  ck_assert_msg (strstr (log, "HEAD http://hub.invalid/test/proxied/resolve/main/") != NULL,
+      "%s", log);
+}
+END_TEST
+
 START_TEST (test_optional_file)
 {
   g_free (publish ("with-config"));
@@ -593,6 +616,7 @@ download_suite (void)
     tcase_add_test (tc, test_redirect_of_renamed_repo);
     tcase_add_test (tc, test_token_is_sent);
     tcase_add_test (tc, test_optional_file);
+    tcase_add_test (tc, test_proxy_from_environment);
     tcase_add_test (tc, test_dialog_model_from_repo);
     tcase_add_test (tc, test_dialog_model_from_folder);
     tcase_add_test (tc, test_dialog_model_failures_name_the_part);

@@ -243,7 +243,11 @@ prefix_network_error (Fetch *f, const char *url, GError **error)
 {
   g_autoptr (GString) what = g_string_new (NULL);
   describe (f, what);
-  g_prefix_error (error, "could not download %s: %s: ", what->str, url);
+  /* The resolve URL is in the description already; a CDN's is not. */
+  if (strcmp (url, f->url) == 0)
+    g_prefix_error (error, "could not download %s: ", what->str);
+  else
+    g_prefix_error (error, "could not download %s: %s: ", what->str, url);
 }
 
 static void
@@ -615,6 +619,38 @@ lock_blob (const char *cache, const char *folder, const char *etag, GError **err
   return fd;
 }
 
+static const char *
+env_either (const char *upper, const char *lower)
+{
+  const char *v = g_getenv (upper);
+  if (v == NULL || *v == '\0')
+    v = g_getenv (lower);
+  return v != NULL && *v != '\0' ? v : NULL;
+}
+
+/* Proxies from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, as huggingface_hub (through
+ * requests) takes them; NULL: none. Not GIO's default resolver, which may load libproxy and
+ * follow desktop settings that the Python tools ignore. */
+static GProxyResolver *
+proxy_from_env (void)
+{
+  const char *https = env_either ("HTTPS_PROXY", "https_proxy");
+  const char *http = env_either ("HTTP_PROXY", "http_proxy");
+  const char *all = env_either ("ALL_PROXY", "all_proxy");
+  if (https == NULL && http == NULL && all == NULL)
+    return NULL;
+  const char *no_proxy = env_either ("NO_PROXY", "no_proxy");
+  g_auto (GStrv) ignore = g_strsplit (no_proxy ? no_proxy : "", ",", -1);
+  for (guint i = 0; ignore[i] != NULL; i++)
+    g_strstrip (ignore[i]);
+  GProxyResolver *resolver = g_simple_proxy_resolver_new (all, ignore);
+  if (https != NULL)
+    g_simple_proxy_resolver_set_uri_proxy (G_SIMPLE_PROXY_RESOLVER (resolver), "https", https);
+  if (http != NULL)
+    g_simple_proxy_resolver_set_uri_proxy (G_SIMPLE_PROXY_RESOLVER (resolver), "http", http);
+  return resolver;
+}
+
 /* Puts the file the hub described into the cache: its blob (downloaded unless present), the
  * snapshot entry and the ref. Returns the entry's path. */
 static char *
@@ -716,6 +752,8 @@ moshi_hub_download_checked (const char *repo_id, const char *revision, const cha
   guint timeout = timeout_env ? (guint) g_ascii_strtoull (timeout_env, NULL, 10) : 0;
   g_autoptr (SoupSession) session = soup_session_new_with_options (
       "timeout", timeout > 0 ? timeout : 10, "user-agent", "gst-moshi (libmoshi)", NULL);
+  g_autoptr (GProxyResolver) proxy = proxy_from_env ();
+  soup_session_set_proxy_resolver (session, proxy);
 
   Fetch f = { .repo_id = repo_id, .revision = revision, .filename = filename, .url = url,
     .token = read_token (), .endpoint = endpoint_uri, .options = options,
