@@ -246,14 +246,14 @@ resolve_repo_file (const char *spec, const RepoSpec *repo, const char *filename,
   g_autofree char *fetch_hint = g_strdup_printf ("fetch the file first, e.g. with "
       "`huggingface-cli download %s %s%s%s`", repo_id, filename,
       main_revision ? "" : " --revision ", main_revision ? "" : repo->revision);
-  if (!moshi_hub_can_download ()) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s; this build cannot download models "
-        "(libsoup 3 was not found when it was built): %s", miss, fetch_hint);
-    return NULL;
-  }
   if (moshi_hub_is_offline ()) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s; HF_HUB_OFFLINE is set, so nothing is "
         "downloaded: unset it, or %s", miss, fetch_hint);
+    return NULL;
+  }
+  if (!moshi_hub_can_download ()) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s; this build cannot download models "
+        "(libsoup 3 was not found when it was built): %s", miss, fetch_hint);
     return NULL;
   }
   return moshi_hub_download (repo_id, repo->revision, filename, options, error);

@@ -261,6 +261,12 @@ def test_chat_downloads_hf_repo():
                    HF_HUB_CACHE=os.path.join(root, "cache"), HF_HOME=os.path.join(root, "home"))
         env.pop("HF_HUB_OFFLINE", None)
         env.pop("HF_TOKEN", None)
+        probe = run("chat", "--hf-repo", "test/none", speech_wav, os.path.join(tmp, "x.wav"),
+                    expect_ok=False, env=env).stderr
+        if "libsoup" in probe:
+            print("(built without the downloader: %s)" % probe.strip())
+            return
+        assert "404" in probe and "test/none" in probe, probe
         proc = chat_and_compare("--hf-repo", "test/moshi", env=env)
         for name in ("model.safetensors", MIMI_FILE):
             assert "downloaded %s from test/moshi" % name in proc.stderr, proc.stderr
