@@ -88,7 +88,8 @@ typedef struct
 } GstMoshiLoadedModel;
 
 /* Turns a model specification (a path, a directory holding default_filename, or a Hugging
- * Face repo id in the local cache) into a file path. On failure posts a RESOURCE/NOT_FOUND
+ * Face repo id: from the local cache, or downloaded into it with progress messages posted,
+ * see gstmoshihub.h) into a file path. On failure posts a RESOURCE/NOT_FOUND
  * element error naming what ("Mimi model", "Moshi LM", ...) and the specification, and
  * returns NULL. */
 G_GNUC_INTERNAL gchar *gst_moshi_resolve_model (GstElement * element,

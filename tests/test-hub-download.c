@@ -254,6 +254,35 @@ START_TEST (test_interrupted_then_resumed)
 }
 END_TEST
 
+/* A download that stopped after its last byte, before the rename: only checked, not fetched;
+ * and when what it holds is not the content, deleted. */
+START_TEST (test_complete_incomplete_file)
+{
+  g_autofree guint8 *lm = publish ("complete");
+  g_autofree char *sha = g_compute_checksum_for_data (G_CHECKSUM_SHA256, lm, LM_SIZE);
+  g_autofree char *name = g_strdup_printf ("%s.incomplete", sha);
+  g_autofree char *incomplete = cache_path ("models--test--complete", "blobs", name, NULL);
+  write_bytes (incomplete, lm, LM_SIZE);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = moshi_hub_resolve ("test/complete", "model.safetensors", &error);
+  ck_assert_msg (error == NULL, "%s", error ? error->message : "");
+  assert_file_equals (path, lm, LM_SIZE);
+  g_autofree char *log = request_log ();
+  g_autofree char *range = g_strdup_printf ("bytes=%d-", LM_SIZE);
+  ck_assert_msg (strstr (log, range) != NULL, "%s", log);
+
+  /* The same length of something else: rejected, and nothing kept to resume from. */
+  g_free (publish ("complete-bad"));
+  g_autofree char *bad = cache_path ("models--test--complete-bad", "blobs", name, NULL);
+  lm[0] ^= 1;
+  write_bytes (bad, lm, LM_SIZE);
+  g_autofree char *none = moshi_hub_resolve ("test/complete-bad", "model.safetensors", &error);
+  ck_assert_ptr_null (none);
+  moshi_assert_error_contains (error, "corrupted");
+  ck_assert (!g_file_test (bad, G_FILE_TEST_EXISTS));
+}
+END_TEST
+
 START_TEST (test_corrupted_blob_rejected)
 {
   g_autofree guint8 *lm = publish ("corrupt");
@@ -611,6 +640,7 @@ download_suite (void)
     tcase_add_test (tc, test_fresh_download);
     tcase_add_test (tc, test_interrupted_then_resumed);
     tcase_add_test (tc, test_corrupted_blob_rejected);
+    tcase_add_test (tc, test_complete_incomplete_file);
     tcase_add_test (tc, test_offline_with_full_cache);
     tcase_add_test (tc, test_missing_file_names_repo_and_file);
     tcase_add_test (tc, test_redirect_of_renamed_repo);

@@ -470,7 +470,23 @@ download_blob (Fetch *f, const Metadata *meta, const char *incomplete, const cha
     goto out;
   guint status = soup_message_get_status (msg);
   if (status == SOUP_STATUS_REQUESTED_RANGE_NOT_SATISFIABLE && have > 0
-      && have == meta->size) {
+      && have != meta->size) {
+    /* What is kept is no prefix of this content (it changed, or the size is unknown): start
+     * again from nothing rather than fail the same way at every attempt. */
+    g_input_stream_close (stream, NULL, NULL);
+    g_clear_object (&stream);
+    g_clear_object (&msg);
+    have = 0;
+    if (sum != NULL)
+      g_checksum_reset (sum);
+    if (ftruncate (fd, 0) != 0)
+      goto write_failed;
+    stream = open_content (f, meta->location, 0, &msg, error);
+    if (stream == NULL)
+      goto out;
+    status = soup_message_get_status (msg);
+  }
+  if (status == SOUP_STATUS_REQUESTED_RANGE_NOT_SATISFIABLE && have > 0) {
     /* Interrupted after the last byte: nothing left to fetch, only to check. */
   } else if (status != SOUP_STATUS_PARTIAL_CONTENT || have == 0) {
     if (status != SOUP_STATUS_OK) {
