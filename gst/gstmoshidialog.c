@@ -425,8 +425,10 @@ post_model_error (GstMoshiDialog * self, const ModelSpec * spec,
       details = g_strdup_printf ("model=%s (file %s), lm-config=%s, device=%s: %s",
           info->lm, info->lm_path, info->lm_config ? info->lm_config :
           "(released Moshi 7B)", device, error->message);
-      gst_moshi_post_load_error (GST_ELEMENT (self), what, info->lm, info->lm_path,
-          info->lm_config, error, details);
+      /* No LM file yet when the repository's own config.json was unreadable. */
+      gst_moshi_post_load_error (GST_ELEMENT (self), what, info->lm,
+          info->lm_path ? info->lm_path : info->lm_config, info->lm_config, error,
+          details);
       return;
   }
   /* Not found: the spec could not be turned into a file (or fetched). */

@@ -4,6 +4,7 @@
 #include <gst/check/gstcheck.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gst-test-util.h"
 #include "hub-server-util.h"
@@ -186,6 +187,24 @@ GST_START_TEST (test_missing_file_on_hub)
 }
 GST_END_TEST;
 
+/* A folder whose config.json is not JSON: the LM's config is at fault, and named. */
+GST_START_TEST (test_broken_config_in_folder)
+{
+  g_autofree gchar *folder = g_build_filename (cache_dir, "broken", NULL);
+  g_autofree gchar *config = g_build_filename (folder, "config.json", NULL);
+  g_autofree gchar *lm = g_build_filename (folder, "model.safetensors", NULL);
+  g_autofree gchar *lm_data = test_data_path ("lm", "dialog", "model.safetensors", NULL);
+  fail_unless (g_mkdir_with_parents (folder, 0755) == 0);
+  fail_unless (g_file_set_contents (config, "{ not json", -1, NULL));
+  fail_unless (symlink (lm_data, lm) == 0);
+  GstElement *dialog = gst_element_factory_make ("moshidialog", NULL);
+  g_object_set (dialog, "model", folder, NULL);
+  assert_error (expect_open_error (dialog), GST_RESOURCE_ERROR,
+      GST_RESOURCE_ERROR_OPEN_READ, "Moshi LM", config);
+  gst_object_unref (dialog);
+}
+GST_END_TEST;
+
 static Suite *
 moshi_hub_suite (void)
 {
@@ -193,6 +212,7 @@ moshi_hub_suite (void)
   TCase *tc = tcase_create ("download");
   tcase_add_checked_fixture (tc, setup, teardown);
   tcase_add_test (tc, test_offline_missing_model);
+  tcase_add_test (tc, test_broken_config_in_folder);
   /* A build without libsoup says so instead (test-hub-download checks that). */
   if (moshi_hub_can_download ()) {
     tcase_add_test (tc, test_mimienc_downloads_with_progress);
