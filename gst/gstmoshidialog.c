@@ -64,9 +64,12 @@
 
 #include "gstmoshielements.h"
 #include <moshi/moshi-dialog.h>
+#include <moshi/moshi-dialog-load.h>
 #include <moshi/moshi-error.h>
 #include <moshi/moshi-hub.h>
 #include <moshi/moshi-scheduler.h>
+
+#include "gstmoshihub.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 #define GST_CAT_DEFAULT gst_moshi_dialog_debug
@@ -185,7 +188,6 @@ struct _GstMoshiDialog
   ModelSpec loaded_spec;
   GstMoshiLoadedModel mimi;
   MoshiLm *lm;
-  MoshiTokenizer *tokenizer;
   MoshiDialogModel *model;
 
   /* What queries from any thread need about the loaded models, under the object lock;
@@ -353,20 +355,6 @@ model_spec_equal (const ModelSpec * a, const ModelSpec * b)
       && a->kv_cache == b->kv_cache && a->weights == b->weights;
 }
 
-/* The Mimi model used when mimi-model is not set: the LM's repository or directory, which
- * in Kyutai's releases also holds Mimi. NULL when model names a file. */
-static gchar *
-default_mimi_spec (const gchar * model)
-{
-  if (g_file_test (model, G_FILE_TEST_IS_DIR))
-    return g_strdup (model);
-  if (g_file_test (model, G_FILE_TEST_EXISTS))
-    return NULL;
-  /* A repo id, owner/name[@revision][:file]: the same repository, its default file. */
-  const gchar *colon = strchr (model, ':');
-  return colon ? g_strndup (model, colon - model) : g_strdup (model);
-}
-
 static void
 close_models (GstMoshiDialog * self)
 {
@@ -379,64 +367,76 @@ close_models (GstMoshiDialog * self)
   self->caps_frame_size = 0;
   GST_OBJECT_UNLOCK (self);
 
-  /* The dialog model only borrows the tokenizer. */
   g_object_set_data (G_OBJECT (self), LM_DATA_KEY, NULL);
   g_clear_pointer (&self->model, moshi_dialog_model_unref);
-  g_clear_pointer (&self->tokenizer, moshi_tokenizer_unref);
   g_clear_pointer (&self->lm, moshi_lm_unref);
   gst_moshi_loaded_model_clear (&self->mimi, GST_ELEMENT (self));
   model_spec_clear (&self->loaded_spec);
 }
 
-static MoshiLm *
-load_lm (GstMoshiDialog * self, const ModelSpec * spec)
+/* Posts the element error for the part of the conversation model that failed. */
+static void
+post_model_error (GstMoshiDialog * self, const ModelSpec * spec,
+    const MoshiDialogLoadInfo * info, const GError * error)
 {
-  g_autoptr (GError) error = NULL;
+  const gchar *what = moshi_dialog_part_name (info->failed);
+  const gchar *device = moshi_device_name ((MoshiDevice) spec->device);
+  g_autofree gchar *details = NULL;
 
-  if (spec->model == NULL || spec->model[0] == '\0') {
-    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Moshi LM given"),
-        ("set the \"model\" property to the LM's safetensors file or to a "
-            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16"));
-    return NULL;
+  switch (info->failed) {
+    case MOSHI_DIALOG_PART_MIMI:
+      if (info->mimi == NULL) {
+        GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Mimi model given"),
+            ("set the \"mimi-model\" property to a Mimi safetensors file or to "
+                "a Hugging Face repo id such as kyutai/moshiko-pytorch-bf16 (it "
+                "defaults to the LM's repository or directory, but model=%s is a "
+                "file)", spec->model));
+        return;
+      }
+      if (info->not_found)
+        break;
+      details = g_strdup_printf ("model=%s (file %s), config=%s, device=%s: %s",
+          info->mimi, info->mimi_path, info->mimi_config ? info->mimi_config :
+          "(released Mimi)", device, error->message);
+      gst_moshi_post_load_error (GST_ELEMENT (self), what, info->mimi,
+          info->mimi_path, info->mimi_config, error, details);
+      return;
+    case MOSHI_DIALOG_PART_TOKENIZER:
+      if (info->not_found)
+        break;
+      details = g_strdup_printf ("tokenizer=%s (file %s): %s", info->tokenizer,
+          info->tokenizer_path, error->message);
+      gst_moshi_post_load_error (GST_ELEMENT (self), what, info->tokenizer,
+          info->tokenizer_path, NULL, error, details);
+      return;
+    case MOSHI_DIALOG_PART_MODEL:
+      GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+          ("Moshi LM \"%s\" and Mimi model \"%s\" do not fit together: %s",
+              info->lm, info->mimi, error->message),
+          ("model=%s, lm-config=%s, mimi-model=%s, mimi-config=%s", info->lm,
+              info->lm_config ? info->lm_config : "(released)", info->mimi,
+              info->mimi_config ? info->mimi_config : "(released)"));
+      return;
+    case MOSHI_DIALOG_PART_LM:
+    case MOSHI_DIALOG_PART_NONE:
+    default:
+      if (info->not_found)
+        break;
+      details = g_strdup_printf ("model=%s (file %s), lm-config=%s, device=%s: %s",
+          info->lm, info->lm_path, info->lm_config ? info->lm_config :
+          "(released Moshi 7B)", device, error->message);
+      /* No LM file yet when the repository's own config.json was unreadable. */
+      gst_moshi_post_load_error (GST_ELEMENT (self), what, info->lm,
+          info->lm_path ? info->lm_path : info->lm_config, info->lm_config, error,
+          details);
+      return;
   }
-  g_autofree gchar *path = gst_moshi_resolve_model (GST_ELEMENT (self),
-      "Moshi LM", spec->model, LM_HUB_FILENAME);
-  if (path == NULL)
-    return NULL;
-
-  MoshiLmLoadOptions options = {.device = (MoshiDevice) spec->device,
-    .kv_cache = spec->kv_cache, .weights = spec->weights };
-  /* The copy of the process for these files and device, if another element has it. */
-  MoshiLm *lm = moshi_lm_load_shared (path, spec->lm_config, &options, &error);
-  if (lm == NULL) {
-    g_autofree gchar *details = g_strdup_printf ("model=%s (file %s), "
-        "lm-config=%s, device=%s: %s", spec->model, path,
-        spec->lm_config ? spec->lm_config : "(released Moshi 7B)",
-        moshi_device_name ((MoshiDevice) spec->device), error->message);
-    gst_moshi_post_load_error (GST_ELEMENT (self), "Moshi LM", spec->model,
-        path, spec->lm_config, error, details);
-    return NULL;
-  }
-  return lm;
-}
-
-static MoshiTokenizer *
-load_tokenizer (GstMoshiDialog * self, const gchar * spec)
-{
-  g_autoptr (GError) error = NULL;
-  g_autofree gchar *path = gst_moshi_resolve_model (GST_ELEMENT (self),
-      "text tokenizer", spec, TOKENIZER_HUB_FILENAME);
-  if (path == NULL)
-    return NULL;
-
-  MoshiTokenizer *tokenizer = moshi_tokenizer_load (path, &error);
-  if (tokenizer == NULL) {
-    g_autofree gchar *details = g_strdup_printf ("tokenizer=%s (file %s): %s",
-        spec, path, error->message);
-    gst_moshi_post_load_error (GST_ELEMENT (self), "text tokenizer", spec,
-        path, NULL, error, details);
-  }
-  return tokenizer;
+  /* Not found: the spec could not be turned into a file (or fetched). */
+  const gchar *spec_text = info->failed == MOSHI_DIALOG_PART_MIMI ? info->mimi :
+      info->failed == MOSHI_DIALOG_PART_TOKENIZER ? info->tokenizer : info->lm;
+  GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
+      ("Could not find %s \"%s\": %s", what, spec_text, error->message),
+      ("model=%s", spec_text));
 }
 
 /* Makes sure the models the properties name are loaded. On failure posts an element error
@@ -446,11 +446,10 @@ ensure_models (GstMoshiDialog * self)
 {
   g_autoptr (GError) error = NULL;
   ModelSpec wanted;
-  gint threads;
+  MoshiDialogLoadInfo info = { 0 };
 
   GST_OBJECT_LOCK (self);
   model_spec_copy (&wanted, &self->spec);
-  threads = self->threads;
   GST_OBJECT_UNLOCK (self);
 
   if (self->model != NULL && model_spec_equal (&wanted, &self->loaded_spec)) {
@@ -459,44 +458,50 @@ ensure_models (GstMoshiDialog * self)
   }
   close_models (self);
 
-  /* Mimi: the shared copy of the process, through the code mimienc and mimidec use. */
-  GstMoshiSettings mimi_settings = {
-    .model = wanted.mimi_model ? g_strdup (wanted.mimi_model) :
-        wanted.model ? default_mimi_spec (wanted.model) : NULL,
-    .config = g_strdup (wanted.mimi_config),
-    .device = wanted.device,
-    .threads = threads,
-  };
-  if (mimi_settings.model == NULL && wanted.model != NULL
-      && wanted.model[0] != '\0') {
-    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Mimi model given"),
-        ("set the \"mimi-model\" property to a Mimi safetensors file or to a "
-            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16 (it "
-            "defaults to the LM's repository or directory, but model=%s is a "
-            "file)", wanted.model));
+  if (wanted.model == NULL || wanted.model[0] == '\0') {
+    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Moshi LM given"),
+        ("set the \"model\" property to the LM's safetensors file or to a "
+            "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16"));
     goto failed;
   }
 
-  /* The LM first: without it nothing else matters, and its error is the clearest. */
-  if ((self->lm = load_lm (self, &wanted)) == NULL)
+  /* Mimi defaults to the LM's repository or directory, which in Kyutai's releases also
+   * holds it; the tokenizer is only loaded when asked for. Shared copies: another element
+   * of the process on the same files uses the same weights. */
+  MoshiDialogLoadOptions options = moshi_dialog_load_options_default ();
+  options.lm = wanted.model;
+  options.lm_config = wanted.lm_config;
+  options.mimi = wanted.mimi_model;
+  options.mimi_config = wanted.mimi_config;
+  options.tokenizer = wanted.tokenizer ? wanted.tokenizer : "";
+  options.device = (MoshiDevice) wanted.device;
+  options.kv_cache = wanted.kv_cache;
+  options.weights = wanted.weights;
+  options.shared = TRUE;
+  options.hub = gst_moshi_hub_options (GST_ELEMENT (self));
+  self->model = moshi_dialog_model_load (NULL, &options, &info, &error);
+  if (self->model == NULL) {
+    post_model_error (self, &wanted, &info, error);
     goto failed;
-  if (!gst_moshi_loaded_model_ensure (&self->mimi, GST_ELEMENT (self),
-          &mimi_settings))
+  }
+  self->lm = moshi_lm_ref (moshi_dialog_model_get_lm (self->model));
+  self->mimi.mimi = moshi_mimi_ref (moshi_dialog_model_get_mimi (self->model));
+  self->mimi.model = g_strdup (info.mimi);
+  self->mimi.config = g_strdup (info.mimi_config);
+  self->mimi.device = wanted.device;
+  g_object_set_data (G_OBJECT (self), GST_MOSHI_MODEL_DATA_KEY, self->mimi.mimi);
+  if (!gst_moshi_check_mimi (GST_ELEMENT (self), self->mimi.mimi, info.mimi,
+          info.mimi_path, info.mimi_config))
     goto failed;
-  if (wanted.tokenizer != NULL && wanted.tokenizer[0] != '\0'
-      && (self->tokenizer = load_tokenizer (self, wanted.tokenizer)) == NULL)
-    goto failed;
-
-  self->model = moshi_dialog_model_new (self->lm, self->mimi.mimi,
-      self->tokenizer, &error);
-  if (self->model == NULL)
-    goto mismatch;
+  if (info.lm_config != NULL && wanted.lm_config == NULL)
+    GST_INFO_OBJECT (self, "LM config from the model's repository: %s",
+        info.lm_config);
   if (moshi_dialog_model_model_codebooks (self->model) > MAX_TOKEN_CODEBOOKS
       || moshi_dialog_model_user_codebooks (self->model) > MAX_TOKEN_CODEBOOKS)
     goto too_many_codebooks;
 
   const MoshiLmConfig *cfg = moshi_lm_get_config (self->lm);
-  if (self->tokenizer == NULL)
+  if (info.tokenizer_path == NULL)
     GST_INFO_OBJECT (self, "no tokenizer: text_src only carries GAP events");
 
   gint frame_size = moshi_dialog_model_frame_size (self->model);
@@ -522,21 +527,10 @@ ensure_models (GstMoshiDialog * self)
 
   self->loaded_spec = wanted;
   g_object_set_data (G_OBJECT (self), LM_DATA_KEY, self->lm);
-  gst_moshi_settings_clear (&mimi_settings);
+  moshi_dialog_load_info_clear (&info);
   return TRUE;
 
   /* ERRORS */
-mismatch:
-  {
-    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
-        ("Moshi LM \"%s\" and Mimi model \"%s\" do not fit together: %s",
-            wanted.model, self->mimi.model, error->message),
-        ("model=%s, lm-config=%s, mimi-model=%s, mimi-config=%s",
-            wanted.model, wanted.lm_config ? wanted.lm_config : "(released)",
-            self->mimi.model,
-            wanted.mimi_config ? wanted.mimi_config : "(released)"));
-    goto failed;
-  }
 too_many_codebooks:
   {
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
@@ -549,7 +543,7 @@ too_many_codebooks:
   }
 failed:
   {
-    gst_moshi_settings_clear (&mimi_settings);
+    moshi_dialog_load_info_clear (&info);
     model_spec_clear (&wanted);
     close_models (self);
     return FALSE;

@@ -7,6 +7,8 @@
 #include <moshi/moshi-error.h>
 #include <moshi/moshi-hub.h>
 
+#include "gstmoshihub.h"
+
 GST_DEBUG_CATEGORY (gst_moshi_debug);
 #define GST_CAT_DEFAULT gst_moshi_debug
 
@@ -251,7 +253,8 @@ gst_moshi_resolve_model (GstElement * element, const gchar * what,
     const gchar * spec, const gchar * default_filename)
 {
   g_autoptr (GError) error = NULL;
-  gchar *path = moshi_hub_resolve (spec, default_filename, &error);
+  MoshiHubOptions hub = gst_moshi_hub_options (element);
+  gchar *path = moshi_hub_resolve_full (spec, default_filename, &hub, &error);
 
   if (path == NULL) {
     GST_ELEMENT_ERROR (element, RESOURCE, NOT_FOUND,
@@ -313,6 +316,17 @@ load_model (GstElement * element, const gchar * model, const gchar * config,
       moshi_mimi_frame_size (mimi), moshi_mimi_max_codebooks (mimi),
       moshi_mimi_codebook_size (mimi), device_description);
 
+  if (!gst_moshi_check_mimi (element, mimi, model, path, config)) {
+    moshi_mimi_unref (mimi);
+    return NULL;
+  }
+  return mimi;
+}
+
+gboolean
+gst_moshi_check_mimi (GstElement * element, MoshiMimi * mimi,
+    const gchar * model, const gchar * path, const gchar * config)
+{
   const MoshiMimiConfig *cfg = moshi_mimi_get_config (mimi);
   if (moshi_mimi_sample_rate (mimi) != MIMI_TEMPLATE_RATE || cfg->channels != 1
       || moshi_mimi_codebook_size (mimi) > 65536) {
@@ -323,10 +337,9 @@ load_model (GstElement * element, const gchar * model, const gchar * config,
             model, moshi_mimi_sample_rate (mimi), cfg->channels,
             moshi_mimi_codebook_size (mimi), MIMI_TEMPLATE_RATE),
         ("file %s, config %s", path, config ? config : "(released Mimi)"));
-    moshi_mimi_unref (mimi);
-    return NULL;
+    return FALSE;
   }
-  return mimi;
+  return TRUE;
 }
 
 gboolean

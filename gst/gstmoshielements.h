@@ -91,7 +91,8 @@ typedef struct
 } GstMoshiLoadedModel;
 
 /* Turns a model specification (a path, a directory holding default_filename, or a Hugging
- * Face repo id in the local cache) into a file path. On failure posts a RESOURCE/NOT_FOUND
+ * Face repo id: from the local cache, or downloaded into it with progress messages posted,
+ * see gstmoshihub.h) into a file path. On failure posts a RESOURCE/NOT_FOUND
  * element error naming what ("Mimi model", "Moshi LM", ...) and the specification, and
  * returns NULL. */
 G_GNUC_INTERNAL gchar *gst_moshi_resolve_model (GstElement * element,
@@ -104,6 +105,12 @@ G_GNUC_INTERNAL gchar *gst_moshi_resolve_model (GstElement * element,
 G_GNUC_INTERNAL void gst_moshi_post_load_error (GstElement * element,
     const gchar * what, const gchar * model, const gchar * path,
     const gchar * config, const GError * error, const gchar * details);
+
+/* FALSE, after posting a RESOURCE/SETTINGS element error, when the elements cannot use
+ * mimi (a rate other than their 24 kHz, several channels, codebooks past 16 bits). */
+G_GNUC_INTERNAL gboolean gst_moshi_check_mimi (GstElement * element,
+    MoshiMimi * mimi, const gchar * model, const gchar * path,
+    const gchar * config);
 
 /* Makes sure loaded holds the model the element's current settings name, loading it (through
  * the process-wide shared registry) when needed. On failure posts an element error naming

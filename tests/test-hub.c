@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hub-server-util.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
 #include "test-support.h"
@@ -17,24 +18,6 @@
 
 static char *tmp_dir;
 static char *cache_dir;
-
-static void
-remove_tree (const char *path)
-{
-  if (!g_file_test (path, G_FILE_TEST_IS_SYMLINK) && g_file_test (path, G_FILE_TEST_IS_DIR)) {
-    GDir *dir = g_dir_open (path, 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name (dir)) != NULL) {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-    }
-    if (dir)
-      g_dir_close (dir);
-    g_rmdir (path);
-  } else {
-    g_unlink (path);
-  }
-}
 
 static void
 write_file (const char *path, const char *contents)
@@ -91,12 +74,14 @@ setup (void)
   g_unsetenv ("HUGGINGFACE_HUB_CACHE");
   g_unsetenv ("HF_HOME");
   g_unsetenv ("XDG_CACHE_HOME");
+  /* Resolution only: what is missing is reported, not downloaded (test-hub-download). */
+  g_setenv ("HF_HUB_OFFLINE", "1", TRUE);
 }
 
 static void
 teardown (void)
 {
-  remove_tree (tmp_dir);
+  moshi_test_remove_tree (tmp_dir);
   g_clear_pointer (&tmp_dir, g_free);
   g_clear_pointer (&cache_dir, g_free);
 }
@@ -211,7 +196,7 @@ START_TEST (test_repo_not_cached_lists_searched_path)
       "refs", "main", NULL);
   moshi_assert_error_contains (error, ref);
   moshi_assert_error_contains (error, "$HF_HUB_CACHE");
-  moshi_assert_error_contains (error, "not supported yet");
+  moshi_assert_error_contains (error, "HF_HUB_OFFLINE is set");
   moshi_assert_error_contains (error, "huggingface-cli download kyutai/moshiko-pytorch-bf16 " MIMI);
 }
 END_TEST
@@ -228,7 +213,7 @@ START_TEST (test_file_missing_from_snapshot)
   g_autofree char *expected = g_build_filename (cache_dir, "models--kyutai--moshiko-pytorch-bf16",
       "snapshots", COMMIT_MAIN, MIMI, NULL);
   moshi_assert_error_contains (error, expected);
-  moshi_assert_error_contains (error, "not supported yet");
+  moshi_assert_error_contains (error, "HF_HUB_OFFLINE is set");
 }
 END_TEST
 

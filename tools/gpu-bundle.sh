@@ -56,7 +56,9 @@ command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] \
 
 # ---------------------------------------------------------------- build
 
-opts=(-Dtests=enabled -Dcuda=enabled -Dgst=disabled "-Dgpu_archs=$ARCHS")
+# No downloader: the GPU machine reaches no network, and libsoup's libraries would only grow
+# the bundle.
+opts=(-Dtests=enabled -Dcuda=enabled -Dgst=disabled -Ddownload=disabled "-Dgpu_archs=$ARCHS")
 if [ -f "$BUILD/build.ninja" ]; then
   meson configure "$BUILD" "${opts[@]}" >/dev/null
 else

@@ -1,6 +1,7 @@
 /* moshi-tool: inspect checkpoints, encode and decode with Mimi, and benchmark. */
 #include <moshi/moshi-error.h>
 #include <moshi/moshi-dialog.h>
+#include <moshi/moshi-dialog-load.h>
 #include <moshi/moshi-hub.h>
 #include <moshi/moshi-lm.h>
 #include <moshi/moshi-tokenizer.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int (*CommandFunc) (int argc, char **argv);
 
@@ -43,15 +45,42 @@ parse_options (GOptionContext *ctx, int *argc, char ***argv, int n_positional)
   return TRUE;
 }
 
+/* ------------------------------------------------------------------ model downloads */
+
+/* One line per file on stderr: rewritten in place on a terminal, its start and end in a
+ * log. */
+static void
+print_download_progress (const MoshiHubProgress *p, gpointer user_data)
+{
+  (void) user_data;
+  static int tty = -1;
+  if (tty < 0)
+    tty = isatty (STDERR_FILENO);
+  if (!tty && !p->started && !p->done)
+    return;
+  double mb = p->downloaded / 1e6, total = p->total / 1e6;
+  if (p->done)
+    g_printerr ("%sdownloaded %s from %s (%.1f MB)\n", tty ? "\r\033[K" : "", p->filename,
+        p->repo_id, mb);
+  else if (p->total > 0)
+    g_printerr ("%sdownloading %s from %s: %3d%% (%.1f of %.1f MB)%s", tty ? "\r\033[K" : "",
+        p->filename, p->repo_id, (int) (p->downloaded * 100 / p->total), mb, total,
+        tty ? "" : "\n");
+  else
+    g_printerr ("%sdownloading %s from %s: %.1f MB%s", tty ? "\r\033[K" : "", p->filename,
+        p->repo_id, mb, tty ? "" : "\n");
+}
+
+static const MoshiHubOptions download_options = { .progress = print_download_progress };
+
 /* A model named as the elements name it: a file, a folder holding default_filename, or a
- * Hugging Face repo id (owner/name[@revision][:file]) in the hub cache. Paths that exist but
- * are not folders are the loaders' to judge, so that their errors (a FIFO, a device) stay. */
+ * Hugging Face repo id (owner/name[@revision][:file]), downloaded into the hub cache when it
+ * is not there. Paths that exist but are not folders come back as they are, for the loaders
+ * to judge, so that their errors (a FIFO, a device) stay. */
 static char *
 resolve_model (const char *spec, const char *default_filename, GError **error)
 {
-  if (g_file_test (spec, G_FILE_TEST_EXISTS) && !g_file_test (spec, G_FILE_TEST_IS_DIR))
-    return g_strdup (spec);
-  return moshi_hub_resolve (spec, default_filename, error);
+  return moshi_hub_resolve_full (spec, default_filename, &download_options, error);
 }
 
 static MoshiLm *
@@ -216,8 +245,10 @@ cmd_info (int argc, char **argv)
   return 0;
 }
 
+
 /* ------------------------------------------------------------------ encode / decode */
 
+/* model: a file, a folder holding Mimi, or a Hugging Face repo id (downloaded if needed). */
 static MoshiMimi *
 load_mimi (const char *model, const char *config, const char *device, GError **error)
 {
@@ -872,17 +903,18 @@ static int
 cmd_chat (int argc, char **argv)
 {
   g_autofree char *model = NULL, *lm_config = NULL, *mimi_model = NULL, *mimi_config = NULL;
-  g_autofree char *tokenizer_path = NULL, *device = NULL;
+  g_autofree char *tokenizer_path = NULL, *device = NULL, *hf_repo = NULL;
   int threads = 0;
   gboolean progress = FALSE;
   SamplingOptions sampling;
   GOptionEntry entries[] = {
     { "progress", 'p', 0, G_OPTION_ARG_NONE, &progress, "A progress line on stderr even when it is not a terminal", NULL },
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights: a safetensors file or a repo id", "W" },
-    { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: Moshi 7B)", "C" },
-    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: a safetensors file or a repo id (kyutai/moshiko-pytorch-bf16)", "W" },
+    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &hf_repo, "Hugging Face repo id (owner/name[@revision]) or folder holding the LM, Mimi, the tokenizer and config.json; downloaded when not in the hub cache (e.g. kyutai/moshiko-pytorch-bf16)", "R" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "LM weights: a safetensors file, folder or repo id (default: from --hf-repo)", "W" },
+    { "lm-config", 0, 0, G_OPTION_ARG_FILENAME, &lm_config, "LM config JSON (default: the repo's config.json, else Moshi 7B)", "C" },
+    { "mimi-model", 0, 0, G_OPTION_ARG_FILENAME, &mimi_model, "Mimi weights: a safetensors file, folder or repo id (default: the LM's repo or folder)", "W" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &mimi_config, "Mimi config JSON (default: released Mimi)", "C" },
-    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript (a file or a repo id)", "T" },
+    { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &tokenizer_path, "SentencePiece model for the transcript (default: the repo's, if any)", "T" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (0 = automatic)", "T" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
     { NULL }
@@ -892,32 +924,31 @@ cmd_chat (int argc, char **argv)
   add_sampling_options (ctx, &sampling);
   if (!parse_options (ctx, &argc, &argv, 2))
     return 2;
-  if (model == NULL || mimi_model == NULL) {
-    g_printerr ("moshi-tool chat: --model and --mimi-model are required\n");
+  if (hf_repo == NULL && model == NULL) {
+    g_printerr ("moshi-tool chat: give --hf-repo, or --model (and --mimi-model when the LM is a file)\n");
     return 2;
   }
   if (!check_int_option ("chat", "threads", threads, 0, MAX_THREADS)
       || !check_sampling_options ("chat", &sampling))
     return 2;
   GError *error = NULL;
-  MoshiLmLoadOptions lm_opts;
-  if (!parse_device (device, &lm_opts.device))
+  MoshiDialogLoadOptions load = moshi_dialog_load_options_default ();
+  if (!parse_device (device, &load.device))
     return 2;
-  g_autoptr (MoshiLm) lm = load_lm (model, lm_config, &lm_opts, &error);
-  if (lm == NULL)
+  load.lm = model;
+  load.lm_config = lm_config;
+  load.mimi = mimi_model;
+  load.mimi_config = mimi_config;
+  load.tokenizer = tokenizer_path;
+  load.hub = download_options;
+  MoshiDialogLoadInfo info = { 0 };
+  g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_load (hf_repo, &load, &info, &error);
+  if (dm == NULL) {
+    g_prefix_error (&error, "%s: ", moshi_dialog_part_name (info.failed));
+    moshi_dialog_load_info_clear (&info);
     return fail (error);
-  g_autoptr (MoshiMimi) mimi = load_mimi (mimi_model, mimi_config, device, &error);
-  if (mimi == NULL)
-    return fail (error);
-  g_autoptr (MoshiTokenizer) tok = NULL;
-  if (tokenizer_path) {
-    g_autofree char *path = resolve_model (tokenizer_path, MOSHI_HUB_TOKENIZER_FILENAME, &error);
-    if (path == NULL || (tok = moshi_tokenizer_load (path, &error)) == NULL)
-      return fail (error);
   }
-  g_autoptr (MoshiDialogModel) dm = moshi_dialog_model_new (lm, mimi, tok, &error);
-  if (dm == NULL)
-    return fail (error);
+  moshi_dialog_load_info_clear (&info);
   g_autoptr (MoshiDialog) dialog = moshi_dialog_new (dm, sampling_options_params (&sampling), threads, &error);
   if (dialog == NULL)
     return fail (error);

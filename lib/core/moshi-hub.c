@@ -2,6 +2,8 @@
 #include "moshi-hub.h"
 
 #include "moshi-error.h"
+#include "moshi-hub-download.h"
+#include "moshi-hub-private.h"
 
 #include <string.h>
 
@@ -79,6 +81,27 @@ is_commit_hash (const char *s)
   return TRUE;
 }
 
+gboolean
+moshi_hub_valid_repo_id (const char *repo_id)
+{
+  const char *slash = strchr (repo_id, '/');
+  return slash != NULL && strchr (slash + 1, '/') == NULL
+      && is_repo_component (repo_id, (gsize) (slash - repo_id))
+      && is_repo_component (slash + 1, strlen (slash + 1));
+}
+
+gboolean
+moshi_hub_valid_relative_path (const char *path)
+{
+  return is_safe_relative_path (path);
+}
+
+gboolean
+moshi_hub_is_commit (const char *s)
+{
+  return is_commit_hash (s);
+}
+
 typedef struct {
   char *owner;
   char *name;
@@ -115,11 +138,9 @@ parse_repo_spec (const char *spec, RepoSpec *out)
     out->revision = g_strdup ("main");
   }
 
-  const char *slash = strchr (repo, '/');
-  if (slash == NULL || strchr (slash + 1, '/') != NULL
-      || !is_repo_component (repo, (gsize) (slash - repo))
-      || !is_repo_component (slash + 1, strlen (slash + 1)))
+  if (!moshi_hub_valid_repo_id (repo))
     goto invalid;
+  const char *slash = strchr (repo, '/');
   out->owner = g_strndup (repo, (gsize) (slash - repo));
   out->name = g_strdup (slash + 1);
 
@@ -137,20 +158,25 @@ invalid:
 }
 
 static char *
-resolve_in_cache (const char *spec, const RepoSpec *repo, const char *filename, GError **error)
+repo_folder (const RepoSpec *repo)
+{
+  g_autofree char *cache = moshi_hub_cache_dir (NULL);
+  g_autofree char *folder = g_strdup_printf ("models--%s--%s", repo->owner, repo->name);
+  return g_build_filename (cache, folder, NULL);
+}
+
+/* The cached path of filename, or NULL with miss (what is absent from the cache) set, or
+ * NULL with error set when the cache is damaged. */
+static char *
+find_in_cache (const char *spec, const RepoSpec *repo, const char *filename, char **miss,
+    GError **error)
 {
   const char *origin;
-  g_autofree char *cache = moshi_hub_cache_dir (&origin);
-  g_autofree char *folder = g_strdup_printf ("models--%s--%s", repo->owner, repo->name);
-  g_autofree char *repo_dir = g_build_filename (cache, folder, NULL);
+  g_free (moshi_hub_cache_dir (&origin));
+  g_autofree char *repo_dir = repo_folder (repo);
   g_autofree char *where = g_strcmp0 (origin, "default") == 0
       ? g_strdup ("the default cache directory")
       : g_strdup_printf ("cache directory from $%s", origin);
-  g_autofree char *download_hint = g_strdup_printf ("downloading models is not supported yet; "
-      "fetch the file first, e.g. with `huggingface-cli download %s/%s %s%s%s`",
-      repo->owner, repo->name, filename,
-      strcmp (repo->revision, "main") != 0 ? " --revision " : "",
-      strcmp (repo->revision, "main") != 0 ? repo->revision : "");
 
   g_autofree char *commit = NULL;
   if (is_commit_hash (repo->revision)) {
@@ -159,9 +185,8 @@ resolve_in_cache (const char *spec, const RepoSpec *repo, const char *filename, 
     g_autofree char *ref_path = g_build_filename (repo_dir, "refs", repo->revision, NULL);
     g_autofree char *contents = NULL;
     if (!g_file_get_contents (ref_path, &contents, NULL, NULL)) {
-      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
-          "'%s' is not an existing file, and as a Hugging Face repo id it is not in the local "
-          "hub cache: %s does not exist (%s); %s", spec, ref_path, where, download_hint);
+      *miss = g_strdup_printf ("'%s' is not an existing file, and as a Hugging Face repo id it "
+          "is not in the local hub cache: %s does not exist (%s)", spec, ref_path, where);
       return NULL;
     }
     commit = g_strdup (g_strstrip (contents));
@@ -175,21 +200,74 @@ resolve_in_cache (const char *spec, const RepoSpec *repo, const char *filename, 
   g_autofree char *path = g_build_filename (repo_dir, "snapshots", commit, filename, NULL);
   if (g_file_test (path, G_FILE_TEST_IS_REGULAR))
     return g_steal_pointer (&path);
-  if (g_file_test (path, G_FILE_TEST_IS_SYMLINK)) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
-        "'%s': %s is a dangling symbolic link in the local Hugging Face hub cache (an "
-        "interrupted download?); %s", spec, path, download_hint);
+  if (g_file_test (path, G_FILE_TEST_IS_SYMLINK))
+    *miss = g_strdup_printf ("'%s': %s is a dangling symbolic link in the local Hugging Face "
+        "hub cache (an interrupted download?)", spec, path);
+  else
+    *miss = g_strdup_printf ("'%s' is not an existing file, and as a Hugging Face repo id it "
+        "is not in the local hub cache: %s does not exist (%s, revision %s)", spec, path, where,
+        repo->revision);
+  return NULL;
+}
+
+/* TRUE when the cache remembers that the hub has no such file at the revision
+ * (.no_exist/<commit>/<file>, written by huggingface_hub and by moshi_hub_download). */
+static gboolean
+known_missing (const RepoSpec *repo, const char *filename)
+{
+  g_autofree char *repo_dir = repo_folder (repo);
+  g_autofree char *commit = NULL;
+  if (is_commit_hash (repo->revision)) {
+    commit = g_strdup (repo->revision);
+  } else {
+    g_autofree char *ref_path = g_build_filename (repo_dir, "refs", repo->revision, NULL);
+    if (!g_file_get_contents (ref_path, &commit, NULL, NULL))
+      return FALSE;
+    g_strstrip (commit);
+    if (!is_safe_relative_path (commit) || strchr (commit, '/') != NULL)
+      return FALSE;
+  }
+  g_autofree char *marker = g_build_filename (repo_dir, ".no_exist", commit, filename, NULL);
+  return g_file_test (marker, G_FILE_TEST_EXISTS);
+}
+
+/* The cache first; the hub when the file is not there and downloads are possible. */
+static char *
+resolve_repo_file (const char *spec, const RepoSpec *repo, const char *filename,
+    const MoshiHubOptions *options, GError **error)
+{
+  g_autofree char *miss = NULL;
+  char *path = find_in_cache (spec, repo, filename, &miss, error);
+  if (path != NULL || miss == NULL)
+    return path;
+
+  g_autofree char *repo_id = g_strdup_printf ("%s/%s", repo->owner, repo->name);
+  gboolean main_revision = strcmp (repo->revision, "main") == 0;
+  g_autofree char *fetch_hint = g_strdup_printf ("fetch the file first, e.g. with "
+      "`huggingface-cli download %s %s%s%s`", repo_id, filename,
+      main_revision ? "" : " --revision ", main_revision ? "" : repo->revision);
+  if (moshi_hub_is_offline ()) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s; HF_HUB_OFFLINE is set, so nothing is "
+        "downloaded: unset it, or %s", miss, fetch_hint);
     return NULL;
   }
-  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO,
-      "'%s' is not an existing file, and as a Hugging Face repo id it is not in the local hub "
-      "cache: %s does not exist (%s, revision %s); %s", spec, path, where, repo->revision,
-      download_hint);
-  return NULL;
+  if (!moshi_hub_can_download ()) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_IO, "%s; this build cannot download models "
+        "(libsoup 3 was not found when it was built): %s", miss, fetch_hint);
+    return NULL;
+  }
+  return moshi_hub_download (repo_id, repo->revision, filename, options, error);
 }
 
 char *
 moshi_hub_resolve (const char *spec, const char *default_filename, GError **error)
+{
+  return moshi_hub_resolve_full (spec, default_filename, NULL, error);
+}
+
+char *
+moshi_hub_resolve_full (const char *spec, const char *default_filename,
+    const MoshiHubOptions *options, GError **error)
 {
   g_return_val_if_fail (spec != NULL, NULL);
 
@@ -197,7 +275,9 @@ moshi_hub_resolve (const char *spec, const char *default_filename, GError **erro
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "no model file given");
     return NULL;
   }
-  if (g_file_test (spec, G_FILE_TEST_IS_REGULAR))
+  /* Any existing non-directory, so that the loader, not the resolver, says what is wrong
+   * with a FIFO or a device given as a model. */
+  if (g_file_test (spec, G_FILE_TEST_EXISTS) && !g_file_test (spec, G_FILE_TEST_IS_DIR))
     return g_strdup (spec);
   if (g_file_test (spec, G_FILE_TEST_IS_DIR)) {
     /* A snapshot directory copied out of a cache, or any folder holding the usual file. */
@@ -226,7 +306,42 @@ moshi_hub_resolve (const char *spec, const char *default_filename, GError **erro
         "'%s' names a Hugging Face repository but no file in it; use %s/%s:<file>", spec,
         repo.owner, repo.name);
   } else {
-    path = resolve_in_cache (spec, &repo, filename, error);
+    path = resolve_repo_file (spec, &repo, filename, options, error);
+  }
+  repo_spec_clear (&repo);
+  return path;
+}
+
+char *
+moshi_hub_resolve_optional (const char *source, const char *filename,
+    const MoshiHubOptions *options, GError **error)
+{
+  g_return_val_if_fail (source != NULL && filename != NULL, NULL);
+  if (g_file_test (source, G_FILE_TEST_IS_DIR)) {
+    char *inside = g_build_filename (source, filename, NULL);
+    if (g_file_test (inside, G_FILE_TEST_IS_REGULAR))
+      return inside;
+    g_free (inside);
+    return NULL;
+  }
+  RepoSpec repo;
+  /* A file has no repository around it; a spec that is no repo id has nothing to look in. */
+  if (g_file_test (source, G_FILE_TEST_EXISTS) || !parse_repo_spec (source, &repo))
+    return NULL;
+
+  g_autofree char *miss = NULL;
+  char *path = find_in_cache (source, &repo, filename, &miss, error);
+  if (path == NULL && miss != NULL && !known_missing (&repo, filename)
+      && moshi_hub_can_download () && !moshi_hub_is_offline ()) {
+    g_autofree char *repo_id = g_strdup_printf ("%s/%s", repo.owner, repo.name);
+    gboolean missing = FALSE;
+    GError *local = NULL;
+    path = moshi_hub_download_checked (repo_id, repo.revision, filename, options, &missing,
+        &local);
+    if (path == NULL && !missing)
+      g_propagate_error (error, local);
+    else
+      g_clear_error (&local);
   }
   repo_spec_clear (&repo);
   return path;

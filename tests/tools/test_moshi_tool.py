@@ -75,8 +75,7 @@ def rel_l2(a, b):
 
 
 def run(*args, expect_ok=True, env=None):
-    proc = subprocess.run([TOOL, *args], capture_output=True, text=True,
-                          env=None if env is None else {**os.environ, **env})
+    proc = subprocess.run([TOOL, *args], capture_output=True, text=True, env=env)
     if expect_ok and proc.returncode != 0:
         raise AssertionError("%s failed: %s" % (" ".join(args), proc.stderr))
     if not expect_ok and proc.returncode == 0:
@@ -197,9 +196,15 @@ def test_chat_rejects_mismatched_models():
     assert "audio vocabulary of 32" in err and MODEL in err, err
 
 
-def test_chat_greedy_transcript():
-    dialog = os.path.join(DATA, "lm", "dialog")
-    gold = read_safetensors(os.path.join(dialog, "golden.safetensors"))
+DIALOG = os.path.join(DATA, "lm", "dialog")
+TOKENIZER = os.path.join(DATA, "tokenizer", "tiny.model")
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+
+
+def chat_and_compare(*model_args, env=None):
+    """Runs chat greedily with model_args naming the models; checks the transcript and the
+    audio against the dialog golden. Returns the process."""
+    gold = read_safetensors(os.path.join(DIALOG, "golden.safetensors"))
     speech = golden["speech.pcm"][1]
     frames = len(gold["gen.text_tokens"][1])
     cycle = speech[: len(speech) // 1920 * 1920] + [0.0] * (10 * 1920)
@@ -207,18 +212,76 @@ def test_chat_greedy_transcript():
     wav_in = os.path.join(tmp, "dialog-in.wav")
     write_float_wav(wav_in, audio, 24000)
     wav_out = os.path.join(tmp, "dialog-out.wav")
-    out = run("chat", "--model", os.path.join(dialog, "model.safetensors"), "--lm-config",
-              os.path.join(dialog, "config.json"), "--mimi-model", MODEL, "--mimi-config", CONFIG,
-              "--tokenizer", os.path.join(DATA, "tokenizer", "tiny.model"), "--greedy",
-              wav_in, wav_out).stdout
+    proc = run("chat", *model_args, "--mimi-config", CONFIG, "--greedy", wav_in, wav_out, env=env)
     with open(os.path.join(DATA, "tokenizer", "golden.json")) as f:
         pieces = [p["piece"] for p in json.load(f)["pieces"]]
     want = "".join(pieces[i].replace("\u2581", " ") for i in gold["gen.text_tokens"][1]
                    if i >= 0 and i not in (0, 3))
-    assert want and ("transcript:" + want + "\n") in out, (want, out)
+    assert want and ("transcript:" + want + "\n") in proc.stdout, (want, proc.stdout)
     pcm = read_float_wav(wav_out)
     assert len(pcm) == frames * 1920, len(pcm)
     assert rel_l2(pcm, gold["gen.decoded_pcm"][1]) <= 1e-4
+    return proc
+
+
+def test_chat_greedy_transcript():
+    chat_and_compare("--model", os.path.join(DIALOG, "model.safetensors"), "--lm-config",
+                     os.path.join(DIALOG, "config.json"), "--mimi-model", MODEL,
+                     "--tokenizer", TOKENIZER)
+
+
+def test_chat_from_folder():
+    # Kyutai's file names in one folder: config.json is the LM's config.
+    folder = os.path.join(tmp, "moshi-folder")
+    os.makedirs(folder, exist_ok=True)
+    for name, target in (("model.safetensors", os.path.join(DIALOG, "model.safetensors")),
+                         ("config.json", os.path.join(DIALOG, "config.json")),
+                         (MIMI_FILE, MODEL), ("tokenizer_spm_32k_3.model", TOKENIZER)):
+        link = os.path.join(folder, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(target), link)
+    chat_and_compare("--hf-repo", folder)
+
+
+def test_chat_downloads_hf_repo():
+    # The same files on a stand-in hub: downloaded into the cache, a progress line each.
+    server_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "hub-server.py")
+    root = tempfile.mkdtemp(prefix="moshi-tool-hub-", dir=tmp)
+    files = os.path.join(root, "repos", "test", "moshi", "files")
+    os.makedirs(files)
+    with open(os.path.join(root, "repos", "test", "moshi", "commit"), "w") as f:
+        f.write("0123456789abcdef0123456789abcdef01234567")
+    for name, src in (("model.safetensors", os.path.join(DIALOG, "model.safetensors")),
+                      ("config.json", os.path.join(DIALOG, "config.json")),
+                      (MIMI_FILE, MODEL), ("tokenizer_spm_32k_3.model", TOKENIZER)):
+        with open(src, "rb") as i, open(os.path.join(files, name), "wb") as o:
+            o.write(i.read())
+    server = subprocess.Popen([sys.executable, server_script, root], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        port = server.stdout.readline().strip()
+        env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:" + port,
+                   HF_HUB_CACHE=os.path.join(root, "cache"), HF_HOME=os.path.join(root, "home"))
+        env.pop("HF_HUB_OFFLINE", None)
+        env.pop("HF_TOKEN", None)
+        probe = run("chat", "--hf-repo", "test/none", speech_wav, os.path.join(tmp, "x.wav"),
+                    expect_ok=False, env=env).stderr
+        if "libsoup" in probe:
+            print("(built without the downloader: %s)" % probe.strip())
+            return
+        assert "404" in probe and "test/none" in probe, probe
+        proc = chat_and_compare("--hf-repo", "test/moshi", env=env)
+        for name in ("model.safetensors", MIMI_FILE):
+            assert "downloaded %s from test/moshi" % name in proc.stderr, proc.stderr
+        # Cached now: offline works, and a repo missing from the cache says why.
+        env["HF_HUB_OFFLINE"] = "1"
+        chat_and_compare("--hf-repo", "test/moshi", env=env)
+        err = run("chat", "--hf-repo", "test/other", speech_wav, os.path.join(tmp, "x.wav"),
+                  expect_ok=False, env=env).stderr
+        assert "test/other" in err and "HF_HUB_OFFLINE" in err and "Moshi LM" in err, err
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def test_bench_serve_footprint_without_weights():
@@ -455,7 +518,7 @@ def test_version():
 
 def test_messages_in_the_locale_charset():
     # GOption quotes the bad value with U+201C/U+201D; without setlocale GLib prints '?'
-    err = run("bench", "lm", "--steps", "x", expect_ok=False, env={"LC_ALL": "C.UTF-8"}).stderr
+    err = run("bench", "lm", "--steps", "x", expect_ok=False, env=dict(os.environ, LC_ALL="C.UTF-8")).stderr
     assert "\u201cx\u201d" in err, err
 
 
@@ -478,10 +541,10 @@ def test_repo_ids_resolve_in_the_hub_cache():
     os.symlink(MODEL, os.path.join(snap, "tokenizer-e351c8d8-checkpoint125.safetensors"))
     codes_path = os.path.join(tmp, "codes-repo.safetensors")
     run("encode", "--model", "test/small-mimi", "--config", CONFIG, "--codebooks", "8", speech_wav,
-        codes_path, env={"HF_HUB_CACHE": cache})
+        codes_path, env=dict(os.environ, HF_HUB_CACHE=cache))
     assert read_safetensors(codes_path)["codes"][1] == golden["speech.codes"][1]
     err = run("encode", "--model", "test/absent", speech_wav, codes_path, expect_ok=False,
-              env={"HF_HUB_CACHE": cache}).stderr
+              env=dict(os.environ, HF_HUB_CACHE=cache)).stderr
     assert "test/absent" in err and "hub cache" in err, err
 
 

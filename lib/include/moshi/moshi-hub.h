@@ -1,8 +1,8 @@
 /* gst-moshi: finding model files named by a Hugging Face repo id in the local hub cache.
  *
- * Only resolution is done here: files must already be in the cache (downloaded by
- * `huggingface-cli download`, the Python `huggingface_hub` package or the Rust `hf-hub` crate,
- * which share one layout). Downloading is not supported yet.
+ * The cache is the one `huggingface-cli download`, the Python `huggingface_hub` package and
+ * the Rust `hf-hub` crate share. What is missing from it is downloaded into it (see
+ * moshi-hub-download.h) unless HF_HUB_OFFLINE is set or the build has no libsoup.
  *
  * Cache layout (huggingface_hub):
  *   <cache>/models--<owner>--<name>/refs/<revision>          text file holding a commit hash
@@ -32,8 +32,9 @@ MOSHI_BEGIN_DECLS
  *   owner/name@revision:file
  * default_filename may be NULL when spec must name the file itself.
  *
- * Errors (MOSHI_ERROR_IO) say which paths were searched, and that downloading is not supported
- * yet. Returns a newly allocated path. */
+ * A repo file absent from the cache is downloaded (moshi_hub_resolve_full with no options).
+ * Errors (MOSHI_ERROR_IO) say which paths were searched and why nothing was downloaded, or
+ * why the download failed. Returns a newly allocated path. */
 char *moshi_hub_resolve (const char *spec, const char *default_filename, GError **error);
 
 /* The hub cache directory that moshi_hub_resolve searches, and the environment variable it
