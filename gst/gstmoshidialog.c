@@ -1097,6 +1097,30 @@ feed_silence (GstMoshiDialog * self, guint64 n)
   return ret;
 }
 
+/* How much longer than its input the output runs: eos-tail in whole frames (0 before caps). */
+static GstClockTime
+eos_tail_duration (GstMoshiDialog * self)
+{
+  GST_OBJECT_LOCK (self);
+  guint tail_ms = self->eos_tail_ms;
+  GST_OBJECT_UNLOCK (self);
+  if (tail_ms == 0 || self->rate == 0 || self->frame_size == 0)
+    return 0;
+  guint64 frames = gst_util_uint64_scale_ceil (tail_ms, self->rate,
+      (guint64) 1000 * self->frame_size);
+  return gst_util_uint64_scale (frames * self->frame_size, GST_SECOND, self->rate);
+}
+
+/* The tail is output past the input segment's end: a segment that ends there would have the
+ * sink (or an RTSP client told the range) drop it. */
+static void
+extend_stop_for_tail (GstMoshiDialog * self, gdouble rate, gint64 * stop)
+{
+  GstClockTime tail = eos_tail_duration (self);
+  if (tail > 0 && rate > 0 && *stop >= 0)
+    *stop += tail;
+}
+
 /* After the input's end the model may still be answering: eos-tail lets it go on for that long
  * on silence (whole frames), so that "a recorded question -> the answer" gives the answer. */
 static void
@@ -1584,6 +1608,15 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
         event = gst_event_new_segment (&segment);
         gst_event_set_seqnum (event, seqnum);
       }
+      gint64 stop = segment.stop;
+      extend_stop_for_tail (self, segment.rate, &stop);
+      if ((guint64) stop != segment.stop) {
+        segment.stop = stop;
+        guint32 seqnum = gst_event_get_seqnum (event);
+        gst_event_unref (event);
+        event = gst_event_new_segment (&segment);
+        gst_event_set_seqnum (event, seqnum);
+      }
       /* A new timeline: what waits belongs to the old one. */
       if (self->have_base && self->dialog != NULL) {
         drain (self);
@@ -1768,6 +1801,19 @@ gst_moshi_dialog_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
       if (GST_CLOCK_TIME_IS_VALID (max))
         max += ours;
       gst_query_set_latency (query, live, min, max);
+      return TRUE;
+    }
+    case GST_QUERY_SEGMENT:{
+      if (!gst_pad_peer_query (self->sinkpad, query))
+        return FALSE;
+      GstFormat format;
+      gdouble rate;
+      gint64 start, stop;
+      gst_query_parse_segment (query, &rate, &format, &start, &stop);
+      if (format == GST_FORMAT_TIME) {
+        extend_stop_for_tail (self, rate, &stop);
+        gst_query_set_segment (query, rate, format, start, stop);
+      }
       return TRUE;
     }
     default:

@@ -37,26 +37,6 @@ typedef struct
   gint eos_tail;
 } MoshiRtspOptions;
 
-/* moshidialog goes on for eos-tail past its input's end, but answers the segment query with
- * its input's segment, whose stop is the end of the file. gst-rtsp-server sends that stop as
- * the Range of its PLAY reply, and rtspsrc ends the stream there, without the tail. So the
- * answer's stop is left open on the way out of moshidialog: the stream ends at its EOS. */
-static GstPadProbeReturn
-open_segment_stop (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
-{
-  GstQuery *query = GST_PAD_PROBE_INFO_QUERY (info);
-  GstFormat format;
-  gdouble rate;
-  gint64 start;
-
-  if (GST_QUERY_TYPE (query) != GST_QUERY_SEGMENT)
-    return GST_PAD_PROBE_OK;
-  gst_query_parse_segment (query, &rate, &format, &start, NULL);
-  if (format == GST_FORMAT_TIME)
-    gst_query_set_segment (query, rate, format, start, -1);
-  return GST_PAD_PROBE_OK;
-}
-
 /* moshidialog's properties are set on the element rather than written into the launch line,
  * so that paths need no quoting for the pipeline parser. */
 static void
@@ -87,18 +67,6 @@ on_media_configure (GstRTSPMediaFactory * factory, GstRTSPMedia * media,
           strings[i].value);
   }
   g_object_set (dialog, "eos-tail", (guint) opts->eos_tail, NULL);
-  if (opts->eos_tail > 0) {
-    const char *pads[] = { "src", "text_src" };
-
-    for (gsize i = 0; i < G_N_ELEMENTS (pads); i++) {
-      GstPad *pad = gst_element_get_static_pad (dialog, pads[i]);
-
-      /* PULL: the query as moshidialog answered it. */
-      gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_QUERY_UPSTREAM |
-          GST_PAD_PROBE_TYPE_PULL, open_segment_stop, NULL, NULL);
-      gst_object_unref (pad);
-    }
-  }
   gst_object_unref (dialog);
   gst_object_unref (bin);
 }

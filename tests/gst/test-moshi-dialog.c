@@ -747,6 +747,59 @@ GST_START_TEST (test_eos_tail)
 }
 GST_END_TEST;
 
+static gboolean
+answer_segment_query_up_to_a_second (GstPad * pad, GstObject * parent, GstQuery * query)
+{
+  if (GST_QUERY_TYPE (query) != GST_QUERY_SEGMENT)
+    return FALSE;
+  gst_query_set_segment (query, 1.0, GST_FORMAT_TIME, 0, GST_SECOND);
+  return TRUE;
+}
+
+/* With eos-tail the output runs past the input's end: the segment moshidialog sends on, and
+ * the one it answers a segment query with, end that much later, or a sink (or an RTSP client
+ * told the range) would drop the answer. 250 ms is 4 frames. */
+GST_START_TEST (test_eos_tail_extends_segment)
+{
+  const GstClockTime tail = 4 * FRAME_NS;
+  GstElement *element = make_dialog (TRUE);
+  g_object_set (element, "eos-tail", 250, NULL);
+  Harnesses hs;
+  harnesses_new (&hs, element, FALSE, RAW_F32_CAPS);
+  GstSegment segment;
+  gst_segment_init (&segment, GST_FORMAT_TIME);
+  segment.stop = GST_SECOND;
+  fail_unless (gst_harness_push_event (hs.h, gst_event_new_segment (&segment)));
+  g_autoptr (GPtrArray) segments = pull_events (hs.h, GST_EVENT_SEGMENT);
+  const GstSegment *sent;
+  gst_event_parse_segment (g_ptr_array_index (segments, segments->len - 1), &sent);
+  fail_unless_equals_uint64 (sent->stop, GST_SECOND + tail);
+  harnesses_teardown (&hs);
+
+  /* The query: upstream's answer, extended. */
+  element = make_dialog (TRUE);
+  g_object_set (element, "eos-tail", 250, NULL);
+  fail_unless (gst_element_set_state (element, GST_STATE_PAUSED) != GST_STATE_CHANGE_FAILURE);
+  GstPad *upstream = gst_pad_new ("upstream", GST_PAD_SRC);
+  gst_pad_set_query_function (upstream, answer_segment_query_up_to_a_second);
+  GstPad *sink = gst_element_get_static_pad (element, "sink");
+  fail_unless_equals_int (gst_pad_link (upstream, sink), GST_PAD_LINK_OK);
+  GstPad *src = gst_element_get_static_pad (element, "src");
+  GstQuery *query = gst_query_new_segment (GST_FORMAT_TIME);
+  fail_unless (gst_pad_query (src, query));
+  gint64 stop;
+  gst_query_parse_segment (query, NULL, NULL, NULL, &stop);
+  fail_unless_equals_int64 (stop, GST_SECOND + tail);
+  gst_query_unref (query);
+  gst_pad_unlink (upstream, sink);
+  gst_object_unref (src);
+  gst_object_unref (sink);
+  gst_object_unref (upstream);
+  gst_element_set_state (element, GST_STATE_NULL);
+  gst_object_unref (element);
+}
+GST_END_TEST;
+
 /* A live source that falls silent (no buffer, no GAP): once a frame is a frame past its time
  * on the pipeline clock, the element goes on with silence, frame after frame, so the model
  * keeps talking and its output stays paced. The output equals a run with as many silent
@@ -1562,6 +1615,7 @@ moshi_dialog_suite (void)
   tcase_add_test (flow, test_flush_resets_conversation);
   tcase_add_test (flow, test_eos_mid_frame);
   tcase_add_test (flow, test_eos_tail);
+  tcase_add_test (flow, test_eos_tail_extends_segment);
   tcase_add_test (flow, test_live_stall_filled);
   tcase_add_test (flow, test_gaps_are_silence);
   tcase_add_test (flow, test_overlap_and_resync);
