@@ -1,10 +1,11 @@
 /* gst-moshi: many live conversations on one loaded model, stepped together.
  *
  * A MoshiScheduler owns a thread that runs "ticks": each tick takes the user frames that have
- * arrived from its conversations, encodes them with Mimi, runs ONE batched LM step for all of
- * them (the weights are read once per tick, whatever the number of conversations) and decodes
- * the model's frames. A MoshiConversation is one conversation on a scheduler; its owner hands
- * it one frame at a time and gets the model's frame back, as with MoshiDialog.
+ * arrived from its conversations, encodes them with ONE batched Mimi encode, runs ONE batched
+ * LM step for all of them and decodes the model's frames with ONE batched Mimi decode (the
+ * weights are read once per tick, whatever the number of conversations; MoshiMimiBatch). A
+ * MoshiConversation is one conversation on a scheduler; its owner hands it one frame at a time
+ * and gets the model's frame back, as with MoshiDialog.
  *
  * When a tick runs: as soon as every conversation that is keeping up has a frame waiting, or
  * when the oldest waiting frame has waited its conversation's max_wait (by default one frame,
@@ -12,10 +13,11 @@
  * back beyond that: the tick runs without it, the conversation is marked as stalled (not waited
  * for again until its next frame arrives) and its frame goes in a later tick.
  *
- * What a conversation computes does not depend on what shares its ticks: the batched step
- * gives every row the result it gets alone, and the random draws are a function of the
- * conversation's seed and step (lib/backend/moshi-sampling.h). So with a fixed seed its tokens
- * equal those of the same conversation run alone through MoshiDialog.
+ * What a conversation computes does not depend on what shares its ticks: the batched steps
+ * give every row the result it gets alone, up to the rounding of the order of sums in a
+ * matrix product of more rows (moshi-mimi.h, tests/test-mimi.c), and the random draws are a
+ * function of the conversation's seed and step (lib/backend/moshi-sampling.h). So with a fixed
+ * seed its tokens equal those of the same conversation run alone through MoshiDialog.
  *
  * Thread safety: the scheduler's calls may come from any thread. A conversation is used by one
  * thread at a time (its owner); step calls block that thread until the tick holding the frame
@@ -38,8 +40,8 @@ G_BEGIN_DECLS
 typedef struct {
   /* Conversations that may be joined at once (also the LM batch size); 0 = the default (64). */
   int max_conversations;
-  /* Threads of the batched LM step, and of the pool that runs the Mimi frames of
-   * single-threaded conversations in parallel. 0 = automatic. */
+  /* Threads of the batched LM step and Mimi transformer passes, and of the pool that runs the
+   * Mimi convolutions of single-threaded conversations in parallel. 0 = automatic. */
   int n_threads;
 } MoshiSchedulerOptions;
 
@@ -79,8 +81,8 @@ void moshi_scheduler_get_stats (MoshiScheduler *scheduler, MoshiSchedulerStats *
 
 typedef struct {
   /* Threads of this conversation's Mimi session, 0 = automatic (as MoshiDialog). The Mimi
-   * frames of single-threaded sessions run in parallel, one conversation per thread of the
-   * scheduler: the choice for many conversations on the CPU. */
+   * convolutions of single-threaded sessions run in parallel, one conversation per thread of
+   * the scheduler: the choice for many conversations on the CPU. */
   int n_threads;
   /* How long this conversation's frame may wait for the others' before a tick runs without
    * them, in microseconds; < 0 = one frame duration (the default); 0 = never wait. */

@@ -3,7 +3,6 @@
 #include "moshi-scheduler.h"
 
 #include "moshi-error.h"
-#include "moshi-threadpool.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +14,6 @@ struct _MoshiConversation {
   MoshiLmSession *lm;
   int32_t *codes;               /* [encode codebooks]: the user codes of the frame in flight */
   char *text;                   /* display text of the last step */
-  gboolean own_threads;         /* its Mimi session has a thread pool of its own */
 
   /* The frame in flight: written by the owner before it marks the frame pending, then used by
    * the scheduler thread only, until it marks the frame done. */
@@ -40,9 +38,8 @@ struct _MoshiScheduler {
   MoshiMimi *mimi;
   int max_conversations;
   gint64 frame_us;
-  gboolean parallel_mimi;       /* Mimi frames of a tick on the pool (CPU sessions) */
   MoshiLmBatch *batch;
-  MoshiThreadPool *pool;
+  MoshiMimiBatch *mimi_batch;   /* the Mimi encodes, and the decodes, of a tick: one call each */
   GThread *thread;
 
   GMutex lock;
@@ -56,7 +53,11 @@ struct _MoshiScheduler {
   MoshiConversation **tick;
   MoshiLmSession **sessions;
   int *tick_index;              /* LM batch row -> tick slot */
-  int *pool_slots;              /* the tick slots whose Mimi frames run on the pool */
+  /* a Mimi batch call's arguments, one per conversation in it */
+  MoshiMimiSession **mimi_sessions;
+  const float **mimi_pcm;
+  int32_t **mimi_codes;
+  float **mimi_out;
   int32_t *user_codes, *text_tokens, *audio_codes;
   gboolean *returned;
 
@@ -71,61 +72,59 @@ static GHashTable *shared_schedulers;   /* key -> MoshiScheduler (not reffed) */
 
 /* ------------------------------------------------------------------ a tick */
 
-typedef struct {
-  MoshiScheduler *s;
-  MoshiParallelFunc func;
-} PoolJob;
-
+/* One batched Mimi encode for the frames of the tick that came as audio. Audio that is not
+ * finite fails its own frame before the call, so that it never fails the others'. */
 static void
-pool_task (void *ctx, int task, int thread)
+encode_frames (MoshiScheduler *s, int n)
 {
-  PoolJob *job = ctx;
-  job->func (job->s, job->s->pool_slots[task], thread);
-}
-
-static void
-encode_frame (void *ctx, int slot, int thread)
-{
-  MoshiScheduler *s = ctx;
-  MoshiConversation *c = s->tick[slot];
-  if (c->pcm != NULL)
-    moshi_mimi_session_encode (c->mimi, c->pcm, 1, c->codes, &c->error);
-}
-
-static void
-finish_frame (void *ctx, int slot, int thread)
-{
-  MoshiScheduler *s = ctx;
-  MoshiConversation *c = s->tick[slot];
-  if (c->error != NULL || c->out_pcm == NULL)
-    return;
-  int frame_size = moshi_dialog_model_frame_size (c->model);
-  if (!c->frame->returned) {
-    memset (c->out_pcm, 0, frame_size * sizeof (float));
-    return;
-  }
-  /* [k][frame] with one frame is just the list of codes */
-  moshi_mimi_session_decode (c->mimi, c->frame->audio_codes, moshi_lm_generated_codebooks (s->lm),
-      1, c->out_pcm, &c->error);
-}
-
-/* Runs func for every frame of the tick: those of single-threaded Mimi sessions in parallel
- * on the scheduler's pool (CPU sessions), the others one after the other on their own pools. */
-static void
-run_on_pool (MoshiScheduler *s, int n, MoshiParallelFunc func)
-{
-  int shared = 0;
+  int m = 0;
   for (int i = 0; i < n; i++) {
     MoshiConversation *c = s->tick[i];
-    if (c->own_threads || !s->parallel_mimi)
-      func (s, i, 0);
-    else
-      s->pool_slots[shared++] = i;
+    if (c->pcm == NULL || !moshi_mimi_check_pcm (s->mimi, c->pcm, 1, &c->error))
+      continue;
+    s->mimi_sessions[m] = c->mimi;
+    s->mimi_pcm[m] = c->pcm;
+    s->mimi_codes[m] = c->codes;
+    s->tick_index[m++] = i;
   }
-  if (shared == 1)
-    func (s, s->pool_slots[0], 0);
-  else if (shared > 1)
-    moshi_thread_pool_run (s->pool, shared, pool_task, &(PoolJob) { s, func });
+  GError *error = NULL;
+  if (m > 0 && !moshi_mimi_batch_encode (s->mimi_batch, s->mimi_sessions, m, s->mimi_pcm,
+          s->mimi_codes, &error)) {
+    for (int j = 0; j < m; j++)
+      s->tick[s->tick_index[j]]->error = g_error_copy (error);
+    g_error_free (error);
+  }
+}
+
+/* One batched Mimi decode for the frames of the tick that want audio back; silence for those
+ * whose LM has not returned a frame yet. */
+static void
+decode_frames (MoshiScheduler *s, int n)
+{
+  int frame_size = moshi_mimi_frame_size (s->mimi);
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    MoshiConversation *c = s->tick[i];
+    if (c->error != NULL || c->out_pcm == NULL)
+      continue;
+    if (!c->frame->returned) {
+      memset (c->out_pcm, 0, frame_size * sizeof (float));
+      continue;
+    }
+    s->mimi_sessions[m] = c->mimi;
+    /* [k][frame] with one frame is just the list of codes */
+    s->mimi_codes[m] = c->frame->audio_codes;
+    s->mimi_out[m] = c->out_pcm;
+    s->tick_index[m++] = i;
+  }
+  GError *error = NULL;
+  if (m > 0 && !moshi_mimi_batch_decode (s->mimi_batch, s->mimi_sessions, m,
+          (const int32_t *const *) s->mimi_codes, moshi_lm_generated_codebooks (s->lm),
+          s->mimi_out, &error)) {
+    for (int j = 0; j < m; j++)
+      s->tick[s->tick_index[j]]->error = g_error_copy (error);
+    g_error_free (error);
+  }
 }
 
 /* Mimi encodes of every frame, one LM step for all that encoded, Mimi decodes. A frame that
@@ -136,7 +135,8 @@ run_tick (MoshiScheduler *s, int n)
   int n_user = moshi_lm_user_codebooks (s->lm);
   int dep_q = moshi_lm_generated_codebooks (s->lm);
 
-  run_on_pool (s, n, encode_frame);
+  if (s->mimi_batch)
+    encode_frames (s, n);
 
   int rows = 0;
   for (int i = 0; i < n; i++) {
@@ -170,7 +170,8 @@ run_tick (MoshiScheduler *s, int n)
       c->text = moshi_dialog_model_display (c->model, f->text_token);
     f->text = c->text;
   }
-  run_on_pool (s, n, finish_frame);
+  if (s->mimi_batch)
+    decode_frames (s, n);
 }
 
 /* ------------------------------------------------------------------ the scheduler thread */
@@ -273,12 +274,14 @@ scheduler_free (MoshiScheduler *s)
   }
   g_ptr_array_unref (s->joined);
   moshi_lm_batch_free (s->batch);
-  if (s->pool)
-    moshi_thread_pool_free (s->pool);
+  moshi_mimi_batch_free (s->mimi_batch);
   g_free (s->tick);
   g_free (s->sessions);
   g_free (s->tick_index);
-  g_free (s->pool_slots);
+  g_free (s->mimi_sessions);
+  g_free (s->mimi_pcm);
+  g_free (s->mimi_codes);
+  g_free (s->mimi_out);
   g_free (s->user_codes);
   g_free (s->text_tokens);
   g_free (s->audio_codes);
@@ -320,8 +323,6 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
   s->max_conversations = max;
   s->frame_us = (gint64) G_USEC_PER_SEC * moshi_dialog_model_frame_size (model)
       / moshi_dialog_model_sample_rate (model);
-  s->parallel_mimi = mimi && moshi_mimi_get_backend (mimi)->device == MOSHI_DEVICE_CPU;
-  s->pool = moshi_thread_pool_new (threads > 0 ? threads : (int) MIN (g_get_num_processors (), 64));
   s->joined = g_ptr_array_new ();
   g_mutex_init (&s->lock);
   g_cond_init (&s->work);
@@ -330,11 +331,18 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
   s->tick = g_new0 (MoshiConversation *, max);
   s->sessions = g_new0 (MoshiLmSession *, max);
   s->tick_index = g_new0 (int, max);
-  s->pool_slots = g_new0 (int, max);
+  s->mimi_sessions = g_new0 (MoshiMimiSession *, max);
+  s->mimi_pcm = g_new0 (const float *, max);
+  s->mimi_codes = g_new0 (int32_t *, max);
+  s->mimi_out = g_new0 (float *, max);
   s->user_codes = g_new0 (int32_t, (gsize) max * MAX (n_user, 1));
   s->text_tokens = g_new0 (int32_t, max);
   s->audio_codes = g_new0 (int32_t, (gsize) max * MAX (dep_q, 1));
   s->returned = g_new0 (gboolean, max);
+  if (mimi && (s->mimi_batch = moshi_mimi_batch_new (mimi, max, threads, error)) == NULL) {
+    scheduler_free (s);
+    return NULL;
+  }
   s->thread = g_thread_try_new ("moshi-scheduler", scheduler_thread, s, error);
   if (s->thread == NULL) {
     scheduler_free (s);
@@ -471,7 +479,6 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
   c->sched = moshi_scheduler_ref (s);
   c->model = moshi_dialog_model_ref (model);
   c->codes = g_new0 (int32_t, codebooks);
-  c->own_threads = threads != 1;
   c->max_wait_us = options && options->max_wait_us >= 0 ? options->max_wait_us : s->frame_us;
   /* not waited for until its first frame comes */
   c->stalled = TRUE;
