@@ -122,4 +122,44 @@ typedef struct {
 
 void moshi_conversation_get_stats (MoshiConversation *conversation, MoshiConversationStats *stats);
 
+/* ---- Mimi streams: a scheduler without an LM, for Mimi encoders and decoders ----
+ * A scheduler made for a Mimi alone runs Mimi streams: in each tick, one batched encode
+ * (moshi_mimi_batch_encode) for the streams whose audio frame has come and one batched decode
+ * for those whose codes have come (one per number of codebooks among them), so that the
+ * encoders and decoders of a process share their weight reads. When a tick runs, and what a
+ * late stream costs the others, follow the rules of conversations above; a stream that does
+ * not run in real time (a file) should not be waited for: max_wait_us 0. A stream's frames
+ * equal those of its session stepped alone, up to the rounding that moshi-mimi.h states. */
+typedef struct _MoshiMimiStream MoshiMimiStream;
+
+/* A new scheduler for Mimi streams on mimi; options as for conversations (max_conversations
+ * bounds the streams). */
+MoshiScheduler *moshi_scheduler_new_mimi (MoshiMimi *mimi, const MoshiSchedulerOptions *options,
+    GError **error);
+/* The scheduler of Mimi streams this process already runs for mimi (as moshi_mimi_load_shared
+ * returns it), or a new one registered for it. */
+MoshiScheduler *moshi_scheduler_get_shared_mimi (MoshiMimi *mimi,
+    const MoshiSchedulerOptions *options, GError **error);
+
+/* Joins a stream: a streaming Mimi session (options as for moshi_mimi_session_new; frames go
+ * one at a time, full_context is refused). max_wait_us as MoshiConversationOptions. Fails with
+ * MOSHI_ERROR_BUSY when max_conversations streams are joined. */
+MoshiMimiStream *moshi_mimi_stream_new (MoshiScheduler *scheduler,
+    const MoshiMimiSessionOptions *options, gint64 max_wait_us, GError **error);
+void moshi_mimi_stream_free (MoshiMimiStream *stream);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiMimiStream, moshi_mimi_stream_free)
+
+/* One frame, as moshi_mimi_session_encode / _decode with n_frames 1: blocks until the tick that
+ * takes it has run. Bad input fails this call alone. */
+gboolean moshi_mimi_stream_encode (MoshiMimiStream *stream, const float *pcm, int32_t *codes,
+    GError **error);
+gboolean moshi_mimi_stream_decode (MoshiMimiStream *stream, const int32_t *codes,
+    int num_codebooks, float *pcm, GError **error);
+
+/* As moshi_mimi_session_reset; between frames only. */
+void moshi_mimi_stream_reset (MoshiMimiStream *stream);
+MoshiMimiSession *moshi_mimi_stream_get_session (MoshiMimiStream *stream);
+void moshi_mimi_stream_set_max_wait (MoshiMimiStream *stream, gint64 max_wait_us);
+void moshi_mimi_stream_get_stats (MoshiMimiStream *stream, MoshiConversationStats *stats);
+
 G_END_DECLS
