@@ -618,16 +618,20 @@ typedef struct {
   gboolean first;         /* a first-frame branch runs (replicate padding): never recorded */
 } Call;
 
-/* The recorded call of one direction, replayed while calls keep its shape. */
+/* The recorded calls of an exec (a session's or a batch's), one per direction, each replayed
+ * while calls keep its shape (recorder_run). */
 typedef struct {
-  MoshiGraph *graph;
-  gint64 key;             /* call_key of the shape it was recorded for */
-} Recorded;
+  gboolean graphs;        /* the backend records, and recording has not failed */
+  MoshiGraph *graph[2];   /* encode, decode */
+  char *key[2];           /* the shapes they were recorded for */
+  GHashTable *seen;       /* every shape run so far (its key) */
+} Recorder;
 
 struct _MoshiMimiSession {
   MoshiMimi *m;
   MoshiExec *ex;
   int n_threads;          /* of ex, as asked: 1 lets a batch run this session's convs on a pool */
+  guint serial;           /* unique in the process: names the session in a batch's shapes */
   int num_codebooks;
   int max_frames;
   int kv_capacity;
@@ -660,10 +664,7 @@ struct _MoshiMimiSession {
   /* transformer scratch, shared by both directions */
   TrScratch tr;
 
-  /* recorded calls (backends that can record; see run_call) */
-  gboolean graphs;
-  Recorded enc_rec, dec_rec;
-  GHashTable *seen;       /* call_key of every call shape run so far (gint64 *) */
+  Recorder rec;           /* see run_call */
 };
 
 typedef struct {
@@ -756,18 +757,37 @@ stage_state_clear (MoshiBackend *be, StageState *ss, const Stage *st)
   dev_free (be, ss->hidden);
 }
 
+/* Past this many shapes seen, a recorder's set starts again (each shape then runs eagerly once
+ * more before it is recorded), so that a batch whose streams come and go does not grow it. */
+#define RECORDER_MAX_SEEN 256
+
+static void
+recorder_init (Recorder *r, MoshiBackend *be, gboolean allowed)
+{
+  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
+  r->graphs = allowed && be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+  r->seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+}
+
 /* Frees the recorded calls of both directions. Every call ends with a synchronize, so none of
  * them is still running when this is called between calls. */
 static void
-drop_graphs (MoshiMimiSession *s)
+recorder_drop (Recorder *r, MoshiBackend *be)
 {
-  MoshiBackend *be = s->m->be;
-  Recorded *recs[] = { &s->enc_rec, &s->dec_rec };
-  for (guint i = 0; i < G_N_ELEMENTS (recs); i++) {
-    if (recs[i]->graph != NULL)
-      be->ops->graph_free (be, recs[i]->graph);
-    recs[i]->graph = NULL;
+  for (int d = 0; d < 2; d++) {
+    if (r->graph[d] != NULL)
+      be->ops->graph_free (be, r->graph[d]);
+    r->graph[d] = NULL;
+    g_clear_pointer (&r->key[d], g_free);
   }
+}
+
+static void
+recorder_clear (Recorder *r, MoshiBackend *be)
+{
+  recorder_drop (r, be);
+  if (r->seen)
+    g_hash_table_unref (r->seen);
 }
 
 void
@@ -777,7 +797,7 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     return;
   MoshiMimi *m = s->m;
   MoshiBackend *be = m->be;
-  drop_graphs (s);
+  recorder_clear (&s->rec, be);
   void *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
     s->q_latent, s->q_residual, s->codes_dev, s->dec_in, s->dq, s->dq_proj, s->dq_cols,
     s->up_carry, s->dec_latent, s->dec_conv0.buf, s->dec_final.buf, s->dec_x0, s->pcm_dev,
@@ -792,8 +812,6 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     stage_state_clear (be, &s->enc[i], &m->enc_stages[i]);
     stage_state_clear (be, &s->dec[i], &m->dec_stages[i]);
   }
-  if (s->seen)
-    g_hash_table_unref (s->seen);
   moshi_exec_free (s->ex);
   moshi_mimi_unref (m);
   g_free (s);
@@ -860,14 +878,15 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   s->m = moshi_mimi_ref (m);
   s->ex = ex;
   s->n_threads = options->n_threads;
+  /* not the address, which a later session may reuse with other buffers */
+  static gint serials;
+  s->serial = (guint) g_atomic_int_add (&serials, 1);
   s->num_codebooks = num_codebooks;
   s->max_frames = max_frames;
   int steps = max_frames * m->resample_stride;
   int context = m->cfg.transformer.context;
   s->kv_capacity = options->full_context ? context + steps - 1 : context;
-  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-  s->graphs = m->be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
-  s->seen = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
+  recorder_init (&s->rec, m->be, TRUE);
 
   const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
@@ -1324,75 +1343,86 @@ device_call (MoshiMimiSession *s, const Call *c)
     device_encode (s, c->n_frames);
 }
 
-/* Everything that selects a call's op sequence and buffer offsets. */
-static gint64
-call_key (const Call *c)
-{
-  return (gint64) c->n_frames << 32 | (gint64) c->num_codebooks << 2 | (gint64) c->first << 1
-      | (gint64) c->decode;
-}
-
-/* Notes a call shape as run; TRUE when it had run before. */
+/* Runs a call's device part, device (ctx), on ex: replays the direction's recorded call when
+ * key (everything that selects the call's op sequence and buffers) is the one recorded,
+ * records a steady-state shape the second time it comes (the first run sizes the exec's
+ * scratch buffers), and otherwise runs the ops as they come (always for first-frame calls,
+ * whose branch later calls do not take). A call that cannot be recorded turns recording off
+ * for the recorder, with a message. */
 static gboolean
-seen_before (MoshiMimiSession *s, gint64 key)
+recorder_run (Recorder *r, MoshiMimi *m, MoshiExec *ex, gboolean decode, const char *shape,
+    gboolean first, void (*device) (gpointer ctx), gpointer ctx, GError **error)
 {
-  if (g_hash_table_contains (s->seen, &key))
-    return TRUE;
-  g_hash_table_add (s->seen, g_memdup2 (&key, sizeof key));
-  return FALSE;
-}
-
-/* Runs a call's device part: replays the direction's recorded call when the shape is the one
- * recorded, records a steady-state shape the second time it comes (the first run sizes the
- * exec's scratch buffers), and otherwise runs the ops as they come (always for first-frame
- * calls, whose branch later calls do not take). A call that cannot be recorded turns recording
- * off for the session, with a message. */
-static gboolean
-run_call (MoshiMimiSession *s, const Call *c, GError **error)
-{
-  MoshiBackend *be = s->m->be;
+  MoshiBackend *be = m->be;
   const MoshiBackendOps *ops = be->ops;
-  if (!s->graphs) {
-    device_call (s, c);
+  if (!r->graphs) {
+    device (ctx);
     return TRUE;
   }
-  Recorded *rec = c->decode ? &s->dec_rec : &s->enc_rec;
-  gint64 key = call_key (c);
-  if (rec->graph != NULL && rec->key == key)
-    return ops->graph_launch (s->ex, rec->graph, error);
-  if (!seen_before (s, key)) {
+  /* the direction is part of the shape: both share the set of shapes seen */
+  g_autofree char *key = g_strdup_printf ("%s:%s", decode ? "decode" : "encode", shape);
+  if (r->graph[decode] != NULL && g_str_equal (r->key[decode], key))
+    return ops->graph_launch (ex, r->graph[decode], error);
+  if (!g_hash_table_contains (r->seen, key)) {
     /* A new shape may grow the exec's scratch buffers, which frees the ones that the recorded
      * calls (of either direction, sharing the exec) would use: drop them; they are recorded
      * again when their shapes come back. */
-    drop_graphs (s);
-    device_call (s, c);
+    if (g_hash_table_size (r->seen) >= RECORDER_MAX_SEEN)
+      g_hash_table_remove_all (r->seen);
+    g_hash_table_add (r->seen, g_strdup (key));
+    recorder_drop (r, be);
+    device (ctx);
     return TRUE;
   }
-  if (c->first) {
-    device_call (s, c);
+  if (first) {
+    device (ctx);
     return TRUE;
   }
-  if (rec->graph != NULL) {
-    ops->graph_free (be, rec->graph);   /* idle: the last call ended with a synchronize */
-    rec->graph = NULL;
+  if (r->graph[decode] != NULL) {
+    ops->graph_free (be, r->graph[decode]);     /* idle: the last call ended with a synchronize */
+    r->graph[decode] = NULL;
   }
   g_autoptr (GError) why = NULL;
   MoshiGraph *graph = NULL;
-  if (ops->capture_begin (s->ex, &why)) {
-    device_call (s, c);
-    graph = ops->capture_end (s->ex, &why);
+  if (ops->capture_begin (ex, &why)) {
+    device (ctx);
+    graph = ops->capture_end (ex, &why);
   }
   if (graph == NULL) {
     g_message ("%s: Mimi frames are not recorded, each op is launched as it comes: %s",
-        s->m->path, why->message);
-    s->graphs = FALSE;
-    drop_graphs (s);
-    device_call (s, c);
+        m->path, why->message);
+    r->graphs = FALSE;
+    recorder_drop (r, be);
+    device (ctx);
     return TRUE;
   }
-  rec->graph = graph;
-  rec->key = key;
-  return ops->graph_launch (s->ex, rec->graph, error);
+  r->graph[decode] = graph;
+  g_free (r->key[decode]);
+  r->key[decode] = g_strdup (key);
+  return ops->graph_launch (ex, graph, error);
+}
+
+typedef struct {
+  MoshiMimiSession *s;
+  const Call *c;
+} SessionCall;
+
+static void
+session_device_call (gpointer ctx)
+{
+  SessionCall *sc = ctx;
+  device_call (sc->s, sc->c);
+}
+
+/* A session's call: recorded per direction, its shape the frame count, the codebooks and
+ * whether a first-frame branch runs. */
+static gboolean
+run_call (MoshiMimiSession *s, const Call *c, GError **error)
+{
+  char key[64];
+  g_snprintf (key, sizeof key, "%d/%d/%d", c->n_frames, c->num_codebooks, c->first);
+  return recorder_run (&s->rec, s->m, s->ex, c->decode, key, c->first, session_device_call,
+      &(SessionCall) { s, c }, error);
 }
 
 gboolean
@@ -1530,6 +1560,13 @@ struct _MoshiMimiBatch {
   MoshiMimiSession **sessions;
   int *pool_slots;
   int num_codebooks;
+
+  /* Recorded calls (backends that can record), replayed while the same sessions come in the
+   * same order: their buffers are in the recording. Sessions joining or leaving make a new
+   * shape, recorded the second time it comes (recorder_run). */
+  Recorder rec;
+  gint n;                       /* sessions in the call in progress */
+  gboolean decode;
 };
 
 void
@@ -1544,6 +1581,7 @@ moshi_mimi_batch_free (MoshiMimiBatch *b)
   host_free (be, b->rc_host);
   if (b->pool)
     moshi_thread_pool_free (b->pool);
+  recorder_clear (&b->rec, be);
   moshi_exec_free (b->ex);
   g_free (b->sessions);
   g_free (b->pool_slots);
@@ -1578,6 +1616,8 @@ moshi_mimi_batch_new (MoshiMimi *m, int max_sessions, int n_threads, GError **er
   b->sessions = g_new0 (MoshiMimiSession *, max_sessions);
   b->pool_slots = g_new0 (int, max_sessions);
   b->own_exec_convs = m->be->device == MOSHI_DEVICE_CPU;
+  /* a call runs on several execs on the CPU, which does not record anyway */
+  recorder_init (&b->rec, m->be, !b->own_exec_convs);
   if (b->own_exec_convs)
     b->pool = moshi_thread_pool_new (n_threads > 0 ? n_threads
         : (int) MIN (g_get_num_processors (), 64));
@@ -1677,7 +1717,6 @@ batch_rows (MoshiMimiBatch *b, int n, gboolean decode)
     MoshiMimiSession *s = b->sessions[i];
     fill_rows (b->rc_host + (gsize) i * b->stride, decode ? &s->dec_tr : &s->enc_tr, b->stride);
   }
-  b->m->be->ops->upload (b->ex, b->rc_dev, b->rc_host, (gsize) n * b->stride * sizeof (MoshiRowCache));
 }
 
 static float *
@@ -1717,20 +1756,55 @@ decode_back_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
   decode_back (ex, b->sessions[i], 1, batch_x (b, i));
 }
 
-/* Both directions: the sessions' front phases, one transformer pass over all their rows, the
- * back phases, one wait. */
+/* The device part of the batch call in progress, over the inputs staged in the sessions'
+ * pinned buffers and the batch's row table: the row table's upload, the sessions' front
+ * phases, one transformer pass over all their rows, the back phases. Recordable as
+ * device_encode is, for one list of sessions. */
 static void
-batch_call (MoshiMimiBatch *b, int n, gboolean decode)
+batch_device (gpointer ctx)
+{
+  MoshiMimiBatch *b = ctx;
+  int n = b->n;
+  gboolean decode = b->decode;
+  b->m->be->ops->upload (b->ex, b->rc_dev, b->rc_host,
+      (gsize) n * b->stride * sizeof (MoshiRowCache));
+  run_phase (b, n, decode ? decode_front_phase : encode_front_phase);
+  transformer_rows (b->ex, b->m, decode ? &b->m->dec_tr : &b->m->enc_tr, &b->tr, n * b->stride,
+      b->rc_dev, b->kv_capacity, 0);
+  run_phase (b, n, decode ? decode_back_phase : encode_back_phase);
+}
+
+/* A batch call's shape: the codebooks, whether a first-frame branch runs, and the sessions in
+ * order (by serial: their buffers are in a recording). */
+static gboolean
+batch_run (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
+{
+  gboolean first = FALSE;
+  for (int i = 0; i < n; i++)
+    first = first || first_frame_pending (b->sessions[i], decode);
+  GString *key = g_string_new (NULL);
+  g_string_printf (key, "%d/%d", decode ? b->num_codebooks : 0, first);
+  for (int i = 0; i < n; i++)
+    g_string_append_printf (key, "/%u", b->sessions[i]->serial);
+  b->n = n;
+  b->decode = decode;
+  gboolean ok = recorder_run (&b->rec, b->m, b->ex, decode, key->str, first, batch_device, b,
+      error);
+  g_string_free (key, TRUE);
+  return ok;
+}
+
+/* Both directions: the inputs staged, the device part, one wait. */
+static gboolean
+batch_call (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
 {
   const MoshiBackendOps *ops = b->m->be->ops;
   /* On one queue for the batch, the sessions' own queues must be idle (a reset queues work) */
   for (int i = 0; i < n && !b->own_exec_convs; i++)
     ops->synchronize (b->sessions[i]->ex);
   batch_rows (b, n, decode);
-  run_phase (b, n, decode ? decode_front_phase : encode_front_phase);
-  transformer_rows (b->ex, b->m, decode ? &b->m->dec_tr : &b->m->enc_tr, &b->tr, n * b->stride,
-      b->rc_dev, b->kv_capacity, 0);
-  run_phase (b, n, decode ? decode_back_phase : encode_back_phase);
+  if (!batch_run (b, n, decode, error))
+    return FALSE;
   ops->synchronize (b->ex);
   for (int i = 0; i < n; i++) {
     MoshiMimiSession *s = b->sessions[i];
@@ -1741,6 +1815,7 @@ batch_call (MoshiMimiBatch *b, int n, gboolean decode)
     else
       s->enc_tr.pos += b->stride;
   }
+  return TRUE;
 }
 
 gboolean
@@ -1759,7 +1834,8 @@ moshi_mimi_batch_encode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
     b->sessions[i] = s;
     memcpy (s->enc_in_host + encode_layout (s, 1).in, pcm[i], b->m->frame_size * sizeof (float));
   }
-  batch_call (b, n, FALSE);
+  if (!batch_call (b, n, FALSE, error))
+    return FALSE;
   for (int i = 0; i < n; i++)
     memcpy (codes[i], sessions[i]->codes_host, sessions[i]->num_codebooks * sizeof (int32_t));
   return TRUE;
@@ -1781,7 +1857,8 @@ moshi_mimi_batch_decode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
     b->sessions[i] = sessions[i];
     memcpy (sessions[i]->dec_in_host, codes[i], num_codebooks * sizeof (int32_t));
   }
-  batch_call (b, n, TRUE);
+  if (!batch_call (b, n, TRUE, error))
+    return FALSE;
   for (int i = 0; i < n; i++)
     memcpy (pcm[i], sessions[i]->pcm_host, b->m->frame_size * sizeof (float));
   return TRUE;
