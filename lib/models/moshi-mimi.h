@@ -98,13 +98,15 @@ gboolean moshi_mimi_check_codes (const MoshiMimi *mimi, const int32_t *codes, in
  * the KV writes and attention take each row's session cache and position from a row table, as
  * the LM's batched step does), then the convolutions again. On the CPU the convolutions of
  * single-threaded sessions run in parallel over the batch's threads, each on its session's own
- * thread; on other backends every op of the call is queued on the batch's exec.
+ * thread; on other backends every op of the call is queued on the batch's exec, and a backend
+ * that records (CUDA graphs) replays one recording per direction while the same sessions come
+ * in the same order (a session joining or leaving makes a new one).
  *
  * A batched frame gives what the session gives alone (moshi_mimi_session_encode/decode of one
  * frame), but for the order of the sums in the transformer's matrix products: on the CPU a
  * product of at most 8 rows (4 sessions at the released frame rate) sums each row as a product
- * of that row alone does, and bigger ones go to BLAS (tests/test-mimi.c states the measured
- * differences). Sessions may be at any stream position, and may join or leave between calls;
+ * of that row alone does (bit-identical frames, as long as no bigger batch has written the
+ * caches), and bigger ones go to BLAS (tests/test-mimi.c states the measured differences). Sessions may be at any stream position, and may join or leave between calls;
  * they must be streaming sessions (full_context FALSE). A batch is used by one thread at a time,
  * and its sessions are not used elsewhere during a call. */
 typedef struct _MoshiMimiBatch MoshiMimiBatch;
