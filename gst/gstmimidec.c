@@ -76,7 +76,7 @@ struct _GstMimiDec
   GstMoshiLoadedModel loaded;
 
   /* From start() to stop(), used by the streaming thread. */
-  MoshiMimiSession *session;
+  GstMoshiMimiCoder coder;
   gint rate;
   gint frame_size;
   gint codebook_size;
@@ -166,6 +166,7 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
 
   GST_OBJECT_LOCK (self);
   gint threads = self->settings.threads;
+  gboolean shared = self->settings.shared_scheduler;
   GST_OBJECT_UNLOCK (self);
 
   MoshiMimi *mimi = self->loaded.mimi;
@@ -175,8 +176,7 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
     .n_threads = threads,
     .max_frames_per_call = 1,
   };
-  self->session = moshi_mimi_session_new (mimi, &options, &error);
-  if (self->session == NULL)
+  if (!gst_moshi_mimi_coder_start (&self->coder, mimi, &options, shared, &error))
     goto session_failed;
 
   self->rate = moshi_mimi_sample_rate (mimi);
@@ -199,7 +199,8 @@ session_failed:
   {
     GST_ELEMENT_ERROR (self, LIBRARY, INIT,
         ("Could not start a Mimi decoder stream: %s", error->message),
-        ("model %s, threads=%d", moshi_mimi_get_path (mimi), threads));
+        ("model %s, threads=%d, shared-scheduler=%d", moshi_mimi_get_path (mimi),
+            threads, shared));
     return FALSE;
   }
 }
@@ -209,7 +210,7 @@ gst_mimi_dec_stop (GstAudioDecoder * decoder)
 {
   GstMimiDec *self = GST_MIMI_DEC (decoder);
 
-  g_clear_pointer (&self->session, moshi_mimi_session_free);
+  gst_moshi_mimi_coder_stop (&self->coder);
   g_clear_pointer (&self->pcm, g_free);
   self->pcm_len = 0;
   g_clear_pointer (&self->codes, g_free);
@@ -330,7 +331,7 @@ conceal (GstMimiDec * self, gfloat * out, gsize n)
      * silence, so that the sound dies away instead of stopping mid-waveform. Running the
      * decoder also keeps its state moving with time. */
     g_autofree gfloat *frame = g_new (gfloat, self->frame_size);
-    if (moshi_mimi_session_decode (self->session, self->last_codes,
+    if (gst_moshi_mimi_coder_decode (&self->coder, self->last_codes,
             self->codebooks, 1, frame, NULL)) {
       gsize fade = MIN (n, (gsize) self->frame_size);
       for (gsize i = 0; i < fade; i++)
@@ -470,7 +471,7 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
   if (size == 0)
     return handle_gap (self, buffer);
   /* The base class refuses data before caps; stay safe should that change. */
-  if (G_UNLIKELY (self->codebooks == 0 || self->session == NULL))
+  if (G_UNLIKELY (self->codebooks == 0 || self->coder.session == NULL))
     goto not_negotiated;
 
   GstClockTime pts = GST_BUFFER_PTS (buffer);
@@ -551,7 +552,7 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
     for (gsize j = 0; j < chunk; j++)
       gst_moshi_codes_unpack (self->codes + j, chunk,
           map.data + 2 * (f + j) * self->codebooks, self->codebooks);
-    if (!moshi_mimi_session_decode (self->session, self->codes,
+    if (!gst_moshi_mimi_coder_decode (&self->coder, self->codes,
             self->codebooks, (gint) chunk, pcm + prefix, &error)) {
       gst_buffer_unmap (buffer, &map);
       goto decode_failed;
@@ -652,8 +653,8 @@ gst_mimi_dec_flush (GstAudioDecoder * decoder, gboolean hard)
   if (!hard)
     return;
   GST_DEBUG_OBJECT (self, "flush: resetting the decoder state");
-  if (self->session != NULL)
-    moshi_mimi_session_reset_decoder (self->session);
+  if (self->coder.session != NULL)
+    moshi_mimi_session_reset_decoder (self->coder.session);
   reset_concealment (self);
 }
 

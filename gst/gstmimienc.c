@@ -70,7 +70,7 @@ struct _GstMimiEnc
   /* From start() to stop(), under the stream lock. The base class starts the stream when
    * it activates its sink pad, which already lets buffers in: handle_frame() can run
    * before start() has finished, and then finds no session. */
-  MoshiMimiSession *session;
+  GstMoshiMimiCoder coder;
   gint codebooks;               /* in the output stream */
   gint frame_size;              /* samples per frame */
   gfloat *pcm;                  /* one frame */
@@ -157,6 +157,7 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
   g_autoptr (GError) error = NULL;
   MoshiMimi *mimi = NULL;
   gint threads = 0;
+  gboolean shared;
 
   /* Under the stream lock: caps or data may already be arriving (see the struct), and the
    * model may be replaced below. */
@@ -170,6 +171,7 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
   GST_OBJECT_LOCK (self);
   gint num_codebooks = self->num_codebooks;
   threads = self->settings.threads;
+  shared = self->settings.shared_scheduler;
   GST_OBJECT_UNLOCK (self);
   if (!check_num_codebooks (self, num_codebooks))
     goto failed;
@@ -182,8 +184,7 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
     .num_codebooks = num_codebooks,
     .max_frames_per_call = 1,
   };
-  self->session = moshi_mimi_session_new (mimi, &options, &error);
-  if (self->session == NULL)
+  if (!gst_moshi_mimi_coder_start (&self->coder, mimi, &options, shared, &error))
     goto session_failed;
 
   self->codebooks = num_codebooks;
@@ -199,7 +200,8 @@ session_failed:
   {
     GST_ELEMENT_ERROR (self, LIBRARY, INIT,
         ("Could not start a Mimi encoder stream: %s", error->message),
-        ("model %s, threads=%d", moshi_mimi_get_path (mimi), threads));
+        ("model %s, threads=%d, shared-scheduler=%d", moshi_mimi_get_path (mimi),
+            threads, shared));
     goto failed;
   }
 failed:
@@ -215,7 +217,7 @@ gst_mimi_enc_stop (GstAudioEncoder * encoder)
   GstMimiEnc *self = GST_MIMI_ENC (encoder);
 
   GST_AUDIO_ENCODER_STREAM_LOCK (self);
-  g_clear_pointer (&self->session, moshi_mimi_session_free);
+  gst_moshi_mimi_coder_stop (&self->coder);
   g_clear_pointer (&self->pcm, g_free);
   g_clear_pointer (&self->codes, g_free);
   self->codebooks = 0;
@@ -291,9 +293,9 @@ gst_mimi_enc_handle_frame (GstAudioEncoder * encoder, GstBuffer * buffer)
   /* Drain: every sample handed to us has already been encoded. */
   if (buffer == NULL)
     return GST_FLOW_OK;
-  if (G_UNLIKELY (self->session == NULL))
+  if (G_UNLIKELY (self->coder.session == NULL))
     goto not_started;
-  if (G_UNLIKELY (moshi_mimi_session_num_codebooks (self->session) !=
+  if (G_UNLIKELY (moshi_mimi_session_num_codebooks (self->coder.session) !=
           self->codebooks))
     goto codebooks_changed;
 
@@ -319,7 +321,7 @@ gst_mimi_enc_handle_frame (GstAudioEncoder * encoder, GstBuffer * buffer)
     }
   }
 
-  if (!moshi_mimi_session_encode (self->session, self->pcm, 1, self->codes,
+  if (!gst_moshi_mimi_coder_encode (&self->coder, self->pcm, self->codes,
           &error))
     goto encode_failed;
 
@@ -356,7 +358,7 @@ codebooks_changed:
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
         ("num-codebooks changed from %d to %d while streaming; it can only "
             "change in the NULL or READY state", self->codebooks,
-            moshi_mimi_session_num_codebooks (self->session)));
+            moshi_mimi_session_num_codebooks (self->coder.session)));
     return GST_FLOW_NOT_NEGOTIATED;
   }
 map_failed:
@@ -381,8 +383,8 @@ gst_mimi_enc_flush (GstAudioEncoder * encoder)
   /* A flush starts a new stream: the convolution history and attention caches of the
    * old one must not colour the first frames after a seek. */
   GST_DEBUG_OBJECT (self, "flush: resetting the encoder state");
-  if (self->session != NULL)
-    moshi_mimi_session_reset_encoder (self->session);
+  if (self->coder.session != NULL)
+    moshi_mimi_session_reset_encoder (self->coder.session);
 }
 
 static gboolean

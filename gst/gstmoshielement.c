@@ -86,6 +86,7 @@ gst_moshi_settings_init (GstMoshiSettings * settings)
   settings->config = NULL;
   settings->device = GST_MOSHI_DEFAULT_DEVICE;
   settings->threads = GST_MOSHI_DEFAULT_THREADS;
+  settings->shared_scheduler = GST_MOSHI_DEFAULT_SHARED_SCHEDULER;
 }
 
 void
@@ -102,6 +103,7 @@ gst_moshi_settings_copy (GstMoshiSettings * dest, const GstMoshiSettings * src)
   dest->config = g_strdup (src->config);
   dest->device = src->device;
   dest->threads = src->threads;
+  dest->shared_scheduler = src->shared_scheduler;
 }
 
 void
@@ -133,6 +135,13 @@ gst_moshi_settings_install_properties (GObjectClass * klass,
       g_param_spec_int ("threads", "Threads",
           "CPU threads used by this element's stream (0 = automatic)",
           0, GST_MOSHI_MAX_THREADS, GST_MOSHI_DEFAULT_THREADS, flags));
+  g_object_class_install_property (klass,
+      first_prop_id + GST_MOSHI_PROP_SHARED_SCHEDULER,
+      g_param_spec_boolean ("shared-scheduler", "Shared scheduler",
+          "Step this stream with those of every mimienc and mimidec of the process on the "
+          "same model: one batched Mimi call for the frames that are there, the transformer "
+          "weights read once (FALSE: a session of its own)",
+          GST_MOSHI_DEFAULT_SHARED_SCHEDULER, flags));
 }
 
 void
@@ -167,6 +176,9 @@ gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
     case GST_MOSHI_PROP_THREADS:
       settings->threads = g_value_get_int (value);
       break;
+    case GST_MOSHI_PROP_SHARED_SCHEDULER:
+      settings->shared_scheduler = g_value_get_boolean (value);
+      break;
     case GST_MOSHI_N_PROPS:
       g_assert_not_reached ();
   }
@@ -195,10 +207,88 @@ gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
     case GST_MOSHI_PROP_THREADS:
       g_value_set_int (value, settings->threads);
       break;
+    case GST_MOSHI_PROP_SHARED_SCHEDULER:
+      g_value_set_boolean (value, settings->shared_scheduler);
+      break;
     case GST_MOSHI_N_PROPS:
       g_assert_not_reached ();
   }
   GST_OBJECT_UNLOCK (object);
+  return TRUE;
+}
+
+/* ---- Mimi sessions, shared or not ---- */
+
+gboolean
+gst_moshi_mimi_coder_start (GstMoshiMimiCoder * coder, MoshiMimi * mimi,
+    const MoshiMimiSessionOptions * options, gboolean shared, GError ** error)
+{
+  memset (coder, 0, sizeof (*coder));
+  if (!shared) {
+    coder->session = moshi_mimi_session_new (mimi, options, error);
+    return coder->session != NULL;
+  }
+  coder->scheduler = moshi_scheduler_get_shared_mimi (mimi, NULL, error);
+  if (coder->scheduler == NULL)
+    return FALSE;
+  /* Never waits for the other streams: a codec may run faster than real time (a file), and
+   * frames that come while a batch runs go together in the next one anyway. */
+  g_autoptr (GError) busy = NULL;
+  coder->stream = moshi_mimi_stream_new (coder->scheduler, options, 0, &busy);
+  if (coder->stream == NULL) {
+    g_clear_pointer (&coder->scheduler, moshi_scheduler_unref);
+    if (!g_error_matches (busy, MOSHI_ERROR, MOSHI_ERROR_BUSY)) {
+      g_propagate_error (error, g_steal_pointer (&busy));
+      return FALSE;
+    }
+    /* a full scheduler: this stream runs on its own rather than not at all */
+    GST_INFO ("%s; this stream runs a session of its own", busy->message);
+    coder->session = moshi_mimi_session_new (mimi, options, error);
+    return coder->session != NULL;
+  }
+  coder->session = moshi_mimi_stream_get_session (coder->stream);
+  return TRUE;
+}
+
+void
+gst_moshi_mimi_coder_stop (GstMoshiMimiCoder * coder)
+{
+  if (coder->stream != NULL)
+    moshi_mimi_stream_free (coder->stream);
+  else if (coder->session != NULL)
+    moshi_mimi_session_free (coder->session);
+  if (coder->scheduler != NULL)
+    moshi_scheduler_unref (coder->scheduler);
+  memset (coder, 0, sizeof (*coder));
+}
+
+gboolean
+gst_moshi_mimi_coder_encode (GstMoshiMimiCoder * coder, const gfloat * pcm,
+    gint32 * codes, GError ** error)
+{
+  if (coder->stream != NULL)
+    return moshi_mimi_stream_encode (coder->stream, pcm, codes, error);
+  return moshi_mimi_session_encode (coder->session, pcm, 1, codes, error);
+}
+
+gboolean
+gst_moshi_mimi_coder_decode (GstMoshiMimiCoder * coder, const gint32 * codes,
+    gint num_codebooks, gint n_frames, gfloat * pcm, GError ** error)
+{
+  if (coder->stream == NULL)
+    return moshi_mimi_session_decode (coder->session, codes, num_codebooks,
+        n_frames, pcm, error);
+  gint frame_size =
+      moshi_mimi_frame_size (moshi_mimi_session_get_model (coder->session));
+  g_autofree gint32 *one = g_new (gint32, MAX (num_codebooks, 1));
+  /* a scheduler tick takes one frame of each stream: [k][frame] -> a frame's list */
+  for (gint f = 0; f < n_frames; f++) {
+    for (gint k = 0; k < num_codebooks; k++)
+      one[k] = codes[(gsize) k * n_frames + f];
+    if (!moshi_mimi_stream_decode (coder->stream, one, num_codebooks,
+            pcm + (gsize) f * frame_size, error))
+      return FALSE;
+  }
   return TRUE;
 }
 

@@ -5,6 +5,7 @@
 #include <gst/audio/audio.h>
 
 #include <moshi/moshi-mimi.h>
+#include <moshi/moshi-scheduler.h>
 
 G_BEGIN_DECLS
 
@@ -50,12 +51,14 @@ typedef enum
   GST_MOSHI_PROP_CONFIG,
   GST_MOSHI_PROP_DEVICE,
   GST_MOSHI_PROP_THREADS,
+  GST_MOSHI_PROP_SHARED_SCHEDULER,
   GST_MOSHI_N_PROPS
 } GstMoshiPropOffset;
 
 #define GST_MOSHI_DEFAULT_DEVICE GST_MOSHI_DEVICE_AUTO
 #define GST_MOSHI_DEFAULT_THREADS 0
 #define GST_MOSHI_MAX_THREADS 256
+#define GST_MOSHI_DEFAULT_SHARED_SCHEDULER TRUE
 
 typedef struct
 {
@@ -63,6 +66,7 @@ typedef struct
   gchar *config;                /* NULL: the released Mimi architecture */
   GstMoshiDevice device;
   gint threads;                 /* 0: automatic */
+  gboolean shared_scheduler;
 } GstMoshiSettings;
 
 G_GNUC_INTERNAL void gst_moshi_settings_init (GstMoshiSettings * settings);
@@ -127,6 +131,28 @@ G_GNUC_INTERNAL void gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
     "framerate = (fraction) " framerate ", codebooks = (int) [ 1, 32 ], " \
     "codebook-size = (int) [ 2, 65536 ], stream-format = (string) u16le"
 #define GST_MOSHI_TOKEN_CAPS GST_MOSHI_TOKEN_CAPS_WITH_FRAMERATE ("[ 0/1, MAX ]")
+
+/* The Mimi session of a mimienc or mimidec: a stream on the process's shared Mimi scheduler
+ * (shared-scheduler), which batches the frames of every element on the same model, or a
+ * session of its own. */
+typedef struct
+{
+  MoshiScheduler *scheduler;
+  MoshiMimiStream *stream;
+  MoshiMimiSession *session;    /* its own, or the stream's */
+} GstMoshiMimiCoder;
+
+G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_start (GstMoshiMimiCoder * coder,
+    MoshiMimi * mimi, const MoshiMimiSessionOptions * options, gboolean shared,
+    GError ** error);
+G_GNUC_INTERNAL void gst_moshi_mimi_coder_stop (GstMoshiMimiCoder * coder);
+/* One frame, as moshi_mimi_session_encode. */
+G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_encode (GstMoshiMimiCoder * coder,
+    const gfloat * pcm, gint32 * codes, GError ** error);
+/* n_frames frames of codes in the [k][frame] layout, as moshi_mimi_session_decode. */
+G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_decode (GstMoshiMimiCoder * coder,
+    const gint32 * codes, gint num_codebooks, gint n_frames, gfloat * pcm,
+    GError ** error);
 
 /* Caps of the token stream a model produces with the given number of codebooks. */
 G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks);

@@ -10,6 +10,7 @@
 #include "moshi-backend.h"
 #include "moshi-error.h"
 #include "moshi-mimi.h"
+#include "mimi-internal.h"
 #include "moshi-safetensors.h"
 
 #include <glib/gstdio.h>
@@ -344,6 +345,215 @@ START_TEST (test_decode_fewer_codebooks)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ batches */
+
+/* Batched frames against the same sessions stepped alone. Tolerances: codes equal; decoded
+ * PCM within BATCH_PCM_TOLERANCE relative L2 of the solo frame (measured: at most 5e-7 on the
+ * CPU). On the CPU a batch of at most 4 sessions (8 transformer rows) sums each row as the solo
+ * call does, so the frames are equal bit for bit until the first bigger batch, which goes to
+ * BLAS with another order of sums and leaves its rounding in the KV caches. */
+#define BATCH_PCM_TOLERANCE 1e-5
+#define BATCH_SESSIONS 6
+
+/* Whether session i takes part in the batched step t: they join at different steps (so at
+ * different stream positions), and each sits out some steps, stepped alone then. */
+static gboolean
+batch_member (int i, int t)
+{
+  return t >= i / 2 && (t + i) % 4 != 3;
+}
+
+START_TEST (test_batch_matches_solo)
+{
+  const GoldenCase *gc = &cases[_i];
+  Fixture fx;
+  fixture_open (&fx, gc->name);
+  GError *error = NULL;
+  int frame = moshi_mimi_frame_size (fx.mimi);
+  int k = gc->codebooks;
+  gsize n;
+  g_autofree float *speech = golden_f32 (&fx, "speech", "pcm", &n);
+  int n_frames;
+  g_autofree float *padded = padded_frames (speech, n, frame, &n_frames);
+  int steps = MIN (n_frames, 12);
+
+  const int N = BATCH_SESSIONS;
+  MoshiMimiSession *batched[BATCH_SESSIONS], *solo[BATCH_SESSIONS];
+  for (int i = 0; i < N; i++) {
+    /* threads: 1 (convolutions on the batch's pool) or 2 (on the session's own pool) */
+    MoshiMimiSessionOptions opts = { .n_threads = 1 + i % 2, .num_codebooks = k,
+      .max_frames_per_call = 1 + i % 3 };
+    batched[i] = moshi_mimi_session_new (fx.mimi, &opts, &error);
+    solo[i] = moshi_mimi_session_new (fx.mimi, &opts, &error);
+    ck_assert_msg (batched[i] && solo[i], "%s", error ? error->message : "");
+  }
+  g_autoptr (MoshiMimiBatch) batch = moshi_mimi_batch_new (fx.mimi, N, 2, &error);
+  ck_assert_msg (batch != NULL, "%s", error ? error->message : "");
+
+  double max_rel[BATCH_SESSIONS + 1] = { 0 };  /* by batch size */
+  int code_diffs = 0;
+  gboolean exact = moshi_test_device () == MOSHI_DEVICE_CPU;
+  gint64 t0 = g_get_monotonic_time ();
+  for (int t = 0; t < steps; t++) {
+    MoshiMimiSession *members[BATCH_SESSIONS];
+    const float *pcm[BATCH_SESSIONS];
+    int32_t got[BATCH_SESSIONS][64], want[BATCH_SESSIONS][64];
+    int32_t *got_p[BATCH_SESSIONS];
+    const int32_t *want_p[BATCH_SESSIONS];
+    float out[BATCH_SESSIONS][2048], ref[BATCH_SESSIONS][2048];
+    float *out_p[BATCH_SESSIONS];
+    int m = 0, idx[BATCH_SESSIONS];
+    ck_assert_int_le (frame, 2048);
+    for (int i = 0; i < N; i++) {
+      /* each session its own stretch of the speech */
+      const float *x = padded + (gsize) ((t + 3 * i) % n_frames) * frame;
+      int32_t codes[64];
+      if (!batch_member (i, t)) {
+        /* out of the batch this step: both copies stepped alone */
+        ck_assert (moshi_mimi_session_encode (batched[i], x, 1, codes, &error));
+        ck_assert (moshi_mimi_session_encode (solo[i], x, 1, codes, &error));
+        ck_assert (moshi_mimi_session_decode (batched[i], codes, k, 1, out[0], &error));
+        ck_assert (moshi_mimi_session_decode (solo[i], codes, k, 1, out[0], &error));
+        continue;
+      }
+      ck_assert (moshi_mimi_session_encode (solo[i], x, 1, want[m], &error));
+      ck_assert (moshi_mimi_session_decode (solo[i], want[m], k, 1, ref[m], &error));
+      members[m] = batched[i];
+      pcm[m] = x;
+      got_p[m] = got[m];
+      want_p[m] = want[m];
+      out_p[m] = out[m];
+      idx[m++] = i;
+    }
+    if (m == 0)
+      continue;
+    ck_assert_msg (moshi_mimi_batch_encode (batch, members, m, pcm, got_p, &error), "%s",
+        error ? error->message : "");
+    /* decoded from the solo codes, so that a code difference does not hide a PCM one */
+    ck_assert_msg (moshi_mimi_batch_decode (batch, members, m, want_p, k, out_p, &error), "%s",
+        error ? error->message : "");
+    for (int j = 0; j < m; j++) {
+      for (int l = 0; l < k; l++)
+        code_diffs += got[j][l] != want[j][l];
+      double rel = moshi_test_rel_l2 (out[j], ref[j], frame);
+      max_rel[m] = MAX (max_rel[m], rel);
+      ck_assert_msg (rel <= BATCH_PCM_TOLERANCE, "%s step %d, session %d of a batch of %d: "
+          "decoded frame %.3g relative L2 from the solo one", gc->name, t, idx[j], m, rel);
+      if (exact && m <= 4)
+        ck_assert_msg (memcmp (out[j], ref[j], frame * sizeof (float)) == 0,
+            "%s step %d: a batch of %d is not bit-identical to the solo frame", gc->name, t, m);
+    }
+    /* the caches written by a bigger batch carry its rounding into the later frames */
+    exact = exact && m <= 4;
+  }
+  printf ("%s: %d steps of %d sessions batched vs alone in %.0f ms: %d codes differ; decoded "
+      "relative L2 by batch size:", fx.dir, steps, N, (g_get_monotonic_time () - t0) / 1000.0,
+      code_diffs);
+  for (int m = 1; m <= N; m++)
+    printf (" %d: %.3g", m, max_rel[m]);
+  printf ("\n");
+  ck_assert_int_eq (code_diffs, 0);
+
+  /* A backend that records: the same sessions in the same order again make one replay per
+   * direction, once the shape has been run eagerly and then recorded. */
+  MoshiBackend *be = moshi_mimi_get_backend (fx.mimi);
+  if (be->ops->capture_begin != NULL && be->ops->get_stats != NULL) {
+    const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
+    gboolean graphs = !(env && g_str_equal (env, "0"));
+    const float *pcm[] = { padded, padded + frame };
+    int32_t got[2][64];
+    int32_t *got_p[] = { got[0], got[1] };
+    float out[2][2048];
+    float *out_p[] = { out[0], out[1] };
+    MoshiExecStats st;
+    for (int round = 0; round < 3; round++) {
+      be->ops->reset_stats (be, NULL);
+      ck_assert (moshi_mimi_batch_encode (batch, batched, 2, pcm, got_p, &error));
+      ck_assert (moshi_mimi_batch_decode (batch, batched, 2, (const int32_t *const *) got_p, k,
+              out_p, &error));
+      be->ops->get_stats (be, NULL, &st);
+    }
+    printf ("%s: a steady batch of 2 replays %" G_GUINT64_FORMAT " recorded calls\n", fx.dir,
+        st.graph_launches);
+    ck_assert_int_eq (st.graph_launches, graphs ? 2 : 0);
+  }
+  for (int i = 0; i < N; i++) {
+    moshi_mimi_session_free (batched[i]);
+    moshi_mimi_session_free (solo[i]);
+  }
+  fixture_close (&fx);
+}
+END_TEST
+
+START_TEST (test_batch_errors)
+{
+  Fixture fx;
+  fixture_open (&fx, "tiny");
+  GError *error = NULL;
+  int frame = moshi_mimi_frame_size (fx.mimi);
+  ck_assert_ptr_null (moshi_mimi_batch_new (fx.mimi, 0, 1, &error));
+  moshi_assert_error_contains (error, "out of range");
+  g_clear_error (&error);
+
+  g_autoptr (MoshiMimiBatch) batch = moshi_mimi_batch_new (fx.mimi, 2, 1, &error);
+  ck_assert_int_eq (moshi_mimi_batch_max_sessions (batch), 2);
+  MoshiMimiSessionOptions opts = { .num_codebooks = 4 };
+  MoshiMimiSessionOptions full = { .num_codebooks = 4, .full_context = TRUE };
+  g_autoptr (MoshiMimiSession) a = moshi_mimi_session_new (fx.mimi, &opts, &error);
+  g_autoptr (MoshiMimiSession) b = moshi_mimi_session_new (fx.mimi, &opts, &error);
+  g_autoptr (MoshiMimiSession) c = moshi_mimi_session_new (fx.mimi, &full, &error);
+  g_autofree char *config = g_build_filename (fx.dir, "config.json", NULL);
+  g_autoptr (MoshiMimi) other = moshi_mimi_load (moshi_mimi_get_path (fx.mimi), config, NULL,
+      &error);
+  ck_assert_msg (other != NULL, "%s", error ? error->message : "");
+  g_autofree float *good = g_new0 (float, frame), *bad = g_new0 (float, frame);
+  bad[5] = NAN;
+  int32_t codes[3][8];
+  int32_t *codes_p[] = { codes[0], codes[1], codes[2] };
+  const float *pcm[] = { good, good, good };
+
+  MoshiMimiSession *three[] = { a, b, c };
+  ck_assert (!moshi_mimi_batch_encode (batch, three, 3, pcm, codes_p, &error));
+  moshi_assert_error_contains (error, "1 to 2");
+  g_clear_error (&error);
+  MoshiMimiSession *twice[] = { a, a };
+  ck_assert (!moshi_mimi_batch_encode (batch, twice, 2, pcm, codes_p, &error));
+  moshi_assert_error_contains (error, "twice");
+  g_clear_error (&error);
+  MoshiMimiSession *with_full[] = { a, c };
+  ck_assert (!moshi_mimi_batch_encode (batch, with_full, 2, pcm, codes_p, &error));
+  moshi_assert_error_contains (error, "full-context");
+  g_clear_error (&error);
+
+  /* bad audio of one session fails the call before anything runs: the streams go on as if it
+   * never came */
+  MoshiMimiSession *two[] = { a, b };
+  const float *one_bad[] = { good, bad };
+  ck_assert (!moshi_mimi_batch_encode (batch, two, 2, one_bad, codes_p, &error));
+  moshi_assert_error_contains (error, "session 1");
+  moshi_assert_error_contains (error, "not finite");
+  g_clear_error (&error);
+  int32_t bad_codes[4] = { 0, 1, 64, 2 };
+  const int32_t *codes_in[] = { bad_codes, bad_codes };
+  float out[2][512];
+  float *out_p[] = { out[0], out[1] };
+  ck_assert_int_le (frame, 512);
+  ck_assert (!moshi_mimi_batch_decode (batch, two, 2, codes_in, 4, out_p, &error));
+  moshi_assert_error_contains (error, "session 0");
+  moshi_assert_error_contains (error, "outside [0, 64)");
+  g_clear_error (&error);
+  ck_assert (moshi_mimi_batch_encode (batch, two, 2, pcm, codes_p, &error));
+  ck_assert_int_eq (moshi_mimi_session_num_codebooks (a), 4);
+
+  g_autoptr (MoshiMimiSession) d = moshi_mimi_session_new (other, &opts, &error);
+  MoshiMimiSession *foreign[] = { a, d };
+  ck_assert (!moshi_mimi_batch_encode (batch, foreign, 2, pcm, codes_p, &error));
+  moshi_assert_error_contains (error, "another Mimi");
+  g_clear_error (&error);
+  fixture_close (&fx);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ API behaviour */
 
 START_TEST (test_bad_input)
@@ -612,6 +822,7 @@ mimi_suite (gboolean full)
   tcase_add_loop_test (golden, test_one_shot, 0, n_cases);
   tcase_add_loop_test (golden, test_streaming, 0, n_cases);
   tcase_add_loop_test (golden, test_reset_mid_stream, 0, n_cases);
+  tcase_add_loop_test (golden, test_batch_matches_solo, 0, n_cases);
   if (!full) {
     tcase_add_test (golden, test_streaming_chunked);
     tcase_add_test (golden, test_decode_fewer_codebooks);
@@ -627,6 +838,7 @@ mimi_suite (gboolean full)
   tcase_add_test (api, test_shared_model_sessions);
   tcase_add_test (api, test_loader_errors);
   tcase_add_test (api, test_shared_registry);
+  tcase_add_test (api, test_batch_errors);
   suite_add_tcase (s, api);
   return s;
 }

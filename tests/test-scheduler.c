@@ -537,6 +537,200 @@ START_TEST (test_codes_only)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ Mimi streams */
+
+/* Mimi streams on a scheduler without an LM: even streams encode, odd ones decode; tolerances
+ * as tests/test-mimi.c's batches (codes equal, PCM within 1e-5 relative L2 of the stream's
+ * session stepped alone). */
+#define STREAM_PCM_TOLERANCE 1e-5
+
+typedef struct {
+  MoshiScheduler *sched;
+  int index, steps;
+  int wait_for_peer_steps;
+  gint *peer_progress;
+  gint progress;
+  int32_t *codes;               /* encoders: [steps][8] */
+  float *pcm;                   /* decoders: [steps][frame] */
+} StreamDriver;
+
+#define STREAM_CODEBOOKS 8
+
+static void
+stream_input_codes (int index, int t, int32_t *codes)
+{
+  int bins = moshi_mimi_codebook_size (fx.mimi);
+  for (int l = 0; l < STREAM_CODEBOOKS; l++)
+    codes[l] = (t * 31 + index * 7 + l * 13) % bins;
+}
+
+static gpointer
+drive_stream (gpointer data)
+{
+  StreamDriver *d = data;
+  GError *error = NULL;
+  if (d->peer_progress)
+    wait_for (d->peer_progress, d->wait_for_peer_steps);
+  MoshiMimiSessionOptions opts = { .n_threads = 1, .num_codebooks = STREAM_CODEBOOKS };
+  g_autoptr (MoshiMimiStream) stream = moshi_mimi_stream_new (d->sched, &opts, -1, &error);
+  ck_assert_msg (stream != NULL, "%s", error ? error->message : "");
+  g_autofree float *silence = g_new0 (float, fx.frame);
+  for (int t = 0; t < d->steps; t++) {
+    if (d->index % 2 == 0) {
+      ck_assert_msg (moshi_mimi_stream_encode (stream, user_frame (d->index, t, silence),
+              d->codes + t * STREAM_CODEBOOKS, &error), "%s", error ? error->message : "");
+    } else {
+      int32_t in[STREAM_CODEBOOKS];
+      stream_input_codes (d->index, t, in);
+      ck_assert_msg (moshi_mimi_stream_decode (stream, in, STREAM_CODEBOOKS,
+              d->pcm + (gsize) t * fx.frame, &error), "%s", error ? error->message : "");
+    }
+    g_atomic_int_inc (&d->progress);
+  }
+  MoshiConversationStats st;
+  moshi_mimi_stream_get_stats (stream, &st);
+  ck_assert_int_eq (st.steps, d->steps);
+  return NULL;
+}
+
+static void
+check_stream_against_solo (StreamDriver *d)
+{
+  GError *error = NULL;
+  MoshiMimiSessionOptions opts = { .n_threads = 1, .num_codebooks = STREAM_CODEBOOKS,
+    .max_frames_per_call = 1 };
+  g_autoptr (MoshiMimiSession) solo = moshi_mimi_session_new (fx.mimi, &opts, &error);
+  g_autofree float *silence = g_new0 (float, fx.frame);
+  g_autofree float *pcm = g_new (float, (gsize) d->steps * fx.frame);
+  int differ = 0;
+  for (int t = 0; t < d->steps; t++) {
+    if (d->index % 2 == 0) {
+      int32_t codes[STREAM_CODEBOOKS];
+      ck_assert (moshi_mimi_session_encode (solo, user_frame (d->index, t, silence), 1, codes,
+              &error));
+      for (int l = 0; l < STREAM_CODEBOOKS; l++)
+        differ += codes[l] != d->codes[t * STREAM_CODEBOOKS + l];
+    } else {
+      int32_t in[STREAM_CODEBOOKS];
+      stream_input_codes (d->index, t, in);
+      ck_assert (moshi_mimi_session_decode (solo, in, STREAM_CODEBOOKS, 1,
+              pcm + (gsize) t * fx.frame, &error));
+    }
+  }
+  ck_assert_msg (differ == 0, "stream %d: %d codes differ from its session alone", d->index,
+      differ);
+  if (d->index % 2 == 1) {
+    double rel = moshi_test_rel_l2 (d->pcm, pcm, (gsize) d->steps * fx.frame);
+    ck_assert_msg (rel <= STREAM_PCM_TOLERANCE, "stream %d: decoded audio %.3g relative L2 "
+        "from its session alone", d->index, rel);
+  }
+}
+
+/* Encoders and decoders sharing ticks; one joins late and one leaves early. */
+START_TEST (test_mimi_streams)
+{
+  fixture_open ();
+  GError *error = NULL;
+  int n = n_conversations (6), steps = 20;
+  MoshiSchedulerOptions so = { .max_conversations = n, .n_threads = 2 };
+  g_autoptr (MoshiScheduler) sched = moshi_scheduler_new_mimi (fx.mimi, &so, &error);
+  ck_assert_msg (sched != NULL, "%s", error ? error->message : "");
+  StreamDriver *drivers = g_new0 (StreamDriver, n);
+  GThread **threads = g_new0 (GThread *, n);
+  gint64 start = g_get_monotonic_time ();
+  for (int i = 0; i < n; i++) {
+    StreamDriver *d = &drivers[i];
+    *d = (StreamDriver) { .sched = sched, .index = i, .steps = steps };
+    if (i == 1)
+      d->steps = steps / 2;             /* leaves early */
+    if (i == n - 1 && n > 2) {
+      d->peer_progress = &drivers[0].progress;   /* joins once stream 0 has run 5 frames */
+      d->wait_for_peer_steps = 5;
+    }
+    d->codes = g_new0 (int32_t, (gsize) d->steps * STREAM_CODEBOOKS);
+    d->pcm = g_new0 (float, (gsize) d->steps * fx.frame);
+  }
+  for (int i = 0; i < n; i++)
+    threads[i] = g_thread_new ("stream", drive_stream, &drivers[i]);
+  for (int i = 0; i < n; i++)
+    g_thread_join (threads[i]);
+  MoshiSchedulerStats st;
+  moshi_scheduler_get_stats (sched, &st);
+  printf ("%d Mimi streams through the scheduler in %.0f ms: %" G_GUINT64_FORMAT " ticks for %"
+      G_GUINT64_FORMAT " frames, tick p50 %.2f ms\n", n, (g_get_monotonic_time () - start) / 1e3,
+      st.ticks, st.steps, st.tick_ms_p50);
+  ck_assert_int_eq (st.conversations, 0);
+  ck_assert_msg (n < 2 || st.ticks < st.steps, "the streams shared no tick");
+  for (int i = 0; i < n; i++) {
+    check_stream_against_solo (&drivers[i]);
+    g_free (drivers[i].codes);
+    g_free (drivers[i].pcm);
+  }
+  g_free (drivers);
+  g_free (threads);
+  fixture_close ();
+}
+END_TEST
+
+START_TEST (test_mimi_stream_errors)
+{
+  fixture_open ();
+  GError *error = NULL;
+  MoshiSchedulerOptions so = { .max_conversations = 2 };
+  g_autoptr (MoshiScheduler) sched = moshi_scheduler_new_mimi (fx.mimi, &so, &error);
+  ck_assert (sched != NULL);
+  /* no LM: no conversation */
+  ck_assert_ptr_null (moshi_conversation_new (sched, fx.model, NULL, NULL, &error));
+  moshi_assert_error_contains (error, "Mimi streams only");
+  g_clear_error (&error);
+  MoshiMimiSessionOptions full = { .full_context = TRUE };
+  ck_assert_ptr_null (moshi_mimi_stream_new (sched, &full, 0, &error));
+  moshi_assert_error_contains (error, "full_context");
+  g_clear_error (&error);
+
+  g_autoptr (MoshiMimiStream) a = moshi_mimi_stream_new (sched, NULL, 0, &error);
+  g_autoptr (MoshiMimiStream) b = moshi_mimi_stream_new (sched, NULL, 0, &error);
+  ck_assert (a != NULL && b != NULL);
+  ck_assert_ptr_null (moshi_mimi_stream_new (sched, NULL, 0, &error));
+  ck_assert_int_eq (error->code, MOSHI_ERROR_BUSY);
+  moshi_assert_error_contains (error, "maximum of 2 Mimi streams");
+  g_clear_error (&error);
+
+  /* bad input fails its own call and leaves the stream as it was */
+  g_autofree float *pcm = g_new0 (float, fx.frame);
+  g_autofree float *out = g_new0 (float, fx.frame);
+  int32_t codes[STREAM_CODEBOOKS], again[STREAM_CODEBOOKS];
+  pcm[3] = NAN;
+  ck_assert (!moshi_mimi_stream_encode (a, pcm, codes, &error));
+  moshi_assert_error_contains (error, "not finite");
+  g_clear_error (&error);
+  pcm[3] = 0.0f;
+  ck_assert (moshi_mimi_stream_encode (a, pcm, codes, &error));
+  moshi_mimi_stream_reset (a);
+  ck_assert (moshi_mimi_stream_encode (a, pcm, again, &error));
+  ck_assert_mem_eq (codes, again, sizeof codes);
+  int32_t bad[STREAM_CODEBOOKS] = { 0, 1, 100000 };
+  ck_assert (!moshi_mimi_stream_decode (b, bad, 3, out, &error));
+  moshi_assert_error_contains (error, "outside");
+  g_clear_error (&error);
+  ck_assert (moshi_mimi_stream_decode (b, codes, STREAM_CODEBOOKS, out, &error));
+  ck_assert_ptr_nonnull (moshi_mimi_stream_get_session (b));
+
+  /* a scheduler with an LM takes no stream */
+  g_autoptr (MoshiScheduler) dialog = moshi_scheduler_new (fx.model, &so, &error);
+  ck_assert_ptr_null (moshi_mimi_stream_new (dialog, NULL, 0, &error));
+  moshi_assert_error_contains (error, "Mimi alone");
+  g_clear_error (&error);
+
+  /* shared per Mimi, apart from the dialog schedulers */
+  g_autoptr (MoshiScheduler) s1 = moshi_scheduler_get_shared_mimi (fx.mimi, NULL, &error);
+  g_autoptr (MoshiScheduler) s2 = moshi_scheduler_get_shared_mimi (fx.mimi, NULL, &error);
+  g_autoptr (MoshiScheduler) s3 = moshi_scheduler_get_shared (fx.model, NULL, &error);
+  ck_assert (s1 != NULL && s1 == s2 && s3 != s1);
+  fixture_close ();
+}
+END_TEST
+
 static Suite *
 scheduler_suite (void)
 {
@@ -559,6 +753,11 @@ scheduler_suite (void)
   tcase_add_test (tc, test_scheduler_errors);
   tcase_add_test (tc, test_shared_scheduler);
   tcase_add_test (tc, test_codes_only);
+  suite_add_tcase (s, tc);
+  tc = tcase_create ("mimi");
+  tcase_set_timeout (tc, 600);
+  tcase_add_test (tc, test_mimi_streams);
+  tcase_add_test (tc, test_mimi_stream_errors);
   suite_add_tcase (s, tc);
   return s;
 }

@@ -469,6 +469,75 @@ synth_speech (float *x, gsize n, int rate)
   }
 }
 
+/* bench mimi --batch: n streams, each encoding and decoding every frame, stepped one after the
+ * other (each session alone, on `threads` threads) and as one MoshiMimiBatch per direction
+ * (single-threaded sessions, the batch on `threads` threads). The two take turns frame by
+ * frame, so that other load on the machine weighs on both alike. Stream i starts i frames
+ * into the audio. Prints frames per second over all streams and ms per stream frame. */
+static gboolean
+bench_mimi_batch (MoshiMimi *mimi, const float *audio, int n_frames, int codebooks, int threads,
+    int n, gboolean json, GError **error)
+{
+  int frame = moshi_mimi_frame_size (mimi);
+  g_autoptr (MoshiMimiBatch) batch = moshi_mimi_batch_new (mimi, n, threads, error);
+  if (batch == NULL)
+    return FALSE;
+  /* [0, n): stepped alone, [n, 2n): batched */
+  g_autofree MoshiMimiSession **sessions = g_new0 (MoshiMimiSession *, 2 * n);
+  g_autofree const float **in = g_new0 (const float *, n);
+  g_autofree int32_t **codes = g_new0 (int32_t *, n);
+  g_autofree float **out = g_new0 (float *, n);
+  g_autofree int32_t *codes_buf = g_new0 (int32_t, (gsize) n * codebooks);
+  g_autofree float *out_buf = g_new0 (float, (gsize) n * frame);
+  gboolean ok = TRUE;
+  for (int i = 0; i < 2 * n && ok; i++) {
+    MoshiMimiSessionOptions opts = { .n_threads = i < n ? threads : 1,
+      .num_codebooks = codebooks, .max_frames_per_call = 1 };
+    ok = (sessions[i] = moshi_mimi_session_new (mimi, &opts, error)) != NULL;
+  }
+  for (int i = 0; i < n; i++) {
+    codes[i] = codes_buf + (gsize) i * codebooks;
+    out[i] = out_buf + (gsize) i * frame;
+  }
+  double seconds[2] = { 0, 0 };
+  int timed = 0;
+  for (int f = 0; f < n_frames && ok; f++) {
+    for (int i = 0; i < n; i++)
+      in[i] = audio + (gsize) ((f + i) % n_frames) * frame;
+    for (int batched = 0; batched < 2 && ok; batched++) {
+      gint64 t0 = g_get_monotonic_time ();
+      MoshiMimiSession **s = sessions + batched * n;
+      if (batched) {
+        ok = moshi_mimi_batch_encode (batch, s, n, in, codes, error)
+            && moshi_mimi_batch_decode (batch, s, n, (const int32_t *const *) codes, codebooks,
+                out, error);
+      } else {
+        for (int i = 0; i < n && ok; i++)
+          ok = moshi_mimi_session_encode (s[i], in[i], 1, codes[i], error)
+              && moshi_mimi_session_decode (s[i], codes[i], codebooks, 1, out[i], error);
+      }
+      if (f > 0)                /* the first frame: page faults, cold caches */
+        seconds[batched] += (g_get_monotonic_time () - t0) / 1e6;
+    }
+    timed += f > 0;
+  }
+  for (int i = 0; i < 2 * n; i++)
+    moshi_mimi_session_free (sessions[i]);
+  if (!ok)
+    return FALSE;
+  double frames = (double) timed * n;
+  double alone_fps = frames / seconds[0], batched_fps = frames / seconds[1];
+  if (json)
+    g_print ("{\"impl\":\"gst-moshi\",\"threads\":%d,\"streams\":%d,\"frames\":%d,"
+        "\"alone_frames_per_s\":%.2f,\"batched_frames_per_s\":%.2f,\"speedup\":%.3f}\n",
+        threads, n, timed, alone_fps, batched_fps, batched_fps / alone_fps);
+  else
+    g_print ("threads %d, %d streams (encode + decode): alone %.1f frames/s (%.2f ms a stream "
+        "frame), batched %.1f frames/s (%.2f ms a stream frame): x%.2f\n", threads, n, alone_fps,
+        1000.0 / alone_fps, batched_fps, 1000.0 / batched_fps, batched_fps / alone_fps);
+  return TRUE;
+}
+
 /* bench lm: ms per LM step (temporal + depformer + sampling) at several batch sizes, on a
  * checkpoint or on random BF16 weights of the config's shapes (the released 7B by default). */
 static int
@@ -600,6 +669,7 @@ cmd_bench (int argc, char **argv)
   if (argc > 1 && g_strcmp0 (argv[1], "serve") == 0)
     return moshi_tool_bench_serve (argc - 1, argv + 1);
   g_autofree char *model = NULL, *config = NULL, *threads_list = NULL, *device = NULL;
+  g_autofree char *batch_list = NULL;
   double seconds = 10;
   int codebooks = 8, frames_per_call = 1;
   gboolean json = FALSE;
@@ -611,6 +681,7 @@ cmd_bench (int argc, char **argv)
     { "codebooks", 'k', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks (default 8)", "N" },
     { "frames-per-call", 'f', 0, G_OPTION_ARG_INT, &frames_per_call, "Frames per call (default 1: live streaming)", "F" },
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "auto, cpu or cuda", "D" },
+    { "batch", 'b', 0, G_OPTION_ARG_STRING, &batch_list, "Also N streams alone vs batched, for each N of a comma-separated list", "LIST" },
     { "json", 'j', 0, G_OPTION_ARG_NONE, &json, "One JSON object per line", NULL },
     { NULL }
   };
@@ -638,6 +709,11 @@ cmd_bench (int argc, char **argv)
   g_autofree int *thread_counts = g_new0 (int, g_strv_length (counts) + 1);
   for (int c = 0; counts[c]; c++)
     if (!parse_list_int ("bench mimi", "threads", counts[c], 0, MAX_THREADS, &thread_counts[c]))
+      return 2;
+  g_auto (GStrv) batch_sizes = g_strsplit (batch_list ? batch_list : "", ",", -1);
+  g_autofree int *streams = g_new0 (int, g_strv_length (batch_sizes) + 1);
+  for (int b = 0; batch_list && batch_sizes[b]; b++)
+    if (!parse_list_int ("bench mimi", "batch", batch_sizes[b], 1, 4096, &streams[b]))
       return 2;
   GError *error = NULL;
   /* as bench lm: no usable GPU is a skip (exit 77), not an error */
@@ -703,6 +779,9 @@ cmd_bench (int argc, char **argv)
           "(RTF %.3f, max %.2f), encode+decode RTF %.3f\n", threads, enc, enc / frame_ms, enc_max,
           dec, dec / frame_ms, dec_max, (enc + dec) / frame_ms);
     }
+    for (int b = 0; streams[b] > 0; b++)
+      if (!bench_mimi_batch (mimi, audio, n_frames, codebooks, threads, streams[b], json, &error))
+        return fail (error);
   }
   return 0;
 }

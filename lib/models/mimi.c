@@ -5,6 +5,7 @@
 #include "moshi-error.h"
 #include "moshi-registry.h"
 #include "moshi-safetensors.h"
+#include "moshi-threadpool.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -583,6 +584,11 @@ typedef struct {
   int pos;                /* steps since start or reset: RoPE offset and KV end offset */
 } TrState;
 
+/* A transformer pass's activations, time-major: x [rows, d] carries the residual stream. */
+typedef struct {
+  float *x, *h, *qkv, *o, *ff;
+} TrScratch;
+
 typedef struct {
   ConvState *res_conv1;   /* per residual block */
   ConvState down;         /* encoder */
@@ -600,15 +606,20 @@ typedef struct {
   gboolean first;         /* a first-frame branch runs (replicate padding): never recorded */
 } Call;
 
-/* The recorded call of one direction, replayed while calls keep its shape. */
+/* The recorded calls of an exec (a session's or a batch's), one per direction, each replayed
+ * while calls keep its shape (recorder_run). */
 typedef struct {
-  MoshiGraph *graph;
-  gint64 key;             /* call_key of the shape it was recorded for */
-} Recorded;
+  gboolean graphs;        /* the backend records, and recording has not failed */
+  MoshiGraph *graph[2];   /* encode, decode */
+  char *key[2];           /* the shapes they were recorded for */
+  GHashTable *seen;       /* every shape run so far (its key) */
+} Recorder;
 
 struct _MoshiMimiSession {
   MoshiMimi *m;
   MoshiExec *ex;
+  int n_threads;          /* of ex, as asked: 1 lets a batch run this session's convs on a pool */
+  guint serial;           /* unique in the process: names the session in a batch's shapes */
   int num_codebooks;
   int max_frames;
   int kv_capacity;
@@ -639,16 +650,13 @@ struct _MoshiMimiSession {
   float *pcm_host;        /* pinned */
 
   /* transformer scratch, shared by both directions */
-  float *tr_x, *tr_h, *tr_qkv, *tr_o, *tr_ff;
+  TrScratch tr;
 
-  /* recorded calls (backends that can record; see run_call) */
-  gboolean graphs;
-  Recorded enc_rec, dec_rec;
-  GHashTable *seen;       /* call_key of every call shape run so far (gint64 *) */
+  Recorder rec;           /* see run_call */
 };
 
 typedef struct {
-  MoshiMimiSession *s;
+  MoshiBackend *be;
   GError **error;
   gboolean failed;
 } Alloc;
@@ -658,7 +666,7 @@ dev_alloc_bytes (Alloc *a, gsize bytes)
 {
   if (a->failed)
     return NULL;
-  MoshiBackend *be = a->s->m->be;
+  MoshiBackend *be = a->be;
   void *p = be->ops->alloc (be, bytes, a->error);
   if (p == NULL)
     a->failed = TRUE;
@@ -676,7 +684,7 @@ host_alloc (Alloc *a, gsize bytes)
 {
   if (a->failed)
     return NULL;
-  MoshiBackend *be = a->s->m->be;
+  MoshiBackend *be = a->be;
   void *p = be->ops->host_alloc (be, bytes, a->error);
   if (p == NULL)
     a->failed = TRUE;
@@ -697,6 +705,16 @@ tr_state_init (Alloc *a, TrState *ts, const Transformer *tr, int capacity, int d
   ts->k_cache = dev_alloc (a, (gsize) tr->n_layers * capacity * d);
   ts->v_cache = dev_alloc (a, (gsize) tr->n_layers * capacity * d);
   ts->pos = 0;
+}
+
+static void
+tr_scratch_init (Alloc *a, TrScratch *sc, int rows, int d, int ff)
+{
+  sc->x = dev_alloc (a, (gsize) rows * d);
+  sc->h = dev_alloc (a, (gsize) rows * d);
+  sc->qkv = dev_alloc (a, (gsize) rows * 3 * d);
+  sc->o = dev_alloc (a, (gsize) rows * d);
+  sc->ff = dev_alloc (a, (gsize) rows * ff);
 }
 
 static void
@@ -727,18 +745,37 @@ stage_state_clear (MoshiBackend *be, StageState *ss, const Stage *st)
   dev_free (be, ss->hidden);
 }
 
+/* Past this many shapes seen, a recorder's set starts again (each shape then runs eagerly once
+ * more before it is recorded), so that a batch whose streams come and go does not grow it. */
+#define RECORDER_MAX_SEEN 256
+
+static void
+recorder_init (Recorder *r, MoshiBackend *be, gboolean allowed)
+{
+  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
+  r->graphs = allowed && be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+  r->seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+}
+
 /* Frees the recorded calls of both directions. Every call ends with a synchronize, so none of
  * them is still running when this is called between calls. */
 static void
-drop_graphs (MoshiMimiSession *s)
+recorder_drop (Recorder *r, MoshiBackend *be)
 {
-  MoshiBackend *be = s->m->be;
-  Recorded *recs[] = { &s->enc_rec, &s->dec_rec };
-  for (guint i = 0; i < G_N_ELEMENTS (recs); i++) {
-    if (recs[i]->graph != NULL)
-      be->ops->graph_free (be, recs[i]->graph);
-    recs[i]->graph = NULL;
+  for (int d = 0; d < 2; d++) {
+    if (r->graph[d] != NULL)
+      be->ops->graph_free (be, r->graph[d]);
+    r->graph[d] = NULL;
+    g_clear_pointer (&r->key[d], g_free);
   }
+}
+
+static void
+recorder_clear (Recorder *r, MoshiBackend *be)
+{
+  recorder_drop (r, be);
+  if (r->seen)
+    g_hash_table_unref (r->seen);
 }
 
 void
@@ -748,11 +785,11 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     return;
   MoshiMimi *m = s->m;
   MoshiBackend *be = m->be;
-  drop_graphs (s);
+  recorder_clear (&s->rec, be);
   void *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
     s->q_latent, s->q_residual, s->codes_dev, s->dec_in, s->dq, s->dq_proj, s->dq_cols,
     s->up_carry, s->dec_latent, s->dec_conv0.buf, s->dec_final.buf, s->dec_x0, s->pcm_dev,
-    s->tr_x, s->tr_h, s->tr_qkv, s->tr_o, s->tr_ff, s->enc_tr.k_cache, s->enc_tr.v_cache,
+    s->tr.x, s->tr.h, s->tr.qkv, s->tr.o, s->tr.ff, s->enc_tr.k_cache, s->enc_tr.v_cache,
     s->dec_tr.k_cache, s->dec_tr.v_cache };
   for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
     dev_free (be, bufs[i]);
@@ -763,8 +800,6 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     stage_state_clear (be, &s->enc[i], &m->enc_stages[i]);
     stage_state_clear (be, &s->dec[i], &m->dec_stages[i]);
   }
-  if (s->seen)
-    g_hash_table_unref (s->seen);
   moshi_exec_free (s->ex);
   moshi_mimi_unref (m);
   g_free (s);
@@ -830,19 +865,21 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   MoshiMimiSession *s = g_new0 (MoshiMimiSession, 1);
   s->m = moshi_mimi_ref (m);
   s->ex = ex;
+  s->n_threads = options->n_threads;
+  /* not the address, which a later session may reuse with other buffers */
+  static gint serials;
+  s->serial = (guint) g_atomic_int_add (&serials, 1);
   s->num_codebooks = num_codebooks;
   s->max_frames = max_frames;
   int steps = max_frames * m->resample_stride;
   int context = m->cfg.transformer.context;
   s->kv_capacity = options->full_context ? context + steps - 1 : context;
-  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-  s->graphs = m->be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
-  s->seen = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
+  recorder_init (&s->rec, m->be, TRUE);
 
   const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
   int ff = cfg->transformer.dim_feedforward;
-  Alloc a = { s, error, FALSE };
+  Alloc a = { m->be, error, FALSE };
 
   /* Encoder buffers, stage by stage from the input rate down. The first conv's window is the
    * encoder's input block (encode_layout; the config allows mono only). */
@@ -906,11 +943,7 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   s->pcm_dev = dev_alloc (&a, (gsize) cols * cfg->channels);
   s->pcm_host = host_alloc (&a, (gsize) cols * cfg->channels * sizeof (float));
 
-  s->tr_x = dev_alloc (&a, (gsize) steps * d);
-  s->tr_h = dev_alloc (&a, (gsize) steps * d);
-  s->tr_qkv = dev_alloc (&a, (gsize) steps * 3 * d);
-  s->tr_o = dev_alloc (&a, (gsize) steps * d);
-  s->tr_ff = dev_alloc (&a, (gsize) steps * ff);
+  tr_scratch_init (&a, &s->tr, steps, d, ff);
 
   if (a.failed) {
     moshi_mimi_session_free (s);
@@ -1042,45 +1075,46 @@ fill_rows (MoshiRowCache *rc, const TrState *ts, int t)
     rc[i] = (MoshiRowCache) { ts->k_cache, ts->v_cache, ts->pos + i, ts->pos + t };
 }
 
-/* Pre-norm transformer over t time-major rows in s->tr_x, positions and caches from the device
- * row table rc (fill_rows): nothing here depends on the host's position, so a recorded call
- * replays at any position, and each positional op is one launch for the whole chunk. */
+/* Pre-norm transformer over the rows time-major rows of sc->x, positions and caches from the
+ * device row table rc (fill_rows): nothing here depends on the host's position, so a recorded
+ * call replays at any position, and each positional op is one launch for all rows. The rows may
+ * belong to many sessions (a batch, whose caches share kv_capacity): every op but the linears
+ * treats each row on its own, and each linear reads its weight once for all of them. */
 static void
-transformer_step (MoshiMimiSession *s, const Transformer *tr, int t, const MoshiRowCache *rc)
+transformer_rows (MoshiExec *ex, const MoshiMimi *m, const Transformer *tr, const TrScratch *sc,
+    int rows, const MoshiRowCache *rc, int kv_capacity, int skip)
 {
-  MoshiExec *ex = s->ex;
   const MoshiBackendOps *ops = ex->backend->ops;
-  const MoshiMimiConfig *cfg = &s->m->cfg;
+  const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->transformer.d_model;
   int heads = cfg->transformer.num_heads;
   int head_dim = d / heads;
   int ff = cfg->transformer.dim_feedforward;
   float scale = 1.0f / sqrtf ((float) head_dim);
   float max_period = (float) cfg->transformer.max_period;
-  gsize layer_stride = (gsize) s->kv_capacity * d;
-  /* A chunk longer than the ring (the streaming capacity is the context): its last rows own
-   * every slot, so only those are written; the rows of one kv_write_rows launch are written in
-   * parallel and must not share a slot. */
-  int skip = MAX (t - s->kv_capacity, 0);
-  const float *k_new = s->tr_qkv + (gsize) skip * 3 * d + d;
+  gsize layer_stride = (gsize) kv_capacity * d;
+  /* The first skip rows are not written to the caches: a session's chunk longer than the ring
+   * (the streaming capacity is the context) has its last rows own every slot, and the rows of
+   * one kv_write_rows launch are written in parallel and must not share a slot. */
+  const float *k_new = sc->qkv + (gsize) skip * 3 * d + d;
   for (int l = 0; l < tr->n_layers; l++) {
     const Layer *L = &tr->layers[l];
-    ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm1_w, &L->norm1_b, LAYER_NORM_EPS, t, d);
-    ops->linear (ex, s->tr_qkv, 3 * d, s->tr_h, d, &L->in_proj, NULL, t, 0.0f);
-    ops->rope_rows (ex, s->tr_qkv, 3 * d, t, heads, head_dim, rc, max_period);
-    ops->rope_rows (ex, s->tr_qkv + d, 3 * d, t, heads, head_dim, rc, max_period);
+    ops->layer_norm (ex, sc->h, d, sc->x, d, &L->norm1_w, &L->norm1_b, LAYER_NORM_EPS, rows, d);
+    ops->linear (ex, sc->qkv, 3 * d, sc->h, d, &L->in_proj, NULL, rows, 0.0f);
+    ops->rope_rows (ex, sc->qkv, 3 * d, rows, heads, head_dim, rc, max_period);
+    ops->rope_rows (ex, sc->qkv + d, 3 * d, rows, heads, head_dim, rc, max_period);
     gsize layer_bytes = layer_stride * l * sizeof (float);
-    ops->kv_write_rows (ex, rc + skip, MOSHI_DTYPE_F32, layer_bytes, s->kv_capacity, k_new,
-        3 * d, k_new + d, 3 * d, heads, head_dim, t - skip);
-    ops->attention_rows (ex, s->tr_h, d, s->tr_qkv, 3 * d, rc, MOSHI_DTYPE_F32, layer_bytes,
-        s->kv_capacity, heads, head_dim, t, cfg->transformer.context, scale);
-    ops->linear (ex, s->tr_o, d, s->tr_h, d, &L->out_proj, NULL, t, 0.0f);
-    ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale1 : NULL, t, d);
-    ops->layer_norm (ex, s->tr_h, d, s->tr_x, d, &L->norm2_w, &L->norm2_b, LAYER_NORM_EPS, t, d);
-    ops->linear (ex, s->tr_ff, ff, s->tr_h, d, &L->linear1, NULL, t, 0.0f);
-    ops->gelu (ex, s->tr_ff, (gsize) t * ff);
-    ops->linear (ex, s->tr_o, d, s->tr_ff, ff, &L->linear2, NULL, t, 0.0f);
-    ops->add_scaled (ex, s->tr_x, d, s->tr_o, d, cfg->transformer.layer_scale ? &L->scale2 : NULL, t, d);
+    ops->kv_write_rows (ex, rc + skip, MOSHI_DTYPE_F32, layer_bytes, kv_capacity, k_new,
+        3 * d, k_new + d, 3 * d, heads, head_dim, rows - skip);
+    ops->attention_rows (ex, sc->h, d, sc->qkv, 3 * d, rc, MOSHI_DTYPE_F32, layer_bytes,
+        kv_capacity, heads, head_dim, rows, cfg->transformer.context, scale);
+    ops->linear (ex, sc->o, d, sc->h, d, &L->out_proj, NULL, rows, 0.0f);
+    ops->add_scaled (ex, sc->x, d, sc->o, d, cfg->transformer.layer_scale ? &L->scale1 : NULL, rows, d);
+    ops->layer_norm (ex, sc->h, d, sc->x, d, &L->norm2_w, &L->norm2_b, LAYER_NORM_EPS, rows, d);
+    ops->linear (ex, sc->ff, ff, sc->h, d, &L->linear1, NULL, rows, 0.0f);
+    ops->gelu (ex, sc->ff, (gsize) rows * ff);
+    ops->linear (ex, sc->o, d, sc->ff, ff, &L->linear2, NULL, rows, 0.0f);
+    ops->add_scaled (ex, sc->x, d, sc->o, d, cfg->transformer.layer_scale ? &L->scale2 : NULL, rows, d);
   }
 }
 
@@ -1126,22 +1160,17 @@ first_frame_pending (const MoshiMimiSession *s, gboolean decode)
 
 /* ---------------------------------------------------------------- encode */
 
-/* The device part of an encode call over the input staged in enc_in_host (encode_chunk): one
- * upload, the encoder, the codes copied back into codes_host. Nothing here waits for the device
- * or depends on host state that differs between steady-state calls, so it can be recorded. */
+/* The encoder up to its transformer, on the input already uploaded into enc_conv0's window:
+ * the convolutions, whose output goes time-major into x ([steps, d]). */
 static void
-device_encode (MoshiMimiSession *s, int n_frames)
+encode_front (MoshiExec *ex, MoshiMimiSession *s, int n_frames, float *x)
 {
   MoshiMimi *m = s->m;
-  MoshiExec *ex = s->ex;
   const MoshiBackendOps *ops = m->be->ops;
   int d = m->cfg.seanet.dimension;
   int cols = n_frames * m->frame_size;
   int steps = n_frames * m->resample_stride;
-  CallLayout L = encode_layout (s, n_frames);
-  guint8 *in = (guint8 *) s->enc_conv0.buf;
 
-  ops->upload (ex, in + L.in, s->enc_in_host + L.in, L.end - L.in);
   conv_step (ex, &m->enc_conv0, &s->enc_conv0, cols, s->enc[0].x, s->enc[0].cols, 0.0f);
   for (int i = 0; i < m->n_stages; i++) {
     const Stage *st = &m->enc_stages[i];
@@ -1163,17 +1192,25 @@ device_encode (MoshiMimiSession *s, int n_frames)
   }
   g_assert (cols == steps);
   conv_step (ex, &m->enc_final, &s->enc_final, steps, s->enc_latent, steps, 0.0f);
+  ops->transpose (ex, x, d, s->enc_latent, steps, d, steps);
+}
 
-  ops->transpose (ex, s->tr_x, d, s->enc_latent, steps, d, steps);
-  transformer_step (s, &m->enc_tr, steps, (const MoshiRowCache *) (in + L.rc));
-
+/* The encoder after its transformer (whose output is x): the downsampling and the quantizer,
+ * the codes copied back into codes_host. */
+static void
+encode_back (MoshiExec *ex, MoshiMimiSession *s, int n_frames, const float *x)
+{
+  MoshiMimi *m = s->m;
+  const MoshiBackendOps *ops = m->be->ops;
+  int d = m->cfg.seanet.dimension;
+  int steps = n_frames * m->resample_stride;
   if (m->resample_stride > 1) {
-    ops->transpose (ex, window_input (&s->downsample, &m->downsample), s->downsample.ld, s->tr_x,
+    ops->transpose (ex, window_input (&s->downsample, &m->downsample), s->downsample.ld, x,
         d, steps, d);
     conv_step (ex, &m->downsample, &s->downsample, steps, s->enc_latent, n_frames, 0.0f);
     ops->transpose (ex, s->q_latent, d, s->enc_latent, n_frames, d, n_frames);
   } else {
-    ops->copy_2d (ex, s->q_latent, d, s->tr_x, d, n_frames, d);
+    ops->copy_2d (ex, s->q_latent, d, x, d, n_frames, d);
   }
 
   int dim = m->cfg.quantizer.dimension;
@@ -1190,22 +1227,35 @@ device_encode (MoshiMimiSession *s, int n_frames)
       (gsize) s->num_codebooks * n_frames * sizeof (int32_t));
 }
 
+/* The device part of an encode call over the input staged in enc_in_host (encode_chunk): one
+ * upload, the encoder, the codes copied back into codes_host. Nothing here waits for the device
+ * or depends on host state that differs between steady-state calls, so it can be recorded. */
+static void
+device_encode (MoshiMimiSession *s, int n_frames)
+{
+  int steps = n_frames * s->m->resample_stride;
+  CallLayout L = encode_layout (s, n_frames);
+  guint8 *in = (guint8 *) s->enc_conv0.buf;
+  s->m->be->ops->upload (s->ex, in + L.in, s->enc_in_host + L.in, L.end - L.in);
+  encode_front (s->ex, s, n_frames, s->tr.x);
+  transformer_rows (s->ex, s->m, &s->m->enc_tr, &s->tr, steps,
+      (const MoshiRowCache *) (in + L.rc), s->kv_capacity, MAX (steps - s->kv_capacity, 0));
+  encode_back (s->ex, s, n_frames, s->tr.x);
+}
+
 /* ---------------------------------------------------------------- decode */
 
-/* The device part of a decode call over the input staged in dec_in_host (decode_chunk): one
- * upload, the decoder, the PCM copied back into pcm_host. Recordable as device_encode. */
+/* The decoder up to its transformer, on the codes already uploaded into dec_in: the
+ * dequantizer and the upsampling, whose output goes time-major into x ([steps, d]). */
 static void
-device_decode (MoshiMimiSession *s, int num_codebooks, int n_frames)
+decode_front (MoshiExec *ex, MoshiMimiSession *s, int num_codebooks, int n_frames, float *x)
 {
   MoshiMimi *m = s->m;
-  MoshiExec *ex = s->ex;
   const MoshiBackendOps *ops = m->be->ops;
   int d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
   int steps = n_frames * m->resample_stride;
-  CallLayout L = decode_layout (s, num_codebooks, n_frames);
   const int32_t *codes = (const int32_t *) s->dec_in;
 
-  ops->upload (ex, s->dec_in + L.in, s->dec_in_host + L.in, L.end - L.in);
   ops->rvq_decode (ex, s->dq, dim, codes, n_frames, &m->books_first, 1, n_frames);
   ops->linear (ex, s->dq_proj, d, s->dq, dim, &m->out_proj_first, NULL, n_frames, 0.0f);
   if (num_codebooks > 1) {
@@ -1218,32 +1268,56 @@ device_decode (MoshiMimiSession *s, int num_codebooks, int n_frames)
     ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
     ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
         s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
-    ops->transpose (ex, s->tr_x, d, s->dec_latent, steps, d, steps);
+    ops->transpose (ex, x, d, s->dec_latent, steps, d, steps);
   } else {
-    ops->copy_2d (ex, s->tr_x, d, s->dq_proj, d, n_frames, d);
+    ops->copy_2d (ex, x, d, s->dq_proj, d, n_frames, d);
   }
-  transformer_step (s, &m->dec_tr, steps, (const MoshiRowCache *) (s->dec_in + L.rc));
-  ops->transpose (ex, window_input (&s->dec_conv0, &m->dec_conv0), s->dec_conv0.ld, s->tr_x, d,
+}
+
+/* The decoder after its transformer (whose output is x): the convolutions, the PCM copied
+ * back into pcm_host. */
+static void
+decode_back (MoshiExec *ex, MoshiMimiSession *s, int n_frames, const float *x)
+{
+  MoshiMimi *m = s->m;
+  const MoshiBackendOps *ops = m->be->ops;
+  int d = m->cfg.seanet.dimension;
+  int steps = n_frames * m->resample_stride;
+  ops->transpose (ex, window_input (&s->dec_conv0, &m->dec_conv0), s->dec_conv0.ld, x, d,
       steps, d);
   conv_step (ex, &m->dec_conv0, &s->dec_conv0, steps, s->dec_x0, steps, 0.0f);
 
-  float *x = s->dec_x0;
-  int ld_x = steps, cols = steps;
+  float *y = s->dec_x0;
+  int ld_y = steps, cols = steps;
   for (int i = 0; i < m->n_stages; i++) {
     const Stage *st = &m->dec_stages[i];
     StageState *ss = &s->dec[i];
-    ops->elu_2d (ex, x, ld_x, x, ld_x, st->up.c_in, cols);
-    ops->conv_transpose1d (ex, ss->x, ss->cols, x, ld_x, &st->up.w, &st->up.b, ss->carry,
+    ops->elu_2d (ex, y, ld_y, y, ld_y, st->up.c_in, cols);
+    ops->conv_transpose1d (ex, ss->x, ss->cols, y, ld_y, &st->up.w, &st->up.b, ss->carry,
         st->up.stride, 1, cols);
     cols *= st->up.stride;
     res_blocks (ex, st, ss, cols);
-    x = ss->x;
-    ld_x = ss->cols;
+    y = ss->x;
+    ld_y = ss->cols;
   }
-  ops->elu_2d (ex, window_input (&s->dec_final, &m->dec_final), s->dec_final.ld, x, ld_x,
+  ops->elu_2d (ex, window_input (&s->dec_final, &m->dec_final), s->dec_final.ld, y, ld_y,
       m->dec_final.c_in, cols);
   conv_step (ex, &m->dec_final, &s->dec_final, cols, s->pcm_dev, cols, 0.0f);
   ops->download_async (ex, s->pcm_host, s->pcm_dev, (gsize) cols * sizeof (float));
+}
+
+/* The device part of a decode call over the input staged in dec_in_host (decode_chunk): one
+ * upload, the decoder, the PCM copied back into pcm_host. Recordable as device_encode. */
+static void
+device_decode (MoshiMimiSession *s, int num_codebooks, int n_frames)
+{
+  int steps = n_frames * s->m->resample_stride;
+  CallLayout L = decode_layout (s, num_codebooks, n_frames);
+  s->m->be->ops->upload (s->ex, s->dec_in + L.in, s->dec_in_host + L.in, L.end - L.in);
+  decode_front (s->ex, s, num_codebooks, n_frames, s->tr.x);
+  transformer_rows (s->ex, s->m, &s->m->dec_tr, &s->tr, steps,
+      (const MoshiRowCache *) (s->dec_in + L.rc), s->kv_capacity, MAX (steps - s->kv_capacity, 0));
+  decode_back (s->ex, s, n_frames, s->tr.x);
 }
 
 /* ---------------------------------------------------------------- running a call */
@@ -1257,75 +1331,130 @@ device_call (MoshiMimiSession *s, const Call *c)
     device_encode (s, c->n_frames);
 }
 
-/* Everything that selects a call's op sequence and buffer offsets. */
-static gint64
-call_key (const Call *c)
-{
-  return (gint64) c->n_frames << 32 | (gint64) c->num_codebooks << 2 | (gint64) c->first << 1
-      | (gint64) c->decode;
-}
-
-/* Notes a call shape as run; TRUE when it had run before. */
+/* Runs a call's device part, device (ctx), on ex: replays the direction's recorded call when
+ * key (everything that selects the call's op sequence and buffers) is the one recorded,
+ * records a steady-state shape the second time it comes (the first run sizes the exec's
+ * scratch buffers), and otherwise runs the ops as they come (always for first-frame calls,
+ * whose branch later calls do not take). A call that cannot be recorded turns recording off
+ * for the recorder, with a message. */
 static gboolean
-seen_before (MoshiMimiSession *s, gint64 key)
+recorder_run (Recorder *r, MoshiMimi *m, MoshiExec *ex, gboolean decode, const char *shape,
+    gboolean first, void (*device) (gpointer ctx), gpointer ctx, GError **error)
 {
-  if (g_hash_table_contains (s->seen, &key))
-    return TRUE;
-  g_hash_table_add (s->seen, g_memdup2 (&key, sizeof key));
-  return FALSE;
-}
-
-/* Runs a call's device part: replays the direction's recorded call when the shape is the one
- * recorded, records a steady-state shape the second time it comes (the first run sizes the
- * exec's scratch buffers), and otherwise runs the ops as they come (always for first-frame
- * calls, whose branch later calls do not take). A call that cannot be recorded turns recording
- * off for the session, with a message. */
-static gboolean
-run_call (MoshiMimiSession *s, const Call *c, GError **error)
-{
-  MoshiBackend *be = s->m->be;
+  MoshiBackend *be = m->be;
   const MoshiBackendOps *ops = be->ops;
-  if (!s->graphs) {
-    device_call (s, c);
+  if (!r->graphs) {
+    device (ctx);
     return TRUE;
   }
-  Recorded *rec = c->decode ? &s->dec_rec : &s->enc_rec;
-  gint64 key = call_key (c);
-  if (rec->graph != NULL && rec->key == key)
-    return ops->graph_launch (s->ex, rec->graph, error);
-  if (!seen_before (s, key)) {
+  /* the direction is part of the shape: both share the set of shapes seen */
+  g_autofree char *key = g_strdup_printf ("%s:%s", decode ? "decode" : "encode", shape);
+  if (r->graph[decode] != NULL && g_str_equal (r->key[decode], key))
+    return ops->graph_launch (ex, r->graph[decode], error);
+  if (!g_hash_table_contains (r->seen, key)) {
     /* A new shape may grow the exec's scratch buffers, which frees the ones that the recorded
      * calls (of either direction, sharing the exec) would use: drop them; they are recorded
      * again when their shapes come back. */
-    drop_graphs (s);
-    device_call (s, c);
+    if (g_hash_table_size (r->seen) >= RECORDER_MAX_SEEN)
+      g_hash_table_remove_all (r->seen);
+    g_hash_table_add (r->seen, g_strdup (key));
+    recorder_drop (r, be);
+    device (ctx);
     return TRUE;
   }
-  if (c->first) {
-    device_call (s, c);
+  if (first) {
+    device (ctx);
     return TRUE;
   }
-  if (rec->graph != NULL) {
-    ops->graph_free (be, rec->graph);   /* idle: the last call ended with a synchronize */
-    rec->graph = NULL;
+  if (r->graph[decode] != NULL) {
+    ops->graph_free (be, r->graph[decode]);     /* idle: the last call ended with a synchronize */
+    r->graph[decode] = NULL;
   }
   g_autoptr (GError) why = NULL;
   MoshiGraph *graph = NULL;
-  if (ops->capture_begin (s->ex, &why)) {
-    device_call (s, c);
-    graph = ops->capture_end (s->ex, &why);
+  if (ops->capture_begin (ex, &why)) {
+    device (ctx);
+    graph = ops->capture_end (ex, &why);
   }
   if (graph == NULL) {
     g_message ("%s: Mimi frames are not recorded, each op is launched as it comes: %s",
-        s->m->path, why->message);
-    s->graphs = FALSE;
-    drop_graphs (s);
-    device_call (s, c);
+        m->path, why->message);
+    r->graphs = FALSE;
+    recorder_drop (r, be);
+    device (ctx);
     return TRUE;
   }
-  rec->graph = graph;
-  rec->key = key;
-  return ops->graph_launch (s->ex, rec->graph, error);
+  r->graph[decode] = graph;
+  g_free (r->key[decode]);
+  r->key[decode] = g_strdup (key);
+  return ops->graph_launch (ex, graph, error);
+}
+
+typedef struct {
+  MoshiMimiSession *s;
+  const Call *c;
+} SessionCall;
+
+static void
+session_device_call (gpointer ctx)
+{
+  SessionCall *sc = ctx;
+  device_call (sc->s, sc->c);
+}
+
+/* A session's call: recorded per direction, its shape the frame count, the codebooks and
+ * whether a first-frame branch runs. */
+static gboolean
+run_call (MoshiMimiSession *s, const Call *c, GError **error)
+{
+  char key[64];
+  g_snprintf (key, sizeof key, "%d/%d/%d", c->n_frames, c->num_codebooks, c->first);
+  return recorder_run (&s->rec, s->m, s->ex, c->decode, key, c->first, session_device_call,
+      &(SessionCall) { s, c }, error);
+}
+
+gboolean
+moshi_mimi_check_pcm (const MoshiMimi *m, const float *pcm, int n_frames, GError **error)
+{
+  if (n_frames < 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
+    return FALSE;
+  }
+  gsize n = (gsize) n_frames * m->frame_size;
+  for (gsize i = 0; i < n; i++) {
+    if (!isfinite (pcm[i])) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "audio sample %" G_GSIZE_FORMAT " (frame %" G_GSIZE_FORMAT ") is not finite (%g)", i,
+          i / m->frame_size, pcm[i]);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+gboolean
+moshi_mimi_check_codes (const MoshiMimi *m, const int32_t *codes, int num_codebooks,
+    int n_frames, GError **error)
+{
+  if (num_codebooks < 1 || num_codebooks > m->cfg.quantizer.n_q) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%d codebooks given; %s decodes 1 to %d", num_codebooks, m->path, m->cfg.quantizer.n_q);
+    return FALSE;
+  }
+  if (n_frames < 0) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
+    return FALSE;
+  }
+  for (int k = 0; k < num_codebooks; k++)
+    for (int f = 0; f < n_frames; f++) {
+      int32_t c = codes[(gsize) k * n_frames + f];
+      if (c < 0 || c >= m->cfg.quantizer.bins) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+            "code %d of codebook %d in frame %d is outside [0, %d)", c, k, f, m->cfg.quantizer.bins);
+        return FALSE;
+      }
+    }
+  return TRUE;
 }
 
 /* Encodes n_frames <= max_frames frames into codes_host ([num_codebooks, n_frames]). */
@@ -1348,19 +1477,8 @@ gboolean
 moshi_mimi_session_encode (MoshiMimiSession *s, const float *pcm, int n_frames, int32_t *codes,
     GError **error)
 {
-  if (n_frames < 0) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
+  if (!moshi_mimi_check_pcm (s->m, pcm, n_frames, error))
     return FALSE;
-  }
-  gsize n = (gsize) n_frames * s->m->frame_size;
-  for (gsize i = 0; i < n; i++) {
-    if (!isfinite (pcm[i])) {
-      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
-          "audio sample %" G_GSIZE_FORMAT " (frame %" G_GSIZE_FORMAT ") is not finite (%g)", i,
-          i / s->m->frame_size, pcm[i]);
-      return FALSE;
-    }
-  }
   for (int f = 0; f < n_frames; f += s->max_frames) {
     int chunk = MIN (s->max_frames, n_frames - f);
     if (!encode_chunk (s, pcm + (gsize) f * s->m->frame_size, chunk, error))
@@ -1397,30 +1515,339 @@ moshi_mimi_session_decode (MoshiMimiSession *s, const int32_t *codes, int num_co
     int n_frames, float *pcm, GError **error)
 {
   MoshiMimi *m = s->m;
-  if (num_codebooks < 1 || num_codebooks > m->cfg.quantizer.n_q) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
-        "%d codebooks given; %s decodes 1 to %d", num_codebooks, m->path, m->cfg.quantizer.n_q);
+  if (!moshi_mimi_check_codes (m, codes, num_codebooks, n_frames, error))
     return FALSE;
-  }
-  if (n_frames < 0) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT, "n_frames=%d is negative", n_frames);
-    return FALSE;
-  }
-  for (int k = 0; k < num_codebooks; k++)
-    for (int f = 0; f < n_frames; f++) {
-      int32_t c = codes[(gsize) k * n_frames + f];
-      if (c < 0 || c >= m->cfg.quantizer.bins) {
-        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
-            "code %d of codebook %d in frame %d is outside [0, %d)", c, k, f, m->cfg.quantizer.bins);
-        return FALSE;
-      }
-    }
   for (int f = 0; f < n_frames; f += s->max_frames) {
     int chunk = MIN (s->max_frames, n_frames - f);
     if (!decode_chunk (s, codes + f, n_frames, num_codebooks, chunk,
             pcm + (gsize) f * m->frame_size, error))
       return FALSE;
   }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+struct _MoshiMimiBatch {
+  MoshiMimi *m;
+  MoshiExec *ex;                /* the transformer passes (and, off the CPU, everything) */
+  int max_sessions;
+  int stride;                   /* transformer rows a frame: the model's resample stride */
+  int kv_capacity;              /* of every session it takes: the streaming context */
+  TrScratch tr;                 /* [max_sessions * stride] rows */
+  MoshiRowCache *rc_dev, *rc_host;
+  /* The convolutions stay per session: on the CPU those of single-threaded sessions run in
+   * parallel over this pool, each on its session's exec; elsewhere one after the other on ex,
+   * so that the whole call is one queue on the device. */
+  MoshiThreadPool *pool;
+  gboolean own_exec_convs;
+
+  /* the call in progress */
+  MoshiMimiSession **sessions;
+  int *pool_slots;
+  int num_codebooks;
+
+  /* Recorded calls (backends that can record), replayed while the same sessions come in the
+   * same order: their buffers are in the recording. Sessions joining or leaving make a new
+   * shape, recorded the second time it comes (recorder_run). */
+  Recorder rec;
+  gint n;                       /* sessions in the call in progress */
+  gboolean decode;
+};
+
+void
+moshi_mimi_batch_free (MoshiMimiBatch *b)
+{
+  if (b == NULL)
+    return;
+  MoshiBackend *be = b->m->be;
+  void *bufs[] = { b->tr.x, b->tr.h, b->tr.qkv, b->tr.o, b->tr.ff, b->rc_dev };
+  for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
+    dev_free (be, bufs[i]);
+  host_free (be, b->rc_host);
+  if (b->pool)
+    moshi_thread_pool_free (b->pool);
+  recorder_clear (&b->rec, be);
+  moshi_exec_free (b->ex);
+  g_free (b->sessions);
+  g_free (b->pool_slots);
+  moshi_mimi_unref (b->m);
+  g_free (b);
+}
+
+MoshiMimiBatch *
+moshi_mimi_batch_new (MoshiMimi *m, int max_sessions, int n_threads, GError **error)
+{
+  if (max_sessions < 1 || max_sessions > 4096 || n_threads < 0 || n_threads > 256) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "Mimi batch of %d sessions on %d threads: out of range (1..4096 sessions, 0..256 "
+        "threads)", max_sessions, n_threads);
+    return NULL;
+  }
+  if (m->resample_stride > m->cfg.transformer.context) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_CONFIG,
+        "%s: a frame's %d transformer steps exceed the context of %d", m->path,
+        m->resample_stride, m->cfg.transformer.context);
+    return NULL;
+  }
+  MoshiExec *ex = moshi_exec_new (m->be, n_threads, error);
+  if (ex == NULL)
+    return NULL;
+  MoshiMimiBatch *b = g_new0 (MoshiMimiBatch, 1);
+  b->m = moshi_mimi_ref (m);
+  b->ex = ex;
+  b->max_sessions = max_sessions;
+  b->stride = m->resample_stride;
+  b->kv_capacity = m->cfg.transformer.context;
+  b->sessions = g_new0 (MoshiMimiSession *, max_sessions);
+  b->pool_slots = g_new0 (int, max_sessions);
+  b->own_exec_convs = m->be->device == MOSHI_DEVICE_CPU;
+  /* a call runs on several execs on the CPU, which does not record anyway */
+  recorder_init (&b->rec, m->be, !b->own_exec_convs);
+  if (b->own_exec_convs)
+    b->pool = moshi_thread_pool_new (n_threads > 0 ? n_threads
+        : (int) MIN (g_get_num_processors (), 64));
+  int rows = max_sessions * b->stride;
+  Alloc a = { m->be, error, FALSE };
+  tr_scratch_init (&a, &b->tr, rows, m->cfg.transformer.d_model,
+      m->cfg.transformer.dim_feedforward);
+  b->rc_dev = dev_alloc_bytes (&a, (gsize) rows * sizeof (MoshiRowCache));
+  b->rc_host = host_alloc (&a, (gsize) rows * sizeof (MoshiRowCache));
+  if (a.failed) {
+    moshi_mimi_batch_free (b);
+    return NULL;
+  }
+  return b;
+}
+
+int
+moshi_mimi_batch_max_sessions (MoshiMimiBatch *b)
+{
+  return b->max_sessions;
+}
+
+/* What a batch call can take: sessions of its model, each once, with streaming caches. */
+static gboolean
+check_batch (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n, GError **error)
+{
+  if (n < 1 || n > b->max_sessions) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "%d sessions in one Mimi batch; this batch takes 1 to %d", n, b->max_sessions);
+    return FALSE;
+  }
+  for (int i = 0; i < n; i++) {
+    if (sessions[i]->m != b->m) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "session %d belongs to another Mimi (%s) than this batch (%s)", i,
+          sessions[i]->m->path, b->m->path);
+      return FALSE;
+    }
+    if (sessions[i]->kv_capacity != b->kv_capacity) {
+      g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+          "session %d keeps full-context caches; batches take streaming sessions only", i);
+      return FALSE;
+    }
+    for (int j = 0; j < i; j++)
+      if (sessions[j] == sessions[i]) {
+        g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+            "session %d appears twice in one Mimi batch", i);
+        return FALSE;
+      }
+  }
+  return TRUE;
+}
+
+typedef void (*PhaseFunc) (MoshiMimiBatch *b, MoshiExec *ex, int i);
+
+typedef struct {
+  MoshiMimiBatch *b;
+  PhaseFunc func;
+} PhaseJob;
+
+static void
+phase_task (void *ctx, int task, int thread)
+{
+  PhaseJob *job = ctx;
+  int i = job->b->pool_slots[task];
+  job->func (job->b, job->b->sessions[i]->ex, i);
+}
+
+/* Runs func for the n sessions of the call in progress: see MoshiMimiBatch.pool. */
+static void
+run_phase (MoshiMimiBatch *b, int n, PhaseFunc func)
+{
+  if (!b->own_exec_convs) {
+    for (int i = 0; i < n; i++)
+      func (b, b->ex, i);
+    return;
+  }
+  int parallel = 0;
+  for (int i = 0; i < n; i++) {
+    if (b->sessions[i]->n_threads == 1)
+      b->pool_slots[parallel++] = i;
+    else
+      func (b, b->sessions[i]->ex, i);
+  }
+  if (parallel == 1)
+    func (b, b->sessions[b->pool_slots[0]]->ex, b->pool_slots[0]);
+  else if (parallel > 1)
+    moshi_thread_pool_run (b->pool, parallel, phase_task, &(PhaseJob) { b, func });
+}
+
+/* The row table of a direction: session i's rows are i * stride .. (i + 1) * stride - 1, its
+ * one sequence at its own position. */
+static void
+batch_rows (MoshiMimiBatch *b, int n, gboolean decode)
+{
+  for (int i = 0; i < n; i++) {
+    MoshiMimiSession *s = b->sessions[i];
+    fill_rows (b->rc_host + (gsize) i * b->stride, decode ? &s->dec_tr : &s->enc_tr, b->stride);
+  }
+}
+
+static float *
+batch_x (MoshiMimiBatch *b, int i)
+{
+  return b->tr.x + (gsize) i * b->stride * b->m->cfg.transformer.d_model;
+}
+
+static void
+encode_front_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+{
+  MoshiMimiSession *s = b->sessions[i];
+  CallLayout L = encode_layout (s, 1);
+  /* the PCM only: the batch has its own row table */
+  b->m->be->ops->upload (ex, (guint8 *) s->enc_conv0.buf + L.in, s->enc_in_host + L.in,
+      (gsize) b->m->frame_size * sizeof (float));
+  encode_front (ex, s, 1, batch_x (b, i));
+}
+
+static void
+encode_back_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+{
+  encode_back (ex, b->sessions[i], 1, batch_x (b, i));
+}
+
+static void
+decode_front_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+{
+  MoshiMimiSession *s = b->sessions[i];
+  b->m->be->ops->upload (ex, s->dec_in, s->dec_in_host, (gsize) b->num_codebooks * sizeof (int32_t));
+  decode_front (ex, s, b->num_codebooks, 1, batch_x (b, i));
+}
+
+static void
+decode_back_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+{
+  decode_back (ex, b->sessions[i], 1, batch_x (b, i));
+}
+
+/* The device part of the batch call in progress, over the inputs staged in the sessions'
+ * pinned buffers and the batch's row table: the row table's upload, the sessions' front
+ * phases, one transformer pass over all their rows, the back phases. Recordable as
+ * device_encode is, for one list of sessions. */
+static void
+batch_device (gpointer ctx)
+{
+  MoshiMimiBatch *b = ctx;
+  int n = b->n;
+  gboolean decode = b->decode;
+  b->m->be->ops->upload (b->ex, b->rc_dev, b->rc_host,
+      (gsize) n * b->stride * sizeof (MoshiRowCache));
+  run_phase (b, n, decode ? decode_front_phase : encode_front_phase);
+  transformer_rows (b->ex, b->m, decode ? &b->m->dec_tr : &b->m->enc_tr, &b->tr, n * b->stride,
+      b->rc_dev, b->kv_capacity, 0);
+  run_phase (b, n, decode ? decode_back_phase : encode_back_phase);
+}
+
+/* A batch call's shape: the codebooks, whether a first-frame branch runs, and the sessions in
+ * order (by serial: their buffers are in a recording). */
+static gboolean
+batch_run (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
+{
+  gboolean first = FALSE;
+  for (int i = 0; i < n; i++)
+    first = first || first_frame_pending (b->sessions[i], decode);
+  GString *key = g_string_new (NULL);
+  g_string_printf (key, "%d/%d", decode ? b->num_codebooks : 0, first);
+  for (int i = 0; i < n; i++)
+    g_string_append_printf (key, "/%u", b->sessions[i]->serial);
+  b->n = n;
+  b->decode = decode;
+  gboolean ok = recorder_run (&b->rec, b->m, b->ex, decode, key->str, first, batch_device, b,
+      error);
+  g_string_free (key, TRUE);
+  return ok;
+}
+
+/* Both directions: the inputs staged, the device part, one wait. */
+static gboolean
+batch_call (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
+{
+  const MoshiBackendOps *ops = b->m->be->ops;
+  /* On one queue for the batch, the sessions' own queues must be idle (a reset queues work) */
+  for (int i = 0; i < n && !b->own_exec_convs; i++)
+    if (!ops->synchronize (b->sessions[i]->ex, error))
+      return FALSE;
+  batch_rows (b, n, decode);
+  if (!batch_run (b, n, decode, error) || !ops->synchronize (b->ex, error))
+    return FALSE;
+  for (int i = 0; i < n && b->own_exec_convs; i++)
+    if (!ops->synchronize (b->sessions[i]->ex, error))
+      return FALSE;
+  for (int i = 0; i < n; i++) {
+    MoshiMimiSession *s = b->sessions[i];
+    if (decode)
+      s->dec_tr.pos += b->stride;
+    else
+      s->enc_tr.pos += b->stride;
+  }
+  return TRUE;
+}
+
+gboolean
+moshi_mimi_batch_encode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
+    const float *const *pcm, int32_t *const *codes, GError **error)
+{
+  if (!check_batch (b, sessions, n, error))
+    return FALSE;
+  for (int i = 0; i < n; i++)
+    if (!moshi_mimi_check_pcm (b->m, pcm[i], 1, error)) {
+      g_prefix_error (error, "session %d: ", i);
+      return FALSE;
+    }
+  for (int i = 0; i < n; i++) {
+    MoshiMimiSession *s = sessions[i];
+    b->sessions[i] = s;
+    memcpy (s->enc_in_host + encode_layout (s, 1).in, pcm[i], b->m->frame_size * sizeof (float));
+  }
+  if (!batch_call (b, n, FALSE, error))
+    return FALSE;
+  for (int i = 0; i < n; i++)
+    memcpy (codes[i], sessions[i]->codes_host, sessions[i]->num_codebooks * sizeof (int32_t));
+  return TRUE;
+}
+
+gboolean
+moshi_mimi_batch_decode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
+    const int32_t *const *codes, int num_codebooks, float *const *pcm, GError **error)
+{
+  if (!check_batch (b, sessions, n, error))
+    return FALSE;
+  for (int i = 0; i < n; i++)
+    if (!moshi_mimi_check_codes (b->m, codes[i], num_codebooks, 1, error)) {
+      g_prefix_error (error, "session %d: ", i);
+      return FALSE;
+    }
+  b->num_codebooks = num_codebooks;
+  for (int i = 0; i < n; i++) {
+    b->sessions[i] = sessions[i];
+    memcpy (sessions[i]->dec_in_host, codes[i], num_codebooks * sizeof (int32_t));
+  }
+  if (!batch_call (b, n, TRUE, error))
+    return FALSE;
+  for (int i = 0; i < n; i++)
+    memcpy (pcm[i], sessions[i]->pcm_host, b->m->frame_size * sizeof (float));
   return TRUE;
 }
 

@@ -4,7 +4,6 @@
 #include "mimi-internal.h"
 
 #include "moshi-error.h"
-#include "moshi-threadpool.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +15,6 @@ struct _MoshiConversation {
   MoshiLmSession *lm;
   int32_t *codes;               /* [encode codebooks]: the user codes of the frame in flight */
   char *text;                   /* display text of the last step */
-  gboolean own_threads;         /* its Mimi session has a thread pool of its own */
 
   /* The frame in flight: written by the owner before it marks the frame pending, then used by
    * the scheduler thread only, until it marks the frame done. */
@@ -24,6 +22,11 @@ struct _MoshiConversation {
   MoshiDialogFrame *frame;
   float *out_pcm;
   GError *error;
+  /* A Mimi stream's frame (a scheduler without an LM): pcm to encode into enc_codes, or
+   * dec_codes (dec_codebooks of them) to decode into out_pcm. */
+  int32_t *enc_codes;
+  const int32_t *dec_codes;
+  int dec_codebooks;
 
   /* Under the scheduler's lock. */
   gint64 max_wait_us;
@@ -41,9 +44,8 @@ struct _MoshiScheduler {
   MoshiMimi *mimi;
   int max_conversations;
   gint64 frame_us;
-  gboolean parallel_mimi;       /* Mimi frames of a tick on the pool (CPU sessions) */
   MoshiLmBatch *batch;
-  MoshiThreadPool *pool;
+  MoshiMimiBatch *mimi_batch;   /* the Mimi encodes, and the decodes, of a tick: one call each */
   GThread *thread;
 
   GMutex lock;
@@ -57,7 +59,11 @@ struct _MoshiScheduler {
   MoshiConversation **tick;
   MoshiLmSession **sessions;
   int *tick_index;              /* LM batch row -> tick slot */
-  int *pool_slots;              /* the tick slots whose Mimi frames run on the pool */
+  /* a Mimi batch call's arguments, one per conversation in it */
+  MoshiMimiSession **mimi_sessions;
+  const float **mimi_pcm;
+  int32_t **mimi_codes;
+  float **mimi_out;
   int32_t *user_codes, *text_tokens, *audio_codes;
   gboolean *returned;
 
@@ -72,61 +78,75 @@ static GHashTable *shared_schedulers;   /* key -> MoshiScheduler (not reffed) */
 
 /* ------------------------------------------------------------------ a tick */
 
-typedef struct {
-  MoshiScheduler *s;
-  MoshiParallelFunc func;
-} PoolJob;
-
+/* One batched Mimi encode for the frames of the tick that came as audio. Audio that is not
+ * finite fails its own frame before the call, so that it never fails the others'. */
 static void
-pool_task (void *ctx, int task, int thread)
+encode_frames (MoshiScheduler *s, int n)
 {
-  PoolJob *job = ctx;
-  job->func (job->s, job->s->pool_slots[task], thread);
-}
-
-static void
-encode_frame (void *ctx, int slot, int thread)
-{
-  MoshiScheduler *s = ctx;
-  MoshiConversation *c = s->tick[slot];
-  if (c->pcm != NULL)
-    moshi_mimi_session_encode (c->mimi, c->pcm, 1, c->codes, &c->error);
-}
-
-static void
-finish_frame (void *ctx, int slot, int thread)
-{
-  MoshiScheduler *s = ctx;
-  MoshiConversation *c = s->tick[slot];
-  if (c->error != NULL || c->out_pcm == NULL)
-    return;
-  int frame_size = moshi_dialog_model_frame_size (c->model);
-  if (!c->frame->returned) {
-    memset (c->out_pcm, 0, frame_size * sizeof (float));
-    return;
-  }
-  /* [k][frame] with one frame is just the list of codes */
-  moshi_mimi_session_decode (c->mimi, c->frame->audio_codes, moshi_lm_generated_codebooks (s->lm),
-      1, c->out_pcm, &c->error);
-}
-
-/* Runs func for every frame of the tick: those of single-threaded Mimi sessions in parallel
- * on the scheduler's pool (CPU sessions), the others one after the other on their own pools. */
-static void
-run_on_pool (MoshiScheduler *s, int n, MoshiParallelFunc func)
-{
-  int shared = 0;
+  int m = 0;
   for (int i = 0; i < n; i++) {
     MoshiConversation *c = s->tick[i];
-    if (c->own_threads || !s->parallel_mimi)
-      func (s, i, 0);
-    else
-      s->pool_slots[shared++] = i;
+    if (c->pcm == NULL || !moshi_mimi_check_pcm (s->mimi, c->pcm, 1, &c->error))
+      continue;
+    s->mimi_sessions[m] = c->mimi;
+    s->mimi_pcm[m] = c->pcm;
+    s->mimi_codes[m] = c->enc_codes ? c->enc_codes : c->codes;
+    s->tick_index[m++] = i;
   }
-  if (shared == 1)
-    func (s, s->pool_slots[0], 0);
-  else if (shared > 1)
-    moshi_thread_pool_run (s->pool, shared, pool_task, &(PoolJob) { s, func });
+  GError *error = NULL;
+  if (m > 0 && !moshi_mimi_batch_encode (s->mimi_batch, s->mimi_sessions, m, s->mimi_pcm,
+          s->mimi_codes, &error)) {
+    for (int j = 0; j < m; j++)
+      s->tick[s->tick_index[j]]->error = g_error_copy (error);
+    g_error_free (error);
+  }
+}
+
+/* Batched Mimi decodes for the frames of the tick that want audio back, one call for each
+ * number of codebooks among them (conversations all decode the LM's; Mimi streams say theirs);
+ * silence for conversations whose LM has not returned a frame yet. */
+static void
+decode_frames (MoshiScheduler *s, int n)
+{
+  int frame_size = moshi_mimi_frame_size (s->mimi);
+  int done_below = 0;           /* codebook counts <= this are decoded */
+  for (;;) {
+    int k = G_MAXINT;
+    for (int i = 0; i < n; i++) {
+      MoshiConversation *c = s->tick[i];
+      int ck = c->lm ? moshi_lm_generated_codebooks (s->lm) : c->dec_codebooks;
+      if (c->error == NULL && c->out_pcm != NULL && ck > done_below)
+        k = MIN (k, ck);
+    }
+    if (k == G_MAXINT)
+      return;
+    done_below = k;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+      MoshiConversation *c = s->tick[i];
+      if (c->error != NULL || c->out_pcm == NULL)
+        continue;
+      const int32_t *codes = c->lm ? c->frame->audio_codes : c->dec_codes;
+      if ((c->lm ? moshi_lm_generated_codebooks (s->lm) : c->dec_codebooks) != k)
+        continue;
+      if (c->lm && !c->frame->returned) {
+        memset (c->out_pcm, 0, frame_size * sizeof (float));
+        continue;
+      }
+      s->mimi_sessions[m] = c->mimi;
+      /* [k][frame] with one frame is just the list of codes */
+      s->mimi_codes[m] = (int32_t *) codes;
+      s->mimi_out[m] = c->out_pcm;
+      s->tick_index[m++] = i;
+    }
+    GError *error = NULL;
+    if (m > 0 && !moshi_mimi_batch_decode (s->mimi_batch, s->mimi_sessions, m,
+            (const int32_t *const *) s->mimi_codes, k, s->mimi_out, &error)) {
+      for (int j = 0; j < m; j++)
+        s->tick[s->tick_index[j]]->error = g_error_copy (error);
+      g_error_free (error);
+    }
+  }
 }
 
 /* Mimi encodes of every frame, one LM step for all that encoded, Mimi decodes. A frame that
@@ -134,10 +154,14 @@ run_on_pool (MoshiScheduler *s, int n, MoshiParallelFunc func)
 static void
 run_tick (MoshiScheduler *s, int n)
 {
+  if (s->mimi_batch)
+    encode_frames (s, n);
+  if (s->lm == NULL) {
+    decode_frames (s, n);
+    return;
+  }
   int n_user = moshi_lm_user_codebooks (s->lm);
   int dep_q = moshi_lm_generated_codebooks (s->lm);
-
-  run_on_pool (s, n, encode_frame);
 
   int rows = 0;
   for (int i = 0; i < n; i++) {
@@ -171,7 +195,8 @@ run_tick (MoshiScheduler *s, int n)
       c->text = moshi_dialog_model_display (c->model, f->text_token);
     f->text = c->text;
   }
-  run_on_pool (s, n, finish_frame);
+  if (s->mimi_batch)
+    decode_frames (s, n);
 }
 
 /* ------------------------------------------------------------------ the scheduler thread */
@@ -274,12 +299,14 @@ scheduler_free (MoshiScheduler *s)
   }
   g_ptr_array_unref (s->joined);
   moshi_lm_batch_free (s->batch);
-  if (s->pool)
-    moshi_thread_pool_free (s->pool);
+  moshi_mimi_batch_free (s->mimi_batch);
   g_free (s->tick);
   g_free (s->sessions);
   g_free (s->tick_index);
-  g_free (s->pool_slots);
+  g_free (s->mimi_sessions);
+  g_free (s->mimi_pcm);
+  g_free (s->mimi_codes);
+  g_free (s->mimi_out);
   g_free (s->user_codes);
   g_free (s->text_tokens);
   g_free (s->audio_codes);
@@ -287,16 +314,18 @@ scheduler_free (MoshiScheduler *s)
   g_mutex_clear (&s->lock);
   g_cond_clear (&s->work);
   g_cond_clear (&s->done);
-  moshi_lm_unref (s->lm);
+  if (s->lm)
+    moshi_lm_unref (s->lm);
   if (s->mimi)
     moshi_mimi_unref (s->mimi);
   g_free (s->key);
   g_free (s);
 }
 
-MoshiScheduler *
-moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *options,
-    GError **error)
+/* A scheduler for lm (NULL: Mimi streams only) and mimi (NULL: conversations in codes). */
+static MoshiScheduler *
+scheduler_new (MoshiLm *lm, MoshiMimi *mimi, gint64 frame_us,
+    const MoshiSchedulerOptions *options, GError **error)
 {
   int max = options && options->max_conversations > 0 ? options->max_conversations
       : MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS;
@@ -307,37 +336,32 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
         max, MOSHI_SCHEDULER_MAX_CONVERSATIONS, threads);
     return NULL;
   }
-  MoshiLm *lm = moshi_dialog_model_get_lm (model);
-  MoshiMimi *mimi = moshi_dialog_model_get_mimi (model);
-  MoshiLmBatch *batch = moshi_lm_batch_new (lm, max, threads, error);
-  if (batch == NULL)
-    return NULL;
-
   MoshiScheduler *s = g_new0 (MoshiScheduler, 1);
   s->ref_count = 1;
-  s->lm = moshi_lm_ref (lm);
+  s->lm = lm ? moshi_lm_ref (lm) : NULL;
   s->mimi = mimi ? moshi_mimi_ref (mimi) : NULL;
-  s->batch = batch;
   s->max_conversations = max;
-  s->frame_us = (gint64) G_USEC_PER_SEC * moshi_dialog_model_frame_size (model)
-      / moshi_dialog_model_sample_rate (model);
-  s->parallel_mimi = mimi && moshi_mimi_get_backend (mimi)->device == MOSHI_DEVICE_CPU;
-  s->pool = moshi_thread_pool_new (threads > 0 ? threads : (int) MIN (g_get_num_processors (), 64));
+  s->frame_us = frame_us;
   s->joined = g_ptr_array_new ();
   g_mutex_init (&s->lock);
   g_cond_init (&s->work);
   g_cond_init (&s->done);
-  int n_user = moshi_lm_user_codebooks (lm), dep_q = moshi_lm_generated_codebooks (lm);
+  int n_user = lm ? moshi_lm_user_codebooks (lm) : 0;
+  int dep_q = lm ? moshi_lm_generated_codebooks (lm) : 0;
   s->tick = g_new0 (MoshiConversation *, max);
   s->sessions = g_new0 (MoshiLmSession *, max);
   s->tick_index = g_new0 (int, max);
-  s->pool_slots = g_new0 (int, max);
+  s->mimi_sessions = g_new0 (MoshiMimiSession *, max);
+  s->mimi_pcm = g_new0 (const float *, max);
+  s->mimi_codes = g_new0 (int32_t *, max);
+  s->mimi_out = g_new0 (float *, max);
   s->user_codes = g_new0 (int32_t, (gsize) max * MAX (n_user, 1));
   s->text_tokens = g_new0 (int32_t, max);
   s->audio_codes = g_new0 (int32_t, (gsize) max * MAX (dep_q, 1));
   s->returned = g_new0 (gboolean, max);
-  s->thread = g_thread_try_new ("moshi-scheduler", scheduler_thread, s, error);
-  if (s->thread == NULL) {
+  if ((lm && (s->batch = moshi_lm_batch_new (lm, max, threads, error)) == NULL)
+      || (mimi && (s->mimi_batch = moshi_mimi_batch_new (mimi, max, threads, error)) == NULL)
+      || (s->thread = g_thread_try_new ("moshi-scheduler", scheduler_thread, s, error)) == NULL) {
     scheduler_free (s);
     return NULL;
   }
@@ -345,24 +369,65 @@ moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *optio
 }
 
 MoshiScheduler *
-moshi_scheduler_get_shared (MoshiDialogModel *model, const MoshiSchedulerOptions *options,
+moshi_scheduler_new (MoshiDialogModel *model, const MoshiSchedulerOptions *options,
     GError **error)
 {
-  g_autofree char *key = g_strdup_printf ("%p/%p", (void *) moshi_dialog_model_get_lm (model),
-      (void *) moshi_dialog_model_get_mimi (model));
+  gint64 frame_us = (gint64) G_USEC_PER_SEC * moshi_dialog_model_frame_size (model)
+      / moshi_dialog_model_sample_rate (model);
+  return scheduler_new (moshi_dialog_model_get_lm (model), moshi_dialog_model_get_mimi (model),
+      frame_us, options, error);
+}
+
+static gint64
+mimi_frame_us (MoshiMimi *mimi)
+{
+  return (gint64) G_USEC_PER_SEC * moshi_mimi_frame_size (mimi) / moshi_mimi_sample_rate (mimi);
+}
+
+MoshiScheduler *
+moshi_scheduler_new_mimi (MoshiMimi *mimi, const MoshiSchedulerOptions *options, GError **error)
+{
+  return scheduler_new (NULL, mimi, mimi_frame_us (mimi), options, error);
+}
+
+/* The registered scheduler under key, or a new one from lm and mimi registered under it. */
+static MoshiScheduler *
+get_shared (const char *key, MoshiLm *lm, MoshiMimi *mimi, gint64 frame_us,
+    const MoshiSchedulerOptions *options, GError **error)
+{
   g_mutex_lock (&shared_lock);
   if (shared_schedulers == NULL)
     shared_schedulers = g_hash_table_new (g_str_hash, g_str_equal);
   MoshiScheduler *s = g_hash_table_lookup (shared_schedulers, key);
   if (s != NULL) {
     g_atomic_int_inc (&s->ref_count);
-  } else if ((s = moshi_scheduler_new (model, options, error)) != NULL) {
+  } else if ((s = scheduler_new (lm, mimi, frame_us, options, error)) != NULL) {
     /* The scheduler holds the LM and Mimi, so their addresses stay unique while it lives. */
-    s->key = g_steal_pointer (&key);
+    s->key = g_strdup (key);
     g_hash_table_insert (shared_schedulers, s->key, s);
   }
   g_mutex_unlock (&shared_lock);
   return s;
+}
+
+MoshiScheduler *
+moshi_scheduler_get_shared (MoshiDialogModel *model, const MoshiSchedulerOptions *options,
+    GError **error)
+{
+  MoshiLm *lm = moshi_dialog_model_get_lm (model);
+  MoshiMimi *mimi = moshi_dialog_model_get_mimi (model);
+  g_autofree char *key = g_strdup_printf ("%p/%p", (void *) lm, (void *) mimi);
+  gint64 frame_us = (gint64) G_USEC_PER_SEC * moshi_dialog_model_frame_size (model)
+      / moshi_dialog_model_sample_rate (model);
+  return get_shared (key, lm, mimi, frame_us, options, error);
+}
+
+MoshiScheduler *
+moshi_scheduler_get_shared_mimi (MoshiMimi *mimi, const MoshiSchedulerOptions *options,
+    GError **error)
+{
+  g_autofree char *key = g_strdup_printf ("mimi/%p", (void *) mimi);
+  return get_shared (key, NULL, mimi, mimi_frame_us (mimi), options, error);
 }
 
 MoshiScheduler *
@@ -452,10 +517,35 @@ model_mimi_path (MoshiMimi *mimi)
   return mimi ? moshi_mimi_get_path (mimi) : "no Mimi";
 }
 
+/* Adds c to the joined conversations, or frees it and fails when max_conversations are in. */
+static gboolean
+join (MoshiScheduler *s, MoshiConversation *c, GError **error)
+{
+  g_mutex_lock (&s->lock);
+  gboolean full = (int) s->joined->len >= s->max_conversations;
+  if (!full)
+    g_ptr_array_add (s->joined, c);
+  g_mutex_unlock (&s->lock);
+  if (full) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_BUSY,
+        "the scheduler of %s already runs its maximum of %d %s",
+        s->lm ? moshi_lm_get_path (s->lm) : moshi_mimi_get_path (s->mimi), s->max_conversations,
+        s->lm ? "conversations" : "Mimi streams");
+    moshi_conversation_free (c);
+  }
+  return !full;
+}
+
 MoshiConversation *
 moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
     const MoshiLmSamplingParams *params, const MoshiConversationOptions *options, GError **error)
 {
+  if (s->lm == NULL) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "the scheduler of %s runs Mimi streams only: it has no LM for a conversation",
+        moshi_mimi_get_path (s->mimi));
+    return NULL;
+  }
   if (moshi_dialog_model_get_lm (model) != s->lm || moshi_dialog_model_get_mimi (model) != s->mimi) {
     g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
         "the conversation's models (%s, %s) are not the scheduler's (%s, %s)",
@@ -472,7 +562,6 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
   c->sched = moshi_scheduler_ref (s);
   c->model = moshi_dialog_model_ref (model);
   c->codes = g_new0 (int32_t, codebooks);
-  c->own_threads = threads != 1;
   c->max_wait_us = options && options->max_wait_us >= 0 ? options->max_wait_us : s->frame_us;
   /* not waited for until its first frame comes */
   c->stalled = TRUE;
@@ -481,19 +570,7 @@ moshi_conversation_new (MoshiScheduler *s, MoshiDialogModel *model,
     moshi_conversation_free (c);
     return NULL;
   }
-  g_mutex_lock (&s->lock);
-  gboolean full = (int) s->joined->len >= s->max_conversations;
-  if (!full)
-    g_ptr_array_add (s->joined, c);
-  g_mutex_unlock (&s->lock);
-  if (full) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_BUSY,
-        "the scheduler of %s already runs its maximum of %d conversations",
-        moshi_lm_get_path (s->lm), s->max_conversations);
-    moshi_conversation_free (c);
-    return NULL;
-  }
-  return c;
+  return join (s, c, error) ? c : NULL;
 }
 
 void
@@ -591,4 +668,93 @@ moshi_conversation_step_codes (MoshiConversation *c, const int32_t *user_codes, 
     }
   memcpy (c->codes, user_codes, user * sizeof (int32_t));
   return submit (c, NULL, frame, out_pcm, error);
+}
+
+/* ------------------------------------------------------------------ Mimi streams */
+
+/* A Mimi stream is a conversation without an LM session or dialog model. */
+#define STREAM_CONVERSATION(stream) ((MoshiConversation *) (stream))
+
+MoshiMimiStream *
+moshi_mimi_stream_new (MoshiScheduler *s, const MoshiMimiSessionOptions *options,
+    gint64 max_wait_us, GError **error)
+{
+  if (s->mimi == NULL || s->lm != NULL) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "Mimi streams need a scheduler made for a Mimi alone (moshi_scheduler_new_mimi)");
+    return NULL;
+  }
+  MoshiMimiSessionOptions mopts = { 0 };
+  if (options)
+    mopts = *options;
+  if (mopts.full_context) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_INVALID_ARGUMENT,
+        "a Mimi stream is a streaming session: full_context is not for batches");
+    return NULL;
+  }
+  /* a tick takes one frame */
+  mopts.max_frames_per_call = 1;
+  MoshiMimiSession *session = moshi_mimi_session_new (s->mimi, &mopts, error);
+  if (session == NULL)
+    return NULL;
+  MoshiConversation *c = g_new0 (MoshiConversation, 1);
+  c->sched = moshi_scheduler_ref (s);
+  c->mimi = session;
+  c->max_wait_us = max_wait_us >= 0 ? max_wait_us : s->frame_us;
+  c->stalled = TRUE;
+  return join (s, c, error) ? (MoshiMimiStream *) c : NULL;
+}
+
+void
+moshi_mimi_stream_free (MoshiMimiStream *stream)
+{
+  moshi_conversation_free (STREAM_CONVERSATION (stream));
+}
+
+void
+moshi_mimi_stream_reset (MoshiMimiStream *stream)
+{
+  moshi_mimi_session_reset (STREAM_CONVERSATION (stream)->mimi);
+}
+
+MoshiMimiSession *
+moshi_mimi_stream_get_session (MoshiMimiStream *stream)
+{
+  return STREAM_CONVERSATION (stream)->mimi;
+}
+
+void
+moshi_mimi_stream_set_max_wait (MoshiMimiStream *stream, gint64 max_wait_us)
+{
+  moshi_conversation_set_max_wait (STREAM_CONVERSATION (stream), max_wait_us);
+}
+
+void
+moshi_mimi_stream_get_stats (MoshiMimiStream *stream, MoshiConversationStats *stats)
+{
+  moshi_conversation_get_stats (STREAM_CONVERSATION (stream), stats);
+}
+
+gboolean
+moshi_mimi_stream_encode (MoshiMimiStream *stream, const float *pcm, int32_t *codes,
+    GError **error)
+{
+  MoshiConversation *c = STREAM_CONVERSATION (stream);
+  c->enc_codes = codes;
+  c->dec_codes = NULL;
+  return submit (c, pcm, NULL, NULL, error);
+}
+
+gboolean
+moshi_mimi_stream_decode (MoshiMimiStream *stream, const int32_t *codes, int num_codebooks,
+    float *pcm, GError **error)
+{
+  MoshiConversation *c = STREAM_CONVERSATION (stream);
+  /* checked here, so that one stream's bad codes never fail the others' batch */
+  if (!moshi_mimi_check_codes (c->sched->mimi, codes, num_codebooks, 1, error))
+    return FALSE;
+  c->enc_codes = NULL;
+  c->dec_codes = codes;
+  c->dec_codebooks = num_codebooks;
+  return submit (c, NULL, NULL, pcm, error);
 }

@@ -17,6 +17,7 @@
 #include <moshi/moshi-device.h>
 #include <moshi/moshi-hub.h>
 #include <moshi/moshi-mimi.h>
+#include <moshi/moshi-scheduler.h>
 
 #define CODEBOOKS 8             /* mimienc's default */
 #define MODEL_CODEBOOKS 16
@@ -823,6 +824,79 @@ GST_START_TEST (test_roundtrip_bit_exact)
 }
 GST_END_TEST;
 
+/* Roundtrip pipelines of one process, each pushed from its own thread: their mimienc and
+ * mimidec elements share the process's Mimi scheduler (the default), and each output is
+ * the bit-exact audio of the library stepping its stream alone (on the CPU, batches of up to
+ * 4 streams sum as one stream does: moshi-mimi.h). The last pipeline opts out. */
+#define SHARED_PIPELINES 4
+
+typedef struct {
+  gint index;
+  const gfloat *pcm;
+  gsize n;
+  GPtrArray *bufs;
+  GstHarness *h;
+} SharedRun;
+
+static gpointer
+run_shared_pipeline (gpointer data)
+{
+  SharedRun *r = data;
+  push_pcm (r->h, r->pcm, r->n, 480 * (r->index + 1), 0);
+  fail_unless (gst_harness_push_event (r->h, gst_event_new_eos ()));
+  r->bufs = pull_all (r->h);
+  return NULL;
+}
+
+GST_START_TEST (test_shared_scheduler_roundtrips)
+{
+  init_paths ();
+  const gsize n = 12 * FRAME;
+  g_autofree gfloat *pcm = make_speech (n);
+  gsize frames;
+  g_autofree gint32 *codes = reference_encode (pcm, n, CODEBOOKS, &frames);
+  g_autofree gfloat *expected = reference_decode (codes, frames, CODEBOOKS);
+
+  SharedRun runs[SHARED_PIPELINES];
+  GThread *threads[SHARED_PIPELINES];
+  for (gint i = 0; i < SHARED_PIPELINES; i++) {
+    gboolean shared = i + 1 < SHARED_PIPELINES;
+    g_autofree gchar *line = g_strdup_printf ("mimienc model=\"%s\" config=\"%s\" "
+        "shared-scheduler=%d ! mimidec model=\"%s\" config=\"%s\" shared-scheduler=%d",
+        model_path, config_path, shared, model_path, config_path, shared);
+    runs[i] = (SharedRun) { i, pcm, n, NULL, gst_harness_new_parse (line) };
+    gst_harness_set_src_caps_str (runs[i].h, RAW_F32_CAPS);
+  }
+  for (gint i = 0; i < SHARED_PIPELINES; i++)
+    threads[i] = g_thread_new ("pipeline", run_shared_pipeline, &runs[i]);
+  for (gint i = 0; i < SHARED_PIPELINES; i++)
+    g_thread_join (threads[i]);
+
+  /* the elements' scheduler: the one of the process's shared copy of the model */
+  g_autoptr (GError) error = NULL;
+  MoshiMimiLoadOptions options = {.device = MOSHI_DEVICE_AUTO };
+  g_autoptr (MoshiMimi) mimi = moshi_mimi_load_shared (model_path, config_path, &options,
+      &error);
+  fail_unless (mimi != NULL, "%s", error ? error->message : "");
+  g_autoptr (MoshiScheduler) sched = moshi_scheduler_get_shared_mimi (mimi, NULL, &error);
+  MoshiSchedulerStats st;
+  moshi_scheduler_get_stats (sched, &st);
+  /* three encoders and three decoders of 12 frames each, joined until teardown */
+  fail_unless_equals_int (st.conversations, 2 * (SHARED_PIPELINES - 1));
+  fail_unless_equals_uint64 (st.steps, 2 * (SHARED_PIPELINES - 1) * frames);
+  GST_INFO ("%" G_GUINT64_FORMAT " ticks for %" G_GUINT64_FORMAT " frames", st.ticks, st.steps);
+
+  for (gint i = 0; i < SHARED_PIPELINES; i++) {
+    assert_contiguous (runs[i].bufs, 0, sizeof (gfloat));
+    assert_f32_buffers_equal (runs[i].bufs, expected, n);
+    g_ptr_array_unref (runs[i].bufs);
+    gst_harness_teardown (runs[i].h);
+  }
+  moshi_scheduler_get_stats (sched, &st);
+  fail_unless_equals_int (st.conversations, 0);
+}
+GST_END_TEST;
+
 /* State changes from another thread while buffers keep coming must neither crash nor
  * leak, and the element must work normally afterwards. */
 GST_START_TEST (test_enc_state_changes_under_data)
@@ -1227,6 +1301,7 @@ mimi_elements_suite (void)
 
   TCase *both = tcase_create ("codec");
   tcase_add_test (both, test_roundtrip_bit_exact);
+  tcase_add_test (both, test_shared_scheduler_roundtrips);
   tcase_add_test (both, test_shared_model);
   tcase_add_test (both, test_model_change_in_ready);
   suite_add_tcase (s, both);

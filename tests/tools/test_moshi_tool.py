@@ -385,7 +385,8 @@ def test_option_values_are_checked():
     for extra, what in [(["--codebooks", "0"], "--codebooks=0"),
                         (["--frames-per-call", "0"], "--frames-per-call=0"),
                         (["--seconds", "-1"], "--seconds=-1"),
-                        (["--threads", "1,x"], "'x'")]:
+                        (["--threads", "1,x"], "'x'"),
+                        (["--batch", "0"], "'0'")]:
         err = run_failing("bench", "--model", MODEL, "--config", CONFIG, *extra, "mimi", code=2)
         assert what in err, err
     err = run_failing("bench", "lm", "--batch", "2x", code=2)
@@ -397,6 +398,18 @@ def test_bench_long_calls():
     out = run("bench", "--model", MODEL, "--config", CONFIG, "--frames-per-call", "2048",
               "--seconds", "1", "--threads", "1", "mimi").stdout
     assert "threads 1:" in out and "nan" not in out, out
+
+
+def test_bench_batched_streams():
+    # --batch: N streams stepped alone and as one batch, a JSON line for each N
+    out = run("bench", "--model", MODEL, "--config", CONFIG, "--seconds", "0.5", "--threads", "1",
+              "--batch", "1,3", "--json", "mimi").stdout.strip().splitlines()
+    rows = [json.loads(line) for line in out if "streams" in line]
+    assert [r["streams"] for r in rows] == [1, 3], out
+    for r in rows:
+        assert r["alone_frames_per_s"] > 0 and r["batched_frames_per_s"] > 0, r
+        assert math.isclose(r["speedup"], r["batched_frames_per_s"] / r["alone_frames_per_s"],
+                            rel_tol=1e-2), r
 
 
 def test_crafted_codes_dimensions():

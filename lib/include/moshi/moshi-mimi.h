@@ -87,6 +87,49 @@ gboolean moshi_mimi_session_encode (MoshiMimiSession *session, const float *pcm,
 gboolean moshi_mimi_session_decode (MoshiMimiSession *session, const int32_t *codes,
     int num_codebooks, int n_frames, float *pcm, GError **error);
 
+/* Whether n_frames frames of PCM are finite (as encode checks them), and whether codes
+ * ([k][frame]) are in range for decode. */
+gboolean moshi_mimi_check_pcm (const MoshiMimi *mimi, const float *pcm, int n_frames,
+    GError **error);
+gboolean moshi_mimi_check_codes (const MoshiMimi *mimi, const int32_t *codes, int num_codebooks,
+    int n_frames, GError **error);
+
+/* A MoshiMimiBatch steps many streaming sessions of one model by one frame each as one call:
+ * every session's convolutions (its own state), then ONE transformer pass over the rows of all
+ * of them (each linear reads its weights once per call, whatever the number of sessions; RoPE,
+ * the KV writes and attention take each row's session cache and position from a row table, as
+ * the LM's batched step does), then the convolutions again. On the CPU the convolutions of
+ * single-threaded sessions run in parallel over the batch's threads, each on its session's own
+ * thread; on other backends every op of the call is queued on the batch's exec, and a backend
+ * that records (CUDA graphs) replays one recording per direction while the same sessions come
+ * in the same order (a session joining or leaving makes a new one).
+ *
+ * A batched frame gives what the session gives alone (moshi_mimi_session_encode/decode of one
+ * frame), but for the order of the sums in the transformer's matrix products: on the CPU a
+ * product of at most 8 rows (4 sessions at the released frame rate) sums each row as a product
+ * of that row alone does (bit-identical frames, as long as no bigger batch has written the
+ * caches), and bigger ones go to BLAS (tests/test-mimi.c states the measured differences). Sessions may be at any stream position, and may join or leave between calls;
+ * they must be streaming sessions (full_context FALSE). A batch is used by one thread at a time,
+ * and its sessions are not used elsewhere during a call. */
+typedef struct _MoshiMimiBatch MoshiMimiBatch;
+
+/* A batch of up to max_sessions sessions of mimi; n_threads as for sessions (0 = automatic). */
+MoshiMimiBatch *moshi_mimi_batch_new (MoshiMimi *mimi, int max_sessions, int n_threads,
+    GError **error);
+void moshi_mimi_batch_free (MoshiMimiBatch *batch);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (MoshiMimiBatch, moshi_mimi_batch_free)
+int moshi_mimi_batch_max_sessions (MoshiMimiBatch *batch);
+
+/* Encodes one frame for each of n sessions: pcm[i] (frame_size samples) into codes[i] (the
+ * session's num_codebooks codes). Bad input (non-finite audio) fails the call, naming the
+ * session, before anything runs. */
+gboolean moshi_mimi_batch_encode (MoshiMimiBatch *batch, MoshiMimiSession **sessions, int n,
+    const float *const *pcm, int32_t *const *codes, GError **error);
+/* Decodes one frame for each of n sessions: codes[i] (num_codebooks codes) into pcm[i]
+ * (frame_size samples). Codes out of range fail the call, naming the session. */
+gboolean moshi_mimi_batch_decode (MoshiMimiBatch *batch, MoshiMimiSession **sessions, int n,
+    const int32_t *const *codes, int num_codebooks, float *const *pcm, GError **error);
+
 /* Back to the state of a new session (both directions). */
 void moshi_mimi_session_reset (MoshiMimiSession *session);
 void moshi_mimi_session_reset_encoder (MoshiMimiSession *session);
