@@ -392,6 +392,23 @@ push_samples (GstMimiDec * self, const gfloat * pcm, gsize n)
   return gst_audio_decoder_finish_subframe (decoder, out);
 }
 
+/* Ends the input frame whose audio went out as subframes, whatever became of the pushes;
+ * returns the first failure. GstAudioDecoder counts the samples pushed for the current input
+ * frame, and only while that count is zero does it send its pending events (the SEGMENT of a
+ * flush, the caps) ahead of output and resync the output timestamps. Only a finished frame
+ * clears the count: a flush or a stop does not (GStreamer 1.22 to 1.29 at least). A frame
+ * left unfinished when a push returned FLUSHING (a seek or a state change racing the
+ * streaming thread) would send the first audio after the flush ahead of its SEGMENT, and the
+ * next flush would drop that SEGMENT unsent. */
+static GstFlowReturn
+finish_input_frame (GstMimiDec * self, GstFlowReturn push_ret)
+{
+  GstFlowReturn ret =
+      gst_audio_decoder_finish_subframe (GST_AUDIO_DECODER (self), NULL);
+
+  return push_ret != GST_FLOW_OK ? push_ret : ret;
+}
+
 /* At a drain (EOS, DISCONT), conceals bad buffers that no good buffer has followed: their
  * time would otherwise only be filled in front of the next good one. */
 static GstFlowReturn
@@ -448,10 +465,7 @@ handle_gap (GstMimiDec * self, GstBuffer * buffer)
   if (GST_BUFFER_PTS_IS_VALID (buffer))
     self->next_pts = GST_BUFFER_PTS (buffer) + duration;
 
-  GstFlowReturn ret = push_samples (self, pcm, n);
-  if (ret != GST_FLOW_OK)
-    return ret;
-  return gst_audio_decoder_finish_subframe (decoder, NULL);
+  return finish_input_frame (self, push_samples (self, pcm, n));
 }
 
 static GstFlowReturn
@@ -584,10 +598,8 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
         : gst_util_uint64_scale_int (GST_SECOND, (gint) (total - clip_start -
                 clip_end), self->rate));
   }
-  if (ret != GST_FLOW_OK)
-    return ret;
-  /* Done with this input frame (also when clipping left nothing to push). */
-  return gst_audio_decoder_finish_subframe (decoder, NULL);
+  /* Also when clipping left nothing to push. */
+  return finish_input_frame (self, ret);
 
   /* ERRORS */
 not_negotiated:
@@ -630,9 +642,8 @@ lost:
       self->lost_until = pts + (GST_CLOCK_TIME_IS_VALID (in_duration) ?
           in_duration : frames * self->frame_duration);
     }
-    if (ret != GST_FLOW_OK)
-      return ret;
-    return gst_audio_decoder_finish_frame (decoder, NULL, 1);
+    /* Chunks decoded before a failure have gone out as subframes. */
+    return finish_input_frame (self, ret);
   }
 map_failed:
   {
