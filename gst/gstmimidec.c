@@ -307,6 +307,27 @@ other_model:
   }
 }
 
+/* The base class would set the caps of the current format again: a RECONFIGURE from
+ * downstream (a capsfilter that now wants S16LE, say) chooses the format anew first. */
+static gboolean
+gst_mimi_dec_negotiate (GstAudioDecoder * decoder)
+{
+  GstMimiDec *self = GST_MIMI_DEC (decoder);
+  const GstAudioInfo *current = gst_audio_decoder_get_audio_info (decoder);
+  GstAudioFormat format = choose_output_format (self);
+
+  if (GST_AUDIO_INFO_IS_VALID (current)
+      && format != GST_AUDIO_INFO_FORMAT (current)) {
+    GstAudioInfo info;
+    gst_audio_info_set_format (&info, format, self->rate, 1, NULL);
+    GST_DEBUG_OBJECT (self, "downstream asks for %s output",
+        GST_AUDIO_INFO_NAME (&info));
+    if (!gst_audio_decoder_set_output_format (decoder, &info))
+      return FALSE;
+  }
+  return GST_AUDIO_DECODER_CLASS (parent_class)->negotiate (decoder);
+}
+
 static gfloat *
 ensure_pcm (GstMimiDec * self, gsize n)
 {
@@ -368,28 +389,48 @@ write_samples (const GstAudioInfo * info, guint8 * dest, const gfloat * pcm,
   }
 }
 
-/* Pushes n samples as a subframe of the current input frame, in the negotiated format. */
+/* A buffer of n samples in the negotiated format. */
 static GstFlowReturn
-push_samples (GstMimiDec * self, const gfloat * pcm, gsize n)
+make_output_buffer (GstMimiDec * self, const gfloat * pcm, gsize n,
+    GstBuffer ** out)
 {
   GstAudioDecoder *decoder = GST_AUDIO_DECODER (self);
-  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
+  GstPad *srcpad = GST_AUDIO_DECODER_SRC_PAD (self);
   GstMapInfo map;
 
-  if (n == 0)
-    return GST_FLOW_OK;
+  /* Downstream asked for another format (RECONFIGURE): the base class would renegotiate
+   * only as the buffer goes out, after the samples were written in the old format. */
+  if (gst_pad_needs_reconfigure (srcpad) && !gst_audio_decoder_negotiate (decoder))
+    return GST_PAD_IS_FLUSHING (srcpad) ? GST_FLOW_FLUSHING :
+        GST_FLOW_NOT_NEGOTIATED;
 
-  GstBuffer *out = gst_audio_decoder_allocate_output_buffer (decoder,
+  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
+  GstBuffer *buffer = gst_audio_decoder_allocate_output_buffer (decoder,
       n * GST_AUDIO_INFO_BPF (info));
-  if (!gst_buffer_map (out, &map, GST_MAP_WRITE)) {
-    gst_buffer_unref (out);
+  if (!gst_buffer_map (buffer, &map, GST_MAP_WRITE)) {
+    gst_buffer_unref (buffer);
     GST_ELEMENT_ERROR (self, RESOURCE, FAILED, (NULL),
         ("Could not map a buffer"));
     return GST_FLOW_ERROR;
   }
   write_samples (info, map.data, pcm, n);
-  gst_buffer_unmap (out, &map);
-  return gst_audio_decoder_finish_subframe (decoder, out);
+  gst_buffer_unmap (buffer, &map);
+  *out = buffer;
+  return GST_FLOW_OK;
+}
+
+/* Pushes n samples as a subframe of the current input frame. */
+static GstFlowReturn
+push_samples (GstMimiDec * self, const gfloat * pcm, gsize n)
+{
+  GstBuffer *out;
+
+  if (n == 0)
+    return GST_FLOW_OK;
+  GstFlowReturn ret = make_output_buffer (self, pcm, n, &out);
+  if (ret != GST_FLOW_OK)
+    return ret;
+  return gst_audio_decoder_finish_subframe (GST_AUDIO_DECODER (self), out);
 }
 
 /* Ends the input frame whose audio went out as subframes, whatever became of the pushes;
@@ -429,16 +470,10 @@ drain (GstMimiDec * self)
   if (n == 0)
     return GST_FLOW_OK;
 
-  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
-  GstMapInfo map;
-  GstBuffer *out = gst_audio_decoder_allocate_output_buffer (decoder,
-      n * GST_AUDIO_INFO_BPF (info));
-  if (!gst_buffer_map (out, &map, GST_MAP_WRITE)) {
-    gst_buffer_unref (out);
-    return GST_FLOW_ERROR;
-  }
-  write_samples (info, map.data, pcm, n);
-  gst_buffer_unmap (out, &map);
+  GstBuffer *out;
+  GstFlowReturn ret = make_output_buffer (self, pcm, n, &out);
+  if (ret != GST_FLOW_OK)
+    return ret;
   /* No input frame is left to finish: the base class times this output right after the
    * last one, which is where the lost time starts. */
   return gst_audio_decoder_finish_frame (decoder, out, 1);
@@ -776,6 +811,7 @@ gst_mimi_dec_class_init (GstMimiDecClass * klass)
   decoder_class->start = GST_DEBUG_FUNCPTR (gst_mimi_dec_start);
   decoder_class->stop = GST_DEBUG_FUNCPTR (gst_mimi_dec_stop);
   decoder_class->set_format = GST_DEBUG_FUNCPTR (gst_mimi_dec_set_format);
+  decoder_class->negotiate = GST_DEBUG_FUNCPTR (gst_mimi_dec_negotiate);
   decoder_class->handle_frame = GST_DEBUG_FUNCPTR (gst_mimi_dec_handle_frame);
   decoder_class->flush = GST_DEBUG_FUNCPTR (gst_mimi_dec_flush);
   decoder_class->sink_event = GST_DEBUG_FUNCPTR (gst_mimi_dec_sink_event);

@@ -527,6 +527,48 @@ GST_START_TEST (test_dec_s16_output)
 }
 GST_END_TEST;
 
+/* Downstream switches from F32LE to S16LE mid-stream (a RECONFIGURE): the next frame comes
+ * out in S16LE, the decoder state going on, and back. */
+GST_START_TEST (test_dec_output_format_follows_downstream)
+{
+  init_paths ();
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *pcm = make_speech (n);
+  gsize frames;
+  g_autofree gint32 *codes = reference_encode (pcm, n, CODEBOOKS, &frames);
+  g_autofree gfloat *expected = reference_decode (codes, frames, CODEBOOKS);
+
+  GstHarness *h = new_decoder_harness (TOKEN_CAPS);
+  const gchar *sink_caps[] = { RAW_F32_CAPS, RAW_S16_CAPS, RAW_F32_CAPS };
+  for (gsize f = 0; f < 6; f++) {
+    if (f % 2 == 0)
+      gst_harness_set_sink_caps_str (h, sink_caps[f / 2]);
+    fail_unless_equals_int (gst_harness_push (h, token_buffer (codes, 1, CODEBOOKS, f)),
+        GST_FLOW_OK);
+  }
+
+  GPtrArray *bufs = pull_all (h);
+  fail_unless_equals_int (bufs->len, 6);
+  for (guint i = 0; i < bufs->len; i++)
+    fail_unless_equals_int (gst_buffer_get_size (g_ptr_array_index (bufs, i)),
+        FRAME * (i == 2 || i == 3 ? sizeof (gint16) : sizeof (gfloat)));
+  GPtrArray *f32_head = g_ptr_array_new ();
+  GPtrArray *s16 = g_ptr_array_new ();
+  GPtrArray *f32_tail = g_ptr_array_new ();
+  for (guint i = 0; i < 6; i++)
+    g_ptr_array_add (i < 2 ? f32_head : i < 4 ? s16 : f32_tail, g_ptr_array_index (bufs, i));
+  assert_f32_buffers_equal (f32_head, expected, 2 * FRAME);
+  assert_s16_frames_equal (s16, expected + 2 * FRAME);
+  assert_f32_buffers_equal (f32_tail, expected + 4 * FRAME, 2 * FRAME);
+  assert_current_caps (h->sinkpad, RAW_F32_CAPS);
+  g_ptr_array_unref (f32_head);
+  g_ptr_array_unref (s16);
+  g_ptr_array_unref (f32_tail);
+  g_ptr_array_unref (bufs);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
 GST_START_TEST (test_dec_flush_resets_state)
 {
   init_paths ();
@@ -1281,6 +1323,7 @@ mimi_elements_suite (void)
   tcase_add_test (dec, test_dec_multi_frame_buffers);
   tcase_add_test (dec, test_dec_clipping_meta);
   tcase_add_test (dec, test_dec_s16_output);
+  tcase_add_test (dec, test_dec_output_format_follows_downstream);
   tcase_add_test (dec, test_dec_flush_resets_state);
   tcase_add_test (dec, test_dec_segment_after_refused_push_and_flush);
   tcase_add_test (dec, test_dec_segment_after_refused_push_and_restart);
