@@ -479,13 +479,24 @@ fail_on_bus_error (GstBus * bus)
   fail ("error on the bus: %s (%s)", error->message, debug ? debug : "");
 }
 
-/* Waits until done (called under the lock) holds, polling the bus for errors meanwhile. */
-static void
-stream_checker_wait (StreamChecker * checker, GstBus * bus,
-    gboolean (*done) (StreamChecker *, gconstpointer), gconstpointer data)
+/* Under the checker's lock. */
+static gboolean
+segment_went_out (StreamChecker * checker, guint n_segments, guint32 seqnum,
+    guint min_buffers)
+{
+  if (checker->breaches->len > 0)
+    return TRUE;
+  return checker->segments >= n_segments
+      && (seqnum == GST_SEQNUM_INVALID || checker->segment_seqnum == seqnum)
+      && (checker->buffers_since_segment >= min_buffers || checker->eos_since_segment);
+}
+
+void
+stream_checker_wait_segment (StreamChecker * checker, guint n_segments, guint32 seqnum,
+    guint min_buffers, GstBus * bus)
 {
   g_mutex_lock (&checker->lock);
-  while (!done (checker, data)) {
+  while (!segment_went_out (checker, n_segments, seqnum, min_buffers)) {
     gint64 until = g_get_monotonic_time () + BUS_POLL_US;
     if (!g_cond_wait_until (&checker->changed, &checker->lock, until)) {
       g_mutex_unlock (&checker->lock);
@@ -494,40 +505,6 @@ stream_checker_wait (StreamChecker * checker, GstBus * bus,
     }
   }
   g_mutex_unlock (&checker->lock);
-}
-
-typedef struct
-{
-  guint32 seqnum;
-  guint min_buffers;
-} SegmentWait;
-
-static gboolean
-segment_went_out (StreamChecker * checker, gconstpointer data)
-{
-  const SegmentWait *wait = data;
-  return checker->segment_seqnum == wait->seqnum
-      && (checker->buffers_since_segment >= wait->min_buffers || checker->eos_since_segment);
-}
-
-void
-stream_checker_wait_segment (StreamChecker * checker, guint32 seqnum, guint min_buffers,
-    GstBus * bus)
-{
-  SegmentWait wait = {.seqnum = seqnum,.min_buffers = min_buffers };
-  stream_checker_wait (checker, bus, segment_went_out, &wait);
-}
-
-static gboolean
-eos_went_out (StreamChecker * checker, gconstpointer data)
-{
-  return checker->eos_since_segment;
-}
-
-void
-stream_checker_wait_eos (StreamChecker * checker, GstBus * bus)
-{
-  stream_checker_wait (checker, bus, eos_went_out, NULL);
 }
 
 void

@@ -135,13 +135,12 @@ StreamChecker *stream_checker_attach (GstPad * pad);
  * they are pushed; they are recorded all the same. */
 void stream_checker_refuse_buffers (StreamChecker * checker, guint n);
 
-/* Blocks until a SEGMENT of seqnum went out and then min_buffers buffers or an EOS. Fails
- * the test, naming the error, if the bus (polled meanwhile) gets an error message. */
-void stream_checker_wait_segment (StreamChecker * checker, guint32 seqnum,
+/* Blocks until n_segments SEGMENTs in all went out, the last one of seqnum (any seqnum when
+ * GST_SEQNUM_INVALID), and after it min_buffers buffers or an EOS; or until a breach, so that
+ * a lost SEGMENT fails the test instead of hanging it. Fails the test, naming the error, if
+ * the bus (polled meanwhile) gets an error message. */
+void stream_checker_wait_segment (StreamChecker * checker, guint n_segments, guint32 seqnum,
     guint min_buffers, GstBus * bus);
-
-/* Blocks until EOS went out, failing on an error on the bus as above. */
-void stream_checker_wait_eos (StreamChecker * checker, GstBus * bus);
 
 /* The SEGMENTs and buffers that went out so far. */
 void stream_checker_counts (StreamChecker * checker, guint * segments, guint * n_buffers);
