@@ -308,6 +308,27 @@ other_model:
   }
 }
 
+/* The base class would set the caps of the current format again: a RECONFIGURE from
+ * downstream (a capsfilter that now wants S16LE, say) chooses the format anew first. */
+static gboolean
+gst_mimi_dec_negotiate (GstAudioDecoder * decoder)
+{
+  GstMimiDec *self = GST_MIMI_DEC (decoder);
+  const GstAudioInfo *current = gst_audio_decoder_get_audio_info (decoder);
+  GstAudioFormat format = choose_output_format (self);
+
+  if (GST_AUDIO_INFO_IS_VALID (current)
+      && format != GST_AUDIO_INFO_FORMAT (current)) {
+    GstAudioInfo info;
+    gst_audio_info_set_format (&info, format, self->rate, 1, NULL);
+    GST_DEBUG_OBJECT (self, "downstream asks for %s output",
+        GST_AUDIO_INFO_NAME (&info));
+    if (!gst_audio_decoder_set_output_format (decoder, &info))
+      return FALSE;
+  }
+  return GST_AUDIO_DECODER_CLASS (parent_class)->negotiate (decoder);
+}
+
 static gfloat *
 ensure_pcm (GstMimiDec * self, gsize n)
 {
@@ -369,28 +390,65 @@ write_samples (const GstAudioInfo * info, guint8 * dest, const gfloat * pcm,
   }
 }
 
-/* Pushes n samples as a subframe of the current input frame, in the negotiated format. */
+/* A buffer of n samples in the negotiated format. */
 static GstFlowReturn
-push_samples (GstMimiDec * self, const gfloat * pcm, gsize n)
+make_output_buffer (GstMimiDec * self, const gfloat * pcm, gsize n,
+    GstBuffer ** out)
 {
   GstAudioDecoder *decoder = GST_AUDIO_DECODER (self);
-  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
+  GstPad *srcpad = GST_AUDIO_DECODER_SRC_PAD (self);
   GstMapInfo map;
 
-  if (n == 0)
-    return GST_FLOW_OK;
+  /* Downstream asked for another format (RECONFIGURE): the base class would renegotiate
+   * only as the buffer goes out, after the samples were written in the old format. */
+  if (gst_pad_needs_reconfigure (srcpad) && !gst_audio_decoder_negotiate (decoder))
+    return GST_PAD_IS_FLUSHING (srcpad) ? GST_FLOW_FLUSHING :
+        GST_FLOW_NOT_NEGOTIATED;
 
-  GstBuffer *out = gst_audio_decoder_allocate_output_buffer (decoder,
+  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
+  GstBuffer *buffer = gst_audio_decoder_allocate_output_buffer (decoder,
       n * GST_AUDIO_INFO_BPF (info));
-  if (!gst_buffer_map (out, &map, GST_MAP_WRITE)) {
-    gst_buffer_unref (out);
+  if (!gst_buffer_map (buffer, &map, GST_MAP_WRITE)) {
+    gst_buffer_unref (buffer);
     GST_ELEMENT_ERROR (self, RESOURCE, FAILED, (NULL),
         ("Could not map a buffer"));
     return GST_FLOW_ERROR;
   }
   write_samples (info, map.data, pcm, n);
-  gst_buffer_unmap (out, &map);
-  return gst_audio_decoder_finish_subframe (decoder, out);
+  gst_buffer_unmap (buffer, &map);
+  *out = buffer;
+  return GST_FLOW_OK;
+}
+
+/* Pushes n samples as a subframe of the current input frame. */
+static GstFlowReturn
+push_samples (GstMimiDec * self, const gfloat * pcm, gsize n)
+{
+  GstBuffer *out;
+
+  if (n == 0)
+    return GST_FLOW_OK;
+  GstFlowReturn ret = make_output_buffer (self, pcm, n, &out);
+  if (ret != GST_FLOW_OK)
+    return ret;
+  return gst_audio_decoder_finish_subframe (GST_AUDIO_DECODER (self), out);
+}
+
+/* Ends the input frame whose audio went out as subframes, whatever became of the pushes;
+ * returns the first failure. GstAudioDecoder counts the samples pushed for the current input
+ * frame, and only while that count is zero does it send its pending events (the SEGMENT of a
+ * flush, the caps) ahead of output and resync the output timestamps. Only a finished frame
+ * clears the count: a flush or a stop does not (GStreamer 1.22 to 1.29 at least). A frame
+ * left unfinished when a push returned FLUSHING (a seek or a state change racing the
+ * streaming thread) would send the first audio after the flush ahead of its SEGMENT, and the
+ * next flush would drop that SEGMENT unsent. */
+static GstFlowReturn
+finish_input_frame (GstMimiDec * self, GstFlowReturn push_ret)
+{
+  GstFlowReturn ret =
+      gst_audio_decoder_finish_subframe (GST_AUDIO_DECODER (self), NULL);
+
+  return push_ret != GST_FLOW_OK ? push_ret : ret;
 }
 
 /* At a drain (EOS, DISCONT), conceals bad buffers that no good buffer has followed: their
@@ -413,16 +471,10 @@ drain (GstMimiDec * self)
   if (n == 0)
     return GST_FLOW_OK;
 
-  const GstAudioInfo *info = gst_audio_decoder_get_audio_info (decoder);
-  GstMapInfo map;
-  GstBuffer *out = gst_audio_decoder_allocate_output_buffer (decoder,
-      n * GST_AUDIO_INFO_BPF (info));
-  if (!gst_buffer_map (out, &map, GST_MAP_WRITE)) {
-    gst_buffer_unref (out);
-    return GST_FLOW_ERROR;
-  }
-  write_samples (info, map.data, pcm, n);
-  gst_buffer_unmap (out, &map);
+  GstBuffer *out;
+  GstFlowReturn ret = make_output_buffer (self, pcm, n, &out);
+  if (ret != GST_FLOW_OK)
+    return ret;
   /* No input frame is left to finish: the base class times this output right after the
    * last one, which is where the lost time starts. */
   return gst_audio_decoder_finish_frame (decoder, out, 1);
@@ -449,10 +501,7 @@ handle_gap (GstMimiDec * self, GstBuffer * buffer)
   if (GST_BUFFER_PTS_IS_VALID (buffer))
     self->next_pts = GST_BUFFER_PTS (buffer) + duration;
 
-  GstFlowReturn ret = push_samples (self, pcm, n);
-  if (ret != GST_FLOW_OK)
-    return ret;
-  return gst_audio_decoder_finish_subframe (decoder, NULL);
+  return finish_input_frame (self, push_samples (self, pcm, n));
 }
 
 static GstFlowReturn
@@ -585,10 +634,8 @@ gst_mimi_dec_handle_frame (GstAudioDecoder * decoder, GstBuffer * buffer)
         : gst_util_uint64_scale_int (GST_SECOND, (gint) (total - clip_start -
                 clip_end), self->rate));
   }
-  if (ret != GST_FLOW_OK)
-    return ret;
-  /* Done with this input frame (also when clipping left nothing to push). */
-  return gst_audio_decoder_finish_subframe (decoder, NULL);
+  /* Also when clipping left nothing to push. */
+  return finish_input_frame (self, ret);
 
   /* ERRORS */
 not_negotiated:
@@ -631,9 +678,8 @@ lost:
       self->lost_until = pts + (GST_CLOCK_TIME_IS_VALID (in_duration) ?
           in_duration : frames * self->frame_duration);
     }
-    if (ret != GST_FLOW_OK)
-      return ret;
-    return gst_audio_decoder_finish_frame (decoder, NULL, 1);
+    /* Chunks decoded before a failure have gone out as subframes. */
+    return finish_input_frame (self, ret);
   }
 map_failed:
   {
@@ -766,6 +812,7 @@ gst_mimi_dec_class_init (GstMimiDecClass * klass)
   decoder_class->start = GST_DEBUG_FUNCPTR (gst_mimi_dec_start);
   decoder_class->stop = GST_DEBUG_FUNCPTR (gst_mimi_dec_stop);
   decoder_class->set_format = GST_DEBUG_FUNCPTR (gst_mimi_dec_set_format);
+  decoder_class->negotiate = GST_DEBUG_FUNCPTR (gst_mimi_dec_negotiate);
   decoder_class->handle_frame = GST_DEBUG_FUNCPTR (gst_mimi_dec_handle_frame);
   decoder_class->flush = GST_DEBUG_FUNCPTR (gst_mimi_dec_flush);
   decoder_class->sink_event = GST_DEBUG_FUNCPTR (gst_mimi_dec_sink_event);

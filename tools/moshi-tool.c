@@ -1032,46 +1032,60 @@ cmd_chat (int argc, char **argv)
   if (dialog == NULL)
     return fail (error);
 
-  MoshiWav wav;
-  if (!moshi_wav_read (argv[1], &wav, &error))
+  /* Frame by frame from the input file to the output file: a long conversation is never held
+   * in memory whole. */
+  MoshiWavReader reader;
+  if (!moshi_wav_reader_open (&reader, argv[1], &error))
     return fail (error);
   int rate = moshi_dialog_model_sample_rate (dm), frame = moshi_dialog_model_frame_size (dm);
-  if (wav.sample_rate != rate || wav.channels != 1) {
+  if (reader.sample_rate != rate || reader.channels != 1) {
     g_printerr ("moshi-tool: %s is %d Hz with %d channel(s); expected %d Hz mono\n", argv[1],
-        wav.sample_rate, wav.channels, rate);
-    moshi_wav_clear (&wav);
+        reader.sample_rate, reader.channels, rate);
+    moshi_wav_reader_close (&reader);
     return 1;
   }
-  gsize n_frames = (wav.n_frames + frame - 1) / frame;
-  g_autofree float *in = g_new0 (float, MAX (n_frames, 1) * frame);
-  memcpy (in, wav.samples, wav.n_frames * sizeof (float));
-  moshi_wav_clear (&wav);
-  g_autofree float *out = g_new0 (float, MAX (n_frames, 1) * frame);
-  GString *transcript = g_string_new (NULL);
+  gsize n_frames = (reader.n_frames + frame - 1) / frame;
+  MoshiWavWriter writer;
+  if (!moshi_wav_writer_open (&writer, argv[2], n_frames * frame, 1, rate, &error)) {
+    moshi_wav_reader_close (&reader);
+    return fail (error);
+  }
+  g_autofree float *in = g_new (float, frame);
+  g_autofree float *out = g_new (float, frame);
+  g_autoptr (GString) transcript = g_string_new (NULL);
   gint64 t0 = g_get_monotonic_time ();
   MoshiProgress meter;
   moshi_progress_init (&meter, progress, "frame", n_frames);
-  for (gsize f = 0; f < n_frames; f++) {
+  gboolean ok = TRUE;
+  gsize f;
+  for (f = 0; f < n_frames; f++) {
+    gsize got;
     moshi_progress_update (&meter, f);
     MoshiDialogFrame step;
-    if (!moshi_dialog_step_pcm (dialog, in + f * frame, &step, out + f * frame, &error)) {
+    /* The last frame is padded with silence. */
+    memset (in, 0, frame * sizeof (float));
+    if (!(ok = moshi_wav_reader_read (&reader, in, frame, &got, &error)))
+      break;
+    if (!(ok = moshi_dialog_step_pcm (dialog, in, &step, out, &error))) {
       g_prefix_error (&error, "%s, frame %" G_GSIZE_FORMAT ": ", argv[1], f);
-      g_string_free (transcript, TRUE);
-      return fail (error);
+      break;
     }
+    moshi_wav_writer_write (&writer, out, frame);
     if (step.text)
       g_string_append (transcript, step.text);
   }
-  moshi_progress_end (&meter, n_frames);
+  moshi_progress_end (&meter, f);
   double seconds = (g_get_monotonic_time () - t0) / 1e6;
-  if (!moshi_wav_write_f32 (argv[2], out, n_frames * frame, 1, rate, &error)) {
-    g_string_free (transcript, TRUE);
+  moshi_wav_reader_close (&reader);
+  if (!ok) {
+    moshi_wav_writer_close (&writer, FALSE, NULL);
     return fail (error);
   }
+  if (!moshi_wav_writer_close (&writer, TRUE, &error))
+    return fail (error);
   g_print ("transcript:%s\n", transcript->len ? transcript->str : " (no words)");
   g_print ("%s: %" G_GSIZE_FORMAT " frames (%.2f s of audio) in %.2f s, %.1f ms per step\n", argv[2],
       n_frames, n_frames * (double) frame / rate, seconds, n_frames ? seconds * 1000 / n_frames : 0.0);
-  g_string_free (transcript, TRUE);
   return 0;
 }
 

@@ -347,3 +347,195 @@ stress_state_changes (GstHarness * h, const gchar * caps, GstBuffer * buf)
   g_ptr_array_unref (pull_all (h));
   gst_check_clear_log_filter ();
 }
+
+/* ------------------------------------------------------------------ stream order */
+
+/* Breaches listed by stream_checker_assert_clean. */
+#define BREACHES_SHOWN 5
+/* How often a wait looks at the bus for an error: a polling period, not a deadline. */
+#define BUS_POLL_US (100 * G_TIME_SPAN_MILLISECOND)
+
+struct _StreamChecker
+{
+  GstPad *pad;
+  gulong probe;
+  GMutex lock;
+  GCond changed;
+  gboolean need_segment;        /* the stream started or flushed since the last SEGMENT */
+  GstClockTime last_pts;        /* the latest timestamp in the current segment */
+  guint32 segment_seqnum;
+  guint buffers_since_segment;
+  gboolean eos_since_segment;
+  guint segments, buffers, refuse;
+  GPtrArray *breaches;
+};
+
+static void
+check_buffer (StreamChecker * checker, GstBuffer * buf)
+{
+  GstClockTime pts = GST_BUFFER_PTS (buf);
+
+  if (checker->need_segment) {
+    g_ptr_array_add (checker->breaches, g_strdup_printf ("buffer at %" GST_TIME_FORMAT
+            " without a segment since the stream started or flushed (after %u segments, %u "
+            "buffers)", GST_TIME_ARGS (pts), checker->segments, checker->buffers));
+  } else if (GST_CLOCK_TIME_IS_VALID (pts) && GST_CLOCK_TIME_IS_VALID (checker->last_pts)
+      && pts < checker->last_pts) {
+    g_ptr_array_add (checker->breaches, g_strdup_printf ("timestamp back from %"
+            GST_TIME_FORMAT " to %" GST_TIME_FORMAT " in segment %u (seqnum %u)",
+            GST_TIME_ARGS (checker->last_pts), GST_TIME_ARGS (pts), checker->segments,
+            checker->segment_seqnum));
+  }
+  if (GST_CLOCK_TIME_IS_VALID (pts))
+    checker->last_pts = pts;
+  checker->buffers++;
+  checker->buffers_since_segment++;
+}
+
+static void
+check_event (StreamChecker * checker, GstEvent * event)
+{
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_STREAM_START:
+    case GST_EVENT_FLUSH_STOP:
+      checker->need_segment = TRUE;
+      break;
+    case GST_EVENT_SEGMENT:
+      checker->need_segment = FALSE;
+      checker->last_pts = GST_CLOCK_TIME_NONE;
+      checker->segment_seqnum = gst_event_get_seqnum (event);
+      checker->buffers_since_segment = 0;
+      checker->eos_since_segment = FALSE;
+      checker->segments++;
+      break;
+    case GST_EVENT_EOS:
+      checker->eos_since_segment = TRUE;
+      break;
+    default:
+      break;
+  }
+}
+
+static GstPadProbeReturn
+stream_checker_probe (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
+{
+  StreamChecker *checker = user_data;
+  GstPadProbeReturn ret = GST_PAD_PROBE_OK;
+
+  g_mutex_lock (&checker->lock);
+  if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
+    check_buffer (checker, GST_PAD_PROBE_INFO_BUFFER (info));
+    if (checker->refuse > 0) {
+      checker->refuse--;
+      gst_buffer_unref (GST_PAD_PROBE_INFO_BUFFER (info));
+      GST_PAD_PROBE_INFO_DATA (info) = NULL;
+      GST_PAD_PROBE_INFO_FLOW_RETURN (info) = GST_FLOW_FLUSHING;
+      ret = GST_PAD_PROBE_HANDLED;
+    }
+  } else {
+    check_event (checker, GST_PAD_PROBE_INFO_EVENT (info));
+  }
+  g_cond_broadcast (&checker->changed);
+  g_mutex_unlock (&checker->lock);
+  return ret;
+}
+
+StreamChecker *
+stream_checker_attach (GstPad * pad)
+{
+  StreamChecker *checker = g_new0 (StreamChecker, 1);
+  g_mutex_init (&checker->lock);
+  g_cond_init (&checker->changed);
+  checker->need_segment = TRUE;
+  checker->last_pts = GST_CLOCK_TIME_NONE;
+  checker->segment_seqnum = GST_SEQNUM_INVALID;
+  checker->breaches = g_ptr_array_new_with_free_func (g_free);
+  checker->pad = gst_object_ref (pad);
+  /* Flush events reach only the probes that ask for them. */
+  checker->probe = gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_BUFFER |
+      GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM | GST_PAD_PROBE_TYPE_EVENT_FLUSH,
+      stream_checker_probe, checker, NULL);
+  return checker;
+}
+
+void
+stream_checker_refuse_buffers (StreamChecker * checker, guint n)
+{
+  g_mutex_lock (&checker->lock);
+  checker->refuse = n;
+  g_mutex_unlock (&checker->lock);
+}
+
+static void
+fail_on_bus_error (GstBus * bus)
+{
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  if (msg == NULL)
+    return;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *debug = NULL;
+  gst_message_parse_error (msg, &error, &debug);
+  gst_message_unref (msg);
+  fail ("error on the bus: %s (%s)", error->message, debug ? debug : "");
+}
+
+/* Under the checker's lock. */
+static gboolean
+segment_went_out (StreamChecker * checker, guint n_segments, guint32 seqnum,
+    guint min_buffers)
+{
+  if (checker->breaches->len > 0)
+    return TRUE;
+  return checker->segments >= n_segments
+      && (seqnum == GST_SEQNUM_INVALID || checker->segment_seqnum == seqnum)
+      && (checker->buffers_since_segment >= min_buffers || checker->eos_since_segment);
+}
+
+void
+stream_checker_wait_segment (StreamChecker * checker, guint n_segments, guint32 seqnum,
+    guint min_buffers, GstBus * bus)
+{
+  g_mutex_lock (&checker->lock);
+  while (!segment_went_out (checker, n_segments, seqnum, min_buffers)) {
+    gint64 until = g_get_monotonic_time () + BUS_POLL_US;
+    if (!g_cond_wait_until (&checker->changed, &checker->lock, until)) {
+      g_mutex_unlock (&checker->lock);
+      fail_on_bus_error (bus);
+      g_mutex_lock (&checker->lock);
+    }
+  }
+  g_mutex_unlock (&checker->lock);
+}
+
+void
+stream_checker_counts (StreamChecker * checker, guint * segments, guint * n_buffers)
+{
+  g_mutex_lock (&checker->lock);
+  *segments = checker->segments;
+  *n_buffers = checker->buffers;
+  g_mutex_unlock (&checker->lock);
+}
+
+void
+stream_checker_assert_clean (StreamChecker * checker)
+{
+  g_mutex_lock (&checker->lock);
+  g_autoptr (GString) text = g_string_new (NULL);
+  for (guint i = 0; i < MIN (checker->breaches->len, BREACHES_SHOWN); i++)
+    g_string_append_printf (text, "; %s", (gchar *) g_ptr_array_index (checker->breaches, i));
+  guint n = checker->breaches->len;
+  g_mutex_unlock (&checker->lock);
+  fail_unless (n == 0, "%u breaches of stream order on %s:%s%s", n,
+      GST_DEBUG_PAD_NAME (checker->pad), text->str);
+}
+
+void
+stream_checker_free (StreamChecker * checker)
+{
+  gst_pad_remove_probe (checker->pad, checker->probe);
+  gst_object_unref (checker->pad);
+  g_ptr_array_unref (checker->breaches);
+  g_cond_clear (&checker->changed);
+  g_mutex_clear (&checker->lock);
+  g_free (checker);
+}

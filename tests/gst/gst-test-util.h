@@ -120,4 +120,35 @@ void assert_caps_refused (GstHarness * h, const gchar * caps);
  * out on h. */
 void stress_state_changes (GstHarness * h, const gchar * caps, GstBuffer * buf);
 
+/* ------------------------------------------------------------------ stream order */
+
+/* Watches what leaves a pad, from whichever streaming thread pushes it, for the order a
+ * stream must keep through seeks and restarts: once the stream starts and after every
+ * FLUSH_STOP, a SEGMENT comes before any buffer; within a segment buffer timestamps never go
+ * back. Breaches are collected and reported by stream_checker_assert_clean in the test's own
+ * thread (a failure in a streaming thread would not end the test cleanly). */
+typedef struct _StreamChecker StreamChecker;
+
+StreamChecker *stream_checker_attach (GstPad * pad);
+
+/* The next n buffers fail with GST_FLOW_FLUSHING, as when downstream starts flushing while
+ * they are pushed; they are recorded all the same. */
+void stream_checker_refuse_buffers (StreamChecker * checker, guint n);
+
+/* Blocks until n_segments SEGMENTs in all went out, the last one of seqnum (any seqnum when
+ * GST_SEQNUM_INVALID), and after it min_buffers buffers or an EOS; or until a breach, so that
+ * a lost SEGMENT fails the test instead of hanging it. Fails the test, naming the error, if
+ * the bus (polled meanwhile) gets an error message. */
+void stream_checker_wait_segment (StreamChecker * checker, guint n_segments, guint32 seqnum,
+    guint min_buffers, GstBus * bus);
+
+/* The SEGMENTs and buffers that went out so far. */
+void stream_checker_counts (StreamChecker * checker, guint * segments, guint * n_buffers);
+
+/* Fails the test listing the first breaches, if any. */
+void stream_checker_assert_clean (StreamChecker * checker);
+
+/* Removes the probe. */
+void stream_checker_free (StreamChecker * checker);
+
 G_END_DECLS

@@ -528,6 +528,48 @@ GST_START_TEST (test_dec_s16_output)
 }
 GST_END_TEST;
 
+/* Downstream switches from F32LE to S16LE mid-stream (a RECONFIGURE): the next frame comes
+ * out in S16LE, the decoder state going on, and back. */
+GST_START_TEST (test_dec_output_format_follows_downstream)
+{
+  init_paths ();
+  const gsize n = 6 * FRAME;
+  g_autofree gfloat *pcm = make_speech (n);
+  gsize frames;
+  g_autofree gint32 *codes = reference_encode (pcm, n, CODEBOOKS, &frames);
+  g_autofree gfloat *expected = reference_decode (codes, frames, CODEBOOKS);
+
+  GstHarness *h = new_decoder_harness (TOKEN_CAPS);
+  const gchar *sink_caps[] = { RAW_F32_CAPS, RAW_S16_CAPS, RAW_F32_CAPS };
+  for (gsize f = 0; f < 6; f++) {
+    if (f % 2 == 0)
+      gst_harness_set_sink_caps_str (h, sink_caps[f / 2]);
+    fail_unless_equals_int (gst_harness_push (h, token_buffer (codes, 1, CODEBOOKS, f)),
+        GST_FLOW_OK);
+  }
+
+  GPtrArray *bufs = pull_all (h);
+  fail_unless_equals_int (bufs->len, 6);
+  for (guint i = 0; i < bufs->len; i++)
+    fail_unless_equals_int (gst_buffer_get_size (g_ptr_array_index (bufs, i)),
+        FRAME * (i == 2 || i == 3 ? sizeof (gint16) : sizeof (gfloat)));
+  GPtrArray *f32_head = g_ptr_array_new ();
+  GPtrArray *s16 = g_ptr_array_new ();
+  GPtrArray *f32_tail = g_ptr_array_new ();
+  for (guint i = 0; i < 6; i++)
+    g_ptr_array_add (i < 2 ? f32_head : i < 4 ? s16 : f32_tail, g_ptr_array_index (bufs, i));
+  assert_f32_buffers_equal (f32_head, expected, 2 * FRAME);
+  assert_s16_frames_equal (s16, expected + 2 * FRAME);
+  assert_f32_buffers_equal (f32_tail, expected + 4 * FRAME, 2 * FRAME);
+  assert_current_caps (h->sinkpad, RAW_F32_CAPS);
+  g_ptr_array_unref (f32_head);
+  g_ptr_array_unref (s16);
+  g_ptr_array_unref (f32_tail);
+  g_ptr_array_unref (bufs);
+  gst_harness_teardown (h);
+}
+GST_END_TEST;
+
 GST_START_TEST (test_dec_flush_resets_state)
 {
   init_paths ();
@@ -546,6 +588,72 @@ GST_START_TEST (test_dec_flush_resets_state)
   assert_f32_buffers_equal (bufs, expected, n);
   g_ptr_array_unref (bufs);
   gst_harness_teardown (h);
+}
+GST_END_TEST;
+
+/* Issue 14, defect 1: a push that fails with FLUSHING, as when a seek or a state change
+ * catches the streaming thread pushing, left the input frame unfinished in the base class,
+ * which then held back the next SEGMENT behind the first audio of the new stream. After each
+ * restart (a flush, or NULL and back to PLAYING) the SEGMENT must go out before the audio,
+ * and the audio must be that of a fresh stream. */
+static void
+push_refused_frame_then_restart (void (*restart) (GstHarness *))
+{
+  init_paths ();
+  g_autofree gfloat *pcm = make_speech (3 * FRAME);
+  gsize frames;
+  g_autofree gint32 *codes = reference_encode (pcm, 3 * FRAME, CODEBOOKS, &frames);
+  g_autofree gfloat *expected = reference_decode (codes + CODEBOOKS, 2, CODEBOOKS);
+
+  GstHarness *h = new_decoder_harness (TOKEN_CAPS);
+  GstPad *src = gst_element_get_static_pad (h->element, "src");
+  StreamChecker *checker = stream_checker_attach (src);
+  gst_object_unref (src);
+  stream_checker_refuse_buffers (checker, 1);
+  fail_unless_equals_int (gst_harness_push (h, token_buffer (codes, 1, CODEBOOKS, 0)),
+      GST_FLOW_FLUSHING);
+  g_ptr_array_unref (pull_all (h));
+
+  restart (h);
+  guint segments_before, segments, n_buffers;
+  stream_checker_counts (checker, &segments_before, &n_buffers);
+  fail_unless_equals_int (gst_harness_push (h, token_buffer (codes, 1, CODEBOOKS, 1)),
+      GST_FLOW_OK);
+  fail_unless_equals_int (gst_harness_push (h, token_buffer (codes, 1, CODEBOOKS, 2)),
+      GST_FLOW_OK);
+  stream_checker_assert_clean (checker);
+  stream_checker_counts (checker, &segments, &n_buffers);
+  fail_unless_equals_int (segments, segments_before + 1);
+
+  GPtrArray *bufs = pull_all (h);
+  fail_unless_equals_int (bufs->len, 2);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (g_ptr_array_index (bufs, 0)), FRAME_NS);
+  assert_f32_buffers_equal (bufs, expected, 2 * FRAME);
+  g_ptr_array_unref (bufs);
+  stream_checker_free (checker);
+  gst_harness_teardown (h);
+}
+
+static void
+restart_by_state_change (GstHarness * h)
+{
+  fail_unless_equals_int (gst_element_set_state (h->element, GST_STATE_NULL),
+      GST_STATE_CHANGE_SUCCESS);
+  gst_harness_play (h);
+  /* The element's pads lost their sticky events: a new stream, as a source would send. */
+  fail_unless (gst_harness_push_event (h, gst_event_new_stream_start ("restarted")));
+  gst_harness_set_src_caps_str (h, TOKEN_CAPS);
+}
+
+GST_START_TEST (test_dec_segment_after_refused_push_and_flush)
+{
+  push_refused_frame_then_restart (push_flush);
+}
+GST_END_TEST;
+
+GST_START_TEST (test_dec_segment_after_refused_push_and_restart)
+{
+  push_refused_frame_then_restart (restart_by_state_change);
 }
 GST_END_TEST;
 
@@ -1289,7 +1397,10 @@ mimi_elements_suite (void)
   tcase_add_test (dec, test_dec_multi_frame_buffers);
   tcase_add_test (dec, test_dec_clipping_meta);
   tcase_add_test (dec, test_dec_s16_output);
+  tcase_add_test (dec, test_dec_output_format_follows_downstream);
   tcase_add_test (dec, test_dec_flush_resets_state);
+  tcase_add_test (dec, test_dec_segment_after_refused_push_and_flush);
+  tcase_add_test (dec, test_dec_segment_after_refused_push_and_restart);
   tcase_add_test (dec, test_dec_bad_buffers);
   tcase_add_test (dec, test_dec_bad_last_buffer);
   tcase_add_test (dec, test_dec_bad_buffer_max_errors);

@@ -284,6 +284,55 @@ def test_chat_downloads_hf_repo():
         server.wait()
 
 
+def write_wav(path, samples, rate, bits=32, extra_chunk=False, unset_size=False):
+    """A float WAV (32 or 64 bits), optionally with an odd-sized chunk before the data and the
+    data size left unset as a streaming writer leaves it."""
+    data = struct.pack("<%d%s" % (len(samples), "f" if bits == 32 else "d"), *samples)
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * bits // 8, bits // 8, bits)
+    if extra_chunk:
+        fmt += b"LIST" + struct.pack("<I", 5) + b"INFOx" + b"\0"
+    size = 0xFFFFFFFF if unset_size else len(data)
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 4 + len(fmt) + 8 + len(data)) + b"WAVE" + fmt)
+        f.write(b"data" + struct.pack("<I", size) + data)
+
+
+def test_chat_streams_its_input():
+    # issue 14: chat read the whole WAV and built the whole output in memory; it now goes frame
+    # by frame. The output must be what the whole-file version wrote: the last frame padded
+    # with silence, the same bytes whatever the encoding and layout of the input, a header that
+    # states the exact sizes, and the same result through a device.
+    dialog = os.path.join(DATA, "lm", "dialog")
+    speech = golden["speech.pcm"][1][: 5 * 1920 + 700]
+    padded = speech + [0.0] * (1920 - 700)
+    inputs = {"plain": {}, "f64-extra-chunk": {"bits": 64, "extra_chunk": True},
+              "unset-size": {"unset_size": True}}
+    args = ["chat", "--model", os.path.join(dialog, "model.safetensors"), "--lm-config",
+            os.path.join(dialog, "config.json"), "--mimi-model", MODEL, "--mimi-config", CONFIG,
+            "--greedy"]
+    outputs = {}
+    for name, options in list(inputs.items()) + [("padded", None)]:
+        wav_in = os.path.join(tmp, "stream-%s.wav" % name)
+        write_wav(wav_in, padded if options is None else speech, 24000, **(options or {}))
+        wav_out = os.path.join(tmp, "stream-%s-out.wav" % name)
+        run(*args, wav_in, wav_out)
+        with open(wav_out, "rb") as f:
+            outputs[name] = f.read()
+    for name, blob in outputs.items():
+        assert blob == outputs["padded"], name
+    blob = outputs["padded"]
+    assert len(blob) == 58 + 6 * 1920 * 4, len(blob)
+    assert struct.unpack("<I", blob[4:8]) == (len(blob) - 8,), blob[:8]
+    assert blob[38:42] == b"fact" and struct.unpack("<I", blob[46:50]) == (6 * 1920,), blob[38:50]
+    assert blob[50:54] == b"data" and struct.unpack("<I", blob[54:58]) == (6 * 1920 * 4,)
+    null, full = device_node("null", 3), device_node("full", 7)
+    if null:
+        run(*args, os.path.join(tmp, "stream-plain.wav"), null)
+    if full:
+        err = run_failing(*args, os.path.join(tmp, "stream-plain.wav"), full)
+        assert full in err and "No space" in err, err
+
+
 def test_bench_serve_footprint_without_weights():
     """The 7B shape's footprint and paper estimate, from the shapes alone."""
     out = run("bench", "serve", "--json").stdout.strip().splitlines()
