@@ -167,6 +167,7 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
   GST_OBJECT_LOCK (self);
   gint threads = self->settings.threads;
   gboolean shared = self->settings.shared_scheduler;
+  guint max_streams = self->settings.max_streams;
   GST_OBJECT_UNLOCK (self);
 
   MoshiMimi *mimi = self->loaded.mimi;
@@ -176,7 +177,8 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
     .n_threads = threads,
     .max_frames_per_call = 1,
   };
-  if (!gst_moshi_mimi_coder_start (&self->coder, mimi, &options, shared, &error))
+  if (!gst_moshi_mimi_coder_start (&self->coder, GST_ELEMENT (self), mimi, &options, shared,
+          max_streams, &error))
     goto session_failed;
 
   self->rate = moshi_mimi_sample_rate (mimi);
@@ -768,7 +770,7 @@ gst_mimi_dec_get_property (GObject * object, guint prop_id, GValue * value,
 {
   GstMimiDec *self = GST_MIMI_DEC (object);
 
-  if (!gst_moshi_settings_get_property (&self->settings, object, prop_id,
+  if (!gst_moshi_settings_get_property (&self->settings, &self->coder, object, prop_id,
           PROP_FIRST_SHARED, value))
     G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
 }

@@ -172,6 +172,7 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
   gint num_codebooks = self->num_codebooks;
   threads = self->settings.threads;
   shared = self->settings.shared_scheduler;
+  guint max_streams = self->settings.max_streams;
   GST_OBJECT_UNLOCK (self);
   if (!check_num_codebooks (self, num_codebooks))
     goto failed;
@@ -184,7 +185,8 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
     .num_codebooks = num_codebooks,
     .max_frames_per_call = 1,
   };
-  if (!gst_moshi_mimi_coder_start (&self->coder, mimi, &options, shared, &error))
+  if (!gst_moshi_mimi_coder_start (&self->coder, GST_ELEMENT (self), mimi, &options, shared,
+          max_streams, &error))
     goto session_failed;
 
   self->codebooks = num_codebooks;
@@ -437,7 +439,7 @@ gst_mimi_enc_get_property (GObject * object, guint prop_id, GValue * value,
 {
   GstMimiEnc *self = GST_MIMI_ENC (object);
 
-  if (gst_moshi_settings_get_property (&self->settings, object, prop_id,
+  if (gst_moshi_settings_get_property (&self->settings, &self->coder, object, prop_id,
           PROP_FIRST_SHARED, value))
     return;
 

@@ -955,22 +955,9 @@ scheduler_stats (GstMoshiDialog * self)
   GST_OBJECT_UNLOCK (self);
   if (scheduler == NULL)
     return NULL;
-  MoshiSchedulerStats st;
-  moshi_scheduler_get_stats (scheduler, &st);
-  gint max = moshi_scheduler_max_conversations (scheduler);
+  GstStructure *st = gst_moshi_scheduler_stats_new (scheduler, SCHEDULER_MESSAGE_NAME);
   moshi_scheduler_unref (scheduler);
-  return gst_structure_new (SCHEDULER_MESSAGE_NAME,
-      "conversations", G_TYPE_INT, st.conversations,
-      "max-conversations", G_TYPE_INT, max,
-      "ticks", G_TYPE_UINT64, st.ticks,
-      "steps", G_TYPE_UINT64, st.steps,
-      "tick-ms-last", G_TYPE_DOUBLE, st.tick_ms_last,
-      "tick-ms-p50", G_TYPE_DOUBLE, st.tick_ms_p50,
-      "tick-ms-p99", G_TYPE_DOUBLE, st.tick_ms_p99,
-      "tick-ms-max", G_TYPE_DOUBLE, st.tick_ms_max,
-      "deadline-misses", G_TYPE_UINT64, st.deadline_misses,
-      "late-frames", G_TYPE_UINT64, st.late_frames,
-      "max-observed-delay-ms", G_TYPE_DOUBLE, st.max_delay_ms, NULL);
+  return st;
 }
 
 /* Once a second of output, on a shared scheduler: its figures as an element message. */

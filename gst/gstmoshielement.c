@@ -87,6 +87,7 @@ gst_moshi_settings_init (GstMoshiSettings * settings)
   settings->device = GST_MOSHI_DEFAULT_DEVICE;
   settings->threads = GST_MOSHI_DEFAULT_THREADS;
   settings->shared_scheduler = GST_MOSHI_DEFAULT_SHARED_SCHEDULER;
+  settings->max_streams = GST_MOSHI_DEFAULT_MAX_STREAMS;
 }
 
 void
@@ -104,6 +105,7 @@ gst_moshi_settings_copy (GstMoshiSettings * dest, const GstMoshiSettings * src)
   dest->device = src->device;
   dest->threads = src->threads;
   dest->shared_scheduler = src->shared_scheduler;
+  dest->max_streams = src->max_streams;
 }
 
 void
@@ -142,6 +144,22 @@ gst_moshi_settings_install_properties (GObjectClass * klass,
           "same model: one batched Mimi call for the frames that are there, the transformer "
           "weights read once (FALSE: a session of its own)",
           GST_MOSHI_DEFAULT_SHARED_SCHEDULER, flags));
+  g_object_class_install_property (klass,
+      first_prop_id + GST_MOSHI_PROP_MAX_STREAMS,
+      g_param_spec_uint ("max-streams", "Maximum streams",
+          "Streams the shared scheduler takes, when this element is the first of the "
+          "process on its model (it creates the scheduler); past it a stream runs a "
+          "session of its own", 1, MOSHI_SCHEDULER_MAX_CONVERSATIONS,
+          GST_MOSHI_DEFAULT_MAX_STREAMS, flags));
+  g_object_class_install_property (klass,
+      first_prop_id + GST_MOSHI_PROP_SCHEDULER_STATS,
+      g_param_spec_boxed ("scheduler-stats", "Scheduler statistics",
+          "The shared scheduler's figures: conversations (streams), ticks, steps, "
+          "tick time (tick-ms-p50, tick-ms-p99, tick-ms-max), deadline-misses (ticks "
+          "longer than a frame), max-observed-delay-ms; NULL without a shared "
+          "scheduler. Also posted once a second of audio as the element message \""
+          GST_MOSHI_MIMI_SCHEDULER_MESSAGE "\"", GST_TYPE_STRUCTURE,
+          G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
 }
 
 void
@@ -179,6 +197,10 @@ gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
     case GST_MOSHI_PROP_SHARED_SCHEDULER:
       settings->shared_scheduler = g_value_get_boolean (value);
       break;
+    case GST_MOSHI_PROP_MAX_STREAMS:
+      settings->max_streams = g_value_get_uint (value);
+      break;
+    case GST_MOSHI_PROP_SCHEDULER_STATS:
     case GST_MOSHI_N_PROPS:
       g_assert_not_reached ();
   }
@@ -187,11 +209,17 @@ gst_moshi_settings_set_property (GstMoshiSettings * settings, GObject * object,
 }
 
 gboolean
-gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
-    guint prop_id, guint first_prop_id, GValue * value)
+gst_moshi_settings_get_property (GstMoshiSettings * settings,
+    GstMoshiMimiCoder * coder, GObject * object, guint prop_id, guint first_prop_id,
+    GValue * value)
 {
   if (prop_id < first_prop_id || prop_id >= first_prop_id + GST_MOSHI_N_PROPS)
     return FALSE;
+  /* takes the object lock itself */
+  if (prop_id == first_prop_id + GST_MOSHI_PROP_SCHEDULER_STATS) {
+    g_value_take_boxed (value, gst_moshi_mimi_coder_get_stats (coder));
+    return TRUE;
+  }
 
   GST_OBJECT_LOCK (object);
   switch ((GstMoshiPropOffset) (prop_id - first_prop_id)) {
@@ -210,6 +238,10 @@ gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
     case GST_MOSHI_PROP_SHARED_SCHEDULER:
       g_value_set_boolean (value, settings->shared_scheduler);
       break;
+    case GST_MOSHI_PROP_MAX_STREAMS:
+      g_value_set_uint (value, settings->max_streams);
+      break;
+    case GST_MOSHI_PROP_SCHEDULER_STATS:
     case GST_MOSHI_N_PROPS:
       g_assert_not_reached ();
   }
@@ -220,55 +252,121 @@ gst_moshi_settings_get_property (GstMoshiSettings * settings, GObject * object,
 /* ---- Mimi sessions, shared or not ---- */
 
 gboolean
-gst_moshi_mimi_coder_start (GstMoshiMimiCoder * coder, MoshiMimi * mimi,
-    const MoshiMimiSessionOptions * options, gboolean shared, GError ** error)
+gst_moshi_mimi_coder_start (GstMoshiMimiCoder * coder, GstElement * element,
+    MoshiMimi * mimi, const MoshiMimiSessionOptions * options, gboolean shared,
+    guint max_streams, GError ** error)
 {
-  memset (coder, 0, sizeof (*coder));
-  if (!shared) {
-    coder->session = moshi_mimi_session_new (mimi, options, error);
-    return coder->session != NULL;
-  }
-  coder->scheduler = moshi_scheduler_get_shared_mimi (mimi, NULL, error);
-  if (coder->scheduler == NULL)
-    return FALSE;
-  /* Never waits for the other streams: a codec may run faster than real time (a file), and
-   * frames that come while a batch runs go together in the next one anyway. */
-  g_autoptr (GError) busy = NULL;
-  coder->stream = moshi_mimi_stream_new (coder->scheduler, options, 0, &busy);
-  if (coder->stream == NULL) {
-    g_clear_pointer (&coder->scheduler, moshi_scheduler_unref);
-    if (!g_error_matches (busy, MOSHI_ERROR, MOSHI_ERROR_BUSY)) {
-      g_propagate_error (error, g_steal_pointer (&busy));
+  GstMoshiMimiCoder started = { .element = element };
+  if (shared) {
+    MoshiSchedulerOptions sched_opts = { .max_conversations = (int) max_streams };
+    started.scheduler = moshi_scheduler_get_shared_mimi (mimi, &sched_opts, error);
+    if (started.scheduler == NULL)
       return FALSE;
+    /* Never waits for the other streams: a codec may run faster than real time (a file),
+     * and frames that come while a batch runs go together in the next one anyway. */
+    g_autoptr (GError) busy = NULL;
+    started.stream = moshi_mimi_stream_new (started.scheduler, options, 0, &busy);
+    if (started.stream == NULL) {
+      g_clear_pointer (&started.scheduler, moshi_scheduler_unref);
+      if (!g_error_matches (busy, MOSHI_ERROR, MOSHI_ERROR_BUSY)) {
+        g_propagate_error (error, g_steal_pointer (&busy));
+        return FALSE;
+      }
+      /* a full scheduler: this stream runs on its own rather than not at all */
+      GST_INFO_OBJECT (element, "%s; this stream runs a session of its own", busy->message);
+    } else {
+      started.session = moshi_mimi_stream_get_session (started.stream);
     }
-    /* a full scheduler: this stream runs on its own rather than not at all */
-    GST_INFO ("%s; this stream runs a session of its own", busy->message);
-    coder->session = moshi_mimi_session_new (mimi, options, error);
-    return coder->session != NULL;
   }
-  coder->session = moshi_mimi_stream_get_session (coder->stream);
+  if (started.session == NULL) {
+    started.session = moshi_mimi_session_new (mimi, options, error);
+    if (started.session == NULL)
+      return FALSE;
+  }
+  GST_OBJECT_LOCK (element);
+  *coder = started;
+  GST_OBJECT_UNLOCK (element);
   return TRUE;
 }
 
 void
 gst_moshi_mimi_coder_stop (GstMoshiMimiCoder * coder)
 {
-  if (coder->stream != NULL)
-    moshi_mimi_stream_free (coder->stream);
-  else if (coder->session != NULL)
-    moshi_mimi_session_free (coder->session);
-  if (coder->scheduler != NULL)
-    moshi_scheduler_unref (coder->scheduler);
+  if (coder->element == NULL)
+    return;
+  GST_OBJECT_LOCK (coder->element);
+  GstMoshiMimiCoder stopped = *coder;
   memset (coder, 0, sizeof (*coder));
+  GST_OBJECT_UNLOCK (stopped.element);
+  if (stopped.stream != NULL)
+    moshi_mimi_stream_free (stopped.stream);
+  else if (stopped.session != NULL)
+    moshi_mimi_session_free (stopped.session);
+  if (stopped.scheduler != NULL)
+    moshi_scheduler_unref (stopped.scheduler);
+}
+
+GstStructure *
+gst_moshi_mimi_coder_get_stats (GstMoshiMimiCoder * coder)
+{
+  if (coder->element == NULL)
+    return NULL;
+  GST_OBJECT_LOCK (coder->element);
+  MoshiScheduler *scheduler = coder->scheduler ? moshi_scheduler_ref (coder->scheduler) : NULL;
+  GST_OBJECT_UNLOCK (coder->element);
+  if (scheduler == NULL)
+    return NULL;
+  GstStructure *st = gst_moshi_scheduler_stats_new (scheduler, GST_MOSHI_MIMI_SCHEDULER_MESSAGE);
+  moshi_scheduler_unref (scheduler);
+  return st;
+}
+
+/* After n_frames frames of this stream: the scheduler's figures once a second of audio. */
+static void
+coder_count (GstMoshiMimiCoder * coder, gint n_frames)
+{
+  if (coder->stream == NULL)
+    return;
+  MoshiMimi *mimi = moshi_mimi_session_get_model (coder->session);
+  coder->stats_samples += (guint64) n_frames * moshi_mimi_frame_size (mimi);
+  if (coder->stats_samples < (guint64) moshi_mimi_sample_rate (mimi))
+    return;
+  coder->stats_samples = 0;
+  GstStructure *st = gst_moshi_mimi_coder_get_stats (coder);
+  if (st != NULL)
+    gst_element_post_message (coder->element,
+        gst_message_new_element (GST_OBJECT (coder->element), st));
+}
+
+GstStructure *
+gst_moshi_scheduler_stats_new (MoshiScheduler * scheduler, const gchar * name)
+{
+  MoshiSchedulerStats st;
+  moshi_scheduler_get_stats (scheduler, &st);
+  return gst_structure_new (name,
+      "conversations", G_TYPE_INT, st.conversations,
+      "max-conversations", G_TYPE_INT, moshi_scheduler_max_conversations (scheduler),
+      "ticks", G_TYPE_UINT64, st.ticks,
+      "steps", G_TYPE_UINT64, st.steps,
+      "tick-ms-last", G_TYPE_DOUBLE, st.tick_ms_last,
+      "tick-ms-p50", G_TYPE_DOUBLE, st.tick_ms_p50,
+      "tick-ms-p99", G_TYPE_DOUBLE, st.tick_ms_p99,
+      "tick-ms-max", G_TYPE_DOUBLE, st.tick_ms_max,
+      "deadline-misses", G_TYPE_UINT64, st.deadline_misses,
+      "late-frames", G_TYPE_UINT64, st.late_frames,
+      "max-observed-delay-ms", G_TYPE_DOUBLE, st.max_delay_ms, NULL);
 }
 
 gboolean
 gst_moshi_mimi_coder_encode (GstMoshiMimiCoder * coder, const gfloat * pcm,
     gint32 * codes, GError ** error)
 {
-  if (coder->stream != NULL)
-    return moshi_mimi_stream_encode (coder->stream, pcm, codes, error);
-  return moshi_mimi_session_encode (coder->session, pcm, 1, codes, error);
+  if (coder->stream == NULL)
+    return moshi_mimi_session_encode (coder->session, pcm, 1, codes, error);
+  if (!moshi_mimi_stream_encode (coder->stream, pcm, codes, error))
+    return FALSE;
+  coder_count (coder, 1);
+  return TRUE;
 }
 
 gboolean
@@ -289,6 +387,7 @@ gst_moshi_mimi_coder_decode (GstMoshiMimiCoder * coder, const gint32 * codes,
             pcm + (gsize) f * frame_size, error))
       return FALSE;
   }
+  coder_count (coder, n_frames);
   return TRUE;
 }
 

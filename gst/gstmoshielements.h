@@ -43,6 +43,8 @@ typedef enum
 #define GST_TYPE_MOSHI_DEVICE (gst_moshi_device_get_type ())
 G_GNUC_INTERNAL GType gst_moshi_device_get_type (void);
 
+typedef struct _GstMoshiMimiCoder GstMoshiMimiCoder;
+
 /* The properties both Mimi elements share. Installed with consecutive ids starting at the
  * element's first property id, in this order. Protected by the element's object lock. */
 typedef enum
@@ -52,6 +54,8 @@ typedef enum
   GST_MOSHI_PROP_DEVICE,
   GST_MOSHI_PROP_THREADS,
   GST_MOSHI_PROP_SHARED_SCHEDULER,
+  GST_MOSHI_PROP_MAX_STREAMS,
+  GST_MOSHI_PROP_SCHEDULER_STATS,
   GST_MOSHI_N_PROPS
 } GstMoshiPropOffset;
 
@@ -59,6 +63,9 @@ typedef enum
 #define GST_MOSHI_DEFAULT_THREADS 0
 #define GST_MOSHI_MAX_THREADS 256
 #define GST_MOSHI_DEFAULT_SHARED_SCHEDULER TRUE
+#define GST_MOSHI_DEFAULT_MAX_STREAMS MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS
+/* The element message (and the structure of scheduler-stats) of mimienc and mimidec. */
+#define GST_MOSHI_MIMI_SCHEDULER_MESSAGE "mimi-scheduler"
 
 typedef struct
 {
@@ -67,6 +74,7 @@ typedef struct
   GstMoshiDevice device;
   gint threads;                 /* 0: automatic */
   gboolean shared_scheduler;
+  guint max_streams;            /* of the shared scheduler, when this element creates it */
 } GstMoshiSettings;
 
 G_GNUC_INTERNAL void gst_moshi_settings_init (GstMoshiSettings * settings);
@@ -82,6 +90,7 @@ G_GNUC_INTERNAL void gst_moshi_set_optional_string (gchar ** field, const GValue
 G_GNUC_INTERNAL gboolean gst_moshi_settings_set_property (GstMoshiSettings * settings,
     GObject * object, guint prop_id, guint first_prop_id, const GValue * value);
 G_GNUC_INTERNAL gboolean gst_moshi_settings_get_property (GstMoshiSettings * settings,
+    GstMoshiMimiCoder * coder,
     GObject * object, guint prop_id, guint first_prop_id, GValue * value);
 
 /* A model loaded for an element, with the settings it was loaded from so that a change of
@@ -134,25 +143,39 @@ G_GNUC_INTERNAL void gst_moshi_loaded_model_clear (GstMoshiLoadedModel * loaded,
 
 /* The Mimi session of a mimienc or mimidec: a stream on the process's shared Mimi scheduler
  * (shared-scheduler), which batches the frames of every element on the same model, or a
- * session of its own. */
-typedef struct
+ * session of its own. scheduler is set and cleared under the element's object lock, so that
+ * scheduler-stats can read it from any thread. */
+struct _GstMoshiMimiCoder
 {
+  GstElement *element;
   MoshiScheduler *scheduler;
   MoshiMimiStream *stream;
   MoshiMimiSession *session;    /* its own, or the stream's */
-} GstMoshiMimiCoder;
+  guint64 stats_samples;        /* of audio since the last scheduler message */
+};
 
+/* max_streams bounds the shared scheduler when this call creates it; past its bound the
+ * stream runs a session of its own. */
 G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_start (GstMoshiMimiCoder * coder,
-    MoshiMimi * mimi, const MoshiMimiSessionOptions * options, gboolean shared,
-    GError ** error);
+    GstElement * element, MoshiMimi * mimi, const MoshiMimiSessionOptions * options,
+    gboolean shared, guint max_streams, GError ** error);
 G_GNUC_INTERNAL void gst_moshi_mimi_coder_stop (GstMoshiMimiCoder * coder);
-/* One frame, as moshi_mimi_session_encode. */
+/* The shared scheduler's figures, for scheduler-stats (NULL without one). Takes the
+ * element's object lock. */
+G_GNUC_INTERNAL GstStructure *gst_moshi_mimi_coder_get_stats (GstMoshiMimiCoder * coder);
+/* One frame, as moshi_mimi_session_encode. Encode and decode post the scheduler's figures as
+ * an element message once a second of audio. */
 G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_encode (GstMoshiMimiCoder * coder,
     const gfloat * pcm, gint32 * codes, GError ** error);
 /* n_frames frames of codes in the [k][frame] layout, as moshi_mimi_session_decode. */
 G_GNUC_INTERNAL gboolean gst_moshi_mimi_coder_decode (GstMoshiMimiCoder * coder,
     const gint32 * codes, gint num_codebooks, gint n_frames, gfloat * pcm,
     GError ** error);
+
+/* A scheduler's figures as a structure named name (the element messages and the
+ * scheduler-stats properties of moshidialog, mimienc and mimidec). */
+G_GNUC_INTERNAL GstStructure *gst_moshi_scheduler_stats_new (MoshiScheduler * scheduler,
+    const gchar * name);
 
 /* Caps of the token stream a model produces with the given number of codebooks. */
 G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks);

@@ -1005,6 +1005,62 @@ GST_START_TEST (test_shared_scheduler_roundtrips)
 }
 GST_END_TEST;
 
+/* The shared scheduler seen from the elements: scheduler-stats (NULL for a session of its
+ * own), max-streams on the element that creates it (past it, a stream runs alone), and the
+ * "mimi-scheduler" message once a second of audio. */
+GST_START_TEST (test_shared_scheduler_stats)
+{
+  init_paths ();
+  GstElement *enc = make_element ("mimienc");
+  g_object_set (enc, "max-streams", 1, NULL);
+  GstHarness *owner = harness_for (enc);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (owner->element, bus);
+  gst_harness_set_src_caps_str (owner, RAW_F32_CAPS);
+  GstHarness *alone = new_decoder_harness (TOKEN_CAPS);
+  GstElement *own = make_element ("mimienc");
+  g_object_set (own, "shared-scheduler", FALSE, NULL);
+  GstHarness *unshared = harness_for (own);
+  gst_harness_set_src_caps_str (unshared, RAW_F32_CAPS);
+
+  GstStructure *st = NULL;
+  g_object_get (alone->element, "scheduler-stats", &st, NULL);
+  fail_unless (st == NULL, "the second stream past max-streams=1 runs alone");
+  g_object_get (unshared->element, "scheduler-stats", &st, NULL);
+  fail_unless (st == NULL);
+
+  /* 13 frames: a second of audio is 12.5 of them */
+  const gsize n = 13 * FRAME;
+  g_autofree gfloat *pcm = make_speech (n);
+  push_pcm (owner, pcm, n, FRAME, 0);
+  g_ptr_array_unref (pull_all (owner));
+  g_object_get (owner->element, "scheduler-stats", &st, NULL);
+  fail_unless (st != NULL);
+  gint streams, max;
+  guint64 steps;
+  fail_unless (gst_structure_get (st, "conversations", G_TYPE_INT, &streams,
+          "max-conversations", G_TYPE_INT, &max, "steps", G_TYPE_UINT64, &steps, NULL));
+  fail_unless_equals_int (streams, 1);
+  fail_unless_equals_int (max, 1);
+  fail_unless_equals_uint64 (steps, 13);
+  gst_structure_free (st);
+
+  GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+  fail_unless (msg != NULL, "no scheduler message after a second of audio");
+  fail_unless (gst_message_has_name (msg, "mimi-scheduler"));
+  fail_unless (gst_message_get_structure (msg) != NULL);
+  gst_message_unref (msg);
+  /* one a second, not one a frame */
+  fail_unless (gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT) == NULL);
+
+  gst_element_set_bus (owner->element, NULL);
+  gst_object_unref (bus);
+  gst_harness_teardown (unshared);
+  gst_harness_teardown (alone);
+  gst_harness_teardown (owner);
+}
+GST_END_TEST;
+
 /* State changes from another thread while buffers keep coming must neither crash nor
  * leak, and the element must work normally afterwards. */
 GST_START_TEST (test_enc_state_changes_under_data)
@@ -1413,6 +1469,7 @@ mimi_elements_suite (void)
   TCase *both = tcase_create ("codec");
   tcase_add_test (both, test_roundtrip_bit_exact);
   tcase_add_test (both, test_shared_scheduler_roundtrips);
+  tcase_add_test (both, test_shared_scheduler_stats);
   tcase_add_test (both, test_shared_model);
   tcase_add_test (both, test_model_change_in_ready);
   suite_add_tcase (s, both);
