@@ -40,6 +40,7 @@
 
 #include "gstmoshielements.h"
 #include "gstrtpmimipay.h"
+#include "rtp-mimi-format.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_rtp_mimi_depay_debug);
 #define GST_CAT_DEFAULT gst_rtp_mimi_depay_debug
@@ -48,8 +49,6 @@ GST_DEBUG_CATEGORY_STATIC (gst_rtp_mimi_depay_debug);
 /* The released Mimi, for an SDP with only "a=rtpmap:96 MIMI/24000". */
 #define DEFAULT_CODEBOOKS 8
 #define DEFAULT_CODEBOOK_SIZE 2048
-#define MAX_CODEBOOKS 32
-#define MAX_CODEBOOK_SIZE 65536
 
 enum
 {
@@ -66,10 +65,7 @@ struct _GstRtpMimiDepay
   guint64 malformed;            /* packets dropped as malformed (object lock) */
 
   /* From the caps (streaming thread). */
-  guint codebooks;
-  guint codebook_size;
-  guint code_bits;
-  gsize packed_frame_bytes;
+  RtpMimiLayout layout;         /* codebooks 0 until caps */
   gboolean warned;              /* a warning went out for the current run of bad packets */
   gboolean discont;             /* mark the next buffer DISCONT */
 };
@@ -127,12 +123,12 @@ gst_rtp_mimi_depay_set_caps (GstRTPBaseDepayload * depayload, GstCaps * caps)
   guint codebooks = DEFAULT_CODEBOOKS, codebook_size = DEFAULT_CODEBOOK_SIZE, bits = 0;
   gboolean ok = TRUE;
 
-  get_uint_param (s, "codebooks", 1, MAX_CODEBOOKS, &codebooks, &ok);
-  get_uint_param (s, "codebook-size", 2, MAX_CODEBOOK_SIZE, &codebook_size, &ok);
-  guint min_bits = gst_rtp_mimi_min_code_bits (codebook_size);
+  get_uint_param (s, "codebooks", 1, RTP_MIMI_MAX_CODEBOOKS, &codebooks, &ok);
+  get_uint_param (s, "codebook-size", 2, RTP_MIMI_MAX_CODEBOOK_SIZE, &codebook_size, &ok);
   if (!get_uint_param (s, "code-bits", 1, 16, &bits, &ok))
-    bits = min_bits;
-  if (!ok || bits < min_bits) {
+    bits = rtp_mimi_min_code_bits (codebook_size);
+  RtpMimiLayout layout = { codebooks, codebook_size, bits };
+  if (!ok || !rtp_mimi_layout_is_valid (&layout)) {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
         ("invalid codebooks, codebook-size or code-bits in %" GST_PTR_FORMAT, caps));
     return FALSE;
@@ -150,13 +146,10 @@ gst_rtp_mimi_depay_set_caps (GstRTPBaseDepayload * depayload, GstCaps * caps)
     return FALSE;
   }
 
-  self->codebooks = codebooks;
-  self->codebook_size = codebook_size;
-  self->code_bits = bits;
-  self->packed_frame_bytes = ((gsize) codebooks * bits + 7) / 8;
+  self->layout = layout;
   depayload->clock_rate = GST_RTP_MIMI_CLOCK_RATE;
   GST_INFO_OBJECT (self, "%u codebooks of %u entries, %u bits a code, %" G_GSIZE_FORMAT
-      " bytes a frame", codebooks, codebook_size, bits, self->packed_frame_bytes);
+      " bytes a frame", codebooks, codebook_size, bits, rtp_mimi_packed_frame_bytes (&layout));
 
   GstCaps *out = gst_moshi_token_caps_new_full (GST_RTP_MIMI_CLOCK_RATE,
       GST_RTP_MIMI_FRAME_SAMPLES, (gint) codebooks, (gint) codebook_size);
@@ -191,35 +184,23 @@ gst_rtp_mimi_depay_process (GstRTPBaseDepayload * depayload, GstRTPBuffer * rtp)
   guint len = gst_rtp_buffer_get_payload_len (rtp);
   const guint8 *in = gst_rtp_buffer_get_payload (rtp);
 
-  if (G_UNLIKELY (self->codebooks == 0))
+  if (G_UNLIKELY (self->layout.codebooks == 0))
     return NULL;                /* the base class refuses packets before caps */
-  if (len == 0)
-    return malformed (self, "no frame", len);
-  if (len % self->packed_frame_bytes != 0)
-    return malformed (self, "not a whole number of frames", len);
+  const gchar *why = NULL;
+  gsize n_frames = rtp_mimi_payload_frames (&self->layout, len, &why);
+  if (n_frames == 0)
+    return malformed (self, why, len);
 
-  gsize n_frames = len / self->packed_frame_bytes;
-  GstBuffer *out = gst_buffer_new_allocate (NULL, n_frames * self->codebooks * 2, NULL);
+  GstBuffer *out = gst_buffer_new_allocate (NULL, n_frames * self->layout.codebooks * 2, NULL);
   GstMapInfo map;
   if (!gst_buffer_map (out, &map, GST_MAP_WRITE)) {
     gst_buffer_unref (out);
     return NULL;
   }
-  /* Each frame starts on a byte; its codes follow each other MSB first (docs/rtp-mimi.md). */
-  for (gsize f = 0; f < n_frames; f++) {
-    const guint8 *frame = in + f * self->packed_frame_bytes;
-    gsize bitpos = 0;
-    for (guint k = 0; k < self->codebooks; k++) {
-      guint code = 0;
-      for (guint b = 0; b < self->code_bits; b++, bitpos++)
-        code = (code << 1) | ((frame[bitpos / 8] >> (7 - bitpos % 8)) & 1u);
-      if (G_UNLIKELY (code >= self->codebook_size)) {
-        gst_buffer_unmap (out, &map);
-        gst_buffer_unref (out);
-        return malformed (self, "a code outside the codebooks", len);
-      }
-      GST_WRITE_UINT16_LE (map.data + 2 * (f * self->codebooks + k), code);
-    }
+  if (!rtp_mimi_unpack (&self->layout, in, n_frames, map.data, &why)) {
+    gst_buffer_unmap (out, &map);
+    gst_buffer_unref (out);
+    return malformed (self, why, len);
   }
   gst_buffer_unmap (out, &map);
 
@@ -251,7 +232,7 @@ gst_rtp_mimi_depay_change_state (GstElement * element, GstStateChange transition
   GstStateChangeReturn ret = GST_ELEMENT_CLASS (parent_class)->change_state (element,
       transition);
   if (transition == GST_STATE_CHANGE_PAUSED_TO_READY)
-    self->codebooks = 0;
+    self->layout.codebooks = 0;
   return ret;
 }
 

@@ -29,6 +29,7 @@
  */
 
 #include "gstrtpmimipay.h"
+#include "rtp-mimi-format.h"
 
 #include <string.h>
 
@@ -93,15 +94,6 @@ static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_STATIC_CAPS ("application/x-rtp, media = (string) audio, "
         "payload = (int) " GST_RTP_PAYLOAD_DYNAMIC_STRING ", "
         "clock-rate = (int) 24000, encoding-name = (string) MIMI"));
-
-guint
-gst_rtp_mimi_min_code_bits (guint codebook_size)
-{
-  guint bits = 1;
-  while (bits < 32 && (1u << bits) < codebook_size)
-    bits++;
-  return bits;
-}
 
 static void
 clear_pending (GstRtpMimiPay * self)
@@ -199,7 +191,7 @@ gst_rtp_mimi_pay_set_caps (GstRTPBasePayload * payload, GstCaps * caps)
     return FALSE;
   }
 
-  guint min_bits = gst_rtp_mimi_min_code_bits ((guint) codebook_size);
+  guint min_bits = rtp_mimi_min_code_bits ((guint) codebook_size);
   GST_OBJECT_LOCK (self);
   guint bits = self->code_bits_prop;
   g_autofree gchar *model_id = g_strdup (self->model_id);

@@ -11,7 +11,5 @@ G_DECLARE_FINAL_TYPE (GstRtpMimiPay, gst_rtp_mimi_pay, GST, RTP_MIMI_PAY, GstRTP
 /* Samples per Mimi frame at the 24 kHz RTP clock: the RTP timestamp step of one frame. */
 #define GST_RTP_MIMI_CLOCK_RATE 24000
 #define GST_RTP_MIMI_FRAME_SAMPLES 1920
-/* Bits a code needs to hold [0, codebook_size): ceil(log2(codebook_size)), at least 1. */
-G_GNUC_INTERNAL guint gst_rtp_mimi_min_code_bits (guint codebook_size);
 
 G_END_DECLS
