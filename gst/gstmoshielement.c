@@ -601,29 +601,6 @@ gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebooks)
 }
 
 void
-gst_moshi_codes_pack (guint8 * dest, const gint32 * codes, gsize n)
-{
-  for (gsize i = 0; i < n; i++)
-    GST_WRITE_UINT16_LE (dest + 2 * i, (guint16) codes[i]);
-}
-
-void
-gst_moshi_codes_unpack (gint32 * codes, gsize stride, const guint8 * src, gsize n)
-{
-  for (gsize i = 0; i < n; i++)
-    codes[i * stride] = GST_READ_UINT16_LE (src + 2 * i);
-}
-
-gssize
-gst_moshi_codes_find_invalid (const guint8 * src, gsize n, guint codebook_size)
-{
-  for (gsize i = 0; i < n; i++)
-    if (G_UNLIKELY (GST_READ_UINT16_LE (src + 2 * i) >= codebook_size))
-      return (gssize) i;
-  return -1;
-}
-
-void
 gst_moshi_log_refused_caps (GstElement * element, GstDebugCategory * category,
     GstPad * pad, GstCaps * caps, const gchar * hint)
 {

@@ -7,6 +7,8 @@
 #include <moshi/moshi-mimi.h>
 #include <moshi/moshi-scheduler.h>
 
+#include "mimi-token-codes.h"
+
 G_BEGIN_DECLS
 
 GST_ELEMENT_REGISTER_DECLARE (mimienc);
@@ -182,15 +184,6 @@ G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new (MoshiMimi * mimi, gint codebo
 /* The same from the stream's parameters (frames of frame_samples samples at rate). */
 G_GNUC_INTERNAL GstCaps *gst_moshi_token_caps_new_full (gint rate, gint frame_samples,
     gint codebooks, gint codebook_size);
-
-/* Writes n codes (each in [0, 65536), as the caps' codebook-size promises) as u16le. */
-G_GNUC_INTERNAL void gst_moshi_codes_pack (guint8 * dest, const gint32 * codes, gsize n);
-/* Reads the n codes of one frame at src into codes[0], codes[stride], ... */
-G_GNUC_INTERNAL void gst_moshi_codes_unpack (gint32 * codes, gsize stride,
-    const guint8 * src, gsize n);
-/* The index of the first of n u16le codes at src that is not below codebook_size, or -1. */
-G_GNUC_INTERNAL gssize gst_moshi_codes_find_invalid (const guint8 * src, gsize n,
-    guint codebook_size);
 
 /* Explains in the debug log (WARNING level of the element's category) why caps were refused
  * on pad: each field that does not fit the pad template, then hint. */
