@@ -8,6 +8,7 @@
 #include <moshi/moshi-mimi.h>
 #include <moshi/moshi-safetensors.h>
 #include "moshi-wav.h"
+#include "moshi-codes.h"
 #include "bench-serve.h"
 #include "moshi-progress.h"
 
@@ -345,53 +346,6 @@ cmd_encode (int argc, char **argv)
   return 0;
 }
 
-/* Reads `codes` (I64/I32, [1, K, T] or [K, T]) into a [K][T] int32 array. */
-static gboolean
-read_codes (const char *path, int32_t **codes_out, int *k_out, int *t_out, GError **error)
-{
-  g_autoptr (MoshiSafetensors) st = moshi_safetensors_open (path, error);
-  if (st == NULL)
-    return FALSE;
-  const MoshiTensorEntry *e = moshi_safetensors_lookup (st, "codes");
-  if (e == NULL) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_MISSING_TENSOR, "%s: tensor 'codes' missing", path);
-    return FALSE;
-  }
-  if ((e->dtype != MOSHI_DTYPE_I64 && e->dtype != MOSHI_DTYPE_I32)
-      || !(e->ndim == 2 || (e->ndim == 3 && e->shape[0] == 1))) {
-    char shape[MOSHI_SHAPE_STRING_LEN];
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
-        "%s: tensor 'codes' is %s %s; expected I64 or I32 [1, K, T]", path,
-        moshi_dtype_name (e->dtype), moshi_shape_to_string (e->shape, e->ndim, shape, sizeof (shape)));
-    return FALSE;
-  }
-  /* Checked as int64: a crafted file's dimensions must not be truncated on the way to int. */
-  int64_t k64 = e->shape[e->ndim - 2], t64 = e->shape[e->ndim - 1];
-  if (k64 < 1 || k64 > 64 || t64 < 0 || t64 > G_MAXINT / 64) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_SHAPE,
-        "%s: tensor 'codes' has %" G_GINT64_FORMAT " codebooks and %" G_GINT64_FORMAT " frames; "
-        "expected 1 to 64 codebooks and 0 to %d frames", path, k64, t64, G_MAXINT / 64);
-    return FALSE;
-  }
-  int k = (int) k64, t = (int) t64;
-  int32_t *codes = g_new (int32_t, MAX ((gsize) k * t, 1));
-  for (gsize i = 0; i < (gsize) k * t; i++) {
-    int64_t v;
-    if (e->dtype == MOSHI_DTYPE_I64)
-      memcpy (&v, (const guint8 *) e->data + i * 8, 8);
-    else {
-      int32_t v32;
-      memcpy (&v32, (const guint8 *) e->data + i * 4, 4);
-      v = v32;
-    }
-    codes[i] = (v < G_MININT32 || v > G_MAXINT32) ? -1 : (int32_t) v;
-  }
-  *codes_out = codes;
-  *k_out = k;
-  *t_out = t;
-  return TRUE;
-}
-
 static int
 cmd_decode (int argc, char **argv)
 {
@@ -422,7 +376,7 @@ cmd_decode (int argc, char **argv)
     return fail (error);
   g_autofree int32_t *codes = NULL;
   int k, t;
-  if (!read_codes (argv[1], &codes, &k, &t, &error))
+  if (!moshi_codes_read (argv[1], &codes, &k, &t, &error))
     return fail (error);
   g_autofree float *pcm = NULL;
   if (streaming) {
