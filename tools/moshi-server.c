@@ -17,6 +17,7 @@
 #include <gst/gst.h>
 #include <libsoup/soup.h>
 
+#include "moshi-ogg.h"
 #include "serve-util.h"
 
 #include <errno.h>
@@ -139,40 +140,6 @@ ogg_write_page (GByteArray *out, const guint8 *packet, gsize len, guint8 flags,
     out->data[start + 22 + i] = (crc >> (8 * i)) & 0xff;
 }
 
-/* Duration of an Opus packet in 48 kHz samples from its TOC byte (RFC 6716 3.1), or 0 when the
- * packet cannot be Opus. */
-static guint
-opus_packet_samples48 (const guint8 *d, gsize len)
-{
-  static const guint silk[4] = { 480, 960, 1920, 2880 }, celt[4] = { 120, 240, 480, 960 };
-  if (len < 1)
-    return 0;
-  guint config = d[0] >> 3, frame, count;
-  if (config < 12)
-    frame = silk[config & 3];
-  else if (config < 16)
-    frame = (config & 1) ? 960 : 480;
-  else
-    frame = celt[config & 3];
-  switch (d[0] & 3) {
-    case 0:
-      count = 1;
-      break;
-    case 1:
-    case 2:
-      count = 2;
-      break;
-    default:
-      if (len < 2)
-        return 0;
-      count = d[1] & 0x3f;
-      break;
-  }
-  if (count == 0 || count * frame > 5760)
-    return 0;
-  return count * frame;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Conversations */
 
@@ -190,7 +157,7 @@ typedef struct {
   guint timer;
 
   /* Client audio: Ogg byte stream -> Opus packets (main thread only). */
-  GByteArray *inbuf, *packet;
+  MoshiOggReader ogg;
   guint64 in_samples48;
   GstClockTime in_base;
   gboolean in_started;
@@ -223,8 +190,7 @@ conversation_clear (Conversation *c)
 {
   g_free (c->peer);
   g_clear_pointer (&c->started, g_date_time_unref);
-  g_clear_pointer (&c->inbuf, g_byte_array_unref);
-  g_clear_pointer (&c->packet, g_byte_array_unref);
+  moshi_ogg_reader_clear (&c->ogg);
   g_free (c->reason);
   g_clear_object (&c->socket);
   g_clear_object (&c->ws);
@@ -420,7 +386,7 @@ on_audio_sample (GstAppSink *sink, gpointer user_data)
   GstMapInfo map;
   if (gst_buffer_map (buf, &map, GST_MAP_READ)) {
     if (map.size > 0 && map.size < 255 * 255) {
-      c->granule += opus_packet_samples48 (map.data, map.size);
+      c->granule += moshi_opus_packet_samples48 (map.data, map.size);
       ogg_write_page (out, map.data, map.size, 0, c->granule, c->serial, c->seq++);
       pages++;
     }
@@ -474,17 +440,20 @@ on_bus_message (GstBus *bus, GstMessage *msg, gpointer user_data)
 /* Hands one Opus packet to the pipeline, stamped from the running sample count (never from
  * the client's granules): the first at the running time it arrived, then back to back. */
 static gboolean
-push_packet (Conversation *c, const guint8 *data, gsize len)
+push_packet (const guint8 *data, gsize len, gpointer user_data)
 {
-  if (len == 0)
-    return TRUE;                /* an empty packet: nothing to decode */
-  if (len >= 8 && (memcmp (data, "OpusHead", 8) == 0 || memcmp (data, "OpusTags", 8) == 0))
-    return TRUE;
-  guint samples = opus_packet_samples48 (data, len);
-  if (samples == 0) {
-    conversation_end (c, "client sent a packet that is not Opus",
-        "invalid Opus packet in the audio stream", SOUP_WEBSOCKET_CLOSE_BAD_DATA);
-    return FALSE;
+  Conversation *c = user_data;
+  guint samples;
+  switch (moshi_opus_packet_kind (data, len, &samples)) {
+    case MOSHI_OPUS_PACKET_EMPTY:
+    case MOSHI_OPUS_PACKET_HEADER:
+      return TRUE;
+    case MOSHI_OPUS_PACKET_INVALID:
+      conversation_end (c, "client sent a packet that is not Opus",
+          "invalid Opus packet in the audio stream", SOUP_WEBSOCKET_CLOSE_BAD_DATA);
+      return FALSE;
+    case MOSHI_OPUS_PACKET_AUDIO:
+      break;
   }
   if (!c->in_started) {
     GstClock *clock = gst_element_get_clock (c->pipeline);
@@ -514,45 +483,19 @@ push_packet (Conversation *c, const guint8 *data, gsize len)
 static void
 feed_ogg (Conversation *c, const guint8 *data, gsize len)
 {
-  g_byte_array_append (c->inbuf, data, len);
-  gsize pos = 0;
-  while (!c->ended && c->inbuf->len > pos) {
-    const guint8 *p = c->inbuf->data + pos;
-    gsize avail = c->inbuf->len - pos;
-    /* Checked on the first bytes already, so that a short message of garbage ends it too. */
-    if (memcmp (p, "OggS", MIN (avail, 4)) != 0 || (avail > 4 && p[4] != 0)) {
+  switch (moshi_ogg_reader_feed (&c->ogg, data, len, push_packet, c)) {
+    case MOSHI_OGG_READ_OK:
+    case MOSHI_OGG_READ_STOPPED:     /* push_packet ended the conversation */
+      break;
+    case MOSHI_OGG_READ_NOT_OGG:
       conversation_end (c, "client sent audio that is not an Ogg stream",
           "audio must be Ogg/Opus: this is not an Ogg page", SOUP_WEBSOCKET_CLOSE_BAD_DATA);
-      return;
-    }
-    if (avail < 27)
       break;
-    guint nsegs = p[26];
-    if (c->inbuf->len - pos < 27 + nsegs)
-      break;
-    gsize body = 0;
-    for (guint i = 0; i < nsegs; i++)
-      body += p[27 + i];
-    if (c->inbuf->len - pos < 27 + nsegs + body)
-      break;
-    const guint8 *d = p + 27 + nsegs;
-    if (!(p[5] & 0x01))
-      g_byte_array_set_size (c->packet, 0);   /* a fresh packet starts on this page */
-    for (guint i = 0; i < nsegs && !c->ended; i++) {
-      g_byte_array_append (c->packet, d, p[27 + i]);
-      d += p[27 + i];
-      if (p[27 + i] < 255) {
-        push_packet (c, c->packet->data, c->packet->len);
-        g_byte_array_set_size (c->packet, 0);
-      }
-    }
-    if (c->packet->len > 64 * 1024 && !c->ended)
+    case MOSHI_OGG_READ_OVERSIZED:
       conversation_end (c, "client sent an oversized Opus packet",
           "invalid Opus packet in the audio stream", SOUP_WEBSOCKET_CLOSE_BAD_DATA);
-    pos += 27 + nsegs + body;
+      break;
   }
-  if (pos > 0 && c->inbuf != NULL)
-    g_byte_array_remove_range (c->inbuf, 0, MIN (pos, c->inbuf->len));
 }
 
 static void
@@ -808,8 +751,7 @@ on_chat (SoupServer *soup, SoupServerMessage *msg, const char *path,
   c->started = g_date_time_new_now_utc ();
   c->start_us = c->last_input_us = g_get_monotonic_time ();
   c->ws = g_object_ref (ws);
-  c->inbuf = g_byte_array_new ();
-  c->packet = g_byte_array_new ();
+  moshi_ogg_reader_init (&c->ogg);
   c->serial = g_random_int ();
   GSocket *sock = soup_server_message_get_socket (msg);
   if (sock != NULL) {
