@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of fuzz-safetensors (tests/fuzz/corpus/), fuzz-wav (corpus-wav/) and
-fuzz-tokenizer (corpus-tokenizer/).
+"""Writes the seed corpora of fuzz-safetensors (tests/fuzz/corpus/), fuzz-wav (corpus-wav/),
+fuzz-tokenizer (corpus-tokenizer/), fuzz-codes (corpus-codes/), fuzz-mimi-tokens
+(corpus-mimi-tokens/), fuzz-server-input (corpus-server-input/) and fuzz-rtp-mimi
+(corpus-rtp-mimi/).
 
 The config targets start from the configs of the test data instead (see run-fuzz.sh).
 
@@ -119,6 +121,82 @@ def tokenizer_corpus():
     yield "with-specs.model", spm_model(base[:3], field(2, 2, field(1, 2, b"x")) + field(3, 2, b""))
 
 
+def codes_corpus():
+    """Codes files as `moshi-tool encode` writes them, and near misses."""
+    codes = [[1, 2, 3], [4, 5, 6]]
+    flat = [c for row in codes for c in row]
+    yield "i64-1x2x3.safetensors", image(
+        {"codes": tensor("I64", [1, 2, 3], 0, 48)}, struct.pack("<6q", *flat))
+    yield "i32-2x3.safetensors", image(
+        {"codes": tensor("I32", [2, 3], 0, 24)}, struct.pack("<6i", *flat))
+    yield "i64-beyond-int32.safetensors", image(
+        {"codes": tensor("I64", [1, 1, 2], 0, 16)}, struct.pack("<2q", 1 << 40, -(1 << 40)))
+    yield "no-frames.safetensors", image({"codes": tensor("I64", [1, 8, 0], 0, 0)})
+    yield "wrong-batch.safetensors", image(
+        {"codes": tensor("I64", [2, 1, 1], 0, 16)}, struct.pack("<2q", 0, 0))
+
+
+def mimi_tokens_corpus():
+    """A codebook-count byte, then audio/x-mimi u16le frames for the tiny Mimi (64 bins, 6
+    codebooks)."""
+    def frames(codebooks, n):
+        return bytes([codebooks - 1]) + b"".join(
+            struct.pack("<H", (7 * f + 11 * k) % 64) for f in range(n) for k in range(codebooks))
+    yield "6x4.tokens", frames(6, 4)
+    yield "2x30.tokens", frames(2, 30)
+    yield "8x1-too-many-codebooks.tokens", frames(8, 1)
+    yield "bad-code.tokens", bytes([0]) + struct.pack("<2H", 3, 64)
+
+
+def ogg_page(packets, flags=0, granule=0, seq=0):
+    """An Ogg page (CRC left 0: the server does not check it) holding whole packets."""
+    lacing = b""
+    for p in packets:
+        lacing += b"\xff" * (len(p) // 255) + bytes([len(p) % 255])
+    header = b"OggS" + bytes([0, flags]) + struct.pack("<qIII", granule, 1, seq, 0)
+    return header + bytes([len(lacing)]) + lacing + b"".join(packets)
+
+
+def messages(*payloads):
+    """fuzz-server-input's framing: a 2-byte LE length, then a WebSocket message."""
+    return b"".join(struct.pack("<H", len(p)) + p for p in payloads)
+
+
+def server_input_corpus():
+    head = b"OpusHead" + bytes([1, 1]) + struct.pack("<HIhB", 312, 48000, 0, 0)
+    tags = b"OpusTags" + struct.pack("<I", 4) + b"test" + struct.pack("<I", 0)
+    # TOC 0x78: hybrid fullband 20 ms, one frame
+    audio = [bytes([0x78]) + bytes(range(i, i + 40)) for i in range(3)]
+    stream = ogg_page([head], flags=2) + ogg_page([tags], seq=1) + ogg_page(audio, seq=2)
+    yield "whole-stream.msgs", messages(b"\x01" + stream)
+    cut = len(stream) // 3
+    yield "split-pages.msgs", messages(b"\x01" + stream[:cut], b"\x01" + stream[cut:])
+    yield "text-and-audio.msgs", messages(b"\x02hello", b"\x01" + ogg_page(audio[:1]))
+    # a 300-byte packet continued from one page onto the next
+    long = bytes([0x7b, 3]) + bytes(298)
+    first = b"OggS" + bytes([0, 0]) + struct.pack("<qIII", -1, 1, 0, 0) + b"\x01\xff" + long[:255]
+    yield "continued-packet.msgs", messages(
+        b"\x01" + first + ogg_page([long[255:]], flags=1, seq=1))
+
+
+def rtp_mimi_corpus():
+    """The fuzz target's 4 layout bytes (codebooks - 1, codebook-size - 2 LE, code-bits - 1),
+    then payloads packed as rtpmimipay packs them (MSB first, each frame padded to a byte)."""
+    def packed(codebooks, size, bits, frames):
+        out = b""
+        for frame in frames:
+            value, nbits = 0, 0
+            for code in frame:
+                value = value << bits | code
+                nbits += bits
+            pad = -nbits % 8
+            out += (value << pad).to_bytes((nbits + pad) // 8, "big")
+        return bytes([codebooks - 1]) + struct.pack("<H", size - 2) + bytes([bits - 1]) + out
+    yield "released-2-frames.rtp", packed(8, 2048, 11, [list(range(8)), [2047] * 8])
+    yield "wide-code-bits.rtp", packed(4, 1000, 16, [[999, 0, 1, 500]])
+    yield "one-bit.rtp", packed(3, 2, 1, [[1, 0, 1], [0, 1, 1]])
+
+
 def write(out_dir, items):
     os.makedirs(out_dir, exist_ok=True)
     for name, data in items:
@@ -132,6 +210,10 @@ def main():
     write(os.path.join(here, "corpus"), corpus())
     write(os.path.join(here, "corpus-wav"), wav_corpus())
     write(os.path.join(here, "corpus-tokenizer"), tokenizer_corpus())
+    write(os.path.join(here, "corpus-codes"), codes_corpus())
+    write(os.path.join(here, "corpus-mimi-tokens"), mimi_tokens_corpus())
+    write(os.path.join(here, "corpus-server-input"), server_input_corpus())
+    write(os.path.join(here, "corpus-rtp-mimi"), rtp_mimi_corpus())
     return 0
 
 

@@ -6,14 +6,15 @@
 # after one fails, so that one report does not hide another.
 #
 # usage: tests/fuzz/run-fuzz.sh [SECONDS [TARGET...]]
-#        targets: safetensors lm-config mimi-config tokenizer wav (default: all)
+#        targets: safetensors lm-config mimi-config tokenizer wav codes mimi-tokens
+#                 server-input rtp-mimi (default: all)
 # environment: BUILD_DIR (default build-fuzz in the source tree), FUZZ_JOBS (default 1),
 #              FUZZ_ARGS (extra libFuzzer flags)
 set -eu
 
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-safetensors lm-config mimi-config tokenizer wav}
+targets=${*:-safetensors lm-config mimi-config tokenizer wav codes mimi-tokens server-input rtp-mimi}
 fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 source_dir=$(cd "$fuzz_dir/../.." && pwd)
 data_dir=$source_dir/tests/data
@@ -58,14 +59,14 @@ seeds () {
       for f in "$data_dir"/mimi/*/config.json; do
         cp "$f" "$dir/$(echo "$f" | tr / _)"
       done ;;
-    tokenizer) echo "$fuzz_dir/corpus-tokenizer"; return ;;
+    tokenizer|codes|mimi-tokens|server-input|rtp-mimi) echo "$fuzz_dir/corpus-$1"; return ;;
   esac
   echo "$dir"
 }
 
 dict () {
   case $1 in
-    safetensors) echo "-dict=$fuzz_dir/safetensors.dict" ;;
+    safetensors|codes) echo "-dict=$fuzz_dir/safetensors.dict" ;;
     lm-config|mimi-config) echo "-dict=$fuzz_dir/config.dict" ;;
   esac
 }
