@@ -9,6 +9,7 @@
 
 #include "moshi-backend.h"
 #include "moshi-error.h"
+#include "mimi-config.h"
 #include "moshi-mimi.h"
 #include "mimi-internal.h"
 #include "moshi-safetensors.h"
@@ -813,6 +814,55 @@ START_TEST (test_shared_registry)
 }
 END_TEST
 
+/* The config's key table: keys left out keep the released values, integral floats count as
+ * integers, and each kind of key (range, fixed value, unimplemented feature, projection) is
+ * rejected naming the config and the key. */
+START_TEST (test_config_table)
+{
+  MoshiMimiConfig cfg, released;
+  g_autoptr (GError) error = NULL;
+  moshi_mimi_config_init_default (&released);
+  ck_assert (moshi_mimi_config_from_json_text (&cfg, "{}", 2, "cfg.json", &error));
+  ck_assert_mem_eq (&cfg, &released, sizeof (cfg));
+  ck_assert_int_eq (released.quantizer.n_q, 32);
+  ck_assert_int_eq (released.quantizer.bins, 2048);
+  ck_assert_int_eq (released.seanet.n_ratios, 4);
+  ck_assert_int_eq (released.seanet.ratios[0] * released.seanet.ratios[3], 32);
+  ck_assert_int_eq (released.transformer.context, 250);
+  ck_assert (released.transformer.layer_scale);
+
+  static const char with_floats[] = "{\"seanet\": {\"dimension\": 512.0, \"channels\": 1.0},"
+      " \"transformer\": {\"layer_scale\": null, \"input_dimension\": 512}}";
+  ck_assert_msg (moshi_mimi_config_from_json_text (&cfg, with_floats, strlen (with_floats),
+          "cfg.json", &error), "%s", error ? error->message : "");
+  ck_assert_int_eq (cfg.seanet.dimension, 512);
+  ck_assert (!cfg.transformer.layer_scale);
+
+  static const char *const bad[][2] = {
+    { "{\"seanet\": {\"dimension\": 512.5}}", "seanet.dimension" },
+    { "{\"seanet\": {\"channels\": 2}}", "seanet.channels" },
+    { "{\"seanet\": {\"causal\": false}}", "seanet.causal" },
+    { "{\"seanet\": {\"lstm\": 2}}", "seanet.lstm" },
+    { "{\"seanet\": {\"true_skip\": false}}", "seanet.true_skip" },
+    { "{\"seanet\": {\"ratios\": [8, 0]}}", "seanet.ratios[1]" },
+    { "{\"seanet\": []}", "seanet" },
+    { "{\"quantizer\": {\"bins\": 1}}", "quantizer.bins" },
+    { "{\"transformer\": {\"gating\": \"silu\"}}", "transformer.gating" },
+    { "{\"transformer\": {\"input_dimension\": 256}}", "transformer.input_dimension" },
+    { "{\"transformer\": {\"output_dimensions\": [256]}}", "transformer.output_dimensions" },
+    { "{\"frame_rate\": 0}", "frame_rate" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    g_clear_error (&error);
+    ck_assert_msg (!moshi_mimi_config_from_json_text (&cfg, bad[i][0], strlen (bad[i][0]),
+            "cfg.json", &error), "accepted: %s", bad[i][0]);
+    ck_assert_int_eq (error->code, MOSHI_ERROR_CONFIG);
+    ck_assert_msg (g_str_has_prefix (error->message, "cfg.json: ")
+        && strstr (error->message, bad[i][1]) != NULL, "%s lacks %s", error->message, bad[i][1]);
+  }
+}
+END_TEST
+
 static Suite *
 mimi_suite (gboolean full)
 {
@@ -837,6 +887,7 @@ mimi_suite (gboolean full)
   tcase_add_test (api, test_rejected_call_keeps_state);
   tcase_add_test (api, test_shared_model_sessions);
   tcase_add_test (api, test_loader_errors);
+  tcase_add_test (api, test_config_table);
   tcase_add_test (api, test_shared_registry);
   tcase_add_test (api, test_batch_errors);
   suite_add_tcase (s, api);
