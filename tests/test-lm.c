@@ -1061,6 +1061,19 @@ START_TEST (test_lm_config_ranges)
       " \"positional_embedding\": \"rope\"}", "num_heads" },
     { "{\"dim\": 9, \"num_heads\": 3, \"num_layers\": 1, \"n_q\": 0, \"dep_q\": 0,"
       " \"positional_embedding\": \"sin_rope\"}", "num_heads" },
+    /* each kind of table entry, and the conditioners' own table */
+    { "{" BASE ", \"card\": 32.5}", "card" },
+    { "{" BASE ", \"kv_repeat\": 2}", "kv_repeat" },
+    { "{" BASE ", \"depformer_gating\": \"relu\"}", "depformer_gating" },
+    { "{" BASE ", \"cross_attention\": true}", "cross_attention" },
+    { "{" BASE ", \"quantize\": true}", "quantize" },
+    { "{" BASE ", \"depformer_frobnicate\": 1}", "depformer_frobnicate" },
+    { "{" BASE ", \"conditioners\": {\"d\": {\"type\": \"lut\", \"lut\": {\"n_bins\": 2,"
+      " \"dim\": 4, \"tokenizer\": \"noop\", \"bins\": 3}}}, \"fuser\": {\"sum\": [\"d\"]}}",
+      "conditioners.d.lut.bins" },
+    { "{" BASE ", \"conditioners\": {\"d\": {\"type\": \"lut\", \"lut\": {\"n_bins\": 0,"
+      " \"dim\": 4, \"tokenizer\": \"noop\"}}}, \"fuser\": {\"sum\": [\"d\"]}}",
+      "conditioners.d.lut.n_bins" },
   };
   for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
     MoshiLmConfig cfg;
@@ -1070,6 +1083,15 @@ START_TEST (test_lm_config_ranges)
     ck_assert_msg (strstr (error->message, "cfg.json") != NULL
         && strstr (error->message, cases[i].key) != NULL, "%s", error->message);
   }
+  /* integral floats are integers (Python writes some as 512.0), fractions are not */
+  static const char with_floats[] = "{" BASE ", \"card\": 64.0, \"depformer_num_layers\": 3}";
+  MoshiLmConfig floats;
+  g_autoptr (GError) float_error = NULL;
+  ck_assert_msg (moshi_lm_config_from_json_text (&floats, with_floats, strlen (with_floats),
+          "cfg.json", &float_error), "%s", float_error ? float_error->message : "");
+  ck_assert_int_eq (floats.card, 64);
+  ck_assert_int_eq (floats.depformer.num_layers, 3);
+  ck_assert_int_eq (floats.transformer.num_layers, 1);
   /* the limits themselves load */
   static const char *const good[] = {
     "{" BASE ", \"context\": 1048576, \"text_card_out\": 48, \"existing_text_padding_id\": 47}",
