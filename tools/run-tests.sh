@@ -26,9 +26,10 @@
 #     that are never shipped; the kernel tests on the real kernels stay sanitized.
 #   - gpu-run-script (~14 s): Python and shell stubs, nothing of the sanitizer build.
 # Together about 420 s of test time, about 210 s of wall time on two processes. The fuzzers run
-# on one core while valgrind runs the four GStreamer suites on two processes, and mostly in its
-# tail, when fewer than two suites are left (the dialog suite alone takes ~100 s); at worst
-# they add their own FUZZ_SECONDS.
+# on one core while valgrind runs the four GStreamer suites on two processes; those are uneven
+# (under valgrind gst-rtp-mimi and gst-moshi-dialog take 1.5 min each, gst-mimi-elements
+# several), so one core idles in the stage's tail and the fuzzers mostly fill it; at worst they
+# add their own FUZZ_SECONDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
