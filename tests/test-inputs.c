@@ -1,12 +1,13 @@
 /* Tests of the readers of outside bytes that the fuzz targets of tests/fuzz/ cover beside the
  * file formats: mimidec's token buffers (gst/mimi-token-codes.c), the codes file of
- * `moshi-tool decode` (tools/moshi-codes.c), moshi-server's client audio (tools/moshi-ogg.c) and
- * rtpmimidepay's payloads (gst/rtp-mimi-format.c). */
+ * `moshi-tool decode` (tools/moshi-codes.c), moshi-server's client input (tools/moshi-ogg.c,
+ * tools/moshi-chat-query.c) and rtpmimidepay's payloads (gst/rtp-mimi-format.c). */
 #include <string.h>
 
 #include <glib/gstdio.h>
 
 #include "mimi-token-codes.h"
+#include "moshi-chat-query.h"
 #include "moshi-codes.h"
 #include "moshi-error.h"
 #include "moshi-ogg.h"
@@ -335,6 +336,37 @@ START_TEST (test_opus_packet_kinds)
 }
 END_TEST
 
+START_TEST (test_chat_query)
+{
+  MoshiChatQuery q;
+  moshi_chat_query_parse ("text_temperature=0.7&text_topk=25&audio_temperature=0.8"
+      "&audio_topk=250&audio_seed=7&text_seed=%31%32", &q);
+  ck_assert (q.have_text_temperature && q.have_audio_temperature);
+  ck_assert_float_eq_tol (q.text_temperature, 0.7f, 1e-6f);
+  ck_assert_float_eq_tol (q.audio_temperature, 0.8f, 1e-6f);
+  ck_assert (q.have_text_topk && q.have_audio_topk);
+  ck_assert_int_eq (q.text_topk, 25);
+  ck_assert_int_eq (q.audio_topk, 250);
+  /* text_seed (percent-encoded) wins over audio_seed */
+  ck_assert (q.have_seed);
+  ck_assert_uint_eq (q.seed, 12);
+
+  /* A stray leading '=' is repaired; out of range, negative, non-numeric, empty and unknown
+   * values are ignored rather than refused. */
+  moshi_chat_query_parse ("=seed=5&text_temperature=101&audio_temperature=nan&text_topk=-1"
+      "&audio_topk=2147483648&frobnicate=1&text_seed=&audio_seed=-3", &q);
+  ck_assert (q.have_seed);
+  ck_assert_uint_eq (q.seed, 5);
+  ck_assert (!q.have_text_temperature && !q.have_audio_temperature);
+  ck_assert (!q.have_text_topk && !q.have_audio_topk);
+
+  moshi_chat_query_parse (NULL, &q);
+  ck_assert (!q.have_seed && !q.have_text_topk);
+  moshi_chat_query_parse ("seed=-1&seed", &q);
+  ck_assert (!q.have_seed);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- rtpmimidepay's payloads */
 
 START_TEST (test_rtp_unpack)
@@ -407,6 +439,7 @@ inputs_suite (void)
   tcase_add_test (server, test_ogg_continued_packet);
   tcase_add_test (server, test_ogg_rejected);
   tcase_add_test (server, test_opus_packet_kinds);
+  tcase_add_test (server, test_chat_query);
   suite_add_tcase (suite, server);
 
   TCase *rtp = tcase_create ("rtp-mimi");

@@ -17,6 +17,7 @@
 #include <gst/gst.h>
 #include <libsoup/soup.h>
 
+#include "moshi-chat-query.h"
 #include "moshi-ogg.h"
 #include "serve-util.h"
 
@@ -590,56 +591,22 @@ on_timer (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
-/* Query parameters, parsed leniently: unknown keys, bad values and a stray leading '='
- * (`?=text_temperature=...`, seen in a third-party client) are ignored or repaired. */
+/* The sampling settings the client asks for in the query string. */
 static void
 apply_query (Conversation *c, const char *query)
 {
-  if (query == NULL)
-    return;
-  g_auto (GStrv) pairs = g_strsplit (query, "&", -1);
-  guint64 seeds[3] = { 0 };
-  gboolean have_seed[3] = { FALSE };
-  for (guint i = 0; pairs[i] != NULL; i++) {
-    const char *pair = pairs[i];
-    if (pair[0] == '=')
-      pair++;
-    const char *eq = strchr (pair, '=');
-    if (eq == NULL)
-      continue;
-    g_autofree gchar *key = g_uri_unescape_segment (pair, eq, NULL);
-    g_autofree gchar *val = g_uri_unescape_string (eq + 1, NULL);
-    if (key == NULL || val == NULL || val[0] == '\0')
-      continue;
-    char *end = NULL;
-    if (g_str_equal (key, "text_temperature") || g_str_equal (key, "audio_temperature")) {
-      double v = g_ascii_strtod (val, &end);
-      if (*end == '\0' && v >= 0 && v <= 100)
-        g_object_set (c->dialog, g_str_equal (key, "text_temperature") ? "text-temperature" :
-            "audio-temperature", (gfloat) v, NULL);
-    } else if (g_str_equal (key, "text_topk") || g_str_equal (key, "audio_topk")) {
-      gint64 v = g_ascii_strtoll (val, &end, 10);
-      if (*end == '\0' && v >= 0 && v <= G_MAXINT)
-        g_object_set (c->dialog, g_str_equal (key, "text_topk") ? "text-topk" : "audio-topk",
-            (gint) v, NULL);
-    } else {
-      /* One seed drives both streams: `seed`, else text_seed, else audio_seed. */
-      static const char *const seed_keys[3] = { "seed", "text_seed", "audio_seed" };
-      for (guint k = 0; k < 3; k++)
-        if (g_str_equal (key, seed_keys[k])) {
-          guint64 v = g_ascii_strtoull (val, &end, 10);
-          if (*end == '\0' && val[0] != '-') {
-            seeds[k] = v;
-            have_seed[k] = TRUE;
-          }
-        }
-    }
-  }
-  for (guint k = 0; k < 3; k++)
-    if (have_seed[k]) {
-      g_object_set (c->dialog, "seed", seeds[k], NULL);
-      break;
-    }
+  MoshiChatQuery q;
+  moshi_chat_query_parse (query, &q);
+  if (q.have_text_temperature)
+    g_object_set (c->dialog, "text-temperature", q.text_temperature, NULL);
+  if (q.have_audio_temperature)
+    g_object_set (c->dialog, "audio-temperature", q.audio_temperature, NULL);
+  if (q.have_text_topk)
+    g_object_set (c->dialog, "text-topk", q.text_topk, NULL);
+  if (q.have_audio_topk)
+    g_object_set (c->dialog, "audio-topk", q.audio_topk, NULL);
+  if (q.have_seed)
+    g_object_set (c->dialog, "seed", q.seed, NULL);
 }
 
 static void
