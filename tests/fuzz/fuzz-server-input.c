@@ -1,14 +1,18 @@
-/* libFuzzer target for moshi-server's client audio: WebSocket messages of kind 0x01 whose
- * payloads together form an Ogg/Opus stream, read with moshi_ogg_reader_feed and each packet
- * classified with moshi_opus_packet_kind, as tools/moshi-server.c does.
+/* libFuzzer target for moshi-server's client input: the /api/chat query string, read with
+ * moshi_chat_query_parse, then WebSocket messages of kind 0x01 whose payloads together form an
+ * Ogg/Opus stream, read with moshi_ogg_reader_feed and each packet classified with
+ * moshi_opus_packet_kind, as tools/moshi-server.c does.
  *
- * Input: messages, each a 2-byte little-endian length and that many bytes (the last one takes
- * what is left), so that pages split across and shared between messages are explored. Every
- * packet handed out must fit the reader's bound, and an audio packet must last 2.5 to 120 ms.
- * Run it with tests/fuzz/run-fuzz.sh. */
+ * Input: optionally '?' and a query string up to a NUL byte; then messages, each a 2-byte
+ * little-endian length and that many bytes (the last one takes what is left), so that pages
+ * split across and shared between messages are explored. Every query value taken must be in
+ * moshidialog's range, every packet handed out must fit the reader's bound, and an audio packet
+ * must last 2.5 to 120 ms. Run it with tests/fuzz/run-fuzz.sh. */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "moshi-chat-query.h"
 #include "moshi-ogg.h"
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
@@ -54,9 +58,29 @@ on_packet (const guint8 *packet, gsize len, gpointer user_data)
   return TRUE;
 }
 
+static void
+check_query (const uint8_t *query, size_t len)
+{
+  g_autofree char *text = g_strndup ((const char *) query, len);
+  MoshiChatQuery q;
+  moshi_chat_query_parse (text, &q);
+  if ((q.have_text_temperature && !(q.text_temperature >= 0 && q.text_temperature <= 100))
+      || (q.have_audio_temperature && !(q.audio_temperature >= 0 && q.audio_temperature <= 100))
+      || (q.have_text_topk && q.text_topk < 0) || (q.have_audio_topk && q.audio_topk < 0))
+    __builtin_trap ();
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
+  if (size > 0 && data[0] == '?') {
+    const uint8_t *nul = memchr (data, 0, size);
+    size_t query_len = nul != NULL ? (size_t) (nul - data) : size;
+    check_query (data + 1, query_len - 1);
+    size_t used = nul != NULL ? query_len + 1 : size;
+    data += used;
+    size -= used;
+  }
   MoshiOggReader reader;
   moshi_ogg_reader_init (&reader);
   guint n_packets = 0;

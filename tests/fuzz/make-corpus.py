@@ -172,6 +172,10 @@ def server_input_corpus():
     cut = len(stream) // 3
     yield "split-pages.msgs", messages(b"\x01" + stream[:cut], b"\x01" + stream[cut:])
     yield "text-and-audio.msgs", messages(b"\x02hello", b"\x01" + ogg_page(audio[:1]))
+    # the query string of upstream's web client, then the stream
+    yield "query-then-stream.msgs", (
+        b"?text_temperature=0.7&text_topk=25&audio_temperature=0.8&audio_topk=250&seed=42"
+        b"&=text_seed=%31\x00" + messages(b"\x01" + stream))
     # a 300-byte packet continued from one page onto the next
     long = bytes([0x7b, 3]) + bytes(298)
     first = b"OggS" + bytes([0, 0]) + struct.pack("<qIII", -1, 1, 0, 0) + b"\x01\xff" + long[:255]
