@@ -197,6 +197,18 @@ moshi_config_read_value (const MoshiConfigKey *e, const MoshiJson *v, gpointer b
 }
 
 gboolean
+moshi_config_read_int_element (const MoshiConfigKey *entry, const MoshiJson *array, gsize i,
+    gpointer base, const char *what, const char *path, GError **error)
+{
+  g_assert (entry->type == MOSHI_CONFIG_INT);
+  MoshiConfigKey element = *entry;
+  element.offset += i * sizeof (int);
+  g_autofree char *element_path = g_strdup_printf ("%s[%" G_GSIZE_FORMAT "]", path, i);
+  return moshi_config_read_value (&element, moshi_json_index (array, i), base, what,
+      element_path, error);
+}
+
+gboolean
 moshi_config_read_object (const MoshiConfigKey *table, gsize n_keys, const MoshiJson *obj,
     gpointer base, const char *what, const char *section, GError **error)
 {

@@ -57,6 +57,11 @@ const MoshiConfigKey *moshi_config_find (const MoshiConfigKey *table, gsize n_ke
 gboolean moshi_config_read_value (const MoshiConfigKey *entry, const MoshiJson *value,
     gpointer base, const char *what, const char *path, GError **error);
 
+/* Reads element i of array into element i of the int array at entry's offset (an INT entry
+ * whose range is the elements'); path names the array in messages, as "path[i]". */
+gboolean moshi_config_read_int_element (const MoshiConfigKey *entry, const MoshiJson *array,
+    gsize i, gpointer base, const char *what, const char *path, GError **error);
+
 /* Reads every member of obj with the table: unknown keys are errors; CUSTOM entries are left to
  * the caller. section prefixes the key in messages ("" for the top level). */
 gboolean moshi_config_read_object (const MoshiConfigKey *table, gsize n_keys,

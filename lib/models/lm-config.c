@@ -197,18 +197,6 @@ is_null (const MoshiJson *v)
   return moshi_json_kind (v) == MOSHI_JSON_NULL;
 }
 
-/* Element i of an array of ints at offset in base, each read as element_key. */
-static gboolean
-read_int_element (const MoshiConfigKey *element_key, const MoshiJson *array, gsize i,
-    gpointer base, const char *what, GError **error)
-{
-  MoshiConfigKey element = *element_key;
-  element.offset += i * sizeof (int);
-  g_autofree char *path = g_strdup_printf ("%s[%" G_GSIZE_FORMAT "]", element_key->key, i);
-  return moshi_config_read_value (&element, moshi_json_index (array, i), base, what, path,
-      error);
-}
-
 static gboolean
 read_condition_values (MoshiLmConditioner *mc, const MoshiJson *v, const char *path,
     const char *what, GError **error)
@@ -376,7 +364,8 @@ read_schedule (LmReading *rd, const MoshiJson *schedule, const char *what, GErro
       LM (cfg.depformer.schedule), 0, dep_q - 1, 0, 0);
   d->n_weight_sets = 0;
   for (int k = 0; k < dep_q; k++) {
-    if (!read_int_element (&step_key, schedule, k, rd, what, error))
+    if (!moshi_config_read_int_element (&step_key, schedule, k, rd, what, step_key.key,
+            error))
       return FALSE;
     d->n_weight_sets = MAX (d->n_weight_sets, d->schedule[k] + 1);
   }
@@ -403,7 +392,7 @@ read_delays (LmReading *rd, const MoshiJson *delays, const char *what, GError **
   }
   static const MoshiConfigKey delay_key = KEY_INT_AT ("delays", LM (cfg.delays), 0, 1000, 0, 0);
   for (int k = 0; k < streams; k++)
-    if (!read_int_element (&delay_key, delays, k, rd, what, error))
+    if (!moshi_config_read_int_element (&delay_key, delays, k, rd, what, "delays", error))
       return FALSE;
   return TRUE;
 }

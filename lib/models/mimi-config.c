@@ -173,13 +173,9 @@ read_ratios (MimiReading *rd, const MoshiJson *ratios, const char *what, GError 
   }
   static const MoshiConfigKey ratio_key = KEY_INT ("ratios", cfg.seanet.ratios, 1, 64, 1);
   rd->cfg.seanet.n_ratios = (int) n;
-  for (gsize i = 0; i < n; i++) {
-    MoshiConfigKey element = ratio_key;
-    element.offset += i * sizeof (int);
-    g_autofree char *path = g_strdup_printf ("seanet.ratios[%" G_GSIZE_FORMAT "]", i);
-    if (!moshi_config_read_value (&element, moshi_json_index (ratios, i), rd, what, path, error))
+  for (gsize i = 0; i < n; i++)
+    if (!moshi_config_read_int_element (&ratio_key, ratios, i, rd, what, "seanet.ratios", error))
       return FALSE;
-  }
   return TRUE;
 }
 
