@@ -107,6 +107,8 @@ GST_DEBUG_CATEGORY_STATIC (gst_moshi_dialog_debug);
 #define DEFAULT_SHARED_SCHEDULER TRUE
 #define DEFAULT_MAX_CONVERSATIONS MOSHI_SCHEDULER_DEFAULT_MAX_CONVERSATIONS
 #define DEFAULT_BATCH_WAIT (-1)
+#define DEFAULT_EOS_TAIL 0
+#define DEFAULT_FILL_STALLS TRUE
 
 enum
 {
@@ -148,6 +150,62 @@ typedef struct
   MoshiLmWeights weights;
 } ModelSpec;
 
+/* Everything a property sets, under the object lock. The streaming thread and the state
+ * changes work from a copy (settings_snapshot, or settings_sampling once a step), so that
+ * they see one consistent set whatever the application changes meanwhile. */
+typedef struct
+{
+  ModelSpec models;
+  gint threads;
+  gboolean shared_scheduler;
+  guint max_conversations;
+  gint batch_wait_ms;           /* -1: one frame */
+  guint eos_tail_ms;
+  gboolean fill_stalls;
+  MoshiLmSamplingParams sampling;
+  /* Counts changes of the sampling properties, which may happen while streaming: a
+   * conversation compares it with the count it runs with. */
+  guint sampling_serial;
+} Settings;
+
+/* The loaded models, from NULL->READY to READY->NULL (replaced at READY->PAUSED when the
+ * model properties changed in READY). Written only by the state changes, which the state
+ * lock serialises; the streaming thread reads them while a State exists, and the models
+ * only change while there is none. */
+typedef struct
+{
+  ModelSpec spec;               /* what they were loaded from */
+  GstMoshiLoadedModel mimi;
+  MoshiLm *lm;
+  MoshiDialogModel *model;
+} Models;
+
+/* What the queries need to know of the loaded models; NONE / 0 while nothing is loaded. */
+typedef struct
+{
+  GstClockTime latency;
+  gint user_codebooks;
+  gint model_codebooks;
+  gint codebook_size;
+  gint rate;
+  gint frame_size;
+} ModelInfo;
+
+/* What the pads' queries and upstream events and the read-only properties need, from any
+ * thread: under the object lock, as they cannot wait for the stream lock (the streaming
+ * thread may hold it for as long as a sink prerolls). Written by the state changes, but for
+ * the seek seqnum. */
+typedef struct
+{
+  ModelInfo models;
+  /* Of the running conversation: the scheduler it shares (a reference, or NULL) and how
+   * long its frames may wait there (part of the latency). */
+  MoshiScheduler *scheduler;
+  GstClockTime batch_wait;
+  /* The last seek forwarded upstream: both sinks of a pipeline send it. */
+  guint32 last_seek_seqnum;
+} Published;
+
 typedef enum
 {
   INPUT_NONE,
@@ -163,6 +221,75 @@ typedef enum
   OUTPUT_CODES,
 } OutputKind;
 
+/* Where the stream is on its timeline: what a flush starts afresh, all of it at once
+ * (timeline_reset). Output frames follow base_ts + samples_out / rate; the next input sample
+ * is expected at base_ts + (samples_out + filled) / rate. */
+typedef struct
+{
+  GstSegment segment;
+  gsize filled;                 /* samples in the input frame being filled */
+  gboolean have_base;
+  GstClockTime base_ts;
+  guint64 samples_out;
+  guint64 stats_samples;        /* output since the last scheduler message */
+  gboolean discont;             /* mark the next output buffers DISCONT */
+  gboolean text_discont;
+} Timeline;
+
+/* One stream: created at READY->PAUSED (state_new), freed at PAUSED->READY, so that a restart
+ * finds nothing of the last one; a flush resets it (state_reset). Used under the sink pad's
+ * stream lock (chain, serialized events, the stall watcher's fills) or while the pads are
+ * inactive. */
+typedef struct
+{
+  /* The conversation and what it runs on. */
+  MoshiDialog *dialog;
+  MoshiScheduler *scheduler;    /* NULL: stepped alone */
+  guint applied_serial;         /* the sampling_serial the dialog runs with */
+  gint rate;
+  gint frame_size;
+  gint user_codebooks;
+  gint model_codebooks;
+  gint codebook_size;
+  gfloat *pcm;                  /* the input frame being filled */
+  gint32 *codes;                /* one input token frame */
+  gfloat *out_pcm;              /* one output frame */
+  GstFlowCombiner *combiner;
+
+  /* Kept across flushes, as the caps and the stream are. */
+  gboolean have_stream_start;
+  InputKind in_kind;
+  GstAudioFormat in_format;
+  gint in_codebooks;
+  OutputKind out_kind;
+  gboolean warned_non_finite;   /* one warning per stream */
+  gboolean warned_bad_tokens;
+
+  Timeline tl;
+} State;
+
+/* The stall watcher (live input only, in PLAYING): when a frame is past its due time on the
+ * pipeline clock and no input has arrived for two frames, it steps the conversation on a
+ * frame of silence, so that the model keeps talking, paced, through an RTP gap or silence
+ * suppression (stall_watcher). The thread is started and joined by the state changes (not
+ * under the stream lock, which the streaming thread may hold, blocked downstream, until a
+ * state change is over); the rest is under lock: what the streaming thread publishes and the
+ * watcher's wait. */
+typedef struct
+{
+  GThread *thread;
+  GMutex lock;
+  GCond cond;
+  gboolean stop;
+  GstClockID clock_id;
+  GstClockTime frame_duration;
+  guint64 input_serial;         /* input buffers and gaps seen */
+  GstClockTime frame_end_rt;    /* running time at which the frame being filled is complete;
+                                 * NONE while nothing is expected (no stream, after EOS) */
+  GstClockTime last_activity;   /* clock time of the last input, or of the last filled frame */
+  gboolean last_was_fill;
+} Watcher;
+
 struct _GstMoshiDialog
 {
   GstElement parent;
@@ -171,93 +298,11 @@ struct _GstMoshiDialog
   GstPad *srcpad;
   GstPad *textpad;
 
-  /* Properties, under the object lock. sampling_serial counts changes of the sampling
-   * properties, which may happen while streaming. */
-  ModelSpec spec;
-  gint threads;
-  gboolean shared_scheduler;
-  guint max_conversations;
-  gint batch_wait_ms;           /* -1: one frame */
-  guint eos_tail_ms;
-  gboolean fill_stalls;
-  MoshiLmSamplingParams sampling;
-  guint sampling_serial;
-
-  /* Loaded models, from NULL->READY to READY->NULL (replaced at READY->PAUSED when the
-   * model properties changed in READY). Only touched in state changes. */
-  ModelSpec loaded_spec;
-  GstMoshiLoadedModel mimi;
-  MoshiLm *lm;
-  MoshiDialogModel *model;
-
-  /* What queries from any thread need about the loaded models, under the object lock;
-   * 0 / GST_CLOCK_TIME_NONE while nothing is loaded. */
-  GstClockTime latency;
-  gint caps_user_codebooks;
-  gint caps_model_codebooks;
-  gint caps_codebook_size;
-  gint caps_rate;
-  gint caps_frame_size;
-
-  /* What the running conversation was started with, under the object lock: the scheduler
-   * it shares (or NULL), and how long its frames may wait there (part of the latency). */
-  MoshiScheduler *scheduler;
-  GstClockTime batch_wait;
-
-  /* The stall watcher (live input only, in PLAYING): when a frame is past its due time on the
-   * pipeline clock and no input has arrived for two frames, it steps the conversation on a
-   * frame of silence, so that the model keeps talking, paced, through an RTP gap or silence
-   * suppression (stall_watcher). Under watch_lock: what the streaming thread publishes and
-   * the watcher's wait. */
-  GThread *watcher;
-  GMutex watch_lock;
-  GCond watch_cond;
-  gboolean watch_stop;
-  GstClockID watch_id;
-  guint64 input_serial;         /* input buffers and gaps seen */
-  GstClockTime frame_end_rt;    /* running time at which the frame being filled is complete;
-                                 * NONE while nothing is expected (no stream, after EOS) */
-  GstClockTime last_activity;   /* clock time of the last input, or of the last filled frame */
-  gboolean last_was_fill;
-
-  /* The seqnum of the last seek forwarded upstream: both sinks of a pipeline send it. */
-  guint32 last_seek_seqnum;
-
-  /* Stream state: from READY->PAUSED to PAUSED->READY, used under the sink pad's stream
-   * lock (chain and serialized events) or while the pads are inactive. */
-  MoshiDialog *dialog;
-  guint applied_serial;         /* the sampling_serial the dialog runs with */
-  gint rate;
-  gint frame_size;
-  GstClockTime frame_duration;
-  gint user_codebooks;
-  gint model_codebooks;
-  gint codebook_size;
-  GstFlowCombiner *combiner;
-  GstSegment segment;
-  gboolean have_segment;
-  gboolean have_stream_start;
-
-  InputKind in_kind;
-  GstAudioFormat in_format;
-  gint in_codebooks;
-  OutputKind out_kind;
-
-  gfloat *pcm;                  /* the input frame being filled */
-  gsize filled;                 /* samples in it */
-  gint32 *codes;                /* one input token frame */
-  gfloat *out_pcm;              /* one output frame */
-
-  /* Timing: output frames follow base_ts + samples_out / rate; the next input sample is
-   * expected at base_ts + (samples_out + filled) / rate. */
-  gboolean have_base;
-  GstClockTime base_ts;
-  guint64 samples_out;
-  guint64 stats_samples;        /* output since the last scheduler message */
-  gboolean discont;             /* mark the next output buffers DISCONT */
-  gboolean text_discont;
-  gboolean warned_non_finite;
-  gboolean warned_bad_tokens;
+  Settings settings;            /* object lock */
+  Published published;          /* object lock */
+  Models models;                /* state changes */
+  State *state;                 /* sink pad's stream lock; NULL outside PAUSED and PLAYING */
+  Watcher watch;                /* watch.lock */
 };
 
 #define GST_TYPE_MOSHI_KV_CACHE (gst_moshi_kv_cache_get_type ())
@@ -318,7 +363,7 @@ GST_STATIC_PAD_TEMPLATE ("text_src",
     GST_PAD_ALWAYS,
     GST_STATIC_CAPS (TEXT_CAPS));
 
-/* ------------------------------------------------------------------ models */
+/* ------------------------------------------------------------------ settings */
 
 static void
 model_spec_clear (ModelSpec * spec)
@@ -356,22 +401,69 @@ model_spec_equal (const ModelSpec * a, const ModelSpec * b)
 }
 
 static void
-close_models (GstMoshiDialog * self)
+settings_init (Settings * settings)
+{
+  *settings = (Settings) {
+    .models = {.device = GST_MOSHI_DEFAULT_DEVICE, .kv_cache = MOSHI_LM_KV_DEFAULT,
+        .weights = MOSHI_LM_WEIGHTS_AS_STORED},
+    .threads = GST_MOSHI_DEFAULT_THREADS,
+    .shared_scheduler = DEFAULT_SHARED_SCHEDULER,
+    .max_conversations = DEFAULT_MAX_CONVERSATIONS,
+    .batch_wait_ms = DEFAULT_BATCH_WAIT,
+    .eos_tail_ms = DEFAULT_EOS_TAIL,
+    .fill_stalls = DEFAULT_FILL_STALLS,
+    .sampling = {.text_temperature = DEFAULT_TEXT_TEMPERATURE,
+        .text_topk = DEFAULT_TEXT_TOPK, .audio_temperature = DEFAULT_AUDIO_TEMPERATURE,
+        .audio_topk = DEFAULT_AUDIO_TOPK, .seed = DEFAULT_SEED},
+  };
+}
+
+static void
+settings_clear (Settings * settings)
+{
+  model_spec_clear (&settings->models);
+}
+
+/* A copy of the settings as they are now; settings_clear it. */
+static void
+settings_snapshot (GstMoshiDialog * self, Settings * copy)
 {
   GST_OBJECT_LOCK (self);
-  self->latency = GST_CLOCK_TIME_NONE;
-  self->caps_user_codebooks = 0;
-  self->caps_model_codebooks = 0;
-  self->caps_codebook_size = 0;
-  self->caps_rate = 0;
-  self->caps_frame_size = 0;
+  *copy = self->settings;
+  model_spec_copy (&copy->models, &self->settings.models);
+  GST_OBJECT_UNLOCK (self);
+}
+
+/* The sampling settings and their serial, taken together: read once a step, where a whole
+ * snapshot would copy the model names for nothing. */
+static guint
+settings_sampling (GstMoshiDialog * self, MoshiLmSamplingParams * params)
+{
+  GST_OBJECT_LOCK (self);
+  *params = self->settings.sampling;
+  guint serial = self->settings.sampling_serial;
+  GST_OBJECT_UNLOCK (self);
+  return serial;
+}
+
+/* ------------------------------------------------------------------ models */
+
+static void
+close_models (GstMoshiDialog * self)
+{
+  Models *models = &self->models;
+
+  GST_OBJECT_LOCK (self);
+  self->published.models = (ModelInfo) {
+    .latency = GST_CLOCK_TIME_NONE,
+  };
   GST_OBJECT_UNLOCK (self);
 
   g_object_set_data (G_OBJECT (self), LM_DATA_KEY, NULL);
-  g_clear_pointer (&self->model, moshi_dialog_model_unref);
-  g_clear_pointer (&self->lm, moshi_lm_unref);
-  gst_moshi_loaded_model_clear (&self->mimi, GST_ELEMENT (self));
-  model_spec_clear (&self->loaded_spec);
+  g_clear_pointer (&models->model, moshi_dialog_model_unref);
+  g_clear_pointer (&models->lm, moshi_lm_unref);
+  gst_moshi_loaded_model_clear (&models->mimi, GST_ELEMENT (self));
+  model_spec_clear (&models->spec);
 }
 
 /* Posts the element error for the part of the conversation model that failed. */
@@ -439,26 +531,20 @@ post_model_error (GstMoshiDialog * self, const ModelSpec * spec,
       ("model=%s", spec_text));
 }
 
-/* Makes sure the models the properties name are loaded. On failure posts an element error
- * naming the file at fault and returns FALSE, with nothing loaded. */
+/* Makes sure the models wanted names are loaded. On failure posts an element error naming the
+ * file at fault and returns FALSE, with nothing loaded. */
 static gboolean
-ensure_models (GstMoshiDialog * self)
+ensure_models (GstMoshiDialog * self, const ModelSpec * wanted)
 {
   g_autoptr (GError) error = NULL;
-  ModelSpec wanted;
+  Models *models = &self->models;
   MoshiDialogLoadInfo info = { 0 };
 
-  GST_OBJECT_LOCK (self);
-  model_spec_copy (&wanted, &self->spec);
-  GST_OBJECT_UNLOCK (self);
-
-  if (self->model != NULL && model_spec_equal (&wanted, &self->loaded_spec)) {
-    model_spec_clear (&wanted);
+  if (models->model != NULL && model_spec_equal (wanted, &models->spec))
     return TRUE;
-  }
   close_models (self);
 
-  if (wanted.model == NULL || wanted.model[0] == '\0') {
+  if (wanted->model == NULL || wanted->model[0] == '\0') {
     GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("No Moshi LM given"),
         ("set the \"model\" property to the LM's safetensors file or to a "
             "Hugging Face repo id such as kyutai/moshiko-pytorch-bf16"));
@@ -469,64 +555,66 @@ ensure_models (GstMoshiDialog * self)
    * holds it; the tokenizer is only loaded when asked for. Shared copies: another element
    * of the process on the same files uses the same weights. */
   MoshiDialogLoadOptions options = moshi_dialog_load_options_default ();
-  options.lm = wanted.model;
-  options.lm_config = wanted.lm_config;
-  options.mimi = wanted.mimi_model;
-  options.mimi_config = wanted.mimi_config;
-  options.tokenizer = wanted.tokenizer ? wanted.tokenizer : "";
-  options.device = (MoshiDevice) wanted.device;
-  options.kv_cache = wanted.kv_cache;
-  options.weights = wanted.weights;
+  options.lm = wanted->model;
+  options.lm_config = wanted->lm_config;
+  options.mimi = wanted->mimi_model;
+  options.mimi_config = wanted->mimi_config;
+  options.tokenizer = wanted->tokenizer ? wanted->tokenizer : "";
+  options.device = (MoshiDevice) wanted->device;
+  options.kv_cache = wanted->kv_cache;
+  options.weights = wanted->weights;
   options.shared = TRUE;
   options.hub = gst_moshi_hub_options (GST_ELEMENT (self));
-  self->model = moshi_dialog_model_load (NULL, &options, &info, &error);
-  if (self->model == NULL) {
-    post_model_error (self, &wanted, &info, error);
+  models->model = moshi_dialog_model_load (NULL, &options, &info, &error);
+  if (models->model == NULL) {
+    post_model_error (self, wanted, &info, error);
     goto failed;
   }
-  self->lm = moshi_lm_ref (moshi_dialog_model_get_lm (self->model));
-  self->mimi.mimi = moshi_mimi_ref (moshi_dialog_model_get_mimi (self->model));
-  self->mimi.model = g_strdup (info.mimi);
-  self->mimi.config = g_strdup (info.mimi_config);
-  self->mimi.device = wanted.device;
-  g_object_set_data (G_OBJECT (self), GST_MOSHI_MODEL_DATA_KEY, self->mimi.mimi);
-  if (!gst_moshi_check_mimi (GST_ELEMENT (self), self->mimi.mimi, info.mimi,
+  models->lm = moshi_lm_ref (moshi_dialog_model_get_lm (models->model));
+  models->mimi.mimi = moshi_mimi_ref (moshi_dialog_model_get_mimi (models->model));
+  models->mimi.model = g_strdup (info.mimi);
+  models->mimi.config = g_strdup (info.mimi_config);
+  models->mimi.device = wanted->device;
+  g_object_set_data (G_OBJECT (self), GST_MOSHI_MODEL_DATA_KEY, models->mimi.mimi);
+  if (!gst_moshi_check_mimi (GST_ELEMENT (self), models->mimi.mimi, info.mimi,
           info.mimi_path, info.mimi_config))
     goto failed;
-  if (info.lm_config != NULL && wanted.lm_config == NULL)
+  if (info.lm_config != NULL && wanted->lm_config == NULL)
     GST_INFO_OBJECT (self, "LM config from the model's repository: %s",
         info.lm_config);
-  if (moshi_dialog_model_model_codebooks (self->model) > MAX_TOKEN_CODEBOOKS
-      || moshi_dialog_model_user_codebooks (self->model) > MAX_TOKEN_CODEBOOKS)
+  if (moshi_dialog_model_model_codebooks (models->model) > MAX_TOKEN_CODEBOOKS
+      || moshi_dialog_model_user_codebooks (models->model) > MAX_TOKEN_CODEBOOKS)
     goto too_many_codebooks;
 
-  const MoshiLmConfig *cfg = moshi_lm_get_config (self->lm);
+  const MoshiLmConfig *cfg = moshi_lm_get_config (models->lm);
   if (info.tokenizer_path == NULL)
     GST_INFO_OBJECT (self, "no tokenizer: text_src only carries GAP events");
 
-  gint frame_size = moshi_dialog_model_frame_size (self->model);
-  gint rate = moshi_dialog_model_sample_rate (self->model);
-  gint delay = moshi_dialog_model_delay_steps (self->model);
+  gint frame_size = moshi_dialog_model_frame_size (models->model);
+  gint rate = moshi_dialog_model_sample_rate (models->model);
+  gint delay = moshi_dialog_model_delay_steps (models->model);
   GST_INFO_OBJECT (self, "LM %s: %d user and %d model codebooks of %d entries, "
       "text vocabulary %d, delay %d steps; Mimi %s: %d samples per frame at "
-      "%d Hz", moshi_lm_get_path (self->lm),
-      moshi_dialog_model_user_codebooks (self->model),
-      moshi_dialog_model_model_codebooks (self->model), cfg->card,
-      cfg->text_card, delay, moshi_mimi_get_path (self->mimi.mimi),
+      "%d Hz", moshi_lm_get_path (models->lm),
+      moshi_dialog_model_user_codebooks (models->model),
+      moshi_dialog_model_model_codebooks (models->model), cfg->card,
+      cfg->text_card, delay, moshi_mimi_get_path (models->mimi.mimi),
       frame_size, rate);
 
+  ModelInfo model_info = {
+    .latency = gst_util_uint64_scale_int (GST_SECOND, (1 + delay) * frame_size, rate),
+    .user_codebooks = moshi_dialog_model_user_codebooks (models->model),
+    .model_codebooks = moshi_dialog_model_model_codebooks (models->model),
+    .codebook_size = moshi_mimi_codebook_size (models->mimi.mimi),
+    .rate = rate,
+    .frame_size = frame_size,
+  };
   GST_OBJECT_LOCK (self);
-  self->latency = gst_util_uint64_scale_int (GST_SECOND,
-      (1 + delay) * frame_size, rate);
-  self->caps_user_codebooks = moshi_dialog_model_user_codebooks (self->model);
-  self->caps_model_codebooks = moshi_dialog_model_model_codebooks (self->model);
-  self->caps_codebook_size = moshi_mimi_codebook_size (self->mimi.mimi);
-  self->caps_rate = rate;
-  self->caps_frame_size = frame_size;
+  self->published.models = model_info;
   GST_OBJECT_UNLOCK (self);
 
-  self->loaded_spec = wanted;
-  g_object_set_data (G_OBJECT (self), LM_DATA_KEY, self->lm);
+  model_spec_copy (&models->spec, wanted);
+  g_object_set_data (G_OBJECT (self), LM_DATA_KEY, models->lm);
   moshi_dialog_load_info_clear (&info);
   return TRUE;
 
@@ -535,16 +623,15 @@ too_many_codebooks:
   {
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("Moshi LM \"%s\" uses %d user and %d model codebooks; this element "
-            "handles at most %d", wanted.model,
-            moshi_dialog_model_user_codebooks (self->model),
-            moshi_dialog_model_model_codebooks (self->model),
-            MAX_TOKEN_CODEBOOKS), ("file %s", moshi_lm_get_path (self->lm)));
+            "handles at most %d", wanted->model,
+            moshi_dialog_model_user_codebooks (models->model),
+            moshi_dialog_model_model_codebooks (models->model),
+            MAX_TOKEN_CODEBOOKS), ("file %s", moshi_lm_get_path (models->lm)));
     goto failed;
   }
 failed:
   {
     moshi_dialog_load_info_clear (&info);
-    model_spec_clear (&wanted);
     close_models (self);
     return FALSE;
   }
@@ -553,52 +640,63 @@ failed:
 /* ------------------------------------------------------------------ stream state */
 
 static void
-reset_timing (GstMoshiDialog * self)
+timeline_reset (Timeline * tl)
 {
-  self->filled = 0;
-  self->have_base = FALSE;
-  self->base_ts = GST_CLOCK_TIME_NONE;
-  self->samples_out = 0;
-  self->stats_samples = 0;
-  self->discont = TRUE;
-  self->text_discont = TRUE;
+  *tl = (Timeline) {
+    .base_ts = GST_CLOCK_TIME_NONE,
+    .discont = TRUE,
+    .text_discont = TRUE,
+  };
+  gst_segment_init (&tl->segment, GST_FORMAT_TIME);
 }
 
-static gboolean
-start_stream (GstMoshiDialog * self)
+static void
+state_free (State * state)
+{
+  g_clear_pointer (&state->dialog, moshi_dialog_free);
+  moshi_scheduler_unref (state->scheduler);
+  g_free (state->pcm);
+  g_free (state->out_pcm);
+  g_free (state->codes);
+  gst_flow_combiner_free (state->combiner);
+  g_free (state);
+}
+
+/* A fresh conversation on the loaded models with the settings given, or NULL after posting
+ * an element error. */
+static State *
+state_new (GstMoshiDialog * self, const Settings * settings)
 {
   g_autoptr (GError) error = NULL;
-  MoshiLmSamplingParams params;
-  gint threads;
-
-  GST_OBJECT_LOCK (self);
-  params = self->sampling;
-  self->applied_serial = self->sampling_serial;
-  threads = self->threads;
-  gboolean shared = self->shared_scheduler;
-  MoshiSchedulerOptions sched_opts = { .max_conversations = self->max_conversations,
-    .n_threads = threads };
-  gint batch_wait_ms = self->batch_wait_ms;
-  GST_OBJECT_UNLOCK (self);
-
+  MoshiDialogModel *model = self->models.model;
   MoshiScheduler *scheduler = NULL;
-  if (shared) {
-    scheduler = moshi_scheduler_get_shared (self->model, &sched_opts, &error);
+
+  if (settings->shared_scheduler) {
+    MoshiSchedulerOptions sched_opts = {
+      .max_conversations = settings->max_conversations,
+      .n_threads = settings->threads,
+    };
+    scheduler = moshi_scheduler_get_shared (model, &sched_opts, &error);
     if (scheduler == NULL) {
       GST_ELEMENT_ERROR (self, LIBRARY, INIT,
           ("Could not start the shared Moshi scheduler: %s", error->message),
-          ("LM %s, max-conversations=%d, threads=%d", moshi_lm_get_path (self->lm),
-              sched_opts.max_conversations, threads));
-      return FALSE;
+          ("LM %s, max-conversations=%d, threads=%d",
+              moshi_lm_get_path (self->models.lm), sched_opts.max_conversations,
+              settings->threads));
+      return NULL;
     }
   }
   gint64 frame_us = gst_util_uint64_scale_int (G_USEC_PER_SEC,
-      moshi_dialog_model_frame_size (self->model),
-      moshi_dialog_model_sample_rate (self->model));
-  MoshiDialogOptions dialog_opts = { .n_threads = threads, .scheduler = scheduler,
-    .max_wait_us = batch_wait_ms < 0 ? frame_us : (gint64) batch_wait_ms * 1000 };
-  self->dialog = moshi_dialog_new_full (self->model, &params, &dialog_opts, &error);
-  if (self->dialog == NULL) {
+      moshi_dialog_model_frame_size (model), moshi_dialog_model_sample_rate (model));
+  MoshiDialogOptions dialog_opts = {
+    .n_threads = settings->threads,
+    .scheduler = scheduler,
+    .max_wait_us = settings->batch_wait_ms < 0 ? frame_us :
+        (gint64) settings->batch_wait_ms * 1000,
+  };
+  MoshiDialog *dialog = moshi_dialog_new_full (model, &settings->sampling, &dialog_opts,
+      &error);
+  if (dialog == NULL) {
     if (g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_BUSY))
       GST_ELEMENT_ERROR (self, RESOURCE, BUSY,
           ("Too many Moshi conversations: %s", error->message),
@@ -607,101 +705,105 @@ start_stream (GstMoshiDialog * self)
     else
       GST_ELEMENT_ERROR (self, LIBRARY, INIT,
           ("Could not start a Moshi conversation: %s", error->message),
-          ("LM %s, threads=%d", moshi_lm_get_path (self->lm), threads));
+          ("LM %s, threads=%d", moshi_lm_get_path (self->models.lm),
+              settings->threads));
     moshi_scheduler_unref (scheduler);
-    return FALSE;
+    return NULL;
   }
-  GST_OBJECT_LOCK (self);
-  self->scheduler = scheduler;
-  self->batch_wait = scheduler ? (GstClockTime) dialog_opts.max_wait_us * GST_USECOND : 0;
-  GST_OBJECT_UNLOCK (self);
-  self->rate = moshi_dialog_model_sample_rate (self->model);
-  self->frame_size = moshi_dialog_model_frame_size (self->model);
-  self->frame_duration = gst_util_uint64_scale_int (GST_SECOND,
-      self->frame_size, self->rate);
-  self->user_codebooks = moshi_dialog_model_user_codebooks (self->model);
-  self->model_codebooks = moshi_dialog_model_model_codebooks (self->model);
-  self->codebook_size = moshi_mimi_codebook_size (self->mimi.mimi);
-  self->pcm = g_new0 (gfloat, self->frame_size);
-  self->out_pcm = g_new0 (gfloat, self->frame_size);
-  self->codes = g_new0 (gint32, MAX_TOKEN_CODEBOOKS);
 
-  gst_segment_init (&self->segment, GST_FORMAT_TIME);
-  self->have_segment = FALSE;
-  self->have_stream_start = FALSE;
-  self->in_kind = INPUT_NONE;
-  self->in_codebooks = 0;
-  self->out_kind = OUTPUT_NONE;
-  self->warned_non_finite = FALSE;
-  self->warned_bad_tokens = FALSE;
-  self->last_seek_seqnum = GST_SEQNUM_INVALID;
-  reset_timing (self);
-  gst_flow_combiner_reset (self->combiner);
-  return TRUE;
+  State *state = g_new0 (State, 1);
+  state->dialog = dialog;
+  state->scheduler = scheduler;
+  state->applied_serial = settings->sampling_serial;
+  state->rate = moshi_dialog_model_sample_rate (model);
+  state->frame_size = moshi_dialog_model_frame_size (model);
+  state->user_codebooks = moshi_dialog_model_user_codebooks (model);
+  state->model_codebooks = moshi_dialog_model_model_codebooks (model);
+  state->codebook_size = moshi_mimi_codebook_size (self->models.mimi.mimi);
+  state->pcm = g_new0 (gfloat, state->frame_size);
+  state->out_pcm = g_new0 (gfloat, state->frame_size);
+  state->codes = g_new0 (gint32, MAX_TOKEN_CODEBOOKS);
+  state->combiner = gst_flow_combiner_new ();
+  gst_flow_combiner_add_pad (state->combiner, self->srcpad);
+  gst_flow_combiner_add_pad (state->combiner, self->textpad);
+  state->in_kind = INPUT_NONE;
+  state->out_kind = OUTPUT_NONE;
+  timeline_reset (&state->tl);
+
+  GST_OBJECT_LOCK (self);
+  self->published.scheduler = scheduler ? moshi_scheduler_ref (scheduler) : NULL;
+  self->published.batch_wait = scheduler ?
+      (GstClockTime) dialog_opts.max_wait_us * GST_USECOND : 0;
+  self->published.last_seek_seqnum = GST_SEQNUM_INVALID;
+  GST_OBJECT_UNLOCK (self);
+  return state;
 }
 
+/* Starts a stream (READY->PAUSED), while the pads are inactive: no data can arrive before
+ * the conversation exists. */
+static gboolean
+start_stream (GstMoshiDialog * self, const Settings * settings)
+{
+  g_assert (self->state == NULL);
+  self->state = state_new (self, settings);
+  return self->state != NULL;
+}
+
+/* Ends the stream (PAUSED->READY), once the pads are inactive: the streaming thread has left
+ * the element. */
 static void
 stop_stream (GstMoshiDialog * self)
 {
-  g_clear_pointer (&self->dialog, moshi_dialog_free);
   GST_OBJECT_LOCK (self);
-  MoshiScheduler *scheduler = g_steal_pointer (&self->scheduler);
-  self->batch_wait = 0;
+  MoshiScheduler *scheduler = g_steal_pointer (&self->published.scheduler);
+  self->published.batch_wait = 0;
   GST_OBJECT_UNLOCK (self);
   moshi_scheduler_unref (scheduler);
-  g_clear_pointer (&self->pcm, g_free);
-  g_clear_pointer (&self->out_pcm, g_free);
-  g_clear_pointer (&self->codes, g_free);
-  self->in_kind = INPUT_NONE;
-  self->out_kind = OUTPUT_NONE;
-  reset_timing (self);
+  g_clear_pointer (&self->state, state_free);
 }
 
 /* Restarts the conversation with the current sampling settings, the seed included: a reset
  * takes the seed of the settings it finds, so this is a fresh conversation, and it keeps its
  * place on the shared scheduler. */
 static void
-restart_dialog (GstMoshiDialog * self)
+restart_conversation (GstMoshiDialog * self, State * state)
 {
-  GST_OBJECT_LOCK (self);
-  MoshiLmSamplingParams params = self->sampling;
-  guint serial = self->sampling_serial;
-  GST_OBJECT_UNLOCK (self);
+  MoshiLmSamplingParams params;
+  guint serial = settings_sampling (self, &params);
 
-  moshi_dialog_set_sampling_params (self->dialog, &params);
-  moshi_dialog_reset (self->dialog);
-  self->applied_serial = serial;
+  moshi_dialog_set_sampling_params (state->dialog, &params);
+  moshi_dialog_reset (state->dialog);
+  state->applied_serial = serial;
 }
 
-/* A fresh conversation, as after READY->PAUSED, with the current sampling settings. */
+/* What a flush starts afresh: the conversation, the timeline and the combined flow. The
+ * negotiated formats stay, as the caps do. */
 static void
-reset_conversation (GstMoshiDialog * self)
+state_reset (GstMoshiDialog * self, State * state)
 {
-  restart_dialog (self);
-  reset_timing (self);
+  restart_conversation (self, state);
+  timeline_reset (&state->tl);
+  gst_flow_combiner_reset (state->combiner);
 }
 
 /* Sampling properties changed while streaming apply from the next step (the seed from the
  * next flush or stream, as a running conversation keeps its random sequence). */
 static void
-apply_sampling_changes (GstMoshiDialog * self)
+apply_sampling_changes (GstMoshiDialog * self, State * state)
 {
-  GST_OBJECT_LOCK (self);
-  gboolean changed = self->applied_serial != self->sampling_serial;
-  MoshiLmSamplingParams params = self->sampling;
-  guint serial = self->sampling_serial;
-  GST_OBJECT_UNLOCK (self);
+  MoshiLmSamplingParams params;
+  guint serial = settings_sampling (self, &params);
 
-  if (G_LIKELY (!changed))
+  if (G_LIKELY (serial == state->applied_serial))
     return;
   /* Nothing to lose yet: a conversation that has not started takes every setting, the
    * seed included. */
-  if (moshi_dialog_steps (self->dialog) == 0) {
-    restart_dialog (self);
+  if (moshi_dialog_steps (state->dialog) == 0) {
+    restart_conversation (self, state);
     return;
   }
-  moshi_dialog_set_sampling_params (self->dialog, &params);
-  self->applied_serial = serial;
+  moshi_dialog_set_sampling_params (state->dialog, &params);
+  state->applied_serial = serial;
   GST_DEBUG_OBJECT (self, "sampling: text %g/%d, audio %g/%d",
       params.text_temperature, params.text_topk, params.audio_temperature,
       params.audio_topk);
@@ -725,26 +827,24 @@ pad_caps (GstMoshiDialog * self, GstPad * pad)
   GstCaps *templ = gst_pad_get_pad_template_caps (pad);
 
   GST_OBJECT_LOCK (self);
-  gint size = self->caps_codebook_size, rate = self->caps_rate;
-  gint frame = self->caps_frame_size;
-  gint user = self->caps_user_codebooks, model = self->caps_model_codebooks;
+  ModelInfo info = self->published.models;
   GST_OBJECT_UNLOCK (self);
-  if (size == 0)
+  if (info.codebook_size == 0)
     return templ;
 
   GstCaps *caps = gst_caps_make_writable (templ);
-  gint gcd = gst_util_greatest_common_divisor (rate, frame);
+  gint gcd = gst_util_greatest_common_divisor (info.rate, info.frame_size);
   for (guint i = 0; i < gst_caps_get_size (caps); i++) {
     GstStructure *s = gst_caps_get_structure (caps, i);
     if (!gst_structure_has_name (s, "audio/x-mimi"))
       continue;
-    gst_structure_set (s, "codebook-size", G_TYPE_INT, size,
-        "framerate", GST_TYPE_FRACTION, rate / gcd, frame / gcd, NULL);
+    gst_structure_set (s, "codebook-size", G_TYPE_INT, info.codebook_size,
+        "framerate", GST_TYPE_FRACTION, info.rate / gcd, info.frame_size / gcd, NULL);
     if (pad == self->sinkpad)
-      gst_structure_set (s, "codebooks", GST_TYPE_INT_RANGE, user,
+      gst_structure_set (s, "codebooks", GST_TYPE_INT_RANGE, info.user_codebooks,
           MAX_TOKEN_CODEBOOKS, NULL);
     else
-      gst_structure_set (s, "codebooks", G_TYPE_INT, model, NULL);
+      gst_structure_set (s, "codebooks", G_TYPE_INT, info.model_codebooks, NULL);
   }
   return caps;
 }
@@ -752,12 +852,12 @@ pad_caps (GstMoshiDialog * self, GstPad * pad)
 /* Chooses the output caps: raw F32LE, raw S16LE or tokens, in the order downstream
  * prefers them (raw F32LE when it takes anything or nothing is linked). */
 static gboolean
-negotiate_src (GstMoshiDialog * self)
+negotiate_src (GstMoshiDialog * self, State * state)
 {
   g_autoptr (GstCaps) f32 = raw_caps ("F32LE");
   g_autoptr (GstCaps) s16 = raw_caps ("S16LE");
-  g_autoptr (GstCaps) tokens = gst_moshi_token_caps_new (self->mimi.mimi,
-      self->model_codebooks);
+  g_autoptr (GstCaps) tokens = gst_moshi_token_caps_new (self->models.mimi.mimi,
+      state->model_codebooks);
   g_autoptr (GstCaps) allowed = gst_pad_get_allowed_caps (self->srcpad);
   GstCaps *candidates[] = { f32, s16, tokens };
   const OutputKind kinds[] = { OUTPUT_F32, OUTPUT_S16, OUTPUT_CODES };
@@ -781,7 +881,7 @@ negotiate_src (GstMoshiDialog * self)
   /* Stored on the pad even when downstream refuses them; a refusal shows in the flow
    * return of the next buffer. */
   gst_pad_push_event (self->srcpad, gst_event_new_caps (candidates[chosen]));
-  self->out_kind = kinds[chosen];
+  state->out_kind = kinds[chosen];
   return TRUE;
 
   /* ERRORS */
@@ -789,7 +889,7 @@ not_negotiated:
   {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("Downstream of moshidialog takes neither 24 kHz mono raw audio nor "
-            "the tokens of Mimi model \"%s\"", self->mimi.model),
+            "the tokens of Mimi model \"%s\"", self->models.mimi.model),
         ("downstream allows %" GST_PTR_FORMAT ", the model makes %"
             GST_PTR_FORMAT " tokens", allowed, tokens));
     return FALSE;
@@ -797,7 +897,7 @@ not_negotiated:
 }
 
 static gboolean
-set_input_caps (GstMoshiDialog * self, GstCaps * caps)
+set_input_caps (GstMoshiDialog * self, State * state, GstCaps * caps)
 {
   GstStructure *s = gst_caps_get_structure (caps, 0);
   gint codebooks, value, num, den;
@@ -806,33 +906,33 @@ set_input_caps (GstMoshiDialog * self, GstCaps * caps)
   if (gst_structure_has_name (s, "audio/x-raw")) {
     GstAudioInfo info;
     if (!gst_audio_info_from_caps (&info, caps)
-        || GST_AUDIO_INFO_RATE (&info) != self->rate
+        || GST_AUDIO_INFO_RATE (&info) != state->rate
         || GST_AUDIO_INFO_CHANNELS (&info) != 1)
       goto wrong_raw;
-    self->in_kind = INPUT_PCM;
-    self->in_format = GST_AUDIO_INFO_FORMAT (&info);
+    state->in_kind = INPUT_PCM;
+    state->in_format = GST_AUDIO_INFO_FORMAT (&info);
     return TRUE;
   }
 
   if (!gst_structure_get_int (s, "codebooks", &codebooks))
     goto no_codebooks;
   if ((gst_structure_get_int (s, "codebook-size", &value)
-          && value != self->codebook_size)
-      || (gst_structure_get_int (s, "rate", &value) && value != self->rate)
+          && value != state->codebook_size)
+      || (gst_structure_get_int (s, "rate", &value) && value != state->rate)
       || (gst_structure_get_fraction (s, "framerate", &num, &den)
-          && (gint64) num * self->frame_size != (gint64) den * self->rate))
+          && (gint64) num * state->frame_size != (gint64) den * state->rate))
     goto other_model;
-  if (codebooks < self->user_codebooks || codebooks > MAX_TOKEN_CODEBOOKS)
+  if (codebooks < state->user_codebooks || codebooks > MAX_TOKEN_CODEBOOKS)
     goto too_few_codebooks;
-  self->in_kind = INPUT_CODES;
-  self->in_codebooks = codebooks;
+  state->in_kind = INPUT_CODES;
+  state->in_codebooks = codebooks;
   return TRUE;
 
   /* ERRORS */
 wrong_raw:
   {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
-        ("moshidialog takes %d Hz mono audio", self->rate),
+        ("moshidialog takes %d Hz mono audio", state->rate),
         ("caps %" GST_PTR_FORMAT "; put audioconvert ! audioresample in front",
             caps));
     return FALSE;
@@ -845,20 +945,20 @@ no_codebooks:
   }
 other_model:
   {
-    g_autoptr (GstCaps) expected = gst_moshi_token_caps_new (self->mimi.mimi,
-        self->user_codebooks);
+    g_autoptr (GstCaps) expected = gst_moshi_token_caps_new (self->models.mimi.mimi,
+        state->user_codebooks);
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("The tokens were made by another Mimi model than \"%s\"",
-            self->mimi.model), ("caps %" GST_PTR_FORMAT ", the model makes %"
+            self->models.mimi.model), ("caps %" GST_PTR_FORMAT ", the model makes %"
             GST_PTR_FORMAT " (file %s)", caps, expected,
-            moshi_mimi_get_path (self->mimi.mimi)));
+            moshi_mimi_get_path (self->models.mimi.mimi)));
     return FALSE;
   }
 too_few_codebooks:
   {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("The tokens have %d codebooks, but Moshi LM \"%s\" reads %d",
-            codebooks, self->loaded_spec.model, self->user_codebooks),
+            codebooks, self->models.spec.model, state->user_codebooks),
         ("caps %" GST_PTR_FORMAT, caps));
     return FALSE;
   }
@@ -867,46 +967,46 @@ too_few_codebooks:
 /* ------------------------------------------------------------------ output */
 
 static GstClockTime
-out_time (GstMoshiDialog * self, guint64 samples)
+out_time (const State * state, guint64 samples)
 {
-  return self->base_ts + gst_util_uint64_scale_int (samples, GST_SECOND,
-      self->rate);
+  return state->tl.base_ts + gst_util_uint64_scale_int (samples, GST_SECOND,
+      state->rate);
 }
 
 static GstFlowReturn
-push_audio (GstMoshiDialog * self, const MoshiDialogFrame * frame,
+push_audio (GstMoshiDialog * self, State * state, const MoshiDialogFrame * frame,
     gsize valid, GstClockTime pts, GstClockTime duration)
 {
   GstBuffer *out;
   GstMapInfo map;
 
-  if (gst_pad_check_reconfigure (self->srcpad) && !negotiate_src (self)) {
+  if (gst_pad_check_reconfigure (self->srcpad) && !negotiate_src (self, state)) {
     gst_pad_mark_reconfigure (self->srcpad);
     return GST_PAD_IS_FLUSHING (self->srcpad) ? GST_FLOW_FLUSHING :
         GST_FLOW_NOT_NEGOTIATED;
   }
 
-  switch (self->out_kind) {
+  switch (state->out_kind) {
     case OUTPUT_CODES:
       if (!frame->returned) {
         /* Nothing generated yet: no tokens to send, the time passes as a gap. */
         gst_pad_push_event (self->srcpad, gst_event_new_gap (pts, duration));
         return GST_FLOW_OK;
       }
-      out = gst_buffer_new_allocate (NULL, (gsize) self->model_codebooks * 2,
+      out = gst_buffer_new_allocate (NULL, (gsize) state->model_codebooks * 2,
           NULL);
       gst_buffer_map (out, &map, GST_MAP_WRITE);
-      gst_moshi_codes_pack (map.data, frame->audio_codes, self->model_codebooks);
+      gst_moshi_codes_pack (map.data, frame->audio_codes, state->model_codebooks);
       gst_buffer_unmap (out, &map);
-      if (valid < (gsize) self->frame_size)
+      if (valid < (gsize) state->frame_size)
         gst_buffer_add_audio_clipping_meta (out, GST_FORMAT_DEFAULT, 0,
-            self->frame_size - valid);
+            state->frame_size - valid);
       break;
     case OUTPUT_S16:
       out = gst_buffer_new_allocate (NULL, valid * 2, NULL);
       gst_buffer_map (out, &map, GST_MAP_WRITE);
       for (gsize i = 0; i < valid; i++) {
-        gfloat v = roundf (self->out_pcm[i] * 32768.0f);
+        gfloat v = roundf (state->out_pcm[i] * 32768.0f);
         GST_WRITE_UINT16_LE (map.data + 2 * i,
             (guint16) (gint16) CLAMP (v, -32768.0f, 32767.0f));
       }
@@ -914,21 +1014,21 @@ push_audio (GstMoshiDialog * self, const MoshiDialogFrame * frame,
       break;
     case OUTPUT_F32:
     default:
-      out = gst_buffer_new_memdup (self->out_pcm, valid * sizeof (gfloat));
+      out = gst_buffer_new_memdup (state->out_pcm, valid * sizeof (gfloat));
       break;
   }
 
   GST_BUFFER_PTS (out) = pts;
   GST_BUFFER_DURATION (out) = duration;
-  if (self->discont) {
+  if (state->tl.discont) {
     GST_BUFFER_FLAG_SET (out, GST_BUFFER_FLAG_DISCONT);
-    self->discont = FALSE;
+    state->tl.discont = FALSE;
   }
   return gst_pad_push (self->srcpad, out);
 }
 
 static void
-post_text_message (GstMoshiDialog * self, const gchar * text, gint token,
+post_text_message (GstMoshiDialog * self, State * state, const gchar * text, gint token,
     GstClockTime pts, GstClockTime duration)
 {
   GstStructure *s = gst_structure_new (TEXT_MESSAGE_NAME,
@@ -937,21 +1037,23 @@ post_text_message (GstMoshiDialog * self, const gchar * text, gint token,
       "timestamp", G_TYPE_UINT64, pts,
       "duration", G_TYPE_UINT64, duration,
       "running-time", G_TYPE_UINT64,
-      gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME, pts),
+      gst_segment_to_running_time (&state->tl.segment, GST_FORMAT_TIME, pts),
       "stream-time", G_TYPE_UINT64,
-      gst_segment_to_stream_time (&self->segment, GST_FORMAT_TIME, pts),
+      gst_segment_to_stream_time (&state->tl.segment, GST_FORMAT_TIME, pts),
       NULL);
 
   gst_element_post_message (GST_ELEMENT (self),
       gst_message_new_element (GST_OBJECT (self), s));
 }
 
-/* The shared scheduler's figures (NULL when the conversation runs on its own). */
+/* The shared scheduler's figures, for any thread (NULL when the conversation runs on its own,
+ * or there is none). */
 static GstStructure *
 scheduler_stats (GstMoshiDialog * self)
 {
   GST_OBJECT_LOCK (self);
-  MoshiScheduler *scheduler = self->scheduler ? moshi_scheduler_ref (self->scheduler) : NULL;
+  MoshiScheduler *scheduler = self->published.scheduler ?
+      moshi_scheduler_ref (self->published.scheduler) : NULL;
   GST_OBJECT_UNLOCK (self);
   if (scheduler == NULL)
     return NULL;
@@ -962,20 +1064,20 @@ scheduler_stats (GstMoshiDialog * self)
 
 /* Once a second of output, on a shared scheduler: its figures as an element message. */
 static void
-post_scheduler_stats (GstMoshiDialog * self, gsize samples)
+post_scheduler_stats (GstMoshiDialog * self, State * state, gsize samples)
 {
-  self->stats_samples += samples;
-  if (self->scheduler == NULL || self->stats_samples < (guint64) self->rate)
+  state->tl.stats_samples += samples;
+  if (state->scheduler == NULL || state->tl.stats_samples < (guint64) state->rate)
     return;
-  self->stats_samples = 0;
-  GstStructure *st = scheduler_stats (self);
-  if (st != NULL)
-    gst_element_post_message (GST_ELEMENT (self),
-        gst_message_new_element (GST_OBJECT (self), st));
+  state->tl.stats_samples = 0;
+  GstStructure *st = gst_moshi_scheduler_stats_new (state->scheduler,
+      SCHEDULER_MESSAGE_NAME);
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self), st));
 }
 
 static GstFlowReturn
-push_text (GstMoshiDialog * self, const MoshiDialogFrame * frame,
+push_text (GstMoshiDialog * self, State * state, const MoshiDialogFrame * frame,
     GstClockTime pts, GstClockTime duration)
 {
   if (frame->text == NULL || frame->text[0] == '\0') {
@@ -988,14 +1090,14 @@ push_text (GstMoshiDialog * self, const MoshiDialogFrame * frame,
   gchar *text = g_utf8_make_valid (frame->text, -1);
   GST_LOG_OBJECT (self, "text \"%s\" (token %d) at %" GST_TIME_FORMAT, text,
       frame->text_token, GST_TIME_ARGS (pts));
-  post_text_message (self, text, frame->text_token, pts, duration);
+  post_text_message (self, state, text, frame->text_token, pts, duration);
 
   GstBuffer *buf = gst_buffer_new_wrapped (text, strlen (text));
   GST_BUFFER_PTS (buf) = pts;
   GST_BUFFER_DURATION (buf) = duration;
-  if (self->text_discont) {
+  if (state->tl.text_discont) {
     GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
-    self->text_discont = FALSE;
+    state->tl.text_discont = FALSE;
   }
   return gst_pad_push (self->textpad, buf);
 }
@@ -1004,7 +1106,7 @@ push_text (GstMoshiDialog * self, const MoshiDialogFrame * frame,
  * of which valid samples are real input (fewer only for the last frame before a drain):
  * pushes one frame on src and a word or a gap on text_src. */
 static GstFlowReturn
-run_step (GstMoshiDialog * self, const gfloat * pcm, const gint32 * codes,
+run_step (GstMoshiDialog * self, State * state, const gfloat * pcm, const gint32 * codes,
     gsize valid)
 {
   g_autoptr (GError) error = NULL;
@@ -1012,32 +1114,32 @@ run_step (GstMoshiDialog * self, const gfloat * pcm, const gint32 * codes,
   GstFlowReturn ret;
   gboolean ok;
 
-  apply_sampling_changes (self);
+  apply_sampling_changes (self, state);
 
-  gfloat *out_pcm = self->out_kind == OUTPUT_CODES ? NULL : self->out_pcm;
+  gfloat *out_pcm = state->out_kind == OUTPUT_CODES ? NULL : state->out_pcm;
   if (pcm != NULL)
-    ok = moshi_dialog_step_pcm (self->dialog, pcm, &frame, out_pcm, &error);
+    ok = moshi_dialog_step_pcm (state->dialog, pcm, &frame, out_pcm, &error);
   else
-    ok = moshi_dialog_step_codes (self->dialog, codes, self->in_codebooks,
+    ok = moshi_dialog_step_codes (state->dialog, codes, state->in_codebooks,
         &frame, out_pcm, &error);
   if (!ok)
     goto step_failed;
 
-  GstClockTime pts = out_time (self, self->samples_out);
-  self->samples_out += valid;
-  GstClockTime duration = out_time (self, self->samples_out) - pts;
-  post_scheduler_stats (self, valid);
+  GstClockTime pts = out_time (state, state->tl.samples_out);
+  state->tl.samples_out += valid;
+  GstClockTime duration = out_time (state, state->tl.samples_out) - pts;
+  post_scheduler_stats (self, state, valid);
   GST_LOG_OBJECT (self, "step %" G_GINT64_FORMAT " at %" GST_TIME_FORMAT
-      ": returned %d, text token %d", moshi_dialog_steps (self->dialog) - 1,
+      ": returned %d, text token %d", moshi_dialog_steps (state->dialog) - 1,
       GST_TIME_ARGS (pts), frame.returned, frame.text_token);
 
-  ret = push_audio (self, &frame, valid, pts, duration);
-  ret = gst_flow_combiner_update_pad_flow (self->combiner, self->srcpad, ret);
+  ret = push_audio (self, state, &frame, valid, pts, duration);
+  ret = gst_flow_combiner_update_pad_flow (state->combiner, self->srcpad, ret);
   if (ret == GST_FLOW_FLUSHING || ret == GST_FLOW_EOS
       || ret <= GST_FLOW_NOT_NEGOTIATED)
     return ret;
-  GstFlowReturn text_ret = push_text (self, &frame, pts, duration);
-  return gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
+  GstFlowReturn text_ret = push_text (self, state, &frame, pts, duration);
+  return gst_flow_combiner_update_pad_flow (state->combiner, self->textpad,
       text_ret);
 
   /* ERRORS */
@@ -1045,57 +1147,67 @@ step_failed:
   {
     GST_ELEMENT_ERROR (self, STREAM, FAILED, (NULL),
         ("Moshi step %" G_GINT64_FORMAT " failed: %s",
-            moshi_dialog_steps (self->dialog), error->message));
+            moshi_dialog_steps (state->dialog), error->message));
     return GST_FLOW_ERROR;
   }
 }
 
 /* Runs the partial input frame, padded with silence, so that no input is left behind. */
 static GstFlowReturn
-drain (GstMoshiDialog * self)
+drain (GstMoshiDialog * self, State * state)
 {
-  if (self->filled == 0)
+  if (state->tl.filled == 0)
     return GST_FLOW_OK;
-  gsize valid = self->filled;
+  gsize valid = state->tl.filled;
   GST_DEBUG_OBJECT (self, "draining a partial frame of %" G_GSIZE_FORMAT
       " samples", valid);
-  memset (self->pcm + valid, 0, (self->frame_size - valid) * sizeof (gfloat));
-  self->filled = 0;
-  return run_step (self, self->pcm, NULL, valid);
+  memset (state->pcm + valid, 0, (state->frame_size - valid) * sizeof (gfloat));
+  state->tl.filled = 0;
+  return run_step (self, state, state->pcm, NULL, valid);
 }
 
 /* Appends n samples of silence to the input, running the frames they complete. */
 static GstFlowReturn
-feed_silence (GstMoshiDialog * self, guint64 n)
+feed_silence (GstMoshiDialog * self, State * state, guint64 n)
 {
   GstFlowReturn ret = GST_FLOW_OK;
 
   GST_DEBUG_OBJECT (self, "filling %" G_GUINT64_FORMAT " samples of silence", n);
   while (n > 0 && ret == GST_FLOW_OK) {
-    gsize take = MIN (n, (guint64) (self->frame_size - self->filled));
-    memset (self->pcm + self->filled, 0, take * sizeof (gfloat));
-    self->filled += take;
+    gsize take = MIN (n, (guint64) (state->frame_size - state->tl.filled));
+    memset (state->pcm + state->tl.filled, 0, take * sizeof (gfloat));
+    state->tl.filled += take;
     n -= take;
-    if (self->filled == (gsize) self->frame_size) {
-      self->filled = 0;
-      ret = run_step (self, self->pcm, NULL, self->frame_size);
+    if (state->tl.filled == (gsize) state->frame_size) {
+      state->tl.filled = 0;
+      ret = run_step (self, state, state->pcm, NULL, state->frame_size);
     }
   }
   return ret;
 }
 
-/* How much longer than its input the output runs: eos-tail in whole frames (0 before caps). */
+/* eos-tail in whole frames (0 without a model). */
+static guint64
+tail_frames (guint tail_ms, gint rate, gint frame_size)
+{
+  if (tail_ms == 0 || rate == 0 || frame_size == 0)
+    return 0;
+  return gst_util_uint64_scale_ceil (tail_ms, rate, (guint64) 1000 * frame_size);
+}
+
+/* How much longer than its input the output runs, for any thread: eos-tail in whole frames
+ * of the loaded model. */
 static GstClockTime
 eos_tail_duration (GstMoshiDialog * self)
 {
   GST_OBJECT_LOCK (self);
-  guint tail_ms = self->eos_tail_ms;
+  guint tail_ms = self->settings.eos_tail_ms;
+  gint rate = self->published.models.rate, frame_size = self->published.models.frame_size;
   GST_OBJECT_UNLOCK (self);
-  if (tail_ms == 0 || self->rate == 0 || self->frame_size == 0)
+  guint64 frames = tail_frames (tail_ms, rate, frame_size);
+  if (frames == 0)
     return 0;
-  guint64 frames = gst_util_uint64_scale_ceil (tail_ms, self->rate,
-      (guint64) 1000 * self->frame_size);
-  return gst_util_uint64_scale (frames * self->frame_size, GST_SECOND, self->rate);
+  return gst_util_uint64_scale (frames * frame_size, GST_SECOND, rate);
 }
 
 /* The tail is output past the input segment's end: a segment that ends there would have the
@@ -1111,17 +1223,16 @@ extend_stop_for_tail (GstMoshiDialog * self, gdouble rate, gint64 * stop)
 /* After the input's end the model may still be answering: eos-tail lets it go on for that long
  * on silence (whole frames), so that "a recorded question -> the answer" gives the answer. */
 static void
-speak_after_eos (GstMoshiDialog * self)
+speak_after_eos (GstMoshiDialog * self, State * state)
 {
   GST_OBJECT_LOCK (self);
-  guint tail_ms = self->eos_tail_ms;
+  guint tail_ms = self->settings.eos_tail_ms;
   GST_OBJECT_UNLOCK (self);
-  if (tail_ms == 0 || self->in_kind == INPUT_NONE || !self->have_base)
+  guint64 frames = tail_frames (tail_ms, state->rate, state->frame_size);
+  if (frames == 0 || state->in_kind == INPUT_NONE || !state->tl.have_base)
     return;
-  guint64 frames = gst_util_uint64_scale_ceil (tail_ms, self->rate,
-      (guint64) 1000 * self->frame_size);
   GST_DEBUG_OBJECT (self, "speaking on for %" G_GUINT64_FORMAT " frames after EOS", frames);
-  GstFlowReturn ret = feed_silence (self, frames * self->frame_size);
+  GstFlowReturn ret = feed_silence (self, state, frames * state->frame_size);
   if (ret != GST_FLOW_OK)
     GST_DEBUG_OBJECT (self, "the tail ended early: %s", gst_flow_get_name (ret));
 }
@@ -1130,18 +1241,18 @@ speak_after_eos (GstMoshiDialog * self)
  * overlap sets *skip to the samples to drop, a jump too far to fill restarts the timing
  * at pts (after draining). In token input the stream moves by whole frames. */
 static GstFlowReturn
-sync_input (GstMoshiDialog * self, GstClockTime pts, guint64 * skip)
+sync_input (GstMoshiDialog * self, State * state, GstClockTime pts, guint64 * skip)
 {
   *skip = 0;
-  if (!self->have_base) {
+  if (!state->tl.have_base) {
     if (!GST_CLOCK_TIME_IS_VALID (pts))
-      pts = self->segment.format == GST_FORMAT_TIME
-          && GST_CLOCK_TIME_IS_VALID (self->segment.start) ?
-          self->segment.start : 0;
-    self->have_base = TRUE;
-    self->base_ts = pts;
-    self->samples_out = 0;
-    self->filled = 0;
+      pts = state->tl.segment.format == GST_FORMAT_TIME
+          && GST_CLOCK_TIME_IS_VALID (state->tl.segment.start) ?
+          state->tl.segment.start : 0;
+    state->tl.have_base = TRUE;
+    state->tl.base_ts = pts;
+    state->tl.samples_out = 0;
+    state->tl.filled = 0;
     GST_DEBUG_OBJECT (self, "stream starts at %" GST_TIME_FORMAT,
         GST_TIME_ARGS (pts));
     return GST_FLOW_OK;
@@ -1149,23 +1260,23 @@ sync_input (GstMoshiDialog * self, GstClockTime pts, guint64 * skip)
   if (!GST_CLOCK_TIME_IS_VALID (pts))
     return GST_FLOW_OK;
 
-  GstClockTime expected = out_time (self, self->samples_out + self->filled);
+  GstClockTime expected = out_time (state, state->tl.samples_out + state->tl.filled);
   GstClockTimeDiff diff = GST_CLOCK_DIFF (expected, pts);
   if (ABS (diff) <= (GstClockTimeDiff) TOLERANCE)
     return GST_FLOW_OK;
 
   if (ABS (diff) <= (GstClockTimeDiff) MAX_SILENCE_FILL) {
-    guint64 n = gst_util_uint64_scale_round (ABS (diff), self->rate,
+    guint64 n = gst_util_uint64_scale_round (ABS (diff), state->rate,
         GST_SECOND);
-    if (self->in_kind == INPUT_CODES) {
-      n = (n + self->frame_size / 2) / self->frame_size * self->frame_size;
+    if (state->in_kind == INPUT_CODES) {
+      n = (n + state->frame_size / 2) / state->frame_size * state->frame_size;
       if (n == 0)
         return GST_FLOW_OK;
     }
     if (diff > 0) {
       GST_DEBUG_OBJECT (self, "input jumps %" GST_STIME_FORMAT " ahead: "
           "filling with silence", GST_STIME_ARGS (diff));
-      return feed_silence (self, n);
+      return feed_silence (self, state, n);
     }
     GST_DEBUG_OBJECT (self, "input goes %" GST_STIME_FORMAT " back: dropping "
         "the overlap", GST_STIME_ARGS (-diff));
@@ -1176,43 +1287,43 @@ sync_input (GstMoshiDialog * self, GstClockTime pts, guint64 * skip)
   GST_INFO_OBJECT (self, "input jumps from %" GST_TIME_FORMAT " to %"
       GST_TIME_FORMAT ": resynchronising", GST_TIME_ARGS (expected),
       GST_TIME_ARGS (pts));
-  GstFlowReturn ret = drain (self);
-  self->base_ts = pts;
-  self->samples_out = 0;
-  self->discont = TRUE;
-  self->text_discont = TRUE;
+  GstFlowReturn ret = drain (self, state);
+  state->tl.base_ts = pts;
+  state->tl.samples_out = 0;
+  state->tl.discont = TRUE;
+  state->tl.text_discont = TRUE;
   return ret;
 }
 
 /* ------------------------------------------------------------------ input */
 
 static GstFlowReturn
-handle_pcm (GstMoshiDialog * self, GstBuffer * buffer)
+handle_pcm (GstMoshiDialog * self, State * state, GstBuffer * buffer)
 {
   GstFlowReturn ret;
   GstMapInfo map;
   guint64 skip;
   gsize replaced = 0;
 
-  ret = sync_input (self, GST_BUFFER_PTS (buffer), &skip);
+  ret = sync_input (self, state, GST_BUFFER_PTS (buffer), &skip);
   if (ret != GST_FLOW_OK)
     return ret;
 
   if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
     goto map_failed;
-  gsize bpf = self->in_format == GST_AUDIO_FORMAT_S16LE ? 2 : 4;
+  gsize bpf = state->in_format == GST_AUDIO_FORMAT_S16LE ? 2 : 4;
   gsize n = map.size / bpf;
   gsize offset = MIN (skip, n);
 
   while (offset < n && ret == GST_FLOW_OK) {
-    gsize take = MIN (n - offset, (gsize) self->frame_size - self->filled);
-    replaced += gst_moshi_audio_to_float (self->in_format, map.data + offset * bpf,
-        take, self->pcm + self->filled);
-    self->filled += take;
+    gsize take = MIN (n - offset, (gsize) state->frame_size - state->tl.filled);
+    replaced += gst_moshi_audio_to_float (state->in_format, map.data + offset * bpf,
+        take, state->pcm + state->tl.filled);
+    state->tl.filled += take;
     offset += take;
-    if (self->filled == (gsize) self->frame_size) {
-      self->filled = 0;
-      ret = run_step (self, self->pcm, NULL, self->frame_size);
+    if (state->tl.filled == (gsize) state->frame_size) {
+      state->tl.filled = 0;
+      ret = run_step (self, state, state->pcm, NULL, state->frame_size);
     }
   }
   gst_buffer_unmap (buffer, &map);
@@ -1220,13 +1331,13 @@ handle_pcm (GstMoshiDialog * self, GstBuffer * buffer)
   if (G_UNLIKELY (replaced > 0)) {
     GST_DEBUG_OBJECT (self, "replaced %" G_GSIZE_FORMAT " non-finite samples "
         "by silence", replaced);
-    if (!self->warned_non_finite) {
+    if (!state->warned_non_finite) {
       GST_ELEMENT_WARNING (self, STREAM, FORMAT,
           ("Input audio contains non-finite samples (NaN or infinity)"),
           ("%" G_GSIZE_FORMAT " samples of the buffer at %" GST_TIME_FORMAT
               " replaced by silence; further occurrences are only logged",
               replaced, GST_TIME_ARGS (GST_BUFFER_PTS (buffer))));
-      self->warned_non_finite = TRUE;
+      state->warned_non_finite = TRUE;
     }
   }
   return ret;
@@ -1241,43 +1352,43 @@ map_failed:
 }
 
 static GstFlowReturn
-handle_codes (GstMoshiDialog * self, GstBuffer * buffer)
+handle_codes (GstMoshiDialog * self, State * state, GstBuffer * buffer)
 {
   GstFlowReturn ret;
   GstMapInfo map;
   guint64 skip;
 
-  gsize frame_bytes = (gsize) self->in_codebooks * 2;
+  gsize frame_bytes = (gsize) state->in_codebooks * 2;
   gsize size = gst_buffer_get_size (buffer);
   if (size == 0 || size % frame_bytes != 0)
     goto bad_buffer;
 
-  ret = sync_input (self, GST_BUFFER_PTS (buffer), &skip);
+  ret = sync_input (self, state, GST_BUFFER_PTS (buffer), &skip);
   if (ret != GST_FLOW_OK)
     return ret;
 
   gsize frames = size / frame_bytes;
-  gsize first = MIN (skip / self->frame_size, frames);
+  gsize first = MIN (skip / state->frame_size, frames);
   /* The padded last frame of a stream (mimienc marks it). */
-  gsize last_valid = self->frame_size;
+  gsize last_valid = state->frame_size;
   GstAudioClippingMeta *clip = gst_buffer_get_audio_clipping_meta (buffer);
   if (clip != NULL && clip->format == GST_FORMAT_DEFAULT
-      && clip->end < (guint64) self->frame_size)
-    last_valid = self->frame_size - clip->end;
+      && clip->end < (guint64) state->frame_size)
+    last_valid = state->frame_size - clip->end;
 
   if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
     goto map_failed;
-  if (gst_moshi_codes_find_invalid (map.data, frames * self->in_codebooks,
-          self->codebook_size) >= 0) {
+  if (gst_moshi_codes_find_invalid (map.data, frames * state->in_codebooks,
+          state->codebook_size) >= 0) {
     gst_buffer_unmap (buffer, &map);
     goto bad_buffer;
   }
   ret = GST_FLOW_OK;
   for (gsize f = first; f < frames && ret == GST_FLOW_OK; f++) {
-    gst_moshi_codes_unpack (self->codes, 1, map.data + f * frame_bytes,
-        self->in_codebooks);
-    ret = run_step (self, NULL, self->codes,
-        f == frames - 1 ? last_valid : (gsize) self->frame_size);
+    gst_moshi_codes_unpack (state->codes, 1, map.data + f * frame_bytes,
+        state->in_codebooks);
+    ret = run_step (self, state, NULL, state->codes,
+        f == frames - 1 ? last_valid : (gsize) state->frame_size);
   }
   gst_buffer_unmap (buffer, &map);
   return ret;
@@ -1289,15 +1400,15 @@ bad_buffer:
     GST_DEBUG_OBJECT (self, "dropping a token buffer of %" G_GSIZE_FORMAT
         " bytes at %" GST_TIME_FORMAT, size,
         GST_TIME_ARGS (GST_BUFFER_PTS (buffer)));
-    if (!self->warned_bad_tokens) {
+    if (!state->warned_bad_tokens) {
       GST_ELEMENT_WARNING (self, STREAM, DECODE,
           ("Invalid Mimi token buffer dropped"),
           ("%" G_GSIZE_FORMAT " bytes at %" GST_TIME_FORMAT ": not a whole "
               "number of %d-codebook frames, or a code outside [0, %d); "
               "further occurrences are only logged", size,
-              GST_TIME_ARGS (GST_BUFFER_PTS (buffer)), self->in_codebooks,
-              self->codebook_size));
-      self->warned_bad_tokens = TRUE;
+              GST_TIME_ARGS (GST_BUFFER_PTS (buffer)), state->in_codebooks,
+              state->codebook_size));
+      state->warned_bad_tokens = TRUE;
     }
     return GST_FLOW_OK;
   }
@@ -1314,25 +1425,26 @@ map_failed:
 /* Tells the stall watcher where the stream is: after input (new_input), after a filled frame,
  * or that nothing is expected any more (expect FALSE). Called with the stream lock. */
 static void
-publish_position (GstMoshiDialog * self, gboolean new_input, gboolean expect)
+publish_position (GstMoshiDialog * self, State * state, gboolean new_input,
+    gboolean expect)
 {
   GstClockTime rt = GST_CLOCK_TIME_NONE, now = GST_CLOCK_TIME_NONE;
-  if (expect && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE)
-    rt = gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME,
-        out_time (self, self->samples_out + self->frame_size));
+  if (expect && state != NULL && state->tl.have_base && state->in_kind != INPUT_NONE)
+    rt = gst_segment_to_running_time (&state->tl.segment, GST_FORMAT_TIME,
+        out_time (state, state->tl.samples_out + state->frame_size));
   GstClock *clock = gst_element_get_clock (GST_ELEMENT (self));
   if (clock != NULL) {
     now = gst_clock_get_time (clock);
     gst_object_unref (clock);
   }
-  g_mutex_lock (&self->watch_lock);
+  g_mutex_lock (&self->watch.lock);
   if (new_input)
-    self->input_serial++;
-  self->frame_end_rt = rt;
-  self->last_activity = now;
-  self->last_was_fill = !new_input;
-  g_cond_signal (&self->watch_cond);
-  g_mutex_unlock (&self->watch_lock);
+    self->watch.input_serial++;
+  self->watch.frame_end_rt = rt;
+  self->watch.last_activity = now;
+  self->watch.last_was_fill = !new_input;
+  g_cond_signal (&self->watch.cond);
+  g_mutex_unlock (&self->watch.lock);
 }
 
 /* Completes the frame being filled with silence and runs it, if still nothing came. */
@@ -1342,24 +1454,25 @@ fill_stalled_frame (GstMoshiDialog * self, guint64 serial)
   /* Not a blocking lock: a state change joins this thread while the streaming thread may hold
    * the stream lock, blocked downstream (a sink prerolling) until that state change is over. */
   while (!GST_PAD_STREAM_TRYLOCK (self->sinkpad)) {
-    g_mutex_lock (&self->watch_lock);
-    gboolean stop = self->watch_stop || self->input_serial != serial;
-    g_mutex_unlock (&self->watch_lock);
+    g_mutex_lock (&self->watch.lock);
+    gboolean stop = self->watch.stop || self->watch.input_serial != serial;
+    g_mutex_unlock (&self->watch.lock);
     if (stop)
       return;
     g_usleep (1000);
   }
-  g_mutex_lock (&self->watch_lock);
-  gboolean still = self->input_serial == serial && !self->watch_stop
-      && GST_CLOCK_TIME_IS_VALID (self->frame_end_rt);
-  g_mutex_unlock (&self->watch_lock);
-  if (still && self->dialog != NULL && self->have_base && self->in_kind != INPUT_NONE
+  g_mutex_lock (&self->watch.lock);
+  gboolean still = self->watch.input_serial == serial && !self->watch.stop
+      && GST_CLOCK_TIME_IS_VALID (self->watch.frame_end_rt);
+  g_mutex_unlock (&self->watch.lock);
+  State *state = self->state;
+  if (still && state != NULL && state->tl.have_base && state->in_kind != INPUT_NONE
       && !GST_PAD_IS_FLUSHING (self->sinkpad)) {
     GST_DEBUG_OBJECT (self, "no input for a frame past its time: going on with silence");
-    GstFlowReturn ret = feed_silence (self, self->frame_size - self->filled);
+    GstFlowReturn ret = feed_silence (self, state, state->frame_size - state->tl.filled);
     if (ret != GST_FLOW_OK)
       GST_DEBUG_OBJECT (self, "filling a stall: %s", gst_flow_get_name (ret));
-    publish_position (self, FALSE, ret == GST_FLOW_OK);
+    publish_position (self, state, FALSE, ret == GST_FLOW_OK);
   }
   GST_PAD_STREAM_UNLOCK (self->sinkpad);
 }
@@ -1371,64 +1484,64 @@ stall_watcher (gpointer data)
   gboolean queried = FALSE, live = FALSE;
   GstClockTime upstream_latency = 0;
 
-  g_mutex_lock (&self->watch_lock);
-  while (!self->watch_stop) {
-    if (!GST_CLOCK_TIME_IS_VALID (self->frame_end_rt) || (queried && !live)) {
-      g_cond_wait (&self->watch_cond, &self->watch_lock);
+  g_mutex_lock (&self->watch.lock);
+  while (!self->watch.stop) {
+    if (!GST_CLOCK_TIME_IS_VALID (self->watch.frame_end_rt) || (queried && !live)) {
+      g_cond_wait (&self->watch.cond, &self->watch.lock);
       continue;
     }
     if (!queried) {
       /* only a live source stalls: a file that is slow to read is not a silent caller */
-      g_mutex_unlock (&self->watch_lock);
+      g_mutex_unlock (&self->watch.lock);
       GstQuery *query = gst_query_new_latency ();
       queried = gst_pad_peer_query (self->sinkpad, query);
       if (queried)
         gst_query_parse_latency (query, &live, &upstream_latency, NULL);
       gst_query_unref (query);
-      g_mutex_lock (&self->watch_lock);
+      g_mutex_lock (&self->watch.lock);
       GST_DEBUG_OBJECT (self, "input is %slive: %s stalls", live ? "" : "not ",
           live ? "filling" : "not filling");
       if (!queried)
-        g_cond_wait_until (&self->watch_cond, &self->watch_lock,
+        g_cond_wait_until (&self->watch.cond, &self->watch.lock,
             g_get_monotonic_time () + 100 * G_TIME_SPAN_MILLISECOND);
       continue;
     }
     GstClock *clock = gst_element_get_clock (GST_ELEMENT (self));
     if (clock == NULL) {
-      g_cond_wait_until (&self->watch_cond, &self->watch_lock,
+      g_cond_wait_until (&self->watch.cond, &self->watch.lock,
           g_get_monotonic_time () + 100 * G_TIME_SPAN_MILLISECOND);
       continue;
     }
-    guint64 serial = self->input_serial;
+    guint64 serial = self->watch.input_serial;
     /* A stall is both: the frame is a frame of grace past its due time (its last sample, plus
      * upstream's latency), and nothing has come for that long either. The second keeps a
      * conversation whose steps lag behind the clock (input queued upstream, on time but not
      * taken yet) from being filled over. After a filled frame, the next one a frame later. */
     GstClockTime deadline = gst_element_get_base_time (GST_ELEMENT (self))
-        + self->frame_end_rt + upstream_latency + self->frame_duration;
-    if (GST_CLOCK_TIME_IS_VALID (self->last_activity))
-      deadline = MAX (deadline, self->last_activity
-          + (self->last_was_fill ? 1 : 2) * self->frame_duration);
+        + self->watch.frame_end_rt + upstream_latency + self->watch.frame_duration;
+    if (GST_CLOCK_TIME_IS_VALID (self->watch.last_activity))
+      deadline = MAX (deadline, self->watch.last_activity
+          + (self->watch.last_was_fill ? 1 : 2) * self->watch.frame_duration);
     GST_LOG_OBJECT (self, "waiting on %" GST_PTR_FORMAT " until %" GST_TIME_FORMAT
         " for the frame ending at running time %" GST_TIME_FORMAT, clock,
-        GST_TIME_ARGS (deadline), GST_TIME_ARGS (self->frame_end_rt));
+        GST_TIME_ARGS (deadline), GST_TIME_ARGS (self->watch.frame_end_rt));
     GstClockID id = gst_clock_new_single_shot_id (clock, deadline);
-    self->watch_id = id;
-    g_mutex_unlock (&self->watch_lock);
+    self->watch.clock_id = id;
+    g_mutex_unlock (&self->watch.lock);
     GstClockReturn ret = gst_clock_id_wait (id, NULL);
     GST_LOG_OBJECT (self, "clock wait: %d, at %" GST_TIME_FORMAT, ret,
         GST_TIME_ARGS (gst_clock_get_time (clock)));
     gst_object_unref (clock);
-    g_mutex_lock (&self->watch_lock);
-    self->watch_id = NULL;
+    g_mutex_lock (&self->watch.lock);
+    self->watch.clock_id = NULL;
     gst_clock_id_unref (id);
-    if (self->watch_stop || ret == GST_CLOCK_UNSCHEDULED || self->input_serial != serial)
+    if (self->watch.stop || ret == GST_CLOCK_UNSCHEDULED || self->watch.input_serial != serial)
       continue;
-    g_mutex_unlock (&self->watch_lock);
+    g_mutex_unlock (&self->watch.lock);
     fill_stalled_frame (self, serial);
-    g_mutex_lock (&self->watch_lock);
+    g_mutex_lock (&self->watch.lock);
   }
-  g_mutex_unlock (&self->watch_lock);
+  g_mutex_unlock (&self->watch.lock);
   return NULL;
 }
 
@@ -1437,22 +1550,22 @@ stall_watcher (gpointer data)
 static void
 request_watcher_stop (GstMoshiDialog * self)
 {
-  g_mutex_lock (&self->watch_lock);
-  self->watch_stop = TRUE;
-  if (self->watch_id != NULL)
-    gst_clock_id_unschedule (self->watch_id);
-  g_cond_signal (&self->watch_cond);
-  g_mutex_unlock (&self->watch_lock);
+  g_mutex_lock (&self->watch.lock);
+  self->watch.stop = TRUE;
+  if (self->watch.clock_id != NULL)
+    gst_clock_id_unschedule (self->watch.clock_id);
+  g_cond_signal (&self->watch.cond);
+  g_mutex_unlock (&self->watch.lock);
 }
 
 static void
 stop_watcher (GstMoshiDialog * self)
 {
-  if (self->watcher == NULL)
+  if (self->watch.thread == NULL)
     return;
   request_watcher_stop (self);
-  g_thread_join (self->watcher);
-  self->watcher = NULL;
+  g_thread_join (self->watch.thread);
+  self->watch.thread = NULL;
 }
 
 static void
@@ -1462,34 +1575,52 @@ start_watcher (GstMoshiDialog * self)
    * it was pushing has gone through */
   stop_watcher (self);
   GST_OBJECT_LOCK (self);
-  gboolean enabled = self->fill_stalls;
+  gboolean enabled = self->settings.fill_stalls;
   GST_OBJECT_UNLOCK (self);
   if (!enabled)
     return;
-  self->watch_stop = FALSE;
-  self->watcher = g_thread_new ("moshidialog-stalls", stall_watcher, self);
+  g_mutex_lock (&self->watch.lock);
+  self->watch.stop = FALSE;
+  self->watch.frame_duration = gst_util_uint64_scale_int (GST_SECOND,
+      moshi_dialog_model_frame_size (self->models.model),
+      moshi_dialog_model_sample_rate (self->models.model));
+  g_mutex_unlock (&self->watch.lock);
+  self->watch.thread = g_thread_new ("moshidialog-stalls", stall_watcher, self);
+}
+
+/* At the end of a stream (the watcher joined): nothing of its position may reach the next
+ * stream's watcher. */
+static void
+forget_position (GstMoshiDialog * self)
+{
+  g_mutex_lock (&self->watch.lock);
+  self->watch.frame_end_rt = GST_CLOCK_TIME_NONE;
+  self->watch.last_activity = GST_CLOCK_TIME_NONE;
+  self->watch.last_was_fill = FALSE;
+  g_mutex_unlock (&self->watch.lock);
 }
 
 static GstFlowReturn
 gst_moshi_dialog_chain (GstPad * pad, GstObject * parent, GstBuffer * buffer)
 {
   GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+  State *state = self->state;
   GstFlowReturn ret;
 
-  if (G_UNLIKELY (self->dialog == NULL)) {
+  if (G_UNLIKELY (state == NULL)) {
     gst_buffer_unref (buffer);
     return GST_FLOW_FLUSHING;
   }
-  if (G_UNLIKELY (self->in_kind == INPUT_NONE))
+  if (G_UNLIKELY (state->in_kind == INPUT_NONE))
     goto not_negotiated;
 
   GST_LOG_OBJECT (self, "%" GST_PTR_FORMAT, buffer);
-  if (self->in_kind == INPUT_PCM)
-    ret = handle_pcm (self, buffer);
+  if (state->in_kind == INPUT_PCM)
+    ret = handle_pcm (self, state, buffer);
   else
-    ret = handle_codes (self, buffer);
+    ret = handle_codes (self, state, buffer);
   gst_buffer_unref (buffer);
-  publish_position (self, TRUE, ret == GST_FLOW_OK);
+  publish_position (self, state, TRUE, ret == GST_FLOW_OK);
   return ret;
 
   /* ERRORS */
@@ -1512,7 +1643,7 @@ push_event_both (GstMoshiDialog * self, GstEvent * event)
 }
 
 static void
-push_stream_start (GstMoshiDialog * self, GstEvent * upstream)
+push_stream_start (GstMoshiDialog * self, State * state, GstEvent * upstream)
 {
   const gchar *upstream_id = NULL;
   guint group;
@@ -1543,7 +1674,8 @@ push_stream_start (GstMoshiDialog * self, GstEvent * upstream)
   GstCaps *text_caps = gst_caps_from_string (TEXT_CAPS);
   gst_pad_push_event (self->textpad, gst_event_new_caps (text_caps));
   gst_caps_unref (text_caps);
-  self->have_stream_start = TRUE;
+  if (state != NULL)
+    state->have_stream_start = TRUE;
 }
 
 static gboolean
@@ -1551,34 +1683,37 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
     GstEvent * event)
 {
   GstMoshiDialog *self = GST_MOSHI_DIALOG (parent);
+  /* serialized events come with the stream lock, flush-start (which touches no state)
+   * without */
+  State *state = self->state;
   gboolean res = TRUE;
 
   GST_DEBUG_OBJECT (self, "%" GST_PTR_FORMAT, event);
 
   switch (GST_EVENT_TYPE (event)) {
     case GST_EVENT_STREAM_START:
-      push_stream_start (self, event);
+      push_stream_start (self, state, event);
       gst_event_unref (event);
       break;
     case GST_EVENT_CAPS:{
       GstCaps *caps;
       gst_event_parse_caps (event, &caps);
-      if (self->dialog == NULL) {
+      if (state == NULL) {
         res = FALSE;
       } else {
-        InputKind old = self->in_kind;
+        InputKind old = state->in_kind;
         GstCaps *current = gst_pad_get_current_caps (pad);
         /* Samples of the old format still waiting belong to the old stream. */
-        if (self->filled > 0 && current != NULL
+        if (state->tl.filled > 0 && current != NULL
             && !gst_caps_is_equal (current, caps))
-          drain (self);
+          drain (self, state);
         gst_clear_caps (&current);
-        res = set_input_caps (self, caps);
-        if (res && !self->have_stream_start)
-          push_stream_start (self, NULL);
+        res = set_input_caps (self, state, caps);
+        if (res && !state->have_stream_start)
+          push_stream_start (self, state, NULL);
         if (res && (old == INPUT_NONE
                 || !gst_pad_has_current_caps (self->srcpad)))
-          res = negotiate_src (self);
+          res = negotiate_src (self, state);
       }
       gst_event_unref (event);
       break;
@@ -1604,39 +1739,40 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
         event = gst_event_new_segment (&segment);
         gst_event_set_seqnum (event, seqnum);
       }
-      /* A new timeline: what waits belongs to the old one. */
-      if (self->have_base && self->dialog != NULL) {
-        drain (self);
-        self->have_base = FALSE;
-        self->discont = self->text_discont = TRUE;
+      if (state != NULL) {
+        /* A new timeline: what waits belongs to the old one. */
+        if (state->tl.have_base) {
+          drain (self, state);
+          state->tl.have_base = FALSE;
+          state->tl.discont = state->tl.text_discont = TRUE;
+        }
+        state->tl.segment = segment;
       }
-      self->segment = segment;
-      self->have_segment = TRUE;
       push_event_both (self, event);
       break;
     }
     case GST_EVENT_GAP:{
       GstClockTime ts, duration;
       gst_event_parse_gap (event, &ts, &duration);
-      if (self->dialog != NULL && self->in_kind != INPUT_NONE
+      if (state != NULL && state->in_kind != INPUT_NONE
           && GST_CLOCK_TIME_IS_VALID (ts)
           && GST_CLOCK_TIME_IS_VALID (duration)) {
         /* The conversation goes on through the gap: the user is silent. */
         guint64 skip;
-        GstFlowReturn ret = sync_input (self, ts, &skip);
+        GstFlowReturn ret = sync_input (self, state, ts, &skip);
         if (ret == GST_FLOW_OK) {
           GstClockTime end = ts + duration;
-          GstClockTime now = out_time (self, self->samples_out + self->filled);
+          GstClockTime now = out_time (state, state->tl.samples_out + state->tl.filled);
           if (end > now) {
-            guint64 n = gst_util_uint64_scale_round (end - now, self->rate,
+            guint64 n = gst_util_uint64_scale_round (end - now, state->rate,
                 GST_SECOND);
-            if (self->in_kind == INPUT_CODES)
-              n = (n + self->frame_size / 2) / self->frame_size *
-                  self->frame_size;
-            ret = feed_silence (self, n);
+            if (state->in_kind == INPUT_CODES)
+              n = (n + state->frame_size / 2) / state->frame_size *
+                  state->frame_size;
+            ret = feed_silence (self, state, n);
           }
         }
-        publish_position (self, TRUE, ret == GST_FLOW_OK);
+        publish_position (self, state, TRUE, ret == GST_FLOW_OK);
         res = ret == GST_FLOW_OK;
       } else {
         GST_DEBUG_OBJECT (self, "ignoring a gap without time or before caps");
@@ -1645,10 +1781,10 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
       break;
     }
     case GST_EVENT_EOS:
-      publish_position (self, FALSE, FALSE);
-      if (self->dialog != NULL) {
-        drain (self);
-        speak_after_eos (self);
+      publish_position (self, state, FALSE, FALSE);
+      if (state != NULL) {
+        drain (self, state);
+        speak_after_eos (self, state);
       }
       push_event_both (self, event);
       break;
@@ -1656,12 +1792,9 @@ gst_moshi_dialog_sink_event (GstPad * pad, GstObject * parent,
       push_event_both (self, event);
       break;
     case GST_EVENT_FLUSH_STOP:
-      publish_position (self, FALSE, FALSE);
-      if (self->dialog != NULL)
-        reset_conversation (self);
-      gst_flow_combiner_reset (self->combiner);
-      gst_segment_init (&self->segment, GST_FORMAT_TIME);
-      self->have_segment = FALSE;
+      publish_position (self, state, FALSE, FALSE);
+      if (state != NULL)
+        state_reset (self, state);
       push_event_both (self, event);
       break;
     case GST_EVENT_TAG:
@@ -1685,8 +1818,8 @@ gst_moshi_dialog_src_event (GstPad * pad, GstObject * parent, GstEvent * event)
       /* The audio and the text sink both send the application's seek. */
       guint32 seqnum = gst_event_get_seqnum (event);
       GST_OBJECT_LOCK (self);
-      gboolean seen = seqnum == self->last_seek_seqnum;
-      self->last_seek_seqnum = seqnum;
+      gboolean seen = seqnum == self->published.last_seek_seqnum;
+      self->published.last_seek_seqnum = seqnum;
       GST_OBJECT_UNLOCK (self);
       if (seen) {
         GST_DEBUG_OBJECT (pad, "seek %u already forwarded", seqnum);
@@ -1773,10 +1906,10 @@ gst_moshi_dialog_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
       if (!gst_pad_peer_query (self->sinkpad, query))
         return FALSE;
       GST_OBJECT_LOCK (self);
-      GstClockTime ours = self->latency;
+      GstClockTime ours = self->published.models.latency;
       /* a frame may wait that long for the other conversations of its tick */
       if (GST_CLOCK_TIME_IS_VALID (ours))
-        ours += self->batch_wait;
+        ours += self->published.batch_wait;
       GST_OBJECT_UNLOCK (self);
       if (!GST_CLOCK_TIME_IS_VALID (ours))
         return FALSE;
@@ -1818,18 +1951,24 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
 
   switch (transition) {
     case GST_STATE_CHANGE_NULL_TO_READY:
-      if (!ensure_models (self))
+    case GST_STATE_CHANGE_READY_TO_PAUSED:{
+      /* One copy of the settings for the whole transition, so that the conversation starts
+       * on the models it names whatever the application sets meanwhile. The model properties
+       * may have changed while in READY. The pads are not active yet: no data can arrive
+       * before the conversation exists. */
+      Settings settings;
+      settings_snapshot (self, &settings);
+      gboolean ok = ensure_models (self, &settings.models)
+          && (transition != GST_STATE_CHANGE_READY_TO_PAUSED
+          || start_stream (self, &settings));
+      settings_clear (&settings);
+      if (!ok)
         return GST_STATE_CHANGE_FAILURE;
       break;
+    }
     case GST_STATE_CHANGE_PLAYING_TO_PAUSED:
       /* no filling while paused: the clock stops */
       request_watcher_stop (self);
-      break;
-    case GST_STATE_CHANGE_READY_TO_PAUSED:
-      /* The model properties may have changed while in READY. The pads are not active
-       * yet: no data can arrive before the conversation exists. */
-      if (!ensure_models (self) || !start_stream (self))
-        return GST_STATE_CHANGE_FAILURE;
       break;
     default:
       break;
@@ -1850,6 +1989,7 @@ gst_moshi_dialog_change_state (GstElement * element, GstStateChange transition)
       /* The pads are inactive: the streaming thread has left the element, and a push of the
        * watcher's has returned. */
       stop_watcher (self);
+      forget_position (self);
       stop_stream (self);
       break;
     case GST_STATE_CHANGE_READY_TO_NULL:
@@ -1872,66 +2012,66 @@ gst_moshi_dialog_set_property (GObject * object, guint prop_id,
   GST_OBJECT_LOCK (self);
   switch (prop_id) {
     case PROP_MODEL:
-      gst_moshi_set_optional_string (&self->spec.model, value);
+      gst_moshi_set_optional_string (&self->settings.models.model, value);
       break;
     case PROP_LM_CONFIG:
-      gst_moshi_set_optional_string (&self->spec.lm_config, value);
+      gst_moshi_set_optional_string (&self->settings.models.lm_config, value);
       break;
     case PROP_MIMI_MODEL:
-      gst_moshi_set_optional_string (&self->spec.mimi_model, value);
+      gst_moshi_set_optional_string (&self->settings.models.mimi_model, value);
       break;
     case PROP_MIMI_CONFIG:
-      gst_moshi_set_optional_string (&self->spec.mimi_config, value);
+      gst_moshi_set_optional_string (&self->settings.models.mimi_config, value);
       break;
     case PROP_TOKENIZER:
-      gst_moshi_set_optional_string (&self->spec.tokenizer, value);
+      gst_moshi_set_optional_string (&self->settings.models.tokenizer, value);
       break;
     case PROP_DEVICE:
-      self->spec.device = g_value_get_enum (value);
+      self->settings.models.device = g_value_get_enum (value);
       break;
     case PROP_KV_CACHE:
-      self->spec.kv_cache = g_value_get_enum (value);
+      self->settings.models.kv_cache = g_value_get_enum (value);
       break;
     case PROP_WEIGHTS:
-      self->spec.weights = g_value_get_enum (value);
+      self->settings.models.weights = g_value_get_enum (value);
       break;
     case PROP_THREADS:
-      self->threads = g_value_get_int (value);
+      self->settings.threads = g_value_get_int (value);
       break;
     case PROP_TEXT_TEMPERATURE:
-      self->sampling.text_temperature = g_value_get_float (value);
-      self->sampling_serial++;
+      self->settings.sampling.text_temperature = g_value_get_float (value);
+      self->settings.sampling_serial++;
       break;
     case PROP_TEXT_TOPK:
-      self->sampling.text_topk = g_value_get_int (value);
-      self->sampling_serial++;
+      self->settings.sampling.text_topk = g_value_get_int (value);
+      self->settings.sampling_serial++;
       break;
     case PROP_AUDIO_TEMPERATURE:
-      self->sampling.audio_temperature = g_value_get_float (value);
-      self->sampling_serial++;
+      self->settings.sampling.audio_temperature = g_value_get_float (value);
+      self->settings.sampling_serial++;
       break;
     case PROP_AUDIO_TOPK:
-      self->sampling.audio_topk = g_value_get_int (value);
-      self->sampling_serial++;
+      self->settings.sampling.audio_topk = g_value_get_int (value);
+      self->settings.sampling_serial++;
       break;
     case PROP_SEED:
-      self->sampling.seed = g_value_get_uint64 (value);
-      self->sampling_serial++;
+      self->settings.sampling.seed = g_value_get_uint64 (value);
+      self->settings.sampling_serial++;
       break;
     case PROP_SHARED_SCHEDULER:
-      self->shared_scheduler = g_value_get_boolean (value);
+      self->settings.shared_scheduler = g_value_get_boolean (value);
       break;
     case PROP_MAX_CONVERSATIONS:
-      self->max_conversations = g_value_get_uint (value);
+      self->settings.max_conversations = g_value_get_uint (value);
       break;
     case PROP_BATCH_WAIT:
-      self->batch_wait_ms = g_value_get_int (value);
+      self->settings.batch_wait_ms = g_value_get_int (value);
       break;
     case PROP_EOS_TAIL:
-      self->eos_tail_ms = g_value_get_uint (value);
+      self->settings.eos_tail_ms = g_value_get_uint (value);
       break;
     case PROP_FILL_STALLS:
-      self->fill_stalls = g_value_get_boolean (value);
+      self->settings.fill_stalls = g_value_get_boolean (value);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -1946,83 +2086,82 @@ gst_moshi_dialog_get_property (GObject * object, guint prop_id, GValue * value,
 {
   GstMoshiDialog *self = GST_MOSHI_DIALOG (object);
 
+  /* The figures of the running conversation's scheduler, read outside the object lock: they
+   * take the scheduler's own. */
+  if (prop_id == PROP_SCHEDULER_STATS || prop_id == PROP_MAX_OBSERVED_DELAY) {
+    GstStructure *st = scheduler_stats (self);
+    if (prop_id == PROP_SCHEDULER_STATS) {
+      g_value_take_boxed (value, st);
+      return;
+    }
+    gdouble ms = 0;
+    if (st != NULL) {
+      gst_structure_get_double (st, "max-observed-delay-ms", &ms);
+      gst_structure_free (st);
+    }
+    g_value_set_uint (value, (guint) ceil (ms));
+    return;
+  }
+
   GST_OBJECT_LOCK (self);
   switch (prop_id) {
     case PROP_MODEL:
-      g_value_set_string (value, self->spec.model);
+      g_value_set_string (value, self->settings.models.model);
       break;
     case PROP_LM_CONFIG:
-      g_value_set_string (value, self->spec.lm_config);
+      g_value_set_string (value, self->settings.models.lm_config);
       break;
     case PROP_MIMI_MODEL:
-      g_value_set_string (value, self->spec.mimi_model);
+      g_value_set_string (value, self->settings.models.mimi_model);
       break;
     case PROP_MIMI_CONFIG:
-      g_value_set_string (value, self->spec.mimi_config);
+      g_value_set_string (value, self->settings.models.mimi_config);
       break;
     case PROP_TOKENIZER:
-      g_value_set_string (value, self->spec.tokenizer);
+      g_value_set_string (value, self->settings.models.tokenizer);
       break;
     case PROP_DEVICE:
-      g_value_set_enum (value, self->spec.device);
+      g_value_set_enum (value, self->settings.models.device);
       break;
     case PROP_KV_CACHE:
-      g_value_set_enum (value, self->spec.kv_cache);
+      g_value_set_enum (value, self->settings.models.kv_cache);
       break;
     case PROP_WEIGHTS:
-      g_value_set_enum (value, self->spec.weights);
+      g_value_set_enum (value, self->settings.models.weights);
       break;
     case PROP_THREADS:
-      g_value_set_int (value, self->threads);
+      g_value_set_int (value, self->settings.threads);
       break;
     case PROP_TEXT_TEMPERATURE:
-      g_value_set_float (value, self->sampling.text_temperature);
+      g_value_set_float (value, self->settings.sampling.text_temperature);
       break;
     case PROP_TEXT_TOPK:
-      g_value_set_int (value, self->sampling.text_topk);
+      g_value_set_int (value, self->settings.sampling.text_topk);
       break;
     case PROP_AUDIO_TEMPERATURE:
-      g_value_set_float (value, self->sampling.audio_temperature);
+      g_value_set_float (value, self->settings.sampling.audio_temperature);
       break;
     case PROP_AUDIO_TOPK:
-      g_value_set_int (value, self->sampling.audio_topk);
+      g_value_set_int (value, self->settings.sampling.audio_topk);
       break;
     case PROP_SEED:
-      g_value_set_uint64 (value, self->sampling.seed);
+      g_value_set_uint64 (value, self->settings.sampling.seed);
       break;
     case PROP_SHARED_SCHEDULER:
-      g_value_set_boolean (value, self->shared_scheduler);
+      g_value_set_boolean (value, self->settings.shared_scheduler);
       break;
     case PROP_MAX_CONVERSATIONS:
-      g_value_set_uint (value, self->max_conversations);
+      g_value_set_uint (value, self->settings.max_conversations);
       break;
     case PROP_BATCH_WAIT:
-      g_value_set_int (value, self->batch_wait_ms);
+      g_value_set_int (value, self->settings.batch_wait_ms);
       break;
     case PROP_EOS_TAIL:
-      g_value_set_uint (value, self->eos_tail_ms);
+      g_value_set_uint (value, self->settings.eos_tail_ms);
       break;
     case PROP_FILL_STALLS:
-      g_value_set_boolean (value, self->fill_stalls);
+      g_value_set_boolean (value, self->settings.fill_stalls);
       break;
-    case PROP_SCHEDULER_STATS:
-    case PROP_MAX_OBSERVED_DELAY:{
-      /* scheduler_stats takes the object lock itself */
-      GST_OBJECT_UNLOCK (self);
-      GstStructure *st = scheduler_stats (self);
-      if (prop_id == PROP_SCHEDULER_STATS) {
-        g_value_take_boxed (value, st);
-      } else {
-        gdouble ms = 0;
-        if (st)
-          gst_structure_get_double (st, "max-observed-delay-ms", &ms);
-        g_value_set_uint (value, (guint) ceil (ms));
-        if (st)
-          gst_structure_free (st);
-      }
-      GST_OBJECT_LOCK (self);
-      break;
-    }
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -2040,10 +2179,9 @@ gst_moshi_dialog_finalize (GObject * object)
   stop_watcher (self);
   stop_stream (self);
   close_models (self);
-  model_spec_clear (&self->spec);
-  g_mutex_clear (&self->watch_lock);
-  g_cond_clear (&self->watch_cond);
-  gst_flow_combiner_free (self->combiner);
+  settings_clear (&self->settings);
+  g_mutex_clear (&self->watch.lock);
+  g_cond_clear (&self->watch.cond);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
 
@@ -2155,13 +2293,15 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
       g_param_spec_uint ("eos-tail", "EOS tail",
           "After the end of the input, go on for this long (ms, whole frames) "
           "on silence before ending the stream, so that the model can finish "
-          "its answer (0 = end with the input)", 0, 600000, 0, live_flags));
+          "its answer (0 = end with the input)", 0, 600000, DEFAULT_EOS_TAIL,
+          live_flags));
   g_object_class_install_property (gobject_class, PROP_FILL_STALLS,
       g_param_spec_boolean ("fill-stalls", "Fill stalls",
           "With live input: when no input has come for a frame past its time "
           "on the pipeline clock (an RTP gap, silence suppression), go on "
           "with silence, so that the model keeps talking and its output "
-          "stays paced; late input is then dropped", TRUE, model_flags));
+          "stays paced; late input is then dropped", DEFAULT_FILL_STALLS,
+          model_flags));
   g_object_class_install_property (gobject_class, PROP_SCHEDULER_STATS,
       g_param_spec_boxed ("scheduler-stats", "Scheduler statistics",
           "The shared scheduler's figures: conversations, ticks, tick time "
@@ -2222,27 +2362,12 @@ gst_moshi_dialog_init (GstMoshiDialog * self)
   gst_pad_use_fixed_caps (self->textpad);
   gst_element_add_pad (GST_ELEMENT (self), self->textpad);
 
-  self->combiner = gst_flow_combiner_new ();
-  gst_flow_combiner_add_pad (self->combiner, self->srcpad);
-  gst_flow_combiner_add_pad (self->combiner, self->textpad);
-
-  self->spec.device = GST_MOSHI_DEFAULT_DEVICE;
-  self->threads = GST_MOSHI_DEFAULT_THREADS;
-  self->sampling.text_temperature = DEFAULT_TEXT_TEMPERATURE;
-  self->sampling.text_topk = DEFAULT_TEXT_TOPK;
-  self->sampling.audio_temperature = DEFAULT_AUDIO_TEMPERATURE;
-  self->sampling.audio_topk = DEFAULT_AUDIO_TOPK;
-  self->sampling.seed = DEFAULT_SEED;
-  self->shared_scheduler = DEFAULT_SHARED_SCHEDULER;
-  self->max_conversations = DEFAULT_MAX_CONVERSATIONS;
-  self->batch_wait_ms = DEFAULT_BATCH_WAIT;
-  self->fill_stalls = TRUE;
-  self->frame_end_rt = GST_CLOCK_TIME_NONE;
-  self->last_activity = GST_CLOCK_TIME_NONE;
-  g_mutex_init (&self->watch_lock);
-  g_cond_init (&self->watch_cond);
-  self->latency = GST_CLOCK_TIME_NONE;
-  self->last_seek_seqnum = GST_SEQNUM_INVALID;
-  gst_segment_init (&self->segment, GST_FORMAT_TIME);
-  self->mimi.device = GST_MOSHI_DEFAULT_DEVICE;
+  settings_init (&self->settings);
+  self->published.models.latency = GST_CLOCK_TIME_NONE;
+  self->published.last_seek_seqnum = GST_SEQNUM_INVALID;
+  self->models.mimi.device = GST_MOSHI_DEFAULT_DEVICE;
+  g_mutex_init (&self->watch.lock);
+  g_cond_init (&self->watch.cond);
+  self->watch.frame_end_rt = GST_CLOCK_TIME_NONE;
+  self->watch.last_activity = GST_CLOCK_TIME_NONE;
 }

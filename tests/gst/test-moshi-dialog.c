@@ -1111,6 +1111,102 @@ GST_START_TEST (test_restart)
 }
 GST_END_TEST;
 
+/* What the bus got from a moshidialog: warnings, scheduler messages, and words, those whose
+ * running time is their timestamp (in a TIME segment from 0) apart. */
+typedef struct
+{
+  guint warnings;
+  guint scheduler_messages;
+  guint words;
+  guint words_at_their_time;
+} BusMessages;
+
+static BusMessages
+pop_bus_messages (GstBus * bus)
+{
+  BusMessages m = { 0 };
+  GstMessage *msg;
+  while ((msg = gst_bus_pop (bus)) != NULL) {
+    fail_if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR);
+    m.warnings += GST_MESSAGE_TYPE (msg) == GST_MESSAGE_WARNING;
+    const GstStructure *s = gst_message_get_structure (msg);
+    if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ELEMENT
+        && gst_structure_has_name (s, "moshi-scheduler"))
+      m.scheduler_messages++;
+    if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ELEMENT
+        && gst_structure_has_name (s, "moshi-text")) {
+      guint64 ts, running;
+      fail_unless (gst_structure_get (s, "timestamp", G_TYPE_UINT64, &ts, "running-time",
+              G_TYPE_UINT64, &running, NULL));
+      m.words++;
+      m.words_at_their_time += running == ts;
+    }
+    gst_message_unref (msg);
+  }
+  return m;
+}
+
+/* A restart (PAUSED -> READY -> PAUSED) and a flush leave nothing of the stream before them.
+ * The first stream runs from 10 s in a segment starting there, leaves a partial frame waiting,
+ * has a non-finite sample and outputs 0.88 s, short of the second of output that makes a
+ * scheduler message. After it the stream from 0 (in a segment from 0) is the fresh
+ * conversation's, stamped from 0 with the first buffer DISCONT, its words timed in the new
+ * segment, and with no scheduler message (0.96 s more). A restart is a new stream, warned
+ * about non-finite samples again; a flush is not. */
+GST_START_TEST (test_restart_and_flush_leave_no_state)
+{
+  const gsize n = 12 * FRAME, first_n = 11 * FRAME + 700;
+  g_autofree gfloat *speech = make_speech (n);
+  g_autofree gfloat *zeroed = g_memdup2 (speech, n * sizeof (gfloat));
+  speech[100] = NAN;
+  zeroed[100] = 0.0f;
+  g_autoptr (Reference) ref = greedy_reference (zeroed, n);
+  fail_unless (count_words (ref) > 0);
+
+  for (gint restart = 0; restart < 2; restart++) {
+    GstElement *element = make_dialog (TRUE);
+    GstBus *bus = attach_bus (element);
+    Harnesses hs;
+    harnesses_new (&hs, element, TRUE, RAW_F32_CAPS);
+    GstSegment segment;
+    gst_segment_init (&segment, GST_FORMAT_TIME);
+    segment.start = 10 * GST_SECOND;
+    fail_unless (gst_harness_push_event (hs.h, gst_event_new_segment (&segment)));
+    push_pcm (hs.h, speech, first_n, FRAME, 10 * GST_SECOND);
+    g_ptr_array_unref (pull_all (hs.h));
+    g_ptr_array_unref (pull_all (hs.text));
+    BusMessages before = pop_bus_messages (bus);
+    fail_unless_equals_int (before.warnings, 1);
+    fail_unless_equals_int (before.scheduler_messages, 0);
+    fail_unless (before.words > 0 && before.words_at_their_time == 0);
+
+    if (restart) {
+      fail_unless_equals_int (gst_element_set_state (hs.h->element, GST_STATE_READY),
+          GST_STATE_CHANGE_SUCCESS);
+      GstStructure *stats = NULL;
+      g_object_get (hs.h->element, "scheduler-stats", &stats, NULL);
+      fail_unless (stats == NULL, "scheduler-stats without a conversation");
+      gst_harness_play (hs.h);
+      gst_harness_set_src_caps_str (hs.h, RAW_F32_CAPS);
+    } else {
+      push_flush (hs.h);
+    }
+    g_ptr_array_unref (pull_events (hs.text, GST_EVENT_GAP));
+
+    push_pcm (hs.h, speech, n, FRAME, 0);
+    pull_and_check_audio_frames (hs.h, ref, n, 0);
+    assert_text_matches (hs.text, ref, 0, 12);
+    BusMessages after = pop_bus_messages (bus);
+    fail_unless_equals_int (after.warnings, restart ? 1 : 0);
+    fail_unless_equals_int (after.scheduler_messages, 0);
+    fail_unless_equals_int (after.words, count_words (ref));
+    fail_unless_equals_int (after.words_at_their_time, after.words);
+    harnesses_teardown (&hs);
+    drop_bus (bus);
+  }
+}
+GST_END_TEST;
+
 /* State changes from another thread while buffers keep coming: no crash, no leak, and the
  * element works normally afterwards. */
 GST_START_TEST (test_state_changes_under_data)
@@ -1661,6 +1757,7 @@ moshi_dialog_suite (void)
   TCase *states = tcase_create ("states");
   tcase_add_test (states, test_sampling_change_while_playing);
   tcase_add_test (states, test_restart);
+  tcase_add_test (states, test_restart_and_flush_leave_no_state);
   tcase_add_test (states, test_state_changes_under_data);
   tcase_add_test (states, test_shared_models);
   tcase_add_test (states, test_model_directory);
