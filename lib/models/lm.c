@@ -565,9 +565,10 @@ kv_slot_bytes (const MoshiLm *lm)
   return moshi_kv_slot_bytes (lm->kv_dtype, tr->num_heads, tr->d_model / tr->num_heads);
 }
 
-/* Opens the backend and loads the weights of lm->st; frees lm on failure. */
+/* Loads the weights of lm->st on be, or on the backend it opens when be is NULL; frees lm on
+ * failure. */
 static MoshiLm *
-finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
+finish_load (MoshiLm *lm, MoshiBackend *be, const MoshiLmLoadOptions *options, GError **error)
 {
   MoshiLmLoadOptions defaults = { .device = MOSHI_DEVICE_AUTO };
   if (options == NULL)
@@ -575,7 +576,7 @@ finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
   MoshiDevice device = options->device;
   lm->kv_dtype = moshi_lm_kv_cache_dtype (options->kv_cache);
   lm->weights = options->weights;
-  lm->be = moshi_backend_open (device, error);
+  lm->be = be ? moshi_backend_ref (be) : moshi_backend_open (device, error);
   if (lm->be == NULL || !load_model (lm, error)) {
     lm_free (lm);
     return NULL;
@@ -583,8 +584,8 @@ finish_load (MoshiLm *lm, const MoshiLmLoadOptions *options, GError **error)
   return lm;
 }
 
-MoshiLm *
-moshi_lm_load (const char *weights_path, const char *config_path,
+static MoshiLm *
+lm_load_on (MoshiBackend *be, const char *weights_path, const char *config_path,
     const MoshiLmLoadOptions *options, GError **error)
 {
   g_return_val_if_fail (weights_path != NULL, NULL);
@@ -602,7 +603,7 @@ moshi_lm_load (const char *weights_path, const char *config_path,
   lm->st = moshi_safetensors_open (weights_path, error);
   if (lm->st == NULL)
     goto fail;
-  MoshiLm *loaded = finish_load (lm, options, error);
+  MoshiLm *loaded = finish_load (lm, be, options, error);
   if (loaded == NULL)
     moshi_model_load_error_hint (error, "LM", "the released Moshi 7B", weights_path, config_path);
   return loaded;
@@ -610,6 +611,13 @@ moshi_lm_load (const char *weights_path, const char *config_path,
 fail:
   lm_free (lm);
   return NULL;
+}
+
+MoshiLm *
+moshi_lm_load (const char *weights_path, const char *config_path,
+    const MoshiLmLoadOptions *options, GError **error)
+{
+  return lm_load_on (NULL, weights_path, config_path, options, error);
 }
 
 /* ================================================================ random weights */
@@ -820,7 +828,7 @@ moshi_lm_new_random_full (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 se
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  return finish_load (lm, options, error);
+  return finish_load (lm, NULL, options, error);
 
 fail:
   lm_free (lm);
@@ -830,9 +838,10 @@ fail:
 static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
 
 static gpointer
-load_for_registry (const char *weights, const char *config, gconstpointer options, GError **error)
+load_for_registry (const char *weights, const char *config, gconstpointer shared, GError **error)
 {
-  return moshi_lm_load (weights, config, options, error);
+  const MoshiSharedLoad *s = shared;
+  return lm_load_on (s->be, weights, config, s->options, error);
 }
 
 static const MoshiRegistryType registry_type = {
@@ -851,8 +860,9 @@ moshi_lm_load_shared (const char *weights_path, const char *config_path,
   g_autofree char *variant = g_strdup_printf ("%s/kv-%s%s", be->name,
       moshi_lm_kv_cache_name (options ? options->kv_cache : MOSHI_LM_KV_DEFAULT),
       options && options->weights == MOSHI_LM_WEIGHTS_INT8 ? "/int8" : "");
+  MoshiSharedLoad shared = { options, be };
   return moshi_registry_load (&shared_models, &registry_type, variant, weights_path, config_path,
-      options, error);
+      &shared, error);
 }
 
 MoshiLm *

@@ -461,8 +461,10 @@ mimi_free (MoshiMimi *m)
   g_free (m);
 }
 
-MoshiMimi *
-moshi_mimi_load (const char *weights_path, const char *config_path,
+/* be: the backend when the caller has opened it already, else NULL: opened here, after the
+ * config and the checkpoint (whose errors come first). */
+static MoshiMimi *
+mimi_load_on (MoshiBackend *be, const char *weights_path, const char *config_path,
     const MoshiMimiLoadOptions *options, GError **error)
 {
   g_return_val_if_fail (weights_path != NULL, NULL);
@@ -483,7 +485,8 @@ moshi_mimi_load (const char *weights_path, const char *config_path,
   m->st = moshi_safetensors_open (weights_path, error);
   if (m->st == NULL)
     goto fail;
-  m->be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
+  m->be = be ? moshi_backend_ref (be)
+      : moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
   if (m->be == NULL)
     goto fail;
 
@@ -510,12 +513,20 @@ fail:
   return NULL;
 }
 
+MoshiMimi *
+moshi_mimi_load (const char *weights_path, const char *config_path,
+    const MoshiMimiLoadOptions *options, GError **error)
+{
+  return mimi_load_on (NULL, weights_path, config_path, options, error);
+}
+
 static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
 
 static gpointer
-load_for_registry (const char *weights, const char *config, gconstpointer options, GError **error)
+load_for_registry (const char *weights, const char *config, gconstpointer shared, GError **error)
 {
-  return moshi_mimi_load (weights, config, options, error);
+  const MoshiSharedLoad *s = shared;
+  return mimi_load_on (s->be, weights, config, s->options, error);
 }
 
 static const MoshiRegistryType registry_type = {
@@ -532,8 +543,9 @@ moshi_mimi_load_shared (const char *weights_path, const char *config_path,
   g_autoptr (MoshiBackend) be = moshi_backend_open (device, error);
   if (be == NULL)
     return NULL;
+  MoshiSharedLoad shared = { options, be };
   return moshi_registry_load (&shared_models, &registry_type, be->name, weights_path, config_path,
-      options, error);
+      &shared, error);
 }
 
 MoshiMimi *
