@@ -10,6 +10,7 @@
 #include "moshi-backend.h"
 #include "moshi-error.h"
 #include "moshi-mimi.h"
+#include "moshi-recorder.h"
 #include "mimi-internal.h"
 #include "moshi-safetensors.h"
 
@@ -458,8 +459,7 @@ START_TEST (test_batch_matches_solo)
    * direction, once the shape has been run eagerly and then recorded. */
   MoshiBackend *be = moshi_mimi_get_backend (fx.mimi);
   if (be->ops->capture_begin != NULL && be->ops->get_stats != NULL) {
-    const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-    gboolean graphs = !(env && g_str_equal (env, "0"));
+    gboolean graphs = moshi_graphs_enabled ();
     const float *pcm[] = { padded, padded + frame };
     int32_t got[2][64];
     int32_t *got_p[] = { got[0], got[1] };

@@ -35,10 +35,7 @@ moshi_lm_batch_free (MoshiLmBatch *b)
   host_free (be, b->step_host);
   host_free (be, b->tokens_host);
   host_free (be, b->text_logits_host);
-  if (b->graph)
-    be->ops->graph_free (be, b->graph);
-  g_free (b->graph_key);
-  g_free (b->warm_key);
+  moshi_recorder_free (b->rec);
   g_free (b->ids_host);
   g_free (b->cond_host);
   g_free (b->row_of);
@@ -98,10 +95,9 @@ moshi_lm_batch_new (MoshiLm *lm, int max_rows, int n_threads, GError **error)
   int streams = moshi_lm_config_num_streams (cfg);
   gsize rows = max_rows;
   MoshiBackend *be = lm->be;
-  const char *env = g_getenv ("MOSHI_LM_GRAPHS");
-  b->graphs = be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
+  b->rec = moshi_recorder_new (ex, 1, TRUE, "LM steps", lm->path);
   /* decode steps of 16 rows or more on tensor cores (BF16 activations, f32 accumulation) */
-  env = g_getenv ("MOSHI_TENSOR_CORES");
+  const char *env = g_getenv ("MOSHI_TENSOR_CORES");
   ex->tensor_core_batches = !(env && g_str_equal (env, "0"));
 
   StepLayout *L = &b->layout;

@@ -5,6 +5,7 @@
 
 #include "moshi-lm.h"
 #include "moshi-backend.h"
+#include "moshi-recorder.h"
 
 G_BEGIN_DECLS
 
@@ -111,10 +112,7 @@ struct _MoshiLmBatch {
   guint8 *step_host, *step_dev; /* pinned host / device copies of the step input */
   int32_t *tokens_dev, *tokens_host;   /* [max_sessions][1 + dep_q] sampled (host pinned) */
   float *text_logits_host;      /* pinned, [max_rows][text_card_out] when asked for */
-  gboolean graphs;              /* record steps and replay them (backends that can) */
-  MoshiGraph *graph;            /* the recorded step of the last shape, or NULL */
-  int *graph_key;               /* that shape: n, want_logits, row_of[0..n] */
-  int *warm_key;                /* the last shape run eagerly (recorded when it comes again) */
+  MoshiRecorder *rec;           /* steps recorded and replayed (backends that can): run_step */
 };
 
 /* Where the rows of a transformer pass keep their KV caches: one sequence per segment (teacher

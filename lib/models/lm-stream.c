@@ -195,76 +195,39 @@ device_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits)
       (gsize) n * ld_tokens * sizeof (int32_t));
 }
 
-/* The shape of a step a recorded graph is valid for: the sessions' rows and the outputs. */
-static int *
-step_key (MoshiLmBatch *b, int n, gboolean want_logits)
+typedef struct {
+  MoshiLmBatch *b;
+  int n, rows;
+  gboolean want_logits;
+} Step;
+
+static void
+step_device (gpointer ctx)
 {
-  int *key = g_new (int, n + 3);
-  key[0] = n;
-  key[1] = want_logits;
-  memcpy (key + 2, b->row_of, (n + 1) * sizeof (int));
-  return key;
+  Step *st = ctx;
+  device_step (st->b, st->n, st->rows, st->want_logits);
 }
 
-static gboolean
-same_key (const int *a, const int *b)
-{
-  return a != NULL && b != NULL && a[0] == b[0]
-      && memcmp (a + 1, b + 1, (a[0] + 2) * sizeof (int)) == 0;
-}
-
-/* Runs device_step: replays the recorded step when its shape comes again, records it the second
- * time a shape is seen (the first run sizes every scratch buffer), and otherwise runs the ops as
- * they come. A step that cannot be recorded turns recording off for the batch, with a message. */
+/* Runs device_step through the batch's recorder (moshi-recorder.h): the shape of a step is
+ * the sessions' rows and whether text logits come back. */
 static gboolean
 run_step (MoshiLmBatch *b, int n, int rows, gboolean want_logits, GError **error)
 {
   MoshiBackend *be = b->lm->be;
-  const MoshiBackendOps *ops = be->ops;
   if (want_logits && b->text_logits_host == NULL) {
-    b->text_logits_host = ops->host_alloc (be,
+    b->text_logits_host = be->ops->host_alloc (be,
         (gsize) b->max_rows * b->lm->cfg.text_card_out * sizeof (float), error);
     if (b->text_logits_host == NULL)
       return FALSE;
   }
-  if (!b->graphs) {
-    device_step (b, n, rows, want_logits);
-    return TRUE;
-  }
-  g_autofree int *key = step_key (b, n, want_logits);
-  if (b->graph == NULL || !same_key (key, b->graph_key)) {
-    /* A new shape may grow the exec's scratch buffers, freeing memory the recorded step still
-     * points to: the recorded step goes, and is recorded again when its shape comes back. */
-    if (b->graph != NULL) {
-      if (!ops->synchronize (b->ex, error))
-        return FALSE;
-      ops->graph_free (be, b->graph);
-      b->graph = NULL;
-    }
-    if (!same_key (key, b->warm_key)) {
-      g_free (b->warm_key);
-      b->warm_key = g_steal_pointer (&key);
-      device_step (b, n, rows, want_logits);
-      return TRUE;
-    }
-    g_autoptr (GError) why = NULL;
-    MoshiGraph *graph = NULL;
-    if (ops->capture_begin (b->ex, &why)) {
-      device_step (b, n, rows, want_logits);
-      graph = ops->capture_end (b->ex, &why);
-    }
-    if (graph == NULL) {
-      g_message ("%s: steps are not recorded, each op is launched as it comes: %s", b->lm->path,
-          why->message);
-      b->graphs = FALSE;
-      device_step (b, n, rows, want_logits);
-      return TRUE;
-    }
-    b->graph = graph;
-    g_free (b->graph_key);
-    b->graph_key = g_steal_pointer (&key);
-  }
-  return ops->graph_launch (b->ex, b->graph, error);
+  GString *key = g_string_new (NULL);
+  g_string_printf (key, "%d/%d", n, want_logits);
+  for (int i = 0; i <= n; i++)
+    g_string_append_printf (key, "/%d", b->row_of[i]);
+  gboolean ok = moshi_recorder_run (b->rec, 0, key->str, FALSE, step_device,
+      &(Step) { b, n, rows, want_logits }, error);
+  g_string_free (key, TRUE);
+  return ok;
 }
 
 gboolean
