@@ -64,6 +64,7 @@ struct _MoshiLm {
   float *cond_pad[MOSHI_LM_MAX_CONDITIONERS];
 };
 
+MoshiBackend *moshi_lm_get_backend (const MoshiLm *lm);
 void lm_free (MoshiLm *lm);
 gboolean lm_check_config (const MoshiLmConfig *cfg, const char *what, GError **error);
 MoshiLm *lm_finish_load (MoshiLm *lm, MoshiBackend *be, const MoshiLmLoadOptions *options,

@@ -544,9 +544,18 @@ moshi_mimi_load_shared (const char *weights_path, const char *config_path,
   g_autoptr (MoshiBackend) be = moshi_backend_open (device, error);
   if (be == NULL)
     return NULL;
-  MoshiSharedLoad shared = { options, be };
+  return moshi_mimi_load_on_backend (be, TRUE, weights_path, config_path, options, error);
+}
+
+MoshiMimi *
+moshi_mimi_load_on_backend (MoshiBackend *be, gboolean shared, const char *weights_path,
+    const char *config_path, const MoshiMimiLoadOptions *options, GError **error)
+{
+  if (!shared)
+    return mimi_load_on (be, weights_path, config_path, options, error);
+  MoshiSharedLoad load = { options, be };
   return moshi_registry_load (&shared_models, &registry_type, be->name, weights_path, config_path,
-      &shared, error);
+      &load, error);
 }
 
 MoshiMimi *
