@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #else
-#include "cuda-emu/cuda-emu.h"
+#include "cuda-emu.h"     /* tests/cuda-emu */
 #endif
 
 #include <stdint.h>

@@ -2,7 +2,7 @@
  *
  * MOSHI_LAUNCH (kernel, grid, block, smem_bytes, stream, args...) is
  *   kernel<<<grid, block, smem_bytes, stream>>> (args...)        under nvcc, and
- *   the emulator's launcher (cuda-emu/cuda-emu.h)                  for a host compiler,
+ *   the emulator's launcher (tests/cuda-emu/cuda-emu.h)            for a host compiler,
  * and evaluates to the cudaError_t of the launch (cudaGetLastError) in both, so host code is
  * written once. A kernel template must be named through an alias or in parentheses. */
 /* Every launch also increments the calling thread's launch counter (moshi_k_launch_count in

@@ -564,8 +564,11 @@ START_TEST (test_dialog_model_from_folder)
   MoshiDialogLoadOptions o = small_mimi_options ();
   MoshiDialogLoadInfo info = { 0 };
   g_autoptr (GError) error = NULL;
+  guint opens = moshi_backend_open_count ();
   g_autoptr (MoshiDialogModel) model = moshi_dialog_model_load (folder, &o, &info, &error);
   ck_assert_msg (model != NULL, "%s", error ? error->message : "");
+  /* the LM and Mimi on one backend, opened once */
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
   ck_assert_ptr_null (info.tokenizer_path);
   ck_assert_ptr_null (moshi_dialog_model_display (model, 5));
   moshi_dialog_load_info_clear (&info);

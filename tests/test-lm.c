@@ -711,13 +711,18 @@ START_TEST (test_lm_shared_registry)
   g_autofree char *config = moshi_test_data_path ("lm/small7b/config.json");
   GError *error = NULL;
   MoshiLmLoadOptions cpu = { .device = MOSHI_DEVICE_CPU }, any = { .device = MOSHI_DEVICE_AUTO };
+  /* each load opens the backend once: to name the device of the registry key, and no more */
+  guint opens = moshi_backend_open_count ();
   MoshiLm *a = moshi_lm_load_shared (model, config, &cpu, &error);
   ck_assert_ptr_nonnull (a);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
   MoshiLm *b = moshi_lm_load_shared (model, config, &any, &error);
   ck_assert_ptr_eq (a, b);
   /* an unshared load is its own copy */
+  opens = moshi_backend_open_count ();
   MoshiLm *c = moshi_lm_load (model, config, &cpu, &error);
   ck_assert_ptr_ne (a, c);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
   moshi_lm_unref (c);
   moshi_lm_unref (a);
   moshi_lm_unref (b);

@@ -11,6 +11,7 @@
 #include "moshi-error.h"
 #include "mimi-config.h"
 #include "moshi-mimi.h"
+#include "moshi-recorder.h"
 #include "mimi-internal.h"
 #include "moshi-safetensors.h"
 
@@ -459,8 +460,7 @@ START_TEST (test_batch_matches_solo)
    * direction, once the shape has been run eagerly and then recorded. */
   MoshiBackend *be = moshi_mimi_get_backend (fx.mimi);
   if (be->ops->capture_begin != NULL && be->ops->get_stats != NULL) {
-    const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-    gboolean graphs = !(env && g_str_equal (env, "0"));
+    gboolean graphs = moshi_graphs_enabled ();
     const float *pcm[] = { padded, padded + frame };
     int32_t got[2][64];
     int32_t *got_p[] = { got[0], got[1] };
@@ -793,13 +793,23 @@ START_TEST (test_shared_registry)
   g_autofree char *config = moshi_test_data_path (config_rel);
   GError *error = NULL;
   MoshiMimiLoadOptions cpu = { MOSHI_DEVICE_CPU };
+  /* each load opens the backend once: to name the device of the registry key, and no more */
+  guint opens = moshi_backend_open_count ();
   MoshiMimi *a = moshi_mimi_load_shared (model, config, &cpu, &error);
   ck_assert_ptr_nonnull (a);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
   /* the same file through another spelling of its path */
   g_autofree char *dir = g_path_get_dirname (model);
   g_autofree char *other = g_build_filename (dir, ".", "model.safetensors", NULL);
+  opens = moshi_backend_open_count ();
   MoshiMimi *b = moshi_mimi_load_shared (other, config, &cpu, &error);
   ck_assert_ptr_eq (a, b);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
+  opens = moshi_backend_open_count ();
+  MoshiMimi *unshared = moshi_mimi_load (model, config, &cpu, &error);
+  ck_assert_ptr_nonnull (unshared);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
+  moshi_mimi_unref (unshared);
   /* a different config is a different model */
   MoshiMimi *c = moshi_mimi_load_shared (model, NULL, &cpu, &error);
   ck_assert_ptr_null (c);

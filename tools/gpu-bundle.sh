@@ -138,9 +138,15 @@ for t in gpu_tests:
         fail(f"two programs named {name}")
     bins[rel] = "bin/" + name
     env = []
+    # The bundle is for the real runtime: the CPU emulator (tests/cuda-emu) never goes in.
+    if t["env"].get("MOSHI_CUDA_EMULATE", "0") != "0" or any(
+            "cuda-emu" in os.path.basename(v) for v in list(t["env"].values()) + t["cmd"]):
+        fail(f"test {t['name']} runs on the CUDA emulator: it belongs in suite 'unit', not 'gpu'")
     for k, v in sorted(t["env"].items()):
         if k == "LD_LIBRARY_PATH":
             continue                        # run.sh sets the bundle's own
+        if k == "MOSHI_HUB_SERVER":
+            continue                        # for the download tests, none of which is in 'gpu'
         v = bundle_path(v, f"test {t['name']}, {k}")
         if any(c.isspace() for c in v):
             fail(f"test {t['name']}: {k}={v!r} has white space")

@@ -41,6 +41,8 @@ static MoshiBackend *cuda_backend;
  * (the module is not reloaded and the driver not asked again). */
 static char *cuda_unusable;
 static gint cuda_unusable_code;
+/* Calls of moshi_backend_open, for the tests that hold a model load to one. */
+static guint backend_opens;
 
 /* The CUDA module (libmoshi-cuda.so, or libmoshi-cuda-emu.so with MOSHI_CUDA_EMULATE=1, the
  * same backend on the CPU emulator of the runtime, for tests): $MOSHI_CUDA_MODULE, else next to
@@ -126,10 +128,17 @@ open_cuda_locked (GError **error)
   return NULL;
 }
 
+guint
+moshi_backend_open_count (void)
+{
+  return g_atomic_int_get (&backend_opens);
+}
+
 MoshiBackend *
 moshi_backend_open (MoshiDevice device, GError **error)
 {
   MoshiBackend *be = NULL;
+  g_atomic_int_inc (&backend_opens);
   switch (device) {
     case MOSHI_DEVICE_CUDA:
       g_mutex_lock (&backends_lock);

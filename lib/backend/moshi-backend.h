@@ -290,6 +290,8 @@ struct _MoshiExec {
 /* Opens a backend for device. MOSHI_DEVICE_AUTO picks CUDA when a GPU is usable and the CPU
  * otherwise (logging why). Backends are process-wide singletons per device. */
 MoshiBackend *moshi_backend_open (MoshiDevice device, GError **error);
+/* How many times moshi_backend_open has been called in this process (a debug counter). */
+guint moshi_backend_open_count (void);
 /* Exported (MOSHI_API), like the two weight helpers below, for the CUDA module. */
 MOSHI_API MoshiBackend *moshi_backend_ref (MoshiBackend *be);
 MOSHI_API void moshi_backend_unref (MoshiBackend *be);

@@ -1,6 +1,8 @@
 /* gst-moshi: a whole conversation model from one repository or folder (moshi-dialog-load.h). */
 #include "moshi-dialog-load.h"
 
+#include "lm-internal.h"
+#include "mimi-internal.h"
 #include "moshi-error.h"
 #include "moshi-hub.h"
 #include "moshi-json.h"
@@ -157,7 +159,8 @@ load (const char *source, const MoshiDialogLoadOptions *o, MoshiDialogLoadInfo *
       mimi_name ? mimi_name : MOSHI_HUB_MIMI_FILENAME, hub, error);
   if (info->mimi_path == NULL)
     return fail (info, MOSHI_DIALOG_PART_MIMI, TRUE);
-  g_autoptr (MoshiMimi) mimi = (o->shared ? moshi_mimi_load_shared : moshi_mimi_load) (
+  /* on the LM's backend: one load, one open */
+  g_autoptr (MoshiMimi) mimi = moshi_mimi_load_on_backend (moshi_lm_get_backend (lm), o->shared,
       info->mimi_path, info->mimi_config, &mimi_options, error);
   if (mimi == NULL)
     return fail (info, MOSHI_DIALOG_PART_MIMI, FALSE);

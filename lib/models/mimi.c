@@ -3,6 +3,7 @@
 
 #include "model-load.h"
 #include "moshi-error.h"
+#include "moshi-recorder.h"
 #include "moshi-registry.h"
 #include "moshi-safetensors.h"
 #include "moshi-threadpool.h"
@@ -461,8 +462,10 @@ mimi_free (MoshiMimi *m)
   g_free (m);
 }
 
-MoshiMimi *
-moshi_mimi_load (const char *weights_path, const char *config_path,
+/* be: the backend when the caller has opened it already, else NULL: opened here, after the
+ * config and the checkpoint (whose errors come first). */
+static MoshiMimi *
+mimi_load_on (MoshiBackend *be, const char *weights_path, const char *config_path,
     const MoshiMimiLoadOptions *options, GError **error)
 {
   g_return_val_if_fail (weights_path != NULL, NULL);
@@ -483,7 +486,8 @@ moshi_mimi_load (const char *weights_path, const char *config_path,
   m->st = moshi_safetensors_open (weights_path, error);
   if (m->st == NULL)
     goto fail;
-  m->be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
+  m->be = be ? moshi_backend_ref (be)
+      : moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
   if (m->be == NULL)
     goto fail;
 
@@ -510,12 +514,20 @@ fail:
   return NULL;
 }
 
+MoshiMimi *
+moshi_mimi_load (const char *weights_path, const char *config_path,
+    const MoshiMimiLoadOptions *options, GError **error)
+{
+  return mimi_load_on (NULL, weights_path, config_path, options, error);
+}
+
 static MoshiRegistry shared_models = MOSHI_REGISTRY_INIT;
 
 static gpointer
-load_for_registry (const char *weights, const char *config, gconstpointer options, GError **error)
+load_for_registry (const char *weights, const char *config, gconstpointer shared, GError **error)
 {
-  return moshi_mimi_load (weights, config, options, error);
+  const MoshiSharedLoad *s = shared;
+  return mimi_load_on (s->be, weights, config, s->options, error);
 }
 
 static const MoshiRegistryType registry_type = {
@@ -532,8 +544,18 @@ moshi_mimi_load_shared (const char *weights_path, const char *config_path,
   g_autoptr (MoshiBackend) be = moshi_backend_open (device, error);
   if (be == NULL)
     return NULL;
+  return moshi_mimi_load_on_backend (be, TRUE, weights_path, config_path, options, error);
+}
+
+MoshiMimi *
+moshi_mimi_load_on_backend (MoshiBackend *be, gboolean shared, const char *weights_path,
+    const char *config_path, const MoshiMimiLoadOptions *options, GError **error)
+{
+  if (!shared)
+    return mimi_load_on (be, weights_path, config_path, options, error);
+  MoshiSharedLoad load = { options, be };
   return moshi_registry_load (&shared_models, &registry_type, be->name, weights_path, config_path,
-      options, error);
+      &load, error);
 }
 
 MoshiMimi *
@@ -606,15 +628,6 @@ typedef struct {
   gboolean first;         /* a first-frame branch runs (replicate padding): never recorded */
 } Call;
 
-/* The recorded calls of an exec (a session's or a batch's), one per direction, each replayed
- * while calls keep its shape (recorder_run). */
-typedef struct {
-  gboolean graphs;        /* the backend records, and recording has not failed */
-  MoshiGraph *graph[2];   /* encode, decode */
-  char *key[2];           /* the shapes they were recorded for */
-  GHashTable *seen;       /* every shape run so far (its key) */
-} Recorder;
-
 struct _MoshiMimiSession {
   MoshiMimi *m;
   MoshiExec *ex;
@@ -652,7 +665,7 @@ struct _MoshiMimiSession {
   /* transformer scratch, shared by both directions */
   TrScratch tr;
 
-  Recorder rec;           /* see run_call */
+  MoshiRecorder *rec;     /* encode, decode: see run_call */
 };
 
 typedef struct {
@@ -745,39 +758,6 @@ stage_state_clear (MoshiBackend *be, StageState *ss, const Stage *st)
   dev_free (be, ss->hidden);
 }
 
-/* Past this many shapes seen, a recorder's set starts again (each shape then runs eagerly once
- * more before it is recorded), so that a batch whose streams come and go does not grow it. */
-#define RECORDER_MAX_SEEN 256
-
-static void
-recorder_init (Recorder *r, MoshiBackend *be, gboolean allowed)
-{
-  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-  r->graphs = allowed && be->ops->capture_begin != NULL && !(env && g_str_equal (env, "0"));
-  r->seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-}
-
-/* Frees the recorded calls of both directions. Every call ends with a synchronize, so none of
- * them is still running when this is called between calls. */
-static void
-recorder_drop (Recorder *r, MoshiBackend *be)
-{
-  for (int d = 0; d < 2; d++) {
-    if (r->graph[d] != NULL)
-      be->ops->graph_free (be, r->graph[d]);
-    r->graph[d] = NULL;
-    g_clear_pointer (&r->key[d], g_free);
-  }
-}
-
-static void
-recorder_clear (Recorder *r, MoshiBackend *be)
-{
-  recorder_drop (r, be);
-  if (r->seen)
-    g_hash_table_unref (r->seen);
-}
-
 void
 moshi_mimi_session_free (MoshiMimiSession *s)
 {
@@ -785,7 +765,7 @@ moshi_mimi_session_free (MoshiMimiSession *s)
     return;
   MoshiMimi *m = s->m;
   MoshiBackend *be = m->be;
-  recorder_clear (&s->rec, be);
+  moshi_recorder_free (s->rec);
   void *bufs[] = { s->enc_conv0.buf, s->enc_final.buf, s->downsample.buf, s->enc_latent,
     s->q_latent, s->q_residual, s->codes_dev, s->dec_in, s->dq, s->dq_proj, s->dq_cols,
     s->up_carry, s->dec_latent, s->dec_conv0.buf, s->dec_final.buf, s->dec_x0, s->pcm_dev,
@@ -874,7 +854,7 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   int steps = max_frames * m->resample_stride;
   int context = m->cfg.transformer.context;
   s->kv_capacity = options->full_context ? context + steps - 1 : context;
-  recorder_init (&s->rec, m->be, TRUE);
+  s->rec = moshi_recorder_new (ex, 2, TRUE, "Mimi frames", m->path);
 
   const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
@@ -1331,65 +1311,6 @@ device_call (MoshiMimiSession *s, const Call *c)
     device_encode (s, c->n_frames);
 }
 
-/* Runs a call's device part, device (ctx), on ex: replays the direction's recorded call when
- * key (everything that selects the call's op sequence and buffers) is the one recorded,
- * records a steady-state shape the second time it comes (the first run sizes the exec's
- * scratch buffers), and otherwise runs the ops as they come (always for first-frame calls,
- * whose branch later calls do not take). A call that cannot be recorded turns recording off
- * for the recorder, with a message. */
-static gboolean
-recorder_run (Recorder *r, MoshiMimi *m, MoshiExec *ex, gboolean decode, const char *shape,
-    gboolean first, void (*device) (gpointer ctx), gpointer ctx, GError **error)
-{
-  MoshiBackend *be = m->be;
-  const MoshiBackendOps *ops = be->ops;
-  if (!r->graphs) {
-    device (ctx);
-    return TRUE;
-  }
-  /* the direction is part of the shape: both share the set of shapes seen */
-  g_autofree char *key = g_strdup_printf ("%s:%s", decode ? "decode" : "encode", shape);
-  if (r->graph[decode] != NULL && g_str_equal (r->key[decode], key))
-    return ops->graph_launch (ex, r->graph[decode], error);
-  if (!g_hash_table_contains (r->seen, key)) {
-    /* A new shape may grow the exec's scratch buffers, which frees the ones that the recorded
-     * calls (of either direction, sharing the exec) would use: drop them; they are recorded
-     * again when their shapes come back. */
-    if (g_hash_table_size (r->seen) >= RECORDER_MAX_SEEN)
-      g_hash_table_remove_all (r->seen);
-    g_hash_table_add (r->seen, g_strdup (key));
-    recorder_drop (r, be);
-    device (ctx);
-    return TRUE;
-  }
-  if (first) {
-    device (ctx);
-    return TRUE;
-  }
-  if (r->graph[decode] != NULL) {
-    ops->graph_free (be, r->graph[decode]);     /* idle: the last call ended with a synchronize */
-    r->graph[decode] = NULL;
-  }
-  g_autoptr (GError) why = NULL;
-  MoshiGraph *graph = NULL;
-  if (ops->capture_begin (ex, &why)) {
-    device (ctx);
-    graph = ops->capture_end (ex, &why);
-  }
-  if (graph == NULL) {
-    g_message ("%s: Mimi frames are not recorded, each op is launched as it comes: %s",
-        m->path, why->message);
-    r->graphs = FALSE;
-    recorder_drop (r, be);
-    device (ctx);
-    return TRUE;
-  }
-  r->graph[decode] = graph;
-  g_free (r->key[decode]);
-  r->key[decode] = g_strdup (key);
-  return ops->graph_launch (ex, graph, error);
-}
-
 typedef struct {
   MoshiMimiSession *s;
   const Call *c;
@@ -1409,7 +1330,7 @@ run_call (MoshiMimiSession *s, const Call *c, GError **error)
 {
   char key[64];
   g_snprintf (key, sizeof key, "%d/%d/%d", c->n_frames, c->num_codebooks, c->first);
-  return recorder_run (&s->rec, s->m, s->ex, c->decode, key, c->first, session_device_call,
+  return moshi_recorder_run (s->rec, c->decode, key, c->first, session_device_call,
       &(SessionCall) { s, c }, error);
 }
 
@@ -1549,8 +1470,8 @@ struct _MoshiMimiBatch {
 
   /* Recorded calls (backends that can record), replayed while the same sessions come in the
    * same order: their buffers are in the recording. Sessions joining or leaving make a new
-   * shape, recorded the second time it comes (recorder_run). */
-  Recorder rec;
+   * shape, recorded the second time it comes (moshi_recorder_run). */
+  MoshiRecorder *rec;
   gint n;                       /* sessions in the call in progress */
   gboolean decode;
 };
@@ -1567,7 +1488,7 @@ moshi_mimi_batch_free (MoshiMimiBatch *b)
   host_free (be, b->rc_host);
   if (b->pool)
     moshi_thread_pool_free (b->pool);
-  recorder_clear (&b->rec, be);
+  moshi_recorder_free (b->rec);
   moshi_exec_free (b->ex);
   g_free (b->sessions);
   g_free (b->pool_slots);
@@ -1603,7 +1524,7 @@ moshi_mimi_batch_new (MoshiMimi *m, int max_sessions, int n_threads, GError **er
   b->pool_slots = g_new0 (int, max_sessions);
   b->own_exec_convs = m->be->device == MOSHI_DEVICE_CPU;
   /* a call runs on several execs on the CPU, which does not record anyway */
-  recorder_init (&b->rec, m->be, !b->own_exec_convs);
+  b->rec = moshi_recorder_new (ex, 2, !b->own_exec_convs, "Mimi frames", m->path);
   if (b->own_exec_convs)
     b->pool = moshi_thread_pool_new (n_threads > 0 ? n_threads
         : (int) MIN (g_get_num_processors (), 64));
@@ -1774,8 +1695,7 @@ batch_run (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
     g_string_append_printf (key, "/%u", b->sessions[i]->serial);
   b->n = n;
   b->decode = decode;
-  gboolean ok = recorder_run (&b->rec, b->m, b->ex, decode, key->str, first, batch_device, b,
-      error);
+  gboolean ok = moshi_recorder_run (b->rec, decode, key->str, first, batch_device, b, error);
   g_string_free (key, TRUE);
   return ok;
 }

@@ -6,6 +6,7 @@
  * formulas give for the released Moshi 7B (docs/cuda.md). */
 #include "moshi-lm.h"
 #include "moshi-mimi.h"
+#include "moshi-recorder.h"
 #include "moshi-safetensors.h"
 #include "test-support.h"
 
@@ -193,8 +194,7 @@ measure_lm_batch (MoshiLm *lm, int n, const char *what)
   int32_t user[4 * MOSHI_LM_MAX_STREAMS] = { 0 }, text[4], audio[4 * MOSHI_LM_MAX_STREAMS];
   gboolean ret[4];
   Count c[3];
-  const char *env = g_getenv ("MOSHI_LM_GRAPHS");
-  gboolean graphs = !(env && g_str_equal (env, "0"));
+  gboolean graphs = moshi_graphs_enabled ();
   for (int step = 0; step < 3; step++) {
     /* the public counters (moshi-device.h), which moshi-tool bench lm prints */
     moshi_device_reset_stats (MOSHI_DEVICE_CUDA);
@@ -351,8 +351,7 @@ test_mimi (void)
   MoshiBackend *be = backend ();
   const MoshiMimiConfig *cfg = moshi_mimi_get_config (mimi);
   int fs = moshi_mimi_frame_size (mimi);
-  const char *env = g_getenv ("MOSHI_MIMI_GRAPHS");
-  gboolean graphs = !(env && g_str_equal (env, "0"));
+  gboolean graphs = moshi_graphs_enabled ();
   MoshiExecStats e[MIMI_FRAMES], d[MIMI_FRAMES];
   int32_t codes[MIMI_FRAMES * 8], codes_eager[MIMI_FRAMES * 8];
   float *pcm = g_new0 (float, (gsize) MIMI_FRAMES * fs);
@@ -396,15 +395,15 @@ test_mimi (void)
         d[f].graph_launches, d[f].weight_bytes);
 
   /* A replayed call computes what the same call run op by op does: the same session eagerly
-   * (MOSHI_MIMI_GRAPHS=0 is read when a session is created) gives bit-identical codes and PCM
+   * (MOSHI_GRAPHS=0 is read when a session is created) gives bit-identical codes and PCM
    * on the (deterministic) emulator. */
   if (graphs) {
-    g_setenv ("MOSHI_MIMI_GRAPHS", "0", TRUE);
+    g_setenv ("MOSHI_GRAPHS", "0", TRUE);
     MoshiExecStats e2[MIMI_FRAMES], d2[MIMI_FRAMES];
     run_mimi (mimi, be, e2, d2, codes_eager, pcm_eager);
-    g_unsetenv ("MOSHI_MIMI_GRAPHS");
+    g_unsetenv ("MOSHI_GRAPHS");
     EXPECT_EQ (e2[MIMI_FRAMES - 1].graph_launches + d2[MIMI_FRAMES - 1].graph_launches, 0,
-        "Mimi recorded calls with MOSHI_MIMI_GRAPHS=0");
+        "Mimi recorded calls with MOSHI_GRAPHS=0");
     EXPECT_EQ (memcmp (codes, codes_eager, sizeof codes) == 0, 1,
         "Mimi codes, recorded vs eager calls identical");
     EXPECT_EQ (memcmp (pcm, pcm_eager, (gsize) MIMI_FRAMES * fs * sizeof (float)) == 0, 1,

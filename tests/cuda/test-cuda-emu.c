@@ -1,5 +1,5 @@
 /* gst-moshi: the CUDA execution model and the cuBLAS subset, checked on whatever runtime this
- * test is linked with. In the unit suite that is the CPU emulator (kernels/cuda-emu), and the
+ * test is linked with. In the unit suite that is the CPU emulator (tests/cuda-emu), and the
  * emulator-only cases check that it catches what a GPU would not forgive: host pointers where
  * device pointers belong, copies in the wrong direction, out-of-bounds accesses, barrier
  * deadlocks, bad shuffle masks, breaches of the rules of stream capture. In the gpu suite the

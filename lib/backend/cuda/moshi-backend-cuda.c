@@ -2,7 +2,7 @@
  *
  * Host code in C against the CUDA runtime and cuBLAS APIs. The same source is built twice: with
  * the nvcc kernels, libcudart and cuBLAS into libmoshi-cuda.so (the module libmoshi dlopens),
- * and against the CPU emulator of the runtime (kernels/cuda-emu) into libmoshi-cuda-emu.so, which
+ * and against the CPU emulator of the runtime (tests/cuda-emu) into libmoshi-cuda-emu.so, which
  * the tests load with MOSHI_CUDA_EMULATE=1.
  *
  * - Weights are uploaded once, at load: F32 as F32, BF16 matrices as BF16 (the embedding and
