@@ -1045,7 +1045,7 @@ conv_step (MoshiExec *ex, const Conv *c, ConvState *cs, int t_in, float *dst, in
   cs->first = FALSE;
   g_assert (t_in % c->stride == 0);
   ops->conv1d (ex, dst, ld_dst, cs->buf, cs->ld, &c->w, c->has_bias ? &c->b : NULL, c->stride,
-      c->dilation, 1, t_in / c->stride, beta);
+      c->dilation, 1, t_in / c->stride, beta, 1, 0, 0);
   if (c->history > 0)
     ops->copy_2d (ex, cs->buf, cs->ld, cs->buf + t_in, cs->ld, c->c_in, c->history);
 }
@@ -1062,7 +1062,7 @@ res_blocks (MoshiExec *ex, const Stage *st, StageState *ss, int cols)
     conv_step (ex, &rb->conv1, cs, cols, ss->hidden, ss->cols, 0.0f);
     ops->elu_2d (ex, ss->hidden, ss->cols, ss->hidden, ss->cols, rb->conv1.c_out, cols);
     ops->conv1d (ex, ss->x, ss->cols, ss->hidden, ss->cols, &rb->conv2.w, &rb->conv2.b, 1, 1, 1,
-        cols, 1.0f);
+        cols, 1.0f, 1, 0, 0);
   }
 }
 
@@ -1267,7 +1267,7 @@ decode_front (MoshiExec *ex, MoshiMimiSession *s, int num_codebooks, int n_frame
   if (m->resample_stride > 1) {
     ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
     ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
-        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
+        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames, 1, 0, 0, 0);
     ops->transpose (ex, x, d, s->dec_latent, steps, d, steps);
   } else {
     ops->copy_2d (ex, x, d, s->dq_proj, d, n_frames, d);
@@ -1294,7 +1294,7 @@ decode_back (MoshiExec *ex, MoshiMimiSession *s, int n_frames, const float *x)
     StageState *ss = &s->dec[i];
     ops->elu_2d (ex, y, ld_y, y, ld_y, st->up.c_in, cols);
     ops->conv_transpose1d (ex, ss->x, ss->cols, y, ld_y, &st->up.w, &st->up.b, ss->carry,
-        st->up.stride, 1, cols);
+        st->up.stride, 1, cols, 1, 0, 0, 0);
     cols *= st->up.stride;
     res_blocks (ex, st, ss, cols);
     y = ss->x;
