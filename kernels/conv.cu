@@ -12,7 +12,11 @@
  * pairs that land on it, adds the carried overlap of the previous call to the first columns,
  * emits the first t_in * stride columns (plus bias) and writes the new overlap (bias-free) to a
  * scratch row, which the host copies over the carry afterwards (reading the old carry and
- * writing the new one in one kernel would race when the overlap is longer than the output). */
+ * writing the new one in one kernel would race when the overlap is longer than the output).
+ *
+ * Every kernel takes n streams through one weight as blockIdx.z (a batch of Mimi sessions):
+ * each block offsets its pointers by its stream's steps, so a launch reads the weight for all
+ * of them. */
 #include "common.cuh"
 
 namespace {
@@ -25,9 +29,11 @@ const int TILE_THREADS = TT * 8;
 __global__ void __launch_bounds__ (TILE_THREADS)
 conv1d_tiled_kernel (float *dst, int ld_dst, const float *src, int ld_src, const float *w,
     const float *bias, int cin_g, int cout_g, int k, int stride, int dilation, int t_out,
-    int t_in, float beta)
+    int t_in, float beta, size_t src_step, size_t dst_step)
 {
   MOSHI_DYNAMIC_SHARED (float, smem);
+  src += blockIdx.z * src_step;
+  dst += blockIdx.z * dst_step;
   const int span = (TT - 1) * stride + (k - 1) * dilation + 1;
   float *xs = smem;                     /* [CI][span] */
   float *ws = smem + CI * span;         /* [TO][CI][k] */
@@ -82,8 +88,10 @@ conv1d_tiled_kernel (float *dst, int ld_dst, const float *src, int ld_src, const
 __global__ void __launch_bounds__ (256)
 conv1d_direct_kernel (float *dst, int ld_dst, const float *src, int ld_src, const float *w,
     const float *bias, int cin_g, int cout_g, int k, int stride, int dilation, int t_out,
-    float beta)
+    float beta, size_t src_step, size_t dst_step)
 {
+  src += blockIdx.z * src_step;
+  dst += blockIdx.z * dst_step;
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   const int o = blockIdx.y;
   if (t >= t_out)
@@ -103,11 +111,15 @@ conv1d_direct_kernel (float *dst, int ld_dst, const float *src, int ld_src, cons
 __global__ void __launch_bounds__ (128)
 conv_transpose1d_kernel (float *dst, int ld_dst, const float *src, int ld_src, const float *w,
     const float *bias, const float *carry, float *carry_out, int cin_g, int cout_g, int k,
-    int stride, int t_in)
+    int stride, int t_in, size_t src_step, size_t dst_step, size_t carry_step)
 {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   const int o = blockIdx.y;
   const int overlap = k - stride, emitted = t_in * stride;
+  src += blockIdx.z * src_step;
+  dst += blockIdx.z * dst_step;
+  carry += blockIdx.z * carry_step;
+  carry_out += (size_t) blockIdx.z * gridDim.y * overlap;
   if (n >= emitted + overlap)
     return;
   const int g = o / cout_g, ol = o % cout_g;
@@ -136,10 +148,11 @@ conv_transpose1d_kernel (float *dst, int ld_dst, const float *src, int ld_src, c
 extern "C" cudaError_t
 moshi_k_conv1d (cudaStream_t stream, float *dst, int ld_dst, const float *src, int ld_src,
     const float *w, const float *bias, int c_in, int c_out, int k, int stride, int dilation,
-    int groups, int t_out, float beta)
+    int groups, int t_out, float beta, int n, size_t src_step, size_t dst_step)
 {
   if (c_in <= 0 || c_out <= 0 || k <= 0 || stride <= 0 || dilation <= 0 || groups <= 0
-      || c_in % groups || c_out % groups || t_out < 0 || ld_dst < t_out || c_out > 65535)
+      || c_in % groups || c_out % groups || t_out < 0 || ld_dst < t_out || c_out > 65535
+      || n < 1 || n > 65535)
     return cudaErrorInvalidValue;
   if (t_out == 0)
     return cudaSuccess;
@@ -150,33 +163,39 @@ moshi_k_conv1d (cudaStream_t stream, float *dst, int ld_dst, const float *src, i
   const int span = (TT - 1) * stride + (k - 1) * dilation + 1;
   const size_t smem = sizeof (float) * ((size_t) CI * span + (size_t) TO * CI * k);
   if (cout_g % TO == 0 && smem <= 48 * 1024) {
-    dim3 grid (moshi_k::ceil_div ((size_t) t_out, TT), (unsigned) (c_out / TO));
+    dim3 grid (moshi_k::ceil_div ((size_t) t_out, TT), (unsigned) (c_out / TO), (unsigned) n);
     return MOSHI_LAUNCH (conv1d_tiled_kernel, grid, dim3 (TT, 8), smem, stream, dst, ld_dst,
-        src, ld_src, w, bias, cin_g, cout_g, k, stride, dilation, t_out, t_in, beta);
+        src, ld_src, w, bias, cin_g, cout_g, k, stride, dilation, t_out, t_in, beta, src_step,
+        dst_step);
   }
-  dim3 grid (moshi_k::ceil_div ((size_t) t_out, 256), (unsigned) c_out);
+  dim3 grid (moshi_k::ceil_div ((size_t) t_out, 256), (unsigned) c_out, (unsigned) n);
   return MOSHI_LAUNCH (conv1d_direct_kernel, grid, 256, 0, stream, dst, ld_dst, src, ld_src, w,
-      bias, cin_g, cout_g, k, stride, dilation, t_out, beta);
+      bias, cin_g, cout_g, k, stride, dilation, t_out, beta, src_step, dst_step);
 }
 
 extern "C" cudaError_t
 moshi_k_conv_transpose1d (cudaStream_t stream, float *dst, int ld_dst, const float *src,
     int ld_src, const float *w, const float *bias, float *carry, float *scratch, int c_in,
-    int c_out, int k, int stride, int groups, int t_in)
+    int c_out, int k, int stride, int groups, int t_in, int n, size_t src_step, size_t dst_step,
+    size_t carry_step)
 {
   if (c_in <= 0 || c_out <= 0 || k <= 0 || stride <= 0 || k < stride || groups <= 0
       || c_in % groups || c_out % groups || t_in < 0 || ld_src < t_in
-      || ld_dst < t_in * stride || c_out > 65535)
+      || ld_dst < t_in * stride || c_out > 65535 || n < 1 || n > 65535)
     return cudaErrorInvalidValue;
   if (t_in == 0)
     return cudaSuccess;
   const int overlap = k - stride;
   const int cols = t_in * stride + overlap;
-  dim3 grid (moshi_k::ceil_div ((size_t) cols, 128), (unsigned) c_out);
+  dim3 grid (moshi_k::ceil_div ((size_t) cols, 128), (unsigned) c_out, (unsigned) n);
   cudaError_t err = MOSHI_LAUNCH (conv_transpose1d_kernel, grid, 128, 0, stream, dst, ld_dst,
-      src, ld_src, w, bias, carry, scratch, c_in / groups, c_out / groups, k, stride, t_in);
+      src, ld_src, w, bias, carry, scratch, c_in / groups, c_out / groups, k, stride, t_in,
+      src_step, dst_step, carry_step);
   if (err != cudaSuccess || overlap == 0)
     return err;
-  return cudaMemcpyAsync (carry, scratch, sizeof (float) * (size_t) c_out * overlap,
-      cudaMemcpyDeviceToDevice, stream);
+  const size_t carry_bytes = sizeof (float) * (size_t) c_out * overlap;
+  if (n == 1 || carry_step == (size_t) c_out * overlap)
+    return cudaMemcpyAsync (carry, scratch, carry_bytes * n, cudaMemcpyDeviceToDevice, stream);
+  return cudaMemcpy2DAsync (carry, carry_step * sizeof (float), scratch, carry_bytes,
+      carry_bytes, n, cudaMemcpyDeviceToDevice, stream);
 }

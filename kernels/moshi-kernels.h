@@ -186,17 +186,21 @@ cudaError_t moshi_k_sample (cudaStream_t stream, int32_t *tokens, int ld_tokens,
 /* Causal Conv1d: src [c_in, (t_out - 1) * stride + (k - 1) * dilation + 1] (history and new
  * input), w [c_out, c_in / groups, k] F32, bias [c_out] or NULL;
  * dst[o, t] = beta * dst[o, t] + sum_{i, j} w[o, i, j] src[g * c_in/groups + i, t * stride +
- * j * dilation] + bias[o]. beta == 0 does not read dst. */
+ * j * dilation] + bias[o]. beta == 0 does not read dst. n streams (n <= 65535) through the same
+ * weight in one launch: stream s reads src + s * src_step and writes dst + s * dst_step. */
 cudaError_t moshi_k_conv1d (cudaStream_t stream, float *dst, int ld_dst, const float *src,
     int ld_src, const float *w, const float *bias, int c_in, int c_out, int k, int stride,
-    int dilation, int groups, int t_out, float beta);
+    int dilation, int groups, int t_out, float beta, int n, size_t src_step, size_t dst_step);
 /* Streaming causal ConvTranspose1d: w [c_in, c_out / groups, k] F32; emits t_in * stride
  * columns into dst, adds carry [c_out, k - stride] (the overlap of the previous call) to the first
  * ones and replaces carry with the new bias-free overlap. scratch holds c_out * (k - stride)
- * floats of device memory (the new overlap before it is copied over carry). */
+ * floats of device memory per stream (the new overlap before it is copied over carry). n
+ * streams (n <= 65535) in one launch: stream s reads src + s * src_step and writes dst + s *
+ * dst_step and its carry at carry + s * carry_step. */
 cudaError_t moshi_k_conv_transpose1d (cudaStream_t stream, float *dst, int ld_dst,
     const float *src, int ld_src, const float *w, const float *bias, float *carry, float *scratch,
-    int c_in, int c_out, int k, int stride, int groups, int t_in);
+    int c_in, int c_out, int k, int stride, int groups, int t_in, int n, size_t src_step,
+    size_t dst_step, size_t carry_step);
 
 /* ---- residual vector quantisation ---- */
 

@@ -109,9 +109,53 @@ START_TEST (test_conv1d)
       MoshiWeight B = make_weight (b, 1, c_out, 0, 0);
       MoshiExec *ex = exec_for (variant + c);
       be->ops->conv1d (ex, got, ld_dst, src, ld_src, &W, with_bias ? &B : NULL, stride, dil,
-          groups, t_out, beta);
+          groups, t_out, beta, 1, 0, 0);
       ref_conv1d (want, ld_dst, src, ld_src, w, with_bias ? b : NULL, c_in, c_out, k, stride, dil,
           groups, t_out, beta);
+      assert_close (got, want, (gsize) c_out * ld_dst, 1e-5);
+    }
+  }
+}
+END_TEST
+
+/* n streams through one conv1d: side by side (src_step = a stream's window, dst_step = its
+ * output columns: one product) and apart (steps larger than that: gathered and scattered),
+ * each stream equal to the reference of its own window, within the single-stream tolerance;
+ * the columns between streams are not written. */
+START_TEST (test_conv1d_streams)
+{
+  static const int cases[][6] = {
+    /* c_in, c_out, k, stride, groups, t_out */
+    { 1, 8, 7, 1, 1, 40 },
+    { 16, 32, 8, 4, 1, 3 },
+    { 12, 6, 1, 1, 1, 5 },
+    { 8, 8, 4, 2, 2, 2 },
+    { 64, 48, 3, 1, 1, 2 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 11);
+  const int n = 5;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int c_in = cases[c][0], c_out = cases[c][1], k = cases[c][2], stride = cases[c][3];
+    int groups = cases[c][4], t_out = cases[c][5];
+    int t_in = (t_out - 1) * stride + k;
+    for (int variant = 0; variant < 4; variant++) {
+      gboolean apart = variant & 1;
+      float beta = variant >= 2 ? 1.0f : 0.0f;
+      int src_step = t_in + (apart ? 3 : 0), dst_step = t_out + (apart ? 2 : 0);
+      int ld_src = n * src_step + 1, ld_dst = n * dst_step + 4;
+      g_autofree float *src = rand_vec (&rng, (gsize) c_in * ld_src, 1);
+      g_autofree float *w = rand_vec (&rng, (gsize) c_out * (c_in / groups) * k, 0.5f);
+      g_autofree float *b = rand_vec (&rng, c_out, 0.5f);
+      g_autofree float *got = rand_vec (&rng, (gsize) c_out * ld_dst, 1);
+      g_autofree float *want = g_memdup2 (got, sizeof (float) * c_out * ld_dst);
+      MoshiWeight W = make_weight (w, 3, c_out, c_in / groups, k);
+      MoshiWeight B = make_weight (b, 1, c_out, 0, 0);
+      be->ops->conv1d (exec_for (variant + c), got, ld_dst, src, ld_src, &W, &B, stride, 1,
+          groups, t_out, beta, n, src_step, dst_step);
+      for (int s = 0; s < n; s++)
+        ref_conv1d (want + s * dst_step, ld_dst, src + s * src_step, ld_src, w, b, c_in, c_out,
+            k, stride, 1, groups, t_out, beta);
       assert_close (got, want, (gsize) c_out * ld_dst, 1e-5);
     }
   }
@@ -184,7 +228,7 @@ START_TEST (test_conv_transpose1d_streaming)
         for (int i = 0; i < c_in; i++)
           memcpy (xs + (gsize) i * ld_src, x + (gsize) i * t_total + t0, t_in * sizeof (float));
         be->ops->conv_transpose1d (exec_for (ch), got + (gsize) t0 * stride, out_len, xs, ld_src,
-            &W, with_bias ? &B : NULL, carry, stride, groups, t_in);
+            &W, with_bias ? &B : NULL, carry, stride, groups, t_in, 1, 0, 0, 0);
         t0 += t_in;
       }
       g_autofree float *want = g_new (float, (gsize) c_out * out_len);
@@ -373,6 +417,50 @@ END_TEST
 
 /* Reference attention keeping the whole history: a key is visible when it is among the last
  * `capacity` positions written and within the context window of the query. */
+/* n streams through one conv_transpose1d, each with its own carry, for two calls: equal to
+ * each stream run alone with its carry (side by side: one product; apart: one each), within
+ * the single-stream tolerance. */
+START_TEST (test_conv_transpose1d_streams)
+{
+  static const int cases[][5] = {
+    /* c_in, c_out, k, stride, groups */
+    { 16, 8, 16, 8, 1 },
+    { 12, 12, 4, 2, 12 },
+    { 5, 7, 6, 3, 1 },
+  };
+  MoshiTestRng rng;
+  moshi_test_rng_init (&rng, 12);
+  const int n = 4, t_in = 2;
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    int c_in = cases[c][0], c_out = cases[c][1], k = cases[c][2], stride = cases[c][3];
+    int groups = cases[c][4], overlap = c_out * (k - stride);
+    for (int apart = 0; apart < 2; apart++) {
+      int src_step = t_in + 2 * apart, dst_step = t_in * stride + 3 * apart;
+      int carry_step = overlap + 5 * apart;
+      int ld_src = n * src_step, ld_dst = n * dst_step;
+      g_autofree float *w = rand_vec (&rng, (gsize) c_in * (c_out / groups) * k, 0.5f);
+      g_autofree float *b = rand_vec (&rng, c_out, 0.5f);
+      MoshiWeight W = make_weight (w, 3, c_in, c_out / groups, k);
+      MoshiWeight B = make_weight (b, 1, c_out, 0, 0);
+      g_autofree float *carry = rand_vec (&rng, (gsize) n * carry_step, 1);
+      g_autofree float *carry1 = g_memdup2 (carry, sizeof (float) * n * carry_step);
+      g_autofree float *got = g_new0 (float, (gsize) c_out * ld_dst);
+      g_autofree float *want = g_new0 (float, (gsize) c_out * ld_dst);
+      for (int call = 0; call < 2; call++) {
+        g_autofree float *x = rand_vec (&rng, (gsize) c_in * ld_src, 1);
+        be->ops->conv_transpose1d (exec_for (call + c), got, ld_dst, x, ld_src, &W, &B, carry,
+            stride, groups, t_in, n, src_step, dst_step, carry_step);
+        for (int s = 0; s < n; s++)
+          be->ops->conv_transpose1d (ex1, want + s * dst_step, ld_dst, x + s * src_step, ld_src,
+              &W, &B, carry1 + s * carry_step, stride, groups, t_in, 1, 0, 0, 0);
+        assert_close (got, want, (gsize) c_out * ld_dst, 1e-6);
+        assert_close (carry, carry1, (gsize) n * carry_step, 1e-6);
+      }
+    }
+  }
+}
+END_TEST
+
 /* One call of 2^22 output columns per channel (as 2048 Mimi frames at the last SEANet stage):
  * the overlap-add row no longer fits a thread stack. Taps [1, 2], stride 1: y[t] = x[t] +
  * 2 x[t - 1], with the carry holding the last 2 x. */
@@ -385,7 +473,7 @@ START_TEST (test_conv_transpose1d_long_call)
   float w[2] = { 1, 2 }, carry[1] = { 0 };
   MoshiWeight W = make_weight (w, 3, 1, 1, 2);
   g_autofree float *y = g_new0 (float, t_in);
-  be->ops->conv_transpose1d (ex1, y, t_in, x, t_in, &W, NULL, carry, 1, 1, t_in);
+  be->ops->conv_transpose1d (ex1, y, t_in, x, t_in, &W, NULL, carry, 1, 1, t_in, 1, 0, 0, 0);
   for (int t = 1; t < t_in; t += 4099)
     ck_assert_float_eq (y[t], x[t] + 2 * x[t - 1]);
   ck_assert_float_eq (carry[0], 2 * x[t_in - 1]);
@@ -744,6 +832,8 @@ cpu_ops_suite (void)
   TCase *tc = tcase_create ("ops");
   tcase_add_checked_fixture (tc, setup, teardown);
   tcase_add_test (tc, test_conv1d);
+  tcase_add_test (tc, test_conv1d_streams);
+  tcase_add_test (tc, test_conv_transpose1d_streams);
   tcase_add_test (tc, test_conv_transpose1d_streaming);
   tcase_add_test (tc, test_linear);
   tcase_add_test (tc, test_layer_norm);

@@ -350,10 +350,10 @@ END_TEST
 /* ------------------------------------------------------------------ batches */
 
 /* Batched frames against the same sessions stepped alone. Tolerances: codes equal; decoded
- * PCM within BATCH_PCM_TOLERANCE relative L2 of the solo frame (measured: at most 5e-7 on the
- * CPU). On the CPU a batch of at most 4 sessions (8 transformer rows) sums each row as the solo
- * call does, so the frames are equal bit for bit until the first bigger batch, which goes to
- * BLAS with another order of sums and leaves its rounding in the KV caches. */
+ * PCM within BATCH_PCM_TOLERANCE relative L2 of the solo frame (measured: at most 7e-7 on the
+ * CPU, tiny and small models, batches of 2 to 6). On the CPU a batch's convolutions and linears
+ * are wider products than the solo call's, which BLAS (or the few-column kernels) may sum in
+ * another order, even for 2 sessions. */
 #define BATCH_PCM_TOLERANCE 1e-5
 #define BATCH_SESSIONS 6
 
@@ -372,7 +372,10 @@ START_TEST (test_batch_matches_solo)
   fixture_open (&fx, gc->name);
   GError *error = NULL;
   int frame = moshi_mimi_frame_size (fx.mimi);
-  int k = gc->codebooks;
+  /* Sessions of k and k - 1 codebooks share the batch's encode calls: each gets its own
+   * count of codes. Every frame is decoded from k - 1 of them. */
+  int k = gc->codebooks, kd = k - 1;
+  ck_assert_int_ge (kd, 1);
   gsize n;
   g_autofree float *speech = golden_f32 (&fx, "speech", "pcm", &n);
   int n_frames;
@@ -382,8 +385,8 @@ START_TEST (test_batch_matches_solo)
   const int N = BATCH_SESSIONS;
   MoshiMimiSession *batched[BATCH_SESSIONS], *solo[BATCH_SESSIONS];
   for (int i = 0; i < N; i++) {
-    /* threads: 1 (convolutions on the batch's pool) or 2 (on the session's own pool) */
-    MoshiMimiSessionOptions opts = { .n_threads = 1 + i % 2, .num_codebooks = k,
+    /* threads: 1 or 2 for the solo calls (a batch runs on its own threads) */
+    MoshiMimiSessionOptions opts = { .n_threads = 1 + i % 2, .num_codebooks = k - i % 2,
       .max_frames_per_call = 1 + i % 3 };
     batched[i] = moshi_mimi_session_new (fx.mimi, &opts, &error);
     solo[i] = moshi_mimi_session_new (fx.mimi, &opts, &error);
@@ -394,7 +397,6 @@ START_TEST (test_batch_matches_solo)
 
   double max_rel[BATCH_SESSIONS + 1] = { 0 };  /* by batch size */
   int code_diffs = 0;
-  gboolean exact = moshi_test_device () == MOSHI_DEVICE_CPU;
   gint64 t0 = g_get_monotonic_time ();
   for (int t = 0; t < steps; t++) {
     MoshiMimiSession *members[BATCH_SESSIONS];
@@ -414,12 +416,12 @@ START_TEST (test_batch_matches_solo)
         /* out of the batch this step: both copies stepped alone */
         ck_assert (moshi_mimi_session_encode (batched[i], x, 1, codes, &error));
         ck_assert (moshi_mimi_session_encode (solo[i], x, 1, codes, &error));
-        ck_assert (moshi_mimi_session_decode (batched[i], codes, k, 1, out[0], &error));
-        ck_assert (moshi_mimi_session_decode (solo[i], codes, k, 1, out[0], &error));
+        ck_assert (moshi_mimi_session_decode (batched[i], codes, kd, 1, out[0], &error));
+        ck_assert (moshi_mimi_session_decode (solo[i], codes, kd, 1, out[0], &error));
         continue;
       }
       ck_assert (moshi_mimi_session_encode (solo[i], x, 1, want[m], &error));
-      ck_assert (moshi_mimi_session_decode (solo[i], want[m], k, 1, ref[m], &error));
+      ck_assert (moshi_mimi_session_decode (solo[i], want[m], kd, 1, ref[m], &error));
       members[m] = batched[i];
       pcm[m] = x;
       got_p[m] = got[m];
@@ -432,21 +434,16 @@ START_TEST (test_batch_matches_solo)
     ck_assert_msg (moshi_mimi_batch_encode (batch, members, m, pcm, got_p, &error), "%s",
         error ? error->message : "");
     /* decoded from the solo codes, so that a code difference does not hide a PCM one */
-    ck_assert_msg (moshi_mimi_batch_decode (batch, members, m, want_p, k, out_p, &error), "%s",
+    ck_assert_msg (moshi_mimi_batch_decode (batch, members, m, want_p, kd, out_p, &error), "%s",
         error ? error->message : "");
     for (int j = 0; j < m; j++) {
-      for (int l = 0; l < k; l++)
+      for (int l = 0; l < moshi_mimi_session_num_codebooks (members[j]); l++)
         code_diffs += got[j][l] != want[j][l];
       double rel = moshi_test_rel_l2 (out[j], ref[j], frame);
       max_rel[m] = MAX (max_rel[m], rel);
       ck_assert_msg (rel <= BATCH_PCM_TOLERANCE, "%s step %d, session %d of a batch of %d: "
           "decoded frame %.3g relative L2 from the solo one", gc->name, t, idx[j], m, rel);
-      if (exact && m <= 4)
-        ck_assert_msg (memcmp (out[j], ref[j], frame * sizeof (float)) == 0,
-            "%s step %d: a batch of %d is not bit-identical to the solo frame", gc->name, t, m);
     }
-    /* the caches written by a bigger batch carry its rounding into the later frames */
-    exact = exact && m <= 4;
   }
   printf ("%s: %d steps of %d sessions batched vs alone in %.0f ms: %d codes differ; decoded "
       "relative L2 by batch size:", fx.dir, steps, N, (g_get_monotonic_time () - t0) / 1000.0,
@@ -470,7 +467,7 @@ START_TEST (test_batch_matches_solo)
     for (int round = 0; round < 3; round++) {
       be->ops->reset_stats (be, NULL);
       ck_assert (moshi_mimi_batch_encode (batch, batched, 2, pcm, got_p, &error));
-      ck_assert (moshi_mimi_batch_decode (batch, batched, 2, (const int32_t *const *) got_p, k,
+      ck_assert (moshi_mimi_batch_decode (batch, batched, 2, (const int32_t *const *) got_p, kd,
               out_p, &error));
       be->ops->get_stats (be, NULL, &st);
     }

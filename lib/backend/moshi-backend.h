@@ -189,19 +189,26 @@ struct _MoshiBackendOps {
       const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta);
 
   /* ---- convolutions (channel-major) ----
-   * Causal Conv1d: src holds the history and the new input, [c_in, (t_out - 1) * stride +
-   * (k - 1) * dilation + 1] columns; dst[o, t] = beta * dst[o, t] + bias[o] + sum over the
-   * group's inputs i and taps j of w[o, i, j] * src[i, t * stride + j * dilation].
+   * Both run n independent streams through one weight at once (one product on the CPU, one
+   * launch on CUDA): stream s reads src + s * src_step, writes dst + s * dst_step (and keeps its
+   * carry at carry + s * carry_step), with the leading dimensions shared; n = 1 is one stream
+   * (the steps are then unused). Streams laid side by side in one matrix (src_step = the input
+   * columns of a stream, dst_step = its output columns) are the cheap case.
+   *
+   * Causal Conv1d: each stream's src holds the history and the new input, [c_in, (t_out - 1) *
+   * stride + (k - 1) * dilation + 1] columns; dst[o, t] = beta * dst[o, t] + bias[o] + sum over
+   * the group's inputs i and taps j of w[o, i, j] * src[i, t * stride + j * dilation].
    * w is [c_out, c_in / groups, k]. */
   void (*conv1d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
       const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
-      int t_out, float beta);
+      int t_out, float beta, int n, gsize src_step, gsize dst_step);
   /* Streaming causal ConvTranspose1d with k - stride columns of carried overlap.
-   * w is [c_in, c_out / groups, k]. Emits t_in * stride columns into dst, adds the carry to
-   * the first columns and stores the new (bias-free) overlap in carry [c_out, k - stride]. */
+   * w is [c_in, c_out / groups, k]. Emits t_in * stride columns into each stream's dst, adds
+   * the carry to the first columns and stores the new (bias-free) overlap in the stream's
+   * carry [c_out, k - stride] (contiguous rows). */
   void (*conv_transpose1d) (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
       const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups,
-      int t_in);
+      int t_in, int n, gsize src_step, gsize dst_step, gsize carry_step);
 
   /* ---- attention ----
    * Ring KV cache: k_cache and v_cache are [capacity, n_heads * head_dim]; the T new rows of k

@@ -1025,7 +1025,7 @@ conv_step (MoshiExec *ex, const Conv *c, ConvState *cs, int t_in, float *dst, in
   cs->first = FALSE;
   g_assert (t_in % c->stride == 0);
   ops->conv1d (ex, dst, ld_dst, cs->buf, cs->ld, &c->w, c->has_bias ? &c->b : NULL, c->stride,
-      c->dilation, 1, t_in / c->stride, beta);
+      c->dilation, 1, t_in / c->stride, beta, 1, 0, 0);
   if (c->history > 0)
     ops->copy_2d (ex, cs->buf, cs->ld, cs->buf + t_in, cs->ld, c->c_in, c->history);
 }
@@ -1042,7 +1042,7 @@ res_blocks (MoshiExec *ex, const Stage *st, StageState *ss, int cols)
     conv_step (ex, &rb->conv1, cs, cols, ss->hidden, ss->cols, 0.0f);
     ops->elu_2d (ex, ss->hidden, ss->cols, ss->hidden, ss->cols, rb->conv1.c_out, cols);
     ops->conv1d (ex, ss->x, ss->cols, ss->hidden, ss->cols, &rb->conv2.w, &rb->conv2.b, 1, 1, 1,
-        cols, 1.0f);
+        cols, 1.0f, 1, 0, 0);
   }
 }
 
@@ -1247,7 +1247,7 @@ decode_front (MoshiExec *ex, MoshiMimiSession *s, int num_codebooks, int n_frame
   if (m->resample_stride > 1) {
     ops->transpose (ex, s->dq_cols, n_frames, s->dq_proj, d, n_frames, d);
     ops->conv_transpose1d (ex, s->dec_latent, steps, s->dq_cols, n_frames, &m->upsample.w, NULL,
-        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames);
+        s->up_carry, m->upsample.stride, m->upsample.groups, n_frames, 1, 0, 0, 0);
     ops->transpose (ex, x, d, s->dec_latent, steps, d, steps);
   } else {
     ops->copy_2d (ex, x, d, s->dq_proj, d, n_frames, d);
@@ -1274,7 +1274,7 @@ decode_back (MoshiExec *ex, MoshiMimiSession *s, int n_frames, const float *x)
     StageState *ss = &s->dec[i];
     ops->elu_2d (ex, y, ld_y, y, ld_y, st->up.c_in, cols);
     ops->conv_transpose1d (ex, ss->x, ss->cols, y, ld_y, &st->up.w, &st->up.b, ss->carry,
-        st->up.stride, 1, cols);
+        st->up.stride, 1, cols, 1, 0, 0, 0);
     cols *= st->up.stride;
     res_blocks (ex, st, ss, cols);
     y = ss->x;
@@ -1449,24 +1449,92 @@ moshi_mimi_session_decode (MoshiMimiSession *s, const int32_t *codes, int num_co
 
 /* ---------------------------------------------------------------- batches */
 
+/* A batch's activations for its sessions side by side: stream s of a [C, n * cols] matrix is
+ * its columns s * cols .. (s + 1) * cols - 1, so that every conv of the batch is one product
+ * over all streams (one read of its weight) and the elementwise ops one op. Sized for `cap`
+ * streams, grown when a call brings more. */
+typedef struct {
+  int cap;
+  float *win;             /* one conv's windows at a time: [c_in, n * (history + cols)] */
+  float *act[2];          /* stage activations, in turn input and output of a stage */
+  float *hidden;          /* residual branch */
+  float *carry;           /* one transposed conv's carries, stream-major [n, c_out, overlap] */
+  float *q, *r;           /* quantizer rows: latent [n, d], projected [n, dim] */
+  int32_t *codes;         /* [n_q, n] */
+  float *pcm;             /* [n, frame]: the encoder's input, the decoder's output */
+  float *pcm_host;        /* pinned mirrors */
+  int32_t *codes_host;
+} BatchBuffers;
+
+/* Per-stream sizes (floats) of BatchBuffers' buffers, the largest any layer needs. */
+typedef struct {
+  gsize win, act, hidden, carry;
+} BatchSizes;
+
+static void
+grow (gsize *size, gsize need)
+{
+  *size = MAX (*size, need);
+}
+
+static void
+grow_window (gsize *size, const Conv *c, int cols)
+{
+  grow (size, (gsize) c->c_in * (c->history + cols));
+}
+
+static BatchSizes
+batch_sizes (const MoshiMimi *m)
+{
+  BatchSizes z = { 0 };
+  int compress = m->cfg.seanet.compress, steps = m->resample_stride;
+  int d = m->cfg.seanet.dimension;
+  int cols = m->frame_size;
+  grow_window (&z.win, &m->enc_conv0, cols);
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->enc_stages[i];
+    for (int j = 0; j < st->n_res; j++)
+      grow_window (&z.win, &st->res[j].conv1, cols);
+    grow_window (&z.win, &st->down, cols);
+    grow (&z.act, (gsize) st->channels * cols);
+    grow (&z.hidden, (gsize) st->channels / compress * cols);
+    cols /= st->down.stride;
+    grow (&z.act, (gsize) st->down.c_out * cols);
+  }
+  grow_window (&z.win, &m->enc_final, steps);
+  grow_window (&z.win, &m->downsample, steps);
+  grow (&z.act, (gsize) MAX (m->enc_final.c_out, d) * steps);
+
+  grow (&z.carry, (gsize) m->upsample.c_out * (m->upsample.k - m->upsample.stride));
+  grow_window (&z.win, &m->dec_conv0, steps);
+  grow (&z.act, (gsize) m->dec_conv0.c_out * steps);
+  cols = steps;
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    grow (&z.carry, (gsize) st->up.c_out * (st->up.k - st->up.stride));
+    cols *= st->up.stride;
+    grow (&z.act, (gsize) st->channels * cols);
+    grow (&z.hidden, (gsize) st->channels / compress * cols);
+    for (int j = 0; j < st->n_res; j++)
+      grow_window (&z.win, &st->res[j].conv1, cols);
+  }
+  grow_window (&z.win, &m->dec_final, cols);
+  return z;
+}
+
 struct _MoshiMimiBatch {
   MoshiMimi *m;
-  MoshiExec *ex;                /* the transformer passes (and, off the CPU, everything) */
+  MoshiExec *ex;                /* the whole call runs here */
   int max_sessions;
   int stride;                   /* transformer rows a frame: the model's resample stride */
   int kv_capacity;              /* of every session it takes: the streaming context */
   TrScratch tr;                 /* [max_sessions * stride] rows */
   MoshiRowCache *rc_dev, *rc_host;
-  /* The convolutions stay per session: on the CPU those of single-threaded sessions run in
-   * parallel over this pool, each on its session's exec; elsewhere one after the other on ex,
-   * so that the whole call is one queue on the device. */
-  MoshiThreadPool *pool;
-  gboolean own_exec_convs;
+  BatchBuffers buf;
 
   /* the call in progress */
   MoshiMimiSession **sessions;
-  int *pool_slots;
-  int num_codebooks;
+  int num_codebooks;            /* decode: of the call; encode: the most a session takes */
 
   /* Recorded calls (backends that can record), replayed while the same sessions come in the
    * same order: their buffers are in the recording. Sessions joining or leaving make a new
@@ -1475,6 +1543,54 @@ struct _MoshiMimiBatch {
   gint n;                       /* sessions in the call in progress */
   gboolean decode;
 };
+
+static void
+batch_buffers_clear (MoshiBackend *be, BatchBuffers *bb)
+{
+  void *bufs[] = { bb->win, bb->act[0], bb->act[1], bb->hidden, bb->carry, bb->q, bb->r,
+    bb->codes, bb->pcm };
+  for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
+    dev_free (be, bufs[i]);
+  host_free (be, bb->pcm_host);
+  host_free (be, bb->codes_host);
+  memset (bb, 0, sizeof *bb);
+}
+
+/* Makes room for n streams: a call with more streams than ever before reallocates (and drops
+ * the recorded calls, which hold the old buffers). */
+static gboolean
+batch_reserve (MoshiMimiBatch *b, int n, GError **error)
+{
+  if (n <= b->buf.cap)
+    return TRUE;
+  MoshiMimi *m = b->m;
+  MoshiBackend *be = m->be;
+  if (!be->ops->synchronize (b->ex, error))
+    return FALSE;
+  moshi_recorder_invalidate (b->rec);
+  batch_buffers_clear (be, &b->buf);
+  int cap = MIN (MAX (n, 2 * b->buf.cap), b->max_sessions);
+  BatchSizes z = batch_sizes (m);
+  BatchBuffers *bb = &b->buf;
+  Alloc a = { be, error, FALSE };
+  bb->win = dev_alloc (&a, z.win * cap);
+  bb->act[0] = dev_alloc (&a, z.act * cap);
+  bb->act[1] = dev_alloc (&a, z.act * cap);
+  bb->hidden = dev_alloc (&a, z.hidden * cap);
+  bb->carry = dev_alloc (&a, MAX (z.carry, 1) * cap);
+  bb->q = dev_alloc (&a, (gsize) m->cfg.seanet.dimension * cap);
+  bb->r = dev_alloc (&a, (gsize) m->cfg.quantizer.dimension * cap);
+  bb->codes = dev_alloc_bytes (&a, (gsize) m->cfg.quantizer.n_q * cap * sizeof (int32_t));
+  bb->pcm = dev_alloc (&a, (gsize) m->frame_size * cap);
+  bb->pcm_host = host_alloc (&a, (gsize) m->frame_size * cap * sizeof (float));
+  bb->codes_host = host_alloc (&a, (gsize) m->cfg.quantizer.n_q * cap * sizeof (int32_t));
+  if (a.failed) {
+    batch_buffers_clear (be, bb);
+    return FALSE;
+  }
+  bb->cap = cap;
+  return TRUE;
+}
 
 void
 moshi_mimi_batch_free (MoshiMimiBatch *b)
@@ -1486,12 +1602,10 @@ moshi_mimi_batch_free (MoshiMimiBatch *b)
   for (guint i = 0; i < G_N_ELEMENTS (bufs); i++)
     dev_free (be, bufs[i]);
   host_free (be, b->rc_host);
-  if (b->pool)
-    moshi_thread_pool_free (b->pool);
+  batch_buffers_clear (be, &b->buf);
   moshi_recorder_free (b->rec);
   moshi_exec_free (b->ex);
   g_free (b->sessions);
-  g_free (b->pool_slots);
   moshi_mimi_unref (b->m);
   g_free (b);
 }
@@ -1521,20 +1635,14 @@ moshi_mimi_batch_new (MoshiMimi *m, int max_sessions, int n_threads, GError **er
   b->stride = m->resample_stride;
   b->kv_capacity = m->cfg.transformer.context;
   b->sessions = g_new0 (MoshiMimiSession *, max_sessions);
-  b->pool_slots = g_new0 (int, max_sessions);
-  b->own_exec_convs = m->be->device == MOSHI_DEVICE_CPU;
-  /* a call runs on several execs on the CPU, which does not record anyway */
-  b->rec = moshi_recorder_new (ex, 2, !b->own_exec_convs, "Mimi frames", m->path);
-  if (b->own_exec_convs)
-    b->pool = moshi_thread_pool_new (n_threads > 0 ? n_threads
-        : (int) MIN (g_get_num_processors (), 64));
+  b->rec = moshi_recorder_new (ex, 2, TRUE, "Mimi frames", m->path);
   int rows = max_sessions * b->stride;
   Alloc a = { m->be, error, FALSE };
   tr_scratch_init (&a, &b->tr, rows, m->cfg.transformer.d_model,
       m->cfg.transformer.dim_feedforward);
   b->rc_dev = dev_alloc_bytes (&a, (gsize) rows * sizeof (MoshiRowCache));
   b->rc_host = host_alloc (&a, (gsize) rows * sizeof (MoshiRowCache));
-  if (a.failed) {
+  if (a.failed || !batch_reserve (b, 1, error)) {
     moshi_mimi_batch_free (b);
     return NULL;
   }
@@ -1578,43 +1686,6 @@ check_batch (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n, GError **err
   return TRUE;
 }
 
-typedef void (*PhaseFunc) (MoshiMimiBatch *b, MoshiExec *ex, int i);
-
-typedef struct {
-  MoshiMimiBatch *b;
-  PhaseFunc func;
-} PhaseJob;
-
-static void
-phase_task (void *ctx, int task, int thread)
-{
-  PhaseJob *job = ctx;
-  int i = job->b->pool_slots[task];
-  job->func (job->b, job->b->sessions[i]->ex, i);
-}
-
-/* Runs func for the n sessions of the call in progress: see MoshiMimiBatch.pool. */
-static void
-run_phase (MoshiMimiBatch *b, int n, PhaseFunc func)
-{
-  if (!b->own_exec_convs) {
-    for (int i = 0; i < n; i++)
-      func (b, b->ex, i);
-    return;
-  }
-  int parallel = 0;
-  for (int i = 0; i < n; i++) {
-    if (b->sessions[i]->n_threads == 1)
-      b->pool_slots[parallel++] = i;
-    else
-      func (b, b->sessions[i]->ex, i);
-  }
-  if (parallel == 1)
-    func (b, b->sessions[b->pool_slots[0]]->ex, b->pool_slots[0]);
-  else if (parallel > 1)
-    moshi_thread_pool_run (b->pool, parallel, phase_task, &(PhaseJob) { b, func });
-}
-
 /* The row table of a direction: session i's rows are i * stride .. (i + 1) * stride - 1, its
  * one sequence at its own position. */
 static void
@@ -1626,59 +1697,249 @@ batch_rows (MoshiMimiBatch *b, int n, gboolean decode)
   }
 }
 
+/* Which conv a session's state belongs to (batch_conv reads and updates it). */
+typedef enum {
+  CONV_ENC_FIRST, CONV_ENC_RES, CONV_ENC_DOWN, CONV_ENC_FINAL, CONV_DOWNSAMPLE,
+  CONV_DEC_FIRST, CONV_DEC_RES, CONV_DEC_FINAL,
+} ConvSite;
+
+static ConvState *
+conv_state_at (MoshiMimiSession *s, ConvSite site, int stage, int j)
+{
+  switch (site) {
+    case CONV_ENC_FIRST: return &s->enc_conv0;
+    case CONV_ENC_RES: return &s->enc[stage].res_conv1[j];
+    case CONV_ENC_DOWN: return &s->enc[stage].down;
+    case CONV_ENC_FINAL: return &s->enc_final;
+    case CONV_DOWNSAMPLE: return &s->downsample;
+    case CONV_DEC_FIRST: return &s->dec_conv0;
+    case CONV_DEC_RES: return &s->dec[stage].res_conv1[j];
+    default: return &s->dec_final;
+  }
+}
+
+/* Columns where a stream's new input goes in the batch's windows of c over cols columns. */
+static inline float *
+batch_window_input (MoshiMimiBatch *b, const Conv *c)
+{
+  return b->buf.win + c->history;
+}
+
+/* dst = ELU(src) for the n streams of src [rows, n * cols] into c's windows: both read as
+ * [rows * n, cols] matrices, which they are, so one op covers every stream. */
+static void
+batch_elu_into_window (MoshiMimiBatch *b, const Conv *c, const float *src, int rows, int cols,
+    int n)
+{
+  b->m->be->ops->elu_2d (b->ex, batch_window_input (b, c), c->history + cols, src, cols,
+      rows * n, cols);
+}
+
+/* One conv over the n streams whose new input (cols columns each) is in the batch's windows:
+ * each stream's history comes from its session (or, for a replicate conv's first frame,
+ * copies of its first column), one conv1d covers them all into dst [c_out, n * cols / stride]
+ * (beta as conv1d's), and each session keeps the last history columns of its window. */
+static void
+batch_conv (MoshiMimiBatch *b, const Conv *c, ConvSite site, int stage, int j, int cols,
+    float *dst, float beta)
+{
+  const MoshiBackendOps *ops = b->m->be->ops;
+  MoshiExec *ex = b->ex;
+  int n = b->n, seg = c->history + cols, ld = n * seg;
+  for (int i = 0; i < n && c->history > 0; i++) {
+    ConvState *cs = conv_state_at (b->sessions[i], site, stage, j);
+    float *w = b->buf.win + (gsize) i * seg;
+    if (c->replicate && cs->first) {
+      for (int h = 0; h < c->history; h++)
+        ops->copy_2d (ex, w + h, ld, w + c->history, ld, c->c_in, 1);
+    } else {
+      ops->copy_2d (ex, w, ld, cs->buf, cs->ld, c->c_in, c->history);
+    }
+  }
+  g_assert (cols % c->stride == 0);
+  int t_out = cols / c->stride;
+  ops->conv1d (ex, dst, n * t_out, b->buf.win, ld, &c->w, c->has_bias ? &c->b : NULL,
+      c->stride, c->dilation, 1, t_out, beta, n, seg, t_out);
+  for (int i = 0; i < n; i++) {
+    ConvState *cs = conv_state_at (b->sessions[i], site, stage, j);
+    if (c->history > 0)
+      ops->copy_2d (ex, cs->buf, cs->ld, b->buf.win + (gsize) i * seg + cols, ld, c->c_in,
+          c->history);
+    cs->first = FALSE;
+  }
+}
+
+/* A transposed conv over the n streams of src [c_in, n * cols] into dst [c_out, n * cols *
+ * stride], each stream's carry (carry_of) brought in and back around one op. */
+static void
+batch_conv_transpose (MoshiMimiBatch *b, const ConvTr *c, const MoshiWeight *bias,
+    float *(*carry_of) (MoshiMimiSession *s, int stage), int stage, const float *src, int cols,
+    float *dst)
+{
+  const MoshiBackendOps *ops = b->m->be->ops;
+  MoshiExec *ex = b->ex;
+  int n = b->n;
+  int overlap = c->c_out * (c->k - c->stride);
+  for (int i = 0; i < n && overlap > 0; i++)
+    ops->copy_2d (ex, b->buf.carry + (gsize) i * overlap, overlap, carry_of (b->sessions[i], stage),
+        overlap, 1, overlap);
+  ops->conv_transpose1d (ex, dst, n * cols * c->stride, src, n * cols, &c->w, bias, b->buf.carry,
+      c->stride, c->groups, cols, n, cols, (gsize) cols * c->stride, overlap);
+  for (int i = 0; i < n && overlap > 0; i++)
+    ops->copy_2d (ex, carry_of (b->sessions[i], stage), overlap,
+        b->buf.carry + (gsize) i * overlap, overlap, 1, overlap);
+}
+
 static float *
-batch_x (MoshiMimiBatch *b, int i)
+upsample_carry (MoshiMimiSession *s, int stage)
 {
-  return b->tr.x + (gsize) i * b->stride * b->m->cfg.transformer.d_model;
+  return s->up_carry;
+}
+
+static float *
+stage_carry (MoshiMimiSession *s, int stage)
+{
+  return s->dec[stage].carry;
+}
+
+/* x = x + conv2(ELU(conv1(ELU(x)))) for the residual blocks of a stage, over the n streams of
+ * x [channels, n * cols]. */
+static void
+batch_res_blocks (MoshiMimiBatch *b, const Stage *st, ConvSite site, int stage, float *x,
+    int cols)
+{
+  const MoshiBackendOps *ops = b->m->be->ops;
+  int n = b->n, width = n * cols;
+  for (int j = 0; j < st->n_res; j++) {
+    const ResBlock *rb = &st->res[j];
+    batch_elu_into_window (b, &rb->conv1, x, st->channels, cols, n);
+    batch_conv (b, &rb->conv1, site, stage, j, cols, b->buf.hidden, 0.0f);
+    ops->elu_2d (b->ex, b->buf.hidden, width, b->buf.hidden, width, rb->conv1.c_out, width);
+    ops->conv1d (b->ex, x, width, b->buf.hidden, width, &rb->conv2.w, &rb->conv2.b, 1, 1, 1,
+        width, 1.0f, 1, 0, 0);
+  }
+}
+
+/* [n * steps, d] time-major rows (session i's at i * steps) into c's windows. */
+static void
+batch_rows_into_window (MoshiMimiBatch *b, const Conv *c, const float *x, int steps)
+{
+  const MoshiBackendOps *ops = b->m->be->ops;
+  int n = b->n, d = c->c_in;
+  float *cols = b->buf.act[1];
+  ops->transpose (b->ex, cols, n * steps, x, d, n * steps, d);
+  ops->copy_2d (b->ex, batch_window_input (b, c), c->history + steps, cols, steps, d * n, steps);
 }
 
 static void
-encode_front_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+batch_encode_device (MoshiMimiBatch *b)
 {
-  MoshiMimiSession *s = b->sessions[i];
-  CallLayout L = encode_layout (s, 1);
-  /* the PCM only: the batch has its own row table */
-  b->m->be->ops->upload (ex, (guint8 *) s->enc_conv0.buf + L.in, s->enc_in_host + L.in,
-      (gsize) b->m->frame_size * sizeof (float));
-  encode_front (ex, s, 1, batch_x (b, i));
+  MoshiMimi *m = b->m;
+  const MoshiBackendOps *ops = m->be->ops;
+  MoshiExec *ex = b->ex;
+  BatchBuffers *bb = &b->buf;
+  int n = b->n, d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
+  int cols = m->frame_size, steps = b->stride;
+
+  ops->upload (ex, bb->pcm, bb->pcm_host, (gsize) n * cols * sizeof (float));
+  ops->copy_2d (ex, batch_window_input (b, &m->enc_conv0), m->enc_conv0.history + cols, bb->pcm,
+      cols, n, cols);
+  float *x = bb->act[0], *y = bb->act[1];
+  batch_conv (b, &m->enc_conv0, CONV_ENC_FIRST, 0, 0, cols, x, 0.0f);
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->enc_stages[i];
+    batch_res_blocks (b, st, CONV_ENC_RES, i, x, cols);
+    batch_elu_into_window (b, &st->down, x, st->channels, cols, n);
+    batch_conv (b, &st->down, CONV_ENC_DOWN, i, 0, cols, y, 0.0f);
+    cols /= st->down.stride;
+    float *t = x;
+    x = y;
+    y = t;
+  }
+  g_assert (cols == steps);
+  batch_elu_into_window (b, &m->enc_final, x, m->enc_final.c_in, steps, n);
+  batch_conv (b, &m->enc_final, CONV_ENC_FINAL, 0, 0, steps, y, 0.0f);
+  ops->transpose (ex, b->tr.x, d, y, n * steps, d, n * steps);
+
+  transformer_rows (ex, m, &m->enc_tr, &b->tr, n * steps, b->rc_dev, b->kv_capacity, 0);
+
+  if (m->resample_stride > 1) {
+    batch_rows_into_window (b, &m->downsample, b->tr.x, steps);
+    batch_conv (b, &m->downsample, CONV_DOWNSAMPLE, 0, 0, steps, bb->act[0], 0.0f);
+    ops->transpose (ex, bb->q, d, bb->act[0], n, d, n);
+  } else {
+    ops->copy_2d (ex, bb->q, d, b->tr.x, d, n, d);
+  }
+  ops->linear (ex, bb->r, dim, bb->q, d, &m->in_proj_first, NULL, n, 0.0f);
+  ops->rvq_encode (ex, bb->codes, n, bb->r, dim, &m->books_first, &m->norms_first, 1, n);
+  if (b->num_codebooks > 1) {
+    ops->linear (ex, bb->r, dim, bb->q, d, &m->in_proj_rest, NULL, n, 0.0f);
+    ops->rvq_encode (ex, bb->codes + n, n, bb->r, dim, &m->books_rest, &m->norms_rest,
+        b->num_codebooks - 1, n);
+  }
+  ops->download_async (ex, bb->codes_host, bb->codes,
+      (gsize) b->num_codebooks * n * sizeof (int32_t));
 }
 
 static void
-encode_back_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
+batch_decode_device (MoshiMimiBatch *b)
 {
-  encode_back (ex, b->sessions[i], 1, batch_x (b, i));
+  MoshiMimi *m = b->m;
+  const MoshiBackendOps *ops = m->be->ops;
+  MoshiExec *ex = b->ex;
+  BatchBuffers *bb = &b->buf;
+  int n = b->n, d = m->cfg.seanet.dimension, dim = m->cfg.quantizer.dimension;
+  int steps = b->stride, k = b->num_codebooks;
+
+  ops->upload (ex, bb->codes, bb->codes_host, (gsize) k * n * sizeof (int32_t));
+  ops->rvq_decode (ex, bb->r, dim, bb->codes, n, &m->books_first, 1, n);
+  ops->linear (ex, bb->q, d, bb->r, dim, &m->out_proj_first, NULL, n, 0.0f);
+  if (k > 1) {
+    ops->rvq_decode (ex, bb->r, dim, bb->codes + n, n, &m->books_rest, k - 1, n);
+    ops->linear (ex, bb->q, d, bb->r, dim, &m->out_proj_rest, NULL, n, 1.0f);
+  }
+  if (m->resample_stride > 1) {
+    ops->transpose (ex, bb->act[0], n, bb->q, d, n, d);
+    batch_conv_transpose (b, &m->upsample, NULL, upsample_carry, 0, bb->act[0], 1, bb->act[1]);
+    ops->transpose (ex, b->tr.x, d, bb->act[1], n * steps, d, n * steps);
+  } else {
+    ops->copy_2d (ex, b->tr.x, d, bb->q, d, n, d);
+  }
+
+  transformer_rows (ex, m, &m->dec_tr, &b->tr, n * steps, b->rc_dev, b->kv_capacity, 0);
+
+  batch_rows_into_window (b, &m->dec_conv0, b->tr.x, steps);
+  float *x = bb->act[0], *y = bb->act[1];
+  batch_conv (b, &m->dec_conv0, CONV_DEC_FIRST, 0, 0, steps, x, 0.0f);
+  int cols = steps;
+  for (int i = 0; i < m->n_stages; i++) {
+    const Stage *st = &m->dec_stages[i];
+    ops->elu_2d (ex, x, n * cols, x, n * cols, st->up.c_in, n * cols);
+    batch_conv_transpose (b, &st->up, &st->up.b, stage_carry, i, x, cols, y);
+    cols *= st->up.stride;
+    batch_res_blocks (b, st, CONV_DEC_RES, i, y, cols);
+    float *t = x;
+    x = y;
+    y = t;
+  }
+  batch_elu_into_window (b, &m->dec_final, x, m->dec_final.c_in, cols, n);
+  batch_conv (b, &m->dec_final, CONV_DEC_FINAL, 0, 0, cols, bb->pcm, 0.0f);
+  ops->download_async (ex, bb->pcm_host, bb->pcm, (gsize) n * cols * sizeof (float));
 }
 
-static void
-decode_front_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
-{
-  MoshiMimiSession *s = b->sessions[i];
-  b->m->be->ops->upload (ex, s->dec_in, s->dec_in_host, (gsize) b->num_codebooks * sizeof (int32_t));
-  decode_front (ex, s, b->num_codebooks, 1, batch_x (b, i));
-}
-
-static void
-decode_back_phase (MoshiMimiBatch *b, MoshiExec *ex, int i)
-{
-  decode_back (ex, b->sessions[i], 1, batch_x (b, i));
-}
-
-/* The device part of the batch call in progress, over the inputs staged in the sessions'
- * pinned buffers and the batch's row table: the row table's upload, the sessions' front
- * phases, one transformer pass over all their rows, the back phases. Recordable as
- * device_encode is, for one list of sessions. */
+/* The device part of the batch call in progress, over the inputs staged in the batch's pinned
+ * buffers and its row table: the row table's upload, then the direction's layers over every
+ * session at once. Recordable as device_encode is, for one list of sessions. */
 static void
 batch_device (gpointer ctx)
 {
   MoshiMimiBatch *b = ctx;
-  int n = b->n;
-  gboolean decode = b->decode;
   b->m->be->ops->upload (b->ex, b->rc_dev, b->rc_host,
-      (gsize) n * b->stride * sizeof (MoshiRowCache));
-  run_phase (b, n, decode ? decode_front_phase : encode_front_phase);
-  transformer_rows (b->ex, b->m, decode ? &b->m->dec_tr : &b->m->enc_tr, &b->tr, n * b->stride,
-      b->rc_dev, b->kv_capacity, 0);
-  run_phase (b, n, decode ? decode_back_phase : encode_back_phase);
+      (gsize) b->n * b->stride * sizeof (MoshiRowCache));
+  if (b->decode)
+    batch_decode_device (b);
+  else
+    batch_encode_device (b);
 }
 
 /* A batch call's shape: the codebooks, whether a first-frame branch runs, and the sessions in
@@ -1690,7 +1951,7 @@ batch_run (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
   for (int i = 0; i < n; i++)
     first = first || first_frame_pending (b->sessions[i], decode);
   GString *key = g_string_new (NULL);
-  g_string_printf (key, "%d/%d", decode ? b->num_codebooks : 0, first);
+  g_string_printf (key, "%d/%d", b->num_codebooks, first);
   for (int i = 0; i < n; i++)
     g_string_append_printf (key, "/%u", b->sessions[i]->serial);
   b->n = n;
@@ -1700,21 +1961,19 @@ batch_run (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
   return ok;
 }
 
-/* Both directions: the inputs staged, the device part, one wait. */
+/* Both directions: the device part on the staged inputs, one wait. */
 static gboolean
 batch_call (MoshiMimiBatch *b, int n, gboolean decode, GError **error)
 {
   const MoshiBackendOps *ops = b->m->be->ops;
-  /* On one queue for the batch, the sessions' own queues must be idle (a reset queues work) */
-  for (int i = 0; i < n && !b->own_exec_convs; i++)
+  /* The batch's queue works on the sessions' state: their own queues must be idle (a reset
+   * queues work). */
+  for (int i = 0; i < n; i++)
     if (!ops->synchronize (b->sessions[i]->ex, error))
       return FALSE;
   batch_rows (b, n, decode);
   if (!batch_run (b, n, decode, error) || !ops->synchronize (b->ex, error))
     return FALSE;
-  for (int i = 0; i < n && b->own_exec_convs; i++)
-    if (!ops->synchronize (b->sessions[i]->ex, error))
-      return FALSE;
   for (int i = 0; i < n; i++) {
     MoshiMimiSession *s = b->sessions[i];
     if (decode)
@@ -1736,15 +1995,22 @@ moshi_mimi_batch_encode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
       g_prefix_error (error, "session %d: ", i);
       return FALSE;
     }
+  if (!batch_reserve (b, n, error))
+    return FALSE;
+  int frame = b->m->frame_size;
+  /* Every session gets the codes of the most any takes: the levels are computed in order, so
+   * the first ones do not depend on how many follow. */
+  b->num_codebooks = 0;
   for (int i = 0; i < n; i++) {
-    MoshiMimiSession *s = sessions[i];
-    b->sessions[i] = s;
-    memcpy (s->enc_in_host + encode_layout (s, 1).in, pcm[i], b->m->frame_size * sizeof (float));
+    b->sessions[i] = sessions[i];
+    b->num_codebooks = MAX (b->num_codebooks, sessions[i]->num_codebooks);
+    memcpy (b->buf.pcm_host + (gsize) i * frame, pcm[i], frame * sizeof (float));
   }
   if (!batch_call (b, n, FALSE, error))
     return FALSE;
   for (int i = 0; i < n; i++)
-    memcpy (codes[i], sessions[i]->codes_host, sessions[i]->num_codebooks * sizeof (int32_t));
+    for (int k = 0; k < sessions[i]->num_codebooks; k++)
+      codes[i][k] = b->buf.codes_host[(gsize) k * n + i];
   return TRUE;
 }
 
@@ -1759,15 +2025,19 @@ moshi_mimi_batch_decode (MoshiMimiBatch *b, MoshiMimiSession **sessions, int n,
       g_prefix_error (error, "session %d: ", i);
       return FALSE;
     }
+  if (!batch_reserve (b, n, error))
+    return FALSE;
   b->num_codebooks = num_codebooks;
   for (int i = 0; i < n; i++) {
     b->sessions[i] = sessions[i];
-    memcpy (sessions[i]->dec_in_host, codes[i], num_codebooks * sizeof (int32_t));
+    for (int k = 0; k < num_codebooks; k++)
+      b->buf.codes_host[(gsize) k * n + i] = codes[i][k];
   }
   if (!batch_call (b, n, TRUE, error))
     return FALSE;
+  int frame = b->m->frame_size;
   for (int i = 0; i < n; i++)
-    memcpy (pcm[i], sessions[i]->pcm_host, b->m->frame_size * sizeof (float));
+    memcpy (pcm[i], b->buf.pcm_host + (gsize) i * frame, frame * sizeof (float));
   return TRUE;
 }
 

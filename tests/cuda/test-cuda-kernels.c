@@ -794,10 +794,13 @@ START_TEST (test_conv1d)
     int c_in = cases[c][0], c_out = cases[c][1], k = cases[c][2], stride = cases[c][3];
     int dil = cases[c][4], groups = cases[c][5], t_out = cases[c][6];
     int t_in = (t_out - 1) * stride + (k - 1) * dil + 1;
-    int ld_src = t_in + 3, ld_dst = t_out + 5;
-    for (int variant = 0; variant < 4; variant++) {
+    /* one stream, then 3 streams side by side, then 3 apart (one launch each) */
+    for (int variant = 0; variant < 12; variant++) {
       gboolean with_bias = variant & 1;
-      float beta = variant >= 2 ? 1.0f : 0.0f;
+      float beta = variant & 2 ? 1.0f : 0.0f;
+      int layout = variant / 4, n = layout ? 3 : 1;
+      size_t src_step = t_in + (layout == 1 ? 0 : 3), dst_step = t_out + (layout == 1 ? 0 : 5);
+      int ld_src = n * (int) src_step, ld_dst = n * (int) dst_step;
       size_t ns = (size_t) c_in * ld_src, nd = (size_t) c_out * ld_dst;
       size_t nw = (size_t) c_out * (c_in / groups) * k;
       g_autofree float *src = rand_vec (&rng, ns, 1);
@@ -809,13 +812,14 @@ START_TEST (test_conv1d)
       MoshiWeight W = host_weight (w, 3, c_out, c_in / groups, k);
       MoshiWeight B = host_weight (b, 1, c_out, 0, 0);
       be->ops->conv1d (ex, want, ld_dst, src, ld_src, &W, with_bias ? &B : NULL, stride, dil,
-          groups, t_out, beta);
+          groups, t_out, beta, n, src_step, dst_step);
       CUDA_OK (moshi_k_conv1d (stream, d_dst, ld_dst, d_src, ld_src, d_w, with_bias ? d_b : NULL,
-          c_in, c_out, k, stride, dil, groups, t_out, beta));
+          c_in, c_out, k, stride, dil, groups, t_out, beta, n, src_step, dst_step));
       g_autofree float *got = g_new (float, nd);
       from_device (got, d_dst, nd);
       char what[96];
-      g_snprintf (what, sizeof what, "conv1d case %u (bias %d, beta %g)", c, with_bias, beta);
+      g_snprintf (what, sizeof what, "conv1d case %u (bias %d, beta %g, layout %d)", c,
+          with_bias, beta, layout);
       assert_close_f32 (got, want, nd, what);
       cudaFree (d_src);
       cudaFree (d_w);
@@ -836,43 +840,54 @@ START_TEST (test_conv_transpose1d)
   const int chunks[] = { 1, 3, 2, 1, 4 };
   MoshiTestRng rng;
   moshi_test_rng_init (&rng, 14);
+  /* one stream, then 3 streams side by side (carries contiguous), then 3 apart */
   for (guint c = 0; c < G_N_ELEMENTS (cases); c++)
-    for (int with_bias = 0; with_bias < 2; with_bias++) {
+    for (int variant = 0; variant < 6; variant++) {
+      int with_bias = variant & 1, layout = variant / 2, n = layout ? 3 : 1;
       int c_in = cases[c][0], c_out = cases[c][1], k = cases[c][2], stride = cases[c][3];
       int groups = cases[c][4], overlap = k - stride;
+      size_t carry_step = (size_t) c_out * overlap + (layout == 2 ? 3 : 0);
+      size_t n_carry = MAX (n * carry_step, 1);
       size_t nw = (size_t) c_in * (c_out / groups) * k;
       g_autofree float *w = rand_vec (&rng, nw, 0.5f);
       g_autofree float *b = rand_vec (&rng, c_out, 0.5f);
-      g_autofree float *carry = g_new0 (float, (size_t) c_out * MAX (overlap, 1));
+      g_autofree float *carry = g_new0 (float, n_carry);
       float *d_w = dup_to_device (w, nw), *d_b = dup_to_device (b, c_out);
-      float *d_carry = dup_to_device (carry, (size_t) c_out * MAX (overlap, 1));
+      float *d_carry = dup_to_device (carry, n_carry);
       float *d_scratch;
-      CUDA_OK (cudaMalloc ((void **) &d_scratch, sizeof (float) * c_out * MAX (overlap, 1)));
+      CUDA_OK (cudaMalloc ((void **) &d_scratch, sizeof (float) * n * c_out * MAX (overlap, 1)));
       MoshiWeight W = host_weight (w, 3, c_in, c_out / groups, k);
       MoshiWeight B = host_weight (b, 1, c_out, 0, 0);
       /* a stream of chunks, each with its own padded input and output */
       for (guint ch = 0; ch < G_N_ELEMENTS (chunks); ch++) {
-        int t_in = chunks[ch], ld_src = t_in + 2, ld_dst = t_in * stride + 3;
+        int t_in = chunks[ch];
+        size_t src_step = t_in + (layout == 1 ? 0 : 2);
+        size_t dst_step = t_in * stride + (layout == 1 ? 0 : 3);
+        int ld_src = n * (int) src_step, ld_dst = n * (int) dst_step;
         size_t ns = (size_t) c_in * ld_src, nd = (size_t) c_out * ld_dst;
         g_autofree float *x = rand_vec (&rng, ns, 1);
         g_autofree float *want = rand_vec (&rng, nd, 1);
         float *d_x = dup_to_device (x, ns), *d_dst = dup_to_device (want, nd);
         be->ops->conv_transpose1d (ex, want, ld_dst, x, ld_src, &W, with_bias ? &B : NULL,
-            carry, stride, groups, t_in);
+            carry, stride, groups, t_in, n, src_step, dst_step, carry_step);
         CUDA_OK (moshi_k_conv_transpose1d (stream, d_dst, ld_dst, d_x, ld_src, d_w,
-            with_bias ? d_b : NULL, d_carry, d_scratch, c_in, c_out, k, stride, groups, t_in));
+            with_bias ? d_b : NULL, d_carry, d_scratch, c_in, c_out, k, stride, groups, t_in, n,
+            src_step, dst_step, carry_step));
         g_autofree float *got = g_new (float, nd);
         from_device (got, d_dst, nd);
         char what[96];
-        g_snprintf (what, sizeof what, "conv_transpose1d case %u chunk %u", c, ch);
+        g_snprintf (what, sizeof what, "conv_transpose1d case %u layout %d chunk %u", c, layout,
+            ch);
         assert_close_f32 (got, want, nd, what);
         if (overlap > 0) {
-          g_autofree float *got_carry = g_new (float, (size_t) c_out * overlap);
-          from_device (got_carry, d_carry, (size_t) c_out * overlap);
-          g_snprintf (what, sizeof what, "conv_transpose1d case %u chunk %u carry", c, ch);
-          assert_close_f32 (got_carry, carry, (size_t) c_out * overlap, what);
+          /* the gaps between apart carries are not written: both keep their zeros */
+          g_autofree float *got_carry = g_new (float, n_carry);
+          from_device (got_carry, d_carry, n_carry);
+          g_snprintf (what, sizeof what, "conv_transpose1d case %u layout %d chunk %u carry", c,
+              layout, ch);
+          assert_close_f32 (got_carry, carry, n_carry, what);
           /* continue both from the CPU's carry, so that errors do not accumulate */
-          CUDA_OK (cudaMemcpy (d_carry, carry, sizeof (float) * c_out * overlap,
+          CUDA_OK (cudaMemcpy (d_carry, carry, sizeof (float) * n_carry,
               cudaMemcpyHostToDevice));
         }
         cudaFree (d_x);

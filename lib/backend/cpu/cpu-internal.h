@@ -64,9 +64,10 @@ void cpu_op_linear (MoshiExec *ex, float *dst, int ld_dst, const float *src, int
     const MoshiWeight *w, const MoshiWeight *bias, int rows, float beta);
 void cpu_op_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
-    int t_out, float beta);
+    int t_out, float beta, int n, gsize src_step, gsize dst_step);
 void cpu_op_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
-    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in);
+    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in,
+    int n, gsize src_step, gsize dst_step, gsize carry_step);
 void cpu_op_kv_write (MoshiExec *ex, float *k_cache, float *v_cache, int capacity,
     const float *k, int ld_k, const float *v, int ld_v, int width, int pos0, int t);
 void cpu_op_rope (MoshiExec *ex, float *x, int ld, int t, int n_heads, int head_dim, int pos0,

@@ -489,7 +489,7 @@ add_bias_rows (float *dst, int ld, const float *bias, int rows, int cols)
 void
 cpu_op_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
-    int t_out, float beta)
+    int t_out, float beta, int n, gsize src_step, gsize dst_step)
 {
   CpuExec *cex = CPU_EX (ex);
   int c_out = (int) w->shape[0];
@@ -497,41 +497,66 @@ cpu_op_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_s
   int k = (int) w->shape[2];
   int cout_g = c_out / groups;
   const float *weights = wf32 (w);
+  if (n == 1)
+    src_step = dst_step = (gsize) t_out;
+  int cols_n = n * t_out;
+  /* Streams side by side in dst take the product's columns as they are; others go through a
+   * scratch product scattered afterwards. */
+  gboolean dense_dst = dst_step == (gsize) t_out;
 
   for (int g = 0; g < groups; g++) {
     const float *x = src + (gsize) g * cin_g * ld_src;
     const float *wg = weights + (gsize) g * cout_g * cin_g * k;
     float *y = dst + (gsize) g * cout_g * ld_dst;
-    if (k == 1 && stride == 1) {
-      cpu_sgemm (cex, FALSE, FALSE, cout_g, t_out, cin_g, wg, cin_g, x, ld_src, beta, y, ld_dst);
-      continue;
-    }
-    /* im2col: row (i, j) holds input channel i at tap j for every output step. */
-    float *cols = cpu_scratch (cex, 0, (gsize) cin_g * k * t_out);
-    for (int i = 0; i < cin_g; i++) {
-      const float *xi = x + (gsize) i * ld_src;
-      for (int j = 0; j < k; j++) {
-        float *row = cols + ((gsize) i * k + j) * t_out;
-        const float *xs = xi + (gsize) j * dilation;
-        if (stride == 1) {
-          memcpy (row, xs, t_out * sizeof (float));
-        } else {
-          for (int t = 0; t < t_out; t++)
-            row[t] = xs[(gsize) t * stride];
+    float *prod = dense_dst ? y : cpu_scratch (cex, 1, (gsize) cout_g * cols_n);
+    int ld_prod = dense_dst ? ld_dst : cols_n;
+    float beta_prod = dense_dst ? beta : 0.0f;
+    if (k == 1 && stride == 1 && src_step == (gsize) t_out) {
+      /* a pointwise conv over streams side by side: the input as it is */
+      cpu_sgemm (cex, FALSE, FALSE, cout_g, cols_n, cin_g, wg, cin_g, x, ld_src, beta_prod,
+          prod, ld_prod);
+    } else {
+      /* im2col: row (i, j) holds input channel i at tap j for every output step of every
+       * stream, stream s in columns s * t_out .. (s + 1) * t_out - 1. */
+      float *cols = cpu_scratch (cex, 0, (gsize) cin_g * k * cols_n);
+      for (int i = 0; i < cin_g; i++) {
+        for (int j = 0; j < k; j++) {
+          float *row = cols + ((gsize) i * k + j) * cols_n;
+          for (int s = 0; s < n; s++) {
+            const float *xs = x + (gsize) i * ld_src + s * src_step + (gsize) j * dilation;
+            float *r = row + (gsize) s * t_out;
+            if (stride == 1) {
+              memcpy (r, xs, t_out * sizeof (float));
+            } else {
+              for (int t = 0; t < t_out; t++)
+                r[t] = xs[(gsize) t * stride];
+            }
+          }
         }
       }
+      cpu_sgemm (cex, FALSE, FALSE, cout_g, cols_n, cin_g * k, wg, cin_g * k, cols, cols_n,
+          beta_prod, prod, ld_prod);
     }
-    cpu_sgemm (cex, FALSE, FALSE, cout_g, t_out, cin_g * k, wg, cin_g * k, cols, t_out, beta, y,
-        ld_dst);
+    if (!dense_dst) {
+      for (int o = 0; o < cout_g; o++)
+        for (int s = 0; s < n; s++) {
+          float *d = y + (gsize) o * ld_dst + s * dst_step;
+          const float *p = prod + (gsize) o * cols_n + (gsize) s * t_out;
+          for (int t = 0; t < t_out; t++)
+            d[t] = beta == 0.0f ? p[t] : beta * d[t] + p[t];
+        }
+    }
   }
   if (bias)
-    add_bias_rows (dst, ld_dst, wf32 (bias), c_out, t_out);
+    for (int s = 0; s < n; s++)
+      add_bias_rows (dst + s * dst_step, ld_dst, wf32 (bias), c_out, t_out);
 }
 
 typedef struct {
   float *dst;
   int ld_dst;
-  const float *cols;      /* [c_out * k, t_in] per-tap contributions */
+  const float *cols;      /* [c_out * k, t_in] per-tap contributions (row stride ld_cols) */
+  int ld_cols;
   const float *bias;
   float *carry;
   int k, stride, t_in;
@@ -554,7 +579,7 @@ overlap_add_task (void *ctx, int o, int thread)
     buf = heap_buf = g_new (float, n_buf);
   memset (buf, 0, n_buf * sizeof (float));
   for (int tap = 0; tap < j->k; tap++) {
-    const float *row = j->cols + ((gsize) o * j->k + tap) * j->t_in;
+    const float *row = j->cols + ((gsize) o * j->k + tap) * j->ld_cols;
     for (int t = 0; t < j->t_in; t++)
       buf[t * j->stride + tap] += row[t];
   }
@@ -570,7 +595,8 @@ overlap_add_task (void *ctx, int o, int thread)
 
 void
 cpu_op_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
-    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in)
+    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in,
+    int n, gsize src_step, gsize dst_step, gsize carry_step)
 {
   CpuExec *cex = CPU_EX (ex);
   int c_in = (int) w->shape[0];
@@ -579,34 +605,47 @@ cpu_op_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src
   int c_out = cout_g * groups;
   int cin_g = c_in / groups;
   const float *weights = wf32 (w);
+  if (n == 1)
+    src_step = (gsize) t_in;
+  /* Streams side by side in src make one product; others one product each. */
+  int n_prod = src_step == (gsize) t_in ? 1 : n;
+  int per_prod = n / n_prod;
+  int t_prod = t_in * per_prod;
 
-  /* Per-tap contributions cols[(o, tap), t] = sum_i w[i, o, tap] x[i, t]. */
-  float *cols = cpu_scratch (cex, 1, (gsize) c_out * k * t_in);
-  if (cin_g == 1 && cout_g == 1) {
-    /* depthwise: one input channel per output channel */
-    for (int c = 0; c < c_out; c++)
-      for (int tap = 0; tap < k; tap++) {
-        float wv = weights[(gsize) c * k + tap];
-        float *row = cols + ((gsize) c * k + tap) * t_in;
-        const float *x = src + (gsize) c * ld_src;
-        for (int t = 0; t < t_in; t++)
-          row[t] = wv * x[t];
+  for (int p = 0; p < n_prod; p++) {
+    /* Per-tap contributions cols[(o, tap), t] = sum_i w[i, o, tap] x[i, t] over the product's
+     * columns (the streams' steps side by side). */
+    const float *x0 = src + p * src_step;
+    float *cols = cpu_scratch (cex, 1, (gsize) c_out * k * t_prod);
+    if (cin_g == 1 && cout_g == 1) {
+      /* depthwise: one input channel per output channel */
+      for (int c = 0; c < c_out; c++)
+        for (int tap = 0; tap < k; tap++) {
+          float wv = weights[(gsize) c * k + tap];
+          float *row = cols + ((gsize) c * k + tap) * t_prod;
+          const float *x = x0 + (gsize) c * ld_src;
+          for (int t = 0; t < t_prod; t++)
+            row[t] = wv * x[t];
+        }
+    } else {
+      for (int g = 0; g < groups; g++) {
+        const float *wg = weights + (gsize) g * cin_g * cout_g * k;
+        cpu_sgemm (cex, TRUE, FALSE, cout_g * k, t_prod, cin_g, wg, cout_g * k,
+            x0 + (gsize) g * cin_g * ld_src, ld_src, 0.0f, cols + (gsize) g * cout_g * k * t_prod,
+            t_prod);
       }
-  } else {
-    for (int g = 0; g < groups; g++) {
-      const float *wg = weights + (gsize) g * cin_g * cout_g * k;
-      cpu_sgemm (cex, TRUE, FALSE, cout_g * k, t_in, cin_g, wg, cout_g * k,
-          src + (gsize) g * cin_g * ld_src, ld_src, 0.0f, cols + (gsize) g * cout_g * k * t_in,
-          t_in);
     }
-  }
-
-  OverlapAddJob job = { dst, ld_dst, cols, bias ? wf32 (bias) : NULL, carry, k, stride, t_in };
-  if ((gsize) c_out * k * t_in < 16384) {
-    for (int o = 0; o < c_out; o++)
-      overlap_add_task (&job, o, 0);
-  } else {
-    cpu_parallel (cex, c_out, overlap_add_task, &job);
+    for (int q = 0; q < per_prod; q++) {
+      int s = p * per_prod + q;
+      OverlapAddJob job = { dst + s * dst_step, ld_dst, cols + (gsize) q * t_in, t_prod,
+        bias ? wf32 (bias) : NULL, carry + s * carry_step, k, stride, t_in };
+      if ((gsize) c_out * k * t_in < 16384) {
+        for (int o = 0; o < c_out; o++)
+          overlap_add_task (&job, o, 0);
+      } else {
+        cpu_parallel (cex, c_out, overlap_add_task, &job);
+      }
+    }
   }
 }
 

@@ -766,32 +766,35 @@ cuda_linear (MoshiExec *parent, float *dst, int ld_dst, const float *src, int ld
 static void
 cuda_conv1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
     const MoshiWeight *w, const MoshiWeight *bias, int stride, int dilation, int groups,
-    int t_out, float beta)
+    int t_out, float beta, int n, gsize src_step, gsize dst_step)
 {
   int c_out = (int) w->shape[0];
   int c_in = (int) w->shape[1] * groups;
   int k = w->ndim > 2 ? (int) w->shape[2] : 1;
   KCALL (ex, moshi_k_conv1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w), wf32 (bias),
-          c_in, c_out, k, stride, dilation, groups, t_out, beta));
+          c_in, c_out, k, stride, dilation, groups, t_out, beta, n, src_step, dst_step));
   if (t_out > 0)
     count (ex, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
 }
 
 static void
 cuda_conv_transpose1d (MoshiExec *ex, float *dst, int ld_dst, const float *src, int ld_src,
-    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in)
+    const MoshiWeight *w, const MoshiWeight *bias, float *carry, int stride, int groups, int t_in,
+    int n, gsize src_step, gsize dst_step, gsize carry_step)
 {
   int c_in = (int) w->shape[0];
   int c_out = (int) w->shape[1] * groups;
   int k = w->ndim > 2 ? (int) w->shape[2] : 1;
   float *tmp = NULL;
   if (k > stride) {
-    tmp = scratch (CUDA_EX (ex), SCRATCH_CONV, (gsize) c_out * (k - stride) * sizeof (float));
+    tmp = scratch (CUDA_EX (ex), SCRATCH_CONV,
+        (gsize) MAX (n, 1) * c_out * (k - stride) * sizeof (float));
     if (tmp == NULL)
       return;
   }
   KCALL (ex, moshi_k_conv_transpose1d (CUDA_EX (ex)->stream, dst, ld_dst, src, ld_src, wf32 (w),
-          wf32 (bias), carry, tmp, c_in, c_out, k, stride, groups, t_in));
+          wf32 (bias), carry, tmp, c_in, c_out, k, stride, groups, t_in, n, src_step, dst_step,
+          carry_step));
   if (t_in > 0) {
     count (ex, STAT_WEIGHT_BYTES, weight_bytes (w) + weight_bytes (bias));
     if (k > stride)         /* the kernel library's copy of the new overlap over the carry */

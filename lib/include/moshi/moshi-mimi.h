@@ -94,22 +94,23 @@ gboolean moshi_mimi_check_pcm (const MoshiMimi *mimi, const float *pcm, int n_fr
 gboolean moshi_mimi_check_codes (const MoshiMimi *mimi, const int32_t *codes, int num_codebooks,
     int n_frames, GError **error);
 
-/* A MoshiMimiBatch steps many streaming sessions of one model by one frame each as one call:
- * every session's convolutions (its own state), then ONE transformer pass over the rows of all
- * of them (each linear reads its weights once per call, whatever the number of sessions; RoPE,
- * the KV writes and attention take each row's session cache and position from a row table, as
- * the LM's batched step does), then the convolutions again. On the CPU the convolutions of
- * single-threaded sessions run in parallel over the batch's threads, each on its session's own
- * thread; on other backends every op of the call is queued on the batch's exec, and a backend
- * that records (CUDA graphs) replays one recording per direction while the same sessions come
- * in the same order (a session joining or leaving makes a new one).
+/* A MoshiMimiBatch steps many streaming sessions of one model by one frame each as one call,
+ * every layer once for all of them: the sessions' activations lie side by side in one matrix, so
+ * each convolution is one product over every session's columns (each session's own history or
+ * transposed-convolution carry brought into the batch's window before it and back after), each
+ * linear of the transformers and the quantizer one product over all rows (RoPE, the KV writes
+ * and attention take each row's session cache and position from a row table, as the LM's
+ * batched step does), and every weight is read once per call, whatever the number of sessions.
+ * Every op runs on the batch's exec (its threads); a backend that records (CUDA graphs)
+ * replays one recording per direction while the same sessions come in the same order (a
+ * session joining or leaving makes a new one).
  *
- * A batched frame gives what the session gives alone (moshi_mimi_session_encode/decode of one
- * frame), but for the order of the sums in the transformer's matrix products: on the CPU a
- * product of at most 8 rows (4 sessions at the released frame rate) sums each row as a product
- * of that row alone does (bit-identical frames, as long as no bigger batch has written the
- * caches), and bigger ones go to BLAS (tests/test-mimi.c states the measured differences). Sessions may be at any stream position, and may join or leave between calls;
- * they must be streaming sessions (full_context FALSE). A batch is used by one thread at a time,
+ * A batched frame gives the codes the session gives alone (moshi_mimi_session_encode/decode of
+ * one frame), and its PCM but for the order of the sums in products with more columns: on the
+ * CPU BLAS may sum a wider product in another order (tests/test-mimi.c states the measured
+ * differences); CUDA's convolution kernels sum each output as they do for one session.
+ * Sessions may be at any stream position, and may join or leave between calls; they must be
+ * streaming sessions (full_context FALSE). A batch is used by one thread at a time,
  * and its sessions are not used elsewhere during a call. */
 typedef struct _MoshiMimiBatch MoshiMimiBatch;
 
