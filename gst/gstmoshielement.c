@@ -498,7 +498,7 @@ load_model (GstElement * element, const gchar * model, const gchar * config,
   }
 
   g_autofree char *device_description =
-      moshi_device_describe (moshi_mimi_get_device (mimi), NULL, NULL);
+      moshi_mimi_describe_device (mimi);
   GST_CAT_INFO_OBJECT (gst_moshi_debug, element,
       "Mimi %s: %d Hz, %d samples per frame, %d codebooks of %d entries, "
       "backend %s", path, moshi_mimi_sample_rate (mimi),

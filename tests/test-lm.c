@@ -723,6 +723,11 @@ START_TEST (test_lm_shared_registry)
   MoshiLm *c = moshi_lm_load (model, config, &cpu, &error);
   ck_assert_ptr_ne (a, c);
   ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
+  /* describing the loaded device opens nothing */
+  opens = moshi_backend_open_count ();
+  g_autofree char *described = moshi_lm_describe_device (c);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 0);
+  ck_assert (described != NULL && described[0] != '\0');
   moshi_lm_unref (c);
   moshi_lm_unref (a);
   moshi_lm_unref (b);

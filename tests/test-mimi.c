@@ -806,6 +806,12 @@ START_TEST (test_shared_registry)
   MoshiMimi *unshared = moshi_mimi_load (model, config, &cpu, &error);
   ck_assert_ptr_nonnull (unshared);
   ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
+  /* describing the loaded device opens nothing */
+  opens = moshi_backend_open_count ();
+  g_autofree char *described = moshi_mimi_describe_device (unshared);
+  g_autofree char *opened = moshi_device_describe (MOSHI_DEVICE_CPU, NULL, NULL);
+  ck_assert_str_eq (described, opened);
+  ck_assert_uint_eq (moshi_backend_open_count () - opens, 1);
   moshi_mimi_unref (unshared);
   /* a different config is a different model */
   MoshiMimi *c = moshi_mimi_load_shared (model, NULL, &cpu, &error);

@@ -554,9 +554,7 @@ cmd_bench_lm (int argc, char **argv)
   if (lm == NULL)
     return fail (g_steal_pointer (&error));
   MoshiDevice used = moshi_lm_get_device (lm);
-  g_autofree char *description = moshi_device_describe (used, NULL, &error);
-  if (description == NULL)
-    return fail (g_steal_pointer (&error));
+  g_autofree char *description = moshi_lm_describe_device (lm);
   g_print ("model: %s, %d + %d x %d layers, dim %d; device %s; loaded in %.1f s\n",
       weights ? weights : "random BF16 weights", cfg.transformer.num_layers, cfg.dep_q,
       cfg.depformer.num_layers, cfg.dim, description, (g_get_monotonic_time () - t0) / 1e6);
@@ -691,7 +689,7 @@ cmd_bench (int argc, char **argv)
   g_autofree float *out = g_new (float, (gsize) frames_per_call * frame);
   g_autofree int32_t *codes = g_new (int32_t, (gsize) frames_per_call * codebooks);
 
-  g_autofree char *description = moshi_device_describe (moshi_mimi_get_device (mimi), NULL, NULL);
+  g_autofree char *description = moshi_mimi_describe_device (mimi);
   if (!json)
     g_print ("Mimi streaming benchmark: %s, %d frames of %d samples, %d codebooks, %d frame(s) per call, backend %s\n",
         model, n_frames, frame, codebooks, frames_per_call, description);

@@ -299,6 +299,8 @@ struct _MoshiExec {
 MoshiBackend *moshi_backend_open (MoshiDevice device, GError **error);
 /* How many times moshi_backend_open has been called in this process (a debug counter). */
 guint moshi_backend_open_count (void);
+/* The backend in words: its description, else its name. */
+char *moshi_backend_describe (const MoshiBackend *be);
 /* Exported (MOSHI_API), like the two weight helpers below, for the CUDA module. */
 MOSHI_API MoshiBackend *moshi_backend_ref (MoshiBackend *be);
 MOSHI_API void moshi_backend_unref (MoshiBackend *be);

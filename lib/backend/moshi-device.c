@@ -4,12 +4,18 @@
 #include <string.h>
 
 char *
+moshi_backend_describe (const MoshiBackend *be)
+{
+  return g_strdup (be->description ? be->description : be->name);
+}
+
+char *
 moshi_device_describe (MoshiDevice device, MoshiDevice *resolved, GError **error)
 {
   MoshiBackend *be = moshi_backend_open (device, error);
   if (be == NULL)
     return NULL;
-  char *description = g_strdup (be->description ? be->description : be->name);
+  char *description = moshi_backend_describe (be);
   if (resolved)
     *resolved = be->device;
   moshi_backend_unref (be);

@@ -617,6 +617,12 @@ moshi_lm_unref (MoshiLm *lm)
 const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm) { return &lm->cfg; }
 const char *moshi_lm_get_path (const MoshiLm *lm) { return lm->path; }
 MoshiDevice moshi_lm_get_device (const MoshiLm *lm) { return lm->be->device; }
+
+char *
+moshi_lm_describe_device (const MoshiLm *lm)
+{
+  return moshi_backend_describe (lm->be);
+}
 MoshiBackend *moshi_lm_get_backend (const MoshiLm *lm) { return lm->be; }
 int moshi_lm_user_codebooks (const MoshiLm *lm) { return lm->cfg.n_q - lm->cfg.dep_q; }
 int moshi_lm_generated_codebooks (const MoshiLm *lm) { return lm->cfg.dep_q; }

@@ -587,6 +587,12 @@ int moshi_mimi_max_codebooks (const MoshiMimi *m) { return m->cfg.quantizer.n_q;
 int moshi_mimi_codebook_size (const MoshiMimi *m) { return m->cfg.quantizer.bins; }
 MoshiBackend *moshi_mimi_get_backend (const MoshiMimi *m) { return m->be; }
 MoshiDevice moshi_mimi_get_device (const MoshiMimi *m) { return m->be->device; }
+
+char *
+moshi_mimi_describe_device (const MoshiMimi *m)
+{
+  return moshi_backend_describe (m->be);
+}
 const char *moshi_mimi_get_path (const MoshiMimi *m) { return m->path; }
 
 /* ================================================================ session */

@@ -82,6 +82,8 @@ const MoshiLmConfig *moshi_lm_get_config (const MoshiLm *lm);
 const char *moshi_lm_get_path (const MoshiLm *lm);
 /* The device it was loaded on (never AUTO). */
 MoshiDevice moshi_lm_get_device (const MoshiLm *lm);
+/* The backend it was loaded on, in words, as moshi_mimi_describe_device. Free with g_free. */
+char *moshi_lm_describe_device (const MoshiLm *lm);
 /* Audio codebooks the model takes from the user each step (n_q - dep_q). */
 int moshi_lm_user_codebooks (const MoshiLm *lm);
 /* Codebooks it generates each step (dep_q). */

@@ -52,6 +52,9 @@ int moshi_mimi_max_codebooks (const MoshiMimi *mimi);
 int moshi_mimi_codebook_size (const MoshiMimi *mimi);   /* bins */
 /* The device it was loaded on (never AUTO). */
 MoshiDevice moshi_mimi_get_device (const MoshiMimi *mimi);
+/* The backend it was loaded on, in words ("CPU (AVX2, 8 threads)", "NVIDIA H200, sm_90"):
+ * as moshi_device_describe, without opening the device again. Free with g_free. */
+char *moshi_mimi_describe_device (const MoshiMimi *mimi);
 const char *moshi_mimi_get_path (const MoshiMimi *mimi);
 
 typedef struct {
