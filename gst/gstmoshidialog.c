@@ -2206,8 +2206,9 @@ gst_moshi_dialog_class_init (GstMoshiDialogClass * klass)
       g_param_spec_string ("model", "Model",
           "Moshi LM weights: a safetensors file, a directory holding "
           LM_HUB_FILENAME ", or a Hugging Face repo id (owner/name[@revision]"
-          "[:file], e.g. kyutai/moshiko-pytorch-bf16) already in the local "
-          "hub cache (nothing is downloaded)", NULL, model_flags));
+          "[:file], e.g. kyutai/moshiko-pytorch-bf16), from the local hub "
+          "cache or downloaded into it (progress messages; HF_HUB_OFFLINE=1: "
+          "the cache only)", NULL, model_flags));
   g_object_class_install_property (gobject_class, PROP_LM_CONFIG,
       g_param_spec_string ("lm-config", "LM configuration",
           "LM configuration JSON in the upstream layout, for models other "

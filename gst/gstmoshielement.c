@@ -120,8 +120,9 @@ gst_moshi_settings_install_properties (GObjectClass * klass,
           "Mimi weights: a safetensors file, a directory holding "
           MOSHI_HUB_MIMI_FILENAME ", or a Hugging Face repo id "
           "(owner/name[@revision][:file], e.g. kyutai/moshiko-pytorch-bf16) "
-          "already in the local hub cache ($HF_HUB_CACHE, $HF_HOME/hub or "
-          "~/.cache/huggingface/hub; nothing is downloaded)",
+          "from the local hub cache ($HF_HUB_CACHE, $HF_HOME/hub or "
+          "~/.cache/huggingface/hub) or downloaded into it (progress messages; "
+          "HF_HUB_OFFLINE=1: the cache only)",
           NULL, flags));
   g_object_class_install_property (klass, first_prop_id + GST_MOSHI_PROP_CONFIG,
       g_param_spec_string ("config", "Model configuration",
