@@ -192,6 +192,24 @@ assert_pcm_equal (const gfloat * got, const gfloat * expected, gsize n)
   }
 }
 
+double
+assert_f32_buffers_close (GPtrArray * bufs, const gfloat * expected, gsize n,
+    double tolerance)
+{
+  gsize got_n;
+  g_autofree gfloat *got = concat_f32 (bufs, &got_n);
+  fail_unless_equals_int (got_n, n);
+  double diff = 0, norm = 0;
+  for (gsize i = 0; i < n; i++) {
+    diff += ((double) got[i] - expected[i]) * ((double) got[i] - expected[i]);
+    norm += (double) expected[i] * expected[i];
+  }
+  double rel = norm > 0 ? sqrt (diff / norm) : sqrt (diff);
+  fail_unless (rel <= tolerance, "audio %.3g relative L2 from the expected, more than %.3g",
+      rel, tolerance);
+  return rel;
+}
+
 void
 assert_f32_buffers_equal (GPtrArray * bufs, const gfloat * expected, gsize n)
 {

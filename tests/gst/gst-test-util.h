@@ -76,6 +76,10 @@ GPtrArray *pull_events (GstHarness * h, GstEventType type);
 
 /* Concatenates F32 audio buffers. */
 gfloat *concat_f32 (GPtrArray * bufs, gsize * n);
+/* Fails unless the buffers' F32 samples are n and within tolerance relative L2 of expected;
+ * returns the relative L2. */
+double assert_f32_buffers_close (GPtrArray * bufs, const gfloat * expected, gsize n,
+    double tolerance);
 
 /* Bit for bit. */
 void assert_pcm_equal (const gfloat * got, const gfloat * expected, gsize n);

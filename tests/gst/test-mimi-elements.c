@@ -933,9 +933,10 @@ GST_START_TEST (test_roundtrip_bit_exact)
 GST_END_TEST;
 
 /* Roundtrip pipelines of one process, each pushed from its own thread: their mimienc and
- * mimidec elements share the process's Mimi scheduler (the default), and each output is
- * the bit-exact audio of the library stepping its stream alone (on the CPU, batches of up to
- * 4 streams sum as one stream does: moshi-mimi.h). The last pipeline opts out. */
+ * mimidec elements share the process's Mimi scheduler (the default), and each output is the
+ * audio of the library stepping its stream alone: within 1e-5 relative L2 when its frames were
+ * batched with others' (wider products sum in another order: moshi-mimi.h), bit for bit for
+ * the last pipeline, which opts out. */
 #define SHARED_PIPELINES 4
 
 typedef struct {
@@ -996,7 +997,12 @@ GST_START_TEST (test_shared_scheduler_roundtrips)
 
   for (gint i = 0; i < SHARED_PIPELINES; i++) {
     assert_contiguous (runs[i].bufs, 0, sizeof (gfloat));
-    assert_f32_buffers_equal (runs[i].bufs, expected, n);
+    /* a stream alone is bit for bit; batched, the wider products sum in another order
+     * (moshi-mimi.h) */
+    if (i + 1 < SHARED_PIPELINES)
+      assert_f32_buffers_close (runs[i].bufs, expected, n, 1e-5);
+    else
+      assert_f32_buffers_equal (runs[i].bufs, expected, n);
     g_ptr_array_unref (runs[i].bufs);
     gst_harness_teardown (runs[i].h);
   }
