@@ -14,7 +14,9 @@
 #     wavparse -> audioconvert -> audioresample -> moshidialog -> audioconvert -> wavenc, with
 #     text_src -> filesink: the model's answer lasts exactly as long as the input, is neither
 #     silent nor NaN, and the text file holds the words the element also posted as
-#     moshi-text messages; then the same with a live source; eos-tail=800 adds 10 frames
+#     moshi-text messages; then the same with a live source; 16 moshidialog elements in one
+#     pipeline (a tee) on the shared scheduler give the words of, and audio within 1e-5 of,
+#     the same 16 each on its own, in fewer ticks than steps; eos-tail=800 adds 10 frames
 #     after the input's end; and a missing LM or tokenizer is an error naming the file;
 #  7. examples/mimi-rtp-split.sh: mimienc at the edge -> RTP (rtpmimipay/rtpmimidepay) ->
 #     moshidialog in token mode -> RTP -> mimidec at the edge, three processes on loopback: the
@@ -220,6 +222,48 @@ else
   grep -q "Got EOS" "$work/live.log" || fail "no EOS in the live run: $(cat "$work/live.log")"
   ! grep -q "(qos)" "$work/live.log" || fail "late buffers in the live run: $(grep -m3 "(qos)" \
     "$work/live.log")"
+fi
+
+if [[ -z ${MOSHI_TEST_VALGRIND:-} ]]; then
+  step "16 moshidialog elements in one pipeline share the scheduler; each equals its run alone"
+  # One tee, 16 conversations sampled with a seed each: first on the process's shared
+  # scheduler, then each on its own (shared-scheduler=false). Equal words mean equal text
+  # tokens; the audio may differ only by the batched Mimi's rounding (1e-5 relative L2), as
+  # a different audio token would change whole frames.
+  many_conversations () {
+    local shared=$1 tag=$2 line=()
+    for i in $(seq 0 15); do
+      line+=(t. ! queue ! moshidialog name="m$i" "${dialog_props[@]}" seed=$((700 + 13 * i))
+        shared-scheduler="$shared"
+        "m$i.src" ! queue ! audioconvert ! wavenc ! filesink location="$work/$tag-$i.wav"
+        "m$i.text_src" ! queue ! filesink location="$work/$tag-$i.txt")
+    done
+    gst-launch-1.0 -m filesrc location="$work/speech.wav" ! wavparse ! audioconvert ! \
+      audioresample ! tee name=t "${line[@]}" >"$work/$tag.log" 2>&1 ||
+      fail "16 conversations ($tag) failed: $(tail -20 "$work/$tag.log")"
+  }
+  many_conversations true shared
+  many_conversations false alone
+  for i in $(seq 0 15); do
+    cmp -s "$work/shared-$i.txt" "$work/alone-$i.txt" ||
+      fail "conversation $i: words differ on the shared scheduler: '$(cat "$work/shared-$i.txt")'" \
+        "alone: '$(cat "$work/alone-$i.txt")'"
+    rel=$(python3 "$here/wavstats.py" --rel-l2 "$work/shared-$i.wav" "$work/alone-$i.wav") ||
+      fail "conversation $i: $rel"
+    python3 -c "import sys; sys.exit(0 if float('$rel') <= 1e-5 else 1)" ||
+      fail "conversation $i: audio $rel relative L2 from its run alone"
+  done
+  # The scheduler's last message: 16 conversations, fewer ticks than steps.
+  python3 - "$work/shared.log" <<'PY' || fail "the conversations did not share ticks"
+import re, sys
+last = re.findall(r"moshi-scheduler, conversations=\(int\)(\d+).*?ticks=\(guint64\)(\d+), "
+                  r"steps=\(guint64\)(\d+)", open(sys.argv[1]).read())
+assert last, "no moshi-scheduler message"
+conversations, ticks, steps = map(int, last[-1])
+print("scheduler: %d conversations, %d steps in %d ticks" % (conversations, steps, ticks))
+sys.exit(0 if conversations == 16 and steps > ticks else 1)
+PY
+  ! grep -q "moshi-scheduler" "$work/alone.log" || fail "a scheduler message from the unshared run"
 fi
 
 step "a recorded question -> the answer: moshidialog eos-tail=800 goes on 10 frames past EOS"

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Prints "<samples> <rate> <rms> <non-finite count>" of a mono WAV file (PCM 16-bit or IEEE
-float 32-bit), with the standard library only, for the shell tests."""
+"""For the shell tests, with the standard library only, on mono WAV files (PCM 16-bit or IEEE
+float 32-bit):
+  wavstats.py FILE            prints "<samples> <rate> <rms> <non-finite count>"
+  wavstats.py --rel-l2 A B    prints the relative L2 distance of A from B (same length, else
+                              exits 1 saying so)"""
 import math
 import struct
 import sys
 
 
-def main(path):
+def read_wav(path):
     data = open(path, "rb").read()
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", "not a WAV file"
     pos, fmt, rate, bits, samples = 12, None, None, None, None
@@ -27,11 +30,29 @@ def main(path):
             else:
                 raise SystemExit("unsupported WAV format %s/%s" % (fmt, bits))
         pos += 8 + size + (size & 1)
+    return rate, samples
+
+
+def stats(path):
+    rate, samples = read_wav(path)
     bad = sum(1 for s in samples if not math.isfinite(s))
     good = [s for s in samples if math.isfinite(s)]
     rms = math.sqrt(sum(s * s for s in good) / max(len(good), 1))
     print(len(samples), rate, "%.6f" % rms, bad)
 
 
+def rel_l2(path, reference):
+    _, a = read_wav(path)
+    _, b = read_wav(reference)
+    if len(a) != len(b):
+        raise SystemExit("%s has %d samples, %s %d" % (path, len(a), reference, len(b)))
+    diff = sum((x - y) ** 2 for x, y in zip(a, b))
+    norm = sum(y * y for y in b)
+    print("%.3g" % math.sqrt(diff / norm if norm > 0 else diff))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--rel-l2":
+        rel_l2(sys.argv[2], sys.argv[3])
+    else:
+        stats(sys.argv[1])
