@@ -7,6 +7,7 @@
 #include "moshi-sampling.h"
 #include "moshi-error.h"
 #include "moshi-lm.h"
+#include "lm-internal.h"
 #include "moshi-safetensors.h"
 
 #include <glib/gstdio.h>
@@ -1118,6 +1119,98 @@ START_TEST (test_lm_config_ranges)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ random weights */
+
+static float
+image_value (const MoshiTensorEntry *e, gsize i)
+{
+  if (e->dtype == MOSHI_DTYPE_F32) {
+    float v;
+    memcpy (&v, (const guint8 *) e->data + 4 * i, 4);
+    return v;
+  }
+  guint16 h;
+  memcpy (&h, (const guint8 *) e->data + 2 * i, 2);
+  guint32 bits = (guint32) GUINT16_FROM_LE (h) << 16;
+  float v;
+  memcpy (&v, &bits, 4);
+  return v;
+}
+
+/* The benchmarks' random 7B is made by every core at once: the image must not depend on how many
+ * threads made it, and must still be what the loader and the benchmarks expect of it. */
+START_TEST (test_random_image)
+{
+  MoshiLmConfig cfg;
+  g_autofree char *config = moshi_test_data_path ("lm/small7b/config.json");
+  GError *error = NULL;
+  ck_assert_msg (moshi_lm_config_load (&cfg, config, &error), "%s", error ? error->message : "");
+  cfg.text_card = 70000;        /* an embedding of several chunks, the last one partial */
+  MoshiDType dtype = _i == 0 ? MOSHI_DTYPE_BF16 : MOSHI_DTYPE_F32;
+  g_autoptr (GBytes) one = moshi_lm_random_image (&cfg, dtype, 5, 1);
+  g_autoptr (GBytes) three = moshi_lm_random_image (&cfg, dtype, 5, 3);
+  g_autoptr (GBytes) other_seed = moshi_lm_random_image (&cfg, dtype, 6, 0);
+  ck_assert (g_bytes_equal (one, three));
+  ck_assert (!g_bytes_equal (one, other_seed));
+
+  g_autoptr (MoshiSafetensors) st = moshi_safetensors_new_from_bytes (one, "random", &error);
+  ck_assert_msg (st != NULL, "%s", error ? error->message : "");
+  const MoshiTensorEntry *emb = moshi_safetensors_lookup (st, "text_emb.weight");
+  ck_assert_ptr_nonnull (emb);
+  ck_assert_int_eq (emb->dtype, dtype);
+  gsize n = (gsize) moshi_shape_numel (emb->shape, emb->ndim);
+  ck_assert_uint_gt (n, 2 << 20);
+  float bound = 1.0f / sqrtf ((float) emb->shape[1]);
+  double sum = 0, sum_sq = 0;
+  for (gsize i = 0; i < n; i++) {
+    float v = image_value (emb, i);
+    ck_assert_msg (fabsf (v) <= bound, "value %zu: %g outside +-%g", i, v, bound);
+    sum += v;
+    sum_sq += (double) v * v;
+  }
+  /* uniform in +-bound: mean 0, variance bound^2 / 3 (n is in the millions) */
+  ck_assert_msg (fabs (sum / n) < 0.01 * bound, "mean %g", sum / n);
+  ck_assert_msg (fabs (sum_sq / n / (bound * bound / 3.0) - 1.0) < 0.01, "variance %g",
+      sum_sq / n);
+  /* neighbouring chunks are not copies of each other */
+  gsize chunk = 1 << 20;
+  ck_assert (memcmp (emb->data, (const guint8 *) emb->data + chunk * moshi_dtype_size (dtype),
+          64) != 0);
+  for (gsize i = 0; i < moshi_safetensors_n_tensors (st); i++) {
+    const MoshiTensorEntry *e = moshi_safetensors_nth (st, i);
+    if (g_str_has_suffix (e->name, ".alpha")) {      /* RMS norm weights */
+      for (gsize k = 0; k < (gsize) moshi_shape_numel (e->shape, e->ndim); k++)
+        ck_assert_msg (image_value (e, k) == 1.0f, "%s[%zu] = %g", e->name, k,
+            image_value (e, k));
+    }
+  }
+
+  /* and the loader takes it: equal seeds give equal models */
+  MoshiLmLoadOptions cpu = { .device = MOSHI_DEVICE_CPU };
+  g_autoptr (MoshiLm) a = moshi_lm_new_random_full (&cfg, dtype, 5, &cpu, &error);
+  ck_assert_msg (a != NULL, "%s", error ? error->message : "");
+  ck_assert_int_eq (moshi_lm_get_device (a), MOSHI_DEVICE_CPU);
+}
+END_TEST
+
+/* Without the device it asks for, a random model fails before making its weights, and says why. */
+START_TEST (test_random_needs_its_device)
+{
+  GError *error = NULL;
+  g_autofree char *cuda = moshi_device_describe (MOSHI_DEVICE_CUDA, NULL, &error);
+  if (cuda != NULL)
+    return;
+  g_clear_error (&error);
+  MoshiLmConfig cfg;
+  moshi_lm_config_init_moshi_7b (&cfg);
+  cfg.transformer.num_layers = 4096;      /* about 2 TB: making them first would abort */
+  ck_assert_ptr_null (moshi_lm_new_random (&cfg, MOSHI_DTYPE_BF16, 1, MOSHI_DEVICE_CUDA, &error));
+  ck_assert_ptr_nonnull (error);
+  moshi_assert_error_contains (error, "cuda");
+  g_clear_error (&error);
+}
+END_TEST
+
 static Suite *
 lm_suite (void)
 {
@@ -1157,6 +1250,11 @@ lm_suite (void)
   tcase_add_test (errors, test_lm_config_ranges);
   tcase_add_test (errors, test_lm_shared_registry);
   suite_add_tcase (s, errors);
+
+  TCase *random = tcase_create ("random");
+  tcase_add_loop_test (random, test_random_image, 0, 2);
+  tcase_add_test (random, test_random_needs_its_device);
+  suite_add_tcase (s, random);
   return s;
 }
 

@@ -72,6 +72,11 @@ MoshiLm *lm_finish_load (MoshiLm *lm, MoshiBackend *be, const MoshiLmLoadOptions
 gboolean lm_condition_vector (MoshiLm *lm, char *const *values, float *out, GError **error);
 int lm_conditioner_index (MoshiLm *lm, const char *name, GError **error);
 gsize lm_kv_slot_bytes (const MoshiLm *lm);
+/* The safetensors image a checkpoint of cfg's shapes would be (lm-random.c): matrices uniform in
+ * +-1/sqrt(columns), norm weights 1, biases 0, layer scales 0.1; all of dtype (BF16 or F32). The
+ * same bytes for a seed whatever the number of threads making it (0: one per processor). */
+GBytes *moshi_lm_random_image (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed,
+    guint threads);
 
 /* ---------------------------------------------------------------- the batch runner (lm-batch.c) */
 

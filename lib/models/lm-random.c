@@ -134,10 +134,96 @@ random_next (uint64_t *state)
   return x * 0x2545F4914F6CDD1Dull;
 }
 
-/* The safetensors image a checkpoint of cfg's shapes would be: matrices uniform in
- * +-1/sqrt(columns), norm weights 1, biases 0, layer scales 0.1; all of dtype. */
-static GBytes *
-random_image (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed)
+/* splitmix64's finaliser: decorrelates the seeds of neighbouring chunks */
+static inline uint64_t
+random_mix (uint64_t x)
+{
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+/* The 7B image is 7.7 G values: one xorshift stream on one core takes most of a minute, time a
+ * benchmark on a lent GPU machine cannot spare. So the values come in fixed chunks, each from a
+ * stream seeded by (seed, tensor, chunk), and threads take chunks as they come: the image is the
+ * same for a seed whatever the number of threads, and each thread first-touches the pages it
+ * fills. */
+#define RANDOM_CHUNK_VALUES (1 << 20)
+
+typedef struct {
+  const RandomTensor *tensor;
+  guint tensor_index;
+  int64_t first, count;         /* values of the tensor */
+  guint8 *dst;                  /* the first value's bytes in the image */
+} RandomChunk;
+
+typedef struct {
+  GArray *chunks;               /* RandomChunk */
+  MoshiDType dtype;
+  guint64 seed;
+  gint next;                    /* the next chunk to take, atomically */
+} RandomFill;
+
+static void
+random_fill_chunk (const RandomFill *fill, const RandomChunk *c)
+{
+  const RandomTensor *t = c->tensor;
+  float amp = t->ndim == 2 ? 1.0f / sqrtf ((float) t->shape[1]) : 0.0f;
+  uint64_t state = random_mix (fill->seed ^ random_mix (((uint64_t) c->tensor_index << 32)
+          ^ (uint64_t) (c->first / RANDOM_CHUNK_VALUES)));
+  if (state == 0)               /* xorshift's one absorbing state */
+    state = 1;
+  guint8 *p = c->dst;
+  for (int64_t k = 0; k < c->count; k++) {
+    float v = t->zero ? 0.0f : t->fill != 0.0f ? t->fill
+        : amp * ((float) (random_next (&state) >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    if (fill->dtype == MOSHI_DTYPE_BF16) {
+      guint32 bits;
+      memcpy (&bits, &v, 4);
+      guint16 h = GUINT16_TO_LE ((guint16) (bits >> 16));
+      memcpy (p, &h, 2);
+      p += 2;
+    } else {
+      memcpy (p, &v, 4);
+      p += 4;
+    }
+  }
+}
+
+static gpointer
+random_fill_worker (gpointer data)
+{
+  RandomFill *fill = data;
+  for (;;) {
+    guint i = (guint) g_atomic_int_add (&fill->next, 1);
+    if (i >= fill->chunks->len)
+      return NULL;
+    random_fill_chunk (fill, &g_array_index (fill->chunks, RandomChunk, i));
+  }
+}
+
+static void
+random_fill (RandomFill *fill, guint threads)
+{
+  if (threads == 0)
+    threads = (guint) g_get_num_processors ();
+  threads = MAX (1u, MIN (threads, MIN (fill->chunks->len, 64u)));
+  GThread *workers[64];
+  guint started = 0;
+  for (guint i = 1; i < threads; i++) {
+    /* a thread that cannot start leaves its chunks to the others */
+    workers[started] = g_thread_try_new ("moshi-random", random_fill_worker, fill, NULL);
+    if (workers[started] != NULL)
+      started++;
+  }
+  random_fill_worker (fill);
+  for (guint i = 0; i < started; i++)
+    g_thread_join (workers[i]);
+}
+
+GBytes *
+moshi_lm_random_image (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed, guint threads)
 {
   g_autoptr (GArray) tensors = random_tensors (cfg);
   gsize esize = moshi_dtype_size (dtype);
@@ -162,27 +248,23 @@ random_image (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 seed)
   guint64 hlen = GUINT64_TO_LE ((guint64) header->len);
   memcpy (buf, &hlen, 8);
   memcpy (buf + 8, header->str, header->len);
+
+  RandomFill fill = { g_array_new (FALSE, FALSE, sizeof (RandomChunk)), dtype, seed, 0 };
   guint8 *p = buf + 8 + header->len;
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
   for (guint i = 0; i < tensors->len; i++) {
-    RandomTensor *t = &g_array_index (tensors, RandomTensor, i);
+    const RandomTensor *t = &g_array_index (tensors, RandomTensor, i);
     int64_t n = moshi_shape_numel (t->shape, t->ndim);
-    float amp = t->ndim == 2 ? 1.0f / sqrtf ((float) t->shape[1]) : 0.0f;
-    for (int64_t k = 0; k < n; k++) {
-      float v = t->zero ? 0.0f : t->fill != 0.0f ? t->fill
-          : amp * ((float) (random_next (&state) >> 40) * (2.0f / 16777216.0f) - 1.0f);
-      if (dtype == MOSHI_DTYPE_BF16) {
-        guint32 bits;
-        memcpy (&bits, &v, 4);
-        guint16 h = GUINT16_TO_LE ((guint16) (bits >> 16));
-        memcpy (p, &h, 2);
-      } else {
-        memcpy (p, &v, 4);
-      }
-      p += esize;
+    for (int64_t first = 0; first < n; first += RANDOM_CHUNK_VALUES) {
+      RandomChunk c = { t, i, first, MIN (n - first, (int64_t) RANDOM_CHUNK_VALUES),
+        p + (gsize) first * esize };
+      g_array_append_val (fill.chunks, c);
     }
-    g_free (t->name);
+    p += (gsize) n * esize;
   }
+  random_fill (&fill, threads);
+  g_array_unref (fill.chunks);
+  for (guint i = 0; i < tensors->len; i++)
+    g_free (g_array_index (tensors, RandomTensor, i).name);
   g_string_free (header, TRUE);
   return g_bytes_new_take (buf, total);
 }
@@ -210,16 +292,25 @@ moshi_lm_new_random_full (const MoshiLmConfig *cfg, MoshiDType dtype, guint64 se
   lm->path = g_strdup_printf ("random %s weights (seed %" G_GUINT64_FORMAT ")",
       moshi_dtype_name (dtype), seed);
   lm->cfg = *cfg;
+  MoshiBackend *be = NULL;
   if (!lm_check_config (&lm->cfg, lm->path, error))
     goto fail;
-  GBytes *image = random_image (cfg, dtype, seed);
+  /* the device before the weights: without one, gigabytes of them would be made for nothing */
+  be = moshi_backend_open (options ? options->device : MOSHI_DEVICE_AUTO, error);
+  if (be == NULL)
+    goto fail;
+  GBytes *image = moshi_lm_random_image (cfg, dtype, seed, 0);
   lm->st = moshi_safetensors_new_from_bytes (image, lm->path, error);
   g_bytes_unref (image);
   if (lm->st == NULL)
     goto fail;
-  return lm_finish_load (lm, NULL, options, error);
+  MoshiLm *loaded = lm_finish_load (lm, be, options, error);
+  moshi_backend_unref (be);
+  return loaded;
 
 fail:
+  if (be)
+    moshi_backend_unref (be);
   lm_free (lm);
   return NULL;
 }
