@@ -41,16 +41,6 @@ moshi_test_require_device (void)
     g_setenv ("CK_FORK", "no", TRUE);
 }
 
-int
-moshi_test_run_suite (Suite *suite)
-{
-  SRunner *runner = srunner_create (suite);
-  srunner_run_all (runner, CK_NORMAL);
-  int failed = srunner_ntests_failed (runner);
-  srunner_free (runner);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
-
 void
 moshi_test_rng_init (MoshiTestRng *rng, uint64_t seed)
 {

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "moshi-backend.h"
+#include "test-run.h"
 
 /* Path of a file under tests/data (from $MOSHI_TEST_DATA). Free with g_free. */
 char *moshi_test_data_path (const char *relative);
@@ -17,8 +18,6 @@ MoshiDevice moshi_test_device (void);
  * GPU can be used, and makes Check run in this process (a CUDA context does not survive fork). */
 void moshi_test_require_device (void);
 
-/* Runs a suite (CK_NORMAL output) and returns the process exit status. */
-int moshi_test_run_suite (Suite *suite);
 
 /* Deterministic pseudo-random numbers for tests (xorshift). */
 typedef struct { uint64_t state; } MoshiTestRng;

@@ -76,7 +76,7 @@ trap 'rm -rf "$STAGE"' EXIT
 meson introspect "$BUILD" --tests >"$STAGE/tests.json"
 meson introspect "$BUILD" --targets >"$STAGE/targets.json"
 python3 - "$SRC" "$BUILD" "$STAGE" <<'EOF'
-import json, os, sys
+import json, os, re, sys
 src, build, stage = (os.path.realpath(p) for p in sys.argv[1:4])
 tests = json.load(open(os.path.join(stage, "tests.json")))
 targets = json.load(open(os.path.join(stage, "targets.json")))
@@ -86,7 +86,15 @@ def fail(msg):
 
 # programs and libraries by their path in the build
 bins = {}        # build path -> bin/<name>
-libs = {"lib/libmoshi.so": "lib/libmoshi.so", "kernels/libmoshi-cuda.so": "lib/libmoshi-cuda.so"}
+libs = {"kernels/libmoshi-cuda.so": "lib/libmoshi-cuda.so"}
+# libmoshi is built as libmoshi.so.<soversion>.<minor>.<micro>; the programs ask the loader for
+# the soname, libmoshi.so.<soversion>, the name it goes by in the bundle.
+libmoshi = [t for t in targets if t["name"] == "moshi" and t["type"] == "shared library"]
+if len(libmoshi) != 1 or len(libmoshi[0]["filename"]) != 1:
+    fail("meson lists no single libmoshi shared library")
+real = os.path.relpath(os.path.realpath(libmoshi[0]["filename"][0]), build)
+soname = re.sub(r"(\.so\.[0-9]+)\..*$", r"\1", os.path.basename(real))
+libs[real] = "lib/" + soname
 data = {}        # source folder -> data/<name>
 shared_ref = os.path.realpath(os.path.join(src, "..", "shared"))
 

@@ -51,3 +51,28 @@ moshi_progress_end (MoshiProgress *p, gint64 done)
     fputs ("\r\033[K", stderr);     /* the last redraw may be longer than the final line */
   draw (p, done, g_get_monotonic_time (), TRUE);
 }
+
+void
+moshi_progress_download (const MoshiHubProgress *hp, gpointer user_data)
+{
+  MoshiProgress *p = user_data;
+  if (!p->enabled)
+    return;
+  gint64 now = g_get_monotonic_time ();
+  if (!hp->started && !hp->done
+      && now - p->last_us < (p->tty ? TTY_INTERVAL_US : LOG_INTERVAL_US))
+    return;
+  p->last_us = now;
+  /* a redrawn line may be longer than the one that replaces it */
+  const char *start = p->tty ? "\r\033[K" : "", *end = p->tty ? "" : "\n";
+  double mb = hp->downloaded / 1e6;
+  if (hp->done)
+    fprintf (stderr, "%sdownloaded %s from %s (%.1f MB)\n", start, hp->filename, hp->repo_id, mb);
+  else if (hp->total > 0)
+    fprintf (stderr, "%sdownloading %s from %s: %3d%% (%.1f of %.1f MB)%s", start, hp->filename,
+        hp->repo_id, (int) (hp->downloaded * 100 / hp->total), mb, hp->total / 1e6, end);
+  else
+    fprintf (stderr, "%sdownloading %s from %s: %.1f MB%s", start, hp->filename, hp->repo_id, mb,
+        end);
+  fflush (stderr);
+}

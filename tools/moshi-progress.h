@@ -1,7 +1,9 @@
-/* moshi-tool: a progress line on stderr for the long runs. */
+/* moshi-tool and moshi-server: progress lines on stderr for the long runs and the model
+ * downloads. */
 #pragma once
 
 #include <glib.h>
+#include <moshi/moshi-hub-download.h>
 
 typedef struct {
   gboolean enabled;
@@ -18,3 +20,8 @@ void moshi_progress_init (MoshiProgress *p, gboolean forced, const char *what, g
 void moshi_progress_update (MoshiProgress *p, gint64 done);
 /* The final count, and the end of the line. */
 void moshi_progress_end (MoshiProgress *p, gint64 done);
+
+/* A MoshiHubProgressFunc, user_data a MoshiProgress from moshi_progress_init (its what and total
+ * unused): a line per downloaded file, redrawn in place on a terminal; elsewhere, when enabled,
+ * its start, a line every few seconds and its end. */
+void moshi_progress_download (const MoshiHubProgress *hp, gpointer user_data);

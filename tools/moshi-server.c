@@ -19,6 +19,8 @@
 
 #include "moshi-chat-query.h"
 #include "moshi-ogg.h"
+#include "moshi-progress.h"
+#include "moshi-tool-version.h"
 #include "serve-util.h"
 
 #include <errno.h>
@@ -54,6 +56,7 @@ typedef struct {
   char *kv_cache;               /* moshidialog's kv-cache, NULL: its default */
   char *weights;                /* moshidialog's weights, NULL: as stored */
   gint bitrate;                 /* Opus bitrate of the model's voice */
+  gboolean progress;            /* download lines even when stderr is not a terminal */
 } Options;
 
 typedef struct {
@@ -831,6 +834,31 @@ on_static (SoupServer *soup, SoupServerMessage *msg, const char *path, GHashTabl
 /* ---------------------------------------------------------------------------------------------
  * Start-up */
 
+/* The element's download messages (gstmoshihub.h) back into the library's reports, for the
+ * lines moshi-tool prints. */
+static GstBusSyncReply
+on_load_message (GstBus *bus, GstMessage *msg, gpointer meter)
+{
+  if (GST_MESSAGE_TYPE (msg) != GST_MESSAGE_PROGRESS)
+    return GST_BUS_PASS;
+  GstProgressType type;
+  g_autofree gchar *code = NULL, *text = NULL;
+  gst_message_parse_progress (msg, &type, &code, &text);
+  const GstStructure *st = gst_message_get_structure (msg);
+  MoshiHubProgress p = {
+    .repo_id = gst_structure_get_string (st, "repo"),
+    .filename = gst_structure_get_string (st, "file"),
+    .started = type == GST_PROGRESS_TYPE_START,
+    .done = type == GST_PROGRESS_TYPE_COMPLETE,
+  };
+  if (g_strcmp0 (code, "download") != 0 || p.repo_id == NULL || p.filename == NULL
+      || !gst_structure_get_uint64 (st, "downloaded", &p.downloaded)
+      || !gst_structure_get_uint64 (st, "total", &p.total))
+    return GST_BUS_PASS;
+  moshi_progress_download (&p, meter);
+  return GST_BUS_DROP;
+}
+
 static gboolean
 load_model (Server *s)
 {
@@ -842,7 +870,9 @@ load_model (Server *s)
   }
   configure_dialog (&s->opt, dialog);
   g_autoptr (GError) error = NULL;
-  s->holder = serve_hold_in_ready (dialog, &error);
+  MoshiProgress meter;
+  moshi_progress_init (&meter, s->opt.progress, "download", 0);
+  s->holder = serve_hold_in_ready (dialog, on_load_message, &meter, &error);
   if (s->holder == NULL) {
     g_printerr ("moshi-server: %s\n", error->message);
     return FALSE;
@@ -893,6 +923,7 @@ main (int argc, char **argv)
   o->stall_timeout = 10;
   o->max_message = 1024 * 1024;
   o->bitrate = 32000;
+  gboolean version = FALSE;
   GOptionEntry entries[] = {
     { "host", 0, 0, G_OPTION_ARG_STRING, &o->host, "Address to listen on (default localhost; "
           "0.0.0.0 for all)", "HOST" },
@@ -903,8 +934,8 @@ main (int argc, char **argv)
           "Mimi checkpoint; default: from --hf-repo", "FILE" },
     { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &o->tokenizer,
           "SentencePiece text tokenizer; default: from --hf-repo", "FILE" },
-    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &o->hf_repo, "Hugging Face repo (in the local "
-          "cache) holding the models, default " DEFAULT_REPO, "REPO" },
+    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &o->hf_repo, "Hugging Face repo holding the models, "
+          "downloaded into the hub cache when missing; default " DEFAULT_REPO, "REPO" },
     { "config-path", 0, 0, G_OPTION_ARG_FILENAME, &o->config_path,
           "LM config.json, for models other than Moshi 7B", "FILE" },
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &o->mimi_config,
@@ -931,6 +962,10 @@ main (int argc, char **argv)
           "LM linear layers: as-stored (default) or int8 (quantized at load)", "FORMAT" },
     { "bitrate", 0, 0, G_OPTION_ARG_INT, &o->bitrate,
           "Opus bitrate of the model's voice in bit/s (default 32000)", "BPS" },
+    { "progress", 'p', 0, G_OPTION_ARG_NONE, &o->progress,
+          "Model download progress on stderr even when it is not a terminal", NULL },
+    { "version", 0, 0, G_OPTION_ARG_NONE, &version, "The versions of moshi-server and libmoshi",
+          NULL },
     { NULL }
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("- the Moshi WebSocket server");
@@ -940,6 +975,10 @@ main (int argc, char **argv)
   if (!g_option_context_parse (ctx, &argc, &argv, &error)) {
     g_printerr ("moshi-server: %s\n", error->message);
     return 2;
+  }
+  if (version) {
+    moshi_tool_print_version ("moshi-server");
+    return 0;
   }
   if (o->device != NULL && !g_str_equal (o->device, "auto") && !g_str_equal (o->device, "cpu")
       && !g_str_equal (o->device, "cuda")) {

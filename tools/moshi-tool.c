@@ -11,13 +11,13 @@
 #include "moshi-codes.h"
 #include "bench-serve.h"
 #include "moshi-progress.h"
+#include "moshi-tool-version.h"
 
 #include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 typedef int (*CommandFunc) (int argc, char **argv);
 
@@ -48,31 +48,12 @@ parse_options (GOptionContext *ctx, int *argc, char ***argv, int n_positional)
 
 /* ------------------------------------------------------------------ model downloads */
 
-/* One line per file on stderr: rewritten in place on a terminal, its start and end in a
- * log. */
-static void
-print_download_progress (const MoshiHubProgress *p, gpointer user_data)
-{
-  (void) user_data;
-  static int tty = -1;
-  if (tty < 0)
-    tty = isatty (STDERR_FILENO);
-  if (!tty && !p->started && !p->done)
-    return;
-  double mb = p->downloaded / 1e6, total = p->total / 1e6;
-  if (p->done)
-    g_printerr ("%sdownloaded %s from %s (%.1f MB)\n", tty ? "\r\033[K" : "", p->filename,
-        p->repo_id, mb);
-  else if (p->total > 0)
-    g_printerr ("%sdownloading %s from %s: %3d%% (%.1f of %.1f MB)%s", tty ? "\r\033[K" : "",
-        p->filename, p->repo_id, (int) (p->downloaded * 100 / p->total), mb, total,
-        tty ? "" : "\n");
-  else
-    g_printerr ("%sdownloading %s from %s: %.1f MB%s", tty ? "\r\033[K" : "", p->filename,
-        p->repo_id, mb, tty ? "" : "\n");
-}
-
-static const MoshiHubOptions download_options = { .progress = print_download_progress };
+/* Enabled in main even when stderr is not a terminal: a download is rare and long, and a log
+ * should show what it waited for. */
+static MoshiProgress download_meter;
+static const MoshiHubOptions download_options = {
+  .progress = moshi_progress_download, .user_data = &download_meter,
+};
 
 /* A model named as the elements name it: a file, a folder holding default_filename, or a
  * Hugging Face repo id (owner/name[@revision][:file]), downloaded into the hub cache when it
@@ -1079,9 +1060,10 @@ main (int argc, char **argv)
     return argc < 2 ? 2 : 0;
   }
   if (g_str_equal (argv[1], "--version")) {
-    g_print ("moshi-tool %s\n", MOSHI_TOOL_VERSION);
+    moshi_tool_print_version ("moshi-tool");
     return 0;
   }
+  moshi_progress_init (&download_meter, TRUE, "download", 0);
   for (guint i = 0; i < G_N_ELEMENTS (commands); i++) {
     if (g_str_equal (argv[1], commands[i].name)) {
       /* The command sees itself as argv[0]. */

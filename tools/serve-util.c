@@ -24,11 +24,20 @@ serve_start_pipeline (GstElement *pipeline, const char *what, GError **error)
 }
 
 GstElement *
-serve_hold_in_ready (GstElement *element, GError **error)
+serve_hold_in_ready (GstElement *element, GstBusSyncHandler on_message, gpointer user_data,
+    GError **error)
 {
   GstElement *pipeline = gst_pipeline_new ("holder");
   gst_bin_add (GST_BIN (pipeline), element);
-  if (gst_element_set_state (pipeline, GST_STATE_READY) == GST_STATE_CHANGE_FAILURE) {
+  g_autoptr (GstBus) bus = gst_element_get_bus (pipeline);
+  /* A sync handler: nothing dispatches this pipeline's bus, and the lines are wanted while the
+   * load runs, not after it. */
+  if (on_message != NULL)
+    gst_bus_set_sync_handler (bus, on_message, user_data, NULL);
+  GstStateChangeReturn ret = gst_element_set_state (pipeline, GST_STATE_READY);
+  if (on_message != NULL)
+    gst_bus_set_sync_handler (bus, NULL, NULL, NULL);
+  if (ret == GST_STATE_CHANGE_FAILURE) {
     error_from_bus (pipeline, "could not load the model", error);
     gst_element_set_state (pipeline, GST_STATE_NULL);
     gst_object_unref (pipeline);

@@ -13,8 +13,11 @@ gboolean serve_start_pipeline (GstElement *pipeline, const char *what, GError **
 
 /* Puts @element (floating, configured) into a pipeline of its own in READY, which loads its
  * model and keeps it loaded (and shared) as long as the returned pipeline lives; NULL and
- * @error when the element fails to get there. Set the pipeline to NULL and unref it to free. */
-GstElement *serve_hold_in_ready (GstElement *element, GError **error);
+ * @error when the element fails to get there. Set the pipeline to NULL and unref it to free.
+ * @on_message (may be NULL) sees the messages posted while the model loads (its download
+ * progress), as they come. */
+GstElement *serve_hold_in_ready (GstElement *element, GstBusSyncHandler on_message,
+    gpointer user_data, GError **error);
 
 /* "ip:port" of the client of @msg, "?" when it has no IP address. */
 gchar *serve_peer_name (SoupServerMessage *msg);

@@ -640,7 +640,7 @@ load_model (Server *s)
   gst_object_unref (gst_object_ref_sink (webrtc));
   configure_dialog (&s->opt, dialog);
   g_autoptr (GError) error = NULL;
-  s->holder = serve_hold_in_ready (dialog, &error);
+  s->holder = serve_hold_in_ready (dialog, NULL, NULL, &error);
   if (s->holder == NULL) {
     g_printerr ("moshi-webrtc: %s\n", error->message);
     return FALSE;

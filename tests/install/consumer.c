@@ -1,15 +1,36 @@
 /* A program of a libmoshi user, built by test-install.sh against the installed moshi-1.0.pc
- * alone: it must find the headers as <moshi/...>, link, and run one Mimi frame. */
+ * alone: it must find the headers as <moshi/...>, link, check the version as a user would, and
+ * run one Mimi frame. */
 #include <moshi/moshi.h>
 
 #include <stdio.h>
+#include <string.h>
+
+/* What a user who needs this release's API writes. */
+#if !MOSHI_CHECK_VERSION(0, 1, 0)
+#error "libmoshi 0.1.0 or newer is needed"
+#endif
 
 int
 main (int argc, char **argv)
 {
-  if (argc != 3) {
-    fprintf (stderr, "usage: %s MIMI_WEIGHTS MIMI_CONFIG\n", argv[0]);
+  if (argc != 4) {
+    fprintf (stderr, "usage: %s MIMI_WEIGHTS MIMI_CONFIG PKG_CONFIG_MODVERSION\n", argv[0]);
     return 2;
+  }
+  /* the library loaded, the installed headers and moshi-1.0.pc all name one release */
+  const char *modversion = argv[3];
+  if (strcmp (moshi_version (), modversion) != 0
+      || strcmp (MOSHI_VERSION_STRING, modversion) != 0) {
+    fprintf (stderr, "consumer: libmoshi %s, headers %s, pkg-config %s\n", moshi_version (),
+        MOSHI_VERSION_STRING, modversion);
+    return 1;
+  }
+  const char *mismatch = moshi_check_version (MOSHI_MAJOR_VERSION, MOSHI_MINOR_VERSION,
+      MOSHI_MICRO_VERSION);
+  if (mismatch != NULL || moshi_check_version (MOSHI_MAJOR_VERSION + 1, 0, 0) == NULL) {
+    fprintf (stderr, "consumer: moshi_check_version: %s\n", mismatch ? mismatch : "no mismatch");
+    return 1;
   }
   g_autoptr (GError) error = NULL;
   g_autofree char *device = moshi_device_describe (MOSHI_DEVICE_CPU, NULL, &error);
@@ -27,6 +48,6 @@ main (int argc, char **argv)
     fprintf (stderr, "consumer: %s\n", error->message);
     return 1;
   }
-  printf ("device %s, frame of %d samples, code %d\n", device, moshi_mimi_frame_size (mimi), code);
+  printf ("libmoshi %s, device %s, frame of %d samples, code %d\n", moshi_version (), device, moshi_mimi_frame_size (mimi), code);
   return code >= 0 && code < moshi_mimi_codebook_size (mimi) ? 0 : 1;
 }

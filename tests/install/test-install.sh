@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The installed library and plugin as a user meets them: `meson install` of this build into a
 # temporary DESTDIR, then
-#   pkg-config BUILD_DIR SOURCE_DIR CC   builds tests/install/consumer.c with the installed
+#   pkg-config BUILD_DIR SOURCE_DIR CC   checks the installed library's soname and links, builds
+#                                        tests/install/consumer.c with the installed
 #                                        moshi-1.0.pc alone and runs it on the tiny Mimi;
 #   gst-inspect BUILD_DIR                gst-inspect-1.0 finds the installed plugin with no
 #                                        GST_PLUGIN_PATH.
@@ -31,13 +32,39 @@ case $mode in
     mkdir "$stage/pkgconfig"
     sed "s|^prefix=.*|prefix=$stage$prefix|" "$pcfile" >"$stage/pkgconfig/moshi-1.0.pc"
     export PKG_CONFIG_PATH="$stage/pkgconfig"
+    # The soname, which the programs, the plugin and the CUDA module record (the module binds to
+    # the libmoshi that dlopens it by that name), and the links: libmoshi.so (for -lmoshi) to
+    # libmoshi.so.0 (for the loader) to the file.
+    soname=libmoshi.so.0
+    dynamic() {
+      if command -v readelf >/dev/null; then readelf -d "$1"; else objdump -p "$1"; fi 2>/dev/null
+    }
+    # readelf: "(SONAME)  Library soname: [x]", "(NEEDED)  Shared library: [x]";
+    # objdump: "SONAME  x", "NEEDED  x"
+    entries() { dynamic "$2" | sed -nE "s/.*$1\\)? +([A-Za-z ]+: \\[)?([^] ]+)\\]?\$/\\2/p"; }
+    got=$(entries SONAME "$libdir/$soname")
+    [[ $got == "$soname" ]] || { echo "the installed libmoshi's soname is '$got', not $soname"; exit 1; }
+    users=0
+    while IFS= read -r -d '' f; do
+      needed=$(entries NEEDED "$f" | grep '^libmoshi\.' || true)
+      [[ -z $needed ]] && continue
+      [[ $needed == "$soname" ]] || { echo "$f needs $needed, not $soname"; exit 1; }
+      users=$((users + 1))
+    done < <(find "$stage" -type f \( -name '*.so' -o -path '*/bin/*' \) -print0)
+    ((users > 0)) || { echo "nothing installed records libmoshi (moshi-tool should)"; exit 1; }
+    echo "$users installed objects need $soname"
+    [[ -L $libdir/libmoshi.so && $(readlink "$libdir/libmoshi.so") == "$soname" ]] \
+      || { echo "libmoshi.so is not a link to $soname"; ls -l "$libdir"; exit 1; }
+    real=$(readlink "$libdir/$soname")
+    [[ -L $libdir/$soname && $real == "$soname".* && -f $libdir/$real && ! -L $libdir/$real ]] \
+      || { echo "$soname is not a link to the library file"; ls -l "$libdir"; exit 1; }
     # the headers come from the stage, not from the source tree
     flags=$(pkg-config --cflags --libs moshi-1.0)
     case $flags in *"$stage$prefix/include/moshi-1.0"*) ;; *) echo "cflags: $flags"; exit 1;; esac
     # shellcheck disable=SC2086
     "$cc" -std=c11 -Wall -Wextra -Werror -o "$stage/consumer" "$src/tests/install/consumer.c" $flags
     "$stage/consumer" "$src/tests/data/mimi/tiny/model.safetensors" \
-      "$src/tests/data/mimi/tiny/config.json"
+      "$src/tests/data/mimi/tiny/config.json" "$(pkg-config --modversion moshi-1.0)"
     ;;
   gst-inspect)
     plugin=$(find "$stage" -name libgstmoshi.so)

@@ -3,8 +3,8 @@
 clients do (moshi/client.py, the web UI): WebSocket /api/chat, binary messages, kind byte first,
 Ogg/Opus audio both ways at 24 kHz.
 
-Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, http, upstream-client,
-valgrind)
+Usage: test-server.py MOSHI_SERVER SCENARIO   (scenarios: protocol, concurrent, refusal, http, download,
+upstream-client, valgrind)
 Needs: python3-websockets, espeak-ng, gst-launch-1.0 with the opus/ogg plugins, MOSHI_TEST_DATA,
 GST_PLUGIN_PATH naming the built moshi plugin."""
 import asyncio
@@ -182,7 +182,7 @@ def decode_ogg(data, name):
 # --- The server -----------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, *extra, valgrind=None):
+    def __init__(self, *extra, valgrind=None, env=None):
         self.log_path = os.path.join(TMP, f"server-{SCENARIO}.log")
         args = [SERVER_EXE, "--host", "127.0.0.1", "--port", "0",
                 "--moshi-weight", os.path.join(DATA, "lm", "dialog", "model.safetensors"),
@@ -194,7 +194,8 @@ class Server:
         if valgrind:
             args = valgrind + args
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=env)
         line = self.proc.stdout.readline()
         m = re.search(r"listening on https?://127\.0\.0\.1:(\d+)/", line)
         if not m:
@@ -771,11 +772,58 @@ async def scenario_valgrind(ogg, samples):
     check(m and m[-1] == "0", f"valgrind: no errors ({m})")
 
 
+async def scenario_download(ogg, samples):
+    """--version; the models of --hf-repo downloaded from a stand-in hub (tests/hub-server.py),
+    the progress on stderr with --progress only, as stderr is a file here."""
+    out = subprocess.run([SERVER_EXE, "--version"], capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    check(out.returncode == 0 and len(lines) == 2 and lines[0].startswith("moshi-server ")
+          and lines[1].startswith("libmoshi "), f"--version: {out.stdout!r} {out.stderr!r}")
+    root = os.path.join(TMP, "hub")
+    files = os.path.join(root, "repos", "test", "moshi", "files")
+    os.makedirs(files)
+    open(os.path.join(root, "repos", "test", "moshi", "commit"), "w").write("0" * 40)
+    for name, src in (("model.safetensors", os.path.join("lm", "dialog", "model.safetensors")),
+                      ("tokenizer-e351c8d8-checkpoint125.safetensors",
+                       os.path.join("mimi", "small", "model.safetensors")),
+                      ("tokenizer_spm_32k_3.model", os.path.join("tokenizer", "tiny.model"))):
+        shutil.copyfile(os.path.join(DATA, src), os.path.join(files, name))
+    hub = subprocess.Popen([sys.executable, os.environ["MOSHI_HUB_SERVER"], root],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        port = hub.stdout.readline().strip()
+        for progress in (False, True):
+            env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}",
+                       HF_HUB_CACHE=os.path.join(root, f"cache-{progress}"),
+                       HF_HOME=os.path.join(root, "home"))
+            env.pop("HF_HUB_OFFLINE", None)
+            env.pop("HF_TOKEN", None)
+            # the repo rather than the files Server names
+            server = Server("--moshi-weight", "test/moshi", "--mimi-weight", "test/moshi",
+                            "--tokenizer", "test/moshi", *(["--progress"] if progress else []),
+                            env=env)
+            try:
+                check(server.health()["status"] == "ok", "the server runs on downloaded models")
+            finally:
+                rc = server.stop()
+            check(rc == 0, f"server exits cleanly ({rc})")
+            log = server.log_text()
+            for name in ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors"):
+                line = f"downloaded {name} from test/moshi"
+                check((line in log) == progress,
+                      f"--progress {progress}: '{line}' {'not ' if progress else ''}in the log: "
+                      f"{log!r}")
+    finally:
+        hub.terminate()
+        hub.wait()
+
+
 def main():
     ogg, samples = make_speech()
     t0 = time.monotonic()
     asyncio.run({"protocol": scenario_protocol, "concurrent": scenario_concurrent,
                  "refusal": scenario_refusal, "http": scenario_http,
+                 "download": scenario_download,
                  "upstream-client": scenario_upstream_client,
                  "valgrind": scenario_valgrind}[SCENARIO](ogg, samples))
     print(f"{SCENARIO}: {time.monotonic() - t0:.1f} s, {len(failures)} failures", flush=True)

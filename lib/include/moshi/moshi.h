@@ -2,6 +2,8 @@
 #pragma once
 
 #include "moshi-api.h"
+/* generated into the build tree, not beside this file: named as installed */
+#include <moshi/moshi-version.h>
 #include "moshi-error.h"
 #include "moshi-dtype.h"
 #include "moshi-device.h"
