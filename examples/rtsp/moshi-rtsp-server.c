@@ -14,15 +14,31 @@
  *         packet per word piece, timestamped like the voice. rtspsrc ! rtpgstdepay gives
  *         the timed text back. Players that do not know X-GST ignore that stream.
  *
- * The server prints the URL to play on stdout once it listens. See docs/deployments.md.
+ * With --backchannel CODEC the user's voice comes from the client instead of --input: the
+ * mount is served by gst-rtsp-server's ONVIF classes, and a client that asks for the audio
+ * backchannel (Require: www.onvif.org/ver20/backchannel; rtspsrc backchannel=onvif) gets a
+ * third, sendonly stream on which it sends its microphone as RTP (PCMU payload type 0, or
+ * Opus payload type 98). The server decodes it into that client's moshidialog:
+ *
+ *   moshi-rtsp-server --backchannel pcmu --model ... --tokenizer ...
+ *
+ * The server prints the URL to play on stdout once it listens, then a line per conversation
+ * as it starts, as the client's voice first arrives and as it ends. See docs/deployments.md.
  */
 #include <gst/gst.h>
 #include <gst/rtsp-server/rtsp-server.h>
+#include <gst/rtsp-server/rtsp-onvif-server.h>
+#include <gst/rtsp-server/rtsp-onvif-media-factory.h>
 #include <glib-unix.h>
 
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+/* What moshidialog takes: the backchannel is decoded to it and mixed with the silence that
+ * keeps the conversation going while the client says nothing. */
+#define MOSHI_RAW_CAPS "audio/x-raw,format=F32LE,layout=interleaved,rate=24000,channels=1"
+#define MOSHI_RATE 24000
 
 typedef struct
 {
@@ -34,8 +50,169 @@ typedef struct
   gchar *mimi_config;
   gchar *tokenizer;
   gchar *device;
+  gchar *backchannel;
   gint eos_tail;
+  /* the backchannel's jitterbuffer latency (ms): the mixer waits that long for the client */
+  guint latency_ms;
 } MoshiRtspOptions;
+
+/* One conversation's figures, printed when it ends. Shared by the media and the pad probes of
+ * its pipeline (streaming threads), hence the atomic reference count and the lock. */
+typedef struct
+{
+  GMutex lock;
+  guint number;
+  gboolean has_backchannel;
+  gchar *voice_caps;            /* the decoded backchannel's caps, once audio came */
+  guint64 received_samples;     /* backchannel audio at the mixer, at 24 kHz */
+  guint64 voiced_samples;       /* moshidialog's input in buffers that are not digital silence */
+} Conversation;
+
+static void
+conversation_clear (Conversation * conv)
+{
+  g_mutex_clear (&conv->lock);
+  g_free (conv->voice_caps);
+}
+
+static void
+conversation_release (gpointer conv)
+{
+  g_atomic_rc_box_release_full (conv, (GDestroyNotify) conversation_clear);
+}
+
+static void
+conversation_release_closure (gpointer conv, GClosure * closure)
+{
+  (void) closure;
+  conversation_release (conv);
+}
+
+static gdouble
+samples_to_ms (guint64 samples)
+{
+  return samples * 1000.0 / MOSHI_RATE;
+}
+
+/* The client's decoded voice as it reaches the mixer. */
+static GstPadProbeReturn
+on_backchannel_buffer (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
+{
+  Conversation *conv = user_data;
+  GstBuffer *buffer = GST_PAD_PROBE_INFO_BUFFER (info);
+  gboolean first;
+
+  g_mutex_lock (&conv->lock);
+  first = conv->voice_caps == NULL;
+  if (first) {
+    g_autoptr (GstCaps) caps = gst_pad_get_current_caps (pad);
+    conv->voice_caps = caps != NULL ? gst_caps_to_string (caps) : g_strdup ("(none)");
+  }
+  conv->received_samples += gst_buffer_get_size (buffer) / sizeof (gfloat);
+  g_mutex_unlock (&conv->lock);
+  if (first) {
+    printf ("conversation %u: the client's voice arrives: %s\n", conv->number,
+        conv->voice_caps);
+    fflush (stdout);
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+/* What moshidialog takes in: the mixer's silence is exact zeros, so any other sample is the
+ * client's voice that made it through the mixer in time. */
+static GstPadProbeReturn
+on_dialog_input (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
+{
+  Conversation *conv = user_data;
+  GstBuffer *buffer = GST_PAD_PROBE_INFO_BUFFER (info);
+  GstMapInfo map;
+  gboolean voiced = FALSE;
+
+  (void) pad;
+  if (!gst_buffer_map (buffer, &map, GST_MAP_READ))
+    return GST_PAD_PROBE_OK;
+  const gfloat *samples = (const gfloat *) map.data;
+  gsize n = map.size / sizeof (gfloat);
+  for (gsize i = 0; i < n && !voiced; i++)
+    voiced = samples[i] != 0.0f;
+  gst_buffer_unmap (buffer, &map);
+  if (voiced) {
+    g_mutex_lock (&conv->lock);
+    conv->voiced_samples += n;
+    g_mutex_unlock (&conv->lock);
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+/* The media's pipeline is down (the client tore down or its connection broke): the
+ * conversation is over. */
+static void
+on_media_unprepared (GstRTSPMedia * media, gpointer user_data)
+{
+  Conversation *conv = user_data;
+
+  (void) media;
+  g_mutex_lock (&conv->lock);
+  if (conv->has_backchannel)
+    printf ("conversation %u ended: %.0f ms of the client's voice received, "
+        "%.0f ms of moshidialog's input carried it\n", conv->number,
+        samples_to_ms (conv->received_samples), samples_to_ms (conv->voiced_samples));
+  else
+    printf ("conversation %u ended\n", conv->number);
+  fflush (stdout);
+  g_mutex_unlock (&conv->lock);
+}
+
+/* The last reference to the conversation's moshidialog is gone: the model's state for this
+ * client is freed (the pipeline went with the media, once the session was removed). */
+static void
+on_dialog_freed (gpointer user_data, GObject * where_the_object_was)
+{
+  Conversation *conv = user_data;
+
+  (void) where_the_object_was;
+  printf ("conversation %u: moshidialog freed\n", conv->number);
+  fflush (stdout);
+  conversation_release (conv);
+}
+
+/* Adds the client's decoded voice to the mixer that feeds moshidialog, and counts it. The
+ * backchannel bin is not linked to anything by gst-rtsp-server beyond its RTP input: its end,
+ * "backchannel_out", sits inside the ONVIF latency bin, so the link needs ghost pads. */
+static gboolean
+link_backchannel (GstElement * bin, GstElement * dialog, Conversation * conv,
+    guint latency_ms)
+{
+  g_autoptr (GstElement) out = gst_bin_get_by_name (GST_BIN (bin), "backchannel_out");
+  g_autoptr (GstElement) mixer = gst_bin_get_by_name (GST_BIN (bin), "user");
+  g_autoptr (GstPad) out_pad = NULL;
+  g_autoptr (GstPad) mixer_pad = NULL;
+  g_autoptr (GstPad) dialog_pad = NULL;
+
+  /* no "backchannel_out": this client did not ask for a backchannel (a plain player) */
+  if (out == NULL || mixer == NULL)
+    return FALSE;
+  out_pad = gst_element_get_static_pad (out, "src");
+  mixer_pad = gst_element_request_pad_simple (mixer, "sink_%u");
+  if (!gst_pad_link_maybe_ghosting (out_pad, mixer_pad)) {
+    g_printerr ("conversation %u: could not link the backchannel to the mixer\n",
+        conv->number);
+    gst_element_release_request_pad (mixer, mixer_pad);
+    return FALSE;
+  }
+  /* The backchannel links to the RTP session only once the client's first packet comes, and
+   * the ONVIF latency bin keeps its latency out of the pipeline's: the mixer, live from the
+   * start on the silence alone, would not wait for the jitterbuffer and would drop the
+   * client's first packets as late (about 140 ms of them on loopback). */
+  g_object_set (mixer, "min-upstream-latency",
+      (guint64) (latency_ms + 100) * GST_MSECOND, NULL);
+  gst_pad_add_probe (mixer_pad, GST_PAD_PROBE_TYPE_BUFFER, on_backchannel_buffer,
+      g_atomic_rc_box_acquire (conv), conversation_release);
+  dialog_pad = gst_element_get_static_pad (dialog, "sink");
+  gst_pad_add_probe (dialog_pad, GST_PAD_PROBE_TYPE_BUFFER, on_dialog_input,
+      g_atomic_rc_box_acquire (conv), conversation_release);
+  return TRUE;
+}
 
 /* moshidialog's properties are set on the element rather than written into the launch line,
  * so that paths need no quoting for the pipeline parser. */
@@ -44,6 +221,7 @@ on_media_configure (GstRTSPMediaFactory * factory, GstRTSPMedia * media,
     gpointer user_data)
 {
   const MoshiRtspOptions *opts = user_data;
+  static gint conversations = 0;
   GstElement *bin = gst_rtsp_media_get_element (media);
   GstElement *dialog = gst_bin_get_by_name (GST_BIN (bin), "moshi");
   const struct
@@ -67,6 +245,21 @@ on_media_configure (GstRTSPMediaFactory * factory, GstRTSPMedia * media,
           strings[i].value);
   }
   g_object_set (dialog, "eos-tail", (guint) opts->eos_tail, NULL);
+
+  if (opts->backchannel != NULL) {
+    Conversation *conv = g_atomic_rc_box_new0 (Conversation);
+
+    g_mutex_init (&conv->lock);
+    conv->number = (guint) g_atomic_int_add (&conversations, 1) + 1;
+    conv->has_backchannel = link_backchannel (bin, dialog, conv, opts->latency_ms);
+    printf ("conversation %u: started, %s\n", conv->number, conv->has_backchannel ?
+        "the client's voice from the ONVIF backchannel" :
+        "no backchannel asked for (Moshi hears silence)");
+    fflush (stdout);
+    g_object_weak_ref (G_OBJECT (dialog), on_dialog_freed, g_atomic_rc_box_acquire (conv));
+    g_signal_connect_data (media, "unprepared", G_CALLBACK (on_media_unprepared), conv,
+        conversation_release_closure, 0);
+  }
   gst_object_unref (dialog);
   gst_object_unref (bin);
 }
@@ -115,6 +308,38 @@ make_launch (const MoshiRtspOptions * opts, GError ** error)
       "moshi.text_src ! queue ! rtpgstpay name=pay1 pt=97 )", opts->input, voice);
 }
 
+/* The input of a backchannel conversation: live silence, mixed with the client's voice by
+ * link_backchannel(). It runs from the first DESCRIBE on, so that the media prerolls (the
+ * payloaders need moshidialog's output) before the client has sent anything, and it goes on
+ * when the client stops sending: the model keeps its pace on a silent caller. */
+static const char backchannel_input[] =
+    "audiotestsrc is-live=true wave=silence ! " MOSHI_RAW_CAPS " ! "
+    "audiomixer name=user ! " MOSHI_RAW_CAPS;
+
+/* The bin the ONVIF factory adds for a client that asks for the backchannel: its first
+ * element, depay_backchannel, gives the sendonly stream's caps (complete RTP caps, hence a
+ * capsfilter rather than the depayloader's own template); backchannel_out is linked to the
+ * mixer in media-configure. */
+static gchar *
+make_backchannel_launch (const char *codec, GError ** error)
+{
+  const char *rtp;
+
+  if (g_strcmp0 (codec, "pcmu") == 0) {
+    rtp = "application/x-rtp,media=audio,payload=0,clock-rate=8000,encoding-name=PCMU\" "
+        "! rtppcmudepay ! mulawdec";
+  } else if (g_strcmp0 (codec, "opus") == 0) {
+    rtp = "application/x-rtp,media=audio,payload=98,clock-rate=48000,encoding-name=OPUS,"
+        "encoding-params=(string)2\" ! rtpopusdepay ! opusdec";
+  } else {
+    g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+        "--backchannel must be pcmu or opus, not '%s'", codec);
+    return NULL;
+  }
+  return g_strdup_printf ("( capsfilter name=depay_backchannel caps=\"%s ! audioconvert ! "
+      "audioresample ! capsfilter name=backchannel_out caps=\"" MOSHI_RAW_CAPS "\" )", rtp);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -144,6 +369,9 @@ main (int argc, char *argv[])
         "SentencePiece model of the text (none: no words)", "MODEL"},
     {"device", 'd', 0, G_OPTION_ARG_STRING, &opts.device,
         "auto, cpu or cuda (default auto)", "DEVICE"},
+    {"backchannel", 'b', 0, G_OPTION_ARG_STRING, &opts.backchannel,
+        "Take the user's voice from the client's ONVIF audio backchannel, coded as "
+          "pcmu or opus (instead of --input)", "CODEC"},
     {"eos-tail", 0, 0, G_OPTION_ARG_INT, &opts.eos_tail,
         "After the input ends, let Moshi talk on for this long (ms)", "MS"},
     {"address", 'a', 0, G_OPTION_ARG_STRING, &address,
@@ -161,6 +389,7 @@ main (int argc, char *argv[])
   GstRTSPMediaFactory *factory;
   GMainLoop *loop;
   gchar *launch;
+  gchar *backchannel_launch = NULL;
   gchar *service;
   int status = EXIT_FAILURE;
 
@@ -186,6 +415,18 @@ main (int argc, char *argv[])
         "directory holding libgstmoshi.so)");
     goto failed;
   }
+  if (opts.backchannel != NULL) {
+    if (opts.input != NULL) {
+      g_set_error_literal (&error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+          "--input and --backchannel exclude each other: with --backchannel the user's "
+          "voice comes from the client");
+      goto failed;
+    }
+    backchannel_launch = make_backchannel_launch (opts.backchannel, &error);
+    if (backchannel_launch == NULL)
+      goto failed;
+    opts.input = g_strdup (backchannel_input);
+  }
   if (opts.input == NULL)
     opts.input = g_strdup ("autoaudiosrc");
   if (opts.codec == NULL)
@@ -196,14 +437,24 @@ main (int argc, char *argv[])
   if (launch == NULL)
     goto failed;
 
-  server = gst_rtsp_server_new ();
+  /* The ONVIF server's clients accept the backchannel's Require header; a plain server
+   * answers it with 551 Option not supported. */
+  server = backchannel_launch != NULL ? gst_rtsp_onvif_server_new () : gst_rtsp_server_new ();
   if (address != NULL)
     gst_rtsp_server_set_address (server, address);
   service = g_strdup_printf ("%d", port);
   gst_rtsp_server_set_service (server, service);
   g_free (service);
 
-  factory = gst_rtsp_media_factory_new ();
+  if (backchannel_launch != NULL) {
+    factory = gst_rtsp_onvif_media_factory_new ();
+    gst_rtsp_onvif_media_factory_set_backchannel_launch (GST_RTSP_ONVIF_MEDIA_FACTORY
+        (factory), backchannel_launch);
+    gst_rtsp_media_factory_set_media_gtype (factory, GST_TYPE_RTSP_ONVIF_MEDIA);
+    opts.latency_ms = gst_rtsp_media_factory_get_latency (factory);
+  } else {
+    factory = gst_rtsp_media_factory_new ();
+  }
   gst_rtsp_media_factory_set_launch (factory, launch);
   /* A conversation per client: the model's state is one person's dialogue. */
   gst_rtsp_media_factory_set_shared (factory, FALSE);
@@ -250,5 +501,7 @@ done:
   g_free (opts.mimi_config);
   g_free (opts.tokenizer);
   g_free (opts.device);
+  g_free (opts.backchannel);
+  g_free (backchannel_launch);
   return status;
 }

@@ -67,6 +67,37 @@ make_question () {
   question_ms=$(( samples * 1000 / rate ))
 }
 
+# moshi-rtsp-server's options that load this tree's small test models (tests/data).
+small_model_options=(--model "$data/lm/dialog/model.safetensors"
+  --lm-config "$data/lm/dialog/config.json" --mimi-model "$data/mimi/small/model.safetensors"
+  --mimi-config "$data/mimi/small/config.json" --tokenizer "$data/tokenizer/tiny.model")
+
+# Runs $server_bin with ARGS, which must refuse them: exit 1 with a message holding WANT.
+# Usage: expect_refusal WANT ARGS...
+expect_refusal () {
+  local want=$1 rc=0 out
+  shift
+  out=$("$server_bin" "$@" 2>&1) || rc=$?
+  (( rc == 1 )) || fail "$(basename "$server_bin") $* ended with $rc: $out"
+  grep -q -- "$want" <<<"$out" || fail "$(basename "$server_bin") $*: no '$want' in: $out"
+}
+
+# Checks what a client received: WAV is neither silent nor has non-finite samples, TEXT holds
+# UTF-8 words. Sets answer_ms to WAV's length, for the caller's own check.
+# Usage: check_answer LABEL WAV TEXT
+check_answer () {
+  local label=$1 wav=$2 text=$3 samples rate rms bad
+  read -r samples rate rms bad < <(wav_stats "$wav")
+  answer_ms=$(( samples * 1000 / rate ))
+  echo "$label: $answer_ms ms of answer, rms $rms; words: $(head -c 120 "$text")"
+  [[ $bad == 0 ]] || fail "$label: $bad non-finite samples"
+  python3 -c "import sys; sys.exit(0 if float('$rms') > 1e-3 else 1)" ||
+    fail "$label: the answer is silent (rms $rms)"
+  [[ -s $text ]] || fail "$label: no words on the text stream"
+  python3 -c "import sys; open(sys.argv[1], encoding='utf-8', errors='strict').read()" \
+    "$text" || fail "$label: the text is not UTF-8"
+}
+
 # Sends SIGINT (gst-launch-1.0 -e: EOS through the pipeline) to PID and waits for it; fails
 # with LOG's contents when it does not end cleanly.
 stop_cleanly () {

@@ -37,10 +37,7 @@ serve_and_play () {
   # beyond the launch syntax's.
   "$server_bin" --address 127.0.0.1 --port 0 --codec "$codec" \
     --input "filesrc location=\"$work/question.wav\" ! wavparse" --eos-tail "$tail_ms" \
-    --model "$data/lm/dialog/model.safetensors" --lm-config "$data/lm/dialog/config.json" \
-    --mimi-model "$data/mimi/small/model.safetensors" \
-    --mimi-config "$data/mimi/small/config.json" \
-    --tokenizer "$data/tokenizer/tiny.model" >"$out" 2>"$log" &
+    "${small_model_options[@]}" >"$out" 2>"$log" &
   local server=$!
   pids+=("$server")
   wait_for "the server's URL" test -s "$out"
@@ -64,30 +61,13 @@ serve_and_play () {
   wait "$server" || fail "the server did not stop cleanly: $(tail -n 30 "$log")"
   pids=()
 
-  local samples rate rms bad
-  read -r samples rate rms bad < <(wav_stats "$answer")
-  local got_ms=$(( samples * 1000 / rate ))
-  echo "$codec: $got_ms ms of answer (question + tail = $expected_ms ms), rms $rms;" \
-    "words: $(head -c 120 "$text")"
+  check_answer "$codec" "$answer" "$text"
   # Opus adds its pre-skip and frame rounding at the edges; nothing else may be missing.
-  (( got_ms >= expected_ms - 250 && got_ms <= expected_ms + 250 )) ||
-    fail "$codec: the answer lasts $got_ms ms, expected $expected_ms"
-  [[ $bad == 0 ]] || fail "$codec: $bad non-finite samples"
-  python3 -c "import sys; sys.exit(0 if float('$rms') > 1e-3 else 1)" ||
-    fail "$codec: the answer is silent (rms $rms)"
-  [[ -s $text ]] || fail "$codec: no words on the text stream"
-  python3 -c "import sys; open(sys.argv[1], encoding='utf-8', errors='strict').read()" \
-    "$text" || fail "$codec: the text is not UTF-8"
+  (( answer_ms >= expected_ms - 250 && answer_ms <= expected_ms + 250 )) ||
+    fail "$codec: the answer lasts $answer_ms ms, expected question + tail = $expected_ms"
 }
 
 step "bad arguments are errors that say what is wrong"
-expect_refusal () {
-  local want=$1 rc=0 out
-  shift
-  out=$("$server_bin" "$@" 2>&1) || rc=$?
-  (( rc == 1 )) || fail "moshi-rtsp-server $* ended with $rc: $out"
-  grep -q -- "$want" <<<"$out" || fail "moshi-rtsp-server $*: no '$want' in: $out"
-}
 expect_refusal "--model is required" --port 0
 expect_refusal "--codec must be opus or pcmu, not 'g729'" --model x --codec g729 --port 0
 GST_PLUGIN_PATH_1_0=/nonexistent GST_PLUGIN_SYSTEM_PATH_1_0=/nonexistent \
