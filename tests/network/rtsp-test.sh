@@ -26,6 +26,18 @@ make_question "$work/question.wav"
 tail_ms=2000
 expected_ms=$(( question_ms + tail_ms ))
 
+# Whether the client's log shows EOS before its first error. Once EOS has reached the sinks the
+# answer is whole; what fails after it is rtspsrc's TEARDOWN on the way out (seen once in about
+# twenty runs on a loaded machine: the connection was already closed), which is not what this
+# test checks, so it is reported and let pass.
+client_failed_after_eos () {
+  local eos error
+  eos=$(grep -n -m1 "Got EOS" "$1" | cut -d: -f1)
+  error=$(grep -n -m1 "^ERROR" "$1" | cut -d: -f1)
+  [[ -n $eos && ( -z $error || $error -gt $eos ) ]] || return 1
+  echo "note: the client failed after EOS: $(grep -A2 -m1 '^ERROR' "$1" || tail -n 3 "$1")"
+}
+
 serve_and_play () {
   local codec=$1 protocols=$2
   local out=$work/server-$codec.out log=$work/server-$codec.log
@@ -54,7 +66,8 @@ serve_and_play () {
     s. ! queue ! "${depay[@]}" ! audioconvert ! audioresample ! \
       audio/x-raw,format=S16LE,rate=8000,channels=1 ! wavenc ! filesink location="$answer" \
     s. ! queue ! rtpgstdepay ! text/x-raw,format=utf8 ! filesink location="$text" \
-    >"$client_log" 2>&1 || fail "the $codec client failed: $(tail -n 30 "$client_log")"
+    >"$client_log" 2>&1 || client_failed_after_eos "$client_log" ||
+    fail "the $codec client failed: $(tail -n 30 "$client_log")"
   grep -q "Got EOS" "$client_log" || fail "the client got no EOS: $(tail -n 30 "$client_log")"
 
   kill -TERM "$server"
