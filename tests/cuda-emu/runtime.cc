@@ -89,6 +89,7 @@ struct Pinned {
 
 std::recursive_mutex g_lock;
 MoshiEmuStats g_stats;
+uint64_t g_fault_countdown;
 
 static std::map<uintptr_t, Alloc> allocs;        /* by user pointer */
 static std::map<uintptr_t, Pinned> pinned;       /* by pointer */
@@ -807,6 +808,7 @@ cudaDeviceReset (void)
     delete e;
   events.clear ();
   func_smem.clear ();
+  g_fault_countdown = 0;
   sticky = cudaSuccess;
   last_error = cudaSuccess;
   return cudaSuccess;
