@@ -1200,6 +1200,14 @@ START_TEST (test_emu_injected_fault)
   ck_assert_int_eq (cudaGetLastError (), cudaErrorIllegalAddress);
   ck_assert_int_eq (cudaGetLastError (), cudaErrorIllegalAddress);
   cublasDestroy (blas);
+  /* releases fail as everything does, but release: a leak check then sees what a caller
+   * forgot, not what the fault stranded */
+  size_t live = moshi_emu_live_allocations (NULL);
+  ck_assert_int_eq (cudaFree (d), cudaErrorIllegalAddress);
+  ck_assert_uint_eq (moshi_emu_live_allocations (NULL), live - 1);
+  ck_assert_int_eq (cudaGraphExecDestroy (exec), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaGraphExecDestroy (exec), cudaErrorInvalidResourceHandle);
+  ck_assert_int_eq (cudaStreamDestroy (s), cudaErrorIllegalAddress);
 
   /* a reset ends it, and cancels an injection still pending */
   moshi_emu_inject_fault (1);

@@ -457,8 +457,11 @@ cuda_capture_begin (MoshiExec *parent, GError **error)
   g_return_val_if_fail (!ex->capturing, FALSE);
   /* thread-local: another thread's allocations (a model loading) do not spoil the capture */
   cudaError_t err = cudaStreamBeginCapture (ex->stream, cudaStreamCaptureModeThreadLocal);
-  if (err != cudaSuccess)
-    return set_device_error (parent->backend, error, err, "beginning a stream capture");
+  if (err != cudaSuccess) {
+    /* with what the ops queued before it failed, if they did: that came first */
+    report (err, "beginning a stream capture");
+    return take_failure (parent->backend, error);
+  }
   ex->capturing = TRUE;
   memset (&ex->captured, 0, sizeof ex->captured);
   g_clear_pointer (&ex->capture_problem, g_free);
