@@ -153,39 +153,27 @@ run_fault (const gchar * factory, gboolean shared, InputKind kind, const gchar *
   drop_bus (bus);
 }
 
-GST_START_TEST (test_mimienc_fault)
+/* The cases, one per process: the element, on the shared scheduler or alone, and its input. */
+static const struct
 {
-  run_fault ("mimienc", FALSE, INPUT_PCM, RAW_F32_CAPS);
-}
-GST_END_TEST;
+  const gchar *name;
+  const gchar *factory;
+  gboolean shared;
+  InputKind kind;
+  const gchar *caps;
+} cases[] = {
+  {"mimienc", "mimienc", FALSE, INPUT_PCM, RAW_F32_CAPS},
+  {"mimienc-shared", "mimienc", TRUE, INPUT_PCM, RAW_F32_CAPS},
+  {"mimidec", "mimidec", FALSE, INPUT_TOKENS, TOKEN_CAPS},
+  {"mimidec-shared", "mimidec", TRUE, INPUT_TOKENS, TOKEN_CAPS},
+  {"dialog", "moshidialog", FALSE, INPUT_PCM, RAW_F32_CAPS},
+  {"dialog-shared", "moshidialog", TRUE, INPUT_PCM, RAW_F32_CAPS},
+};
 
-GST_START_TEST (test_mimienc_shared_fault)
+GST_START_TEST (test_fault)
 {
-  run_fault ("mimienc", TRUE, INPUT_PCM, RAW_F32_CAPS);
-}
-GST_END_TEST;
-
-GST_START_TEST (test_mimidec_fault)
-{
-  run_fault ("mimidec", FALSE, INPUT_TOKENS, TOKEN_CAPS);
-}
-GST_END_TEST;
-
-GST_START_TEST (test_mimidec_shared_fault)
-{
-  run_fault ("mimidec", TRUE, INPUT_TOKENS, TOKEN_CAPS);
-}
-GST_END_TEST;
-
-GST_START_TEST (test_dialog_fault)
-{
-  run_fault ("moshidialog", FALSE, INPUT_PCM, RAW_F32_CAPS);
-}
-GST_END_TEST;
-
-GST_START_TEST (test_dialog_shared_fault)
-{
-  run_fault ("moshidialog", TRUE, INPUT_PCM, RAW_F32_CAPS);
+  run_fault (cases[__i__].factory, cases[__i__].shared, cases[__i__].kind,
+      cases[__i__].caps);
 }
 GST_END_TEST;
 
@@ -193,22 +181,10 @@ static Suite *
 device_faults_suite (void)
 {
   Suite *s = suite_create ("device-faults");
-  struct
-  {
-    const gchar *name;
-    TFun test;
-  } cases[] = {
-    {"mimienc", test_mimienc_fault},
-    {"mimienc-shared", test_mimienc_shared_fault},
-    {"mimidec", test_mimidec_fault},
-    {"mimidec-shared", test_mimidec_shared_fault},
-    {"dialog", test_dialog_fault},
-    {"dialog-shared", test_dialog_shared_fault},
-  };
   for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
     TCase *tc = tcase_create (cases[i].name);
     tcase_set_timeout (tc, 600);
-    tcase_add_test (tc, cases[i].test);
+    tcase_add_loop_test (tc, test_fault, i, i + 1);
     suite_add_tcase (s, tc);
   }
   return s;
