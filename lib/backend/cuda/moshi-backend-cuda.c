@@ -162,9 +162,9 @@ is_device_fault (cudaError_t err)
   }
 }
 
-/* For what releases memory or handles: after a fault it fails as everything does, and nothing
- * waits for it that could be told (kept, it would fail the thread's next call on a device
- * opened afresh, or leak with the thread). Other failures are bugs, kept as any op's. */
+/* For what releases memory or handles: after a fault it fails as everything does, and no
+ * caller is there to be told (kept, it would stand as the error of whatever this thread waits
+ * for next). Other failures are bugs, kept as any op's. */
 static void
 report_release (cudaError_t err, const char *what)
 {
