@@ -664,6 +664,10 @@ bad_code:
   }
 decode_failed:
   {
+    /* not a lost buffer to conceal: every later one would fail the same way */
+    if (gst_moshi_handle_device_failure (GST_ELEMENT (self),
+            &self->coder.device_failed, "Mimi decoding", error))
+      return finish_input_frame (self, GST_FLOW_ERROR);
     GST_AUDIO_DECODER_ERROR (self, 1, STREAM, DECODE, (NULL),
         ("Mimi decoding failed: %s", error->message), ret);
     goto lost;

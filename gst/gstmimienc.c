@@ -371,6 +371,9 @@ map_failed:
   }
 encode_failed:
   {
+    if (gst_moshi_handle_device_failure (GST_ELEMENT (self),
+            &self->coder.device_failed, "Mimi encoding", error))
+      return GST_FLOW_ERROR;
     GST_ELEMENT_ERROR (self, STREAM, ENCODE, (NULL),
         ("Mimi encoding failed: %s", error->message));
     return GST_FLOW_ERROR;

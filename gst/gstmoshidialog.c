@@ -264,6 +264,7 @@ typedef struct
   OutputKind out_kind;
   gboolean warned_non_finite;   /* one warning per stream */
   gboolean warned_bad_tokens;
+  gboolean device_failed;       /* the device failure is posted */
 
   Timeline tl;
 } State;
@@ -1145,6 +1146,9 @@ run_step (GstMoshiDialog * self, State * state, const gfloat * pcm, const gint32
   /* ERRORS */
 step_failed:
   {
+    if (gst_moshi_handle_device_failure (GST_ELEMENT (self),
+            &state->device_failed, "Moshi step", error))
+      return GST_FLOW_ERROR;
     GST_ELEMENT_ERROR (self, STREAM, FAILED, (NULL),
         ("Moshi step %" G_GINT64_FORMAT " failed: %s",
             moshi_dialog_steps (state->dialog), error->message));

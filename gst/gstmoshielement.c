@@ -438,6 +438,25 @@ gst_moshi_post_load_error (GstElement * element, const gchar * what,
       __LINE__);
 }
 
+gboolean
+gst_moshi_handle_device_failure (GstElement * element, gboolean * posted,
+    const gchar * what, const GError * error)
+{
+  if (error == NULL || error->domain != MOSHI_ERROR
+      || error->code != MOSHI_ERROR_DEVICE)
+    return FALSE;
+  if (*posted) {
+    GST_DEBUG_OBJECT (element, "%s failed again: %s", what, error->message);
+    return TRUE;
+  }
+  *posted = TRUE;
+  /* RESOURCE, not STREAM: the data is not at fault, and no later buffer will do better */
+  GST_ELEMENT_ERROR (element, RESOURCE, FAILED,
+      ("%s failed: the compute device failed", what),
+      ("%s", error->message));
+  return TRUE;
+}
+
 gchar *
 gst_moshi_resolve_model (GstElement * element, const gchar * what,
     const gchar * spec, const gchar * default_filename)

@@ -121,6 +121,15 @@ G_GNUC_INTERNAL void gst_moshi_post_load_error (GstElement * element,
     const gchar * what, const gchar * model, const gchar * path,
     const gchar * config, const GError * error, const gchar * details);
 
+/* For a streaming call of element that failed (what names it: "Mimi encoding"): when the
+ * device failed (MOSHI_ERROR_DEVICE: a GPU fault, after which every call on that device fails
+ * until the process ends), posts RESOURCE/FAILED unless *posted says it already did (one error
+ * per element, whatever the buffers that keep coming), with the library's message (naming the
+ * device and what failed) as the debug string, and returns TRUE: the caller returns
+ * GST_FLOW_ERROR. FALSE for any other failure, which is the caller's to report. */
+G_GNUC_INTERNAL gboolean gst_moshi_handle_device_failure (GstElement * element,
+    gboolean * posted, const gchar * what, const GError * error);
+
 /* FALSE, after posting a RESOURCE/SETTINGS element error, when the elements cannot use
  * mimi (a rate other than their 24 kHz, several channels, codebooks past 16 bits). */
 G_GNUC_INTERNAL gboolean gst_moshi_check_mimi (GstElement * element,
@@ -154,6 +163,7 @@ struct _GstMoshiMimiCoder
   MoshiMimiStream *stream;
   MoshiMimiSession *session;    /* its own, or the stream's */
   guint64 stats_samples;        /* of audio since the last scheduler message */
+  gboolean device_failed;       /* the device failure is posted */
 };
 
 /* max_streams bounds the shared scheduler when this call creates it; past its bound the

@@ -14,6 +14,7 @@ struct _MoshiGraph {
 typedef struct {
   gboolean capturing;
   gboolean fail_capture;        /* capture_end refuses */
+  gboolean fail_begin;          /* capture_begin fails, as on a device that faulted */
   int next_graph;
   int eager_runs;               /* work run outside a capture */
   int captured_runs;
@@ -28,6 +29,10 @@ static Fake fake;
 static gboolean
 fake_capture_begin (MoshiExec *ex, GError **error)
 {
+  if (fake.fail_begin) {
+    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "an illegal memory access");
+    return FALSE;
+  }
   fake.capturing = TRUE;
   return TRUE;
 }
@@ -191,6 +196,27 @@ START_TEST (test_failed_recording_turns_recording_off)
 }
 END_TEST
 
+/* A capture that cannot begin is a device that failed: the call fails with its error, without
+ * running the work; the recorder records on (nothing about the work stopped it). */
+START_TEST (test_failed_begin_fails_the_call)
+{
+  g_autoptr (MoshiRecorder) r = moshi_recorder_new (&recording_exec, 1, TRUE, "steps", "model");
+  run_expect (r, 0, "a", FALSE, 'E');
+  fake.fail_begin = TRUE;
+  Fake before = fake;
+  g_autoptr (GError) error = NULL;
+  ck_assert (!moshi_recorder_run (r, 0, "a", FALSE, work, NULL, &error));
+  ck_assert_ptr_nonnull (error);
+  ck_assert_int_eq (error->code, MOSHI_ERROR_DEVICE);
+  ck_assert_int_eq (fake.eager_runs, before.eager_runs);
+  ck_assert_int_eq (fake.captured_runs, before.captured_runs);
+  ck_assert (moshi_recorder_records (r));
+  fake.fail_begin = FALSE;
+  run_expect (r, 0, "a", FALSE, 'R');
+  run_expect (r, 0, "a", FALSE, 'P');
+}
+END_TEST
+
 START_TEST (test_off_switches)
 {
   /* a backend that cannot record */
@@ -258,6 +284,7 @@ recorder_suite (void)
   tcase_add_test (tc, test_eager_calls_are_never_recorded);
   tcase_add_test (tc, test_invalidate);
   tcase_add_test (tc, test_failed_recording_turns_recording_off);
+  tcase_add_test (tc, test_failed_begin_fails_the_call);
   tcase_add_test (tc, test_off_switches);
   tcase_add_test (tc, test_seen_set_is_bounded);
   tcase_add_test (tc, test_free_releases_recordings);

@@ -99,12 +99,13 @@ moshi_recorder_run (MoshiRecorder *r, guint slot, const char *key, gboolean eage
     return TRUE;
   }
   free_slot (r, slot);
+  /* a stream that cannot even begin a capture is on a device that failed (a fault): the call
+   * fails, rather than run its ops as they come on it */
+  if (!ops->capture_begin (r->ex, error))
+    return FALSE;
   g_autoptr (GError) why = NULL;
-  MoshiGraph *graph = NULL;
-  if (ops->capture_begin (r->ex, &why)) {
-    work (ctx);
-    graph = ops->capture_end (r->ex, &why);
-  }
+  work (ctx);
+  MoshiGraph *graph = ops->capture_end (r->ex, &why);
   if (graph == NULL) {
     g_message ("%s: %s are not recorded, each op is launched as it comes: %s", r->owner,
         r->what, why->message);

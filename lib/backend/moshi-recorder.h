@@ -12,7 +12,7 @@
  *   - runs as it comes when the caller says the call must not be recorded (a branch that later
  *     calls of the same key do not take), or when recording is off.
  * A recording that fails turns recording off for the recorder, with a g_message naming what
- * is recorded and why. MOSHI_GRAPHS=0 in the environment, read when a recorder is made, turns
+ * is recorded and why; a capture that cannot begin (the device failed) fails the call. MOSHI_GRAPHS=0 in the environment, read when a recorder is made, turns
  * it off everywhere; backends without capture_begin (the CPU) never record.
  *
  * The work must never wait for the device (no synchronize or download in it), so that it can

@@ -88,6 +88,9 @@ int max_dynamic_smem (const void *func);
 
 extern MoshiEmuStats g_stats;
 
+/* Launches left before the injected fault (moshi_emu_inject_fault), 0 when none is pending. */
+extern uint64_t g_fault_countdown;
+
 /* cuBLAS uses these to run its products "on" a stream. */
 struct StreamScope {
   std::lock_guard<std::recursive_mutex> guard { g_lock };

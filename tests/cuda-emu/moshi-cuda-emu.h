@@ -57,6 +57,19 @@ typedef struct {
 
 void moshi_emu_get_stats (MoshiEmuStats *stats);
 
+/* A device fault on demand, as a GPU raises one mid-stream (an Xid, an ECC error): the
+ * after_launches-th kernel launch from now (1: the next one), eager or replayed from a graph,
+ * fails with cudaErrorIllegalAddress instead of running. As after a real fault the error is
+ * sticky: every later runtime call returns it, and cuBLAS calls fail, until cudaDeviceReset
+ * (which also cancels an injection still pending). Launches refused by their checks and
+ * launches captured into a graph do not count. 0 cancels a pending injection. One injection
+ * for the whole process: the tests that use it run in a process of their own. The initial one
+ * comes from $MOSHI_CUDA_EMU_FAULT_AFTER=N, read at the first launch. */
+void moshi_emu_inject_fault (uint64_t after_launches);
+/* The launches left before the injected fault (1: the next one faults), 0 when none is
+ * pending. */
+uint64_t moshi_emu_fault_pending (void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -89,6 +89,7 @@ struct Pinned {
 
 std::recursive_mutex g_lock;
 MoshiEmuStats g_stats;
+uint64_t g_fault_countdown;
 
 static std::map<uintptr_t, Alloc> allocs;        /* by user pointer */
 static std::map<uintptr_t, Pinned> pinned;       /* by pointer */
@@ -583,6 +584,17 @@ CUgraphNode_st::~CUgraphNode_st ()
   if (sticky != cudaSuccess) \
     return sticky
 
+/* The calls that release something (memory, a stream, an event, a graph) return the sticky
+ * error as every call does after a fault, but release it all the same. On a GPU what a faulted
+ * context holds goes with the context; here the release keeps leak checks meaningful: what is
+ * still live at exit is what the caller never released, not what the fault stranded. A handle
+ * that is not live is reported as such, fault or not (a double release is the caller's bug). */
+#define ENTER_RELEASE() \
+  std::lock_guard<std::recursive_mutex> guard_ (g_lock)
+
+/* What a release returns when it did its part. */
+#define RELEASED() (sticky != cudaSuccess ? sticky : cudaSuccess)
+
 /* ------------------------------------------------------------------ errors */
 
 cudaError_t
@@ -807,6 +819,7 @@ cudaDeviceReset (void)
     delete e;
   events.clear ();
   func_smem.clear ();
+  g_fault_countdown = 0;
   sticky = cudaSuccess;
   last_error = cudaSuccess;
   return cudaSuccess;
@@ -861,11 +874,11 @@ cudaMalloc (void **ptr, size_t size)
 cudaError_t
 cudaFree (void *ptr)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (cudaError_t err = unsafe_check ("cudaFree"))
     return err;
   if (ptr == nullptr)
-    return cudaSuccess;
+    return RELEASED ();
   auto it = allocs.find ((uintptr_t) ptr);
   if (it == allocs.end ()) {
     report ("cudaFree: %s is not the start of a live device allocation",
@@ -873,7 +886,7 @@ cudaFree (void *ptr)
     return fail (cudaErrorInvalidValue);
   }
   release (it);
-  return sticky != cudaSuccess ? sticky : cudaSuccess;
+  return RELEASED ();
 }
 
 /* Pinned host memory is heap memory (so AddressSanitizer sees host-side overruns), page
@@ -921,11 +934,11 @@ cudaMallocHost (void **ptr, size_t size)
 cudaError_t
 cudaFreeHost (void *ptr)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (cudaError_t err = unsafe_check ("cudaFreeHost"))
     return err;
   if (ptr == nullptr)
-    return cudaSuccess;
+    return RELEASED ();
   auto it = pinned.find ((uintptr_t) ptr);
   if (it == pinned.end ()) {
     report ("cudaFreeHost: %s is not the start of a live pinned host allocation (from "
@@ -934,7 +947,7 @@ cudaFreeHost (void *ptr)
   }
   pinned.erase (it);
   free (ptr);
-  return cudaSuccess;
+  return RELEASED ();
 }
 
 cudaError_t
@@ -1280,7 +1293,7 @@ cudaStreamCreate (cudaStream_t *stream)
 cudaError_t
 cudaStreamDestroy (cudaStream_t stream)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (stream == nullptr || streams.count (stream) == 0) {
     report ("cudaStreamDestroy: %p is not a live stream", (void *) stream);
     return fail (cudaErrorInvalidResourceHandle);
@@ -1293,7 +1306,7 @@ cudaStreamDestroy (cudaStream_t stream)
   }
   streams.erase (stream);
   delete stream;
-  return cudaSuccess;
+  return RELEASED ();
 }
 
 static cudaError_t
@@ -1387,13 +1400,13 @@ cudaEventCreate (cudaEvent_t *event)
 cudaError_t
 cudaEventDestroy (cudaEvent_t event)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (events.erase (event) == 0) {
     report ("cudaEventDestroy: %p is not a live event", (void *) event);
     return fail (cudaErrorInvalidResourceHandle);
   }
   delete event;
-  return cudaSuccess;
+  return RELEASED ();
 }
 
 static cudaError_t
@@ -1619,12 +1632,12 @@ check_graph (const char *call, cudaGraph_t graph)
 cudaError_t
 cudaGraphDestroy (cudaGraph_t graph)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (!check_graph ("cudaGraphDestroy", graph))
     return fail (graph == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
   graphs.erase (graph);
   delete graph;
-  return cudaSuccess;
+  return RELEASED ();
 }
 
 cudaError_t
@@ -1690,14 +1703,14 @@ cudaGraphInstantiate (cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long lo
 cudaError_t
 cudaGraphExecDestroy (cudaGraphExec_t exec)
 {
-  ENTER ();
+  ENTER_RELEASE ();
   if (graph_execs.erase (exec) == 0) {
     report ("cudaGraphExecDestroy: %p is not a live graph exec (destroyed already?)",
         (void *) exec);
     return fail (exec == nullptr ? cudaErrorInvalidValue : cudaErrorInvalidResourceHandle);
   }
   delete exec;
-  return cudaSuccess;
+  return RELEASED ();
 }
 
 /* The nodes run in capture order, synchronously, on the stream given here: each through the

@@ -19,7 +19,8 @@
  * SIGSEGV/SIGBUS/SIGFPE raised by kernel code is caught (on an alternate signal stack), turned
  * into a message naming the kernel, block, thread and the allocation the address belongs to,
  * and the launch fails with cudaErrorIllegalAddress (sticky until cudaDeviceReset, as on a GPU).
- * Faults outside kernel code go to the previous handler.
+ * Faults outside kernel code go to the previous handler. A fault injected by a test
+ * (moshi_emu_inject_fault) fails the chosen launch the same way, before its blocks run.
  *
  * A launch on a capturing stream is checked as it would be eagerly (configuration, shared
  * memory, pointer arguments) and becomes a graph node that owns a copy of the converted
@@ -135,6 +136,7 @@ static thread_local Sched *tls_sched;
 static MoshiEmuSchedule schedule = MOSHI_EMU_SCHEDULE_FORWARD;
 static uint64_t schedule_seed = 1;
 static bool schedule_from_env_done;
+static bool fault_from_env_done;
 
 static const size_t STACK_SIZE =
 #ifdef EMU_ASAN
@@ -783,6 +785,25 @@ schedule_from_env ()
   }
 }
 
+static void
+fault_from_env ()
+{
+  if (fault_from_env_done)
+    return;
+  fault_from_env_done = true;
+  const char *e = getenv ("MOSHI_CUDA_EMU_FAULT_AFTER");
+  if (e == nullptr || *e == 0)
+    return;
+  char *end;
+  unsigned long long n = strtoull (e, &end, 10);
+  if (*end != 0 || n == 0) {
+    fprintf (stderr, "moshi-cuda-emu: MOSHI_CUDA_EMU_FAULT_AFTER='%s' is not a positive "
+        "number of launches; no fault is injected\n", e);
+    return;
+  }
+  g_fault_countdown = n;
+}
+
 namespace {
 
 /* A launch captured from a stream: the kernel's context (its converted arguments) is a copy
@@ -825,6 +846,7 @@ launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t sm
 {
   std::lock_guard<std::recursive_mutex> guard (g_lock);
   schedule_from_env ();
+  fault_from_env ();
   if (sticky_error () != cudaSuccess)
     return fail (sticky_error ());
   if (tls_fiber != nullptr) {
@@ -870,6 +892,13 @@ launch_raw (const char *name, const void *func, dim3 grid, dim3 block, size_t sm
   if (capturing) {
     capture_add (stream, new KernelNode (name, func, grid, block, smem, ops, ctx, ptrs, n_ptrs));
     return cudaSuccess;
+  }
+
+  if (g_fault_countdown > 0 && --g_fault_countdown == 0) {
+    g_stats.launches++;
+    report ("kernel %s: injected device fault (moshi_emu_inject_fault): an illegal memory "
+        "access was encountered", name);
+    return fail (cudaErrorIllegalAddress);
   }
 
   Sched *s = get_sched ();
@@ -924,6 +953,23 @@ moshi_emu_set_schedule (MoshiEmuSchedule order, uint64_t seed)
   moshi_emu::schedule_seed = seed | 1;
   if (moshi_emu::tls_sched)
     moshi_emu::tls_sched->rng = moshi_emu::schedule_seed;
+}
+
+extern "C" void
+moshi_emu_inject_fault (uint64_t after_launches)
+{
+  std::lock_guard<std::recursive_mutex> guard (moshi_emu::g_lock);
+  /* an explicit injection overrides the environment's */
+  moshi_emu::fault_from_env_done = true;
+  moshi_emu::g_fault_countdown = after_launches;
+}
+
+extern "C" uint64_t
+moshi_emu_fault_pending (void)
+{
+  std::lock_guard<std::recursive_mutex> guard (moshi_emu::g_lock);
+  moshi_emu::fault_from_env ();
+  return moshi_emu::g_fault_countdown;
 }
 
 extern "C" MoshiEmuSchedule

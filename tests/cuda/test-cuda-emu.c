@@ -1144,6 +1144,86 @@ START_TEST (test_emu_graph_fault)
 }
 END_TEST
 
+/* An injected fault hits the chosen launch, eager or replayed, and then every call fails as
+ * after a real one, until a reset. */
+START_TEST (test_emu_injected_fault)
+{
+  cudaStream_t s;
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  float *d;
+  CUDA_OK (cudaMalloc ((void **) &d, 64 * sizeof (float)));
+  cublasHandle_t blas;
+  ck_assert_int_eq (cublasCreate (&blas), CUBLAS_STATUS_SUCCESS);
+  ck_assert_int_eq (cublasSetStream (blas, s), CUBLAS_STATUS_SUCCESS);
+
+  /* captured launches do not count; the replay's do */
+  cudaGraph_t g;
+  cudaGraphExec_t exec;
+  CUDA_OK (cudaStreamBeginCapture (s, cudaStreamCaptureModeGlobal));
+  CUDA_OK (selftest_touch (s, d, 0, 1));
+  CUDA_OK (selftest_touch (s, d, 1, 1));
+  CUDA_OK (cudaStreamEndCapture (s, &g));
+  CUDA_OK (cudaGraphInstantiate (&exec, g, 0));
+  CUDA_OK (cudaGraphDestroy (g));
+
+  moshi_emu_inject_fault (4);
+  ck_assert_uint_eq (moshi_emu_fault_pending (), 4);
+  CUDA_OK (selftest_touch (s, d, 2, 1));
+  /* a launch refused by its checks is not the one that faults */
+  ck_assert_int_eq (selftest_smem_overflow (s, 1 << 20, 0), cudaErrorInvalidValue);
+  ck_assert_uint_eq (moshi_emu_fault_pending (), 3);
+  CUDA_OK (cudaGraphLaunch (exec, s));
+  ck_assert_uint_eq (moshi_emu_fault_pending (), 1);
+  MoshiEmuStats before, after;
+  moshi_emu_get_stats (&before);
+  ck_assert_int_eq (cudaGraphLaunch (exec, s), cudaErrorIllegalAddress);
+  assert_emu_message ("cudaGraphLaunch: node 1 of 2 (kernel touch_kernel) failed");
+  assert_emu_message ("injected device fault");
+  moshi_emu_get_stats (&after);
+  ck_assert_uint_eq (after.launches - before.launches, 1);
+  ck_assert_uint_eq (after.graph_nodes - before.graph_nodes, 1);
+  ck_assert_uint_eq (moshi_emu_fault_pending (), 0);
+
+  /* sticky: launches, copies, synchronisation, allocation, cuBLAS */
+  ck_assert_int_eq (selftest_touch (s, d, 0, 1), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaStreamSynchronize (s), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaDeviceSynchronize (), cudaErrorIllegalAddress);
+  float host[4] = { 0 };
+  ck_assert_int_eq (cudaMemcpy (host, d, sizeof host, cudaMemcpyDeviceToHost),
+      cudaErrorIllegalAddress);
+  void *p = NULL;
+  ck_assert_int_eq (cudaMalloc (&p, 16), cudaErrorIllegalAddress);
+  ck_assert_ptr_null (p);
+  const float one = 1.0f, zero = 0.0f;
+  ck_assert_int_eq (cublasSgemm (blas, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, d, 2, d, 2,
+          &zero, d + 8, 2), CUBLAS_STATUS_EXECUTION_FAILED);
+  ck_assert_int_eq (cudaGetLastError (), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaGetLastError (), cudaErrorIllegalAddress);
+  cublasDestroy (blas);
+  /* releases fail as everything does, but release: a leak check then sees what a caller
+   * forgot, not what the fault stranded */
+  size_t live = moshi_emu_live_allocations (NULL);
+  ck_assert_int_eq (cudaFree (d), cudaErrorIllegalAddress);
+  ck_assert_uint_eq (moshi_emu_live_allocations (NULL), live - 1);
+  ck_assert_int_eq (cudaGraphExecDestroy (exec), cudaErrorIllegalAddress);
+  ck_assert_int_eq (cudaGraphExecDestroy (exec), cudaErrorInvalidResourceHandle);
+  ck_assert_int_eq (cudaStreamDestroy (s), cudaErrorIllegalAddress);
+
+  /* a reset ends it, and cancels an injection still pending */
+  moshi_emu_inject_fault (1);
+  CUDA_OK (cudaDeviceReset ());
+  ck_assert_uint_eq (moshi_emu_fault_pending (), 0);
+  CUDA_OK (cudaStreamCreateWithFlags (&s, cudaStreamNonBlocking));
+  CUDA_OK (cudaMalloc ((void **) &d, 64 * sizeof (float)));
+  CUDA_OK (selftest_touch (s, d, 0, 1));
+  CUDA_OK (cudaStreamSynchronize (s));
+  moshi_emu_inject_fault (1);
+  moshi_emu_inject_fault (0);
+  CUDA_OK (selftest_touch (s, d, 0, 1));
+  CUDA_OK (cudaDeviceReset ());
+}
+END_TEST
+
 #endif
 
 static Suite *
@@ -1184,6 +1264,7 @@ cuda_emu_suite (void)
   tcase_add_test (tc, test_emu_capture_threads);
   tcase_add_test (tc, test_emu_graph_handles);
   tcase_add_test (tc, test_emu_graph_fault);
+  tcase_add_test (tc, test_emu_injected_fault);
   suite_add_tcase (s, tc);
 #endif
   return s;

@@ -17,7 +17,9 @@
  *   cublasGemmEx BF16 x BF16 -> F32 with f32 accumulation.
  * - Ops return nothing: the first failure of a thread's ops (a refused launch or copy, or a
  *   fault, which CUDA makes sticky) is kept and comes back as the error of its next
- *   synchronize or download, which the models turn into the failure of the call.
+ *   synchronize or download, which the models turn into the failure of the call. After a fault
+ *   every call fails until the process ends (the context is lost); what frees memory then
+ *   fails too, which is no news to anyone and is not kept (docs/cuda.md, "Device faults").
  * - Accounting (get_stats): every op adds its kernel launches (the difference of the kernel
  *   library's per-thread launch counter around its kernel calls), cuBLAS calls, copies/memsets
  *   and the bytes of weights it reads to its exec's counters and to the backend's sum. */
@@ -45,6 +47,7 @@ enum {
 typedef struct {
   MoshiBackend parent;
   int device;
+  char *label;                  /* "CUDA device 0 (name)": the start of its errors */
   /* uploads at load time and the zeroing of fresh allocations, synchronised before return */
   cudaStream_t load_stream;
   GMutex load_lock;
@@ -90,15 +93,17 @@ G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, step) == G_STRUCT_OFFSET (MoshiK
 #define CUDA_BE(be) ((CudaBackend *) (be))
 
 /* The first failure of this thread's ops since its last wait. Per thread because an exec is
- * used by one thread at a time, and that thread waits (synchronize) before it reads results. */
-static _Thread_local char *pending_failure;
+ * used by one thread at a time, and that thread waits (synchronize) before it reads results.
+ * A GPrivate, so that what a thread kept and never waited for (a scheduler thread whose last
+ * tick faulted) is freed when the thread ends. */
+static GPrivate pending_failure = G_PRIVATE_INIT (g_free);
 
 static void
 keep_failure (char *message)
 {
   g_debug ("CUDA backend: %s", message);
-  if (pending_failure == NULL)
-    pending_failure = message;
+  if (g_private_get (&pending_failure) == NULL)
+    g_private_set (&pending_failure, message);
   else
     g_free (message);
 }
@@ -121,19 +126,57 @@ report_blas (cublasStatus_t status, const char *what)
       cublasGetStatusString (status)));
 }
 
-/* The kept failure as the error of a wait, which it clears. */
+/* The kept failure as the error of a wait on be, which it clears. */
 static gboolean
-take_failure (GError **error)
+take_failure (MoshiBackend *be, GError **error)
 {
-  if (G_LIKELY (pending_failure == NULL))
+  char *message = g_private_get (&pending_failure);
+  if (G_LIKELY (message == NULL))
     return TRUE;
-  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: %s", pending_failure);
-  g_clear_pointer (&pending_failure, g_free);
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "%s: %s", CUDA_BE (be)->label, message);
+  g_private_replace (&pending_failure, NULL);
   return FALSE;
 }
 
 /* cudaError_t of the expression, reported under the name of the op */
 #define CHECK(call) report ((call), G_STRFUNC)
+
+/* The errors that lose the context: every later call returns them until the process ends. */
+static gboolean
+is_device_fault (cudaError_t err)
+{
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorAssert:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable:
+      return TRUE;
+    default:
+      return FALSE;
+  }
+}
+
+/* For what releases memory or handles: after a fault it fails as everything does, and no
+ * caller is there to be told (kept, it would stand as the error of whatever this thread waits
+ * for next). Other failures are bugs, kept as any op's. */
+static void
+report_release (cudaError_t err, const char *what)
+{
+  if (G_LIKELY (err == cudaSuccess))
+    return;
+  if (is_device_fault (err))
+    g_debug ("CUDA backend: %s failed after a device fault: %s", what, cudaGetErrorName (err));
+  else
+    report (err, what);
+}
+
+#define CHECK_RELEASE(call) report_release ((call), G_STRFUNC)
 
 /* ---- accounting ---- */
 
@@ -198,10 +241,10 @@ weight_bytes (const MoshiWeight *w)
 }
 
 static gboolean
-set_device_error (GError **error, cudaError_t err, const char *what)
+set_device_error (MoshiBackend *be, GError **error, cudaError_t err, const char *what)
 {
-  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "CUDA: %s failed: %s (%s)", what,
-      cudaGetErrorName (err), cudaGetErrorString (err));
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "%s: %s failed: %s (%s)",
+      CUDA_BE (be)->label, what, cudaGetErrorName (err), cudaGetErrorString (err));
   return FALSE;
 }
 
@@ -226,7 +269,7 @@ scratch (CudaExec *ex, int slot, gsize bytes)
   if (ex->scratch_bytes[slot] < bytes) {
     /* queued kernels may still use the old buffer */
     CHECK (cudaStreamSynchronize (ex->stream));
-    CHECK (cudaFree (ex->scratch[slot]));
+    CHECK_RELEASE (cudaFree (ex->scratch[slot]));
     gsize len = MAX (bytes, ex->scratch_bytes[slot] * 3 / 2);
     ex->scratch[slot] = NULL;
     ex->scratch_bytes[slot] = 0;
@@ -249,6 +292,7 @@ cuda_destroy (MoshiBackend *be)
   CudaBackend *cbe = CUDA_BE (be);
   cudaStreamDestroy (cbe->load_stream);
   g_mutex_clear (&cbe->load_lock);
+  g_free (cbe->label);
   g_free (be->description);
   g_free (cbe);
 }
@@ -259,13 +303,13 @@ cuda_exec_new (MoshiBackend *be, int n_threads, GError **error)
   CudaExec *ex = g_new0 (CudaExec, 1);
   cudaError_t err = cudaStreamCreateWithFlags (&ex->stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {
-    set_device_error (error, err, "creating a stream");
+    set_device_error (be, error, err, "creating a stream");
     g_free (ex);
     return NULL;
   }
   err = cudaMalloc (&ex->blas_workspace, BLAS_WORKSPACE_BYTES);
   if (err != cudaSuccess) {
-    set_device_error (error, err, "allocating cuBLAS's workspace");
+    set_device_error (be, error, err, "allocating cuBLAS's workspace");
     cudaStreamDestroy (ex->stream);
     g_free (ex);
     return NULL;
@@ -302,7 +346,7 @@ cuda_exec_free (MoshiExec *parent)
       cudaGraphDestroy (graph);
   }
   g_free (ex->capture_problem);
-  CHECK (cudaStreamSynchronize (ex->stream));
+  CHECK_RELEASE (cudaStreamSynchronize (ex->stream));
   cublasDestroy (ex->blas);
   cudaFree (ex->blas_workspace);
   for (int i = 0; i < N_SCRATCH; i++)
@@ -330,7 +374,7 @@ cuda_alloc (MoshiBackend *be, gsize bytes, GError **error)
     err = cudaStreamSynchronize (cbe->load_stream);
   g_mutex_unlock (&cbe->load_lock);
   if (err != cudaSuccess) {
-    set_device_error (error, err, "zeroing a new allocation");
+    set_device_error (be, error, err, "zeroing a new allocation");
     cudaFree (p);
     return NULL;
   }
@@ -340,7 +384,7 @@ cuda_alloc (MoshiBackend *be, gsize bytes, GError **error)
 static void
 cuda_free (MoshiBackend *be, void *ptr)
 {
-  CHECK (cudaFree (ptr));
+  CHECK_RELEASE (cudaFree (ptr));
 }
 
 static void
@@ -372,7 +416,7 @@ cuda_synchronize (MoshiExec *ex, GError **error)
   }
   CHECK (cudaStreamSynchronize (CUDA_EX (ex)->stream));
   count (ex, STAT_SYNCS, 1);
-  return take_failure (error);
+  return take_failure (ex->backend, error);
 }
 
 static gboolean
@@ -401,7 +445,7 @@ static void
 cuda_host_free (MoshiBackend *be, void *ptr)
 {
   if (ptr != NULL)
-    CHECK (cudaFreeHost (ptr));
+    CHECK_RELEASE (cudaFreeHost (ptr));
 }
 
 /* ---------------------------------------------------------------- recorded steps */
@@ -413,8 +457,11 @@ cuda_capture_begin (MoshiExec *parent, GError **error)
   g_return_val_if_fail (!ex->capturing, FALSE);
   /* thread-local: another thread's allocations (a model loading) do not spoil the capture */
   cudaError_t err = cudaStreamBeginCapture (ex->stream, cudaStreamCaptureModeThreadLocal);
-  if (err != cudaSuccess)
-    return set_device_error (error, err, "beginning a stream capture");
+  if (err != cudaSuccess) {
+    /* with what the ops queued before it failed, if they did: that came first */
+    report (err, "beginning a stream capture");
+    return take_failure (parent->backend, error);
+  }
   ex->capturing = TRUE;
   memset (&ex->captured, 0, sizeof ex->captured);
   g_clear_pointer (&ex->capture_problem, g_free);
@@ -455,8 +502,11 @@ cuda_graph_launch (MoshiExec *parent, MoshiGraph *graph, GError **error)
 {
   CudaExec *ex = CUDA_EX (parent);
   cudaError_t err = cudaGraphLaunch (graph->exec, ex->stream);
-  if (err != cudaSuccess)
-    return set_device_error (error, err, "launching a recorded step");
+  if (err != cudaSuccess) {
+    /* with what the ops queued before it failed, if they did: that came first */
+    report (err, "launching a recorded step");
+    return take_failure (parent->backend, error);
+  }
   const guint64 *per = stat_array (&graph->per_launch);
   for (int i = 0; i < N_STATS; i++)
     count (parent, i, per[i]);
@@ -469,7 +519,7 @@ cuda_graph_free (MoshiBackend *be, MoshiGraph *graph)
 {
   if (graph == NULL)
     return;
-  CHECK (cudaGraphExecDestroy (graph->exec));
+  CHECK_RELEASE (cudaGraphExecDestroy (graph->exec));
   g_free (graph);
 }
 
@@ -507,7 +557,7 @@ upload_weight (MoshiBackend *be, MoshiWeight *w, MoshiDType dtype, const void *h
     g_mutex_unlock (&cbe->load_lock);
     if (err != cudaSuccess) {
       cudaFree (d);
-      return set_device_error (error, err, "uploading a weight");
+      return set_device_error (be, error, err, "uploading a weight");
     }
   }
   memset (w, 0, sizeof (*w));
@@ -559,7 +609,7 @@ static void
 cuda_weight_release (MoshiBackend *be, MoshiWeight *w)
 {
   if (w->owned)
-    CHECK (cudaFree (w->owned));
+    CHECK_RELEASE (cudaFree (w->owned));
   memset (w, 0, sizeof (*w));
 }
 
@@ -1063,6 +1113,7 @@ moshi_cuda_backend_new (guint abi, gsize ops_size, GError **error)
       prop.major, prop.minor, prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
   be->parent.ref_count = 1;
   be->device = 0;
+  be->label = g_strdup_printf ("CUDA device %d (%s)", be->device, prop.name);
   be->load_stream = load_stream;
   g_mutex_init (&be->load_lock);
   return &be->parent;
