@@ -834,31 +834,6 @@ on_static (SoupServer *soup, SoupServerMessage *msg, const char *path, GHashTabl
 /* ---------------------------------------------------------------------------------------------
  * Start-up */
 
-/* The element's download messages (gstmoshihub.h) back into the library's reports, for the
- * lines moshi-tool prints. */
-static GstBusSyncReply
-on_load_message (GstBus *bus, GstMessage *msg, gpointer meter)
-{
-  if (GST_MESSAGE_TYPE (msg) != GST_MESSAGE_PROGRESS)
-    return GST_BUS_PASS;
-  GstProgressType type;
-  g_autofree gchar *code = NULL, *text = NULL;
-  gst_message_parse_progress (msg, &type, &code, &text);
-  const GstStructure *st = gst_message_get_structure (msg);
-  MoshiHubProgress p = {
-    .repo_id = gst_structure_get_string (st, "repo"),
-    .filename = gst_structure_get_string (st, "file"),
-    .started = type == GST_PROGRESS_TYPE_START,
-    .done = type == GST_PROGRESS_TYPE_COMPLETE,
-  };
-  if (g_strcmp0 (code, "download") != 0 || p.repo_id == NULL || p.filename == NULL
-      || !gst_structure_get_uint64 (st, "downloaded", &p.downloaded)
-      || !gst_structure_get_uint64 (st, "total", &p.total))
-    return GST_BUS_PASS;
-  moshi_progress_download (&p, meter);
-  return GST_BUS_DROP;
-}
-
 static gboolean
 load_model (Server *s)
 {
@@ -872,7 +847,7 @@ load_model (Server *s)
   g_autoptr (GError) error = NULL;
   MoshiProgress meter;
   moshi_progress_init (&meter, s->opt.progress, "download", 0);
-  s->holder = serve_hold_in_ready (dialog, on_load_message, &meter, &error);
+  s->holder = serve_hold_in_ready (dialog, serve_download_progress, &meter, &error);
   if (s->holder == NULL) {
     g_printerr ("moshi-server: %s\n", error->message);
     return FALSE;

@@ -1,5 +1,7 @@
 #include "serve-util.h"
 
+#include "moshi-progress.h"
+
 #include <gio/gio.h>
 
 static void
@@ -55,4 +57,28 @@ serve_peer_name (SoupServerMessage *msg)
   GInetSocketAddress *inet = G_INET_SOCKET_ADDRESS (addr);
   g_autofree gchar *ip = g_inet_address_to_string (g_inet_socket_address_get_address (inet));
   return g_strdup_printf ("%s:%u", ip, g_inet_socket_address_get_port (inet));
+}
+
+/* The element's download messages (gstmoshihub.h) back into the library's reports. */
+GstBusSyncReply
+serve_download_progress (GstBus *bus, GstMessage *msg, gpointer meter)
+{
+  if (GST_MESSAGE_TYPE (msg) != GST_MESSAGE_PROGRESS)
+    return GST_BUS_PASS;
+  GstProgressType type;
+  g_autofree gchar *code = NULL, *text = NULL;
+  gst_message_parse_progress (msg, &type, &code, &text);
+  const GstStructure *st = gst_message_get_structure (msg);
+  MoshiHubProgress p = {
+    .repo_id = gst_structure_get_string (st, "repo"),
+    .filename = gst_structure_get_string (st, "file"),
+    .started = type == GST_PROGRESS_TYPE_START,
+    .done = type == GST_PROGRESS_TYPE_COMPLETE,
+  };
+  if (g_strcmp0 (code, "download") != 0 || p.repo_id == NULL || p.filename == NULL
+      || !gst_structure_get_uint64 (st, "downloaded", &p.downloaded)
+      || !gst_structure_get_uint64 (st, "total", &p.total))
+    return GST_BUS_PASS;
+  moshi_progress_download (&p, meter);
+  return GST_BUS_DROP;
 }

@@ -19,6 +19,10 @@ gboolean serve_start_pipeline (GstElement *pipeline, const char *what, GError **
 GstElement *serve_hold_in_ready (GstElement *element, GstBusSyncHandler on_message,
     gpointer user_data, GError **error);
 
+/* An on_message for serve_hold_in_ready, user_data a MoshiProgress (moshi-progress.h): the
+ * element's model download messages become the progress lines moshi-tool prints. */
+GstBusSyncReply serve_download_progress (GstBus *bus, GstMessage *msg, gpointer meter);
+
 /* "ip:port" of the client of @msg, "?" when it has no IP address. */
 gchar *serve_peer_name (SoupServerMessage *msg);
 

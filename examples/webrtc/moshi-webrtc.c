@@ -21,6 +21,7 @@
 #include <json-glib/json-glib.h>
 #include <libsoup/soup.h>
 
+#include "moshi-progress.h"
 #include "serve-util.h"
 
 #include <stdio.h>
@@ -48,6 +49,7 @@ typedef struct {
   gchar **ice_addresses;        /* host candidates only on these, NULL: every interface */
   gint max_peers;
   gint bitrate;
+  gboolean progress;            /* download lines even when stderr is not a terminal */
 } Options;
 
 typedef struct {
@@ -640,7 +642,9 @@ load_model (Server *s)
   gst_object_unref (gst_object_ref_sink (webrtc));
   configure_dialog (&s->opt, dialog);
   g_autoptr (GError) error = NULL;
-  s->holder = serve_hold_in_ready (dialog, NULL, NULL, &error);
+  MoshiProgress meter;
+  moshi_progress_init (&meter, s->opt.progress, "download", 0);
+  s->holder = serve_hold_in_ready (dialog, serve_download_progress, &meter, &error);
   if (s->holder == NULL) {
     g_printerr ("moshi-webrtc: %s\n", error->message);
     return FALSE;
@@ -731,8 +735,9 @@ main (int argc, char **argv)
     { "mimi-config", 0, 0, G_OPTION_ARG_FILENAME, &o->mimi_config,
           "Mimi config, for models other than the released Mimi", "FILE" },
     { "tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &o->tokenizer, "SentencePiece model", "FILE" },
-    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &o->hf_repo, "Hugging Face repository in the "
-          "local cache, e.g. kyutai/moshiko-pytorch-bf16, for what is not given", "REPO" },
+    { "hf-repo", 0, 0, G_OPTION_ARG_STRING, &o->hf_repo, "Hugging Face repository, e.g. "
+          "kyutai/moshiko-pytorch-bf16, for what is not given (downloaded when not in the "
+          "local cache)", "REPO" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &o->device, "auto (default), cpu or cuda", "DEV" },
     { "static", 0, 0, G_OPTION_ARG_FILENAME, &o->static_dir,
           "Directory of the page (default: examples/webrtc of the source tree)", "DIR" },
@@ -744,6 +749,8 @@ main (int argc, char **argv)
           "Browsers at once; later ones are refused (default 8)", "N" },
     { "bitrate", 0, 0, G_OPTION_ARG_INT, &o->bitrate,
           "Opus bitrate of Moshi's voice in bit/s (default 32000)", "BPS" },
+    { "progress", 'p', 0, G_OPTION_ARG_NONE, &o->progress,
+          "Model download progress on stderr even when it is not a terminal", NULL },
     { NULL }
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("- talk with Moshi from a browser");

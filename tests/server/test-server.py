@@ -24,6 +24,9 @@ import urllib.error
 import urllib.request
 import wave
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import hub_fixture  # noqa: E402  (tests/, beside hub-server.py)
+
 try:
     import websockets
 except ImportError:
@@ -779,43 +782,26 @@ async def scenario_download(ogg, samples):
     lines = out.stdout.splitlines()
     check(out.returncode == 0 and len(lines) == 2 and lines[0].startswith("moshi-server ")
           and lines[1].startswith("libmoshi "), f"--version: {out.stdout!r} {out.stderr!r}")
-    root = os.path.join(TMP, "hub")
-    files = os.path.join(root, "repos", "test", "moshi", "files")
-    os.makedirs(files)
-    open(os.path.join(root, "repos", "test", "moshi", "commit"), "w").write("0" * 40)
-    for name, src in (("model.safetensors", os.path.join("lm", "dialog", "model.safetensors")),
-                      ("tokenizer-e351c8d8-checkpoint125.safetensors",
-                       os.path.join("mimi", "small", "model.safetensors")),
-                      ("tokenizer_spm_32k_3.model", os.path.join("tokenizer", "tiny.model"))):
-        shutil.copyfile(os.path.join(DATA, src), os.path.join(files, name))
-    hub = subprocess.Popen([sys.executable, os.environ["MOSHI_HUB_SERVER"], root],
-                           stdout=subprocess.PIPE, text=True)
+    hub = hub_fixture.Hub(os.path.join(TMP, "hub"), DATA, os.environ["MOSHI_HUB_SERVER"])
     try:
-        port = hub.stdout.readline().strip()
         for progress in (False, True):
-            env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}",
-                       HF_HUB_CACHE=os.path.join(root, f"cache-{progress}"),
-                       HF_HOME=os.path.join(root, "home"))
-            env.pop("HF_HUB_OFFLINE", None)
-            env.pop("HF_TOKEN", None)
             # the repo rather than the files Server names
-            server = Server("--moshi-weight", "test/moshi", "--mimi-weight", "test/moshi",
-                            "--tokenizer", "test/moshi", *(["--progress"] if progress else []),
-                            env=env)
+            server = Server("--moshi-weight", hub_fixture.REPO, "--mimi-weight", hub_fixture.REPO,
+                            "--tokenizer", hub_fixture.REPO,
+                            *(["--progress"] if progress else []),
+                            env=hub.env(f"cache-{progress}"))
             try:
                 check(server.health()["status"] == "ok", "the server runs on downloaded models")
             finally:
                 rc = server.stop()
             check(rc == 0, f"server exits cleanly ({rc})")
             log = server.log_text()
-            for name in ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors"):
-                line = f"downloaded {name} from test/moshi"
+            for line in hub_fixture.DOWNLOADED:
                 check((line in log) == progress,
                       f"--progress {progress}: '{line}' {'not ' if progress else ''}in the log: "
                       f"{log!r}")
     finally:
-        hub.terminate()
-        hub.wait()
+        hub.stop()
 
 
 def main():
