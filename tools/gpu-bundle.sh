@@ -61,6 +61,10 @@ command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] \
 opts=(-Dtests=enabled -Dcuda=enabled -Dgst=disabled -Ddownload=disabled "-Dgpu_archs=$ARCHS")
 if [ -f "$BUILD/build.ninja" ]; then
   meson configure "$BUILD" "${opts[@]}" >/dev/null
+  # meson introspect reads what the last generation wrote: regenerate first, or a build file
+  # changed since (a target renamed) plans a target that no longer exists
+  nice ninja -C "$BUILD" build.ninja >/dev/null \
+    || die "meson could not regenerate $BUILD (run: ninja -C $BUILD build.ninja)"
 else
   echo "gpu-bundle: configuring $BUILD (${opts[*]})"
   nice meson setup "$BUILD" "$SRC" "${opts[@]}" -Dbuildtype=debugoptimized >"$BUILD.setup.log" 2>&1 \
