@@ -16,6 +16,8 @@ typedef struct {
   uint64_t (*fault_pending) (void);
   void (*get_stats) (MoshiEmuStats *stats);
   const char *(*last_message) (void);
+  void (*set_memory_limit) (size_t bytes);
+  size_t (*live_allocations) (size_t *bytes);
 } MoshiTestEmu;
 
 /* The emulator's functions, once the emulated backend is open (a model loaded on device=cuda
@@ -33,9 +35,21 @@ moshi_test_emu_lookup (MoshiTestEmu *emu)
   emu->fault_pending = (uint64_t (*) (void)) dlsym (module, "moshi_emu_fault_pending");
   emu->get_stats = (void (*) (MoshiEmuStats *)) dlsym (module, "moshi_emu_get_stats");
   emu->last_message = (const char *(*) (void)) dlsym (module, "moshi_emu_last_message");
+  emu->set_memory_limit = (void (*) (size_t)) dlsym (module, "moshi_emu_set_memory_limit");
+  emu->live_allocations = (size_t (*) (size_t *)) dlsym (module, "moshi_emu_live_allocations");
   /* the module stays loaded (libmoshi holds it): this drops the reference RTLD_NOLOAD took */
   dlclose (module);
-  return emu->inject_fault && emu->fault_pending && emu->get_stats && emu->last_message;
+  return emu->inject_fault && emu->fault_pending && emu->get_stats && emu->last_message
+      && emu->set_memory_limit && emu->live_allocations;
+}
+
+/* Bytes of device memory in use now. */
+static inline size_t
+moshi_test_emu_used (const MoshiTestEmu *emu)
+{
+  size_t bytes = 0;
+  emu->live_allocations (&bytes);
+  return bytes;
 }
 
 /* Kernel launches the emulator has run so far. */

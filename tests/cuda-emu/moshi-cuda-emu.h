@@ -38,6 +38,15 @@ int moshi_emu_is_device_range (const void *ptr, size_t bytes);
 /* Number of live device allocations and their total size in bytes. */
 size_t moshi_emu_live_allocations (size_t *bytes);
 
+/* Caps the emulated device memory at bytes (0: the default 16 GiB; a cap above it is the
+ * default), as a smaller GPU: cudaMalloc fails with cudaErrorMemoryAllocation past it, and
+ * cudaMemGetInfo and cudaGetDeviceProperties report it. Live allocations stay; a cap below
+ * what they use leaves no memory free. The initial cap comes from
+ * $MOSHI_CUDA_EMU_MEMORY_LIMIT=BYTES. */
+void moshi_emu_set_memory_limit (size_t bytes);
+/* The size of the emulated device memory in bytes. */
+size_t moshi_emu_get_memory_limit (void);
+
 /* Number of live pinned host allocations (cudaMallocHost, cudaHostAlloc) and their size. */
 size_t moshi_emu_live_host_allocations (size_t *bytes);
 

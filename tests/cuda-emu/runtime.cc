@@ -120,6 +120,38 @@ canary_byte (const Alloc *a, const char *at)
 }
 static const unsigned char POISON = 0xff;         /* fresh device memory reads as NaN */
 static const size_t TOTAL_MEMORY = (size_t) 16 << 30;
+/* 0 until moshi_emu_set_memory_limit or $MOSHI_CUDA_EMU_MEMORY_LIMIT sets a smaller device */
+static size_t memory_limit;
+static bool memory_limit_from_env_done;
+
+/* The size of the emulated device; caller holds g_lock. */
+static size_t
+total_memory ()
+{
+  if (!memory_limit_from_env_done) {
+    memory_limit_from_env_done = true;
+    const char *e = getenv ("MOSHI_CUDA_EMU_MEMORY_LIMIT");
+    if (e != nullptr && *e != 0) {
+      char *end;
+      unsigned long long n = strtoull (e, &end, 10);
+      if (*end != 0)
+        fprintf (stderr, "moshi-cuda-emu: MOSHI_CUDA_EMU_MEMORY_LIMIT='%s' is not a number of "
+            "bytes; the device keeps its %zu bytes\n", e, TOTAL_MEMORY);
+      else
+        memory_limit = (size_t) n;
+    }
+  }
+  return memory_limit != 0 && memory_limit < TOTAL_MEMORY ? memory_limit : TOTAL_MEMORY;
+}
+
+static size_t
+used_memory ()
+{
+  size_t used = 0;
+  for (const auto &a : allocs)
+    used += a.second.size;
+  return used;
+}
 
 static size_t
 page_size ()
@@ -713,7 +745,10 @@ cudaGetDeviceProperties (struct cudaDeviceProp *prop, int device)
     return fail (cudaErrorInvalidDevice);
   memset (prop, 0, sizeof *prop);
   snprintf (prop->name, sizeof prop->name, "gst-moshi CUDA emulator (CPU)");
-  prop->totalGlobalMem = TOTAL_MEMORY;
+  {
+    std::lock_guard<std::recursive_mutex> guard (g_lock);
+    prop->totalGlobalMem = total_memory ();
+  }
   prop->sharedMemPerBlock = 48 * 1024;
   prop->sharedMemPerBlockOptin = 227 * 1024;
   prop->regsPerBlock = 65536;
@@ -859,12 +894,11 @@ cudaMalloc (void **ptr, size_t size)
   *ptr = nullptr;
   if (size == 0)
     return cudaSuccess;
-  size_t used = 0;
-  for (const auto &a : allocs)
-    used += a.second.size;
-  if (size > TOTAL_MEMORY - used) {
+  size_t used = used_memory (), total = total_memory ();
+  /* a limit set below what is in use leaves nothing free rather than wrapping */
+  if (used > total || size > total - used) {
     report ("cudaMalloc: %zu bytes do not fit in the emulated %zu bytes of device memory "
-        "(%zu in use)", size, TOTAL_MEMORY, used);
+        "(%zu in use)", size, total, used);
     return fail (cudaErrorMemoryAllocation);
   }
   cudaError_t err = alloc_device (ptr, size);
@@ -969,13 +1003,11 @@ cudaError_t
 cudaMemGetInfo (size_t *free_bytes, size_t *total)
 {
   ENTER ();
-  size_t used = 0;
-  for (const auto &a : allocs)
-    used += a.second.size;
+  size_t used = used_memory (), all = total_memory ();
   if (free_bytes)
-    *free_bytes = TOTAL_MEMORY - used;
+    *free_bytes = used < all ? all - used : 0;
   if (total)
-    *total = TOTAL_MEMORY;
+    *total = all;
   return cudaSuccess;
 }
 
@@ -1782,12 +1814,25 @@ extern "C" size_t
 moshi_emu_live_allocations (size_t *bytes)
 {
   std::lock_guard<std::recursive_mutex> guard (g_lock);
-  size_t total = 0;
-  for (const auto &a : allocs)
-    total += a.second.size;
   if (bytes)
-    *bytes = total;
+    *bytes = used_memory ();
   return allocs.size ();
+}
+
+extern "C" void
+moshi_emu_set_memory_limit (size_t bytes)
+{
+  std::lock_guard<std::recursive_mutex> guard (g_lock);
+  /* a limit set here overrides the environment's, even one read later */
+  memory_limit_from_env_done = true;
+  memory_limit = bytes;
+}
+
+extern "C" size_t
+moshi_emu_get_memory_limit (void)
+{
+  std::lock_guard<std::recursive_mutex> guard (g_lock);
+  return total_memory ();
 }
 
 extern "C" size_t

@@ -1144,6 +1144,56 @@ START_TEST (test_emu_graph_fault)
 }
 END_TEST
 
+/* A capped device: cudaMalloc past the cap fails as a full GPU does, without a sticky error,
+ * and cudaMemGetInfo and the properties report the cap. */
+START_TEST (test_emu_memory_limit)
+{
+  const size_t mib = 1 << 20;
+  size_t used = 0;
+  moshi_emu_live_allocations (&used);
+  moshi_emu_set_memory_limit (used + 3 * mib);
+  ck_assert_uint_eq (moshi_emu_get_memory_limit (), used + 3 * mib);
+  size_t free_bytes = 0, total = 0;
+  CUDA_OK (cudaMemGetInfo (&free_bytes, &total));
+  ck_assert_uint_eq (total, used + 3 * mib);
+  ck_assert_uint_eq (free_bytes, 3 * mib);
+  struct cudaDeviceProp prop;
+  CUDA_OK (cudaGetDeviceProperties (&prop, 0));
+  ck_assert_uint_eq (prop.totalGlobalMem, used + 3 * mib);
+
+  void *a = NULL, *b = NULL;
+  CUDA_OK (cudaMalloc (&a, 2 * mib));
+  ck_assert_int_eq (cudaMalloc (&b, 2 * mib), cudaErrorMemoryAllocation);
+  ck_assert_ptr_null (b);
+  ck_assert_msg (strstr (moshi_emu_last_message (), "do not fit") != NULL, "%s",
+      moshi_emu_last_message ());
+  /* not sticky: the error goes with the first look, and the rest works */
+  ck_assert_int_eq (cudaGetLastError (), cudaErrorMemoryAllocation);
+  ck_assert_int_eq (cudaGetLastError (), cudaSuccess);
+  CUDA_OK (cudaMalloc (&b, mib));
+  CUDA_OK (cudaMemGetInfo (&free_bytes, NULL));
+  ck_assert_uint_eq (free_bytes, 0);
+  CUDA_OK (cudaFree (a));
+  CUDA_OK (cudaMemGetInfo (&free_bytes, NULL));
+  ck_assert_uint_eq (free_bytes, 2 * mib);
+
+  /* a cap below what is in use leaves nothing free, without wrapping round */
+  moshi_emu_set_memory_limit (used + mib / 2);
+  CUDA_OK (cudaMemGetInfo (&free_bytes, NULL));
+  ck_assert_uint_eq (free_bytes, 0);
+  ck_assert_int_eq (cudaMalloc (&a, 16), cudaErrorMemoryAllocation);
+  cudaGetLastError ();
+  CUDA_OK (cudaFree (b));
+
+  /* 0, or a cap above it, is the default device */
+  moshi_emu_set_memory_limit (0);
+  ck_assert_uint_eq (moshi_emu_get_memory_limit (), (size_t) 16 << 30);
+  moshi_emu_set_memory_limit ((size_t) 64 << 30);
+  ck_assert_uint_eq (moshi_emu_get_memory_limit (), (size_t) 16 << 30);
+  moshi_emu_set_memory_limit (0);
+}
+END_TEST
+
 /* An injected fault hits the chosen launch, eager or replayed, and then every call fails as
  * after a real one, until a reset. */
 START_TEST (test_emu_injected_fault)
@@ -1265,6 +1315,7 @@ cuda_emu_suite (void)
   tcase_add_test (tc, test_emu_graph_handles);
   tcase_add_test (tc, test_emu_graph_fault);
   tcase_add_test (tc, test_emu_injected_fault);
+  tcase_add_test (tc, test_emu_memory_limit);
   suite_add_tcase (s, tc);
 #endif
   return s;
