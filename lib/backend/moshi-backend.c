@@ -200,6 +200,41 @@ moshi_backend_unref (MoshiBackend *be)
     be->ops->destroy (be);
 }
 
+/* Two decimals whatever the scale: 1.57 GB against 0.40 GB free reads at a glance. */
+static char *
+format_bytes (guint64 bytes)
+{
+  if (bytes >= 1000000000)
+    return g_strdup_printf ("%.2f GB", bytes / 1e9);
+  if (bytes >= 1000000)
+    return g_strdup_printf ("%.2f MB", bytes / 1e6);
+  if (bytes >= 1000)
+    return g_strdup_printf ("%.2f kB", bytes / 1e3);
+  return g_strdup_printf ("%" G_GUINT64_FORMAT " bytes", bytes);
+}
+
+void
+moshi_backend_explain_no_memory (MoshiBackend *be, GError **error, const char *what,
+    guint64 needed, const char *fix)
+{
+  if (error == NULL || !g_error_matches (*error, MOSHI_ERROR, MOSHI_ERROR_NO_MEMORY))
+    return;
+  g_autofree char *needs = format_bytes (needed);
+  guint64 free_bytes = 0, total = 0;
+  const char *device = NULL;
+  char *message;
+  if (be->ops->memory_info != NULL && be->ops->memory_info (be, &free_bytes, &total, &device)) {
+    g_autofree char *free_text = format_bytes (free_bytes);
+    message = g_strdup_printf ("not enough device memory for %s: needs %s, %s free (%s); %s",
+        what, needs, free_text, device, fix);
+  } else {
+    message = g_strdup_printf ("not enough memory for %s: needs %s (%s); %s", what, needs,
+        (*error)->message, fix);
+  }
+  g_free ((*error)->message);
+  (*error)->message = message;
+}
+
 MoshiExec *
 moshi_exec_new (MoshiBackend *be, int n_threads, GError **error)
 {

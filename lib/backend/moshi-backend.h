@@ -118,6 +118,11 @@ struct _MoshiBackendOps {
   void (*host_free) (MoshiBackend *be, void *ptr);
   /* Queues a copy into host_dst (from host_alloc) and returns; synchronize before reading. */
   void (*download_async) (MoshiExec *ex, void *host_dst, const void *src, gsize bytes);
+  /* Device memory free now and in all, and the device's name for messages ("CUDA device 0
+   * (name)"). Optional: NULL where memory is the host's. An allocation that does not fit fails
+   * with MOSHI_ERROR_NO_MEMORY, which is no fault: later calls work. */
+  gboolean (*memory_info) (MoshiBackend *be, guint64 *free_bytes, guint64 *total_bytes,
+      const char **device_name);
 
   /* ---- recorded steps (optional: NULL where a backend runs every op as it comes) ----
    * Between capture_begin and capture_end the ops of ex are recorded instead of run (no
@@ -301,6 +306,11 @@ MoshiBackend *moshi_backend_open (MoshiDevice device, GError **error);
 guint moshi_backend_open_count (void);
 /* The backend in words: its description, else its name. */
 char *moshi_backend_describe (const MoshiBackend *be);
+/* When error is MOSHI_ERROR_NO_MEMORY (an allocation for what did not fit), replaces it with
+ * the message an operator acts on: "not enough device memory for WHAT: needs N GB, M GB free
+ * (DEVICE); FIX", needed being what the whole request asks. Other errors stay as they are. */
+void moshi_backend_explain_no_memory (MoshiBackend *be, GError **error, const char *what,
+    guint64 needed, const char *fix);
 /* Exported (MOSHI_API), like the two weight helpers below, for the CUDA module. */
 MOSHI_API MoshiBackend *moshi_backend_ref (MoshiBackend *be);
 MOSHI_API void moshi_backend_unref (MoshiBackend *be);

@@ -71,6 +71,15 @@ moshi_lm_session_free (MoshiLmSession *s)
   g_free (s);
 }
 
+/* A KV cache that did not fit: what it needs, and what the operator can change. */
+static void
+explain_kv_no_memory (MoshiLm *lm, GError **error, const char *what, guint64 needed)
+{
+  moshi_backend_explain_no_memory (lm->be, error, what, needed,
+      lm->kv_dtype == MOSHI_DTYPE_F8_E4M3 ? "lower max-conversations"
+      : "lower max-conversations or use kv-cache=fp8");
+}
+
 MoshiLmSession *
 moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError **error)
 {
@@ -103,7 +112,9 @@ moshi_lm_session_new (MoshiLm *lm, const MoshiLmSamplingParams *params, GError *
   s->k_cache = lm->be->ops->alloc (lm->be, len, error);
   s->v_cache = s->k_cache ? lm->be->ops->alloc (lm->be, len, error) : NULL;
   if (s->v_cache == NULL) {
+    /* freed first, so that the message counts a half that did fit as free */
     moshi_lm_session_free (s);
+    explain_kv_no_memory (lm, error, "another conversation's KV cache", 2 * (guint64) len);
     return NULL;
   }
   moshi_lm_session_reset (s);
@@ -283,6 +294,8 @@ moshi_lm_batch_step (MoshiLmBatch *b, MoshiLmSession **sessions, int n,
       if (s->k_null == NULL || (s->v_null = ops->alloc (lm->be, len, error)) == NULL) {
         lm_dev_free (lm->be, s->k_null);
         s->k_null = NULL;
+        explain_kv_no_memory (lm, error, "the KV cache of a conversation's classifier-free "
+            "guidance", 2 * (guint64) len);
         return FALSE;
       }
     }

@@ -678,17 +678,21 @@ typedef struct {
   MoshiBackend *be;
   GError **error;
   gboolean failed;
+  gboolean device_failed;       /* what failed was device memory */
+  guint64 device_bytes;         /* asked for, the failed and the later ones included */
 } Alloc;
 
 static void *
 dev_alloc_bytes (Alloc *a, gsize bytes)
 {
+  /* counted after a failure too: the message says what the whole session needs */
+  a->device_bytes += bytes;
   if (a->failed)
     return NULL;
   MoshiBackend *be = a->be;
   void *p = be->ops->alloc (be, bytes, a->error);
   if (p == NULL)
-    a->failed = TRUE;
+    a->failed = a->device_failed = TRUE;
   return p;
 }
 
@@ -865,7 +869,7 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   const MoshiMimiConfig *cfg = &m->cfg;
   int d = cfg->seanet.dimension, dim = cfg->quantizer.dimension;
   int ff = cfg->transformer.dim_feedforward;
-  Alloc a = { m->be, error, FALSE };
+  Alloc a = { .be = m->be, .error = error };
 
   /* Encoder buffers, stage by stage from the input rate down. The first conv's window is the
    * encoder's input block (encode_layout; the config allows mono only). */
@@ -933,6 +937,10 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
 
   if (a.failed) {
     moshi_mimi_session_free (s);
+    if (a.device_failed)
+      moshi_backend_explain_no_memory (m->be, error, "another Mimi stream's buffers and KV "
+          "caches", a.device_bytes, "lower max-conversations (moshidialog) or max-streams "
+          "(mimienc, mimidec)");
     return NULL;
   }
   return s;
@@ -1578,7 +1586,7 @@ batch_reserve (MoshiMimiBatch *b, int n, GError **error)
   int cap = MIN (MAX (n, 2 * b->buf.cap), b->max_sessions);
   BatchSizes z = batch_sizes (m);
   BatchBuffers *bb = &b->buf;
-  Alloc a = { be, error, FALSE };
+  Alloc a = { .be = be, .error = error };
   bb->win = dev_alloc (&a, z.win * cap);
   bb->act[0] = dev_alloc (&a, z.act * cap);
   bb->act[1] = dev_alloc (&a, z.act * cap);
@@ -1643,7 +1651,7 @@ moshi_mimi_batch_new (MoshiMimi *m, int max_sessions, int n_threads, GError **er
   b->sessions = g_new0 (MoshiMimiSession *, max_sessions);
   b->rec = moshi_recorder_new (ex, 2, TRUE, "Mimi frames", m->path);
   int rows = max_sessions * b->stride;
-  Alloc a = { m->be, error, FALSE };
+  Alloc a = { .be = m->be, .error = error };
   tr_scratch_init (&a, &b->tr, rows, m->cfg.transformer.d_model,
       m->cfg.transformer.dim_feedforward);
   b->rc_dev = dev_alloc_bytes (&a, (gsize) rows * sizeof (MoshiRowCache));

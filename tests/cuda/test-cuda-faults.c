@@ -7,57 +7,13 @@
  * The fault is sticky for the whole process, so every case runs in a process of its own
  * (tests/cuda/meson.build runs one case per test with CK_RUN_CASE). */
 #include "test-support.h"
-#include "emu-fault.h"
+#include "emu-test-models.h"
 
 #include "moshi-error.h"
-#include "moshi-safetensors.h"
 #include "moshi-scheduler.h"
 
 #include <stdio.h>
 #include <string.h>
-
-static MoshiTestEmu emu;
-
-static MoshiMimi *
-load_mimi (void)
-{
-  g_autofree char *path = moshi_test_data_path ("mimi/small/model.safetensors");
-  g_autofree char *cfg = moshi_test_data_path ("mimi/small/config.json");
-  MoshiMimiLoadOptions opts = { MOSHI_DEVICE_CUDA };
-  GError *error = NULL;
-  MoshiMimi *mimi = moshi_mimi_load (path, cfg, &opts, &error);
-  ck_assert_msg (mimi != NULL, "%s", error ? error->message : "");
-  ck_assert_msg (moshi_test_emu_lookup (&emu), "the emulated CUDA module is not loaded");
-  return mimi;
-}
-
-static MoshiLm *
-load_lm (void)
-{
-  g_autofree char *path = moshi_test_data_path ("lm/dialog/model.safetensors");
-  g_autofree char *cfg = moshi_test_data_path ("lm/dialog/config.json");
-  MoshiLmLoadOptions opts = { .device = MOSHI_DEVICE_CUDA };
-  GError *error = NULL;
-  MoshiLm *lm = moshi_lm_load (path, cfg, &opts, &error);
-  ck_assert_msg (lm != NULL, "%s", error ? error->message : "");
-  ck_assert_msg (moshi_test_emu_lookup (&emu), "the emulated CUDA module is not loaded");
-  return lm;
-}
-
-/* The small Mimi's test speech: frames of frame_size samples. */
-static float *
-load_speech (int frame_size, int *n_frames)
-{
-  g_autofree char *path = moshi_test_data_path ("mimi/small/golden.safetensors");
-  GError *error = NULL;
-  g_autoptr (MoshiSafetensors) golden = moshi_safetensors_open (path, &error);
-  ck_assert_msg (golden != NULL, "%s", error ? error->message : "");
-  const MoshiTensorEntry *speech = moshi_safetensors_lookup (golden, "speech.pcm");
-  ck_assert (speech != NULL);
-  *n_frames = (int) (speech->nbytes / sizeof (float) / frame_size);
-  ck_assert_int_ge (*n_frames, 4);
-  return g_memdup2 (speech->data, (gsize) *n_frames * frame_size * sizeof (float));
-}
 
 /* A failure of a call after the fault: the device's error, naming the device and the CUDA
  * error. */
@@ -89,9 +45,9 @@ inject_midway (uint64_t launches_per_call)
 static void
 mimi_session_fault (gboolean fault_in_decode)
 {
-  MoshiMimi *mimi = load_mimi ();
+  MoshiMimi *mimi = emu_test_load_mimi ();
   int frame = moshi_mimi_frame_size (mimi), n_frames;
-  g_autofree float *speech = load_speech (frame, &n_frames);
+  g_autofree float *speech = emu_test_load_speech (frame, 4, &n_frames);
   MoshiMimiSessionOptions opts = { .max_frames_per_call = 1 };
   GError *error = NULL;
   MoshiMimiSession *s = moshi_mimi_session_new (mimi, &opts, &error);
@@ -183,9 +139,9 @@ END_TEST
 START_TEST (test_mimi_batch_fault)
 {
   enum { N = 3 };
-  MoshiMimi *mimi = load_mimi ();
+  MoshiMimi *mimi = emu_test_load_mimi ();
   int frame = moshi_mimi_frame_size (mimi), n_frames;
-  g_autofree float *speech = load_speech (frame, &n_frames);
+  g_autofree float *speech = emu_test_load_speech (frame, 4, &n_frames);
   GError *error = NULL;
   MoshiMimiBatch *batch = moshi_mimi_batch_new (mimi, N, 0, &error);
   ck_assert_msg (batch != NULL, "%s", error ? error->message : "");
@@ -238,7 +194,7 @@ END_TEST
 START_TEST (test_lm_batch_fault)
 {
   enum { N = 3 };
-  MoshiLm *lm = load_lm ();
+  MoshiLm *lm = emu_test_load_lm ();
   GError *error = NULL;
   MoshiLmBatch *batch = moshi_lm_batch_new (lm, N, 0, &error);
   ck_assert_msg (batch != NULL, "%s", error ? error->message : "");
@@ -369,7 +325,7 @@ static void
 scheduler_fault (gboolean mimi_streams)
 {
   enum { N = 4, BEFORE = 3, AFTER = 3 };
-  MoshiMimi *mimi = load_mimi ();
+  MoshiMimi *mimi = emu_test_load_mimi ();
   MoshiLm *lm = NULL;
   MoshiTokenizer *tok = NULL;
   MoshiDialogModel *model = NULL;
@@ -378,7 +334,7 @@ scheduler_fault (gboolean mimi_streams)
   if (mimi_streams) {
     sched = moshi_scheduler_new_mimi (mimi, NULL, &error);
   } else {
-    lm = load_lm ();
+    lm = emu_test_load_lm ();
     g_autofree char *tok_path = moshi_test_data_path ("tokenizer/tiny.model");
     tok = moshi_tokenizer_load (tok_path, &error);
     ck_assert_msg (tok != NULL, "%s", error ? error->message : "");
@@ -388,7 +344,7 @@ scheduler_fault (gboolean mimi_streams)
   }
   ck_assert_msg (sched != NULL, "%s", error ? error->message : "");
   int frame = moshi_mimi_frame_size (mimi), n_frames;
-  g_autofree float *speech = load_speech (frame, &n_frames);
+  g_autofree float *speech = emu_test_load_speech (frame, 4, &n_frames);
 
   Caller callers[N];
   memset (callers, 0, sizeof callers);
@@ -488,11 +444,7 @@ END_TEST
 static Suite *
 faults_suite (void)
 {
-  Suite *s = suite_create ("cuda-faults");
-  struct {
-    const char *name;
-    const TTest *test;
-  } cases[] = {
+  const EmuTestCase cases[] = {
     { "mimi-encode", test_mimi_encode_fault },
     { "mimi-decode", test_mimi_decode_fault },
     { "mimi-batch", test_mimi_batch_fault },
@@ -500,22 +452,14 @@ faults_suite (void)
     { "scheduler", test_scheduler_fault },
     { "scheduler-mimi", test_scheduler_mimi_fault },
   };
-  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
-    TCase *tc = tcase_create (cases[i].name);
-    tcase_set_timeout (tc, 600);
-    tcase_add_test (tc, cases[i].test);
-    suite_add_tcase (s, tc);
-  }
-  return s;
+  return emu_test_suite ("cuda-faults", cases, G_N_ELEMENTS (cases));
 }
 
 int
 main (void)
 {
-  if (moshi_test_device () != MOSHI_DEVICE_CUDA || g_getenv ("MOSHI_CUDA_EMULATE") == NULL) {
-    printf ("SKIP: needs the emulated CUDA backend (MOSHI_TEST_DEVICE=cuda, MOSHI_CUDA_EMULATE)\n");
+  if (!emu_test_backend_ready ())
     return 77;
-  }
   if (g_getenv ("CK_RUN_CASE") == NULL && g_strcmp0 (g_getenv ("CK_FORK"), "no") == 0) {
     /* the fault of one case would fail the next */
     printf ("SKIP: run one case per process (CK_RUN_CASE) without CK_FORK\n");

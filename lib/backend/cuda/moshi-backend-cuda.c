@@ -97,15 +97,26 @@ G_STATIC_ASSERT (G_STRUCT_OFFSET (MoshiSampler, step) == G_STRUCT_OFFSET (MoshiK
  * A GPrivate, so that what a thread kept and never waited for (a scheduler thread whose last
  * tick faulted) is freed when the thread ends. */
 static GPrivate pending_failure = G_PRIVATE_INIT (g_free);
+/* Its MoshiErrorCode plus one (0: MOSHI_ERROR_DEVICE): a scratch buffer that could not grow
+ * fails the step without a fault. */
+static GPrivate pending_code;
+
+static void
+keep_failure_code (MoshiErrorCode code, char *message)
+{
+  g_debug ("CUDA backend: %s", message);
+  if (g_private_get (&pending_failure) == NULL) {
+    g_private_set (&pending_failure, message);
+    g_private_set (&pending_code, GINT_TO_POINTER (code == MOSHI_ERROR_DEVICE ? 0 : code + 1));
+  } else {
+    g_free (message);
+  }
+}
 
 static void
 keep_failure (char *message)
 {
-  g_debug ("CUDA backend: %s", message);
-  if (g_private_get (&pending_failure) == NULL)
-    g_private_set (&pending_failure, message);
-  else
-    g_free (message);
+  keep_failure_code (MOSHI_ERROR_DEVICE, message);
 }
 
 static void
@@ -133,8 +144,11 @@ take_failure (MoshiBackend *be, GError **error)
   char *message = g_private_get (&pending_failure);
   if (G_LIKELY (message == NULL))
     return TRUE;
-  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE, "%s: %s", CUDA_BE (be)->label, message);
+  int code = GPOINTER_TO_INT (g_private_get (&pending_code));
+  g_set_error (error, MOSHI_ERROR, code == 0 ? MOSHI_ERROR_DEVICE : code - 1, "%s: %s",
+      CUDA_BE (be)->label, message);
   g_private_replace (&pending_failure, NULL);
+  g_private_set (&pending_code, NULL);
   return FALSE;
 }
 
@@ -248,6 +262,39 @@ set_device_error (MoshiBackend *be, GError **error, cudaError_t err, const char 
   return FALSE;
 }
 
+/* "cannot allocate N bytes of WHAT: ...", and for device memory what is free, when err is
+ * cudaErrorMemoryAllocation. That error is no fault: it is cleared here, as the runtime would
+ * otherwise hand it to the next unrelated cudaGetLastError, and only this request fails. */
+static char *
+describe_no_memory (gsize bytes, const char *what, gboolean device)
+{
+  cudaGetLastError ();
+  size_t free_bytes = 0, total = 0;
+  if (!device || cudaMemGetInfo (&free_bytes, &total) != cudaSuccess) {
+    cudaGetLastError ();
+    return g_strdup_printf ("cannot allocate %" G_GSIZE_FORMAT " bytes of %s: out of memory",
+        bytes, what);
+  }
+  return g_strdup_printf ("cannot allocate %" G_GSIZE_FORMAT " bytes of %s: out of memory "
+      "(%zu bytes free of %zu)", bytes, what, free_bytes, total);
+}
+
+/* An allocation's failure: MOSHI_ERROR_NO_MEMORY when it did not fit, else the device's. */
+static gboolean
+set_alloc_error (MoshiBackend *be, GError **error, cudaError_t err, gsize bytes,
+    const char *what, gboolean device)
+{
+  if (err != cudaErrorMemoryAllocation) {
+    g_autofree char *doing = g_strdup_printf ("allocating %" G_GSIZE_FORMAT " bytes of %s",
+        bytes, what);
+    return set_device_error (be, error, err, doing);
+  }
+  g_autofree char *message = describe_no_memory (bytes, what, device);
+  g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_NO_MEMORY, "%s: %s", CUDA_BE (be)->label,
+      message);
+  return FALSE;
+}
+
 static inline const float *
 wf32 (const MoshiWeight *w)
 {
@@ -274,6 +321,10 @@ scratch (CudaExec *ex, int slot, gsize bytes)
     ex->scratch[slot] = NULL;
     ex->scratch_bytes[slot] = 0;
     cudaError_t err = cudaMalloc (&ex->scratch[slot], len);
+    if (err == cudaErrorMemoryAllocation) {
+      keep_failure_code (MOSHI_ERROR_NO_MEMORY, describe_no_memory (len, "scratch", TRUE));
+      return NULL;
+    }
     if (err != cudaSuccess) {
       keep_failure (g_strdup_printf ("cannot allocate %" G_GSIZE_FORMAT " bytes of scratch: %s",
           len, cudaGetErrorString (err)));
@@ -309,7 +360,8 @@ cuda_exec_new (MoshiBackend *be, int n_threads, GError **error)
   }
   err = cudaMalloc (&ex->blas_workspace, BLAS_WORKSPACE_BYTES);
   if (err != cudaSuccess) {
-    set_device_error (be, error, err, "allocating cuBLAS's workspace");
+    set_alloc_error (be, error, err, BLAS_WORKSPACE_BYTES, "device memory for cuBLAS's workspace",
+        TRUE);
     cudaStreamDestroy (ex->stream);
     g_free (ex);
     return NULL;
@@ -363,9 +415,7 @@ cuda_alloc (MoshiBackend *be, gsize bytes, GError **error)
   void *p = NULL;
   cudaError_t err = cudaMalloc (&p, MAX (bytes, 1));
   if (err != cudaSuccess) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
-        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of device memory: %s", bytes,
-        cudaGetErrorString (err));
+    set_alloc_error (be, error, err, bytes, "device memory", TRUE);
     return NULL;
   }
   g_mutex_lock (&cbe->load_lock);
@@ -432,13 +482,27 @@ cuda_host_alloc (MoshiBackend *be, gsize bytes, GError **error)
   void *p = NULL;
   cudaError_t err = cudaHostAlloc (&p, MAX (bytes, 1), cudaHostAllocDefault);
   if (err != cudaSuccess) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
-        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of pinned host memory: %s", bytes,
-        cudaGetErrorString (err));
+    set_alloc_error (be, error, err, bytes, "pinned host memory", FALSE);
     return NULL;
   }
   memset (p, 0, MAX (bytes, 1));
   return p;
+}
+
+static gboolean
+cuda_memory_info (MoshiBackend *be, guint64 *free_bytes, guint64 *total_bytes,
+    const char **device_name)
+{
+  size_t free_now = 0, total = 0;
+  if (cudaMemGetInfo (&free_now, &total) != cudaSuccess) {
+    /* an answer lost is no reason to fail what asked (a message) */
+    cudaGetLastError ();
+    return FALSE;
+  }
+  *free_bytes = free_now;
+  *total_bytes = total;
+  *device_name = CUDA_BE (be)->label;
+  return TRUE;
 }
 
 static void
@@ -543,12 +607,8 @@ upload_weight (MoshiBackend *be, MoshiWeight *w, MoshiDType dtype, const void *h
   gsize bytes = (gsize) numel * moshi_dtype_size (dtype);
   void *d = NULL;
   cudaError_t err = cudaMalloc (&d, MAX (bytes, 1));
-  if (err != cudaSuccess) {
-    g_set_error (error, MOSHI_ERROR, MOSHI_ERROR_DEVICE,
-        "CUDA: cannot allocate %" G_GSIZE_FORMAT " bytes of device memory for a weight: %s",
-        bytes, cudaGetErrorString (err));
-    return FALSE;
-  }
+  if (err != cudaSuccess)
+    return set_alloc_error (be, error, err, bytes, "device memory for a weight", TRUE);
   if (bytes > 0) {
     g_mutex_lock (&cbe->load_lock);
     err = cudaMemcpyAsync (d, host, bytes, cudaMemcpyHostToDevice, cbe->load_stream);
@@ -1001,6 +1061,7 @@ static const MoshiBackendOps cuda_ops = {
   .synchronize = cuda_synchronize,
   .host_alloc = cuda_host_alloc,
   .host_free = cuda_host_free,
+  .memory_info = cuda_memory_info,
   .download_async = cuda_download_async,
   .capture_begin = cuda_capture_begin,
   .capture_end = cuda_capture_end,

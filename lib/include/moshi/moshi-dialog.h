@@ -73,7 +73,8 @@ typedef struct {
   int n_threads;                /* 0 = automatic */
   /* NULL: the conversation runs its own LM steps. Otherwise it joins this scheduler
    * (moshi-scheduler.h), whose ticks step it together with the scheduler's other
-   * conversations; fails with MOSHI_ERROR_BUSY when the scheduler is full. */
+   * conversations; fails with MOSHI_ERROR_BUSY when the scheduler is full. Either way fails
+   * with MOSHI_ERROR_NO_MEMORY when its KV cache or buffers do not fit in device memory. */
   MoshiScheduler *scheduler;
   /* With a scheduler: how long a frame may wait for the other conversations' (microseconds;
    * < 0: one frame, 0: never). */

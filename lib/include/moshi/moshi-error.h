@@ -22,6 +22,8 @@ typedef enum {
   MOSHI_ERROR_UNSUPPORTED,      /* a valid request this build or machine cannot serve */
   MOSHI_ERROR_DEVICE,           /* the compute device failed or is absent */
   MOSHI_ERROR_BUSY,             /* a shared resource is at its limit (e.g. conversations) */
+  MOSHI_ERROR_NO_MEMORY,        /* memory (device or host) ran out for this request; what was
+                                 * running is unaffected */
 } MoshiErrorCode;
 
 MOSHI_END_DECLS

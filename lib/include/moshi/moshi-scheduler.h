@@ -92,7 +92,9 @@ typedef struct {
 
 /* Joins a conversation to the scheduler. model must be on the scheduler's LM and Mimi (its
  * tokenizer gives the conversation's text). Fails with MOSHI_ERROR_BUSY when max_conversations
- * are already joined. params and options may be NULL. */
+ * are already joined, and with MOSHI_ERROR_NO_MEMORY (the message naming the sizes and the fix)
+ * when its KV cache or buffers do not fit in device memory; the scheduler and the other
+ * conversations are left as they were. params and options may be NULL. */
 MoshiConversation *moshi_conversation_new (MoshiScheduler *scheduler, MoshiDialogModel *model,
     const MoshiLmSamplingParams *params, const MoshiConversationOptions *options, GError **error);
 /* Leaves the scheduler. */
@@ -144,7 +146,8 @@ MoshiScheduler *moshi_scheduler_get_shared_mimi (MoshiMimi *mimi,
 
 /* Joins a stream: a streaming Mimi session (options as for moshi_mimi_session_new; frames go
  * one at a time, full_context is refused). max_wait_us as MoshiConversationOptions. Fails with
- * MOSHI_ERROR_BUSY when max_conversations streams are joined. */
+ * MOSHI_ERROR_BUSY when max_conversations streams are joined, MOSHI_ERROR_NO_MEMORY when the
+ * session does not fit in device memory. */
 MoshiMimiStream *moshi_mimi_stream_new (MoshiScheduler *scheduler,
     const MoshiMimiSessionOptions *options, gint64 max_wait_us, GError **error);
 void moshi_mimi_stream_free (MoshiMimiStream *stream);
