@@ -132,16 +132,28 @@ gst_mimi_dec_open (GstAudioDecoder * decoder)
       &self->settings);
 }
 
-/* The model is loaded here rather than in the base class's open: when open fails, the base
- * class posts a generic "Failed to open codec" after the element's own error, and a failed load
- * must post exactly one error, the one that names the model. */
+static gboolean start_session (GstMimiDec * self);
+static gboolean gst_mimi_dec_stop (GstAudioDecoder * decoder);
+
+/* The model is loaded, and the session started, here rather than in the base class's open and
+ * start: when those fail, the base class posts a generic "Failed to open codec" or "Failed to
+ * start codec" after the element's own error, and a failed load or start (a session that does
+ * not fit in device memory) must post exactly one error, the one that says why. */
 static GstStateChangeReturn
 gst_mimi_dec_change_state (GstElement * element, GstStateChange transition)
 {
+  GstMimiDec *self = GST_MIMI_DEC (element);
   if (transition == GST_STATE_CHANGE_NULL_TO_READY
       && !gst_mimi_dec_open (GST_AUDIO_DECODER (element)))
     return GST_STATE_CHANGE_FAILURE;
-  return GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+  if (transition == GST_STATE_CHANGE_READY_TO_PAUSED && !start_session (self))
+    return GST_STATE_CHANGE_FAILURE;
+  GstStateChangeReturn ret =
+      GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+  if (ret == GST_STATE_CHANGE_FAILURE
+      && transition == GST_STATE_CHANGE_READY_TO_PAUSED)
+    gst_mimi_dec_stop (GST_AUDIO_DECODER (element));
+  return ret;
 }
 
 static gboolean
@@ -154,9 +166,8 @@ gst_mimi_dec_close (GstAudioDecoder * decoder)
 }
 
 static gboolean
-gst_mimi_dec_start (GstAudioDecoder * decoder)
+start_session (GstMimiDec * self)
 {
-  GstMimiDec *self = GST_MIMI_DEC (decoder);
   g_autoptr (GError) error = NULL;
 
   /* The model settings may have changed while in READY. */
@@ -180,7 +191,31 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
   if (!gst_moshi_mimi_coder_start (&self->coder, GST_ELEMENT (self), mimi, &options, shared,
           max_streams, &error))
     goto session_failed;
+  return TRUE;
 
+  /* ERRORS */
+session_failed:
+  {
+    if (gst_moshi_post_no_memory (GST_ELEMENT (self),
+            "Could not start a Mimi decoder stream", error))
+      return FALSE;
+    GST_ELEMENT_ERROR (self, LIBRARY, INIT,
+        ("Could not start a Mimi decoder stream: %s", error->message),
+        ("model %s, threads=%d, shared-scheduler=%d", moshi_mimi_get_path (mimi),
+            threads, shared));
+    return FALSE;
+  }
+}
+
+static gboolean
+gst_mimi_dec_start (GstAudioDecoder * decoder)
+{
+  GstMimiDec *self = GST_MIMI_DEC (decoder);
+
+  /* started by change_state, unless the base class was driven some other way */
+  if (self->coder.element == NULL && !start_session (self))
+    return FALSE;
+  MoshiMimi *mimi = self->loaded.mimi;
   self->rate = moshi_mimi_sample_rate (mimi);
   self->frame_size = moshi_mimi_frame_size (mimi);
   self->codebook_size = moshi_mimi_codebook_size (mimi);
@@ -195,16 +230,6 @@ gst_mimi_dec_start (GstAudioDecoder * decoder)
    * file (filesrc, BYTES segment) play, seek and report its duration. */
   gst_audio_decoder_set_estimate_rate (decoder, TRUE);
   return TRUE;
-
-  /* ERRORS */
-session_failed:
-  {
-    GST_ELEMENT_ERROR (self, LIBRARY, INIT,
-        ("Could not start a Mimi decoder stream: %s", error->message),
-        ("model %s, threads=%d, shared-scheduler=%d", moshi_mimi_get_path (mimi),
-            threads, shared));
-    return FALSE;
-  }
 }
 
 static gboolean

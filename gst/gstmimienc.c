@@ -200,6 +200,9 @@ gst_mimi_enc_start (GstAudioEncoder * encoder)
   /* ERRORS */
 session_failed:
   {
+    if (gst_moshi_post_no_memory (GST_ELEMENT (self),
+            "Could not start a Mimi encoder stream", error))
+      goto failed;
     GST_ELEMENT_ERROR (self, LIBRARY, INIT,
         ("Could not start a Mimi encoder stream: %s", error->message),
         ("model %s, threads=%d, shared-scheduler=%d", moshi_mimi_get_path (mimi),

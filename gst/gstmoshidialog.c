@@ -703,7 +703,8 @@ state_new (GstMoshiDialog * self, const Settings * settings)
           ("Too many Moshi conversations: %s", error->message),
           ("raise max-conversations on the first element of the process, or set "
               "shared-scheduler=false for a conversation of its own"));
-    else
+    else if (!gst_moshi_post_no_memory (GST_ELEMENT (self),
+            "Could not start a Moshi conversation", error))
       GST_ELEMENT_ERROR (self, LIBRARY, INIT,
           ("Could not start a Moshi conversation: %s", error->message),
           ("LM %s, threads=%d", moshi_lm_get_path (self->models.lm),

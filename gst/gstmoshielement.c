@@ -424,6 +424,11 @@ gst_moshi_post_load_error (GstElement * element, const gchar * what,
         domain = GST_RESOURCE_ERROR;
         code = GST_RESOURCE_ERROR_SETTINGS;
         break;
+      case MOSHI_ERROR_NO_MEMORY:
+        /* the weights do not fit beside what else runs on the device */
+        domain = GST_RESOURCE_ERROR;
+        code = GST_RESOURCE_ERROR_NO_SPACE_LEFT;
+        break;
       case MOSHI_ERROR_UNSUPPORTED:
       case MOSHI_ERROR_DEVICE:
       default:
@@ -454,6 +459,17 @@ gst_moshi_handle_device_failure (GstElement * element, gboolean * posted,
   GST_ELEMENT_ERROR (element, RESOURCE, FAILED,
       ("%s failed: the compute device failed", what),
       ("%s", error->message));
+  return TRUE;
+}
+
+gboolean
+gst_moshi_post_no_memory (GstElement * element, const gchar * what,
+    const GError * error)
+{
+  if (!g_error_matches (error, MOSHI_ERROR, MOSHI_ERROR_NO_MEMORY))
+    return FALSE;
+  GST_ELEMENT_ERROR (element, RESOURCE, NO_SPACE_LEFT,
+      ("%s: out of memory", what), ("%s", error->message));
   return TRUE;
 }
 

@@ -130,6 +130,13 @@ G_GNUC_INTERNAL void gst_moshi_post_load_error (GstElement * element,
 G_GNUC_INTERNAL gboolean gst_moshi_handle_device_failure (GstElement * element,
     gboolean * posted, const gchar * what, const GError * error);
 
+/* When error is MOSHI_ERROR_NO_MEMORY (the session of a new stream did not fit in memory),
+ * posts RESOURCE/NO_SPACE_LEFT "<what>: out of memory" with the library's message (the sizes
+ * and the fix) as the debug string, and returns TRUE. Not a device failure: the other streams
+ * on the device carry on. FALSE for any other error, which is the caller's to report. */
+G_GNUC_INTERNAL gboolean gst_moshi_post_no_memory (GstElement * element,
+    const gchar * what, const GError * error);
+
 /* FALSE, after posting a RESOURCE/SETTINGS element error, when the elements cannot use
  * mimi (a rate other than their 24 kHz, several channels, codebooks past 16 bits). */
 G_GNUC_INTERNAL gboolean gst_moshi_check_mimi (GstElement * element,

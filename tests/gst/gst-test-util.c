@@ -557,3 +557,83 @@ stream_checker_free (StreamChecker * checker)
   g_mutex_clear (&checker->lock);
   g_free (checker);
 }
+
+/* ------------------------------------------------------------------ device tests */
+
+GstElement *
+make_device_element (const gchar * factory, gboolean shared)
+{
+  GstElement *element = gst_element_factory_make (factory, NULL);
+  fail_unless (element != NULL, "no %s: is the plugin on GST_PLUGIN_PATH_1_0?", factory);
+  g_autofree gchar *mimi = test_data_path ("mimi", "small", "model.safetensors", NULL);
+  g_autofree gchar *mimi_cfg = test_data_path ("mimi", "small", "config.json", NULL);
+  if (g_str_equal (factory, "moshidialog")) {
+    g_autofree gchar *lm = test_data_path ("lm", "dialog", "model.safetensors", NULL);
+    g_autofree gchar *lm_cfg = test_data_path ("lm", "dialog", "config.json", NULL);
+    g_autofree gchar *tok = test_data_path ("tokenizer", "tiny.model", NULL);
+    g_object_set (element, "model", lm, "lm-config", lm_cfg, "mimi-model", mimi,
+        "mimi-config", mimi_cfg, "tokenizer", tok, NULL);
+  } else {
+    g_object_set (element, "model", mimi, "config", mimi_cfg, NULL);
+  }
+  gst_util_set_object_arg (G_OBJECT (element), "device", "cuda");
+  g_object_set (element, "shared-scheduler", shared, NULL);
+  return element;
+}
+
+GstBuffer *
+device_input_frame (InputKind kind, const gfloat * speech, gsize speech_frames, gsize f)
+{
+  GstBuffer *buf;
+  if (kind == INPUT_PCM) {
+    buf = gst_buffer_new_memdup (speech + (f % speech_frames) * FRAME, FRAME * sizeof (gfloat));
+  } else {
+    /* token_buffer reads frame f of a frame-major array */
+    g_autofree gint32 *codes = g_new (gint32, (f + 1) * DEVICE_TEST_CODEBOOKS);
+    for (gsize i = 0; i < (f + 1) * DEVICE_TEST_CODEBOOKS; i++)
+      codes[i] = (gint32) ((i * 37 + 11) % CODEBOOK_SIZE);
+    return token_buffer (codes, 1, DEVICE_TEST_CODEBOOKS, f);
+  }
+  GST_BUFFER_PTS (buf) = f * FRAME_NS;
+  GST_BUFFER_DURATION (buf) = FRAME_NS;
+  return buf;
+}
+
+Suite *
+device_test_suite (const gchar * name, TFun test,
+    const DeviceTestCase * cases, guint n_cases)
+{
+  Suite *s = suite_create (name);
+  for (guint i = 0; i < n_cases; i++) {
+    TCase *tc = tcase_create (cases[i].name);
+    tcase_set_timeout (tc, 600);
+    tcase_add_loop_test (tc, test, i, i + 1);
+    suite_add_tcase (s, tc);
+  }
+  return s;
+}
+
+GError *
+pop_only_error (GstBus * bus, GstElement * element, GQuark domain, gint code,
+    gchar ** debug)
+{
+  GError *only = NULL;
+  GstMessage *msg;
+  while ((msg = gst_bus_pop (bus)) != NULL) {
+    if (GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR) {
+      GError *error = NULL;
+      gchar *text = NULL;
+      gst_message_parse_error (msg, &error, &text);
+      GST_INFO ("error: %s (%s)", error->message, text);
+      fail_unless (only == NULL, "a second error: %s (%s)", error->message, text);
+      fail_unless (GST_MESSAGE_SRC (msg) == GST_OBJECT (element));
+      fail_unless (error->domain == domain && error->code == code, "error %s (%s %d)",
+          error->message, g_quark_to_string (error->domain), error->code);
+      only = error;
+      *debug = text;
+    }
+    gst_message_unref (msg);
+  }
+  fail_unless (only != NULL, "no error message on the bus");
+  return only;
+}

@@ -63,6 +63,47 @@ void push_pcm (GstHarness * h, const gfloat * pcm, gsize n, gsize chunk,
 GstBuffer *token_buffer (const gint32 * codes, gsize frames, gint codebooks,
     gsize first_frame);
 
+/* ---- the elements on device=cuda (test-device-faults.c, test-device-oom.c) ---- */
+
+#define DEVICE_TEST_CODEBOOKS 8
+#define DEVICE_TEST_TOKEN_CAPS "audio/x-mimi, rate=24000, channels=1, framerate=25/2, " \
+    "codebooks=8, codebook-size=256, stream-format=u16le"
+
+typedef enum
+{
+  INPUT_PCM,
+  INPUT_TOKENS,
+} InputKind;
+
+/* mimienc, mimidec or moshidialog on the test models, device=cuda, on the shared scheduler or
+ * alone. */
+GstElement *make_device_element (const gchar * factory, gboolean shared);
+
+/* Pops the whole bus: exactly one ERROR, from element, of domain and code. Returns its error
+ * (g_error_free) and its debug text in *debug (g_free). */
+GError *pop_only_error (GstBus * bus, GstElement * element, GQuark domain, gint code,
+    gchar ** debug);
+
+/* A case of a device test: the element, on the shared scheduler or alone, and its input. */
+typedef struct
+{
+  const gchar *name;
+  const gchar *factory;
+  gboolean shared;
+  InputKind kind;
+  const gchar *caps;
+} DeviceTestCase;
+
+/* A suite that runs test (a loop test) for each of the cases, one TCase each, so that each can
+ * run in a process of its own (CK_RUN_CASE). */
+Suite *device_test_suite (const gchar * name, TFun test,
+    const DeviceTestCase * cases, guint n_cases);
+
+/* Frame f of an input: speech (of speech_frames frames, repeated), or tokens (any codes in
+ * range decode). */
+GstBuffer *device_input_frame (InputKind kind, const gfloat * speech, gsize speech_frames,
+    gsize f);
+
 /* Flush start, flush stop and a fresh TIME segment. */
 void push_flush (GstHarness * h);
 
