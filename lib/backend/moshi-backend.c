@@ -213,6 +213,15 @@ format_bytes (guint64 bytes)
   return g_strdup_printf ("%" G_GUINT64_FORMAT " bytes", bytes);
 }
 
+gboolean
+moshi_backend_free_memory (MoshiBackend *be, guint64 *free_bytes)
+{
+  guint64 total = 0;
+  const char *device = NULL;
+  return be->ops->memory_info != NULL
+      && be->ops->memory_info (be, free_bytes, &total, &device);
+}
+
 void
 moshi_backend_explain_no_memory (MoshiBackend *be, GError **error, const char *what,
     guint64 needed, const char *fix)
@@ -225,6 +234,13 @@ moshi_backend_explain_no_memory (MoshiBackend *be, GError **error, const char *w
   char *message;
   if (be->ops->memory_info != NULL && be->ops->memory_info (be, &free_bytes, &total, &device)) {
     g_autofree char *free_text = format_bytes (free_bytes);
+    if (g_strcmp0 (needs, free_text) == 0) {
+      /* rounded alike ("needs 8.19 kB, 8.19 kB free"): the bytes say which is more */
+      g_free (needs);
+      g_free (free_text);
+      needs = g_strdup_printf ("%" G_GUINT64_FORMAT " bytes", needed);
+      free_text = g_strdup_printf ("%" G_GUINT64_FORMAT " bytes", free_bytes);
+    }
     message = g_strdup_printf ("not enough device memory for %s: needs %s, %s free (%s); %s",
         what, needs, free_text, device, fix);
   } else {

@@ -311,6 +311,8 @@ char *moshi_backend_describe (const MoshiBackend *be);
  * (DEVICE); FIX", needed being what the whole request asks. Other errors stay as they are. */
 void moshi_backend_explain_no_memory (MoshiBackend *be, GError **error, const char *what,
     guint64 needed, const char *fix);
+/* The device memory free now; FALSE where the backend cannot tell (the CPU's). */
+gboolean moshi_backend_free_memory (MoshiBackend *be, guint64 *free_bytes);
 /* Exported (MOSHI_API), like the two weight helpers below, for the CUDA module. */
 MOSHI_API MoshiBackend *moshi_backend_ref (MoshiBackend *be);
 MOSHI_API void moshi_backend_unref (MoshiBackend *be);

@@ -680,6 +680,7 @@ typedef struct {
   gboolean failed;
   gboolean device_failed;       /* what failed was device memory */
   guint64 device_bytes;         /* asked for, the failed and the later ones included */
+  guint64 unmet_bytes;          /* of those, the failed and the later ones */
 } Alloc;
 
 static void *
@@ -687,12 +688,16 @@ dev_alloc_bytes (Alloc *a, gsize bytes)
 {
   /* counted after a failure too: the message says what the whole session needs */
   a->device_bytes += bytes;
-  if (a->failed)
+  if (a->failed) {
+    a->unmet_bytes += bytes;
     return NULL;
+  }
   MoshiBackend *be = a->be;
   void *p = be->ops->alloc (be, bytes, a->error);
-  if (p == NULL)
+  if (p == NULL) {
     a->failed = a->device_failed = TRUE;
+    a->unmet_bytes += bytes;
+  }
   return p;
 }
 
@@ -848,6 +853,9 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
         "max_frames_per_call=%d is out of range [1, 4096]", max_frames);
     return NULL;
   }
+  /* what the exec takes (cuBLAS's workspace) counts in what a session needs */
+  guint64 free_before = 0;
+  gboolean known = moshi_backend_free_memory (m->be, &free_before);
   MoshiExec *ex = moshi_exec_new (m->be, options->n_threads, error);
   if (ex == NULL)
     return NULL;
@@ -936,10 +944,13 @@ moshi_mimi_session_new (MoshiMimi *m, const MoshiMimiSessionOptions *options, GE
   tr_scratch_init (&a, &s->tr, steps, d, ff);
 
   if (a.failed) {
+    guint64 needed = a.device_bytes, free_now = 0;
+    if (known && moshi_backend_free_memory (m->be, &free_now) && free_before > free_now)
+      needed = free_before - free_now + a.unmet_bytes;
     moshi_mimi_session_free (s);
     if (a.device_failed)
       moshi_backend_explain_no_memory (m->be, error, "another Mimi stream's buffers and KV "
-          "caches", a.device_bytes, "lower max-conversations (moshidialog) or max-streams "
+          "caches", needed, "lower max-conversations (moshidialog) or max-streams "
           "(mimienc, mimidec)");
     return NULL;
   }
